@@ -1,0 +1,1 @@
+"""npe2 reader entry point (thin: the work is in ``slides``)."""

@@ -1,0 +1,1 @@
+"""npe2 sample-data entry point (thin)."""

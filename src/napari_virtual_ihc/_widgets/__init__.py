@@ -1,0 +1,1 @@
+"""Qt/magicgui widgets: collect parameters, start thread_workers, show results. No logic of their own."""

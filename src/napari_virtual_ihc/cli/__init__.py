@@ -1,0 +1,40 @@
+"""``virtual-ihc``: argument parsing only; every subcommand calls the core.
+
+Each subcommand lives in its own module with ``add_parser(subparsers)`` that registers it and sets
+``func`` (called with the parsed namespace, returning an exit code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from . import analyze, convert, demo, stain, study
+
+SUBCOMMANDS = (demo, stain, convert, analyze, study)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="virtual-ihc",
+        description="Virtual HER2 IHC from H&E slides: stain, analyse, run reader studies.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in SUBCOMMANDS:
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""nuclei (core, napari-free)."""

@@ -1,0 +1,1 @@
+"""stain (core, napari-free)."""

@@ -1,0 +1,1 @@
+"""study (core, napari-free)."""

@@ -1,0 +1,37 @@
+"""Shared test fixtures: paths to the real data shipped in tests/data, and a quiet, deterministic torch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "xcb")  # pytest-xvfb gives us a real X server
+os.environ.setdefault("NAPARI_ASYNC", "0")
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def cmu1_path() -> Path:
+    return DATA / "CMU-1-Small-Region.svs"
+
+
+@pytest.fixture(scope="session")
+def tcga_path() -> Path:
+    return DATA / "tcga-cr-7395-01a-01-ts1.svs"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _torch_threads() -> None:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
