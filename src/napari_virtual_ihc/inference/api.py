@@ -1,0 +1,62 @@
+"""The contract between the tile engine and its callers (the widget, the CLI, the trainer's evaluation).
+
+Kept in one small module so callers can be written against it while the engine grows behind it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+# A box in level-0 pixels of the source slide: (x, y, width, height).
+Box = tuple[int, int, int, int]
+
+
+@dataclass
+class EngineSettings:
+    """Knobs a user may turn; defaults are what a pathologist on a laptop should get."""
+
+    tile: int = 512  # written core of a tile, pixels at the model's resolution
+    halo: int | None = None  # None: at least half the receptive field, computed from the architecture
+    batch: int = 4
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    precision: str = "auto"  # auto | fp32 | fp16 | bf16
+    model_mpp: float | None = None  # overrides the checkpoint's µm/px (needed for imported .pth)
+    skip_background: bool = True
+    workers: int = 1  # reader threads prefetching tiles
+
+
+@dataclass
+class TileProgress:
+    """Reported after every batch: enough for a progress bar and for refreshing only what changed."""
+
+    done: int  # tiles finished (including those found done by a previous run)
+    total: int  # tiles in the grid (background included)
+    skipped: int  # background tiles filled without running the model
+    new_boxes: list[Box] = field(default_factory=list)  # level-0 boxes written since the last report
+    mp_per_s: float = 0.0
+    device: str = ""
+
+
+@dataclass
+class RunReport:
+    """What a run did; written as ``run.json`` next to the store."""
+
+    store: str
+    device: str
+    precision: str
+    tiles_total: int
+    tiles_done: int
+    tiles_skipped: int
+    tiles_resumed: int
+    seconds: float
+    mp_per_s: float
+    cancelled: bool = False
+    settings: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)
+
+
+ProgressCallback = Callable[[TileProgress], None]
+# Polled before every batch; returns the region to do first (e.g. the viewer's field of view) or None.
+PriorityProvider = Callable[[], Box | None]

@@ -1,0 +1,49 @@
+"""What a generator checkpoint says about itself (the JSON header of the project's ``.safetensors`` files)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to rebuild a generator and run it at the right scale.
+
+    ``arch`` names a constructor in the generator registry and ``arch_kwargs`` are its arguments.
+    ``input_norm``/``output_norm`` describe pixel scaling: ``"minus_one_one"`` maps uint8 0..255 to
+    -1..1 (the pix2pix/CycleGAN convention). ``mpp`` is the µm/pixel the model was trained at; ``None``
+    (an imported ``.pth``) means "run at the slide's native resolution unless told otherwise".
+    """
+
+    arch: str
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    input_norm: str = "minus_one_one"
+    output_norm: str = "minus_one_one"
+    mpp: float | None = None
+    target_stain: str = "HER2"
+    name: str = ""
+    provenance: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class LoadedGenerator:
+    """A generator module in eval mode with its spec, the file it came from and that file's sha256."""
+
+    module: torch.nn.Module
+    spec: ModelSpec
+    source: str = ""
+    sha256: str = ""
