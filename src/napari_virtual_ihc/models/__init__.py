@@ -1,1 +1,40 @@
-"""models (core, napari-free)."""
+"""Generators (pix2pix/CycleGAN ResNet and U-Net, ASP's ResNet) and safe checkpoint I/O. Core, napari-free."""
+
+from .checkpoint import HEADER_KEY, file_sha256, load_generator, read_checkpoint, save_generator
+from .detect import detect_architecture
+from .errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    ShapeMismatchError,
+    UnknownArchitectureError,
+    UnsafeCheckpointError,
+    UnsupportedFormatVersionError,
+)
+from .norms import norm_kind
+from .registry import GENERATORS, available_architectures, build_generator, register_generator
+from .spec import FORMAT_VERSION, LoadedGenerator, ModelSpec
+
+__all__ = [
+    "FORMAT_VERSION",
+    "GENERATORS",
+    "HEADER_KEY",
+    "CheckpointError",
+    "CheckpointNotFoundError",
+    "CorruptCheckpointError",
+    "LoadedGenerator",
+    "ModelSpec",
+    "ShapeMismatchError",
+    "UnknownArchitectureError",
+    "UnsafeCheckpointError",
+    "UnsupportedFormatVersionError",
+    "available_architectures",
+    "build_generator",
+    "detect_architecture",
+    "file_sha256",
+    "load_generator",
+    "norm_kind",
+    "read_checkpoint",
+    "register_generator",
+    "save_generator",
+]

@@ -1,0 +1,188 @@
+"""The project's checkpoint format (safetensors + JSON spec) and import of the papers' ``.pth`` files.
+
+Nothing here unpickles arbitrary objects: safetensors holds only tensors, and a ``.pth`` goes through
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from .detect import detect_architecture, drop_untracked_instance_norm_stats
+from .errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    ShapeMismatchError,
+    UnsupportedFormatVersionError,
+)
+from .registry import build_generator
+from .spec import FORMAT_VERSION, LoadedGenerator, ModelSpec
+from .state_dict_io import is_safetensors, read_pth, read_safetensors
+
+HEADER_KEY = "virtual_ihc"  # safetensors metadata key holding ModelSpec.to_dict() as JSON
+_SPEC_FIELDS = {f.name for f in dataclasses.fields(ModelSpec)} - {"arch_kwargs", "format_version"}
+_LIST_LIMIT = 12
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_state_dict(module: nn.Module, sd: dict[str, torch.Tensor], what: str) -> None:
+    """Raise ShapeMismatchError listing missing/unexpected keys and wrong shapes (strict loading)."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    shapes = [
+        f"{k}: file {tuple(sd[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in sd and tuple(sd[k].shape) != tuple(v.shape)
+    ]
+    if not (missing or unexpected or shapes):
+        return
+
+    def fmt(label: str, items: list[str]) -> str:
+        more = f" (+{len(items) - _LIST_LIMIT} more)" if len(items) > _LIST_LIMIT else ""
+        return f"\n  {label} ({len(items)}): " + ", ".join(items[:_LIST_LIMIT]) + more
+
+    parts = ""
+    if missing:
+        parts += fmt("missing keys", missing)
+    if unexpected:
+        parts += fmt("unexpected keys", unexpected)
+    if shapes:
+        parts += fmt("shape mismatches", shapes)
+    raise ShapeMismatchError(f"{what} does not fit the generator it describes:{parts}")
+
+
+def save_generator(path: str | os.PathLike[str], module: nn.Module, spec: ModelSpec) -> Path:
+    """Write ``module``'s weights and ``spec`` as a ``.safetensors`` file, atomically.
+
+    The spec is checked against the module first (its architecture must rebuild a module with the same
+    keys and shapes), so a file this writes always loads.  The file appears only when complete.
+    """
+    target = Path(path)
+    sd = {k: v.detach().to("cpu").clone().contiguous() for k, v in module.state_dict().items()}
+    with torch.device("meta"):
+        probe = build_generator(spec.arch, **spec.arch_kwargs)
+    check_state_dict(probe, sd, f"module to save as {spec.arch!r} {spec.arch_kwargs}")
+    header = dataclasses.replace(spec, format_version=FORMAT_VERSION).to_dict()
+    metadata = {HEADER_KEY: json.dumps(header, sort_keys=True), "format": "napari-virtual-ihc"}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        save_file(sd, tmp, metadata=metadata)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return target
+
+
+def _spec_from_metadata(meta: dict[str, str], path: Path) -> ModelSpec | None:
+    raw = meta.get(HEADER_KEY)
+    if raw is None:
+        return None
+    try:
+        d = json.loads(raw)
+        if not isinstance(d, dict) or "arch" not in d:
+            raise ValueError("header is not an object with an 'arch'")
+    except ValueError as exc:
+        raise CorruptCheckpointError(f"{path}: unreadable '{HEADER_KEY}' header ({exc})") from exc
+    version = int(d.get("format_version", 1))
+    if version > FORMAT_VERSION:
+        raise UnsupportedFormatVersionError(
+            f"{path}: written with checkpoint format version {version}, but this napari-virtual-ihc reads "
+            f"versions up to {FORMAT_VERSION}; upgrade napari-virtual-ihc to load it."
+        )
+    return ModelSpec.from_dict(d)
+
+
+def _apply_overrides(spec: ModelSpec, overrides: dict[str, Any]) -> ModelSpec:
+    """Spec fields (``arch``, ``mpp``, ``name``...) replace the spec's; anything else is an arch argument.
+
+    ``None`` means "not given" so CLI options map straight through.
+    """
+    given = {k: v for k, v in overrides.items() if v is not None}
+    fields = {k: v for k, v in given.items() if k in _SPEC_FIELDS}
+    arch_args = {k: v for k, v in given.items() if k not in _SPEC_FIELDS}
+    if "arch" in fields and fields["arch"] != spec.arch:
+        kwargs = dict(arch_args)  # a different architecture: the detected arguments no longer apply
+    else:
+        kwargs = {**spec.arch_kwargs, **arch_args}
+    return dataclasses.replace(spec, arch_kwargs=kwargs, **fields)
+
+
+def read_checkpoint(
+    path: str | os.PathLike[str], **overrides: Any
+) -> tuple[ModelSpec, dict[str, torch.Tensor]]:
+    """The spec and state dict of a project ``.safetensors`` or an imported ``.pth`` (no module built)."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointNotFoundError(f"checkpoint not found: {p}")
+    if p.stat().st_size == 0:
+        raise CorruptCheckpointError(f"{p}: the file is empty")
+    spec: ModelSpec | None = None
+    imported_from = "pth"
+    if is_safetensors(p):
+        sd, meta = read_safetensors(p)
+        spec = _spec_from_metadata(meta, p)
+        imported_from = "safetensors"
+    else:
+        sd = read_pth(p)
+    if spec is None:  # a reference state dict: detect what it is
+        sd = drop_untracked_instance_norm_stats(sd)
+        if overrides.get("arch") is not None:
+            arch, kwargs = str(overrides["arch"]), {}
+            with contextlib.suppress(CheckpointError):
+                detected_arch, detected = detect_architecture(sd)
+                if detected_arch == arch:
+                    kwargs = detected
+        else:
+            arch, kwargs = detect_architecture(sd)
+        spec = ModelSpec(
+            arch=arch,
+            arch_kwargs=kwargs,
+            mpp=None,
+            name=p.stem,
+            provenance={"imported_from": str(p), "import_format": imported_from},
+        )
+    return _apply_overrides(spec, overrides), sd
+
+
+def load_generator(
+    path: str | os.PathLike[str], device: str | torch.device = "cpu", **overrides: Any
+) -> LoadedGenerator:
+    """Load a generator in eval mode from a project checkpoint or a reference ``.pth`` state dict.
+
+    ``overrides`` fix what detection cannot know or got wrong: ``arch``, architecture arguments
+    (``n_blocks``, ``ngf``, ``norm``, ``use_dropout``, ``n_downsampling``...), or spec fields (``mpp``,
+    ``name``, ``target_stain``).  Loading is strict: any missing/unexpected key or shape mismatch raises
+    ShapeMismatchError naming them.
+    """
+    p = Path(path)
+    spec, sd = read_checkpoint(p, **overrides)
+    module = build_generator(spec.arch, **spec.arch_kwargs)
+    check_state_dict(module, sd, f"{p} (as {spec.arch} {spec.arch_kwargs})")
+    module.load_state_dict(sd, strict=True)
+    module.to(device)
+    module.eval()
+    return LoadedGenerator(module=module, spec=spec, source=str(p.resolve()), sha256=file_sha256(p))

@@ -1,0 +1,31 @@
+"""Typed errors for checkpoint loading, so callers can tell a user exactly what is wrong with a file."""
+
+from __future__ import annotations
+
+
+class CheckpointError(Exception):
+    """Base class: a checkpoint could not be read, recognised or loaded."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The path does not exist or is not a file."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """The file is truncated, empty or not a checkpoint at all."""
+
+
+class UnknownArchitectureError(CheckpointError):
+    """The architecture name is not registered, or the keys match no known generator layout."""
+
+
+class ShapeMismatchError(CheckpointError):
+    """The state dict does not fit the generator built for it (missing/unexpected keys, wrong shapes)."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A pickle that needs to execute code to load; it was refused and nothing in it ran."""
+
+
+class UnsupportedFormatVersionError(CheckpointError):
+    """The checkpoint was written by a newer version of this project's format."""

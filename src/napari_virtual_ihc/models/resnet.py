@@ -1,0 +1,113 @@
+"""The pix2pix/CycleGAN ResNet generator, laid out so the reference state-dict keys load unchanged.
+
+Layout of ``model`` (a flat ``nn.Sequential``; indices are part of the key names):
+``0`` reflect pad, ``1`` 7x7 conv, ``2`` norm, ``3`` ReLU; per downsampling a stride-2 conv, norm, ReLU;
+``n_blocks`` residual blocks; per upsampling a transposed conv, norm, ReLU; reflect pad, 7x7 conv, Tanh.
+With 2 downsamplings and 9 blocks the first block is ``model.10`` (``model.10.conv_block.1.weight``).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from .norms import NormFactory, conv_bias_for, norm_factory
+from .registry import register_generator
+
+
+def _pad(padding_type: str) -> tuple[list[nn.Module], int]:
+    """Explicit padding layer (reflect/replicate) or the conv's own zero padding."""
+    if padding_type == "reflect":
+        return [nn.ReflectionPad2d(1)], 0
+    if padding_type == "replicate":
+        return [nn.ReplicationPad2d(1)], 0
+    if padding_type == "zero":
+        return [], 1
+    raise ValueError(f"unknown padding_type {padding_type!r}")
+
+
+class ResnetBlock(nn.Module):
+    """``x + conv_block(x)``; ``conv_block`` = pad, conv, norm, ReLU, [dropout], pad, conv, norm.
+
+    Dropout shifts the second conv from ``conv_block.5`` to ``conv_block.6``.
+    """
+
+    def __init__(
+        self, dim: int, padding_type: str, norm_layer: NormFactory, use_dropout: bool, use_bias: bool
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        pad, p = _pad(padding_type)
+        layers += [*pad, nn.Conv2d(dim, dim, 3, padding=p, bias=use_bias), norm_layer(dim), nn.ReLU(True)]
+        if use_dropout:
+            layers.append(nn.Dropout(0.5))
+        pad, p = _pad(padding_type)
+        layers += [*pad, nn.Conv2d(dim, dim, 3, padding=p, bias=use_bias), norm_layer(dim)]
+        self.conv_block = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv_block(x)
+
+
+class ResnetGenerator(nn.Module):
+    """Encoder (``n_downsampling`` stride-2 convs), ``n_blocks`` residual blocks, decoder, Tanh output."""
+
+    def __init__(
+        self,
+        input_nc: int = 3,
+        output_nc: int = 3,
+        ngf: int = 64,
+        norm: str = "instance",
+        use_dropout: bool = False,
+        n_blocks: int = 9,
+        n_downsampling: int = 2,
+        padding_type: str = "reflect",
+    ) -> None:
+        super().__init__()
+        if n_blocks < 0 or n_downsampling < 0:
+            raise ValueError("n_blocks and n_downsampling must be >= 0")
+        norm_layer = norm_factory(norm)
+        bias = conv_bias_for(norm)
+        layers: list[nn.Module] = [
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(input_nc, ngf, 7, padding=0, bias=bias),
+            norm_layer(ngf),
+            nn.ReLU(True),
+        ]
+        for i in range(n_downsampling):
+            ch = ngf * 2**i
+            layers += [
+                nn.Conv2d(ch, ch * 2, 3, stride=2, padding=1, bias=bias),
+                norm_layer(ch * 2),
+                nn.ReLU(True),
+            ]
+        width = ngf * 2**n_downsampling
+        for _ in range(n_blocks):
+            layers.append(ResnetBlock(width, padding_type, norm_layer, use_dropout, bias))
+        for i in range(n_downsampling):
+            ch = ngf * 2 ** (n_downsampling - i)
+            layers += [
+                nn.ConvTranspose2d(ch, ch // 2, 3, stride=2, padding=1, output_padding=1, bias=bias),
+                norm_layer(ch // 2),
+                nn.ReLU(True),
+            ]
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, 7, padding=0), nn.Tanh()]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+
+@register_generator("resnet")
+def build_resnet(
+    input_nc: int = 3,
+    output_nc: int = 3,
+    ngf: int = 64,
+    norm: str = "instance",
+    use_dropout: bool = False,
+    n_blocks: int = 9,
+    n_downsampling: int = 2,
+    padding_type: str = "reflect",
+) -> ResnetGenerator:
+    return ResnetGenerator(
+        input_nc, output_nc, ngf, norm, use_dropout, n_blocks, n_downsampling, padding_type
+    )
