@@ -1,15 +1,84 @@
-"""`virtual-ihc convert` (not built yet)."""
+"""``virtual-ihc convert IN.pth OUT.safetensors``: import a paper's checkpoint into the project format.
+
+Argument parsing only; detection, strict loading and the atomic write live in ``models``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import sys
+
+from ..models import CheckpointError, available_architectures, load_generator, norm_kind, save_generator
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("convert", help="(not available yet)")
+    p = sub.add_parser(
+        "convert",
+        help="import a pix2pix/CycleGAN/PyramidPix2pix/TDKstain/ASP .pth into the project's .safetensors format",
+        description=(
+            "Read a generator checkpoint (.pth state dict, loaded with torch.load(weights_only=True), or a "
+            ".safetensors), detect its architecture from the keys and shapes, and write a .safetensors "
+            "with a JSON header. Options override what detection cannot know."
+        ),
+    )
+    p.add_argument("src", metavar="IN", help="input checkpoint (.pth / .safetensors)")
+    p.add_argument("dst", metavar="OUT", help="output .safetensors")
+    p.add_argument("--arch", choices=available_architectures(), help="architecture (default: detected)")
+    p.add_argument("--n-blocks", type=int, help="residual blocks (default: detected)")
+    p.add_argument("--ngf", type=int, help="width of the first layer (default: detected)")
+    p.add_argument("--n-downsampling", type=int, help="ResNet downsamplings, 2 or 3 (default: detected)")
+    p.add_argument("--norm", choices=["instance", "batch", "none"], help="normalisation (default: detected)")
+    p.add_argument("--dropout", type=_bool, metavar="BOOL", help="dropout layers (default: detected)")
+    p.add_argument(
+        "--model-mpp", type=float, help="µm/pixel the model was trained at (imported .pth: unknown)"
+    )
+    p.add_argument("--name", help="model name shown in the UI (default: the input's file name)")
+    p.add_argument("--target-stain", help="stain the model produces (default: HER2)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    print("virtual-ihc convert: not available yet")
-    return 2
+    if args.model_mpp is not None and args.model_mpp <= 0:
+        print("virtual-ihc convert: --model-mpp must be > 0", file=sys.stderr)
+        return 2
+    try:
+        loaded = load_generator(
+            args.src,
+            arch=args.arch,
+            n_blocks=args.n_blocks,
+            ngf=args.ngf,
+            n_downsampling=args.n_downsampling,
+            norm=args.norm,
+            use_dropout=args.dropout,
+            mpp=args.model_mpp,
+            name=args.name,
+            target_stain=args.target_stain,
+        )
+        spec = dataclasses.replace(
+            loaded.spec, provenance={**loaded.spec.provenance, "source_sha256": loaded.sha256}
+        )
+        out = save_generator(args.dst, loaded.module, spec)
+    except CheckpointError as exc:
+        print(f"virtual-ihc convert: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"virtual-ihc convert: cannot write {args.dst}: {exc}", file=sys.stderr)
+        return 1
+    n_params = sum(int(t.numel()) for t in loaded.module.parameters())
+    print(f"wrote {out}")
+    print(f"  arch {spec.arch} {json.dumps(spec.arch_kwargs, sort_keys=True)}")
+    print(f"  norm {norm_kind(loaded.module)}, {n_params / 1e6:.2f} M parameters")
+    print(f"  mpp {spec.mpp if spec.mpp is not None else 'unknown (runs at the slide native resolution)'}")
+    print(f"  name {spec.name!r}, target stain {spec.target_stain}")
+    return 0
