@@ -1,0 +1,335 @@
+"""Study bundles: build one from a case table, and load one back with every path checked.
+
+A bundle is a folder a reader receives: ``manifest.json`` plus ``images/<random id>.png``. It names
+images by random IDs only; which image is which case and modality lives in the unblinding key, a separate
+JSON file written outside the bundle folder for the coordinator.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import random
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from .cases import REAL, CaseSpec, read_case_table
+from .encode import FIXED_MTIME, decode_png, encode_png, fit_to_size, read_source, write_fixed_time
+from .errors import BundleError, StudyError
+from .ordering import gapped_order, reader_rng, session_split
+
+MANIFEST_NAME = "manifest.json"
+BUNDLE_FORMAT = "reader-study-bundle"  # no product name: the manifest must not say "virtual"
+KEY_FORMAT = "napari-virtual-ihc/study-key"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class StudyItem:
+    """One thing a reader scores: an image, optionally with an H&E context image beside it."""
+
+    image: str
+    context: str | None = None
+
+
+@dataclass(frozen=True)
+class SessionPlan:
+    number: int
+    items: tuple[StudyItem, ...]
+    opens_on: dt.date | None = None
+    washout_days: int | None = None  # days after the previous session was completed
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    readers: tuple[str, ...]
+    seed: int = 0
+    min_gap: int = 10
+    sessions: bool = False
+    washout_days: int | None = None
+    second_session_opens: dt.date | None = None
+    size: tuple[int, int] | None = None  # (width, height) for every image; default: each real image's size
+    ultralow: bool = False
+    title: str = "HER2 reader study"
+
+
+@dataclass
+class Bundle:
+    """A loaded, validated bundle (what the reader side sees: no sources, no modalities)."""
+
+    root: Path
+    study_id: str
+    title: str
+    ultralow: bool
+    images: dict[str, dict[str, Any]]
+    readers: dict[str, list[SessionPlan]]
+    manifest: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    def image_path(self, image_id: str) -> Path:
+        if image_id not in self.images:
+            raise BundleError(f"image {image_id!r} is not in this bundle")
+        return self.root / self.images[image_id]["file"]
+
+    def load_pixels(self, image_id: str) -> np.ndarray:
+        path = self.image_path(image_id)
+        try:
+            return decode_png(path)
+        except Exception as exc:
+            raise BundleError(f"bundle image {self.images[image_id]['file']} is unreadable: {exc}") from exc
+
+    def sessions_for(self, reader_id: str) -> list[SessionPlan]:
+        if reader_id not in self.readers:
+            from .errors import ReaderError
+
+            raise ReaderError(f"reader ID {reader_id!r} is not part of this study")
+        return self.readers[reader_id]
+
+
+def _new_id(taken: set[str]) -> str:
+    while True:
+        token = secrets.token_hex(6)
+        if token not in taken:
+            taken.add(token)
+            return token
+
+
+def build_study(
+    cases: Sequence[CaseSpec] | str | Path,
+    out_dir: str | Path,
+    options: BuildOptions,
+    key_path: str | Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[Path, Path]:
+    """Write a bundle folder and its unblinding key; returns (bundle_dir, key_path)."""
+    if not isinstance(cases, Sequence) or isinstance(cases, str):
+        cases = read_case_table(cases)
+    cases = list(cases)
+    if not options.readers or len(set(options.readers)) != len(options.readers):
+        raise StudyError("give at least one reader ID, each once")
+    out = Path(out_dir).resolve()
+    if out.exists() and any(out.iterdir()):
+        raise StudyError(f"{out} exists and is not empty; choose a new bundle folder")
+    key = Path(key_path).resolve() if key_path else out.parent / f"{out.name}_key.json"
+    if key.is_relative_to(out):
+        raise StudyError("the unblinding key must be written outside the bundle folder")
+    (out / "images").mkdir(parents=True, exist_ok=True)
+
+    taken: set[str] = set()
+    # image id -> (case id, modality or "he", source)
+    plan: dict[str, tuple[CaseSpec, str]] = {}
+    groups: list[list[StudyItem]] = []
+    for case in cases:
+        group = []
+        for modality in case.versions:
+            image_id = _new_id(taken)
+            plan[image_id] = (case, modality)
+            context_id = None
+            if case.context is not None:
+                context_id = _new_id(taken)  # a separate copy per item: no shared file links two versions
+                plan[context_id] = (case, "he")
+            group.append(StudyItem(image_id, context_id))
+        groups.append(group)
+
+    images = _write_images(plan, out, options.size, progress)
+    readers = {r: _plan_sessions(groups, options, r) for r in options.readers}
+    study_id = secrets.token_hex(8)
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "version": FORMAT_VERSION,
+        "study_id": study_id,
+        "title": options.title,
+        "scores": {"ultralow": options.ultralow},
+        "min_gap": None if options.sessions else options.min_gap,
+        "images": {i: images[i] for i in sorted(images)},
+        "readers": {r: [_session_json(s) for s in sessions] for r, sessions in readers.items()},
+    }
+    write_fixed_time(out / MANIFEST_NAME, json.dumps(manifest, indent=1, sort_keys=True).encode())
+    key_doc = {
+        "format": KEY_FORMAT,
+        "version": FORMAT_VERSION,
+        "study_id": study_id,
+        "seed": options.seed,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "bundle": str(out),
+        "images": {
+            i: {
+                "case_id": case.case_id,
+                "modality": modality,
+                "role": "context" if modality == "he" else "score",
+                "source": str((case.context if modality == "he" else case.versions[modality]).path),  # type: ignore[union-attr]
+                "region": _region_list(case),
+            }
+            for i, (case, modality) in sorted(plan.items())
+        },
+    }
+    key.parent.mkdir(parents=True, exist_ok=True)
+    key.write_text(json.dumps(key_doc, indent=1, sort_keys=True))
+    for d in (out / "images", out):
+        os.utime(d, (FIXED_MTIME, FIXED_MTIME))
+    return out, key
+
+
+def _region_list(case: CaseSpec) -> list[int] | None:
+    region = case.versions[REAL].region
+    return None if region is None else list(region)
+
+
+def _write_images(
+    plan: dict[str, tuple[CaseSpec, str]],
+    out: Path,
+    size: tuple[int, int] | None,
+    progress: Callable[[int, int], None] | None,
+) -> dict[str, dict[str, Any]]:
+    # Case target sizes come from the real image; files are written in a random order so that creation
+    # order / inode numbers do not pair versions of a case.
+    targets: dict[str, tuple[int, int]] = {}
+    write_order = list(plan)
+    random.Random(secrets.randbits(64)).shuffle(write_order)
+    cache: dict[str, np.ndarray] = {}
+    info: dict[str, dict[str, Any]] = {}
+    for done, image_id in enumerate(write_order):
+        case, modality = plan[image_id]
+        if case.case_id not in targets:
+            if size is not None:
+                targets[case.case_id] = size
+            else:
+                real = read_source(case.versions[REAL])
+                cache[case.case_id] = real
+                targets[case.case_id] = (real.shape[1], real.shape[0])
+        if modality == REAL and case.case_id in cache:
+            rgb = cache.pop(case.case_id)
+        else:
+            src = case.context if modality == "he" else case.versions[modality]
+            assert src is not None
+            rgb = read_source(src)
+        rgb = fit_to_size(rgb, targets[case.case_id])
+        data = encode_png(rgb)
+        rel = f"images/{image_id}.png"
+        write_fixed_time(out / rel, data)
+        info[image_id] = {
+            "file": rel,
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "width": int(rgb.shape[1]),
+            "height": int(rgb.shape[0]),
+        }
+        if progress is not None:
+            progress(done + 1, len(write_order))
+    return info
+
+
+def _plan_sessions(groups: list[list[StudyItem]], options: BuildOptions, reader: str) -> list[SessionPlan]:
+    rng = reader_rng(options.seed, reader)
+    if not options.sessions:
+        return [SessionPlan(1, tuple(gapped_order(groups, options.min_gap, rng)))]
+    plans = []
+    for n, items in enumerate(session_split(groups, rng), start=1):
+        plans.append(
+            SessionPlan(
+                n,
+                tuple(items),
+                opens_on=options.second_session_opens if n > 1 else None,
+                washout_days=options.washout_days if n > 1 else None,
+            )
+        )
+    return plans
+
+
+def _session_json(s: SessionPlan) -> dict[str, Any]:
+    return {
+        "number": s.number,
+        "opens_on": s.opens_on.isoformat() if s.opens_on else None,
+        "washout_days": s.washout_days,
+        "items": [{"image": it.image, "context": it.context} for it in s.items],
+    }
+
+
+def _safe_relative(root: Path, rel: Any) -> Path:
+    if not isinstance(rel, str) or not rel:
+        raise BundleError(f"manifest path {rel!r} is not a relative path")
+    p = PurePosixPath(rel)
+    if p.is_absolute() or "\\" in rel or ".." in p.parts or (len(rel) > 1 and rel[1] == ":"):
+        raise BundleError(f"manifest path {rel!r} points outside the bundle: refused")
+    full = (root / p).resolve()
+    if not full.is_relative_to(root):
+        raise BundleError(f"manifest path {rel!r} resolves outside the bundle: refused")
+    return full
+
+
+def load_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
+    """Open a bundle folder (or its manifest) and validate every entry before anything is shown."""
+    root = Path(path)
+    if root.is_file() and root.name == MANIFEST_NAME:
+        root = root.parent
+    root = root.resolve()
+    manifest_path = root / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise BundleError(f"{root} is not a study bundle (no {MANIFEST_NAME})")
+    try:
+        doc = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{MANIFEST_NAME} is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict) or doc.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{MANIFEST_NAME} is not a study bundle manifest")
+    if doc.get("version") != FORMAT_VERSION:
+        raise BundleError(f"unsupported bundle version {doc.get('version')!r}")
+    images = doc.get("images")
+    if not isinstance(images, dict) or not images:
+        raise BundleError("manifest lists no images")
+    for image_id, entry in images.items():
+        if not isinstance(entry, dict):
+            raise BundleError(f"manifest entry {image_id!r} is malformed")
+        full = _safe_relative(root, entry.get("file"))
+        if not full.is_file():
+            raise BundleError(f"bundle image {entry.get('file')!r} is missing")
+        if verify_hashes and entry.get("sha256"):
+            digest = hashlib.sha256(full.read_bytes()).hexdigest()
+            if digest != entry["sha256"]:
+                raise BundleError(f"bundle image {entry['file']!r} was modified (checksum mismatch)")
+    readers: dict[str, list[SessionPlan]] = {}
+    for reader, sessions in (doc.get("readers") or {}).items():
+        plans = []
+        for s in sessions:
+            items = []
+            for it in s.get("items", []):
+                for ref in (it.get("image"), it.get("context")):
+                    if ref is not None and ref not in images:
+                        raise BundleError(f"session refers to unknown image {ref!r}")
+                items.append(StudyItem(it["image"], it.get("context")))
+            plans.append(
+                SessionPlan(
+                    int(s["number"]),
+                    tuple(items),
+                    opens_on=dt.date.fromisoformat(s["opens_on"]) if s.get("opens_on") else None,
+                    washout_days=s.get("washout_days"),
+                )
+            )
+        readers[str(reader)] = plans
+    if not readers:
+        raise BundleError("manifest lists no readers")
+    return Bundle(
+        root=root,
+        study_id=str(doc.get("study_id")),
+        title=str(doc.get("title", "Reader study")),
+        ultralow=bool((doc.get("scores") or {}).get("ultralow", False)),
+        images=images,
+        readers=readers,
+        manifest=doc,
+    )
+
+
+def load_key(path: str | Path) -> dict[str, Any]:
+    """The coordinator's unblinding key."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise StudyError(f"cannot read the study key {path}: {exc}") from exc
+    if not isinstance(doc, dict) or doc.get("format") != KEY_FORMAT:
+        raise StudyError(f"{path} is not a study key")
+    return doc

@@ -1,0 +1,249 @@
+"""Write a study's results: a self-contained HTML report (plots embedded as PNG), CSVs and JSON."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn.metrics import ConfusionMatrixDisplay
+
+from .analysis import Comparison, StudyResults, imrmc_table
+from .scores import DISPLAY
+
+
+def confusion_figure(results: StudyResults) -> Figure:
+    """One confusion matrix per reader x virtual modality (rows: real IHC score, columns: virtual)."""
+    comps = results.comparisons
+    n = max(1, len(comps))
+    fig = Figure(figsize=(3.6 * n, 3.6), layout="constrained")
+    labels = [DISPLAY[c] for c in results.categories]
+    for i, c in enumerate(comps):
+        ax = fig.add_subplot(1, n, i + 1)
+        ConfusionMatrixDisplay(c.confusion, display_labels=labels).plot(ax=ax, colorbar=False, cmap="Blues")
+        ax.set_title(f"{c.reader_id}: {c.modality}\naccuracy {c.accuracy.k}/{c.accuracy.n}", fontsize=10)
+        ax.set_xlabel(f"{c.modality} score")
+        ax.set_ylabel("real IHC score")
+    return fig
+
+
+def accuracy_figure(results: StudyResults) -> Figure:
+    """BCI accuracy and within-one agreement per reader, with Wilson 95 % CIs."""
+    comps = results.comparisons
+    fig = Figure(figsize=(max(4.0, 1.6 * len(comps) + 2), 3.4), layout="constrained")
+    ax = fig.add_subplot(1, 1, 1)
+    x = np.arange(len(comps))
+    for off, attr, name in ((-0.18, "accuracy", "same score"), (0.18, "within_one", "within one category")):
+        p = [getattr(c, attr) for c in comps]
+        est = np.array([q.estimate for q in p]) * 100
+        err = np.array([[q.estimate - q.low for q in p], [q.high - q.estimate for q in p]]) * 100
+        ax.bar(x + off, est, width=0.34, yerr=err, capsize=4, label=name)
+    ax.set_xticks(x, [f"{c.reader_id}\n{c.modality}" for c in comps])
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("% of cases (Wilson 95 % CI)")
+    ax.legend(loc="upper right", fontsize=8)
+    return fig
+
+
+def timing_figure(results: StudyResults) -> Figure | None:
+    t = results.ratings.dropna(subset=["seconds"])
+    if t.empty:
+        return None
+    groups = list(t.groupby(["reader_id", "modality"]).seconds)
+    fig = Figure(figsize=(max(4.0, 1.3 * len(groups) + 2), 3.2), layout="constrained")
+    ax = fig.add_subplot(1, 1, 1)
+    ax.boxplot([g.to_numpy() for _, g in groups], tick_labels=[f"{r}\n{m}" for (r, m), _ in groups])
+    ax.set_ylabel("active seconds per case")
+    return fig
+
+
+def _png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return buf.getvalue()
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:.{digits}f}"
+
+
+def _pct(p: Any) -> str:
+    if p.n == 0:
+        return "n/a"
+    return f"{p.k}/{p.n} = {100 * p.estimate:.1f} % ({100 * p.low:.1f}–{100 * p.high:.1f})"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _test(t: Any) -> str:
+    if t is None:
+        return "n/a (no disagreement)"
+    df = f", df {t.df:g}" if t.df is not None else ""
+    return f"{_fmt(t.statistic, 2)} (p = {_fmt(t.pvalue, 4)}{df})"
+
+
+def comparison_rows(comps: list[Comparison]) -> list[list[str]]:
+    return [
+        [
+            c.reader_id,
+            c.modality,
+            str(c.n_pairs),
+            str(c.n_not_assessable),
+            _pct(c.accuracy),
+            _pct(c.within_one),
+            f"{_fmt(c.kappa_linear.value)} ({_fmt(c.kappa_linear.low)}–{_fmt(c.kappa_linear.high)})",
+            f"{_fmt(c.kappa_quadratic.value)} ({_fmt(c.kappa_quadratic.low)}–{_fmt(c.kappa_quadratic.high)})",
+            _test(c.mcnemar_3plus),
+            _test(c.mcnemar_0),
+            _test(c.stuart_maxwell),
+        ]
+        for c in comps
+    ]
+
+
+COMPARISON_HEADERS = [
+    "reader",
+    "virtual modality",
+    "pairs",
+    "not assessable",
+    "accuracy, same score (Wilson 95 % CI)",
+    "within one category",
+    "Cohen κ linear (bootstrap 95 % CI)",
+    "Cohen κ quadratic (bootstrap 95 % CI)",
+    "McNemar 3+ vs rest",
+    "McNemar 0 vs ≥1+",
+    "Stuart-Maxwell",
+]
+
+
+def render_html(results: StudyResults, figures: dict[str, bytes], title: str = "Reader study report") -> str:
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title><style>",
+        "body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}",
+        "td,th{border:1px solid #bbb;padding:4px 8px;font-size:13px}th{background:#eef}",
+        "img{max-width:100%}.note{color:#555;font-size:12px}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p>{results.ratings.reader_id.nunique()} readers, {results.ratings.case_id.nunique()} cases, "
+        f"{len(results.ratings)} ratings; categories {', '.join(DISPLAY[c] for c in results.categories)}. "
+        f"Bootstrap: {results.n_boot} case resamples, seed {results.seed}.</p>",
+        "<h2>Virtual vs real, per reader</h2>",
+        "<p class='note'>A virtual image is accurate when its reader gives it the same HER2 score as the "
+        "real IHC of the same case (the BCI paper's criterion). Wilson CIs from statsmodels "
+        "proportion_confint; κ from scikit-learn cohen_kappa_score with a scipy bootstrap over cases; "
+        "McNemar exact (statsmodels); Stuart-Maxwell from statsmodels SquareTable.homogeneity.</p>",
+        _table(COMPARISON_HEADERS, comparison_rows(results.comparisons)),
+    ]
+    if "accuracy" in figures:
+        parts.append(_img(figures["accuracy"], "accuracy"))
+    if "confusion" in figures:
+        parts += ["<h2>Confusion matrices</h2>", _img(figures["confusion"], "confusion matrices")]
+    parts.append("<h2>Agreement between readers</h2>")
+    if results.inter_reader:
+        rows = []
+        for ir in results.inter_reader:
+            for p in ir.pairwise:
+                rows.append(
+                    [
+                        ir.modality,
+                        str(ir.n_cases),
+                        _fmt(ir.fleiss),
+                        f"{p['reader_a']} – {p['reader_b']}",
+                        _fmt(p["kappa_unweighted"]),
+                        _fmt(p["kappa_linear"]),
+                        _fmt(p["kappa_quadratic"]),
+                    ]
+                )
+        parts.append(
+            _table(["images", "cases", "Fleiss κ", "pair", "Cohen κ", "κ linear", "κ quadratic"], rows)
+        )
+    else:
+        parts.append("<p>Needs at least two readers scoring the same cases.</p>")
+    parts.append("<h2>Time per case (active seconds, idle excluded)</h2>")
+    t = results.timing
+    parts.append(
+        _table(
+            ["reader", "modality", "n", "median s", "mean s", "total s"],
+            [
+                [
+                    r.reader_id,
+                    r.modality,
+                    str(r.n),
+                    _fmt(r.median_s, 1),
+                    _fmt(r.mean_s, 1),
+                    _fmt(r.total_s, 0),
+                ]
+                for r in t.itertuples()
+            ],
+        )
+    )
+    if "timing" in figures:
+        parts.append(_img(figures["timing"], "time per case"))
+    parts.append("<h2>Progress</h2>")
+    parts.append(
+        _table(list(results.progress.columns), [[str(v) for v in r] for r in results.progress.to_numpy()])
+    )
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
+
+
+def results_json(results: StudyResults) -> dict[str, Any]:
+    def comp(c: Comparison) -> dict[str, Any]:
+        d = asdict(c)
+        d["confusion"] = c.confusion.tolist()
+        return d
+
+    return {
+        "categories": results.categories,
+        "seed": results.seed,
+        "n_boot": results.n_boot,
+        "comparisons": [comp(c) for c in results.comparisons],
+        "inter_reader": [asdict(x) for x in results.inter_reader],
+        "timing": results.timing.to_dict(orient="records"),
+    }
+
+
+def write_report(results: StudyResults, out_dir: str | Path, title: str = "Reader study report") -> Path:
+    """Write report.html, confusion.png, accuracy.png, timing.png, ratings.csv, imrmc.csv, results.json."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figures: dict[str, bytes] = {}
+    for name, fig in (
+        ("confusion", confusion_figure(results)),
+        ("accuracy", accuracy_figure(results)),
+        ("timing", timing_figure(results)),
+    ):
+        if fig is not None:
+            figures[name] = _png(fig)
+            (out / f"{name}.png").write_bytes(figures[name])
+    results.ratings.to_csv(out / "ratings.csv", index=False)
+    imrmc_table(results.ratings).to_csv(out / "imrmc.csv", index=False)
+    (out / "results.json").write_text(json.dumps(results_json(results), indent=1, default=_json_default))
+    report = out / "report.html"
+    report.write_text(render_html(results, figures, title), encoding="utf-8")
+    return report
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
