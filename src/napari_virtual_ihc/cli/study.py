@@ -1,15 +1,168 @@
-"""`virtual-ihc study` (not built yet)."""
+"""`virtual-ihc study build|import|analyze|status`: blinded reader studies (argument parsing only)."""
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import sys
+from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("study", help="(not available yet)")
-    p.set_defaults(func=run)
+    p = sub.add_parser("study", help="blinded reader studies: build a bundle, import answers, analyse")
+    ssub = p.add_subparsers(dest="study_command", required=True, metavar="ACTION")
+
+    b = ssub.add_parser("build", help="build a reader bundle + unblinding key from a table of cases")
+    b.add_argument("cases", type=Path, help="CSV/TSV: case_id, real, virtual[_name]..., [he], [x, y, w, h]")
+    b.add_argument("--out", type=Path, required=True, help="new bundle folder (given to readers)")
+    b.add_argument("--key", type=Path, help="unblinding key path (default: <out>_key.json beside the bundle)")
+    who = b.add_mutually_exclusive_group(required=True)
+    who.add_argument("--readers", nargs="+", metavar="ID", help="reader IDs")
+    who.add_argument("--n-readers", type=int, metavar="N", help="readers reader-1..reader-N")
+    b.add_argument("--seed", type=int, default=0, help="seed of every reader's order (default 0)")
+    b.add_argument("--min-gap", type=int, default=10, help="versions of a case at least N positions apart")
+    b.add_argument("--sessions", action="store_true", help="one version per case per session instead")
+    b.add_argument(
+        "--washout-days", type=int, help="with --sessions: days between finishing one session and the next"
+    )
+    b.add_argument(
+        "--session2-opens",
+        type=dt.date.fromisoformat,
+        metavar="YYYY-MM-DD",
+        help="with --sessions: later sessions do not open before this date",
+    )
+    b.add_argument("--size", type=int, nargs=2, metavar=("W", "H"), help="resample every image to W x H")
+    b.add_argument("--ultralow", action="store_true", help="offer the HER2-ultralow category")
+    b.add_argument("--title", default="HER2 reader study")
+    b.set_defaults(func=run_build)
+
+    i = ssub.add_parser("import", help="import answers scored elsewhere (glass, other tools) from a CSV")
+    i.add_argument(
+        "csv",
+        type=Path,
+        help="reader_id, score, image_id | case_id + modality, [confidence, comment, seconds]",
+    )
+    i.add_argument("--answers-dir", type=Path, required=True, help="folder of per-reader answer stores")
+    i.add_argument("--key", type=Path, help="study key (checks image IDs, ties the stores to the study)")
+    i.set_defaults(func=run_import)
+
+    a = ssub.add_parser("analyze", help="statistics + HTML report from the key and the answer stores")
+    a.add_argument("--key", type=Path, help="unblinding key (needed unless every answer names its case)")
+    a.add_argument("--answers", type=Path, nargs="+", required=True, help="answer stores or folders of them")
+    a.add_argument("--out", type=Path, required=True, help="report folder")
+    a.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for kappa CIs")
+    a.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    a.add_argument("--ultralow", action="store_true", help="use 5 categories even if nobody chose ultralow")
+    a.set_defaults(func=run_analyze)
+
+    s = ssub.add_parser("status", help="per-reader progress (answered k of n) without unblinding")
+    s.add_argument("bundle", type=Path)
+    s.add_argument("--answers-dir", type=Path, help="default: <bundle>/answers")
+    s.set_defaults(func=run_status)
 
 
-def run(args: argparse.Namespace) -> int:
-    print("virtual-ihc study: not available yet")
+def _fail(exc: Exception) -> int:
+    print(f"virtual-ihc study: {exc}", file=sys.stderr)
     return 2
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from napari_virtual_ihc.study import BuildOptions, StudyError, build_study
+
+    readers = (
+        tuple(args.readers) if args.readers else tuple(f"reader-{k}" for k in range(1, args.n_readers + 1))
+    )
+    opts = BuildOptions(
+        readers=readers,
+        seed=args.seed,
+        min_gap=args.min_gap,
+        sessions=args.sessions,
+        washout_days=args.washout_days,
+        second_session_opens=args.session2_opens,
+        size=tuple(args.size) if args.size else None,
+        ultralow=args.ultralow,
+        title=args.title,
+    )
+    bar = tqdm(desc="encoding images", unit="img")
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        bundle, key = build_study(args.cases, args.out, opts, key_path=args.key, progress=progress)
+    except StudyError as exc:
+        return _fail(exc)
+    finally:
+        bar.close()
+    print(f"bundle: {bundle}  (give this folder to the readers: {', '.join(readers)})")
+    print(f"key:    {key}  (coordinator only; keep it away from readers)")
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from napari_virtual_ihc.study import StudyError, load_key
+    from napari_virtual_ihc.study.importer import import_answers_csv
+
+    try:
+        key = load_key(args.key) if args.key else None
+        n = import_answers_csv(args.csv, args.answers_dir, key)
+    except StudyError as exc:
+        return _fail(exc)
+    print(f"imported {n} answers into {args.answers_dir}")
+    return 0
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+    from napari_virtual_ihc.study import StudyError, load_key
+    from napari_virtual_ihc.study.analysis import analyze
+    from napari_virtual_ihc.study.ratings import collect_ratings
+    from napari_virtual_ihc.study.report import write_report
+
+    try:
+        key = load_key(args.key) if args.key else None
+        ratings = collect_ratings(key, args.answers)
+        if ratings.empty:
+            raise StudyError("no answers to analyse")
+        expected = sum(1 for v in (key or {}).get("images", {}).values() if v.get("role") == "score") or None
+        results = analyze(
+            ratings,
+            ultralow=True if args.ultralow else None,
+            n_boot=args.bootstrap,
+            seed=args.seed,
+            expected_per_reader=expected,
+        )
+        report = write_report(results, args.out)
+    except StudyError as exc:
+        return _fail(exc)
+    for c in results.comparisons:
+        acc = c.accuracy
+        print(
+            f"{c.reader_id} {c.modality}: accuracy {acc.k}/{acc.n} = {100 * acc.estimate:.1f} % "
+            f"(Wilson 95 % CI {100 * acc.low:.1f}-{100 * acc.high:.1f}), "
+            f"kappa linear {c.kappa_linear.value:.3f}, quadratic {c.kappa_quadratic.value:.3f}"
+        )
+    print(f"report: {report}")
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from napari_virtual_ihc.study import AnswerStore, StudyError, load_bundle
+    from napari_virtual_ihc.study.session import store_filename
+
+    try:
+        bundle = load_bundle(args.bundle, verify_hashes=False)
+        folder = args.answers_dir or bundle.root / "answers"
+        for reader, plans in bundle.readers.items():
+            path = folder / store_filename(reader)
+            answered = 0
+            if path.is_file():
+                with AnswerStore(path, bundle.study_id, reader) as store:
+                    answered = len(store.current_answers())
+            total = sum(len(p.items) for p in plans)
+            print(f"{reader}: {answered} of {total} answered")
+    except StudyError as exc:
+        return _fail(exc)
+    return 0
