@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import pickletools
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -56,19 +58,83 @@ def read_pth(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj: Any = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        msg = str(exc)
-        if "Weights only load failed" in msg or "Unsupported global" in msg or "Unsupported operand" in msg:
-            raise UnsafeCheckpointError(
-                f"{path}: the file contains code (a pickled object that would run Python on loading); "
-                "it was not loaded. Only plain tensor state dicts can be imported. "
-                f"Details: {msg.splitlines()[0]}"
-            ) from None
-        raise CorruptCheckpointError(f"{path}: not a readable PyTorch checkpoint ({msg})") from exc
+        raise _classify_refusal(path, str(exc)) from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, AttributeError) as exc:
         raise CorruptCheckpointError(
             f"{path}: not a readable PyTorch checkpoint (truncated or not a checkpoint: {exc})"
         ) from exc
     return extract_state_dict(obj, str(path))
+
+
+_STRING_OPS = {
+    "SHORT_BINUNICODE",
+    "BINUNICODE",
+    "UNICODE",
+    "BINUNICODE8",
+    "SHORT_BINSTRING",
+    "BINSTRING",
+    "STRING",
+}
+
+
+def pickle_globals(data: bytes, limit: int = 20) -> list[str] | None:
+    """Callables/classes a pickle stream names, found by reading its opcodes (nothing is executed).
+
+    ``None`` if the bytes are not a pickle at all.  Concatenated pickles (the legacy torch format) are
+    scanned one after another.
+    """
+    names: list[str] = []
+    pos = 0
+    try:
+        while pos < len(data) and len(names) < limit:
+            recent: list[str | None] = []  # last pushes, None for non-string ops (memo ops skipped)
+            end = pos
+            for op, arg, offset in pickletools.genops(data[pos:]):
+                end = pos + (offset or 0) + 1
+                if op.name in ("MEMOIZE", "BINPUT", "LONG_BINPUT", "PUT"):
+                    continue
+                if op.name in _STRING_OPS and isinstance(arg, str | bytes):
+                    recent.append(arg if isinstance(arg, str) else arg.decode("latin-1"))
+                elif op.name in ("GLOBAL", "INST") and isinstance(arg, str):
+                    names.append(arg.replace(" ", "."))
+                elif op.name == "STACK_GLOBAL":
+                    pair = recent[-2:]
+                    names.append(
+                        ".".join(str(p) for p in pair) if None not in pair and len(pair) == 2 else "?"
+                    )
+                else:
+                    recent.append(None)
+                recent = recent[-2:]
+                if op.name == "STOP":
+                    break
+            if end <= pos:
+                break
+            pos = end
+    except (ValueError, IndexError, KeyError, UnicodeDecodeError):
+        if not names and pos == 0:
+            return None
+    return names
+
+
+def _classify_refusal(path: Path, msg: str) -> Exception:
+    """Tell "this pickle wants to run code" (refused, never executed) from "this is not a checkpoint"."""
+    m = re.search(r"Unsupported global: GLOBAL ([^ ]+)", msg)
+    if m:
+        return UnsafeCheckpointError(
+            f"{path}: the file contains code (it asks to call {m.group(1)} while loading); it was not "
+            "loaded and nothing in it ran. Only plain tensor state dicts can be imported."
+        )
+    with open(path, "rb") as fh:
+        head = fh.read(64 << 20)
+    names = pickle_globals(head)
+    if names:
+        shown = ", ".join(sorted(set(names) - {"?"})[:6]) or "pickled callables"
+        return UnsafeCheckpointError(
+            f"{path}: the file is a pickle that names Python code ({shown}); it was not loaded and "
+            "nothing in it ran. Only plain tensor state dicts (torch.save of a state_dict) can be imported."
+        )
+    first = next((line.strip() for line in msg.splitlines() if "Unsupported" in line), msg.splitlines()[0])
+    return CorruptCheckpointError(f"{path}: not a readable PyTorch checkpoint ({first})")
 
 
 def _is_tensor_dict(obj: Any) -> bool:
