@@ -81,7 +81,9 @@ class TileGrid:
     def window_size(self) -> tuple[int, int]:
         """(width, height) of every window: core + 2 halo, aligned, at most the padded plane."""
         pw, ph = self.padded_plane
-        side = round_up(self.tile + 2 * self.halo, self.align)
+        aligned = self.bounds[0] % self.align == 0 and self.bounds[1] % self.align == 0
+        slack = 0 if aligned and self.tile % self.align == 0 else self.align  # room for unaligned cores
+        side = round_up(self.tile + 2 * self.halo + slack, self.align)
         return (min(side, pw), min(side, ph))
 
     @property
