@@ -1,6 +1,7 @@
 """Generators (pix2pix/CycleGAN ResNet and U-Net, ASP's ResNet) and safe checkpoint I/O. Core, napari-free."""
 
 from .checkpoint import HEADER_KEY, file_sha256, load_generator, read_checkpoint, save_generator
+from .describe import describe, receptive_field, size_multiple
 from .detect import detect_architecture
 from .errors import (
     CheckpointError,
@@ -30,11 +31,14 @@ __all__ = [
     "UnsupportedFormatVersionError",
     "available_architectures",
     "build_generator",
+    "describe",
     "detect_architecture",
     "file_sha256",
     "load_generator",
     "norm_kind",
     "read_checkpoint",
+    "receptive_field",
     "register_generator",
     "save_generator",
+    "size_multiple",
 ]
