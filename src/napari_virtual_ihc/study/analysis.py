@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import sklearn
 from scipy.stats import bootstrap
 from sklearn.metrics import cohen_kappa_score, confusion_matrix
 from statsmodels.stats.contingency_tables import SquareTable, mcnemar
@@ -114,7 +115,7 @@ def kappa_with_ci(
     value = kappa(a, b, weights, n_labels)
     if len(a) < 2 or n_boot <= 0:
         return Estimate(value, float("nan"), float("nan"))
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), sklearn.config_context(skip_parameter_validation=True):
         warnings.simplefilter("ignore")
         res = bootstrap(
             (a, b),
