@@ -73,7 +73,7 @@ def test_missing_file(tmp_path: Path) -> None:
         load_generator(tmp_path)  # a directory is not a checkpoint
 
 
-@pytest.mark.parametrize("fraction", [0.5, 0.98])
+@pytest.mark.parametrize("fraction", [0.0005, 0.5, 0.98])
 @pytest.mark.parametrize("fmt", ["pth_zip", "pth_legacy", "safetensors"])
 def test_truncated_files(tmp_path: Path, tiny_state_dict, fmt: str, fraction: float) -> None:
     path = tmp_path / f"m.{'safetensors' if fmt == 'safetensors' else 'pth'}"

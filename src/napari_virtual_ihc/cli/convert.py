@@ -10,7 +10,7 @@ import dataclasses
 import json
 import sys
 
-from ..models import CheckpointError, available_architectures, load_generator, norm_kind, save_generator
+from ..models import CheckpointError, load_generator, norm_kind, save_generator
 
 
 def _bool(text: str) -> bool:
@@ -34,7 +34,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("src", metavar="IN", help="input checkpoint (.pth / .safetensors)")
     p.add_argument("dst", metavar="OUT", help="output .safetensors")
-    p.add_argument("--arch", choices=available_architectures(), help="architecture (default: detected)")
+    p.add_argument(
+        "--arch",
+        help="architecture: resnet, unet_256, unet_128, asp_resnet or a registered one (default: detected)",
+    )
     p.add_argument("--n-blocks", type=int, help="residual blocks (default: detected)")
     p.add_argument("--ngf", type=int, help="width of the first layer (default: detected)")
     p.add_argument("--n-downsampling", type=int, help="ResNet downsamplings, 2 or 3 (default: detected)")

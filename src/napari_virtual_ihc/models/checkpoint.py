@@ -29,7 +29,7 @@ from .errors import (
 )
 from .registry import build_generator
 from .spec import FORMAT_VERSION, LoadedGenerator, ModelSpec
-from .state_dict_io import is_safetensors, read_pth, read_safetensors
+from .state_dict_io import read_pth, read_safetensors, sniff_format
 
 HEADER_KEY = "virtual_ihc"  # safetensors metadata key holding ModelSpec.to_dict() as JSON
 _SPEC_FIELDS = {f.name for f in dataclasses.fields(ModelSpec)} - {"arch_kwargs", "format_version"}
@@ -142,7 +142,12 @@ def read_checkpoint(
         raise CorruptCheckpointError(f"{p}: the file is empty")
     spec: ModelSpec | None = None
     imported_from = "pth"
-    if is_safetensors(p):
+    kind = sniff_format(p)
+    if kind == "truncated_safetensors":
+        raise CorruptCheckpointError(
+            f"{p}: truncated safetensors file (its header runs past the end of the file)"
+        )
+    if kind == "safetensors":
         sd, meta = read_safetensors(p)
         spec = _spec_from_metadata(meta, p)
         imported_from = "safetensors"

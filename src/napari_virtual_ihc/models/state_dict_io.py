@@ -28,14 +28,19 @@ _NESTING_KEYS = (
 )
 
 
-def is_safetensors(path: Path) -> bool:
-    """A safetensors file starts with an 8-byte little-endian header length followed by a JSON object."""
+def sniff_format(path: Path) -> str:
+    """``"safetensors"``, ``"truncated_safetensors"`` or ``"pickle"`` (anything else: torch.load decides).
+
+    A safetensors file starts with an 8-byte little-endian header length followed by a JSON object.
+    """
     with open(path, "rb") as fh:
         head = fh.read(9)
     if len(head) < 9 or head[8:9] != b"{":
-        return False
+        return "pickle"
     n = int.from_bytes(head[:8], "little")
-    return 2 <= n <= path.stat().st_size - 8
+    if n < 2 or n > 100_000_000:
+        return "pickle"
+    return "safetensors" if n <= path.stat().st_size - 8 else "truncated_safetensors"
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
