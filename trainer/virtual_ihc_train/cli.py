@@ -1,12 +1,157 @@
-"""``virtual-ihc-train`` (stub until the trainer issue)."""
+"""``virtual-ihc-train fit|resume|evaluate|export``: argument parsing only; the work is in the modules."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+from .config import Config, ConfigError, merge, parse_set, read_config_file, set_value
+from .data import DatasetError
+from .presets import PRESETS, preset_config
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    """Preset, then the config file, then dataset shortcuts, then ``--set`` (last wins)."""
+    cfg = preset_config(args.preset, args.multiscale_discriminator)
+    if args.config:
+        merge(cfg, read_config_file(Path(args.config)))
+    if args.bci:
+        set_value(cfg, "data.kind", "bci")
+        set_value(cfg, "data.root", str(args.bci))
+    if args.mist:
+        set_value(cfg, "data.kind", "mist")
+        set_value(cfg, "data.root", str(args.mist))
+    for kind in ("paired", "unpaired"):
+        folders = getattr(args, kind)
+        if folders:
+            set_value(cfg, "data.kind", kind)
+            set_value(cfg, "data.source", str(folders[0]))
+            set_value(cfg, "data.target", str(folders[1]))
+    for key, value in parse_set(args.set or []).items():
+        set_value(cfg, key, value)
+    return cfg
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from .loop import fit
+
+    cfg = build_config(args)
+    run_dir = Path(args.run_dir)
+    if (run_dir / "checkpoints" / "latest.txt").exists():
+        raise ConfigError(
+            f"{run_dir} already holds a run; use `virtual-ihc-train resume {run_dir}` or another --run-dir"
+        )
+    summary = fit(cfg, run_dir)
+    print(f"trained to step {summary['step']} (epoch {summary['epoch']}); run in {run_dir}")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from .loop import fit
+
+    run_dir = Path(args.run_dir)
+    cfg_file = run_dir / "config.yaml"
+    if not cfg_file.is_file():
+        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
+    cfg = Config.from_dict(read_config_file(cfg_file))
+    for key, value in parse_set(args.set or []).items():
+        set_value(cfg, key, value)
+    summary = fit(cfg, run_dir, resume=True)
+    print(f"trained to step {summary['step']} (epoch {summary['epoch']}); run in {run_dir}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_cli
+
+    return evaluate_cli(args)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_run
+
+    out = export_run(
+        Path(args.run_dir),
+        Path(args.out),
+        checkpoint=args.checkpoint,
+        metrics_json=args.metrics,
+        mpp=args.mpp,
+        name=args.name,
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", choices=sorted(PRESETS), default="pyramid-pix2pix")
+    p.add_argument(
+        "--multiscale-discriminator",
+        action="store_true",
+        help="pix2pixHD/TDKstain discriminator: 3 scales, LSGAN, feature matching",
+    )
+    p.add_argument("--config", help="YAML or TOML file of overrides (nested sections or dotted keys)")
+    p.add_argument("--bci", metavar="ROOT", help="BCI folder (HE/{train,test}, IHC/{train,test})")
+    p.add_argument("--mist", metavar="ROOT", help="MIST folder (trainA, trainB, valA, valB)")
+    p.add_argument(
+        "--paired", nargs=2, metavar=("HE_DIR", "IHC_DIR"), help="two folders with the same file names"
+    )
+    p.add_argument("--unpaired", nargs=2, metavar=("HE_DIR", "IHC_DIR"), help="two folders, no pairing")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one key, e.g. optim.lr=1e-4")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="virtual-ihc-train", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("fit", help="train a generator from a preset")
+    add_config_args(p)
+    p.add_argument("--run-dir", required=True, help="where config, checkpoints, logs and grids go")
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("resume", help="continue a run from its latest checkpoint")
+    p.add_argument("run_dir")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="e.g. train.max_steps=20000")
+    p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser(
+        "evaluate", help="PSNR/SSIM (overall, per HER2 class), FID/KID, LPIPS/DISTS, TDKstain errors"
+    )
+    from .evaluate import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="write the plugin's checkpoint (.safetensors with header) from a run")
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True, help="output .safetensors file")
+    p.add_argument("--checkpoint", help="checkpoint folder name (default: latest)")
+    p.add_argument("--metrics", help="evaluation JSON to record in the header (metrics.json from evaluate)")
+    p.add_argument("--mpp", type=float, help="µm/px of the training data (overrides data.mpp)")
+    p.add_argument("--name", help="model name shown in the plugin")
+    p.set_defaults(func=cmd_export)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="virtual-ihc-train")
-    parser.parse_args(argv)
-    return 0
+    args = make_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ConfigError, DatasetError, ValueError, FileNotFoundError) as exc:  # bad input: say what, exit 2
+        print(f"virtual-ihc-train: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        from napari_virtual_ihc.models import CheckpointError
+
+        from .evaluate import MissingWeightsError
+        from .run_state import ResumeError
+
+        if isinstance(exc, (CheckpointError, MissingWeightsError, ResumeError)):
+            print(f"virtual-ihc-train: error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

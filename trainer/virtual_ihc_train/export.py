@@ -1,0 +1,75 @@
+"""Export a run's generator to the plugin's checkpoint format (``.safetensors`` + JSON header), with the
+training facts a user of the widget or ``virtual-ihc stain`` wants to see: mpp, preset, data, epochs,
+steps and metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from napari_virtual_ihc.models import build_generator, read_checkpoint, save_generator
+
+from .config import Config, read_config_file
+from .run_state import ResumeError, latest_checkpoint
+
+
+def export_run(
+    run_dir: Path,
+    out: Path,
+    checkpoint: str | None = None,
+    metrics_json: str | Path | None = None,
+    mpp: float | None = None,
+    name: str | None = None,
+) -> Path:
+    run_dir = Path(run_dir)
+    cfg = Config.from_dict(read_config_file(run_dir / "config.yaml"))
+    ckpt = run_dir / "checkpoints" / checkpoint if checkpoint else latest_checkpoint(run_dir)
+    if not (ckpt / "generator.safetensors").is_file():
+        raise ResumeError(f"no generator.safetensors in {ckpt}")
+    spec, sd = read_checkpoint(ckpt / "generator.safetensors")
+    state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+    module = build_generator(spec.arch, **spec.arch_kwargs)
+    module.load_state_dict(sd, strict=True)
+    metrics: dict[str, Any] = {}
+    if metrics_json:
+        result = json.loads(Path(metrics_json).read_text())
+        metrics = {
+            "summary": result.get("summary", {}),
+            "convention": result.get("convention"),
+            "n_images": result.get("n_images"),
+        }
+    data = {
+        "kind": cfg.data.kind,
+        "root": cfg.data.root or None,
+        "source": cfg.data.source or None,
+        "target": cfg.data.target or None,
+        "split": cfg.data.split,
+        "description": cfg.data.description,
+        "crop_size": cfg.data.crop_size,
+        "preprocess": cfg.data.preprocess,
+    }
+    provenance = {
+        "trainer": "virtual-ihc-train",
+        "preset": cfg.preset,
+        "data": data,
+        "epochs": state["epoch"],
+        "steps": state["step"],
+        "planned_epochs": cfg.optim.n_epochs + cfg.optim.n_epochs_decay,
+        "losses": dataclasses.asdict(cfg.loss),
+        "discriminator": cfg.model.discriminator,
+        "checkpoint": ckpt.name,
+        "metrics": metrics,
+    }
+    spec = dataclasses.replace(
+        spec,
+        mpp=mpp if mpp is not None else cfg.data.mpp,
+        name=name or f"{cfg.preset} on {cfg.data.kind}",
+        provenance=provenance,
+    )
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return save_generator(out, module.eval(), spec)

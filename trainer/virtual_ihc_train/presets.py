@@ -1,0 +1,70 @@
+"""Named recipes with the papers' defaults; every value can be overridden (see ``config.py``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import Config, ConfigError, merge
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Isola et al. 2017 / junyanz defaults: U-Net-256 (batch norm, dropout), 70x70 PatchGAN, vanilla GAN,
+    # 100 x L1, batch 1, resize to 286 then random 256 crop, 100 + 100 epochs.
+    "pix2pix": {
+        "data": {"preprocess": "resize_and_crop", "load_size": 286, "crop_size": 256, "rot90": False},
+        "model": {
+            "arch": "unet_256",
+            "arch_kwargs": {"ngf": 64, "norm": "batch", "use_dropout": True},
+            "discriminator": "patch",
+            "norm_d": "batch",
+        },
+        "loss": {"gan_mode": "vanilla", "pyramid_weights": [100.0], "lambda_variance": 0.0},
+        "optim": {"n_epochs": 100, "n_epochs_decay": 100},
+        "train": {"batch_size": 1},
+    },
+    # Liu et al. 2022 (BCI): ResNet-9 with batch norm and dropout, vanilla GAN, 25 x L1 at full resolution and
+    # 25 x L1 at each of three further octaves (4 blurs 3x3 sigma 1 then /2), batch 2, full 1024 px images
+    # ("not preprocessed"), 100 + 100 epochs (the BCI code's defaults; the paper's text says 50 + 50).
+    "pyramid-pix2pix": {
+        "data": {"preprocess": "none", "crop_size": 1024, "rot90": False},
+        "model": {
+            "arch": "resnet",
+            "arch_kwargs": {"n_blocks": 9, "ngf": 64, "norm": "batch", "use_dropout": True},
+            "discriminator": "patch",
+            "norm_d": "batch",
+        },
+        "loss": {"gan_mode": "vanilla", "pyramid_weights": [25.0, 25.0, 25.0, 25.0], "lambda_variance": 0.0},
+        "optim": {"n_epochs": 100, "n_epochs_decay": 100},
+        "train": {"batch_size": 2},
+    },
+    # Rehmat et al. (section 4.2, 5.3): the pyramid objective plus lambda_variance x the batch-variance penalty,
+    # batch 8, 50 + 50 epochs, cropped inputs (size not stated: 256, the pix2pix crop). The text does not give
+    # the penalty's weight (eq. 11 lost its symbols; it reads as a plain sum): 1.0.
+    "variance-pyramid": {
+        "data": {"preprocess": "crop", "crop_size": 256, "rot90": False},
+        "model": {
+            "arch": "resnet",
+            "arch_kwargs": {"n_blocks": 9, "ngf": 64, "norm": "batch", "use_dropout": True},
+            "discriminator": "patch",
+            "norm_d": "batch",
+        },
+        "loss": {"gan_mode": "vanilla", "pyramid_weights": [25.0, 25.0, 25.0, 25.0], "lambda_variance": 1.0},
+        "optim": {"n_epochs": 50, "n_epochs_decay": 50},
+        "train": {"batch_size": 8},
+    },
+}
+
+# pix2pixHD / TDKstain: 3-scale discriminator, LSGAN, feature matching (x10), instance norm in D.
+MULTISCALE_DISCRIMINATOR: dict[str, Any] = {
+    "model": {"discriminator": "multiscale", "num_d": 3, "norm_d": "instance"},
+    "loss": {"gan_mode": "lsgan", "lambda_feat": 10.0},
+}
+
+
+def preset_config(name: str, multiscale_discriminator: bool = False) -> Config:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    cfg = Config(preset=name)
+    merge(cfg, PRESETS[name])
+    if multiscale_discriminator:
+        merge(cfg, MULTISCALE_DISCRIMINATOR)
+    return cfg
