@@ -149,3 +149,5 @@ def test_registry_accepts_new_architectures(tmp_path: Path) -> None:
         GENERATORS.pop("test_tiny_conv", None)
     with pytest.raises(UnknownArchitectureError, match="bad arguments"):
         build_generator("resnet", n_blockz=3)
+    with pytest.raises(UnknownArchitectureError, match="norm"):
+        build_generator("resnet", norm="group")

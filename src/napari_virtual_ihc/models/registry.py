@@ -40,9 +40,10 @@ def build_generator(arch: str, **kwargs: Any) -> nn.Module:
         factory = GENERATORS[arch]
     except KeyError:
         raise UnknownArchitectureError(
-            f"unknown generator architecture {arch!r}; known: {', '.join(sorted(GENERATORS))}"
+            f"unknown generator architecture {arch!r}; known: {', '.join(sorted(GENERATORS))} "
+            "(an architecture added by other code is known only after the module registering it is imported)"
         ) from None
     try:
         return factory(**kwargs)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise UnknownArchitectureError(f"bad arguments for architecture {arch!r}: {exc}") from exc
