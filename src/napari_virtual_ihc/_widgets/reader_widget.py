@@ -1,13 +1,451 @@
-"""Placeholder until its issue lands."""
+"""Blinded reader study in napari: one case at a time, scored with buttons or keys, saved durably.
+
+All state lives in ``study.ReaderSession`` (core); this widget only shows pixels as an anonymous layer
+("Case k of n": no path, no metadata, no source), collects the score, confidence and comment, measures
+active time (input events; idle pauses excluded) and locks the layer controls while a study is open.
+A coordinator section (hidden while reading) runs the analysis in a worker thread.
+"""
 
 from __future__ import annotations
 
-from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qtpy.QtCore import QEvent, QObject, Qt
+from qtpy.QtWidgets import (
+    QApplication,
+    QButtonGroup,
+    QDockWidget,
+    QFileDialog,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QTextEdit,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_virtual_ihc.study import ActiveTimer, ReaderSession, StudyError
+from napari_virtual_ihc.study.scores import DISPLAY, NOT_ASSESSABLE, ULTRALOW, ordinal_categories
+from napari_virtual_ihc.study.timing import DEFAULT_IDLE_SECONDS
+
+from ._reader_keys import (
+    BACK_KEYS,
+    CONFIDENCE_CTRL_DIGITS,
+    CONFIDENCE_FKEYS,
+    FORWARD_KEYS,
+    HELP,
+    SAVE_KEYS,
+    SCORE_KEY_NAMES,
+    SCORE_KEYS,
+)
+
+WINDOW_TITLE = "Reader study"
+_ACTIVITY_EVENTS = {
+    QEvent.MouseMove,
+    QEvent.MouseButtonPress,
+    QEvent.MouseButtonRelease,
+    QEvent.Wheel,
+    QEvent.KeyPress,
+}
 
 
 class ReaderStudyWidget(QWidget):
-    def __init__(self, napari_viewer: object) -> None:
+    """Reader mode: enter an ID, open a bundle, score every case."""
+
+    def __init__(self, napari_viewer: Any, idle_seconds: float = DEFAULT_IDLE_SECONDS) -> None:
         super().__init__()
         self.viewer = napari_viewer
+        self.session: ReaderSession | None = None
+        self.timer = ActiveTimer(idle_seconds)
+        self._score: str | None = None
+        self._confidence: int | None = None
+        self._case_layers: list[Any] = []
+        self._locked: list[QWidget] = []
+        self._hidden_menubar: QWidget | None = None
+        self._worker: Any = None
+        self.last_report: Path | None = None
+        self._build_ui()
+        self._set_reading(False)
+        app = QApplication.instance()
+        if app is not None:
+            app.installEventFilter(self)
+
+    # --- UI ---------------------------------------------------------------------------------------
+    def _build_ui(self) -> None:
         layout = QVBoxLayout(self)
-        layout.addWidget(QLabel("not available yet"))
+        start = QGroupBox("Reader")
+        s = QHBoxLayout(start)
+        self.reader_edit = QLineEdit()
+        self.reader_edit.setPlaceholderText("your reader ID")
+        self.open_button = QPushButton("Open study…")
+        self.open_button.clicked.connect(self._choose_bundle)
+        s.addWidget(self.reader_edit)
+        s.addWidget(self.open_button)
+        layout.addWidget(start)
+
+        self.case_box = QGroupBox("Case")
+        c = QVBoxLayout(self.case_box)
+        self.position_label = QLabel("")
+        self.position_label.setAlignment(Qt.AlignCenter)
+        font = self.position_label.font()
+        font.setPointSize(font.pointSize() + 3)
+        font.setBold(True)
+        self.position_label.setFont(font)
+        c.addWidget(self.position_label)
+        self.progress = QProgressBar()
+        self.progress.setFormat("%v of %m answered")
+        c.addWidget(self.progress)
+
+        c.addWidget(QLabel("HER2 score"))
+        self.score_group = QButtonGroup(self)
+        self.score_buttons: dict[str, QPushButton] = {}
+        grid = QGridLayout()
+        for i, score in enumerate(("0", ULTRALOW, "1+", "2+", "3+", NOT_ASSESSABLE)):
+            b = QPushButton(DISPLAY[score])
+            b.setCheckable(True)
+            b.setToolTip(f"key {SCORE_KEY_NAMES[score]}")
+            b.clicked.connect(lambda _=False, sc=score: self.set_score(sc))
+            self.score_group.addButton(b)
+            self.score_buttons[score] = b
+            grid.addWidget(b, i // 3, i % 3)
+        c.addLayout(grid)
+
+        c.addWidget(QLabel("Confidence (1 = guess, 5 = certain)"))
+        self.conf_group = QButtonGroup(self)
+        self.conf_buttons: dict[int, QPushButton] = {}
+        row = QHBoxLayout()
+        for k in range(1, 6):
+            b = QPushButton(str(k))
+            b.setCheckable(True)
+            b.setToolTip(f"F{k} or Ctrl+{k}")
+            b.clicked.connect(lambda _=False, kk=k: self.set_confidence(kk))
+            self.conf_group.addButton(b)
+            self.conf_buttons[k] = b
+            row.addWidget(b)
+        c.addLayout(row)
+
+        self.comment_edit = QLineEdit()
+        self.comment_edit.setPlaceholderText("comment (optional)")
+        c.addWidget(self.comment_edit)
+
+        nav = QHBoxLayout()
+        self.back_button = QPushButton("◀ Previous")
+        self.back_button.clicked.connect(self.go_back)
+        self.save_button = QPushButton("Save and next")
+        self.save_button.clicked.connect(self.save_and_next)
+        self.forward_button = QPushButton("Next ▶")
+        self.forward_button.clicked.connect(self.go_forward)
+        for b in (self.back_button, self.save_button, self.forward_button):
+            nav.addWidget(b)
+        c.addLayout(nav)
+        self.help_label = QLabel(HELP)
+        self.help_label.setWordWrap(True)
+        c.addWidget(self.help_label)
+        layout.addWidget(self.case_box)
+
+        self.status_label = QLabel("")
+        self.status_label.setWordWrap(True)
+        layout.addWidget(self.status_label)
+
+        self.coordinator_box = QGroupBox("Coordinator: analyse answers")
+        k = QGridLayout(self.coordinator_box)
+        self.key_edit = QLineEdit()
+        self.key_edit.setPlaceholderText("study key (.json)")
+        self.answers_edit = QLineEdit()
+        self.answers_edit.setPlaceholderText("answers folder")
+        self.report_edit = QLineEdit()
+        self.report_edit.setPlaceholderText("report folder")
+        for r, (edit, pick) in enumerate(
+            ((self.key_edit, "file"), (self.answers_edit, "dir"), (self.report_edit, "dir"))
+        ):
+            browse = QPushButton("…")
+            browse.clicked.connect(lambda _=False, e=edit, p=pick: self._browse(e, p))
+            k.addWidget(edit, r, 0)
+            k.addWidget(browse, r, 1)
+        self.analyze_button = QPushButton("Analyse and write report")
+        self.analyze_button.clicked.connect(self._analyze_clicked)
+        k.addWidget(self.analyze_button, 3, 0, 1, 2)
+        self.report_output = QTextEdit()
+        self.report_output.setReadOnly(True)
+        self.report_output.setMaximumHeight(120)
+        k.addWidget(self.report_output, 4, 0, 1, 2)
+        layout.addWidget(self.coordinator_box)
+        layout.addStretch(1)
+
+    def _set_reading(self, reading: bool) -> None:
+        self.case_box.setVisible(reading)
+        self.coordinator_box.setVisible(not reading)
+        self.reader_edit.setEnabled(not reading)
+        self.open_button.setEnabled(not reading)
+
+    def _browse(self, edit: QLineEdit, kind: str) -> None:
+        if kind == "file":
+            path, _ = QFileDialog.getOpenFileName(self, "Study key", "", "JSON (*.json)")
+        else:
+            path = QFileDialog.getExistingDirectory(self, "Folder")
+        if path:
+            edit.setText(path)
+
+    def _choose_bundle(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Open study folder")
+        if path:
+            self.open_bundle(path)
+
+    # --- opening ------------------------------------------------------------------------------------
+    def open_bundle(
+        self, path: str | Path, reader_id: str | None = None, answers_dir: str | Path | None = None
+    ) -> bool:
+        """Open a bundle for a reader; returns False (with the reason shown) when it cannot be opened."""
+        if reader_id is not None:
+            self.reader_edit.setText(reader_id)
+        try:
+            session = ReaderSession(path, self.reader_edit.text(), answers_dir=answers_dir)
+        except StudyError as exc:
+            self.status_label.setText(str(exc))
+            return False
+        self.session = session
+        for layer in list(self.viewer.layers):  # nothing from before may sit beside the blinded cases
+            self.viewer.layers.remove(layer)
+        self.viewer.title = WINDOW_TITLE
+        self._lock_viewer(True)
+        self._set_reading(True)
+        self.score_buttons[ULTRALOW].setVisible(session.bundle.ultralow)
+        self.progress.setMaximum(session.n)
+        self.status_label.setText(
+            f"Session {session.session_number} of {session.n_sessions}" if session.n_sessions > 1 else ""
+        )
+        self._show_case()
+        return True
+
+    def _lock_viewer(self, lock: bool) -> None:
+        """Disable layer list, layer controls and layer buttons (no renaming, editing or adding)."""
+        qt_viewer = getattr(getattr(self.viewer, "window", None), "_qt_viewer", None)
+        if lock:
+            self._locked = []
+            for name in ("dockLayerList", "dockLayerControls", "layerButtons"):
+                w = getattr(qt_viewer, name, None) if qt_viewer is not None else None
+                if isinstance(w, QWidget):
+                    w.setEnabled(False)
+                    self._locked.append(w)
+            # the menus (plugin names, File > Open...) are not for readers: hide the menu bar meanwhile
+            menubar = self._menubar()
+            if menubar is not None and menubar.isVisible():
+                menubar.setVisible(False)
+                self._hidden_menubar = menubar
+            dock = self.parent()
+            while dock is not None and not isinstance(dock, QDockWidget):
+                dock = dock.parent()
+            if dock is not None:
+                dock.setWindowTitle(WINDOW_TITLE)
+        else:
+            for w in self._locked:
+                w.setEnabled(True)
+            self._locked = []
+            if self._hidden_menubar is not None:
+                self._hidden_menubar.setVisible(True)
+                self._hidden_menubar = None
+
+    def _menubar(self) -> QWidget | None:
+        window = getattr(getattr(self.viewer, "window", None), "_qt_window", None)
+        return window.menuBar() if window is not None else None
+
+    # --- showing a case -----------------------------------------------------------------------------
+    def _show_case(self) -> None:
+        assert self.session is not None
+        s = self.session
+        for layer in self._case_layers:
+            with contextlib.suppress(ValueError, KeyError):
+                self.viewer.layers.remove(layer)
+        self._case_layers = []
+        label = s.label()
+        pixels = s.pixels()
+        context = s.context_pixels()
+        if context is not None:
+            self._case_layers.append(self._add_anonymous(context, f"{label} · H&E", (0, 0)))
+            offset = (0.0, float(context.shape[1]) * 1.05)
+        else:
+            offset = (0.0, 0.0)
+        self._case_layers.append(self._add_anonymous(pixels, label, offset))
+        self.viewer.reset_view()
+        self.position_label.setText(label)
+        self.progress.setValue(s.answered_count())
+        answer = s.answer_at(s.position)
+        self._score = answer.score if answer else None
+        self._confidence = answer.confidence if answer else None
+        self.comment_edit.setText(answer.comment if answer else "")
+        self._sync_buttons()
+        self.back_button.setEnabled(s.position > 0)
+        self.forward_button.setEnabled(s.position + 1 < s.n)
+        self.timer.start()
+
+    def _add_anonymous(self, pixels: np.ndarray, name: str, translate: tuple[float, float]) -> Any:
+        layer = self.viewer.add_image(pixels, name=name, rgb=True, metadata={}, translate=translate)
+        layer.metadata = {}
+        layer.editable = False
+        return layer
+
+    def _sync_buttons(self) -> None:
+        for group, buttons, value in (
+            (self.score_group, self.score_buttons, self._score),
+            (self.conf_group, self.conf_buttons, self._confidence),
+        ):
+            group.setExclusive(False)
+            for key, b in buttons.items():
+                b.setChecked(key == value)
+            group.setExclusive(True)
+        self.save_button.setEnabled(self._score is not None and self._confidence is not None)
+
+    # --- answering ----------------------------------------------------------------------------------
+    def set_score(self, score: str) -> None:
+        if self.session is None:
+            return
+        if score == ULTRALOW and not self.session.bundle.ultralow:
+            return
+        if score != NOT_ASSESSABLE and score not in ordinal_categories(True):
+            return
+        self._score = score
+        self._sync_buttons()
+
+    def set_confidence(self, confidence: int) -> None:
+        if self.session is None:
+            return
+        self._confidence = int(confidence)
+        self._sync_buttons()
+
+    def save_and_next(self) -> bool:
+        """Commit the answer (durably) and move to the next case; False when score/confidence missing."""
+        s = self.session
+        if s is None:
+            return False
+        if self._score is None or self._confidence is None:
+            self.status_label.setText("Choose a score and a confidence first.")
+            return False
+        s.add_active_time(self.timer.take())
+        s.answer(self._score, self._confidence, self.comment_edit.text())
+        if s.is_complete() and s.answered_count() == s.n and s.position + 1 >= s.n:
+            self.status_label.setText(f"Session {s.session_number} complete: all {s.n} cases answered.")
+        else:
+            self.status_label.setText(f"Saved {s.label()}.")
+        if s.position + 1 < s.n:
+            s.next()
+        else:
+            nxt = s.next_unanswered()
+            if nxt is not None:
+                s.go_to(nxt)
+        self._show_case()
+        return True
+
+    def go_back(self) -> None:
+        self._move(-1)
+
+    def go_forward(self) -> None:
+        self._move(+1)
+
+    def _move(self, step: int) -> None:
+        s = self.session
+        if s is None or not 0 <= s.position + step < s.n:
+            return
+        s.add_active_time(self.timer.take())
+        s.go_to(s.position + step)
+        self._show_case()
+
+    # --- keys and activity --------------------------------------------------------------------------
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:
+        etype = event.type()
+        if self.session is None or etype not in _ACTIVITY_EVENTS:
+            return False
+        if not self._in_viewer_window(obj):
+            return False
+        self.timer.touch()
+        typing = isinstance(obj, (QLineEdit, QTextEdit)) or isinstance(
+            QApplication.focusWidget(), (QLineEdit, QTextEdit)
+        )
+        if etype == QEvent.KeyPress and not typing:
+            return self._handle_key(event.key(), event.modifiers())
+        return False
+
+    def _in_viewer_window(self, obj: QObject) -> bool:
+        window = getattr(getattr(self.viewer, "window", None), "_qt_window", None)
+        if not isinstance(obj, QWidget):
+            return False
+        return window is None or obj.window() is window or obj.window() is self.window()
+
+    def _handle_key(self, key: int, modifiers: Any) -> bool:
+        if modifiers & Qt.ControlModifier and key in CONFIDENCE_CTRL_DIGITS:
+            self.set_confidence(CONFIDENCE_CTRL_DIGITS[key])
+        elif key in CONFIDENCE_FKEYS:
+            self.set_confidence(CONFIDENCE_FKEYS[key])
+        elif key in SCORE_KEYS and not modifiers & (Qt.ControlModifier | Qt.AltModifier):
+            self.set_score(SCORE_KEYS[key])
+        elif key in SAVE_KEYS:
+            self.save_and_next()
+        elif key in BACK_KEYS:
+            self.go_back()
+        elif key in FORWARD_KEYS:
+            self.go_forward()
+        else:
+            return False
+        return True
+
+    # --- coordinator ----------------------------------------------------------------------------------
+    def _analyze_clicked(self) -> None:
+        self.run_analysis(self.key_edit.text(), self.answers_edit.text(), self.report_edit.text())
+
+    def run_analysis(self, key: str | Path, answers: str | Path, out: str | Path, n_boot: int = 2000) -> Any:
+        """Analyse in a worker thread; the report path appears in the text box when done."""
+        from napari.qt.threading import create_worker
+
+        from napari_virtual_ihc.study import load_key
+        from napari_virtual_ihc.study.analysis import analyze
+        from napari_virtual_ihc.study.ratings import collect_ratings
+        from napari_virtual_ihc.study.report import write_report
+
+        def work() -> Path:
+            k = load_key(key) if str(key) else None
+            ratings = collect_ratings(k, [answers])
+            results = analyze(ratings, n_boot=n_boot, seed=0)
+            return write_report(results, out)
+
+        if not str(answers) or not str(out):
+            self.report_output.setPlainText("Choose the answers folder and a report folder.")
+            return None
+        self.analyze_button.setEnabled(False)
+        self.report_output.setPlainText("Analysing…")
+        worker = create_worker(work)
+        worker.returned.connect(self._analysis_done)
+        worker.errored.connect(self._analysis_failed)
+        worker.finished.connect(lambda: self.analyze_button.setEnabled(True))
+        self._worker = worker
+        worker.start()
+        return worker
+
+    def _analysis_done(self, report: Path) -> None:
+        self.last_report = report
+        self.report_output.setPlainText(f"Report written: {report}")
+
+    def _analysis_failed(self, exc: Exception) -> None:
+        self.report_output.setPlainText(f"Analysis failed: {exc}")
+
+    # --- closing ----------------------------------------------------------------------------------------
+    def close_study(self) -> None:
+        """Log the last active time, close the store and unlock the viewer."""
+        if self.session is not None:
+            self.session.add_active_time(self.timer.take())
+            self.session.close()
+            self.session = None
+        self._lock_viewer(False)
+        self._set_reading(False)
+
+    def closeEvent(self, event: Any) -> None:
+        self.close_study()
+        app = QApplication.instance()
+        if app is not None:
+            app.removeEventFilter(self)
+        super().closeEvent(event)

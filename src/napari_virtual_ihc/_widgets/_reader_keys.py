@@ -1,0 +1,29 @@
+"""Keyboard map of the reader widget (kept apart so the help text and the handler cannot disagree)."""
+
+from __future__ import annotations
+
+from qtpy.QtCore import Qt
+
+from napari_virtual_ihc.study.scores import NOT_ASSESSABLE, ONE, THREE, TWO, ULTRALOW, ZERO
+
+SCORE_KEYS = {
+    Qt.Key_0: ZERO,
+    Qt.Key_1: ONE,
+    Qt.Key_2: TWO,
+    Qt.Key_3: THREE,
+    Qt.Key_U: ULTRALOW,
+    Qt.Key_N: NOT_ASSESSABLE,
+}
+SCORE_KEY_NAMES = {ZERO: "0", ONE: "1", TWO: "2", THREE: "3", ULTRALOW: "U", NOT_ASSESSABLE: "N"}
+
+CONFIDENCE_FKEYS = {Qt.Key_F1: 1, Qt.Key_F2: 2, Qt.Key_F3: 3, Qt.Key_F4: 4, Qt.Key_F5: 5}
+CONFIDENCE_CTRL_DIGITS = {Qt.Key_1: 1, Qt.Key_2: 2, Qt.Key_3: 3, Qt.Key_4: 4, Qt.Key_5: 5}
+
+SAVE_KEYS = (Qt.Key_Return, Qt.Key_Enter)
+BACK_KEYS = (Qt.Key_Left, Qt.Key_PageUp)
+FORWARD_KEYS = (Qt.Key_Right, Qt.Key_PageDown)
+
+HELP = (
+    "Keys: 0 1 2 3 (U ultralow, N not assessable) score · F1–F5 or Ctrl+1–5 confidence · "
+    "Enter save and next · ←/→ previous/next case"
+)

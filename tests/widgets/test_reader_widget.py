@@ -1,0 +1,180 @@
+"""The reader widget in a real napari viewer (Xvfb), driven by key presses like a pathologist would."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QAbstractButton, QGroupBox, QLabel, QLineEdit, QMenu, QTextEdit, QWidget
+
+from napari_virtual_ihc._widgets.reader_widget import ReaderStudyWidget
+from napari_virtual_ihc.study import AnswerStore, BuildOptions, build_study, load_key
+
+pytestmark = pytest.mark.gui
+
+_spec = importlib.util.spec_from_file_location(
+    "_study_sources", Path(__file__).parents[1] / "study" / "_sources.py"
+)
+assert _spec is not None and _spec.loader is not None
+_sources = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_sources)
+
+N_PAIRS = 4
+# letters may not touch the word ("unreal" is fine), but digits, "_" and "-" may ("case00_real_x" is caught)
+MODALITY = re.compile(r"(?<![a-z])(real|virtual|generated|synthetic|fake)(?![a-z])", re.IGNORECASE)
+
+
+@pytest.fixture
+def small_study(data_dir: Path, tmp_path: Path) -> tuple[Path, Path, Path]:
+    table = _sources.make_sources(data_dir, tmp_path / "sources", n_pairs=N_PAIRS)
+    bundle, key = build_study(table, tmp_path / "bundle", BuildOptions(readers=("alice",), seed=5, min_gap=3))
+    return bundle, key, table
+
+
+def ui_strings(viewer) -> list[str]:
+    """Every string the reader can see: visible widgets' texts, titles, tooltips; layers; window title."""
+    window = viewer.window._qt_window
+    out = [window.windowTitle(), viewer.title]
+    if window.menuBar().isVisible():  # menus are one click away: count all their entries
+        for menu in window.menuBar().findChildren(QMenu):
+            out += [menu.title()] + [a.text() for a in menu.actions()]
+    for w in [window, *window.findChildren(QWidget)]:
+        if not w.isVisible():
+            continue
+        out += [w.windowTitle(), w.toolTip(), w.statusTip(), w.accessibleName()]
+        if isinstance(w, (QAbstractButton, QLabel, QLineEdit)):
+            out.append(w.text())
+        if isinstance(w, QLineEdit):
+            out.append(w.placeholderText())
+        if isinstance(w, QTextEdit):
+            out.append(w.toPlainText())
+        if isinstance(w, QGroupBox):
+            out.append(w.title())
+    for layer in viewer.layers:
+        out += [layer.name, repr(layer.metadata), repr(layer.source), str(layer.source.path)]
+    out.append(str(viewer.status))
+    return [s for s in out if s]
+
+
+def test_reader_scores_by_keys_without_any_leak(make_napari_viewer, qtbot, small_study) -> None:
+    bundle, key_path, _table = small_study
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(np.zeros((8, 8, 3), np.uint8), name="case00_real_Rat-Kidney_PanCytokeratin", rgb=True)
+    widget = ReaderStudyWidget(viewer, idle_seconds=0.3)
+    viewer.window.add_dock_widget(widget, name="Reader study")
+    assert widget.open_bundle(bundle, reader_id="alice")
+    canvas = viewer.window._qt_viewer.canvas.native
+    n = 2 * N_PAIRS
+    assert [layer.name for layer in viewer.layers] == [f"Case 1 of {n}"]  # the old layer is gone
+    assert widget.position_label.text() == f"Case 1 of {n}"
+
+    # score every case with keys only: score key, confidence key, Enter
+    keys = [Qt.Key_0, Qt.Key_1, Qt.Key_2, Qt.Key_3, Qt.Key_N]
+    expected = {}
+    for k in range(n):
+        assert viewer.layers[0].name == f"Case {k + 1} of {n}"
+        assert viewer.layers[0].metadata == {} and viewer.layers[0].source.path is None
+        assert not viewer.layers[0].editable
+        image = widget.session.current.image
+        canvas.setFocus()
+        qtbot.keyClick(canvas, keys[k % 5])
+        qtbot.keyClick(canvas, Qt.Key_F1 + (k % 5))
+        if k == 1:
+            time.sleep(0.8)  # idle longer than the threshold: only 0.3 s may count
+        qtbot.keyClick(canvas, Qt.Key_Return)
+        expected[image] = (["0", "1+", "2+", "3+", "not_assessable"][k % 5], 1 + k % 5)
+        assert widget.progress.value() == k + 1
+    store = widget.session.store
+    got = {i: (a.score, a.confidence) for i, a in store.current_answers().items()}
+    assert got == expected
+    assert widget.session.is_complete()
+
+    # go back two cases with the arrow key and change the answer with Ctrl+digit confidence
+    canvas.setFocus()
+    pos = widget.session.position
+    qtbot.keyClick(canvas, Qt.Key_Left)
+    qtbot.keyClick(canvas, Qt.Key_Left)
+    assert widget.session.position == pos - 2
+    changed = widget.session.current.image
+    assert widget.score_buttons[expected[changed][0]].isChecked()  # previous answer shown
+    qtbot.keyClick(canvas, Qt.Key_3)
+    qtbot.keyClick(canvas, Qt.Key_5, Qt.ControlModifier)
+    qtbot.keyClick(canvas, Qt.Key_Return)
+    history = [a for a in store.answer_history() if a.image_id == changed]
+    assert [(a.score, a.confidence) for a in history] == [expected[changed], ("3+", 5)]
+
+    # typing digits in the comment box is a comment, not a score
+    widget.comment_edit.setFocus()
+    qtbot.keyClicks(widget.comment_edit, "2 foci")
+    assert widget.comment_edit.text() == "2 foci"
+
+    # active time: case 2 waited 0.8 s idle, so at most ~0.3 s + key handling counts
+    seconds = store.active_seconds()
+    assert all(v >= 0 for v in seconds.values()) and len(seconds) >= n
+    order = [it.image for it in widget.session.items]
+    assert seconds[order[1]] < 0.3 + 0.25
+
+    # layer controls are locked
+    assert not viewer.window._qt_viewer.dockLayerList.isEnabled()
+    assert not viewer.window._qt_viewer.dockLayerControls.isEnabled()
+
+    # nothing the reader sees names a source or a modality
+    key = load_key(key_path)
+    words = {Path(v["source"]).stem for v in key["images"].values()} | {
+        v["case_id"] for v in key["images"].values()
+    }
+    words |= {"Rat-Kidney", "PanCytokeratin", "proSPC", bundle.name}
+    strings = ui_strings(viewer)
+    assert any(s == f"Case {widget.session.position + 1} of {n}" for s in strings)
+    assert len(strings) > 30
+    for s in strings:
+        assert not MODALITY.search(s), s
+        assert not any(w.lower() in s.lower() for w in words), s
+    assert not viewer.window._qt_window.menuBar().isVisible()
+    widget.close_study()
+    assert viewer.window._qt_viewer.dockLayerList.isEnabled()
+    assert viewer.window._qt_window.menuBar().isVisible()
+    # the check is not vacuous: a layer named after a source is caught
+    viewer.add_image(np.zeros((8, 8, 3), np.uint8), name="case00_virtual_generated_pix2pix", rgb=True)
+    assert any(MODALITY.search(s) for s in ui_strings(viewer))
+
+
+def test_reopening_resumes_and_unknown_reader_is_refused(make_napari_viewer, qtbot, small_study) -> None:
+    bundle, _, _ = small_study
+    viewer = make_napari_viewer()
+    widget = ReaderStudyWidget(viewer)
+    assert not widget.open_bundle(bundle, reader_id="mallory")
+    assert "not part of this study" in widget.status_label.text()
+    assert widget.open_bundle(bundle, reader_id="alice")
+    widget.set_score("2+")
+    widget.set_confidence(4)
+    assert widget.save_and_next()
+    widget.save_and_next()  # nothing chosen: refused, nothing saved
+    assert "Choose a score" in widget.status_label.text()
+    widget.close_study()
+    again = ReaderStudyWidget(viewer)
+    assert again.open_bundle(bundle, reader_id="alice")
+    assert again.position_label.text() == f"Case 2 of {2 * N_PAIRS}"
+    assert again.progress.value() == 1
+    again.close_study()
+
+
+def test_coordinator_button_writes_the_report(make_napari_viewer, qtbot, small_study, tmp_path) -> None:
+    _bundle, key_path, _ = small_study
+    viewer = make_napari_viewer()
+    widget = ReaderStudyWidget(viewer)
+    with AnswerStore(tmp_path / "answers" / "p1.sqlite", load_key(key_path)["study_id"], "p1") as store:
+        for image_id, info in load_key(key_path)["images"].items():
+            store.record_answer(
+                image_id=image_id, score="2+" if info["modality"] == "real" else "1+", confidence=3
+            )
+    worker = widget.run_analysis(key_path, tmp_path / "answers", tmp_path / "report", n_boot=50)
+    assert worker is not None
+    qtbot.waitUntil(lambda: widget.last_report is not None, timeout=60_000)
+    assert widget.last_report.is_file()
+    assert "Report written" in widget.report_output.toPlainText()
