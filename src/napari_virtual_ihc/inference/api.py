@@ -25,6 +25,7 @@ class EngineSettings:
     model_mpp: float | None = None  # overrides the checkpoint's µm/px (needed for imported .pth)
     skip_background: bool = True
     workers: int = 1  # reader threads prefetching tiles
+    stats_windows: int = 16  # tissue windows sampled for slide-level InstanceNorm statistics
 
 
 @dataclass

@@ -1,13 +1,101 @@
-"""The whole-slide tile engine (being built; the signature is the contract)."""
+"""The whole-slide tile engine: halo'd, batched, prefetched, resumable inference into an OME-Zarr store.
+
+One call, :func:`stain_slide`, does the whole job; the steps live in small modules beside it: ``grid``
+(geometry), ``resample`` (the model's µm/px), ``tissue`` (background), ``normalization`` (slide-level
+statistics), ``runner`` (device, precision, batching) and ``store`` (OME-Zarr + finished-tile record).
+"""
 
 from __future__ import annotations
 
+import json
+import math
 import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+
+from ..models.describe import receptive_field, size_multiple
+from ..models.norms import norm_kind
 from ..models.spec import LoadedGenerator
 from ..slides.base import Slide
-from .api import Box, EngineSettings, PriorityProvider, ProgressCallback, RunReport
+from .api import Box, EngineSettings, PriorityProvider, ProgressCallback, RunReport, TileProgress
+from .device import resolve_device, resolve_precision
+from .errors import RegionError
+from .grid import GridTile, TileGrid, round_up
+from .normalization import (
+    estimate_instance_stats,
+    fold_frozen_norms,
+    freeze_normalization,
+    stats_from_arrays,
+    stats_to_arrays,
+)
+from .resample import WorkingPlane, low_resolution_view, model_downsample
+from .runner import BatchRunner, to_input
+from .store import TileStore, check_writable_folder
+from .tissue import rect_has_tissue, tissue_mask
+
+MAX_HALO = 256  # px at the model's resolution: beyond this the halo costs more than any seam it could fix
+BACKGROUND_GROUP = 64  # background tiles written between two progress reports
+
+
+def run_json_path(store: str | Path) -> Path:
+    """``DIR/<name>.run.json`` beside ``DIR/<name>.ome.zarr``."""
+    p = Path(store)
+    name = p.name[: -len(".ome.zarr")] if p.name.endswith(".ome.zarr") else p.stem
+    return p.with_name(f"{name}.run.json")
+
+
+def plan_halo(module: Any, settings: EngineSettings, align: int) -> tuple[int, int]:
+    """(halo, receptive field): at least half the receptive field, aligned to the network's stride."""
+    rf = receptive_field(module)
+    if settings.halo is not None:
+        return max(0, int(settings.halo)), rf
+    return min(MAX_HALO, round_up(math.ceil(rf / 2), align)), rf
+
+
+def pyramid_factors(slide: Slide, downsample: float, tile: int, plane: tuple[int, int]) -> list[int]:
+    """Store levels: the source's downsamples (relative to the store's level 0), integer, dividing ``tile``."""
+    factors = [1]
+    for ds in slide.level_downsamples[1:]:
+        f = round(ds / downsample)
+        if f >= 2 and tile % f == 0 and f not in factors and max(plane) // f >= 1:
+            factors.append(f)
+    return sorted(factors)
+
+
+def _region_to_plane(region: Box | None, slide: Slide, d: float, plane: tuple[int, int]) -> Box:
+    w0, h0 = slide.dimensions
+    if region is None:
+        return (0, 0, plane[0], plane[1])
+    x, y, w, h = (int(v) for v in region)
+    if w <= 0 or h <= 0:
+        raise RegionError(f"region {region} is empty (width and height must be > 0)")
+    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, w0), min(y + h, h0)
+    if x1 <= x0 or y1 <= y0:
+        raise RegionError(f"region {region} lies outside the slide (level-0 size {w0} x {h0})")
+    px0, py0 = math.floor(x0 / d), math.floor(y0 / d)
+    px1, py1 = min(plane[0], math.ceil(x1 / d)), min(plane[1], math.ceil(y1 / d))
+    return (px0, py0, max(1, px1 - px0), max(1, py1 - py0))
+
+
+def _to_level0(rect: tuple[int, int, int, int], d: float) -> Box:
+    x, y, w, h = rect
+    return (round(x * d), round(y * d), round(w * d), round(h * d))
+
+
+def _tissue_flags(slide: Slide, tiles: list[GridTile], d: float) -> dict[int, bool]:
+    view, view_ds = low_resolution_view(slide)
+    mask = tissue_mask(view)
+    scale = view_ds / d  # plane px per mask px
+    return {t.index: rect_has_tissue(mask, scale, t.core) for t in tiles}
+
+
+def _crop(out: np.ndarray, tile: GridTile) -> np.ndarray:
+    x, y, w, h = tile.core_in_window
+    return out[y : y + h, x : x + w]
 
 
 def stain_slide(
@@ -21,5 +109,289 @@ def stain_slide(
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
 ) -> RunReport:
-    """Stain ``slide`` (or ``region`` of it, level-0 box) into the OME-Zarr ``store``; resumable."""
-    raise NotImplementedError
+    """Stain ``slide`` (or ``region`` of it, level-0 box) into the OME-Zarr ``store``; resumable.
+
+    Re-running with the same store, model and settings skips tiles already finished. Returns a RunReport
+    (also written as ``<name>.run.json`` beside the store). Raises OutputNotWritableError before any work if
+    the folder cannot be written, RegionError for a region outside the slide, StoreWriteError (e.g. a full
+    disk) mid-run with the failing tile not marked done.
+    """
+    settings = settings or EngineSettings()
+    t_start = time.perf_counter()
+    store_path = Path(store)
+    check_writable_folder(store_path.parent)
+    device = resolve_device(settings.device)
+    precision = resolve_precision(settings.precision, device)
+
+    module = model.module
+    spec = model.spec
+    norm = norm_kind(module)
+    align = size_multiple(module)
+    halo, rf = plan_halo(module, settings, align)
+    tile = round_up(max(int(settings.tile), align), align)
+    model_mpp = settings.model_mpp if settings.model_mpp is not None else spec.mpp
+    d = model_downsample(slide.mpp, model_mpp)
+    plane = WorkingPlane(slide, d)
+    grid = TileGrid(plane.size, (0, 0, *plane.size), tile, halo, align)
+    work_rect = _region_to_plane(region, slide, d, plane.size)
+    wanted = grid.tiles_intersecting(work_rect)
+    tiles = {i: grid.tile_at(i) for i in wanted}
+    factors = pyramid_factors(slide, d, tile, plane.size)
+    smpp = slide.mpp
+    store_mpp = (smpp[0] * d, smpp[1] * d) if smpp is not None else None
+
+    run_key = {
+        "plane": list(plane.size),
+        "tile": tile,
+        "halo": halo,
+        "align": align,
+        "factors": factors,
+        "level0_downsample": d,
+        "model_sha256": model.sha256,
+        "model_arch": spec.arch,
+        "model_arch_kwargs": spec.arch_kwargs,
+        "precision": precision,
+    }
+    provenance: dict[str, Any] = {
+        "model": {"name": spec.name, "sha256": model.sha256, "source": model.source, "arch": spec.arch},
+        "target_stain": spec.target_stain,
+        "settings": {**settings.__dict__, "tile": tile, "halo": halo, "precision": precision},
+        "source": {
+            "path": str(slide.path) if slide.path else None,
+            "level0_size": list(slide.dimensions),
+            "mpp": list(smpp) if smpp else None,
+        },
+        "mpp": list(store_mpp) if store_mpp else None,
+        "model_mpp": model_mpp,
+        "level0_downsample": d,
+        "receptive_field": rf,
+        "norm": norm,
+    }
+    tstore = TileStore.open(store_path, plane.size, tile, factors, store_mpp, run_key, provenance)
+    try:
+        return _run(
+            slide,
+            model,
+            tstore,
+            settings,
+            grid=grid,
+            plane=plane,
+            tiles=tiles,
+            device=device,
+            precision=precision,
+            norm=norm,
+            d=d,
+            region=region,
+            priority=priority,
+            progress=progress,
+            cancel=cancel,
+            t_start=t_start,
+            info={"halo": halo, "tile": tile, "align": align, "receptive_field": rf, "model_mpp": model_mpp},
+        )
+    finally:
+        tstore.close()
+
+
+def _run(
+    slide: Slide,
+    model: LoadedGenerator,
+    tstore: TileStore,
+    settings: EngineSettings,
+    *,
+    grid: TileGrid,
+    plane: WorkingPlane,
+    tiles: dict[int, GridTile],
+    device: Any,
+    precision: str,
+    norm: str,
+    d: float,
+    region: Box | None,
+    priority: PriorityProvider | None,
+    progress: ProgressCallback | None,
+    cancel: threading.Event | None,
+    t_start: float,
+    info: dict[str, Any],
+) -> RunReport:
+    spec = model.spec
+    finished = tstore.finished()
+    resumed = [i for i in tiles if i in finished]
+    todo = [i for i in tiles if i not in finished]
+    if settings.skip_background and todo:
+        flags = _tissue_flags(slide, [tiles[i] for i in tiles], d)
+    else:
+        flags = dict.fromkeys(tiles, True)
+    background = [i for i in todo if not flags[i]]
+    tissue = [i for i in todo if flags[i]]
+
+    # Slide-level statistics (InstanceNorm): sampled once, saved in the store so a resumed run reuses them.
+    stats = None
+    if norm == "instance":
+        saved = tstore.load_norm_stats()
+        if saved is not None:
+            stats = stats_from_arrays(saved)
+        else:
+            candidates = [i for i in tiles if flags[i]] or list(tiles)
+            picks = sorted(
+                {
+                    candidates[round(j)]
+                    for j in np.linspace(
+                        0, len(candidates) - 1, min(max(1, settings.stats_windows), len(candidates))
+                    )
+                }
+            )
+            sample = [plane.read(tiles[i].window) for i in picks]
+            ww0, wh0 = grid.window_size
+            fractions = []
+            for i in picks:
+                cx, cy, cw, ch = tiles[i].core_in_window
+                fractions.append((cx / ww0, cy / wh0, (cx + cw) / ww0, (cy + ch) / wh0))
+            step = max(1, settings.batch)
+            batches = [
+                to_input(np.stack(sample[k : k + step]), spec.input_norm) for k in range(0, len(picks), step)
+            ]
+            cores = [fractions[k : k + step] for k in range(0, len(picks), step)]
+            stats = estimate_instance_stats(model.module, batches, cores)
+            tstore.save_norm_stats(stats_to_arrays(stats))
+    frozen = freeze_normalization(model.module, stats)
+    folded = fold_frozen_norms(frozen)
+    runner = BatchRunner(frozen, device, precision, settings.batch, spec.input_norm, spec.output_norm)
+
+    ww, wh = grid.window_size
+    blank_rgb: np.ndarray | None = None
+    if background:
+        white = np.full((1, wh, ww, 3), 255, np.uint8)
+        out = runner(white)[0]
+        cy, ch = wh // 4, max(1, wh // 2)
+        cx, cw = ww // 4, max(1, ww // 2)
+        blank_rgb = np.median(out[cy : cy + ch, cx : cx + cw].reshape(-1, 3), axis=0).round().astype(np.uint8)
+        tstore.update_provenance(background_rgb=blank_rgb.tolist())
+
+    total = len(tiles)
+    done_count = len(resumed)
+    skipped_now = 0
+    model_done = 0
+    pixels_now = 0
+    cancelled = False
+    t_work = time.perf_counter()
+
+    def report(new: list[int]) -> None:
+        if progress is None:
+            return
+        elapsed = max(1e-9, time.perf_counter() - t_work)
+        progress(
+            TileProgress(
+                done=done_count,
+                total=total,
+                skipped=skipped_now + sum(1 for i in resumed if finished[i] == "s"),
+                new_boxes=[_to_level0(tiles[i].core, d) for i in new],
+                mp_per_s=pixels_now / 1e6 / elapsed,
+                device=str(device),
+            )
+        )
+
+    report([])
+    # Background first: cheap, and it makes the whole slide visible at once.
+    for k in range(0, len(background), BACKGROUND_GROUP):
+        if cancel is not None and cancel.is_set():
+            cancelled = True
+            break
+        group = background[k : k + BACKGROUND_GROUP]
+        assert blank_rgb is not None
+        for i in group:
+            _, _, cw, ch = tiles[i].core
+            tstore.write_tile(tiles[i].core, np.broadcast_to(blank_rgb, (ch, cw, 3)))
+            pixels_now += cw * ch
+        tstore.mark_done(group, "s")
+        done_count += len(group)
+        skipped_now += len(group)
+        report(group)
+
+    pending = list(tissue)
+    batch_n = max(1, settings.batch)
+
+    def next_batch() -> list[int]:
+        nonlocal pending
+        if priority is not None and pending:
+            box = priority()
+            if box is not None:
+                try:
+                    first = set(grid.tiles_intersecting(_region_to_plane(box, slide, d, plane.size)))
+                except RegionError:
+                    first = set()
+                if first:
+                    pending = [i for i in pending if i in first] + [i for i in pending if i not in first]
+        chosen, pending = pending[:batch_n], pending[batch_n:]
+        return chosen
+
+    def read_batch(indices: list[int]) -> np.ndarray:
+        return np.stack([plane.read(tiles[i].window) for i in indices])
+
+    with ThreadPoolExecutor(max_workers=max(1, settings.workers), thread_name_prefix="vihc-reader") as pool:
+        current = next_batch() if not cancelled else []
+        fut: Future[np.ndarray] | None = pool.submit(read_batch, current) if current else None
+        while fut is not None:
+            windows = fut.result()
+            if cancel is not None and cancel.is_set():
+                cancelled = True
+                break
+            upcoming = next_batch()
+            nxt = pool.submit(read_batch, upcoming) if upcoming else None  # read while the model runs
+            outs = runner(windows)
+            for i, out in zip(current, outs, strict=True):
+                tstore.write_tile(tiles[i].core, _crop(out, tiles[i]))
+            tstore.mark_done(current, "d")
+            done_count += len(current)
+            model_done += len(current)
+            pixels_now += sum(tiles[i].core[2] * tiles[i].core[3] for i in current)
+            report(current)
+            current, fut = upcoming, nxt
+        if cancelled and fut is not None:
+            fut.cancel()
+
+    seconds = time.perf_counter() - t_start
+    complete = not cancelled and done_count == total
+    whole = len(tiles) == len(grid)
+    finished_now = tstore.finished()
+    tstore.update_provenance(
+        complete=bool(complete and (whole or len(finished_now) == len(grid))),
+        region=list(region) if region is not None else None,
+        tiles_total=len(grid),
+        tiles_finished=len(finished_now),
+    )
+    rep = RunReport(
+        store=str(tstore.path),
+        device=str(device),
+        precision=precision,
+        tiles_total=total,
+        tiles_done=model_done,
+        tiles_skipped=skipped_now,
+        tiles_resumed=len(resumed),
+        seconds=seconds,
+        mp_per_s=pixels_now / 1e6 / max(1e-9, seconds),
+        cancelled=cancelled,
+        settings={
+            **settings.__dict__,
+            **info,
+            "batch_final": runner.batch,
+            "level0_downsample": d,
+            "norms_folded": folded,
+            "region": list(region) if region is not None else None,
+            "complete": complete,
+        },
+        model={
+            "name": spec.name,
+            "arch": spec.arch,
+            "sha256": model.sha256,
+            "source": model.source,
+            "norm": norm,
+            "mpp": spec.mpp,
+        },
+    )
+    write_run_json(rep)
+    return rep
+
+
+def write_run_json(rep: RunReport) -> Path:
+    path = run_json_path(rep.store)
+    path.write_text(json.dumps(rep.__dict__, indent=2, default=str))
+    return path

@@ -1,0 +1,27 @@
+"""Typed errors of the tile engine, so the CLI and the widget can tell the user what went wrong."""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base class: the engine refused or stopped a run."""
+
+
+class OutputNotWritableError(EngineError):
+    """The output folder cannot be created or written; raised before any work is done."""
+
+
+class RegionError(EngineError, ValueError):
+    """The requested region is empty or lies outside the slide."""
+
+
+class StoreMismatchError(EngineError):
+    """An existing store was written with other settings (tile, halo, model...) and cannot be resumed."""
+
+
+class StoreWriteError(EngineError):
+    """Writing a tile failed (e.g. the disk is full); finished tiles are kept, this one is not marked done."""
+
+
+class DeviceError(EngineError):
+    """The requested device or precision is not available here."""

@@ -1,0 +1,210 @@
+"""Slide-level normalisation: freeze InstanceNorm statistics and fold per-channel affines into convolutions.
+
+InstanceNorm normalises every tile by that tile's own statistics, so neighbouring tiles of one slide get
+different colours (the seams users report). Here the statistics are estimated once per slide from sampled
+tissue windows (pooled over all their pixels, layer by layer in one forward pass, so each layer sees the
+inputs the frozen earlier layers produce), then every InstanceNorm becomes a fixed per-channel affine.
+BatchNorm in eval mode is already such an affine. A per-channel affine right after a convolution folds into
+its weights and bias, which removes the normalisation cost entirely.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+NormStats = dict[str, tuple[np.ndarray, np.ndarray]]  # module name -> (mean, var), float64 per channel
+
+
+class FrozenNorm(nn.Module):
+    """``y = x * scale + shift`` per channel: a frozen InstanceNorm/BatchNorm."""
+
+    scale: Tensor
+    shift: Tensor
+
+    def __init__(self, scale: Tensor, shift: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("scale", scale.detach().clone().float())
+        self.register_buffer("shift", shift.detach().clone().float())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale.view(1, -1, 1, 1).to(x.dtype) + self.shift.view(1, -1, 1, 1).to(x.dtype)
+
+
+class _PooledStatsNorm(nn.Module):
+    """Normalises with statistics pooled over the whole batch and all pixels, and accumulates them."""
+
+    def __init__(self, norm: nn.InstanceNorm2d) -> None:
+        super().__init__()
+        self.norm = norm
+        self.count = 0
+        self.sum: Tensor | None = None
+        self.sumsq: Tensor | None = None
+        self.boxes: list[tuple[float, float, float, float]] | None = None  # per sample, fractions of h/w
+
+    def forward(self, x: Tensor) -> Tensor:
+        x64 = x.double()
+        h, w = x.shape[2], x.shape[3]
+        boxes = self.boxes or [(0.0, 0.0, 1.0, 1.0)] * x.shape[0]
+        s = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+        sq = torch.zeros_like(s)
+        n = 0
+        for b, (fx0, fy0, fx1, fy1) in enumerate(boxes):
+            # Only the core of each window: its border rows are shaped by padding, not by the slide.
+            x0, x1 = int(fx0 * w), max(int(fx0 * w) + 1, round(fx1 * w))
+            y0, y1 = int(fy0 * h), max(int(fy0 * h) + 1, round(fy1 * h))
+            part = x64[b, :, y0:y1, x0:x1]
+            s += part.sum(dim=(1, 2))
+            sq += (part * part).sum(dim=(1, 2))
+            n += part.shape[1] * part.shape[2]
+        self.sum = s if self.sum is None else self.sum + s
+        self.sumsq = sq if self.sumsq is None else self.sumsq + sq
+        self.count += n
+        mean = s / n
+        var = (sq / n - mean * mean).clamp_min(0)
+        y = (x64 - mean.view(1, -1, 1, 1)) / torch.sqrt(var.view(1, -1, 1, 1) + self.norm.eps)
+        y = y.to(x.dtype)
+        if self.norm.affine and self.norm.weight is not None and self.norm.bias is not None:
+            y = y * self.norm.weight.view(1, -1, 1, 1) + self.norm.bias.view(1, -1, 1, 1)
+        return y
+
+    def stats(self) -> tuple[np.ndarray, np.ndarray]:
+        assert self.sum is not None and self.sumsq is not None and self.count > 0
+        mean = self.sum / self.count
+        var = (self.sumsq / self.count - mean * mean).clamp_min(0)
+        return mean.cpu().numpy(), var.cpu().numpy()
+
+
+def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)
+
+
+def instance_norm_names(module: nn.Module) -> list[str]:
+    return [n for n, m in module.named_modules() if isinstance(m, nn.InstanceNorm2d)]
+
+
+@torch.inference_mode()
+def estimate_instance_stats(
+    module: nn.Module,
+    batches: Iterable[Tensor],
+    cores: Iterable[list[tuple[float, float, float, float]]] | None = None,
+) -> NormStats:
+    """Per-layer (mean, var) of every InstanceNorm, pooled over all ``batches`` (NCHW fp32).
+
+    ``cores`` gives, per batch, each window's core as fractions (x0, y0, x1, y1) of its width/height: only
+    those pixels are pooled at every layer (the halo is there to give context, its statistics are distorted
+    by padding). Within a batch every layer normalises with the batch's pooled statistics, so later layers
+    see inputs consistent with frozen earlier layers; several batches are pooled by their sums.
+    """
+    probe = copy.deepcopy(module).float().eval()
+    names = instance_norm_names(probe)
+    collectors: dict[str, _PooledStatsNorm] = {}
+    for name in names:
+        norm = probe.get_submodule(name)
+        assert isinstance(norm, nn.InstanceNorm2d)
+        collectors[name] = _PooledStatsNorm(norm)
+        _replace(probe, name, collectors[name])
+    ran = False
+    core_iter = iter(cores) if cores is not None else None
+    for batch in batches:
+        boxes = next(core_iter) if core_iter is not None else None
+        for c in collectors.values():
+            c.boxes = boxes
+        probe(batch.float())
+        ran = True
+    if not ran:
+        raise ValueError("no tissue windows to estimate normalisation statistics from")
+    return {name: c.stats() for name, c in collectors.items()}
+
+
+def freeze_normalization(module: nn.Module, stats: NormStats | None = None) -> nn.Module:
+    """A copy of ``module`` in eval mode with every InstanceNorm/BatchNorm replaced by a FrozenNorm.
+
+    InstanceNorms use ``stats`` (from :func:`estimate_instance_stats`); BatchNorms their running statistics.
+    """
+    frozen = copy.deepcopy(module).float().eval()
+    for name, sub in list(frozen.named_modules()):
+        if isinstance(sub, nn.InstanceNorm2d):
+            if stats is None or name not in stats:
+                if sub.track_running_stats and sub.running_mean is not None and sub.running_var is not None:
+                    mean_t, var_t = sub.running_mean.double(), sub.running_var.double()
+                else:
+                    raise ValueError(f"no slide-level statistics for InstanceNorm {name!r}")
+            else:
+                mean_t = torch.as_tensor(stats[name][0], dtype=torch.float64)
+                var_t = torch.as_tensor(stats[name][1], dtype=torch.float64)
+            _replace(frozen, name, _frozen_from(sub, mean_t, var_t))
+        elif isinstance(sub, nn.modules.batchnorm._BatchNorm) and sub.running_mean is not None:
+            assert sub.running_var is not None
+            _replace(frozen, name, _frozen_from(sub, sub.running_mean.double(), sub.running_var.double()))
+    return frozen
+
+
+def _frozen_from(norm: nn.Module, mean: Tensor, var: Tensor) -> FrozenNorm:
+    eps = float(getattr(norm, "eps", 1e-5))
+    scale = 1.0 / torch.sqrt(var + eps)
+    shift = -mean * scale
+    weight, bias = getattr(norm, "weight", None), getattr(norm, "bias", None)
+    if getattr(norm, "affine", False) and weight is not None and bias is not None:
+        scale = scale * weight.double()
+        shift = shift * weight.double() + bias.double()
+    return FrozenNorm(scale, shift)
+
+
+def _foldable(conv: nn.Module) -> bool:
+    """Plain convolutions only: a spectral-norm/weight-norm parametrised weight is recomputed each call."""
+    return (
+        isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d))
+        and not conv._forward_pre_hooks
+        and not hasattr(conv, "parametrizations")
+        and conv.groups == 1
+    )
+
+
+@torch.no_grad()
+def fold_frozen_norms(module: nn.Module) -> int:
+    """Fold every FrozenNorm that directly follows a plain conv in an ``nn.Sequential`` into it (in place).
+
+    Returns how many were folded; the others stay as FrozenNorm modules (still correct, just not free).
+    """
+    folded = 0
+    for seq in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
+        keys = list(seq._modules.keys())
+        for prev_key, key in itertools.pairwise(keys):
+            conv, norm = seq._modules[prev_key], seq._modules[key]
+            if not isinstance(norm, FrozenNorm) or conv is None or not _foldable(conv):
+                continue
+            assert isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d))
+            scale, shift = norm.scale.double(), norm.shift.double()
+            w = conv.weight.double()
+            if isinstance(conv, nn.ConvTranspose2d):
+                w = w * scale.view(1, -1, 1, 1)
+            else:
+                w = w * scale.view(-1, 1, 1, 1)
+            b = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
+            conv.weight = nn.Parameter(w.to(conv.weight.dtype), requires_grad=False)
+            conv.bias = nn.Parameter((b * scale + shift).to(conv.weight.dtype), requires_grad=False)
+            seq._modules[key] = nn.Identity()
+            folded += 1
+    return folded
+
+
+def stats_to_arrays(stats: NormStats) -> dict[str, np.ndarray]:
+    """Flatten for ``np.savez`` (keys ``<layer>|mean`` / ``<layer>|var``)."""
+    out: dict[str, np.ndarray] = {}
+    for name, (mean, var) in stats.items():
+        out[f"{name}|mean"] = np.asarray(mean, dtype=np.float64)
+        out[f"{name}|var"] = np.asarray(var, dtype=np.float64)
+    return out
+
+
+def stats_from_arrays(arrays: dict[str, np.ndarray]) -> NormStats:
+    names = {k.rsplit("|", 1)[0] for k in arrays}
+    return {n: (np.asarray(arrays[f"{n}|mean"]), np.asarray(arrays[f"{n}|var"])) for n in names}

@@ -1,0 +1,44 @@
+"""Tissue vs blank glass from a low-resolution view: which tiles need the model at all."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def tissue_mask(
+    rgb: np.ndarray, min_saturation: float = 0.07, min_optical_density: float = 0.25
+) -> np.ndarray:
+    """Boolean mask of stained tissue in an RGB uint8 image.
+
+    Glass is bright and grey; H&E tissue is coloured (saturation) or dense (optical density). Small specks
+    (dust) are removed and the mask is grown by a couple of pixels so tissue edges are never cut off.
+    """
+    from scipy import ndimage
+
+    f = rgb[..., :3].astype(np.float32) / 255.0
+    mx, mn = f.max(axis=2), f.min(axis=2)
+    saturation = np.where(mx > 0, (mx - mn) / np.maximum(mx, 1e-6), 0.0)
+    od = -np.log10(np.clip(f, 1 / 255.0, 1.0)).sum(axis=2)
+    mask = ((saturation > min_saturation) & (mx < 0.98)) | (od > min_optical_density * 3)
+    mask = ndimage.binary_opening(mask, structure=np.ones((3, 3), bool))
+    labels, n = ndimage.label(mask)
+    if n:
+        sizes = np.bincount(labels.ravel())
+        keep = sizes >= 8
+        keep[0] = False
+        mask = keep[labels]
+    return ndimage.binary_dilation(mask, structure=np.ones((3, 3), bool), iterations=2)
+
+
+def rect_has_tissue(mask: np.ndarray, mask_downsample: float, rect: tuple[int, int, int, int]) -> bool:
+    """Whether ``rect`` (x, y, w, h in the mask's reference pixels, i.e. ``mask_downsample`` px per mask px)
+    touches tissue; rounded outward so thin tiles still see the mask."""
+    x, y, w, h = rect
+    mh, mw = mask.shape
+    x0 = max(0, int(np.floor(x / mask_downsample)) - 1)
+    y0 = max(0, int(np.floor(y / mask_downsample)) - 1)
+    x1 = min(mw, int(np.ceil((x + w) / mask_downsample)) + 1)
+    y1 = min(mh, int(np.ceil((y + h) / mask_downsample)) + 1)
+    if x1 <= x0 or y1 <= y0:
+        return False
+    return bool(mask[y0:y1, x0:x1].any())
