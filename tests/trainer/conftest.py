@@ -71,3 +71,29 @@ def _one_torch_thread():
 def bci_small(tmp_path_factory, data_dir) -> Path:
     """8 train + 4 test pairs of 64 px."""
     return write_bci(tmp_path_factory.mktemp("bci_small"), data_dir, 8, 4, 64)
+
+
+def tiny_config(root: Path, **overrides):
+    """The pyramid-pix2pix preset shrunk to a CPU-sized model (ResNet, ngf 8, 1 block; ndf 8)."""
+    from virtual_ihc_train.config import set_value
+    from virtual_ihc_train.presets import preset_config
+
+    cfg = preset_config("pyramid-pix2pix")
+    settings = {
+        "data.root": str(root),
+        "data.preprocess": "none",
+        "data.num_workers": 0,
+        "model.arch_kwargs": {"n_blocks": 1, "ngf": 8, "norm": "batch", "use_dropout": False},
+        "model.ndf": 8,
+        "train.batch_size": 4,
+        "train.checkpoint_every": 0,
+        "train.checkpoint_each_epoch": False,
+        "train.grid_every_epoch": False,
+        "train.log_every": 1,
+        "train.progress": False,
+        "train.tensorboard": False,
+    }
+    settings.update(overrides)
+    for k, v in settings.items():
+        set_value(cfg, k, v)
+    return cfg

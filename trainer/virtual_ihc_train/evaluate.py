@@ -157,7 +157,7 @@ def evaluate_items(
     if backends.features is not None and wanted & {"fid", "kid"}:
         fr = extract([it.real for it in items], backends.features)
         ff = extract([it.fake for it in items], backends.features)
-        for g, members in groups.items():
+        for g in groups:
             idx = [i for i, it in enumerate(items) if g == "overall" or it.label == g]
             if "fid" in wanted:
                 summary[g]["fid"] = fid_from_features(fr[idx], ff[idx]) if len(idx) > 1 else float("nan")

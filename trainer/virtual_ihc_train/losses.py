@@ -25,7 +25,7 @@ def gaussian_kernel_3x3(sigma: float = 1.0) -> torch.Tensor:
     x = torch.tensor([-1.0, 0.0, 1.0], dtype=torch.float64)
     g = torch.exp(-(x**2) / (2 * sigma**2))
     g = g / g.sum()
-    return torch.outer(g, g).float()
+    return torch.outer(g, g)  # float64; cast to the input dtype where used
 
 
 def gaussian_blur_3x3(x: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
