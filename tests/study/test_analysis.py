@@ -175,9 +175,9 @@ def test_scripted_study_reproduces_bci_table_5_and_writes_the_report(
     html = report.read_text()
     assert "15/40 = 37.5 % (24.2–53.0)" in html and "16/40 = 40.0 % (26.3–55.4)" in html
     pngs = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html)
-    assert len(pngs) == 3 and all(base64.b64decode(p).startswith(b"\x89PNG") for p in pngs)
+    assert len(pngs) == 4 and all(base64.b64decode(p).startswith(b"\x89PNG") for p in pngs)
     assert "src='http" not in html and "<script" not in html  # self-contained
-    for f in ("confusion.png", "accuracy.png", "timing.png", "ratings.csv", "results.json"):
+    for f in ("summary.png", "confusion.png", "accuracy.png", "timing.png", "ratings.csv", "results.json"):
         assert (tmp_path / "report" / f).stat().st_size > 0
     imrmc = pd.read_csv(tmp_path / "report" / "imrmc.csv")
     assert list(imrmc.columns) == ["readerID", "caseID", "modalityID", "score"]

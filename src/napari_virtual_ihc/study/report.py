@@ -64,6 +64,70 @@ def timing_figure(results: StudyResults) -> Figure | None:
     return fig
 
 
+def summary_figure(results: StudyResults) -> Figure:
+    """The report's main panel in one image: accuracy with CIs, kappas and tests, confusion matrices."""
+    comps = results.comparisons
+    n = max(1, len(comps))
+    fig = Figure(figsize=(max(10.5, 3.6 * n + 1), 7.6), layout="constrained")
+    grid = fig.add_gridspec(2, n)
+    fig.suptitle(
+        f"Reader study: {results.ratings.reader_id.nunique()} readers x "
+        f"{results.ratings.groupby('reader_id').size().max()} images ({results.ratings.case_id.nunique()} cases)",
+        fontsize=13,
+    )
+    ax = fig.add_subplot(grid[0, : max(1, n // 2)])
+    x = np.arange(len(comps))
+    for off, attr, name in ((-0.18, "accuracy", "same score"), (0.18, "within_one", "within one")):
+        p = [getattr(c, attr) for c in comps]
+        est = np.array([q.estimate for q in p]) * 100
+        err = np.array([[q.estimate - q.low for q in p], [q.high - q.estimate for q in p]]) * 100
+        bars = ax.bar(x + off, est, width=0.34, yerr=err, capsize=4, label=name)
+        ax.bar_label(bars, labels=[f"{q.k}/{q.n}" for q in p], fontsize=8, label_type="center")
+    ax.set_xticks(x, [f"{c.reader_id}\n{c.modality}" for c in comps])
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("% of cases, Wilson 95 % CI")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title("Virtual scored like its real IHC", fontsize=10)
+    tab = fig.add_subplot(grid[0, max(1, n // 2) :])
+    tab.axis("off")
+    cells = [
+        [
+            c.reader_id,
+            f"{100 * c.accuracy.estimate:.1f} ({100 * c.accuracy.low:.1f}–{100 * c.accuracy.high:.1f})",
+            f"{_fmt(c.kappa_quadratic.value, 2)} ({_fmt(c.kappa_quadratic.low, 2)}–{_fmt(c.kappa_quadratic.high, 2)})",
+            _fmt(c.mcnemar_3plus.pvalue if c.mcnemar_3plus else None, 3),
+            _fmt(c.stuart_maxwell.pvalue if c.stuart_maxwell else None, 3),
+        ]
+        for c in comps
+    ]
+    for ir in results.inter_reader:
+        cells.append([f"Fleiss κ {ir.modality}", _fmt(ir.fleiss, 3), "", "", ""])
+    t = tab.table(
+        cellText=cells,
+        colLabels=[
+            "reader",
+            "accuracy %\n(95 % CI)",
+            "κ quadratic\n(95 % CI)",
+            "McNemar\n3+ p",
+            "Stuart-\nMaxwell p",
+        ],
+        colWidths=[0.22, 0.27, 0.27, 0.14, 0.14],
+        loc="center",
+        cellLoc="center",
+    )
+    t.auto_set_font_size(False)
+    t.set_fontsize(8)
+    t.scale(1.0, 2.2)
+    labels = [DISPLAY[c] for c in results.categories]
+    for i, c in enumerate(comps):
+        cax = fig.add_subplot(grid[1, i])
+        ConfusionMatrixDisplay(c.confusion, display_labels=labels).plot(ax=cax, colorbar=False, cmap="Blues")
+        cax.set_title(f"{c.reader_id}", fontsize=10)
+        cax.set_xlabel(f"{c.modality} score")
+        cax.set_ylabel("real IHC score")
+    return fig
+
+
 def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
@@ -147,6 +211,8 @@ def render_html(results: StudyResults, figures: dict[str, bytes], title: str = "
         "McNemar exact (statsmodels); Stuart-Maxwell from statsmodels SquareTable.homogeneity.</p>",
         _table(COMPARISON_HEADERS, comparison_rows(results.comparisons)),
     ]
+    if "summary" in figures:
+        parts.append(_img(figures["summary"], "summary"))
     if "accuracy" in figures:
         parts.append(_img(figures["accuracy"], "accuracy"))
     if "confusion" in figures:
@@ -221,11 +287,12 @@ def results_json(results: StudyResults) -> dict[str, Any]:
 
 
 def write_report(results: StudyResults, out_dir: str | Path, title: str = "Reader study report") -> Path:
-    """Write report.html, confusion.png, accuracy.png, timing.png, ratings.csv, imrmc.csv, results.json."""
+    """Write report.html, summary/confusion/accuracy/timing PNGs, ratings.csv, imrmc.csv, results.json."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures: dict[str, bytes] = {}
     for name, fig in (
+        ("summary", summary_figure(results)),
         ("confusion", confusion_figure(results)),
         ("accuracy", accuracy_figure(results)),
         ("timing", timing_figure(results)),
