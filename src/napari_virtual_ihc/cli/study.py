@@ -139,6 +139,9 @@ def run_analyze(args: argparse.Namespace) -> int:
         return _fail(exc)
     for c in results.comparisons:
         acc = c.accuracy
+        if acc.n == 0:
+            print(f"{c.reader_id} {c.modality}: no case with both versions scored yet")
+            continue
         print(
             f"{c.reader_id} {c.modality}: accuracy {acc.k}/{acc.n} = {100 * acc.estimate:.1f} % "
             f"(Wilson 95 % CI {100 * acc.low:.1f}-{100 * acc.high:.1f}), "

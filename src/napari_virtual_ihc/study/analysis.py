@@ -112,6 +112,8 @@ def kappa_with_ci(
     a: np.ndarray, b: np.ndarray, weights: str | None, n_labels: int, n_boot: int, seed: int
 ) -> Estimate:
     """Kappa and its percentile bootstrap CI, resampling cases (pairs stay together)."""
+    if len(a) == 0:
+        return Estimate(float("nan"), float("nan"), float("nan"))
     value = kappa(a, b, weights, n_labels)
     if len(a) < 2 or n_boot <= 0:
         return Estimate(value, float("nan"), float("nan"))
