@@ -175,6 +175,7 @@ def test_coordinator_button_writes_the_report(make_napari_viewer, qtbot, small_s
             )
     worker = widget.run_analysis(key_path, tmp_path / "answers", tmp_path / "report", n_boot=50)
     assert worker is not None
-    qtbot.waitUntil(lambda: widget.last_report is not None, timeout=60_000)
+    qtbot.waitUntil(lambda: widget.last_report is not None or widget.last_error is not None, timeout=60_000)
+    assert widget.last_error is None, widget.last_error
     assert widget.last_report.is_file()
     assert "Report written" in widget.report_output.toPlainText()

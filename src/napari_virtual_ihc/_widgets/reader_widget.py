@@ -71,6 +71,7 @@ class ReaderStudyWidget(QWidget):
         self._hidden_menubar: QWidget | None = None
         self._worker: Any = None
         self.last_report: Path | None = None
+        self.last_error: Exception | None = None
         self._build_ui()
         self._set_reading(False)
         app = QApplication.instance()
@@ -431,6 +432,7 @@ class ReaderStudyWidget(QWidget):
         self.report_output.setPlainText(f"Report written: {report}")
 
     def _analysis_failed(self, exc: Exception) -> None:
+        self.last_error = exc
         self.report_output.setPlainText(f"Analysis failed: {exc}")
 
     # --- closing ----------------------------------------------------------------------------------------

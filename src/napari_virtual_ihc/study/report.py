@@ -69,13 +69,13 @@ def summary_figure(results: StudyResults) -> Figure:
     comps = results.comparisons
     n = max(1, len(comps))
     fig = Figure(figsize=(max(10.5, 3.6 * n + 1), 7.6), layout="constrained")
-    grid = fig.add_gridspec(2, n)
+    top, bottom = fig.subfigures(2, 1)
     fig.suptitle(
         f"Reader study: {results.ratings.reader_id.nunique()} readers x "
         f"{results.ratings.groupby('reader_id').size().max()} images ({results.ratings.case_id.nunique()} cases)",
         fontsize=13,
     )
-    ax = fig.add_subplot(grid[0, : max(1, n // 2)])
+    ax, tab = top.subplots(1, 2, width_ratios=[1, 1.15])
     x = np.arange(len(comps))
     for off, attr, name in ((-0.18, "accuracy", "same score"), (0.18, "within_one", "within one")):
         p = [getattr(c, attr) for c in comps]
@@ -88,7 +88,6 @@ def summary_figure(results: StudyResults) -> Figure:
     ax.set_ylabel("% of cases, Wilson 95 % CI")
     ax.legend(fontsize=8, loc="upper left")
     ax.set_title("Virtual scored like its real IHC", fontsize=10)
-    tab = fig.add_subplot(grid[0, max(1, n // 2) :])
     tab.axis("off")
     cells = [
         [
@@ -120,7 +119,7 @@ def summary_figure(results: StudyResults) -> Figure:
     t.scale(1.0, 2.2)
     labels = [DISPLAY[c] for c in results.categories]
     for i, c in enumerate(comps):
-        cax = fig.add_subplot(grid[1, i])
+        cax = bottom.add_subplot(1, n, i + 1)
         ConfusionMatrixDisplay(c.confusion, display_labels=labels).plot(ax=cax, colorbar=False, cmap="Blues")
         cax.set_title(f"{c.reader_id}", fontsize=10)
         cax.set_xlabel(f"{c.modality} score")
