@@ -69,7 +69,8 @@ def summary_figure(results: StudyResults) -> Figure:
     comps = results.comparisons
     n = max(1, len(comps))
     fig = Figure(figsize=(max(10.5, 3.6 * n + 1), 7.6), layout="constrained")
-    top, bottom = fig.subfigures(2, 1)
+    subfigs = fig.subfigures(2, 1)
+    top, bottom = subfigs[0], subfigs[1]  # type: ignore[index]
     fig.suptitle(
         f"Reader study: {results.ratings.reader_id.nunique()} readers x "
         f"{results.ratings.groupby('reader_id').size().max()} images ({results.ratings.case_id.nunique()} cases)",
