@@ -44,6 +44,14 @@ def test_forty_pairs_give_eighty_cases(built_study: tuple[Path, Path]) -> None:
     modalities = [v["modality"] for v in key["images"].values()]
     assert modalities.count("real") == 40 and modalities.count("virtual") == 40
     assert len({v["case_id"] for v in key["images"].values()}) == 40
+    # each reader's order keeps the two versions of every case >= 10 apart, and the orders differ
+    orders = {r: [it.image for it in bundle.sessions_for(r)[0].items] for r in ("alice", "bob")}
+    assert orders["alice"] != orders["bob"]
+    for order in orders.values():
+        where: dict[str, list[int]] = {}
+        for pos, image in enumerate(order):
+            where.setdefault(key["images"][image]["case_id"], []).append(pos)
+        assert all(len(p) == 2 and abs(p[0] - p[1]) >= 10 for p in where.values())
 
 
 def test_key_is_outside_the_bundle(built_study: tuple[Path, Path]) -> None:

@@ -179,3 +179,22 @@ def test_coordinator_button_writes_the_report(make_napari_viewer, qtbot, small_s
     assert widget.last_error is None, widget.last_error
     assert widget.last_report.is_file()
     assert "Report written" in widget.report_output.toPlainText()
+
+
+def test_he_context_is_shown_beside_the_case(make_napari_viewer, qtbot, data_dir, tmp_path) -> None:
+    ihc, he = data_dir / "Rat-Kidney_PanCytokeratin.jpg", data_dir / "Rat-Kidney_HE.jpg"
+    lines = ["case_id,real,virtual,he,x,y,w,h"] + [
+        f"k{i},{ihc},{ihc},{he},{50 * i},20,40,30" for i in range(3)
+    ]
+    (tmp_path / "cases.csv").write_text("\n".join(lines))
+    bundle, _ = build_study(tmp_path / "cases.csv", tmp_path / "b", BuildOptions(readers=("r",), min_gap=2))
+    viewer = make_napari_viewer()
+    widget = ReaderStudyWidget(viewer)
+    assert widget.open_bundle(bundle, reader_id="r")
+    assert [layer.name for layer in viewer.layers] == ["Case 1 of 6 · H&E", "Case 1 of 6"]
+    context, case = viewer.layers
+    assert case.data.shape == context.data.shape == (30, 40, 3)
+    assert case.translate[1] > 40  # side by side, not on top of each other
+    widget.go_forward()
+    assert [layer.name for layer in viewer.layers] == ["Case 2 of 6 · H&E", "Case 2 of 6"]
+    widget.close_study()
