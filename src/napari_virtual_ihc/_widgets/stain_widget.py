@@ -1,13 +1,540 @@
-"""Placeholder until its issue lands."""
+"""The "Virtual IHC" dock widget: pick an H&E layer and a model, press Run, watch the IHC fill in.
+
+No logic of its own: it collects parameters, starts a ``StainRun`` (the core tile engine in a napari
+``thread_worker``) and shows the engine's OME-Zarr store as a multiscale layer aligned with the H&E.
+"""
 
 from __future__ import annotations
 
-from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import Qt, Signal
+from qtpy.QtWidgets import (
+    QButtonGroup,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSlider,
+    QSpinBox,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..inference.api import EngineSettings
+from ._settings import StainWidgetSettings
+from ._stain_devices import DeviceError, available_devices, describe_device, resolve_device
+from ._stain_layer import (
+    PROVENANCE_KEY,
+    StoreNotReadyError,
+    find_ihc_layer,
+    ihc_layer_kwargs,
+    layer_name_for,
+    open_store,
+    read_store_provenance,
+)
+from ._stain_run import RunRequest, StainRun
+from ._stain_source import (
+    SourceLayerError,
+    is_source_candidate,
+    slide_for_layer,
+    store_for_layer,
+)
+from ._stain_view import show_side_by_side
+
+log = logging.getLogger(__name__)
+
+MODEL_FILTER = "Generator checkpoints (*.safetensors *.pth *.pt *.ckpt);;All files (*)"
+
+
+def _demo_model_path() -> str | None:
+    """The embedded demo model, once the models package ships one."""
+    try:
+        from .. import models
+
+        finder = getattr(models, "demo_model_path", None)
+        return str(finder()) if callable(finder) else None
+    except Exception:  # a missing demo model must never break the widget
+        return None
+
+
+def _store_model_name(prov: dict[str, Any]) -> str:
+    model = prov.get("model")
+    if isinstance(model, dict):
+        return str(model.get("name") or Path(str(model.get("source") or "model")).stem)
+    return str(model or prov.get("model_name") or "model")
 
 
 class VirtualIHCWidget(QWidget):
-    def __init__(self, napari_viewer: object) -> None:
+    """Dock widget; ``run_started``/``run_ended`` carry the ``StainRun``."""
+
+    run_started = Signal(object)
+    run_ended = Signal(object)
+
+    def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
-        self.viewer = napari_viewer
+        # npe2 hands plugins a public-only proxy; runs compare layers by identity (a result belongs to
+        # its slide), which needs the layer objects themselves, so work on the viewer behind the proxy.
+        self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
+        self.settings = StainWidgetSettings.load()
+        self.run: StainRun | None = None
+        self.last_run: StainRun | None = None
+        self._notified_stores: set[str] = set()
+        self._existing_store: Path | None = None
+        self._build_ui()
+        self._load_settings_into_ui()
+        self._connect()
+        self._refresh_sources()
+        self._update_device_label()
+        self._update_buttons()
+
+    # --- UI -------------------------------------------------------------------------------------
+    def _build_ui(self) -> None:
         layout = QVBoxLayout(self)
-        layout.addWidget(QLabel("not available yet"))
+        form = QFormLayout()
+        layout.addLayout(form)
+
+        self.source_combo = QComboBox()
+        self.source_combo.setToolTip("The H&E image to stain (RGB image layers)")
+        form.addRow("H&E layer", self.source_combo)
+
+        self.model_combo = QComboBox()
+        self.model_combo.setEditable(True)
+        self.model_combo.setInsertPolicy(QComboBox.NoInsert)
+        self.model_combo.lineEdit().setPlaceholderText("choose a generator checkpoint...")
+        self.model_combo.setToolTip("A .safetensors checkpoint or a reference .pth state dict")
+        self.browse_model_button = QPushButton("Browse...")
+        row = QHBoxLayout()
+        row.addWidget(self.model_combo, 1)
+        row.addWidget(self.browse_model_button)
+        form.addRow("Model", row)
+
+        self.device_combo = QComboBox()
+        for value, label in available_devices():
+            self.device_combo.addItem(label, value)
+        form.addRow("Device", self.device_combo)
+        self.device_label = QLabel()
+        self.device_label.setWordWrap(True)
+        form.addRow("", self.device_label)
+
+        self.output_edit = QLineEdit()
+        self.output_edit.setPlaceholderText("beside the slide")
+        self.browse_output_button = QPushButton("Browse...")
+        row = QHBoxLayout()
+        row.addWidget(self.output_edit, 1)
+        row.addWidget(self.browse_output_button)
+        form.addRow("Output folder", row)
+
+        self.advanced_button = QToolButton()
+        self.advanced_button.setText("Advanced")
+        self.advanced_button.setCheckable(True)
+        self.advanced_button.setToolButtonStyle(Qt.ToolButtonTextBesideIcon)
+        self.advanced_button.setArrowType(Qt.RightArrow)
+        layout.addWidget(self.advanced_button)
+        self.advanced_panel = QWidget()
+        adv = QFormLayout(self.advanced_panel)
+        adv.setContentsMargins(12, 0, 0, 0)
+        self.tile_spin = QSpinBox()
+        self.tile_spin.setRange(64, 4096)
+        self.tile_spin.setSingleStep(64)
+        self.tile_spin.setSuffix(" px")
+        self.tile_spin.setToolTip("Written core of each tile, in pixels at the model's resolution")
+        adv.addRow("Tile", self.tile_spin)
+        self.halo_spin = QSpinBox()
+        self.halo_spin.setRange(0, 1024)
+        self.halo_spin.setSpecialValueText("auto")
+        self.halo_spin.setSuffix(" px")
+        self.halo_spin.setToolTip("Context read around each tile; auto = half the receptive field or more")
+        adv.addRow("Halo", self.halo_spin)
+        self.batch_spin = QSpinBox()
+        self.batch_spin.setRange(1, 256)
+        self.batch_spin.setToolTip("Tiles per forward pass; lower it if the GPU runs out of memory")
+        adv.addRow("Batch", self.batch_spin)
+        layout.addWidget(self.advanced_panel)
+
+        self.load_existing_button = QPushButton("Load existing result")
+        self.load_existing_button.setVisible(False)
+        layout.addWidget(self.load_existing_button)
+
+        row = QHBoxLayout()
+        self.run_button = QPushButton("Run")
+        self.cancel_button = QPushButton("Cancel")
+        row.addWidget(self.run_button)
+        row.addWidget(self.cancel_button)
+        layout.addLayout(row)
+        self.status_label = QLabel("Ready.")
+        self.status_label.setWordWrap(True)
+        layout.addWidget(self.status_label)
+
+        row = QHBoxLayout()
+        self.overlay_button = QPushButton("Overlay")
+        self.side_by_side_button = QPushButton("Side by side")
+        self.display_group = QButtonGroup(self)
+        for button in (self.overlay_button, self.side_by_side_button):
+            button.setCheckable(True)
+            self.display_group.addButton(button)
+            row.addWidget(button)
+        self.overlay_button.setChecked(True)
+        layout.addLayout(row)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Opacity"))
+        self.opacity_slider = QSlider(Qt.Horizontal)
+        self.opacity_slider.setRange(0, 100)
+        row.addWidget(self.opacity_slider, 1)
+        layout.addLayout(row)
+        layout.addStretch(1)
+
+    def _load_settings_into_ui(self) -> None:
+        s = self.settings
+        self._fill_model_combo()
+        self.model_combo.setCurrentText(s.model_path)
+        index = self.device_combo.findData(s.device)
+        if index < 0:  # saved on another machine (e.g. a CUDA device absent here): keep it, say so
+            self.device_combo.addItem(f"{s.device} (not available here)", s.device)
+            index = self.device_combo.count() - 1
+        self.device_combo.setCurrentIndex(index)
+        self.tile_spin.setValue(s.tile)
+        self.halo_spin.setValue(s.halo)
+        self.batch_spin.setValue(s.batch)
+        self.output_edit.setText(s.output_dir)
+        self.opacity_slider.setValue(round(s.overlay_opacity * 100))
+        self.advanced_button.setChecked(s.advanced_open)
+        self._toggle_advanced(s.advanced_open)
+
+    def _fill_model_combo(self) -> None:
+        text = self.model_combo.currentText()
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        demo = _demo_model_path()
+        if demo:
+            self.model_combo.addItem(f"Demo model (embedded): {Path(demo).name}", demo)
+        for path in self.settings.recent_models:
+            if path != demo:
+                self.model_combo.addItem(path, path)
+        self.model_combo.setCurrentText(text)
+        self.model_combo.blockSignals(False)
+
+    def _connect(self) -> None:
+        self.browse_model_button.clicked.connect(self._browse_model)
+        self.browse_output_button.clicked.connect(self._browse_output)
+        self.model_combo.currentTextChanged.connect(self._on_settings_changed)
+        self.device_combo.currentIndexChanged.connect(self._update_device_label)
+        self.device_combo.currentIndexChanged.connect(self._on_settings_changed)
+        for spin in (self.tile_spin, self.halo_spin, self.batch_spin):
+            spin.valueChanged.connect(self._on_settings_changed)
+        self.output_edit.editingFinished.connect(self._on_output_changed)
+        self.advanced_button.toggled.connect(self._toggle_advanced)
+        self.advanced_button.toggled.connect(self._on_settings_changed)
+        self.run_button.clicked.connect(self.start_run)
+        self.cancel_button.clicked.connect(self.cancel_run)
+        self.load_existing_button.clicked.connect(self.load_existing)
+        self.source_combo.currentIndexChanged.connect(self._on_source_changed)
+        self.overlay_button.toggled.connect(self._apply_display)
+        self.side_by_side_button.toggled.connect(self._apply_display)
+        self.opacity_slider.valueChanged.connect(self._apply_display)
+        self.opacity_slider.valueChanged.connect(self._on_settings_changed)
+        self.viewer.layers.events.inserted.connect(self._on_layer_inserted)
+        self.viewer.layers.events.removed.connect(self._on_layers_changed)
+        self.viewer.layers.events.moved.connect(self._on_layers_changed)
+        self.destroyed.connect(self._disconnect_viewer)
+
+    def _disconnect_viewer(self, *_: Any) -> None:
+        for emitter, slot in (
+            (self.viewer.layers.events.inserted, self._on_layer_inserted),
+            (self.viewer.layers.events.removed, self._on_layers_changed),
+            (self.viewer.layers.events.moved, self._on_layers_changed),
+        ):
+            with contextlib.suppress(Exception):  # the viewer may already be gone
+                emitter.disconnect(slot)
+
+    # --- settings -------------------------------------------------------------------------------
+    def model_path(self) -> str:
+        index = self.model_combo.currentIndex()
+        text = self.model_combo.currentText().strip()
+        if index >= 0 and self.model_combo.itemText(index) == text:
+            data = self.model_combo.itemData(index)
+            if data:
+                return str(data)
+        return text
+
+    def set_model_path(self, path: str | Path) -> None:
+        self.model_combo.setCurrentText(str(path))
+
+    def device(self) -> str:
+        return str(self.device_combo.currentData() or "auto")
+
+    def set_device(self, value: str) -> None:
+        index = self.device_combo.findData(value)
+        if index < 0:
+            self.device_combo.addItem(f"{value} (not available here)", value)
+            index = self.device_combo.count() - 1
+        self.device_combo.setCurrentIndex(index)
+
+    def engine_settings(self) -> EngineSettings:
+        return EngineSettings(
+            tile=self.tile_spin.value(),
+            halo=self.halo_spin.value() or None,
+            batch=self.batch_spin.value(),
+            device=self.device(),
+        )
+
+    def _on_settings_changed(self, *_: Any) -> None:
+        s = self.settings
+        s.model_path = self.model_path()
+        s.device = self.device()
+        s.tile, s.halo, s.batch = self.tile_spin.value(), self.halo_spin.value(), self.batch_spin.value()
+        s.output_dir = self.output_edit.text().strip()
+        s.overlay_opacity = self.opacity_slider.value() / 100.0
+        s.advanced_open = self.advanced_button.isChecked()
+        s.save()
+
+    def _on_output_changed(self) -> None:
+        self._on_settings_changed()
+        self._check_existing_result()
+
+    def _toggle_advanced(self, open_: bool) -> None:
+        self.advanced_panel.setVisible(open_)
+        self.advanced_button.setArrowType(Qt.DownArrow if open_ else Qt.RightArrow)
+
+    def _update_device_label(self, *_: Any) -> None:
+        try:
+            text = f"running on {describe_device(resolve_device(self.device()))}"
+        except DeviceError as exc:
+            text = f"not available: {exc}"
+        self.device_label.setText(text)
+
+    def _browse_model(self) -> None:
+        start = str(Path(self.model_path()).parent) if self.model_path() else ""
+        path, _ = QFileDialog.getOpenFileName(self, "Choose a generator checkpoint", start, MODEL_FILTER)
+        if path:
+            self.set_model_path(path)
+
+    def _browse_output(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Output folder", self.output_edit.text())
+        if path:
+            self.output_edit.setText(path)
+            self._on_output_changed()
+
+    # --- source layers --------------------------------------------------------------------------
+    def source_layers(self) -> list[Any]:
+        return [layer for layer in self.viewer.layers if is_source_candidate(layer)]
+
+    def selected_source_layer(self) -> Any | None:
+        index = self.source_combo.currentIndex()
+        if index < 0:
+            return None
+        layer = self.source_combo.itemData(index)
+        return layer if layer is not None and layer in self.viewer.layers else None
+
+    def set_source_layer(self, layer: Any) -> None:
+        for i in range(self.source_combo.count()):
+            if self.source_combo.itemData(i) is layer:
+                self.source_combo.setCurrentIndex(i)
+                return
+        raise ValueError(f"{getattr(layer, 'name', layer)!r} is not an RGB image layer of this viewer")
+
+    def _refresh_sources(self, prefer: Any = None) -> None:
+        current = prefer if prefer is not None else self.selected_source_layer()
+        layers = self.source_layers()
+        self.source_combo.blockSignals(True)
+        self.source_combo.clear()
+        for layer in layers:
+            self.source_combo.addItem(layer.name, layer)
+        index = next((i for i, layer in enumerate(layers) if layer is current), 0 if layers else -1)
+        self.source_combo.setCurrentIndex(index)
+        self.source_combo.blockSignals(False)
+        self._on_source_changed()
+
+    def _on_layer_inserted(self, event: Any) -> None:
+        layer = event.value
+        if is_source_candidate(layer):
+            layer.events.name.connect(self._on_layers_changed)
+            self._refresh_sources(prefer=layer)  # a slide just opened: it is what the user wants
+        else:
+            self._refresh_sources()
+
+    def _on_layers_changed(self, *_: Any) -> None:
+        self._refresh_sources()
+
+    def _on_source_changed(self, *_: Any) -> None:
+        self._check_existing_result()
+        self._update_buttons()
+
+    # --- existing results -----------------------------------------------------------------------
+    def store_for_selected(self) -> Path | None:
+        layer = self.selected_source_layer()
+        if layer is None:
+            return None
+        return store_for_layer(layer, self.output_edit.text().strip() or None)
+
+    def _check_existing_result(self) -> None:
+        """Offer to load a store found for the selected slide, instead of recomputing it."""
+        store = self.store_for_selected()
+        prov = read_store_provenance(store) if store is not None else None
+        shown = store is not None and find_ihc_layer(self.viewer.layers, store) is not None
+        running_here = (
+            self.run is not None
+            and self.run.running
+            and store is not None
+            and self.run.store == store.resolve()
+        )
+        if store is None or prov is None or shown or running_here:
+            self._existing_store = None
+            self.load_existing_button.setVisible(False)
+            return
+        self._existing_store = store
+        state = "complete" if prov.get("complete") else "partial (Run resumes it)"
+        self.load_existing_button.setText(f"Load existing result ({_store_model_name(prov)}, {state})")
+        self.load_existing_button.setVisible(True)
+        key = str(store.resolve())
+        if key not in self._notified_stores:
+            self._notified_stores.add(key)
+            show_info(
+                f"A virtual IHC result exists for this slide ({store.name}): click 'Load existing result'."
+            )
+
+    def load_existing(self) -> Any | None:
+        """Show the stored result over the selected slide; returns the layer."""
+        store, source = self._existing_store, self.selected_source_layer()
+        if store is None or source is None:
+            return None
+        try:
+            view = open_store(store)
+        except StoreNotReadyError as exc:
+            show_error(f"Could not open the existing result: {exc}")
+            return None
+        prov = dict(view.provenance)
+        prov["store"] = str(store.resolve())
+        prov.setdefault("source_layer", source.name)
+        name = layer_name_for(_store_model_name(prov))
+        layer = self.viewer.add_image(
+            view.levels,
+            **ihc_layer_kwargs(
+                view.level0_downsample,
+                source,
+                name,
+                {PROVENANCE_KEY: prov},
+                self.opacity_slider.value() / 100,
+            ),
+        )
+        self._check_existing_result()
+        self._apply_display()
+        return layer
+
+    # --- running --------------------------------------------------------------------------------
+    def _update_buttons(self) -> None:
+        running = self.run is not None and self.run.running
+        self.run_button.setEnabled(not running and self.selected_source_layer() is not None)
+        self.cancel_button.setEnabled(running)
+
+    def start_run(self) -> StainRun | None:
+        """Validate the inputs (errors become notifications) and start staining the selected layer."""
+        if self.run is not None and self.run.running:
+            return None
+        source = self.selected_source_layer()
+        if source is None:
+            show_error("Virtual IHC: choose an H&E image layer first (File > Open, or drag a slide in).")
+            return None
+        model_path = self.model_path()
+        if not model_path:
+            show_error("Virtual IHC: no model chosen. Pick a generator checkpoint with 'Browse...'.")
+            return None
+        if not Path(model_path).is_file():
+            show_error(f"Virtual IHC: model file not found: {model_path}")
+            return None
+        try:
+            resolve_device(self.device())
+        except DeviceError as exc:
+            show_error(f"Virtual IHC: {exc}")
+            return None
+        store = store_for_layer(source, self.output_edit.text().strip() or None)
+        try:
+            slide = slide_for_layer(source)
+            store.parent.mkdir(parents=True, exist_ok=True)
+        except SourceLayerError as exc:
+            show_error(f"Virtual IHC: {exc}")
+            return None
+        except OSError as exc:
+            show_error(f"Virtual IHC: cannot create the output folder {store.parent}: {exc}")
+            return None
+
+        self.settings.remember_model(model_path)
+        self._on_settings_changed()
+        self._fill_model_combo()
+        request = RunRequest(
+            source_layer=source,
+            slide=slide,
+            store=store,
+            model_path=model_path,
+            settings=self.engine_settings(),
+            opacity=self.opacity_slider.value() / 100.0,
+        )
+        run = StainRun(self.viewer, request, parent=self)
+        run.progressed.connect(self._on_run_progress)
+        run.layer_ready.connect(lambda _layer: self._apply_display())
+        run.ended.connect(lambda _state, run=run: self._on_run_ended(run))
+        self.run = run
+        self.load_existing_button.setVisible(False)
+        self.status_label.setText(f"Loading {Path(model_path).name}...")
+        run.start()
+        self._update_buttons()
+        self.run_started.emit(run)
+        return run
+
+    def cancel_run(self) -> None:
+        if self.run is not None and self.run.running:
+            self.run.cancel()
+            self.status_label.setText("Cancelling after the current batch...")
+
+    def _on_run_progress(self, tp: Any) -> None:
+        run = self.run
+        if run is None:
+            return
+        if tp.device:
+            self.device_label.setText(f"running on {describe_device(tp.device)}")
+        verb = "Cancelling" if run.state == "cancelling" else "Staining"
+        self.status_label.setText(
+            f"{verb} {run.request.source_layer.name}: {tp.done}/{tp.total} tiles, {tp.mp_per_s:.2f} MP/s"
+        )
+
+    def _on_run_ended(self, run: StainRun) -> None:
+        if run is self.run:
+            self.run = None
+        self.last_run = run
+        name = run.request.source_layer.name
+        if run.state == "done":
+            self.status_label.setText(f"Done: {name} -> {run.store.name}")
+        elif run.state == "cancelled":
+            tp = run.last_progress
+            done = f" ({tp.done}/{tp.total} tiles kept)" if tp else ""
+            self.status_label.setText(f"Cancelled{done}. Run again to resume.")
+        else:
+            self.status_label.setText("Failed; see the notification. Fix the problem and Run again.")
+        self._update_device_label()
+        self._update_buttons()
+        self._check_existing_result()
+        self.run_ended.emit(run)
+
+    # --- display --------------------------------------------------------------------------------
+    def ihc_layer_for_selected(self) -> Any | None:
+        store = self.store_for_selected()
+        return find_ihc_layer(self.viewer.layers, store) if store is not None else None
+
+    def _apply_display(self, *_: Any) -> None:
+        """Side by side: napari grid mode (shared camera). Overlay: stacked, with the opacity slider."""
+        side_by_side = self.side_by_side_button.isChecked()
+        self.opacity_slider.setEnabled(not side_by_side)
+        show_side_by_side(self.viewer, side_by_side)
+        layer = self.ihc_layer_for_selected()
+        if layer is None:
+            return
+        layer.visible = True
+        layer.opacity = 1.0 if side_by_side else self.opacity_slider.value() / 100.0

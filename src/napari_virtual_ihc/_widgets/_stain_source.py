@@ -1,0 +1,103 @@
+"""From a napari layer to the Slide the engine reads, and where that slide's result is stored."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..slides.base import ArraySlide, Slide
+from ._stain_layer import PROVENANCE_KEY, store_path_for
+
+# Length units napari layers may carry, in micrometres.
+_UM_PER_UNIT = {
+    "micrometer": 1.0,
+    "micron": 1.0,
+    "um": 1.0,
+    "µm": 1.0,
+    "nanometer": 1e-3,
+    "nm": 1e-3,
+    "millimeter": 1e3,
+    "mm": 1e3,
+    "meter": 1e6,
+    "m": 1e6,
+}
+
+
+class SourceLayerError(ValueError):
+    """The layer cannot be stained (not RGB uint8, empty...)."""
+
+
+def is_source_candidate(layer: Any) -> bool:
+    """RGB image layers that are not themselves virtual IHC results."""
+    from napari.layers import Image
+
+    if not isinstance(layer, Image) or not layer.rgb:
+        return False
+    metadata = layer.metadata if isinstance(layer.metadata, dict) else {}
+    return PROVENANCE_KEY not in metadata
+
+
+def layer_mpp(layer: Any) -> tuple[float, float] | None:
+    """µm/px ``(x, y)`` from the layer's scale when its units are lengths; None for plain pixels."""
+    units = getattr(layer, "units", None)
+    if units is None:
+        return None
+    names = [str(u) for u in tuple(units)[-2:]]
+    factors = [_UM_PER_UNIT.get(n) for n in names]
+    if any(f is None for f in factors):
+        return None
+    sy, sx = (float(s) for s in np.asarray(layer.scale, dtype=float)[-2:])
+    fy, fx = factors
+    assert fy is not None and fx is not None
+    return (sx * fx, sy * fy)
+
+
+def layer_source_path(layer: Any) -> Path | None:
+    """The file the layer shows: its Slide's path, else the file napari loaded it from."""
+    slide = layer.metadata.get("slide") if isinstance(layer.metadata, dict) else None
+    if isinstance(slide, Slide) and slide.path:
+        return Path(slide.path)
+    path = getattr(getattr(layer, "source", None), "path", None)
+    return Path(path) if path else None
+
+
+def slide_for_layer(layer: Any) -> Slide:
+    """The reader's Slide when the layer has one, else the layer's pixels wrapped in an ArraySlide."""
+    slide = layer.metadata.get("slide") if isinstance(layer.metadata, dict) else None
+    if isinstance(slide, Slide):
+        return slide
+    levels_in = list(layer.data) if getattr(layer, "multiscale", False) else [layer.data]
+    levels = []
+    for level in levels_in:
+        arr = np.asarray(level)
+        if arr.ndim == 3 and arr.shape[-1] == 4:
+            arr = arr[..., :3]
+        if arr.ndim != 3 or arr.shape[-1] != 3:
+            raise SourceLayerError(
+                f"layer {layer.name!r} is not an RGB image (shape {arr.shape}); open the H&E slide as RGB"
+            )
+        if arr.dtype != np.uint8:
+            raise SourceLayerError(
+                f"layer {layer.name!r} has {arr.dtype} pixels; virtual IHC needs 8-bit RGB H&E (uint8)"
+            )
+        levels.append(np.ascontiguousarray(arr))
+    return ArraySlide(levels, mpp=layer_mpp(layer), path=layer_source_path(layer), vendor="napari-layer")
+
+
+def default_output_dir(layer: Any) -> Path:
+    """Beside the slide file; for in-memory layers, the plugin's data folder."""
+    path = layer_source_path(layer)
+    if path is not None:
+        return path.parent
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("napari-virtual-ihc", appauthor=False)) / "results"
+
+
+def store_for_layer(layer: Any, output_dir: str | Path | None) -> Path:
+    """Where the layer's virtual IHC lives: ``<output dir>/<slide stem>.ome.zarr``."""
+    path = layer_source_path(layer)
+    out = Path(output_dir) if output_dir else default_output_dir(layer)
+    return store_path_for(out, path.name if path is not None else layer.name)

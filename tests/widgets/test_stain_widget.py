@@ -1,0 +1,510 @@
+"""The Virtual IHC dock widget, driven through the plugin manifest in a real napari viewer (Xvfb).
+
+Every run goes through the real threaded path (napari ``thread_worker`` + the real tile engine) and is
+waited on with ``qtbot.waitUntil``. The model is a real ResNet generator whose weights make its output a
+known per-pixel function of the input (a negative image), so every written pixel can be checked.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from qtpy.QtCore import QTimer
+
+from napari_virtual_ihc._widgets._stain_layer import CachedStoreLevel, open_store, store_path_for
+
+pytestmark = pytest.mark.gui
+
+SCALE = (0.5, 0.5)  # µm/px
+TRANSLATE = (100.0, 250.0)  # µm
+RUN_TIMEOUT_MS = 25_000
+
+
+# --- helpers ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def engine_available(inverting_model: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Skip the engine-dependent tests, saying why, while ``stain_slide`` is still a stub."""
+    from napari_virtual_ihc.inference import EngineSettings, stain_slide
+    from napari_virtual_ihc.models import load_generator
+    from napari_virtual_ihc.slides import ArraySlide
+
+    slide = ArraySlide(np.full((32, 32, 3), 128, np.uint8))
+    try:
+        stain_slide(
+            slide,
+            load_generator(inverting_model),
+            tmp_path_factory.mktemp("probe") / "probe.ome.zarr",
+            EngineSettings(tile=64, batch=1, device="cpu"),
+        )
+    except NotImplementedError:
+        pytest.skip("the tile engine (inference.stain_slide) is not implemented yet")
+
+
+def dock_widget(viewer: Any) -> Any:
+    _, widget = viewer.window.add_plugin_dock_widget("napari-virtual-ihc", "Virtual IHC")
+    return widget
+
+
+def add_he(viewer: Any, rgb: np.ndarray, name: str = "H&E", translate: tuple = TRANSLATE) -> Any:
+    return viewer.add_image(rgb, name=name, rgb=True, scale=SCALE, translate=translate, units=("um", "um"))
+
+
+def configure(widget: Any, model: Path, out: Path, tile: int = 128, batch: int = 2) -> None:
+    widget.set_model_path(model)
+    widget.output_edit.setText(str(out))
+    widget.tile_spin.setValue(tile)
+    widget.batch_spin.setValue(batch)
+    widget.set_device("cpu")
+
+
+def run_and_wait(qtbot: Any, widget: Any) -> Any:
+    run = widget.start_run()
+    assert run is not None, "Run did not start"
+    qtbot.waitUntil(lambda: not run.running, timeout=RUN_TIMEOUT_MS)
+    return run
+
+
+def store_rgb(store: Path, level: int = 0) -> np.ndarray:
+    import zarr
+
+    return np.moveaxis(np.asarray(zarr.open_group(str(store), mode="r")[str(level)][:]), 0, -1)
+
+
+def gray(img: np.ndarray) -> np.ndarray:
+    return img[..., :3].astype(np.float64).mean(axis=-1)
+
+
+# --- no engine needed ---------------------------------------------------------------------------------
+def test_dock_widget_from_manifest_lists_rgb_layers_and_devices(
+    make_napari_viewer: Any, he_crop: np.ndarray
+) -> None:
+    viewer = make_napari_viewer()
+    widget = dock_widget(viewer)
+    he = add_he(viewer, he_crop)
+    viewer.add_image(np.zeros((20, 20), np.float32), name="not rgb")
+    assert [widget.source_combo.itemText(i) for i in range(widget.source_combo.count())] == ["H&E"]
+    assert widget.selected_source_layer() is he
+    devices = [widget.device_combo.itemData(i) for i in range(widget.device_combo.count())]
+    assert devices[0] == "auto" and "cpu" in devices
+    widget.set_device("cpu")
+    assert widget.device_label.text().startswith("running on cpu")
+    # the advanced fold
+    widget.advanced_button.setChecked(False)
+    assert widget.advanced_panel.isHidden()
+    widget.advanced_button.setChecked(True)
+    assert not widget.advanced_panel.isHidden()
+    assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+
+
+def test_settings_persist_between_sessions(
+    make_napari_viewer: Any, tmp_path: Path, inverting_model: Path
+) -> None:
+    viewer = make_napari_viewer()
+    widget = dock_widget(viewer)
+    widget.set_model_path(inverting_model)
+    widget.tile_spin.setValue(256)
+    widget.halo_spin.setValue(24)
+    widget.batch_spin.setValue(3)
+    widget.set_device("cpu")
+    widget.output_edit.setText(str(tmp_path / "out"))
+    widget._on_output_changed()
+
+    from napari_virtual_ihc._widgets.stain_widget import VirtualIHCWidget
+
+    again = VirtualIHCWidget(viewer)  # a new session reads the saved file
+    assert again.model_path() == str(inverting_model)
+    assert (again.tile_spin.value(), again.halo_spin.value(), again.batch_spin.value()) == (256, 24, 3)
+    assert again.device() == "cpu"
+    assert again.output_edit.text() == str(tmp_path / "out")
+    assert again.engine_settings().halo == 24
+    again.halo_spin.setValue(0)
+    assert again.engine_settings().halo is None  # 0 = automatic
+    again.deleteLater()
+
+
+def test_cached_store_level_indexes_like_numpy_and_rereads_only_invalidated_chunks(tmp_path: Path) -> None:
+    import zarr
+
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 255, (3, 70, 90), dtype=np.uint8)
+    z = zarr.create_array(
+        str(tmp_path / "a.zarr"),
+        shape=data.shape,
+        chunks=(3, 32, 32),
+        dtype="uint8",
+        fill_value=255,
+        zarr_format=2,
+    )
+    z[:] = data
+    level = CachedStoreLevel(z)
+    ref = np.moveaxis(data, 0, -1)
+    assert level.shape == ref.shape
+    for key in [
+        (slice(None), slice(None)),
+        (slice(5, 40), slice(33, 89, 3)),
+        (7, slice(None, None, -2)),
+        (slice(60, 10, -4), 3, 1),
+        (Ellipsis, 2),
+        (slice(-20, None), slice(-7, -1)),
+    ]:
+        np.testing.assert_array_equal(level[key], ref[key])
+    reads = level.chunk_reads
+    level[:, :]
+    assert level.chunk_reads == reads  # everything cached
+    assert level.invalidate(0, 10, 40, 50) == 1  # one chunk under that box
+    level[:, :]
+    assert level.chunk_reads == reads + 1
+
+
+# --- with the engine ----------------------------------------------------------------------------------
+@pytest.mark.usefixtures("engine_available")
+def test_run_shows_aligned_layer_with_provenance(
+    make_napari_viewer: Any,
+    qtbot: Any,
+    he_crop: np.ndarray,
+    inverting_model: Path,
+    tmp_path: Path,
+    expected_ihc: Any,
+) -> None:
+    viewer = make_napari_viewer(show=True)
+    viewer.window.resize(1300, 850)  # Xvfb's default screen is small; leave the canvas room beside the dock
+    widget = dock_widget(viewer)
+    he = add_he(viewer, he_crop)
+    configure(widget, inverting_model, tmp_path)
+    run = widget.start_run()
+    assert run is not None and run.running
+    assert run.layer is not None and run.layer in viewer.layers  # the IHC layer is up at once
+    qtbot.waitUntil(lambda: not run.running, timeout=RUN_TIMEOUT_MS)
+    assert run.state == "done", run.error
+    store = store_path_for(tmp_path, "H&E")
+    assert run.store == store.resolve()
+    layer = run.layer
+    assert layer is not None and layer in viewer.layers
+    assert layer.name == "HER2 vIHC - invert-test"
+    assert layer.multiscale and layer.rgb
+    np.testing.assert_allclose(layer.scale, he.scale)
+    np.testing.assert_allclose(layer.translate, he.translate)
+    assert tuple(str(u) for u in layer.units) == tuple(str(u) for u in he.units) == ("micrometer",) * 2
+    prov = layer.metadata["virtual_ihc"]
+    assert prov["model"]["name"] == "invert-test" and len(prov["model"]["sha256"]) == 64
+    assert prov["settings"]["tile"] == 128 and prov["device"] == "cpu" and prov["time"]
+    assert prov["complete"] is True
+
+    # every pixel is the model's output for the pixel under it
+    written = store_rgb(store)
+    assert written.shape == he_crop.shape
+    assert np.abs(written.astype(int) - expected_ihc(he_crop)).max() <= 2
+    np.testing.assert_array_equal(np.asarray(layer.data[0][:, :]), written)
+
+    # a canvas screenshot shows the IHC exactly over the H&E (the IHC is the H&E's negative)
+    from skimage.registration import phase_cross_correlation
+
+    # fill the canvas with the slide's interior so every screen pixel shows slide pixels
+    (y0, x0), (y1, x1) = he.extent.world[:, -2:]
+    viewer.scene.camera.center = ((y0 + y1) / 2, (x0 + x1) / 2)
+    canvas_h, canvas_w = viewer.canvas.size
+    viewer.scene.camera.zoom = 1.25 * max(canvas_h / (y1 - y0), canvas_w / (x1 - x0))
+    layer.visible = False
+    shot_he = viewer.screenshot(canvas_only=True, flash=False)
+    layer.visible, layer.opacity, he.visible = True, 1.0, False
+    shot_ihc = viewer.screenshot(canvas_only=True, flash=False)
+    he.visible = True
+    a, b = gray(shot_he), 255.0 - gray(shot_ihc)
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.9
+    shift, _, _ = phase_cross_correlation(a, b, upsample_factor=4)
+    assert np.abs(shift).max() <= 0.5, f"IHC is displaced by {shift} screen pixels"
+
+    # re-running updates the same layer (the store is complete: every tile resumed, none recomputed)
+    n_layers = len(viewer.layers)
+    again = run_and_wait(qtbot, widget)
+    assert again.state == "done" and again.report is not None
+    assert again.report.tiles_resumed == again.report.tiles_total
+    assert len(viewer.layers) == n_layers
+    assert again.layer is layer, (again.layer, layer, id(again.layer), id(layer))
+
+    # display modes: side by side is napari's grid mode, overlay uses the opacity slider
+    widget.side_by_side_button.click()
+    assert viewer.canvas.grid.enabled and layer.opacity == 1.0
+    widget.overlay_button.click()
+    widget.opacity_slider.setValue(40)
+    assert not viewer.canvas.grid.enabled and layer.opacity == pytest.approx(0.4)
+
+
+@pytest.mark.usefixtures("engine_available")
+def test_visible_field_goes_first(
+    make_napari_viewer: Any,
+    qtbot: Any,
+    he_crop: np.ndarray,
+    inverting_model: Path,
+    tmp_path: Path,
+    expected_ihc: Any,
+) -> None:
+    viewer = make_napari_viewer()
+    widget = dock_widget(viewer)
+    he = add_he(viewer, he_crop)
+    configure(widget, inverting_model, tmp_path, tile=64, batch=1)
+    # look at the bottom-right corner only
+    corner = np.asarray(he.data_to_world((280, 360)))
+    viewer.scene.camera.center = tuple(corner)
+    viewer.scene.camera.zoom = 40.0 * max(viewer.canvas.size) / 800
+    reports: list[Any] = []
+    widget.run_started.connect(lambda run: run.progressed.connect(reports.append))
+    run = run_and_wait(qtbot, widget)
+    assert run.state == "done", run.error
+    x, y, w, h = run._fov
+    assert x > 200 and y > 150, f"field of view {run._fov} is not the corner we look at"
+    first = next(r.new_boxes[0] for r in reports if r.new_boxes)  # the engine's first report is empty
+    bx, by, bw, bh = first
+    assert bx < x + w and x < bx + bw and by < y + h and y < by + bh, (first, run._fov)
+
+
+@pytest.mark.usefixtures("engine_available")
+def test_cancel_keeps_finished_tiles_and_run_again_resumes(
+    make_napari_viewer: Any,
+    qtbot: Any,
+    he_crop: np.ndarray,
+    inverting_model: Path,
+    tmp_path: Path,
+    expected_ihc: Any,
+) -> None:
+    viewer = make_napari_viewer()
+    widget = dock_widget(viewer)
+    add_he(viewer, he_crop)
+    configure(widget, inverting_model, tmp_path, tile=64, batch=1)
+    first_boxes: list[tuple] = []
+
+    def cancel_on_first_report(tp: Any) -> None:
+        first_boxes.extend(tp.new_boxes)
+        widget.cancel_button.click()
+
+    widget.run_started.connect(lambda run: run.progressed.connect(cancel_on_first_report))
+    run = run_and_wait(qtbot, widget)
+    assert run.state == "cancelled"
+    assert run.report is not None and run.report.cancelled
+    done_first = run.report.tiles_done
+    assert 0 < done_first < run.report.tiles_total
+    assert not widget.cancel_button.isEnabled() and widget.run_button.isEnabled()
+    # consistent store: finished tiles hold the model's output, the store says it is not complete
+    store = run.store
+    written, expected = store_rgb(store), expected_ihc(he_crop)
+    for x, y, w, h in first_boxes:
+        assert np.abs(written[y : y + h, x : x + w].astype(int) - expected[y : y + h, x : x + w]).max() <= 2
+    assert open_store(store).complete is False
+    assert run.layer.metadata["virtual_ihc"]["complete"] is False
+
+    widget.run_started.disconnect()
+    second_boxes: list[tuple] = []
+    widget.run_started.connect(
+        lambda run: run.progressed.connect(lambda tp: second_boxes.extend(tp.new_boxes))
+    )
+    resumed = run_and_wait(qtbot, widget)
+    assert resumed.state == "done", resumed.error
+    assert resumed.report.tiles_resumed == done_first
+    assert resumed.layer is run.layer  # same layer, updated
+    # nothing finished before was computed again
+    for x, y, w, h in second_boxes:
+        for fx, fy, fw, fh in first_boxes:
+            assert not (x < fx + fw and fx < x + w and y < fy + fh and fy < y + h)
+    assert np.abs(store_rgb(store).astype(int) - expected).max() <= 2
+    assert open_store(store).complete
+
+
+@pytest.mark.usefixtures("engine_available")
+def test_switching_or_removing_the_source_mid_run_never_writes_elsewhere(
+    make_napari_viewer: Any,
+    qtbot: Any,
+    he_crop: np.ndarray,
+    inverting_model: Path,
+    tmp_path: Path,
+    expected_ihc: Any,
+) -> None:
+    viewer = make_napari_viewer()
+    widget = dock_widget(viewer)
+    slide_a = add_he(viewer, he_crop, name="slide A")
+    slide_b = add_he(viewer, np.ascontiguousarray(he_crop[::-1, ::-1]), name="slide B", translate=(0.0, 0.0))
+    configure(widget, inverting_model, tmp_path, tile=64, batch=1)
+    widget.set_source_layer(slide_a)
+
+    def switch_to_b(tp: Any) -> None:
+        if widget.selected_source_layer() is slide_a:
+            widget.set_source_layer(slide_b)
+
+    widget.run_started.connect(lambda run: run.progressed.connect(switch_to_b))
+    run = run_and_wait(qtbot, widget)
+    assert run.state == "done", run.error
+    assert widget.selected_source_layer() is slide_b
+    store_a, store_b = store_path_for(tmp_path, "slide A"), store_path_for(tmp_path, "slide B")
+    assert not store_b.exists()
+    assert np.abs(store_rgb(store_a).astype(int) - expected_ihc(he_crop)).max() <= 2
+    ihc = [layer for layer in viewer.layers if "virtual_ihc" in layer.metadata]
+    assert len(ihc) == 1 and ihc[0] is run.layer
+    np.testing.assert_allclose(ihc[0].translate, slide_a.translate)
+    assert ihc[0].metadata["virtual_ihc"]["source_layer"] == "slide A"
+    assert widget.ihc_layer_for_selected() is None  # slide B has no result
+
+    # removing the source layer mid-run stops that run; its tiles stay in its own store only
+    widget.run_started.disconnect()
+    widget.output_edit.setText(str(tmp_path / "second"))
+    widget.run_started.connect(
+        lambda run: run.progressed.connect(
+            lambda tp: viewer.layers.remove(slide_b) if slide_b in viewer.layers else None
+        )
+    )
+    run_b = run_and_wait(qtbot, widget)
+    assert run_b.state == "cancelled"
+    assert run_b.store == store_path_for(tmp_path / "second", "slide B").resolve()
+    assert not store_path_for(tmp_path / "second", "slide A").exists()
+    assert run_b.layer is None or run_b.layer.metadata["virtual_ihc"]["source_layer"] == "slide B"
+    assert run.layer in viewer.layers and run.layer.metadata["virtual_ihc"]["source_layer"] == "slide A"
+
+
+@pytest.mark.usefixtures("engine_available")
+def test_event_loop_never_stalls_while_staining(
+    make_napari_viewer: Any,
+    qtbot: Any,
+    he_crop: np.ndarray,
+    inverting_model: Path,
+    tmp_path: Path,
+    expected_ihc: Any,
+) -> None:
+    viewer = make_napari_viewer(show=True)
+    widget = dock_widget(viewer)
+    add_he(viewer, he_crop)
+    configure(widget, inverting_model, tmp_path, tile=64, batch=2)
+    gaps: list[float] = []
+    stamps: list[float] = []
+    last = [time.perf_counter()]
+
+    def tick() -> None:
+        now = time.perf_counter()
+        gaps.append(now - last[0])
+        stamps.append(now)
+        last[0] = now
+
+    probe = QTimer()
+    probe.setInterval(5)
+    probe.timeout.connect(tick)
+    qtbot.wait(50)
+    clicked = time.perf_counter()
+    run = widget.start_run()  # synchronous part: puts the (white) IHC layer up, starts the worker
+    assert run is not None
+    click_ms = (time.perf_counter() - clicked) * 1000
+    last[0] = time.perf_counter()
+    probe.start()
+    try:
+        qtbot.waitUntil(lambda: not run.running, timeout=RUN_TIMEOUT_MS)
+    finally:
+        probe.stop()
+    assert run.state == "done", run.error
+    assert run.refresh_count >= 2
+    worst = max(gaps)
+    t0 = run.timeline["started"]
+    print("timeline ms:", {k: round((v - t0) * 1000) for k, v in run.timeline.items()})
+    print(
+        "gaps > 30 ms (end ms, gap ms):",
+        [(round((stamps[i] - t0) * 1000), round(g * 1000)) for i, g in enumerate(gaps) if g > 0.03],
+    )
+    print(
+        f"Run click handler {click_ms:.0f} ms (adds the layer); worst Qt event-loop stall while staining: "
+        f"{worst * 1000:.1f} ms over {len(gaps)} ticks"
+    )
+    # The 100 ms target is measured and reported by benchmarks/bench_widget.py; on a shared CI core a repaint
+    # can exceed it, so the test guards against what would really be broken (staining on the GUI thread
+    # stalls it for the whole run, seconds) with a margin that does not flake.
+    assert worst < 0.25, f"the Qt event loop stalled {worst * 1000:.0f} ms"
+
+
+@pytest.mark.usefixtures("engine_available")
+def test_existing_result_is_offered_when_the_slide_is_reopened(
+    make_napari_viewer: Any,
+    qtbot: Any,
+    he_crop: np.ndarray,
+    inverting_model: Path,
+    tmp_path: Path,
+    expected_ihc: Any,
+) -> None:
+    viewer = make_napari_viewer()
+    widget = dock_widget(viewer)
+    add_he(viewer, he_crop)
+    configure(widget, inverting_model, tmp_path)
+    run = run_and_wait(qtbot, widget)
+    assert run.state == "done", run.error
+    assert widget.load_existing_button.isHidden()  # the result is already shown
+    viewer.layers.clear()
+    reopened = add_he(viewer, he_crop)
+    assert not widget.load_existing_button.isHidden()
+    assert "complete" in widget.load_existing_button.text()
+    started = time.perf_counter()
+    layer = widget.load_existing()
+    assert time.perf_counter() - started < 2.0
+    assert layer is not None and layer.name == "HER2 vIHC - invert-test"
+    np.testing.assert_allclose(layer.translate, reopened.translate)
+    np.testing.assert_allclose(layer.scale, reopened.scale)
+    np.testing.assert_array_equal(np.asarray(layer.data[0][:, :]), store_rgb(run.store))
+    assert widget.load_existing_button.isHidden()
+
+
+def _notifications() -> list[str]:
+    from napari.utils.notifications import notification_manager
+
+    return [str(n.message) for n in notification_manager.records]
+
+
+@pytest.mark.usefixtures("engine_available")
+def test_errors_become_notifications_and_the_widget_stays_usable(
+    make_napari_viewer: Any,
+    qtbot: Any,
+    he_crop: np.ndarray,
+    inverting_model: Path,
+    tmp_path: Path,
+    expected_ihc: Any,
+) -> None:
+    viewer = make_napari_viewer()
+    widget = dock_widget(viewer)
+    add_he(viewer, he_crop)
+    configure(widget, inverting_model, tmp_path)
+
+    widget.set_model_path("")
+    assert widget.start_run() is None
+    assert any("no model chosen" in m for m in _notifications())
+
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"\x00not a checkpoint" * 10)
+    widget.set_model_path(bad)
+    run = run_and_wait(qtbot, widget)
+    assert run.state == "failed" and run.layer is None
+    assert any("Could not load the model" in m for m in _notifications())
+    assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+
+    widget.set_model_path(inverting_model)
+    widget.set_device("cuda:0")
+    assert widget.start_run() is None
+    assert any("CUDA is not available" in m for m in _notifications())
+    widget.set_device("cpu")
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    widget.output_edit.setText(str(blocker / "out"))
+    assert widget.start_run() is None
+    assert any("cannot create the output folder" in m for m in _notifications())
+
+    # after all that, a good run still works
+    widget.output_edit.setText(str(tmp_path / "ok"))
+    run = run_and_wait(qtbot, widget)
+    assert run.state == "done", run.error
+
+
+def test_write_errors_are_reported_as_such() -> None:
+    import errno
+
+    from napari_virtual_ihc._widgets._stain_run import user_message
+    from napari_virtual_ihc.models import CorruptCheckpointError
+
+    store = Path("/data/x.ome.zarr")
+    assert "Disk full" in user_message(OSError(errno.ENOSPC, "No space left on device"), store)
+    assert "Could not load the model" in user_message(CorruptCheckpointError("bad header"), store)
+    assert "batch size" in user_message(RuntimeError("CUDA out of memory"), store)
