@@ -7,6 +7,7 @@ format nor the file system tells a real IHC from a virtual one.
 
 from __future__ import annotations
 
+import importlib
 import io
 import os
 import struct
@@ -25,9 +26,8 @@ MAX_PIXELS_WITHOUT_REGION = 8192 * 8192
 
 def read_source(source: ImageSource) -> np.ndarray:
     """RGB uint8 pixels of a source image (through ``slides.open_slide`` when available)."""
-    try:
-        from napari_virtual_ihc.slides import open_slide  # type: ignore[attr-defined]
-    except ImportError:  # the slides package does not offer open_slide yet
+    open_slide = getattr(importlib.import_module("napari_virtual_ihc.slides"), "open_slide", None)
+    if open_slide is None:  # a slides package without open_slide: plain image files only
         return _read_plain_image(source)
     try:
         with open_slide(source.path) as slide:
