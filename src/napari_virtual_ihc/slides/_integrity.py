@@ -1,0 +1,56 @@
+"""Cheap structural checks that catch truncated or broken TIFF-family files at open time, not mid-pan."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from .errors import CorruptSlideError
+
+
+def check_tiff_complete(path: Path, tif: tifffile.TiffFile | None = None) -> None:
+    """Raise ``CorruptSlideError`` if any image strip/tile of ``path`` lies beyond the end of the file.
+
+    A truncated copy of a slide still has a valid header, so it opens; this finds the missing bytes by
+    comparing every page's strip/tile offsets + byte counts with the file size (no pixel is decoded).
+    """
+    size = os.path.getsize(path)
+    own = tif is None
+    try:
+        if tif is None:
+            tif = tifffile.TiffFile(path)
+        pages = list(tif.pages)
+        for page in pages:
+            subifds = getattr(page, "subifds", None) or ()
+            for off in subifds:
+                if off >= size:
+                    raise CorruptSlideError(
+                        f"{path}: truncated (a pyramid level starts past the end of file)"
+                    )
+        for page in _all_pages(tif, pages):
+            offsets = np.asarray(page.dataoffsets, dtype=np.int64)
+            counts = np.asarray(page.databytecounts, dtype=np.int64)
+            if offsets.size and int((offsets + counts).max()) > size:
+                raise CorruptSlideError(
+                    f"{path}: truncated or corrupt: image data of page {page.index} extends to byte "
+                    f"{int((offsets + counts).max())} but the file has only {size} bytes"
+                )
+    except CorruptSlideError:
+        raise
+    except Exception as e:  # tifffile raises many types on broken structures
+        raise CorruptSlideError(f"{path}: not a readable TIFF ({type(e).__name__}: {e})") from e
+    finally:
+        if own and tif is not None:
+            tif.close()
+
+
+def _all_pages(tif: tifffile.TiffFile, pages: list) -> list:
+    """Top-level pages plus the SubIFD pyramid levels of every series."""
+    out = [p for p in pages if isinstance(p, tifffile.TiffPage)]
+    for series in tif.series:
+        for level in series.levels[1:]:
+            out.extend(p for p in level.pages if isinstance(p, tifffile.TiffPage))
+    return out

@@ -1,0 +1,109 @@
+"""``open_slide``: pick the backend from the extension, then check the content really is that format."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ._sniff import (
+    IMAGE_EXTENSIONS,
+    OPENSLIDE_EXTENSIONS,
+    SUPPORTED_EXTENSIONS,
+    TIFF_EXTENSIONS,
+    content_kind,
+    is_zarr_dir,
+    read_magic,
+)
+from .base import Slide
+from .errors import CorruptSlideError, UnsupportedFormatError
+
+#: OpenSlide formats whose files are TIFF containers (their header must be a TIFF header).
+_TIFF_BASED_VENDOR = (".svs", ".ndpi", ".scn", ".bif", ".svslide")
+#: OpenSlide vendor detections that OpenSlide reads better than tifffile (TIFF files named .tif/.tiff).
+_OPENSLIDE_TIFF_VENDORS = ("aperio", "philips", "ventana", "hamamatsu", "leica", "trestle")
+
+
+def can_open(path: str | os.PathLike[str]) -> bool:
+    """True when ``open_slide`` would try ``path`` (by name/kind only; the content is checked on open)."""
+    p = Path(path)
+    if p.is_dir():
+        return is_zarr_dir(p)
+    return p.suffix.lower() in SUPPORTED_EXTENSIONS
+
+
+def open_slide(path: str | os.PathLike[str]) -> Slide:
+    """Open a whole-slide image or a plain image as a ``Slide``.
+
+    Raises ``UnsupportedFormatError`` (extension/kind we do not read), ``CorruptSlideError`` (empty,
+    truncated, wrong content for the extension) or ``UnsupportedImageError`` (e.g. multi-channel
+    fluorescence). Messages name the file and what was wrong.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such file or directory")
+    if p.is_dir():
+        if is_zarr_dir(p):
+            from .zarr_backend import ZarrSlide
+
+            return ZarrSlide(p)
+        raise UnsupportedFormatError(f"{p}: a directory that is not an OME-Zarr image store")
+    ext = p.suffix.lower()
+    if ext not in SUPPORTED_EXTENSIONS or ext == ".zarr":
+        raise UnsupportedFormatError(
+            f"{p}: unsupported file type {ext or '(no extension)'!r}; supported: "
+            + " ".join(e for e in SUPPORTED_EXTENSIONS if e != ".zarr")
+            + " and OME-Zarr directories"
+        )
+    size = p.stat().st_size
+    if size == 0:
+        raise CorruptSlideError(f"{p}: the file is empty (0 bytes)")
+    kind = content_kind(read_magic(p))
+    if ext in OPENSLIDE_EXTENSIONS:
+        return _open_vendor(p, ext, kind)
+    if ext in TIFF_EXTENSIONS:
+        if kind != "tiff":
+            raise CorruptSlideError(f"{p}: named {ext} but the content is {_describe(kind)}, not a TIFF")
+        return _open_tiff(p)
+    assert ext in IMAGE_EXTENSIONS
+    if kind not in ("png", "jpeg"):
+        raise CorruptSlideError(f"{p}: named {ext} but the content is {_describe(kind)}, not a PNG/JPEG")
+    from .image_backend import ImageSlide
+
+    return ImageSlide(p, kind)
+
+
+def _open_vendor(p: Path, ext: str, kind: str | None) -> Slide:
+    if ext in _TIFF_BASED_VENDOR and kind != "tiff":
+        raise CorruptSlideError(
+            f"{p}: named {ext} but the content is {_describe(kind)}; a {ext} slide is a TIFF container"
+        )
+    if kind == "tiff":
+        from ._integrity import check_tiff_complete
+
+        check_tiff_complete(p)
+    from .openslide_backend import OpenSlideSlide
+
+    return OpenSlideSlide(p)
+
+
+def _open_tiff(p: Path) -> Slide:
+    """Vendor TIFFs (Aperio .tif, Philips, Ventana) go to OpenSlide; pyramidal/OME/plain TIFF to tifffile."""
+    import openslide
+
+    try:
+        vendor = openslide.OpenSlide.detect_format(str(p))
+    except Exception:
+        vendor = None
+    if vendor in _OPENSLIDE_TIFF_VENDORS:
+        from ._integrity import check_tiff_complete
+        from .openslide_backend import OpenSlideSlide
+
+        check_tiff_complete(p)
+        return OpenSlideSlide(p)
+    from .tiff_backend import TiffSlide
+
+    return TiffSlide(p)
+
+
+def _describe(kind: str | None) -> str:
+    return {"tiff": "TIFF", "png": "PNG", "jpeg": "JPEG"}.get(kind or "", "not an image format we recognise")
