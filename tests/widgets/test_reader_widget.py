@@ -197,4 +197,5 @@ def test_he_context_is_shown_beside_the_case(make_napari_viewer, qtbot, data_dir
     assert case.translate[1] > 40  # side by side, not on top of each other
     widget.go_forward()
     assert [layer.name for layer in viewer.layers] == ["Case 2 of 6 · H&E", "Case 2 of 6"]
-    widget.close_study()
+    widget.close_button.click()
+    assert len(viewer.layers) == 0 and widget.session is None

@@ -146,6 +146,9 @@ class ReaderStudyWidget(QWidget):
         for b in (self.back_button, self.save_button, self.forward_button):
             nav.addWidget(b)
         c.addLayout(nav)
+        self.close_button = QPushButton("Close study (answers are saved)")
+        self.close_button.clicked.connect(self.close_study)
+        c.addWidget(self.close_button)
         self.help_label = QLabel(HELP)
         self.help_label.setWordWrap(True)
         c.addWidget(self.help_label)
@@ -442,6 +445,10 @@ class ReaderStudyWidget(QWidget):
             self.session.add_active_time(self.timer.take())
             self.session.close()
             self.session = None
+        for layer in self._case_layers:  # blinded images do not outlive the study
+            with contextlib.suppress(ValueError, KeyError):
+                self.viewer.layers.remove(layer)
+        self._case_layers = []
         self._lock_viewer(False)
         self._set_reading(False)
 
