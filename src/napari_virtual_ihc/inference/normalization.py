@@ -37,47 +37,57 @@ class FrozenNorm(nn.Module):
 
 
 class _PooledStatsNorm(nn.Module):
-    """Normalises with statistics pooled over the whole batch and all pixels, and accumulates them."""
+    """Normalises with statistics pooled over the whole batch (window cores only), and accumulates them."""
 
     def __init__(self, norm: nn.InstanceNorm2d) -> None:
         super().__init__()
         self.norm = norm
         self.count = 0
-        self.sum: Tensor | None = None
-        self.sumsq: Tensor | None = None
-        self.boxes: list[tuple[float, float, float, float]] | None = None  # per sample, fractions of h/w
+        self.mean: Tensor | None = None  # running pooled mean / sum of squared deviations (float64)
+        self.m2: Tensor | None = None
+        self.boxes: list[tuple[float, float, float, float]] | None = None  # per sample, fractions of w/h
+
+    @staticmethod
+    def _combine(
+        n_a: int, mean_a: Tensor, m2_a: Tensor, n_b: int, mean_b: Tensor, m2_b: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Chan et al.'s parallel update of (mean, M2) for two sets of n_a and n_b values."""
+        n = n_a + n_b
+        delta = mean_b - mean_a
+        return mean_a + delta * (n_b / n), m2_a + m2_b + delta * delta * (n_a * n_b / n)
 
     def forward(self, x: Tensor) -> Tensor:
-        x64 = x.double()
         h, w = x.shape[2], x.shape[3]
         boxes = self.boxes or [(0.0, 0.0, 1.0, 1.0)] * x.shape[0]
-        s = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
-        sq = torch.zeros_like(s)
-        n = 0
+        n_batch, mean_batch, m2_batch = 0, torch.zeros(0), torch.zeros(0)
         for b, (fx0, fy0, fx1, fy1) in enumerate(boxes):
             # Only the core of each window: its border rows are shaped by padding, not by the slide.
             x0, x1 = int(fx0 * w), max(int(fx0 * w) + 1, round(fx1 * w))
             y0, y1 = int(fy0 * h), max(int(fy0 * h) + 1, round(fy1 * h))
-            part = x64[b, :, y0:y1, x0:x1]
-            s += part.sum(dim=(1, 2))
-            sq += (part * part).sum(dim=(1, 2))
-            n += part.shape[1] * part.shape[2]
-        self.sum = s if self.sum is None else self.sum + s
-        self.sumsq = sq if self.sumsq is None else self.sumsq + sq
-        self.count += n
-        mean = s / n
-        var = (sq / n - mean * mean).clamp_min(0)
-        y = (x64 - mean.view(1, -1, 1, 1)) / torch.sqrt(var.view(1, -1, 1, 1) + self.norm.eps)
-        y = y.to(x.dtype)
+            part = x[b, :, y0:y1, x0:x1]
+            var, mean = torch.var_mean(part, dim=(1, 2), correction=0)
+            n = part.shape[1] * part.shape[2]
+            mean64, m2 = mean.double(), var.double() * n
+            if n_batch == 0:
+                n_batch, mean_batch, m2_batch = n, mean64, m2
+            else:
+                mean_batch, m2_batch = self._combine(n_batch, mean_batch, m2_batch, n, mean64, m2)
+                n_batch += n
+        if self.mean is None or self.m2 is None:
+            self.mean, self.m2 = mean_batch, m2_batch
+        else:
+            self.mean, self.m2 = self._combine(self.count, self.mean, self.m2, n_batch, mean_batch, m2_batch)
+        self.count += n_batch
+        var_batch = m2_batch / n_batch
+        scale = (1.0 / torch.sqrt(var_batch + self.norm.eps)).float()
+        shift = (-mean_batch).float() * scale
         if self.norm.affine and self.norm.weight is not None and self.norm.bias is not None:
-            y = y * self.norm.weight.view(1, -1, 1, 1) + self.norm.bias.view(1, -1, 1, 1)
-        return y
+            scale, shift = scale * self.norm.weight, shift * self.norm.weight + self.norm.bias
+        return x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
 
     def stats(self) -> tuple[np.ndarray, np.ndarray]:
-        assert self.sum is not None and self.sumsq is not None and self.count > 0
-        mean = self.sum / self.count
-        var = (self.sumsq / self.count - mean * mean).clamp_min(0)
-        return mean.cpu().numpy(), var.cpu().numpy()
+        assert self.mean is not None and self.m2 is not None and self.count > 0
+        return self.mean.cpu().numpy(), (self.m2 / self.count).clamp_min(0).cpu().numpy()
 
 
 def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
