@@ -108,14 +108,19 @@ class ReaderStudyWidget(QWidget):
         self.score_group = QButtonGroup(self)
         self.score_buttons: dict[str, QPushButton] = {}
         grid = QGridLayout()
-        for i, score in enumerate(("0", ULTRALOW, "1+", "2+", "3+", NOT_ASSESSABLE)):
+        # ordinal scores on the first row; "not assessable" then (optional) ultralow on the second,
+        # so hiding ultralow leaves no hole
+        for i, score in enumerate(("0", "1+", "2+", "3+", NOT_ASSESSABLE, ULTRALOW)):
             b = QPushButton(DISPLAY[score])
             b.setCheckable(True)
             b.setToolTip(f"key {SCORE_KEY_NAMES[score]}")
             b.clicked.connect(lambda _=False, sc=score: self.set_score(sc))
             self.score_group.addButton(b)
             self.score_buttons[score] = b
-            grid.addWidget(b, i // 3, i % 3)
+            if i < 4:
+                grid.addWidget(b, 0, i)
+            else:
+                grid.addWidget(b, 1, 2 * (i - 4), 1, 2)
         c.addLayout(grid)
 
         c.addWidget(QLabel("Confidence (1 = guess, 5 = certain)"))
