@@ -111,13 +111,13 @@ def test_real_and_virtual_are_indistinguishable_as_files(built_study: tuple[Path
             mode = im.mode
         modality = key["images"][image_id]["modality"]
         signature[modality].add((kinds, ihdr[8:], mode, info_keys, st.st_mtime, stat.S_IMODE(st.st_mode)))
-        sizes_by_case.setdefault(key["images"][image_id]["case_id"], set()).add(ihdr[:8])
+        sizes_by_case.setdefault(key["images"][image_id]["case_id"], set()).add((ihdr[:8], st.st_size))
         assert kinds == (b"IDAT", b"IEND", b"IHDR")  # no text, time, ICC, gamma or pHYs chunk
         assert info_keys == ()
     # one identical signature (bit depth, colour type, compression, filter, interlace, mtime, mode bits)
     assert signature["real"] == signature["virtual"]
     assert len(signature["real"]) == 1
-    # real and virtual of each case have the same width and height (the sources did not)
+    # real and virtual of each case have the same width, height and file byte size (the sources did not)
     assert all(len(s) == 1 for s in sizes_by_case.values())
 
 

@@ -1,8 +1,10 @@
 """Read a case image (whole file or slide region) and re-encode it the one canonical way.
 
 Every image of a bundle is written as an 8-bit RGB PNG with no ancillary chunks (no text, time, ICC,
-gamma or physical-size chunks), the same zlib level, and a constant file time, so neither the bytes'
-format nor the file system tells a real IHC from a virtual one.
+gamma or physical-size chunks), stored without compression (zlib level 0) so that the file's byte size
+depends only on width and height (a compressed size would tell smooth generated images from real
+ones), and with a constant file time: neither the bytes' format nor the file system tells a real IHC
+from a virtual one.
 """
 
 from __future__ import annotations
@@ -77,13 +79,13 @@ def fit_to_size(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def encode_png(rgb: np.ndarray) -> bytes:
-    """Canonical PNG bytes: 8-bit RGB, IHDR + IDAT + IEND only."""
+    """Canonical PNG bytes: 8-bit RGB, IHDR + IDAT + IEND only, uncompressed (size = f(width, height))."""
     from PIL import Image
 
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected RGB uint8 (h, w, 3), got {rgb.dtype} {rgb.shape}")
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb), mode="RGB").save(buf, format="PNG", compress_level=6)
+    Image.fromarray(np.ascontiguousarray(rgb), mode="RGB").save(buf, format="PNG", compress_level=0)
     data = buf.getvalue()
     chunks = {c for c, _ in png_chunks(data)}
     if chunks - {b"IHDR", b"IDAT", b"IEND"}:
