@@ -93,6 +93,14 @@ def _tissue_flags(slide: Slide, tiles: list[GridTile], d: float) -> dict[int, bo
     return {t.index: rect_has_tissue(mask, scale, t.core) for t in tiles}
 
 
+def _fill(pattern: np.ndarray, x: int, y: int, w: int, h: int) -> np.ndarray:
+    """Tile the periodic ``pattern`` over (x, y, w, h), phase-locked to the plane's origin."""
+    ph, pw = pattern.shape[:2]
+    reps = (-(-(h + ph) // ph), -(-(w + pw) // pw), 1)
+    big = np.tile(pattern, reps)
+    return big[y % ph : y % ph + h, x % pw : x % pw + w]
+
+
 def _crop(out: np.ndarray, tile: GridTile) -> np.ndarray:
     x, y, w, h = tile.core_in_window
     return out[y : y + h, x : x + w]
@@ -257,14 +265,19 @@ def _run(
     runner = BatchRunner(frozen, device, precision, settings.batch, spec.input_norm, spec.output_norm)
 
     ww, wh = grid.window_size
-    blank_rgb: np.ndarray | None = None
+    blank_pattern: np.ndarray | None = None
     if background:
+        # What the model makes of blank glass, away from the window's borders: constant up to the model's
+        # own period (its total stride), so one period tiles any background core seamlessly.
         white = np.full((1, wh, ww, 3), 255, np.uint8)
         out = runner(white)[0]
-        cy, ch = wh // 4, max(1, wh // 2)
-        cx, cw = ww // 4, max(1, ww // 2)
-        blank_rgb = np.median(out[cy : cy + ch, cx : cx + cw].reshape(-1, 3), axis=0).round().astype(np.uint8)
-        tstore.update_provenance(background_rgb=blank_rgb.tolist())
+        period = grid.align
+        cy = (wh // 2 // period) * period
+        cx = (ww // 2 // period) * period
+        blank_pattern = out[cy : cy + period, cx : cx + period].copy()
+        tstore.update_provenance(
+            background_rgb=np.median(blank_pattern.reshape(-1, 3), axis=0).round().astype(int).tolist()
+        )
 
     total = len(tiles)
     done_count = len(resumed)
@@ -296,10 +309,10 @@ def _run(
             cancelled = True
             break
         group = background[k : k + BACKGROUND_GROUP]
-        assert blank_rgb is not None
+        assert blank_pattern is not None
         for i in group:
-            _, _, cw, ch = tiles[i].core
-            tstore.write_tile(tiles[i].core, np.broadcast_to(blank_rgb, (ch, cw, 3)))
+            cx, cy, cw, ch = tiles[i].core
+            tstore.write_tile(tiles[i].core, _fill(blank_pattern, cx, cy, cw, ch))
             pixels_now += cw * ch
         tstore.mark_done(group, "s")
         done_count += len(group)
