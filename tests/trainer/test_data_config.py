@@ -66,7 +66,7 @@ def test_clear_errors(tmp_path, data_dir):
         paired_folders(tmp_path / "empty", tmp_path / "ihc")
     _write(tmp_path / "ihc3", ["a.png"], [crops[0]])
     (tmp_path / "ihc3" / "b.png").write_bytes(b"not a png")
-    with pytest.raises(DatasetError, match="unreadable image .*b.png"):
+    with pytest.raises(DatasetError, match=r"unreadable image .*b\.png"):
         paired_folders(tmp_path / "he", tmp_path / "ihc3")
     with pytest.raises(DatasetError, match="not a BCI folder"):
         bci_pairs(tmp_path, "train")
@@ -127,9 +127,9 @@ def test_overrides_files_and_errors(tmp_path):
     set_value(cfg, "train.batch_size", "4")
     set_value(cfg, "loss.pyramid_weights", "[25, 25]")
     assert (cfg.optim.lr, cfg.train.batch_size, cfg.loss.pyramid_weights) == (1e-4, 4, [25, 25])
-    with pytest.raises(ConfigError, match="unknown config key 'optim.learning_rate'"):
+    with pytest.raises(ConfigError, match=r"unknown config key 'optim\.learning_rate'"):
         set_value(cfg, "optim.learning_rate", "1")
-    with pytest.raises(ConfigError, match="train.batch_size: cannot parse"):
+    with pytest.raises(ConfigError, match=r"train\.batch_size: cannot parse"):
         set_value(cfg, "train.batch_size", "two")
     (tmp_path / "c.toml").write_text("[train]\nbatch_size = 3\n[loss]\nlambda_variance = 2.5\n")
     (tmp_path / "c.yaml").write_text("optim:\n  n_epochs: 7\n")

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from napari_virtual_ihc.models import ModelSpec, build_generator
 
 from . import metrics
-from .config import Config
+from .config import Config, ConfigError
 from .data import Augment, ImagePairDataset, Pair, find_pairs
 from .discriminators import build_discriminator, init_weights
 from .losses import GANLoss, PyramidL1, feature_matching_loss, variance_penalty
@@ -82,6 +82,14 @@ def lr_factor(epoch: int, n_epochs: int, n_epochs_decay: int) -> float:
     return 1.0 - max(0, epoch + 1 - n_epochs) / float(n_epochs_decay + 1)
 
 
+def make_adam(net: nn.Module, lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
+    """Adam, fused (one kernel for all parameters, CPU and CUDA) when this torch has it: same update rule."""
+    try:
+        return torch.optim.Adam(net.parameters(), lr=lr, betas=betas, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(net.parameters(), lr=lr, betas=betas)
+
+
 def generator_spec(cfg: Config) -> ModelSpec:
     return ModelSpec(
         arch=cfg.model.arch,
@@ -104,6 +112,22 @@ def build_datasets(cfg: Config) -> tuple[ImagePairDataset, list[Pair]]:
     elif dc.val_split and dc.kind in ("bci", "mist"):
         val = find_pairs(dc.kind, dc.root, dc.val_split)
     return train, val[: cfg.train.val_samples]
+
+
+def check_config(cfg: Config) -> None:
+    """Values no later code would reject clearly."""
+    tc = cfg.train
+    if tc.precision not in ("fp32", "fp16", "bf16"):
+        raise ConfigError(f"train.precision must be fp32, fp16 or bf16, not {tc.precision!r}")
+    for key in ("batch_size", "grad_accum"):
+        if getattr(tc, key) < 1:
+            raise ConfigError(f"train.{key} must be >= 1")
+    if cfg.model.discriminator not in ("patch", "multiscale"):
+        raise ConfigError(f"model.discriminator must be patch or multiscale, not {cfg.model.discriminator!r}")
+    if cfg.loss.gan_mode not in ("vanilla", "lsgan"):
+        raise ConfigError(f"loss.gan_mode must be vanilla or lsgan, not {cfg.loss.gan_mode!r}")
+    if not cfg.loss.pyramid_weights:
+        raise ConfigError("loss.pyramid_weights needs at least the full-resolution L1 weight")
 
 
 def autocast_for(device: torch.device, precision: str):
@@ -141,6 +165,8 @@ def fit(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     """Train (or continue) the run in ``run_dir``; returns a small summary."""
     run_dir = Path(run_dir)
     tc, oc, lc = cfg.train, cfg.optim, cfg.loss
+    check_config(cfg)
+    dataset, val_pairs = build_datasets(cfg)  # bad data fails here, before anything is written
     dd, device = setup_distributed(tc.device)
     barrier = dist.barrier if dd.world > 1 else None
     if dd.main:
@@ -151,7 +177,6 @@ def fit(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, Any]:
         torch.use_deterministic_algorithms(True)
 
     # data: every rank sees a disjoint shard per epoch (DistributedSampler, also with one process)
-    dataset, val_pairs = build_datasets(cfg)
     sampler = DistributedSampler(dataset, num_replicas=dd.world, rank=dd.rank, shuffle=True, seed=tc.seed)
     batches_per_epoch = math.ceil(len(sampler) / tc.batch_size)
     steps_per_epoch = math.ceil(batches_per_epoch / tc.grad_accum)
@@ -168,8 +193,8 @@ def fit(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     init_weights(netD, cfg.model.init_gain)
     netG.to(device).train()
     netD.to(device).train()
-    opt_G = torch.optim.Adam(netG.parameters(), lr=oc.lr, betas=(oc.beta1, oc.beta2))
-    opt_D = torch.optim.Adam(netD.parameters(), lr=oc.lr, betas=(oc.beta1, oc.beta2))
+    opt_G = make_adam(netG, oc.lr, (oc.beta1, oc.beta2))
+    opt_D = make_adam(netD, oc.lr, (oc.beta1, oc.beta2))
     rule = lambda e: lr_factor(e, oc.n_epochs, oc.n_epochs_decay)  # noqa: E731
     sched_G = torch.optim.lr_scheduler.LambdaLR(opt_G, rule)
     sched_D = torch.optim.lr_scheduler.LambdaLR(opt_D, rule)
@@ -231,7 +256,7 @@ def fit(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, Any]:
         if val_log is not None:
             val_log.write({"step": step, "epoch": epoch, **validate(netG, val_pairs, device, tc.val_crop)})
 
-    t0, samples_seen = time.perf_counter(), 0
+    t0, cpu0, samples_seen = time.perf_counter(), time.process_time(), 0
     while epoch < total_epochs and step < total_steps:
         sampler.set_epoch(epoch)
         dataset.set_epoch(epoch)
@@ -320,7 +345,9 @@ def fit(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, Any]:
                     row["loss_G_variance"] = loss_G_var.item()
                 if loss_G_feat is not None:
                     row["loss_G_feat"] = loss_G_feat.item()
-                row["samples_per_s"] = samples_seen / max(1e-9, time.perf_counter() - t0)
+                row["elapsed_s"] = time.perf_counter() - t0  # this session (a resumed run restarts the clock)
+                row["cpu_s"] = time.process_time() - cpu0  # this process's CPU time, robust to a busy machine
+                row["samples_per_s"] = samples_seen / max(1e-9, row["elapsed_s"])
                 log.write(row)
                 bar.set_postfix(G=f"{loss_G.item():.3f}", D=f"{loss_D.item():.3f}")
             if tc.val_every and step % tc.val_every == 0:
@@ -346,6 +373,8 @@ def fit(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, Any]:
         batches_done or not tc.checkpoint_each_epoch
     ):
         checkpoint()  # stopped mid-epoch (max_steps): make it resumable from exactly here
+    if batches_done and not (tc.val_every and step % tc.val_every == 0):
+        run_validation()  # the final model's held-out figures
     bar.close()
     if index_log is not None:
         index_log.close()
