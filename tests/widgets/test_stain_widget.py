@@ -7,6 +7,7 @@ known per-pixel function of the input (a negative image), so every written pixel
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 from typing import Any
@@ -257,7 +258,10 @@ def test_visible_field_goes_first(
     assert run.state == "done", run.error
     x, y, w, h = run._fov
     assert x > 200 and y > 150, f"field of view {run._fov} is not the corner we look at"
-    first = next(r.new_boxes[0] for r in reports if r.new_boxes)  # the engine's first report is empty
+    # the first tile the model computed (background tiles are filled first, and counted as skipped)
+    first = next(
+        r.new_boxes[0] for prev, r in itertools.pairwise(reports) if r.new_boxes and r.skipped == prev.skipped
+    )
     bx, by, bw, bh = first
     assert bx < x + w and x < bx + bw and by < y + h and y < by + bh, (first, run._fov)
 
@@ -412,10 +416,12 @@ def test_event_loop_never_stalls_while_staining(
         f"Run click handler {click_ms:.0f} ms (adds the layer); worst Qt event-loop stall while staining: "
         f"{worst * 1000:.1f} ms over {len(gaps)} ticks"
     )
-    # The 100 ms target is measured and reported by benchmarks/bench_widget.py; on a shared CI core a repaint
-    # can exceed it, so the test guards against what would really be broken (staining on the GUI thread
-    # stalls it for the whole run, seconds) with a margin that does not flake.
-    assert worst < 0.25, f"the Qt event loop stalled {worst * 1000:.0f} ms"
+    # The 100 ms target is measured and reported by benchmarks/bench_widget.py. On a shared, overloaded CI
+    # core a single repaint can exceed it, so this test guards against what would really be broken
+    # (staining or reading the whole store on the GUI thread stalls it for most of the run) with a margin
+    # that does not flake.
+    assert worst < 0.5 * (run.timeline["ended"] - run.timeline["started"]), "the GUI thread did the work"
+    assert worst < 0.5, f"the Qt event loop stalled {worst * 1000:.0f} ms"
 
 
 @pytest.mark.usefixtures("engine_available")
@@ -508,3 +514,47 @@ def test_write_errors_are_reported_as_such() -> None:
     assert "Disk full" in user_message(OSError(errno.ENOSPC, "No space left on device"), store)
     assert "Could not load the model" in user_message(CorruptCheckpointError("bad header"), store)
     assert "batch size" in user_message(RuntimeError("CUDA out of memory"), store)
+
+
+@pytest.mark.usefixtures("engine_available")
+def test_runs_on_a_real_slide_opened_by_the_reader(
+    make_napari_viewer: Any,
+    qtbot: Any,
+    cmu1_path: Path,
+    inverting_model: Path,
+    tmp_path: Path,
+    expected_ihc: Any,
+) -> None:
+    """A layer from the slide reader carries its Slide: the run reads it at full quality, names the
+    store after the file, and places the IHC with the slide's µm/px. Cancelled after the first tiles."""
+    from napari_virtual_ihc.slides import open_slide
+    from napari_virtual_ihc.slides.layers import slide_layer_data
+
+    viewer = make_napari_viewer()
+    widget = dock_widget(viewer)
+    slide = open_slide(cmu1_path)
+    data, kwargs, _ = slide_layer_data(slide)
+    he = viewer.add_image(data, **kwargs)
+    configure(widget, inverting_model, tmp_path, tile=256, batch=1)
+    model_boxes: list[tuple] = []
+    skipped = [0]
+
+    def cancel_after_first_model_tile(tp: Any) -> None:
+        if tp.new_boxes and tp.skipped == skipped[0]:  # computed by the model, not background fill
+            model_boxes.extend(tp.new_boxes)
+            widget.cancel_run()
+        skipped[0] = tp.skipped
+
+    widget.run_started.connect(lambda run: run.progressed.connect(cancel_after_first_model_tile))
+    run = run_and_wait(qtbot, widget)
+    assert run.state == "cancelled", run.error
+    assert run.request.slide is slide
+    assert run.store == (tmp_path / "CMU-1-Small-Region.ome.zarr").resolve()
+    np.testing.assert_allclose(run.layer.scale, he.scale)
+    np.testing.assert_allclose(run.layer.translate, he.translate)
+    assert he.scale[-1] == pytest.approx(0.499, abs=1e-3)
+    assert model_boxes
+    x, y, w, h = model_boxes[0]
+    written = store_rgb(run.store)[y : y + h, x : x + w]
+    source = slide.read_region((x, y), 0, (w, h))
+    assert np.abs(written.astype(int) - expected_ihc(source)).max() <= 2

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import gc
 import logging
+import os
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -168,16 +169,18 @@ class StainRun(QObject):
         # Objects alive now (napari, torch, the slide) live for the whole session; freezing them out of
         # the cyclic GC keeps its full passes, which hold the GIL, from freezing the GUI for ~0.4 s.
         gc.freeze()
+        # The layer and the progress bar come first: napari's progress widgets process events, which must
+        # not deliver this run's worker signals before the run is fully set up.
         self._show_layer_now()
         self.timeline["layer_shown"] = time.perf_counter()
-        self._update_fov()
+        self._pbar = _RunProgressBar(
+            total=0, desc=f"Virtual IHC: {self.request.source_layer.name}", cancel_callback=self.cancel
+        )
+        self._update_fov()  # before the engine's first priority poll
         self.viewer.scene.camera.events.center.connect(self._update_fov)
         self.viewer.scene.camera.events.zoom.connect(self._update_fov)
         self.viewer.canvas.events.size.connect(self._update_fov)
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
-        self._pbar = _RunProgressBar(
-            total=0, desc=f"Virtual IHC: {self.request.source_layer.name}", cancel_callback=self.cancel
-        )
         self.worker = create_worker(self._work, _ignore_errors=True)
         self.worker.returned.connect(self._on_returned)
         self.worker.errored.connect(self._on_errored)
@@ -203,6 +206,18 @@ class StainRun(QObject):
         return self._fov  # a tuple assigned atomically on the GUI thread
 
     def _work(self) -> RunReport | None:
+        import torch
+
+        # Leave one core to the GUI thread: with every core busy in torch's intra-op pool the OS starves
+        # napari's event loop (repaints wait hundreds of ms). Restored when the run ends.
+        previous = torch.get_num_threads()
+        torch.set_num_threads(max(1, min(previous, (os.cpu_count() or 2) - 1)))
+        try:
+            return self._stain()
+        finally:
+            torch.set_num_threads(previous)
+
+    def _stain(self) -> RunReport | None:
         from .. import inference, models
 
         try:
@@ -437,8 +452,6 @@ class StainRun(QObject):
                 self.viewer.layers.remove(self.layer)
             self.layer = None
         if self.view is not None:
-            # Everything may have changed (pyramid levels written at the end): read afresh once.
-            self.view.clear()
             stored = read_store_provenance(self.store) or {}
             self.view.provenance = stored
             if self.layer is not None and self.layer in self.viewer.layers:

@@ -1,0 +1,198 @@
+"""Benchmark the Virtual IHC widget: time from Run to the first visible tile, and Qt event-loop stalls.
+
+Baseline measured in the same run: the compute time of ONE batch through the engine's own BatchRunner
+(same model, device, tile, halo and batch as the widget's run). Targets (issue 4):
+
+* Run -> first visible tile <= 2x one batch's compute time;
+* the Qt event loop never stalls more than 100 ms while staining (QTimer probe every 5 ms).
+
+Run:  python benchmarks/bench_widget.py [--size 1000] [--tile 256] [--batch 4] [--ngf 16] [--norm batch]
+(starts a virtual X server when there is no DISPLAY).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "tests" / "data"
+
+
+def _ensure_display() -> object | None:
+    if os.environ.get("DISPLAY"):
+        return None
+    from pyvirtualdisplay import Display
+
+    display = Display(visible=False, size=(1600, 1000))
+    display.start()
+    return display
+
+
+def _he_image(size: int) -> np.ndarray:
+    """A real H&E field (TIAToolbox target image, 1000x1000) tiled up to ``size`` if asked bigger."""
+    from skimage.io import imread
+
+    rgb = imread(DATA / "tiatoolbox-target-image.png")[..., :3]
+    reps = -(-size // rgb.shape[0])
+    return np.ascontiguousarray(np.tile(rgb, (reps, reps, 1))[:size, :size]).astype(np.uint8)
+
+
+def _model(path: Path, ngf: int, n_blocks: int, norm: str) -> Path:
+    from napari_virtual_ihc.models import ModelSpec, build_generator, save_generator
+
+    kwargs = {"ngf": ngf, "n_blocks": n_blocks, "norm": norm}
+    module = build_generator("resnet", **kwargs)
+    return save_generator(path, module, ModelSpec(arch="resnet", arch_kwargs=kwargs, name=f"bench-{norm}"))
+
+
+def _one_batch_seconds(model_path: Path, tile: int, batch: int, repeats: int = 3) -> tuple[float, int]:
+    """Median compute time of one batch of engine windows (the baseline), and the window size."""
+    import torch
+
+    from napari_virtual_ihc.inference.api import EngineSettings
+    from napari_virtual_ihc.inference.device import resolve_device, resolve_precision
+    from napari_virtual_ihc.inference.engine import plan_halo
+    from napari_virtual_ihc.inference.grid import round_up
+    from napari_virtual_ihc.inference.normalization import fold_frozen_norms, freeze_normalization
+    from napari_virtual_ihc.inference.runner import BatchRunner
+    from napari_virtual_ihc.models import load_generator
+    from napari_virtual_ihc.models.describe import size_multiple
+
+    threads_before = torch.get_num_threads()
+    # The widget leaves one core to the GUI thread; measure the baseline with the same thread count.
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), (os.cpu_count() or 2) - 1)))
+    model = load_generator(model_path)
+    settings = EngineSettings(tile=tile, batch=batch, device="cpu")
+    align = size_multiple(model.module)
+    halo, _ = plan_halo(model.module, settings, align)
+    t = round_up(max(tile, align), align)
+    window = t + 2 * halo
+    device = resolve_device("cpu")
+    frozen = freeze_normalization(model.module, None)
+    fold_frozen_norms(frozen)
+    runner = BatchRunner(
+        frozen,
+        device,
+        resolve_precision("auto", device),
+        batch,
+        model.spec.input_norm,
+        model.spec.output_norm,
+    )
+    windows = np.random.default_rng(0).integers(0, 255, (batch, window, window, 3), dtype=np.uint8)
+    runner(windows)  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        runner(windows)
+        times.append(time.perf_counter() - t0)
+    torch.set_num_threads(threads_before)
+    return statistics.median(times), window
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=1000, help="H&E image side (px)")
+    parser.add_argument("--tile", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--ngf", type=int, default=16)
+    parser.add_argument("--blocks", type=int, default=6)
+    parser.add_argument("--norm", default="batch", choices=["batch", "instance", "none"])
+    parser.add_argument("--zoom", type=float, default=4.0, help="camera zoom relative to fit (FOV = 1/zoom)")
+    args = parser.parse_args()
+
+    display = _ensure_display()
+    os.environ.setdefault("NAPARI_ASYNC", "0")
+    import napari
+    from qtpy.QtCore import QTimer
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-widget-"))
+    os.environ["NAPARI_VIRTUAL_IHC_CONFIG_DIR"] = str(tmp / "config")
+    model_path = _model(tmp / "model.safetensors", args.ngf, args.blocks, args.norm)
+    batch_s, window = _one_batch_seconds(model_path, args.tile, args.batch)
+
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1500, 950)
+    app = napari.qt.get_qapp()
+    rgb = _he_image(args.size)
+    viewer.add_image(rgb, name="H&E", rgb=True, scale=(0.5, 0.5), units=("um", "um"))
+    _, widget = viewer.window.add_plugin_dock_widget("napari-virtual-ihc", "Virtual IHC")
+    widget.set_model_path(model_path)
+    widget.output_edit.setText(str(tmp / "out"))
+    widget.tile_spin.setValue(args.tile)
+    widget.batch_spin.setValue(args.batch)
+    widget.set_device("cpu")
+    viewer.reset_view()
+    viewer.scene.camera.zoom *= args.zoom  # look at the centre: the engine should start there
+    for _ in range(20):
+        app.processEvents()
+        time.sleep(0.01)
+
+    gaps: list[float] = []
+    cpu: list[float] = []  # GUI-thread CPU time within each gap: low = starved, high = busy itself
+    last = [0.0, 0.0]
+
+    def tick() -> None:
+        now, cpu_now = time.perf_counter(), time.thread_time()
+        gaps.append(now - last[0])
+        cpu.append(cpu_now - last[1])
+        last[0], last[1] = now, cpu_now
+
+    probe = QTimer()
+    probe.setInterval(5)
+    probe.timeout.connect(tick)
+
+    clicked = time.perf_counter()
+    run = widget.start_run()
+    click_s = time.perf_counter() - clicked
+    assert run is not None, "the run did not start"
+    last[0], last[1] = time.perf_counter(), time.thread_time()
+    probe.start()
+    while run.running:
+        app.processEvents()
+        time.sleep(0.001)
+    probe.stop()
+    if run.state != "done":
+        sys.exit(f"run ended {run.state}: {run.error}")
+
+    first_s = run.timeline["first_tile_shown"] - clicked
+    tp = run.last_progress
+    print(
+        f"image {args.size}x{args.size} px, model resnet ngf={args.ngf} blocks={args.blocks} norm={args.norm}"
+    )
+    print(f"tile {args.tile} (+halo -> window {window}), batch {args.batch}, device {run.device}")
+    print(
+        f"tiles {tp.total if tp else '?'}, run {run.timeline['ended'] - clicked:.2f} s, {tp.mp_per_s if tp else 0:.2f} MP/s"
+    )
+    print(f"baseline: one batch compute            {batch_s * 1000:8.0f} ms")
+    print(
+        f"Run -> first visible tile              {first_s * 1000:8.0f} ms  ratio {first_s / batch_s:.2f} (target <= 2)"
+    )
+    stamps = {k: round((v - clicked) * 1000) for k, v in run.timeline.items()}
+    print(f"timeline (ms after the click): {stamps}")
+    print(f"Run click handler (adds the layer)     {click_s * 1000:8.0f} ms")
+    worst = max(gaps) if gaps else float("nan")
+    over = sum(1 for g in gaps if g > 0.1)
+    worst_cpu = cpu[gaps.index(worst)] if gaps else float("nan")
+    print(
+        f"worst Qt event-loop stall while staining {worst * 1000:6.0f} ms  ({over} of {len(gaps)} ticks > 100 ms; "
+        f"target < 100); GUI-thread CPU in that gap {worst_cpu * 1000:.0f} ms"
+    )
+    print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(
+        f"layer refreshes {run.refresh_count}, chunks read from disk {run.view.chunk_reads if run.view else 0}"
+    )
+    viewer.close()
+    if display is not None:
+        display.stop()  # type: ignore[attr-defined]
+
+
+if __name__ == "__main__":
+    main()
