@@ -104,7 +104,7 @@ class VirtualIHCWidget(QWidget):
 
         self.source_combo = QComboBox()
         self.source_combo.setToolTip("The H&E image to stain (RGB image layers)")
-        form.addRow("H&E layer", self.source_combo)
+        form.addRow("H&&E layer", self.source_combo)
 
         self.model_combo = QComboBox()
         self.model_combo.setEditable(True)
