@@ -18,6 +18,8 @@ def check_tiff_complete(path: Path, tif: tifffile.TiffFile | None = None) -> Non
     comparing every page's strip/tile offsets + byte counts with the file size (no pixel is decoded).
     """
     size = os.path.getsize(path)
+    if path.suffix.lower() != ".ndpi":  # NDPI stores >4 GB offsets in non-standard ways; tifffile copes
+        _check_ifd_chain(path, size)
     own = tif is None
     try:
         if tif is None:
@@ -45,6 +47,37 @@ def check_tiff_complete(path: Path, tif: tifffile.TiffFile | None = None) -> Non
     finally:
         if own and tif is not None:
             tif.close()
+
+
+def _check_ifd_chain(path: Path, size: int) -> None:
+    """Follow the chain of image directories: every one must lie wholly inside the file."""
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+        order = "<" if head[:2] == b"II" else ">"
+        big = int.from_bytes(head[2:4], "little" if order == "<" else "big") == 43
+        endian = "little" if order == "<" else "big"
+        offset = int.from_bytes(head[8:16] if big else head[4:8], endian)
+        count_size, entry_size, next_size = (8, 20, 8) if big else (2, 12, 4)
+        seen: set[int] = set()
+        while offset and len(seen) < 100_000:
+            if offset in seen:
+                raise CorruptSlideError(f"{path}: corrupt TIFF (image directories form a loop)")
+            seen.add(offset)
+            if offset + count_size > size:
+                raise CorruptSlideError(
+                    f"{path}: truncated: image directory {len(seen)} starts at byte {offset} but the file "
+                    f"has only {size} bytes"
+                )
+            fh.seek(offset)
+            n = int.from_bytes(fh.read(count_size), endian)
+            end = offset + count_size + n * entry_size + next_size
+            if end > size:
+                raise CorruptSlideError(
+                    f"{path}: truncated: image directory {len(seen)} ends at byte {end} but the file has "
+                    f"only {size} bytes"
+                )
+            fh.seek(offset + count_size + n * entry_size)
+            offset = int.from_bytes(fh.read(next_size), endian)
 
 
 def _all_pages(tif: tifffile.TiffFile, pages: list) -> list:

@@ -35,6 +35,12 @@ class OpenSlideSlide(Slide):
         self._dims = [(int(w), int(h)) for (w, h) in self._osr.level_dimensions]
         self._downsamples = [float(d) for d in self._osr.level_downsamples]
         self._assoc = list(self._osr.associated_images.keys())
+        try:
+            tw = int(props["openslide.level[0].tile-width"])
+            th = int(props["openslide.level[0].tile-height"])
+            self.tile_size: tuple[int, int] | None = (tw, th)
+        except (KeyError, ValueError):
+            self.tile_size = None
 
     @property
     def _handle(self) -> openslide.OpenSlide:
@@ -84,6 +90,11 @@ class OpenSlideSlide(Slide):
 
     def properties(self) -> dict[str, Any]:
         return dict(self._props)
+
+    def metadata(self) -> dict[str, Any]:
+        md = super().metadata()
+        md["tile_size"] = list(self.tile_size) if self.tile_size else None
+        return md
 
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         w, h = int(size[0]), int(size[1])

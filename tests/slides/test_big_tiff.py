@@ -1,0 +1,43 @@
+"""A 65,536 x 65,536 JPEG-tiled pyramidal TIFF: opens fast, stays small in memory, reads only asked tiles."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .big_pyramid import he_tiles, write_big_pyramid
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def big_tiff(tmp_path_factory, cmu1_path) -> Path:
+    path = tmp_path_factory.mktemp("big") / "big_pyramid.tif"
+    t0 = time.perf_counter()
+    write_big_pyramid(path, he_tiles(cmu1_path))
+    assert time.perf_counter() - t0 < 20  # pre-encoded tiles: seconds, not minutes
+    return path
+
+
+def test_big_pyramid_opens_fast_small_rss_reads_only_needed_tiles(big_tiff):
+    out = subprocess.run(
+        [sys.executable, str(HERE / "big_pyramid.py"), str(big_tiff)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    m = json.loads(out.stdout.strip().splitlines()[-1])
+    print(m)
+    assert m["size"] == [65536, 65536] and m["levels"] == 8 and m["mpp"] == pytest.approx([0.25, 0.25])
+    assert m["open_s"] < 2.0
+    assert m["rss_peak_delta_mb"] < 200
+    for read, touched in m["pan_steps_read_vs_touched"]:
+        assert read == touched  # each viewport decodes exactly the tiles under it, nothing more
+    assert m["overview_read_vs_touched"] == [4, 4]
+    assert m["tiles_read_total"] < 0.02 * m["tiles_in_file"]
