@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import tifffile
@@ -53,9 +54,8 @@ def _check_ifd_chain(path: Path, size: int) -> None:
     """Follow the chain of image directories: every one must lie wholly inside the file."""
     with open(path, "rb") as fh:
         head = fh.read(16)
-        order = "<" if head[:2] == b"II" else ">"
-        big = int.from_bytes(head[2:4], "little" if order == "<" else "big") == 43
-        endian = "little" if order == "<" else "big"
+        endian: Literal["little", "big"] = "little" if head[:2] == b"II" else "big"
+        big = int.from_bytes(head[2:4], endian) == 43
         offset = int.from_bytes(head[8:16] if big else head[4:8], endian)
         count_size, entry_size, next_size = (8, 20, 8) if big else (2, 12, 4)
         seen: set[int] = set()
