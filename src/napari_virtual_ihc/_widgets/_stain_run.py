@@ -235,9 +235,14 @@ class StainRun(QObject):
             self.store,
             self.request.settings,
             priority=self._priority,
-            progress=self.progressed.emit,
+            progress=self._report,
             cancel=self.cancel_event,
         )
+
+    def _report(self, tp: TileProgress) -> None:
+        if tp.new_boxes and "first_tile_reported" not in self.timeline:
+            self.timeline["first_tile_reported"] = time.perf_counter()  # engine side, for benchmarks
+        self.progressed.emit(tp)
 
     # --- GUI-thread handlers --------------------------------------------------------------------
     def _update_fov(self, event: Any = None) -> None:
@@ -387,6 +392,7 @@ class StainRun(QObject):
             self._try_attach()
         if self.view is None or not tp.new_boxes:
             return
+        self.timeline.setdefault("first_tile_received", time.perf_counter())
         self.view.invalidate_boxes(tp.new_boxes)
         self._needs_refresh = True
         wait = REFRESH_INTERVAL_S - (time.perf_counter() - self._last_refresh)
