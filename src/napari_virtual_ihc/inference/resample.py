@@ -27,9 +27,13 @@ def model_downsample(slide_mpp: tuple[float, float] | None, model_mpp: float | N
 
 
 def _block_mean(img: np.ndarray, k: int) -> np.ndarray:
+    """Mean over k x k blocks (partial blocks at the far edges dropped), float32 (h // k, w // k, c)."""
+    import torch
+    import torch.nn.functional as F
+
     h, w = img.shape[0] // k, img.shape[1] // k
-    blocks = img[: h * k, : w * k].reshape(h, k, w, k, -1).astype(np.float32)
-    return blocks.mean(axis=(1, 3))
+    t = torch.from_numpy(np.ascontiguousarray(img[: h * k, : w * k])).permute(2, 0, 1)[None].float()
+    return F.avg_pool2d(t, k).squeeze(0).permute(1, 2, 0).contiguous().numpy()
 
 
 class WorkingPlane:
@@ -115,10 +119,14 @@ def low_resolution_view(slide: Slide, max_size: int = 2048) -> tuple[np.ndarray,
     lw, lh = slide.level_dimensions[level]
     out_w, out_h = max(1, lw // k), max(1, lh // k)
     out = np.empty((out_h, out_w, 3), dtype=np.uint8)
-    strip = max(1, 2048 // k) * k
-    for ly in range(0, out_h * k, strip):
-        sh = min(strip, out_h * k - ly)
-        px = slide.read_region((0, int(ly * lds)), level, (out_w * k, sh))[..., :3]
-        block = _block_mean(px, k) if k > 1 else px.astype(np.float32)
-        out[ly // k : ly // k + block.shape[0]] = np.clip(np.rint(block), 0, 255).astype(np.uint8)
+    step = max(1, 1024 // k) * k  # level px per block side: ~1024^2 px read at a time, whatever the slide
+    for ly in range(0, out_h * k, step):
+        bh = min(step, out_h * k - ly)
+        for lx in range(0, out_w * k, step):
+            bw = min(step, out_w * k - lx)
+            px = slide.read_region((int(lx * lds), int(ly * lds)), level, (bw, bh))[..., :3]
+            block = _block_mean(px, k) if k > 1 else px
+            out[ly // k : ly // k + block.shape[0], lx // k : lx // k + block.shape[1]] = np.clip(
+                np.rint(block), 0, 255
+            ).astype(np.uint8)
     return out, ds

@@ -21,6 +21,7 @@ import zarr
 from zarr import Array
 
 from .errors import OutputNotWritableError, StoreMismatchError, StoreWriteError
+from .resample import _block_mean
 
 DONE_FILE = "tiles_done"
 NORM_STATS_FILE = "norm_stats.npz"
@@ -49,11 +50,9 @@ def _block_mean_edges(img: np.ndarray, k: int) -> np.ndarray:
     """(h, w, 3) -> (ceil(h/k), ceil(w/k), 3) mean over k x k blocks, partial blocks at the edges."""
     h, w = img.shape[:2]
     ph, pw = -h % k, -w % k
-    f = img.astype(np.float32)
     if ph or pw:
-        f = np.pad(f, ((0, ph), (0, pw), (0, 0)), mode="edge")
-    hh, ww = f.shape[0] // k, f.shape[1] // k
-    return f.reshape(hh, k, ww, k, 3).mean(axis=(1, 3))
+        img = np.pad(img, ((0, ph), (0, pw), (0, 0)), mode="edge")
+    return _block_mean(img, k)
 
 
 class TileStore:
