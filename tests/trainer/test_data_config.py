@@ -140,3 +140,30 @@ def test_overrides_files_and_errors(tmp_path):
     assert (cfg.train.batch_size, cfg.loss.lambda_variance, cfg.optim.n_epochs) == (3, 2.5, 7)
     cfg.save(tmp_path / "saved.yaml")
     assert Config.from_dict(read_config_file(tmp_path / "saved.yaml")) == cfg
+
+
+def test_fit_refuses_bad_input_before_writing_anything(tmp_path, data_dir, capsys):
+    from virtual_ihc_train.cli import main
+
+    crops = he_crops(data_dir, 2, 32)
+    _write(tmp_path / "he", ["a.png", "b.png"], crops)
+    _write(tmp_path / "ihc", ["a.png", "c.png"], crops)
+    run = tmp_path / "run"
+    assert main(["fit", "--paired", str(tmp_path / "he"), str(tmp_path / "ihc"), "--run-dir", str(run)]) == 2
+    assert "unmatched pairs" in capsys.readouterr().err and not run.exists()
+    assert (
+        main(
+            [
+                "fit",
+                "--paired",
+                str(tmp_path / "he"),
+                str(tmp_path / "he"),
+                "--run-dir",
+                str(run),
+                "--set",
+                "train.precision=fp8",
+            ]
+        )
+        == 2
+    )
+    assert "train.precision must be fp32, fp16 or bf16" in capsys.readouterr().err and not run.exists()

@@ -257,6 +257,7 @@ def fit(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, Any]:
             val_log.write({"step": step, "epoch": epoch, **validate(netG, val_pairs, device, tc.val_crop)})
 
     t0, cpu0, samples_seen = time.perf_counter(), time.process_time(), 0
+    _last_plot[0] = t0  # first learning-curve plot after a minute of training
     while epoch < total_epochs and step < total_steps:
         sampler.set_epoch(epoch)
         dataset.set_epoch(epoch)
