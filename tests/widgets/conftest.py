@@ -71,3 +71,15 @@ def inverting_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     module = _inverting_generator(4, 1)
     spec = ModelSpec(arch="resnet", arch_kwargs=kwargs, name="invert-test", mpp=None)
     return save_generator(tmp_path_factory.mktemp("models") / "invert-test.safetensors", module, spec)
+
+
+@pytest.fixture(scope="session")
+def inverting_model_1um(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same negative-image generator, declared as trained at 1.0 µm/px (the engine resamples to it)."""
+    from napari_virtual_ihc.models import ModelSpec, save_generator
+
+    kwargs = {"ngf": 4, "n_blocks": 1, "n_downsampling": 0, "norm": "batch"}
+    spec = ModelSpec(arch="resnet", arch_kwargs=kwargs, name="invert-1um", mpp=1.0)
+    return save_generator(
+        tmp_path_factory.mktemp("models") / "invert-1um.safetensors", _inverting_generator(4, 1), spec
+    )

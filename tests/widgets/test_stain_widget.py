@@ -236,6 +236,40 @@ def test_run_shows_aligned_layer_with_provenance(
 
 
 @pytest.mark.usefixtures("engine_available")
+def test_model_at_another_resolution_is_placed_exactly(
+    make_napari_viewer: Any, qtbot: Any, he_crop: np.ndarray, inverting_model_1um: Path, tmp_path: Path
+) -> None:
+    """A 1 µm/px model on a 0.5 µm/px slide: the store is half-size and still lands on the H&E."""
+    from skimage.registration import phase_cross_correlation
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window.resize(1300, 850)
+    widget = dock_widget(viewer)
+    he = add_he(viewer, he_crop)
+    configure(widget, inverting_model_1um, tmp_path)
+    run = run_and_wait(qtbot, widget)
+    assert run.state == "done", run.error
+    layer = run.layer
+    assert run.view is not None and run.view.level0_downsample == pytest.approx(2.0)
+    assert layer.data[0].shape[:2] == (160, 200)
+    np.testing.assert_allclose(layer.scale, np.asarray(he.scale) * 2)
+    np.testing.assert_allclose(layer.translate, np.asarray(he.translate) + np.asarray(he.scale) * 0.5)
+    (y0, x0), (y1, x1) = he.extent.world[:, -2:]
+    viewer.scene.camera.center = ((y0 + y1) / 2, (x0 + x1) / 2)
+    canvas_h, canvas_w = viewer.canvas.size
+    viewer.scene.camera.zoom = 1.25 * max(canvas_h / (y1 - y0), canvas_w / (x1 - x0))
+    layer.visible = False
+    shot_he = viewer.screenshot(canvas_only=True, flash=False)
+    layer.visible, layer.opacity, he.visible = True, 1.0, False
+    shot_ihc = viewer.screenshot(canvas_only=True, flash=False)
+    a, b = gray(shot_he), 255.0 - gray(shot_ihc)
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.8
+    shift, _, _ = phase_cross_correlation(a, b, upsample_factor=4)
+    # one store pixel is 2 source pixels, about 2.5 screen pixels at this zoom: allow a fraction of it
+    assert np.abs(shift).max() <= 1.0, f"IHC is displaced by {shift} screen pixels"
+
+
+@pytest.mark.usefixtures("engine_available")
 def test_visible_field_goes_first(
     make_napari_viewer: Any,
     qtbot: Any,
@@ -253,8 +287,19 @@ def test_visible_field_goes_first(
     viewer.scene.camera.center = tuple(corner)
     viewer.scene.camera.zoom = 40.0 * max(viewer.canvas.size) / 800
     reports: list[Any] = []
-    widget.run_started.connect(lambda run: run.progressed.connect(reports.append))
+    fov_after_pan: list[Any] = []
+
+    def pan_once(run: Any, tp: Any) -> None:
+        reports.append(tp)
+        if not fov_after_pan:  # panning updates the box the engine polls before each batch
+            viewer.scene.camera.center = tuple(np.asarray(he.data_to_world((40, 40))))
+            fov_after_pan.append(run._fov)
+            viewer.scene.camera.center = tuple(corner)
+
+    widget.run_started.connect(lambda run: run.progressed.connect(lambda tp: pan_once(run, tp)))
     run = run_and_wait(qtbot, widget)
+    px, py, _, _ = fov_after_pan[0]
+    assert px < 100 and py < 100, f"the field of view did not follow the camera: {fov_after_pan[0]}"
     assert run.state == "done", run.error
     x, y, w, h = run._fov
     assert x > 200 and y > 150, f"field of view {run._fov} is not the corner we look at"
@@ -281,11 +326,12 @@ def test_cancel_keeps_finished_tiles_and_run_again_resumes(
     configure(widget, inverting_model, tmp_path, tile=64, batch=1)
     first_boxes: list[tuple] = []
 
-    def cancel_on_first_report(tp: Any) -> None:
+    def cancel_on_first_tiles(run: Any, tp: Any) -> None:
         first_boxes.extend(tp.new_boxes)
-        widget.cancel_button.click()
+        if first_boxes and run._pbar is not None:
+            run._pbar.cancel()  # what the Cancel button of napari's progress bar (activity panel) calls
 
-    widget.run_started.connect(lambda run: run.progressed.connect(cancel_on_first_report))
+    widget.run_started.connect(lambda run: run.progressed.connect(lambda tp: cancel_on_first_tiles(run, tp)))
     run = run_and_wait(qtbot, widget)
     assert run.state == "cancelled"
     assert run.report is not None and run.report.cancelled
@@ -542,7 +588,7 @@ def test_runs_on_a_real_slide_opened_by_the_reader(
     def cancel_after_first_model_tile(tp: Any) -> None:
         if tp.new_boxes and tp.skipped == skipped[0]:  # computed by the model, not background fill
             model_boxes.extend(tp.new_boxes)
-            widget.cancel_run()
+            widget.cancel_button.click()
         skipped[0] = tp.skipped
 
     widget.run_started.connect(lambda run: run.progressed.connect(cancel_after_first_model_tile))
