@@ -41,3 +41,21 @@ def test_big_pyramid_opens_fast_small_rss_reads_only_needed_tiles(big_tiff):
         assert read == touched  # each viewport decodes exactly the tiles under it, nothing more
     assert m["overview_read_vs_touched"] == [4, 4]
     assert m["tiles_read_total"] < 0.02 * m["tiles_in_file"]
+
+
+def test_big_pyramid_in_napari_reads_only_visible_tiles(make_napari_viewer, qtbot, big_tiff):
+    viewer = make_napari_viewer(show=True)
+    viewer.open(str(big_tiff), plugin="napari-virtual-ihc")
+    layer = viewer.layers[0]
+    slide = layer.metadata["slide"]
+    qtbot.wait(200)
+    start = slide.tiles_read
+    assert start < 100, slide.tiles_read_per_level()  # whole-slide view: a coarse level, not level 0
+    viewer.camera.zoom = viewer.camera.zoom * 64  # zoom into the middle, down to the full-resolution level
+    qtbot.wait(300)
+    per_level = slide.tiles_read_per_level()
+    print("tiles read per level", start, per_level)
+    assert per_level[0] + per_level[1] > 0, per_level  # now reading a fine level ...
+    assert slide.tiles_read - start < 200, per_level  # ... but only the tiles on screen
+    viewer.layers.remove(layer)
+    assert slide.closed
