@@ -1,0 +1,96 @@
+"""The plugin is installable and discoverable: manifest valid, editable install and built wheel both found.
+
+npe2 only reads a manifest inside the import package; the root ``napari.yaml`` reaches the package through
+the symlink ``src/napari_virtual_ihc/napari.yaml``, which the wheel build must turn into a real file.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PLUGIN = "napari-virtual-ihc"
+
+_DISCOVER = """
+import json, napari_virtual_ihc
+from npe2 import PluginManager
+pm = PluginManager(); pm.discover()
+m = pm.get_manifest("napari-virtual-ihc")
+print(json.dumps({"package": napari_virtual_ihc.__file__, "manifest": str(m._source_file),
+                  "readers": len(m.contributions.readers or []),
+                  "samples": [s.key for s in m.contributions.sample_data or []]}))
+"""
+
+
+def _discover(python: str) -> dict:
+    out = subprocess.run([python, "-c", _DISCOVER], capture_output=True, text=True, timeout=60, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_manifest_validates_and_editable_install_is_discovered():
+    npe2 = shutil.which("npe2") or pytest.fail("npe2 CLI not on PATH")
+    v = subprocess.run([npe2, "validate", PLUGIN], capture_output=True, text=True, timeout=60)
+    assert v.returncode == 0 and "valid" in v.stdout, v.stdout + v.stderr
+    listed = subprocess.run([npe2, "list"], capture_output=True, text=True, timeout=60, check=True)
+    assert PLUGIN in listed.stdout
+    found = _discover(sys.executable)
+    # the editable install reads the repository's manifest, reached through the package symlink
+    assert Path(found["manifest"]).resolve() == (ROOT / "napari.yaml").resolve()
+    assert found["readers"] == 1 and found["samples"] == ["cmu1_region"]
+
+
+def test_wheel_holds_real_manifest_and_installs_into_fresh_venv(tmp_path):
+    dist = tmp_path / "dist"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(dist),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    (wheel,) = dist.glob("napari_virtual_ihc-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        info = z.getinfo("napari_virtual_ihc/napari.yaml")
+        assert (info.external_attr >> 16) & 0o170000 != 0o120000  # a regular file, not a symlink
+        assert z.read(info) == (ROOT / "napari.yaml").read_bytes()
+        assert "napari_virtual_ihc/samples/CMU-1-region.tif" in names
+        assert "napari_virtual_ihc/samples/LICENSE.md" in names
+    assert any(n.startswith("virtual_ihc_train/") for n in names)
+    assert not any(n.startswith("trainer/") for n in names)  # PyPI's "trainer" is someone else's
+    # a fresh venv that sees the global dependencies but gets the plugin only from the wheel
+    venv = tmp_path / "venv"
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True
+    )
+    py = str(venv / "bin" / "python")
+    subprocess.run(
+        [py, "-m", "pip", "install", "-q", "--no-deps", str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    found = _discover(py)
+    site = venv / "lib"
+    assert Path(found["package"]).is_relative_to(site)
+    manifest = Path(found["manifest"])
+    assert manifest.is_relative_to(site) and not manifest.is_symlink()
+    assert manifest.read_bytes() == (ROOT / "napari.yaml").read_bytes()
+    assert found["readers"] == 1 and found["samples"] == ["cmu1_region"]
