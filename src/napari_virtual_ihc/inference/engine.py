@@ -233,6 +233,7 @@ def _run(
 
     # Slide-level statistics (InstanceNorm): sampled once, saved in the store so a resumed run reuses them.
     stats = None
+    t_stats = time.perf_counter()
     if norm == "instance":
         saved = tstore.load_norm_stats()
         if saved is not None:
@@ -260,6 +261,7 @@ def _run(
             cores = [fractions[k : k + step] for k in range(0, len(picks), step)]
             stats = estimate_instance_stats(model.module, batches, cores)
             tstore.save_norm_stats(stats_to_arrays(stats))
+    stats_seconds = time.perf_counter() - t_stats
     frozen = freeze_normalization(model.module, stats)
     folded = fold_frozen_norms(frozen)
     runner = BatchRunner(frozen, device, precision, settings.batch, spec.input_norm, spec.output_norm)
@@ -388,6 +390,7 @@ def _run(
             "batch_final": runner.batch,
             "level0_downsample": d,
             "norms_folded": folded,
+            "stats_seconds": round(stats_seconds, 3),
             "region": list(region) if region is not None else None,
             "complete": complete,
         },
