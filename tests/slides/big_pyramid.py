@@ -120,6 +120,11 @@ def measure(path: Path) -> dict[str, object]:
             pass
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kB
 
+    t_imp = time.perf_counter()
+    import napari_virtual_ihc.slides.openslide_backend
+    import napari_virtual_ihc.slides.tiff_backend  # noqa: F401 - backends are imported lazily by open_slide
+
+    import_s = time.perf_counter() - t_imp
     base = rss_mb()
     t0 = time.perf_counter()
     slide = open_slide(path)
@@ -146,6 +151,7 @@ def measure(path: Path) -> dict[str, object]:
         "levels": len(data),
         "file_mb": round(path.stat().st_size / 1e6, 1),
         "open_s": round(open_s, 3),
+        "backend_import_s": round(import_s, 3),
         "rss_base_mb": round(base, 1),
         "rss_open_delta_mb": round(after_open - base, 1),
         "rss_peak_delta_mb": round(rss_mb() - base, 1),
