@@ -245,7 +245,11 @@ def write_plots(result: dict[str, Any], plot_dir: Path) -> None:
             continue
         data = [[r[key] for r in rows if key in r and (r["label"] == c or c == "")] for c in labels]
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.boxplot(data, tick_labels=[c or "all" for c in labels])
+        names = [c or "all" for c in labels]
+        try:
+            ax.boxplot(data, tick_labels=names)
+        except TypeError:  # matplotlib < 3.9
+            ax.boxplot(data, labels=names)
         ax.set_xlabel("HER2 class")
         ax.set_ylabel(title)
         fig.tight_layout()

@@ -126,6 +126,11 @@ def check_config(cfg: Config) -> None:
         raise ConfigError(f"model.discriminator must be patch or multiscale, not {cfg.model.discriminator!r}")
     if cfg.loss.gan_mode not in ("vanilla", "lsgan"):
         raise ConfigError(f"loss.gan_mode must be vanilla or lsgan, not {cfg.loss.gan_mode!r}")
+    if cfg.data.kind == "unpaired":
+        raise ConfigError(
+            "the pix2pix family learns from registered pairs; unpaired folders are for unpaired methods "
+            "(CycleGAN-style), which these presets are not"
+        )
     if not cfg.loss.pyramid_weights:
         raise ConfigError("loss.pyramid_weights needs at least the full-resolution L1 weight")
 

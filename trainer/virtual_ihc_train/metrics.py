@@ -8,7 +8,6 @@ scripts' ``multichannel=True`` call used).
 from __future__ import annotations
 
 import numpy as np
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 CONVENTION = (
     "PSNR/SSIM on full-resolution RGB uint8 images, data_range=255: skimage peak_signal_noise_ratio and "
@@ -18,11 +17,15 @@ CONVENTION = (
 
 
 def psnr(real: np.ndarray, fake: np.ndarray) -> float:
+    from skimage.metrics import peak_signal_noise_ratio  # lazy: scipy.stats costs seconds at import
+
     _check(real, fake)
     return float(peak_signal_noise_ratio(real, fake, data_range=255))
 
 
 def ssim(real: np.ndarray, fake: np.ndarray) -> float:
+    from skimage.metrics import structural_similarity
+
     _check(real, fake)
     return float(structural_similarity(real, fake, channel_axis=2, data_range=255))
 
