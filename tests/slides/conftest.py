@@ -17,6 +17,21 @@ def he_rgb(data_dir: Path) -> np.ndarray:
     return np.ascontiguousarray(img[300:500, 300:600, :3])
 
 
+@pytest.fixture(scope="session")
+def he_full(data_dir: Path) -> np.ndarray:
+    """The whole 1000 x 1000 tiatoolbox H&E tile (RGB uint8)."""
+    img = imagecodecs.png_decode((data_dir / "tiatoolbox-target-image.png").read_bytes())
+    return np.ascontiguousarray(img[..., :3])
+
+
+@pytest.fixture(scope="session")
+def sample_tif() -> Path:
+    """The packaged sample (two JPEG-tiled levels of a CMU-1 crop)."""
+    from napari_virtual_ihc._sample_data import CMU1_REGION
+
+    return CMU1_REGION
+
+
 def write_png(path: Path, arr: np.ndarray) -> Path:
     path.write_bytes(imagecodecs.png_encode(arr))
     return path

@@ -90,3 +90,6 @@ def test_sample_in_viewer_shows_tissue(make_napari_viewer, qtbot):
     assert rgb.std() > 10  # not blank
     pink_purple = (rgb[:, 0] > rgb[:, 1] + 30) & (rgb[:, 2] > rgb[:, 1] + 15)
     assert pink_purple.mean() > 0.2, pink_purple.mean()
+    slide = layer.metadata["slide"]
+    viewer.layers.remove(layer)
+    assert slide.closed

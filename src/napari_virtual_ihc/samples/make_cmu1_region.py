@@ -30,7 +30,7 @@ def build(svs: Path, out: Path) -> None:
         opts = {
             "tile": (256, 256),
             "compression": "jpeg",
-            "compressionargs": {"level": 85},
+            "compressionargs": {"level": 95},
             "photometric": "rgb",
         }
         tw.write(
