@@ -167,3 +167,7 @@ def test_fit_refuses_bad_input_before_writing_anything(tmp_path, data_dir, capsy
         == 2
     )
     assert "train.precision must be fp32, fp16 or bf16" in capsys.readouterr().err and not run.exists()
+    assert (
+        main(["fit", "--unpaired", str(tmp_path / "he"), str(tmp_path / "ihc"), "--run-dir", str(run)]) == 2
+    )
+    assert "registered pairs" in capsys.readouterr().err and not run.exists()

@@ -59,6 +59,11 @@ def test_n_plus_resume_plus_n_equals_2n(tmp_path, bci_small, case):
         assert torch.equal(d1[k], d2[k]), f"discriminator {k} differs"
     for k, v in s1["opt_G"]["state"].items():
         assert torch.equal(v["exp_avg"], s2["opt_G"]["state"][k]["exp_avg"])
+    # the CSV log of the resumed run reads like the straight one: each step once, in order
+    import csv
+
+    steps = [int(r["step"]) for r in csv.DictReader((split / "metrics.csv").open())]
+    assert steps == list(range(1, 2 * n + 1))
     # the initial weights differ from the final ones, so equality above is not vacuous
     assert not torch.equal(g1["model.1.weight"], tiny_init_weight(bci_small, case))
 
