@@ -171,3 +171,22 @@ def test_fit_refuses_bad_input_before_writing_anything(tmp_path, data_dir, capsy
         main(["fit", "--unpaired", str(tmp_path / "he"), str(tmp_path / "ihc"), "--run-dir", str(run)]) == 2
     )
     assert "registered pairs" in capsys.readouterr().err and not run.exists()
+    _write(tmp_path / "mixed", ["a.png", "b.png"], [crops[0], crops[1][:24, :24]])
+    assert (
+        main(
+            [
+                "fit",
+                "--paired",
+                str(tmp_path / "mixed"),
+                str(tmp_path / "mixed"),
+                "--run-dir",
+                str(run),
+                "--set",
+                "data.preprocess=none",
+                "--set",
+                "train.batch_size=2",
+            ]
+        )
+        == 2
+    )
+    assert "come in 2 sizes (24x24, 32x32)" in capsys.readouterr().err and not run.exists()

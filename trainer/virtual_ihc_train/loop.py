@@ -27,7 +27,7 @@ from napari_virtual_ihc.models import ModelSpec, build_generator
 
 from . import metrics
 from .config import Config, ConfigError
-from .data import Augment, ImagePairDataset, Pair, find_pairs
+from .data import Augment, DatasetError, ImagePairDataset, Pair, find_pairs, image_size
 from .discriminators import build_discriminator, init_weights
 from .losses import GANLoss, PyramidL1, feature_matching_loss, variance_penalty
 from .reporting import MetricLog, plot_learning_curve, save_grid, to_uint8
@@ -103,9 +103,16 @@ def generator_spec(cfg: Config) -> ModelSpec:
 def build_datasets(cfg: Config) -> tuple[ImagePairDataset, list[Pair]]:
     dc = cfg.data
     augment = Augment(dc.preprocess, dc.load_size, dc.crop_size, dc.flip, dc.rot90, dc.color_jitter)
-    train = ImagePairDataset(
-        find_pairs(dc.kind, dc.root, dc.split, dc.source, dc.target), augment, cfg.train.seed
-    )
+    pairs = find_pairs(dc.kind, dc.root, dc.split, dc.source, dc.target)
+    if dc.preprocess == "none" and cfg.train.batch_size > 1:
+        sizes = sorted({image_size(p.source) for p in pairs})
+        if len(sizes) > 1:
+            raise DatasetError(
+                f"data.preprocess=none batches whole images, but they come in {len(sizes)} sizes "
+                f"({', '.join(f'{w}x{h}' for w, h in sizes[:4])}{'...' if len(sizes) > 4 else ''}); "
+                "use data.preprocess=crop or train.batch_size=1"
+            )
+    train = ImagePairDataset(pairs, augment, cfg.train.seed)
     val: list[Pair] = []
     if dc.val_source and dc.val_target:
         val = find_pairs("paired", None, "", dc.val_source, dc.val_target)
