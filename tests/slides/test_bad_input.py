@@ -211,3 +211,22 @@ def test_single_tiny_level(tmp_path, he_rgb, shape):
             assert len(data) == 1 and data[0].shape == (*shape, 3)
             np.testing.assert_array_equal(np.asarray(data[0]), tiny)
             assert s.thumbnail(64).shape == (*shape, 3)
+
+
+def test_cmyk_jpeg_converted_to_rgb(tmp_path, he_rgb):
+    from PIL import Image
+
+    p = tmp_path / "print.jpg"
+    Image.fromarray(he_rgb).convert("CMYK").save(p, quality=95)
+    with pytest.warns(SlideConversionWarning, match="CMYK"):
+        got = _all_pixels(p)
+    assert np.abs(got.astype(int) - he_rgb.astype(int)).mean() < 4
+
+
+def test_slide_in_metadata_survives_deepcopy(cmu1_path):
+    import copy
+
+    with open_slide(cmu1_path) as s:
+        _, kw, _ = slide_layer_data(s)
+        md = copy.deepcopy(kw["metadata"])  # napari copies metadata, e.g. when duplicating a layer
+        assert md["slide"] is s and md["mpp"] == [0.499, 0.499]

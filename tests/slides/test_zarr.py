@@ -61,3 +61,14 @@ def test_store_without_mpp_and_multichannel_store(tmp_path, he_rgb):
     ]
     with pytest.raises(UnsupportedImageError, match="6 channels"):
         open_slide(tmp_path / "mif.ome.zarr")
+
+
+def test_store_through_the_napari_reader(tmp_path, he_rgb):
+    from napari_virtual_ihc._reader import napari_get_reader
+
+    path = _store(tmp_path, he_rgb)
+    reader = napari_get_reader(str(path))
+    assert reader is not None
+    ((data, kw, kind),) = reader(str(path))
+    assert kind == "image" and len(data) == 3 and kw["metadata"]["level0_downsample"] == 2.0
+    kw["metadata"]["slide"].close()

@@ -113,6 +113,13 @@ class Slide(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release file handles; reading afterwards is an error."""
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> Slide:
+        """A slide is a shared file handle: copies of layer metadata refer to the same open slide."""
+        return self
+
+    def __copy__(self) -> Slide:
+        return self
+
     def __enter__(self) -> Slide:
         return self
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from ._pixels import make_policy
 from .base import ArraySlide
-from .errors import CorruptSlideError
+from .errors import CorruptSlideError, UnsupportedImageError
 
 #: Above this many pixels a PNG/JPEG is refused rather than decoded into memory (use a pyramidal TIFF).
 MAX_IN_MEMORY_PIXELS = 400_000_000
@@ -32,10 +32,12 @@ class ImageSlide(ArraySlide):
         if raw.size == 0 or raw.ndim not in (2, 3):
             raise CorruptSlideError(f"{path}: the {kind.upper()} holds no image (shape {raw.shape})")
         if raw.shape[0] * raw.shape[1] > MAX_IN_MEMORY_PIXELS:
-            raise CorruptSlideError(
+            raise UnsupportedImageError(
                 f"{path}: {raw.shape[1]} x {raw.shape[0]} px is too large for a plain {kind.upper()}; "
                 "convert it to a tiled pyramidal TIFF"
             )
+        if kind == "jpeg" and raw.ndim == 3 and raw.shape[2] == 4:  # CMYK JPEG: let Pillow convert it
+            raw = _cmyk_jpeg_to_rgb(path)
         channels = 1 if raw.ndim == 2 else raw.shape[2]
         policy = make_policy(path, raw.dtype, channels, sample=raw)
         if palette:
@@ -54,3 +56,15 @@ class ImageSlide(ArraySlide):
     @property
     def closed(self) -> bool:
         return False
+
+
+def _cmyk_jpeg_to_rgb(path: Path) -> np.ndarray:
+    import warnings
+
+    from PIL import Image
+
+    from ._pixels import SlideConversionWarning
+
+    warnings.warn(f"{path}: CMYK JPEG converted to RGB", SlideConversionWarning, stacklevel=3)
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
