@@ -26,6 +26,9 @@ class EngineSettings:
     skip_background: bool = True
     workers: int = 1  # reader threads prefetching tiles
     stats_windows: int = 16  # tissue windows sampled for slide-level InstanceNorm statistics
+    # Small jobs (<= stats_windows tiles, <= this many window megapixels): one pooled pass over all tiles gives
+    # the exact whole-image statistics and the output at once (memory ~ this many MP of activations).
+    pooled_pass_mp: float = 8.0
 
 
 @dataclass

@@ -22,7 +22,7 @@ from ..models.norms import norm_kind
 from ..models.spec import LoadedGenerator
 from ..slides.base import Slide
 from .api import Box, EngineSettings, PriorityProvider, ProgressCallback, RunReport, TileProgress
-from .device import resolve_device, resolve_precision
+from .device import is_out_of_memory, resolve_device, resolve_precision
 from .errors import RegionError
 from .grid import GridTile, TileGrid, round_up
 from .normalization import (
@@ -33,7 +33,7 @@ from .normalization import (
     stats_to_arrays,
 )
 from .resample import WorkingPlane, low_resolution_view, model_downsample
-from .runner import BatchRunner, to_input
+from .runner import BatchRunner, to_input, to_uint8
 from .store import TileStore, check_writable_folder
 from .tissue import rect_has_tissue, tissue_mask
 
@@ -233,33 +233,58 @@ def _run(
 
     # Slide-level statistics (InstanceNorm): sampled once, saved in the store so a resumed run reuses them.
     stats = None
+    pooled: tuple[list[int], np.ndarray] | None = None
     t_stats = time.perf_counter()
     if norm == "instance":
         saved = tstore.load_norm_stats()
         if saved is not None:
             stats = stats_from_arrays(saved)
         else:
-            candidates = [i for i in tiles if flags[i]] or list(tiles)
-            picks = sorted(
-                {
-                    candidates[round(j)]
-                    for j in np.linspace(
-                        0, len(candidates) - 1, min(max(1, settings.stats_windows), len(candidates))
-                    )
-                }
-            )
-            sample = [plane.read(tiles[i].window) for i in picks]
             ww0, wh0 = grid.window_size
+            candidates = [i for i in tiles if flags[i]] or list(tiles)
+            exact = (
+                0 < len(tissue) == len(candidates) <= settings.stats_windows
+                and len(tissue) * ww0 * wh0 / 1e6 <= settings.pooled_pass_mp
+            )
+            if exact:  # every tile in one pooled pass: whole-image statistics, and the output itself
+                picks = list(tissue)
+            else:
+                count = min(max(1, settings.stats_windows), len(candidates))
+                picks = sorted({candidates[round(j)] for j in np.linspace(0, len(candidates) - 1, count)})
+            sample = [plane.read(tiles[i].window) for i in picks]
             fractions = []
             for i in picks:
                 cx, cy, cw, ch = tiles[i].core_in_window
                 fractions.append((cx / ww0, cy / wh0, (cx + cw) / ww0, (cy + ch) / wh0))
-            step = max(1, settings.batch)
+            step = len(picks) if exact else max(1, settings.batch)
             batches = [
                 to_input(np.stack(sample[k : k + step]), spec.input_norm) for k in range(0, len(picks), step)
             ]
             cores = [fractions[k : k + step] for k in range(0, len(picks), step)]
-            stats = estimate_instance_stats(model.module, batches, cores)
+            del sample
+            outputs: list[Any] | None = [] if exact else None
+            try:
+                stats = estimate_instance_stats(model.module, batches, cores, outputs=outputs)
+            except (RuntimeError, MemoryError) as e:
+                if not (exact and is_out_of_memory(e)):
+                    raise
+                outputs = None  # too big for one pass here: sample in batches, run tiles afterwards
+                stats = estimate_instance_stats(
+                    model.module,
+                    [
+                        b[k : k + settings.batch]
+                        for b in batches
+                        for k in range(0, len(b), max(1, settings.batch))
+                    ],
+                    [
+                        c[k : k + settings.batch]
+                        for c in cores
+                        for k in range(0, len(c), max(1, settings.batch))
+                    ],
+                )
+            if outputs:
+                pooled = (picks, to_uint8(outputs[0], spec.output_norm))
+            del batches, outputs
             tstore.save_norm_stats(stats_to_arrays(stats))
     stats_seconds = time.perf_counter() - t_stats
     frozen = freeze_normalization(model.module, stats)
@@ -320,6 +345,17 @@ def _run(
         done_count += len(group)
         skipped_now += len(group)
         report(group)
+
+    if pooled is not None and not cancelled:
+        for i, out in zip(pooled[0], pooled[1], strict=True):
+            tstore.write_tile(tiles[i].core, _crop(out, tiles[i]))
+        tstore.mark_done(pooled[0], "d")
+        done_count += len(pooled[0])
+        model_done += len(pooled[0])
+        pixels_now += sum(tiles[i].core[2] * tiles[i].core[3] for i in pooled[0])
+        report(pooled[0])
+        tissue = [i for i in tissue if i not in set(pooled[0])]
+    pooled = None
 
     pending = list(tissue)
     batch_n = max(1, settings.batch)

@@ -105,13 +105,15 @@ def estimate_instance_stats(
     module: nn.Module,
     batches: Iterable[Tensor],
     cores: Iterable[list[tuple[float, float, float, float]]] | None = None,
+    outputs: list[Tensor] | None = None,
 ) -> NormStats:
     """Per-layer (mean, var) of every InstanceNorm, pooled over all ``batches`` (NCHW fp32).
 
     ``cores`` gives, per batch, each window's core as fractions (x0, y0, x1, y1) of its width/height: only
     those pixels are pooled at every layer (the halo is there to give context, its statistics are distorted
     by padding). Within a batch every layer normalises with the batch's pooled statistics, so later layers
-    see inputs consistent with frozen earlier layers; several batches are pooled by their sums.
+    see inputs consistent with frozen earlier layers; several batches are pooled by their sums. With a single
+    batch its outputs (appended to ``outputs`` if given) are exactly those of the frozen model.
     """
     probe = copy.deepcopy(module).float().eval()
     names = instance_norm_names(probe)
@@ -127,7 +129,9 @@ def estimate_instance_stats(
         boxes = next(core_iter) if core_iter is not None else None
         for c in collectors.values():
             c.boxes = boxes
-        probe(batch.float())
+        out = probe(batch.float())
+        if outputs is not None:
+            outputs.append(out)
         ran = True
     if not ran:
         raise ValueError("no tissue windows to estimate normalisation statistics from")
