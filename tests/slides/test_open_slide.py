@@ -172,3 +172,13 @@ def test_array_slide_layer_data() -> None:
     data, kwargs, _ = slide_layer_data(s)
     assert kwargs["scale"] == (0.5, 0.5) and kwargs["name"] == "slide"
     np.testing.assert_array_equal(data[0].compute(), arr)
+
+
+def test_dask_names_unique_per_layer(tmp_path: Path, he_full: np.ndarray) -> None:
+    """napari caches dask chunks by task name: two slides must never share names, even at the same id()."""
+    a = ArraySlide(he_full)
+    b = ArraySlide(he_full[::-1].copy())
+    da_a = slide_layer_data(a)[0][0]
+    da_b = slide_layer_data(b)[0][0]
+    assert da_a.name != da_b.name
+    assert slide_layer_data(a)[0][0].name != da_a.name

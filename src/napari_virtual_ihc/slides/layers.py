@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 import warnings
 from typing import Any
 
@@ -54,7 +55,8 @@ def chunk_size_for(slide: Slide) -> int:
 def slide_levels(slide: Slide, chunk: int | None = None) -> list[da.Array]:
     """One lazy dask array (y, x, 3) uint8 per level; nothing is read until a chunk is computed."""
     c = chunk or chunk_size_for(slide)
-    token = f"{id(slide):x}"
+    # unique per call: napari's opportunistic dask cache is keyed by task name, and id() is reused
+    token = uuid.uuid4().hex
     levels = []
     for lvl in range(slide.level_count):
         reader = _LevelReader(slide, lvl)
