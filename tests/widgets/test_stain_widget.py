@@ -604,3 +604,29 @@ def test_runs_on_a_real_slide_opened_by_the_reader(
     written = store_rgb(run.store)[y : y + h, x : x + w]
     source = slide.read_region((x, y), 0, (w, h))
     assert np.abs(written.astype(int) - expected_ihc(source)).max() <= 2
+
+
+@pytest.mark.usefixtures("engine_available")
+def test_closing_the_widget_mid_run_stops_the_run_cleanly(
+    make_napari_viewer: Any, qtbot: Any, he_crop: np.ndarray, inverting_model: Path, tmp_path: Path
+) -> None:
+    viewer = make_napari_viewer()
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-virtual-ihc", "Virtual IHC")
+    add_he(viewer, he_crop)
+    configure(widget, inverting_model, tmp_path, tile=64, batch=1)
+    runs: list[Any] = []
+
+    closed: list[bool] = []
+
+    def close_on_first_tiles(tp: Any) -> None:
+        if tp.new_boxes and not closed:
+            closed.append(True)
+            viewer.window.remove_dock_widget(dock)
+            widget.deleteLater()  # what happens to the orphaned widget once nothing references it
+
+    widget.run_started.connect(lambda run: (runs.append(run), run.progressed.connect(close_on_first_tiles)))
+    widget.start_run()
+    run = runs[0]
+    qtbot.waitUntil(lambda: not run.running, timeout=RUN_TIMEOUT_MS)
+    assert run.cancel_event.is_set() and run.state == "cancelled"
+    assert run.layer in viewer.layers  # what was finished stays visible

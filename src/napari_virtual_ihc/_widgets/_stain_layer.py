@@ -264,8 +264,14 @@ def _read_root_attrs(path: Path) -> dict[str, Any]:
     return dict(group.attrs), group
 
 
-def open_store(path: str | Path, budget_bytes: int = DEFAULT_CACHE_BYTES) -> StoreView:
-    """Open the engine's OME-Zarr store for display; raises StoreNotReadyError until it is complete."""
+def open_store(
+    path: str | Path, budget_bytes: int = DEFAULT_CACHE_BYTES, *, require_placement: bool = False
+) -> StoreView:
+    """Open the engine's OME-Zarr store for display; raises StoreNotReadyError until it is complete.
+
+    ``require_placement``: also wait for the engine's ``virtual_ihc.level0_downsample`` (a store being
+    created may be seen between its arrays and its attributes).
+    """
     path = Path(path)
     if not path.exists():
         raise StoreNotReadyError(f"{path} does not exist yet")
@@ -284,6 +290,8 @@ def open_store(path: str | Path, budget_bytes: int = DEFAULT_CACHE_BYTES) -> Sto
             raise StoreNotReadyError(f"{path}: level {ds.get('path')!r} not written yet ({exc})") from exc
         levels.append(CachedStoreLevel(zarray, budget_bytes))
     provenance = dict(attrs.get(PROVENANCE_KEY) or {})
+    if require_placement and "level0_downsample" not in provenance:
+        raise StoreNotReadyError(f"{path}: the engine has not written its provenance yet")
     level0_downsample = float(provenance.get("level0_downsample", 1.0) or 1.0)
     return StoreView(path=path, levels=levels, level0_downsample=level0_downsample, provenance=provenance)
 

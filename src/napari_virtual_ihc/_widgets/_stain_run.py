@@ -117,6 +117,11 @@ def user_message(exc: BaseException, store: Path) -> str:
     return f"Virtual IHC failed: {type(exc).__name__}: {exc}"
 
 
+# Runs stay referenced here until they end, so closing the dock widget mid-run cannot delete a run whose
+# worker is still reporting (the widget cancels it instead; finished tiles are kept).
+_ACTIVE_RUNS: set[StainRun] = set()
+
+
 class StainRun(QObject):
     """A single run; the widget starts it and listens to ``ended``."""
 
@@ -164,6 +169,7 @@ class StainRun(QObject):
 
     # --- lifecycle (GUI thread) -----------------------------------------------------------------
     def start(self) -> None:
+        _ACTIVE_RUNS.add(self)
         self.timeline["started"] = time.perf_counter()
         self.state = "running"
         # Objects alive now (napari, torch, the slide) live for the whole session; freezing them out of
@@ -269,7 +275,9 @@ class StainRun(QObject):
         """Put the IHC layer up before any tile is computed: the earlier result, or white."""
         existing = find_ihc_layer(self.viewer.layers, self.store)
         try:
-            self._attach(open_store(self.store))  # an earlier (maybe partial) result: show it as it is
+            self._attach(
+                open_store(self.store, require_placement=True)
+            )  # an earlier (maybe partial) result: show it as it is
             return
         except StoreNotReadyError:
             pass
@@ -331,7 +339,7 @@ class StainRun(QObject):
             self._store_timer.stop()
             return False
         try:
-            view = open_store(self.store)
+            view = open_store(self.store, require_placement=True)
         except StoreNotReadyError:
             return False
         self._store_timer.stop()
@@ -460,6 +468,10 @@ class StainRun(QObject):
         if self.view is not None:
             stored = read_store_provenance(self.store) or {}
             self.view.provenance = stored
+            d = float(stored.get("level0_downsample", self.view.level0_downsample) or 1.0)
+            if d != self.view.level0_downsample and self.layer is not None:
+                self.view.level0_downsample = d
+                apply_placement(self.layer, self.request.source_layer, d)
             if self.layer is not None and self.layer in self.viewer.layers:
                 prov = self.provenance()
                 prov["complete"] = bool(stored.get("complete", prov["complete"]))
@@ -470,6 +482,7 @@ class StainRun(QObject):
             self._pbar.close()
             self._pbar = None
         self.timeline["ended"] = time.perf_counter()
+        _ACTIVE_RUNS.discard(self)
         if self.state == "done" and self.report is not None:
             show_info(
                 f"Virtual IHC of {self.request.source_layer.name} finished: {self.report.tiles_total} tiles "

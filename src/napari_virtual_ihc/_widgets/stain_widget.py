@@ -7,6 +7,7 @@ No logic of its own: it collects parameters, starts a ``StainRun`` (the core til
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,17 @@ def _store_model_name(prov: dict[str, Any]) -> str:
     return str(model or prov.get("model_name") or "model")
 
 
+def _widget_closed(run_box: list[StainRun | None], connections: list[tuple[Any, Any]], *_: Any) -> None:
+    """The dock widget is gone: stop its run after the current batch (finished tiles stay) and let go of
+    the viewer's events."""
+    run = run_box[0]
+    if run is not None and run.running:
+        run.cancel()
+    for emitter, slot in connections:
+        with contextlib.suppress(Exception):  # the viewer may already be gone
+            emitter.disconnect(slot)
+
+
 class VirtualIHCWidget(QWidget):
     """Dock widget; ``run_started``/``run_ended`` carry the ``StainRun``."""
 
@@ -85,7 +97,7 @@ class VirtualIHCWidget(QWidget):
         # its slide), which needs the layer objects themselves, so work on the viewer behind the proxy.
         self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
         self.settings = StainWidgetSettings.load()
-        self.run: StainRun | None = None
+        self._run_box: list[StainRun | None] = [None]  # shared with the clean-up that runs on destruction
         self.last_run: StainRun | None = None
         self._notified_stores: set[str] = set()
         self._existing_store: Path | None = None
@@ -244,16 +256,27 @@ class VirtualIHCWidget(QWidget):
         self.viewer.layers.events.inserted.connect(self._on_layer_inserted)
         self.viewer.layers.events.removed.connect(self._on_layers_changed)
         self.viewer.layers.events.moved.connect(self._on_layers_changed)
-        self.destroyed.connect(self._disconnect_viewer)
+        # Qt does not call a dying object's own methods, so the clean-up gets what it needs up front.
+        self.destroyed.connect(
+            functools.partial(
+                _widget_closed,
+                self._run_box,
+                [
+                    (self.viewer.layers.events.inserted, self._on_layer_inserted),
+                    (self.viewer.layers.events.removed, self._on_layers_changed),
+                    (self.viewer.layers.events.moved, self._on_layers_changed),
+                ],
+            )
+        )
 
-    def _disconnect_viewer(self, *_: Any) -> None:
-        for emitter, slot in (
-            (self.viewer.layers.events.inserted, self._on_layer_inserted),
-            (self.viewer.layers.events.removed, self._on_layers_changed),
-            (self.viewer.layers.events.moved, self._on_layers_changed),
-        ):
-            with contextlib.suppress(Exception):  # the viewer may already be gone
-                emitter.disconnect(slot)
+    @property
+    def run(self) -> StainRun | None:
+        """The run in progress (None when idle)."""
+        return self._run_box[0]
+
+    @run.setter
+    def run(self, value: StainRun | None) -> None:
+        self._run_box[0] = value
 
     # --- settings -------------------------------------------------------------------------------
     def model_path(self) -> str:
@@ -477,9 +500,9 @@ class VirtualIHCWidget(QWidget):
             settings=self.engine_settings(),
             opacity=self.opacity_slider.value() / 100.0,
         )
-        run = StainRun(self.viewer, request, parent=self)
+        run = StainRun(self.viewer, request)
         run.progressed.connect(self._on_run_progress)
-        run.layer_ready.connect(lambda _layer: self._apply_display())
+        run.layer_ready.connect(lambda _layer: self._apply_display() if self._alive() else None)
         run.ended.connect(lambda _state, run=run: self._on_run_ended(run))
         self.run = run
         self.load_existing_button.setVisible(False)
@@ -494,9 +517,17 @@ class VirtualIHCWidget(QWidget):
             self.run.cancel()
             self.status_label.setText("Cancelling after the current batch...")
 
+    def _alive(self) -> bool:
+        """False once Qt has deleted this widget (its run may still report; the run itself carries on)."""
+        try:
+            self.objectName()
+        except RuntimeError:
+            return False
+        return True
+
     def _on_run_progress(self, tp: Any) -> None:
         run = self.run
-        if run is None:
+        if run is None or not self._alive():
             return
         if tp.device:
             self.device_label.setText(f"running on {describe_device(tp.device)}")
@@ -509,6 +540,8 @@ class VirtualIHCWidget(QWidget):
         if run is self.run:
             self.run = None
         self.last_run = run
+        if not self._alive():
+            return
         name = run.request.source_layer.name
         if run.state == "done":
             self.status_label.setText(f"Done: {name} -> {run.store.name}")
