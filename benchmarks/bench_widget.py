@@ -76,8 +76,11 @@ def _one_batch_seconds(model_path: Path, tile: int, batch: int, repeats: int = 3
     t = round_up(max(tile, align), align)
     window = t + 2 * halo
     device = resolve_device("cpu")
-    frozen = freeze_normalization(model.module, None)
-    fold_frozen_norms(frozen)
+    try:
+        frozen = freeze_normalization(model.module, None)
+        fold_frozen_norms(frozen)
+    except ValueError:  # InstanceNorm needs slide statistics: per-window norms cost the same to run
+        frozen = model.module
     runner = BatchRunner(
         frozen,
         device,
