@@ -130,3 +130,11 @@ def test_wrong_override_lists_missing_and_unexpected_keys(tmp_path: Path, tiny_s
     assert "missing keys" in msg and "model.2.running_mean" in msg
     assert "unexpected keys" in msg and "model.1.bias" in msg
     assert isinstance(info.value, CheckpointError)
+
+
+def test_text_file_named_safetensors_is_a_corrupt_checkpoint(tmp_path: Path) -> None:
+    """torch.load hands some non-pickles to its safetensors reader; that must still be a CheckpointError."""
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(b"hello world this is not a checkpoint at all")
+    with pytest.raises(CorruptCheckpointError):
+        load_generator(bad)

@@ -64,7 +64,16 @@ def read_pth(path: Path) -> dict[str, torch.Tensor]:
         obj: Any = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise _classify_refusal(path, str(exc)) from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, AttributeError) as exc:
+    except (
+        RuntimeError,
+        EOFError,
+        OSError,
+        ValueError,
+        KeyError,
+        IndexError,
+        AttributeError,
+        SafetensorError,
+    ) as exc:  # torch.load may hand a non-pickle file to its safetensors reader
         raise CorruptCheckpointError(
             f"{path}: not a readable PyTorch checkpoint (truncated or not a checkpoint: {exc})"
         ) from exc
