@@ -1,1 +1,30 @@
-"""stain (core, napari-free)."""
+"""Stain analysis (core, napari-free): deconvolution, DAB masks and bins, HER2 estimate, slide analysis."""
+
+from .analysis import AnalysisCancelled, AnalysisResult, AnalysisSettings, analyze_image, analyze_slide
+from .deconvolution import StainMatrix, StainVectorError, deconvolve, hdab_matrix, hed_matrix, rgb_to_hed
+from .her2 import CellTable, Her2Estimate, Her2Rules, categorize, classify_cells, measure_cells
+from .membrane import DabBins, bin_fractions, dab_bins, tdkstain_membrane_mask
+
+__all__ = [
+    "AnalysisCancelled",
+    "AnalysisResult",
+    "AnalysisSettings",
+    "CellTable",
+    "DabBins",
+    "Her2Estimate",
+    "Her2Rules",
+    "StainMatrix",
+    "StainVectorError",
+    "analyze_image",
+    "analyze_slide",
+    "bin_fractions",
+    "categorize",
+    "classify_cells",
+    "dab_bins",
+    "deconvolve",
+    "hdab_matrix",
+    "hed_matrix",
+    "measure_cells",
+    "rgb_to_hed",
+    "tdkstain_membrane_mask",
+]

@@ -1,0 +1,49 @@
+"""One entry point for nuclei: Cellpose when its weights can be had, the classical method otherwise."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .cellpose_adapter import CellposeNuclei, CellposeUnavailable, load_cellpose
+from .classical import segment_classical
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class NucleiSegmenter:
+    """Segments a hematoxylin OD map; ``method`` names what really ran ("cellpose:<model>" or "classical")."""
+
+    cellpose: CellposeNuclei | None
+    fallback_reason: str = ""
+
+    @property
+    def method(self) -> str:
+        return self.cellpose.method if self.cellpose is not None else "classical"
+
+    def __call__(self, hematoxylin_od: np.ndarray, diameter_px: float) -> np.ndarray:
+        if self.cellpose is not None:
+            return self.cellpose.segment(hematoxylin_od, diameter_px)
+        return segment_classical(hematoxylin_od, diameter_px)
+
+
+def make_segmenter(
+    method: str = "auto", cellpose_model: str | os.PathLike[str] = "nuclei", gpu: bool = False
+) -> NucleiSegmenter:
+    """``method``: "auto" (Cellpose, classical fallback when weights cannot be had), "cellpose" (error if
+    unavailable) or "classical"."""
+    if method not in ("auto", "cellpose", "classical"):
+        raise ValueError(f"unknown nuclei method {method!r} (auto, cellpose, classical)")
+    if method == "classical":
+        return NucleiSegmenter(None, "classical chosen")
+    try:
+        return NucleiSegmenter(load_cellpose(cellpose_model, gpu=gpu))
+    except CellposeUnavailable as e:
+        if method == "cellpose":
+            raise
+        log.warning("Cellpose unavailable, using the classical fallback: %s", e)
+        return NucleiSegmenter(None, str(e))

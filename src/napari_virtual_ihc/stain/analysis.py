@@ -1,0 +1,280 @@
+"""Whole-image or whole-slide analysis: DAB bins + TDKstain mask, nuclei, density, HER2 estimate.
+
+Tiles come from ``inference.grid.TileGrid`` (cores written, halo'd windows read), so a slide never has to
+fit in memory at full resolution: maps are assembled at ``map_downsample``; nuclei are de-duplicated by
+centroid ownership; HER2 rings are measured inside each window (the halo covers the ring) and kept for the
+cells the core owns. A per-tile HER2 category gives the tile map.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..inference.grid import TileGrid
+from ..nuclei.density import density_map
+from ..nuclei.segment import NucleiSegmenter, make_segmenter
+from ..nuclei.tiled import keep_core_objects, paste_labels
+from ..slides.base import Slide
+from .deconvolution import StainMatrix, deconvolve, hdab_matrix
+from .her2 import CellTable, Her2Estimate, Her2Rules, categorize, cells_in_polygons, measure_cells
+from .membrane import BIN_NAMES, CALIBRATION_NOTE, DabBins, dab_bins, tdkstain_membrane_mask
+
+ASSUMED_MPP = 0.5
+
+Progress = Callable[[int, int], None]
+
+
+class AnalysisCancelled(RuntimeError):
+    """The cancel event was set; the partial result is attached as ``.partial``."""
+
+    def __init__(self, partial: AnalysisResult) -> None:
+        super().__init__("analysis cancelled")
+        self.partial = partial
+
+
+@dataclass
+class AnalysisSettings:
+    mode: str = "ihc"  # "ihc" (DAB + nuclei + HER2) or "he" (nuclei only)
+    nuclei_method: str = "auto"  # auto | cellpose | classical
+    cellpose_model: str = "nuclei"
+    gpu: bool = False
+    diameter_um: float = 7.0
+    density_sigma_um: float = 25.0
+    bins: DabBins = field(default_factory=DabBins)
+    saturation_threshold: float = 0.15
+    membrane_blur_px: float = 0.0
+    rules: Her2Rules = field(default_factory=Her2Rules)
+    stains: StainMatrix = field(default_factory=hdab_matrix)
+    tile: int = 1024
+    halo_um: float = 20.0
+    map_downsample: int = 1
+    mpp: float | None = None  # override; else the slide's, else ASSUMED_MPP
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("ihc", "he"):
+            raise ValueError(f"mode must be 'ihc' or 'he', not {self.mode!r}")
+        if self.diameter_um <= 0 or self.density_sigma_um <= 0 or self.tile < 64 or self.map_downsample < 1:
+            raise ValueError("diameter, sigma must be > 0, tile >= 64, map_downsample >= 1")
+
+
+@dataclass
+class AnalysisResult:
+    region: tuple[int, int, int, int]  # level-0 (x, y, w, h)
+    mpp: float
+    mpp_assumed: bool
+    map_downsample: int
+    nuclei_method: str
+    nuclei_fallback_reason: str
+    labels: np.ndarray  # int32 at map_downsample
+    density: np.ndarray  # nuclei / mm² at map_downsample
+    dab_classes: np.ndarray | None  # uint8 0..3 at map_downsample
+    membrane_mask: np.ndarray | None  # bool at map_downsample
+    her2_tiles: np.ndarray | None  # int8 per tile: -1 no cells, 0..3 category
+    tile_size: int
+    cells: CellTable  # coordinates in level-0 pixels
+    bin_counts: np.ndarray = field(default_factory=lambda: np.zeros(4, np.int64))
+    tissue_px: int = 0
+    complete: bool = True
+
+    @property
+    def n_nuclei(self) -> int:
+        return len(self.cells)
+
+    def her2(self, polygons: list[np.ndarray] | None = None, rules: Her2Rules | None = None) -> Her2Estimate:
+        cells = self.cells
+        if polygons:
+            cells = cells.select(cells_in_polygons(cells.y, cells.x, polygons))
+        return categorize(cells.cell_class, cells.intensity_bin, rules or Her2Rules())
+
+    def summary(
+        self, polygons: list[np.ndarray] | None = None, rules: Her2Rules | None = None
+    ) -> dict[str, Any]:
+        area_mm2 = self.region[2] * self.region[3] * (self.mpp * 1e-3) ** 2
+        out: dict[str, Any] = {
+            "region_level0": list(self.region),
+            "mpp": self.mpp,
+            "mpp_assumed": self.mpp_assumed,
+            "mpp_note": f"no scale in the image: assumed {ASSUMED_MPP} µm/px (20x)"
+            if self.mpp_assumed
+            else "",
+            "nuclei_method": self.nuclei_method,
+            "nuclei_fallback_reason": self.nuclei_fallback_reason,
+            "nuclei_count": self.n_nuclei,
+            "area_mm2": area_mm2,
+            "nuclei_per_mm2": self.n_nuclei / area_mm2 if area_mm2 > 0 else 0.0,
+            "complete": self.complete,
+        }
+        if self.dab_classes is not None:
+            n = max(int(self.bin_counts.sum()), 1)
+            out["dab_fractions"] = {k: float(c) / n for k, c in zip(BIN_NAMES, self.bin_counts, strict=True)}
+            out["dab_cutoffs_od"] = list(DabBins().cutoffs)
+            out["dab_calibration_note"] = CALIBRATION_NOTE
+            out["her2"] = self.her2(polygons, rules).as_dict()
+            if polygons:
+                out["her2"]["restricted_to_polygons"] = len(polygons)
+        return out
+
+
+def resolve_mpp(slide: Slide, override: float | None) -> tuple[float, bool]:
+    """(µm/px, assumed?) from the override, the slide, or the 0.5 µm/px default."""
+    if override is not None:
+        if not (override > 0 and math.isfinite(override)):
+            raise ValueError(f"mpp must be a positive number, not {override}")
+        return float(override), False
+    if slide.mpp is not None:
+        return float(sum(slide.mpp) / 2), False
+    return ASSUMED_MPP, True
+
+
+def analyze_slide(
+    slide: Slide,
+    settings: AnalysisSettings | None = None,
+    *,
+    region: tuple[int, int, int, int] | None = None,
+    segmenter: NucleiSegmenter | None = None,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+) -> AnalysisResult:
+    """Analyse ``region`` (level-0 x, y, w, h; whole slide by default) at level 0, tile by tile."""
+    s = settings or AnalysisSettings()
+    mpp, assumed = resolve_mpp(slide, s.mpp)
+    W, H = slide.dimensions
+    bounds = region or (0, 0, W, H)
+    grid = TileGrid(plane=(W, H), bounds=bounds, tile=s.tile, halo=max(round(s.halo_um / mpp), 8))
+    seg = segmenter or make_segmenter(s.nuclei_method, s.cellpose_model, s.gpu)
+    ds = s.map_downsample
+    bx, by, bw, bh = bounds
+    mh, mw = -(-bh // ds), -(-bw // ds)
+    labels = np.zeros((mh, mw), np.int32)
+    ihc = s.mode == "ihc"
+    classes = np.zeros((mh, mw), np.uint8) if ihc else None
+    membrane = np.zeros((mh, mw), bool) if ihc else None
+    her2_tiles = np.full((grid.rows, grid.cols), -1, np.int8) if ihc else None
+    bin_counts = np.zeros(4, np.int64)
+    diameter_px = s.diameter_um / mpp
+    tables: list[CellTable] = []
+    next_id = 0
+    complete = True
+    for k, tile in enumerate(grid):
+        if cancel is not None and cancel.is_set():
+            complete = False
+            break
+        wx, wy, ww, wh = tile.window
+        rgb = slide.read_region((wx, wy), 0, (ww, wh))
+        stains = deconvolve(rgb, s.stains)
+        nuc = seg(stains["hematoxylin"], diameter_px)
+        own, _cents = keep_core_objects(nuc, tile)
+        cx, cy, cw, ch = tile.core_in_window
+        core = (slice(cy, cy + ch), slice(cx, cx + cw))
+        # window labels that the core owns, written at map resolution (objects may cross into neighbours)
+        oy, ox = wy - by, wx - bx
+        if ihc:
+            # rings grow among ALL window nuclei (neighbours limit them); keep the cells the core owns
+            table = measure_cells(nuc, stains["dab"], mpp, s.rules)
+            table = table.select(_in_core(table.y, table.x, tile.core_in_window))
+            table.y, table.x = table.y + wy, table.x + wx
+            table.label = np.arange(1, len(table) + 1, dtype=np.int64) + next_id
+            tables.append(table)
+            cls_win = dab_bins(stains["dab"], s.bins)
+            bin_counts += np.bincount(cls_win[core].ravel(), minlength=4)[:4]
+            mem_win = tdkstain_membrane_mask(rgb, s.saturation_threshold, s.membrane_blur_px, s.stains)
+            _paste_core(classes, cls_win, tile.core, bx, by, wx, wy, ds)  # type: ignore[arg-type]
+            _paste_core(membrane, mem_win, tile.core, bx, by, wx, wy, ds)  # type: ignore[arg-type]
+            est = categorize(table.cell_class, table.intensity_bin, s.rules)
+            if her2_tiles is not None and est.n_cells:
+                her2_tiles[tile.row, tile.col] = est.code
+        else:
+            tables.append(_centroid_table(own, wx, wy, next_id))
+        _paste_labels_ds(labels, own, oy, ox, next_id, ds)
+        next_id += int(own.max())
+        if progress is not None:
+            progress(k + 1, len(grid))
+    cells = CellTable.concat(tables)
+    dens = density_map(np.stack([cells.y - by, cells.x - bx], axis=1), (bh, bw), mpp, s.density_sigma_um, ds)
+    result = AnalysisResult(
+        region=bounds,
+        mpp=mpp,
+        mpp_assumed=assumed,
+        map_downsample=ds,
+        nuclei_method=seg.method,
+        nuclei_fallback_reason=seg.fallback_reason,
+        labels=labels,
+        density=dens,
+        dab_classes=classes,
+        membrane_mask=membrane,
+        her2_tiles=her2_tiles,
+        tile_size=s.tile,
+        cells=cells,
+        bin_counts=bin_counts,
+        complete=complete,
+    )
+    if not complete:
+        raise AnalysisCancelled(result)
+    return result
+
+
+def analyze_image(rgb: np.ndarray, settings: AnalysisSettings | None = None, **kw: Any) -> AnalysisResult:
+    """Analyse an in-memory RGB image (mpp from ``settings.mpp`` or assumed 0.5)."""
+    from ..slides.base import ArraySlide
+
+    return analyze_slide(ArraySlide(np.ascontiguousarray(rgb[..., :3])), settings, **kw)
+
+
+def _in_core(y: np.ndarray, x: np.ndarray, core: tuple[int, int, int, int]) -> np.ndarray:
+    cx, cy, cw, ch = core
+    return (y >= cy) & (y < cy + ch) & (x >= cx) & (x < cx + cw)
+
+
+def _centroid_table(own: np.ndarray, wx: int, wy: int, offset: int) -> CellTable:
+    from scipy import ndimage as ndi
+
+    ids = np.arange(1, int(own.max()) + 1)
+    if ids.size == 0:
+        return CellTable.empty()
+    c = np.asarray(ndi.center_of_mass(np.ones_like(own), own, ids)).reshape(-1, 2)
+    area = ndi.sum_labels(np.ones_like(own), own, ids).astype(np.int64)
+    z = np.zeros(ids.size)
+    zi = np.zeros(ids.size, np.int64)
+    return CellTable(ids + offset, c[:, 0] + wy, c[:, 1] + wx, area, z, z, zi, zi)
+
+
+def _paste_core(
+    canvas: np.ndarray,
+    win: np.ndarray,
+    core: tuple[int, int, int, int],
+    bx: int,
+    by: int,
+    wx: int,
+    wy: int,
+    ds: int,
+) -> None:
+    """Copy the core of a window map into the canvas, sampling every ``ds``-th level-0 pixel."""
+    cx, cy, cw, ch = core
+    # level-0 pixels sampled: multiples of ds from the bounds origin
+    y0 = -(-(cy - by) // ds) * ds + by
+    x0 = -(-(cx - bx) // ds) * ds + bx
+    if y0 >= cy + ch or x0 >= cx + cw:
+        return
+    part = win[y0 - wy : cy + ch - wy : ds, x0 - wx : cx + cw - wx : ds]
+    ty, tx = (y0 - by) // ds, (x0 - bx) // ds
+    canvas[ty : ty + part.shape[0], tx : tx + part.shape[1]] = part
+
+
+def _paste_labels_ds(canvas: np.ndarray, own: np.ndarray, oy: int, ox: int, offset: int, ds: int) -> None:
+    """Paste window labels (relative offset oy, ox to the bounds) at map resolution, first come first kept."""
+    if ds == 1:
+        ys, xs = max(-oy, 0), max(-ox, 0)
+        paste_labels(canvas, own[ys:, xs:], (oy + ys, ox + xs), offset)
+        return
+    sy = (-oy) % ds
+    sx = (-ox) % ds
+    sub = own[sy::ds, sx::ds]
+    ty, tx = (oy + sy) // ds, (ox + sx) // ds
+    ys, xs = max(-ty, 0), max(-tx, 0)
+    paste_labels(canvas, sub[ys:, xs:], (ty + ys, tx + xs), offset)
