@@ -35,6 +35,16 @@ def test_instance_norm_resnet9_tiled_matches_whole_image_without_seams(he_2048, 
     assert p >= 35.0
     assert seams <= 1.1
 
+    # The whole-slide path: statistics sampled from windows in batches, then the tiles with frozen, folded norms.
+    sampled = EngineSettings(tile=512, batch=2, skip_background=False, pooled_pass_mp=0.0)
+    rep = stain_slide(ArraySlide(he_2048, 0.5), model, tmp_path / "s.ome.zarr", sampled)
+    tiled = level0(tmp_path / "s.ome.zarr")
+    p, seams = psnr(tiled, whole), seam_score(tiled, 512)
+    print(f"engine (sampled statistics, frozen + folded): PSNR {p:.1f} dB, seam score {seams:.3f}")
+    assert rep.settings["norms_folded"] == 23
+    assert p >= 35.0
+    assert seams <= 1.1
+
     # The naive loop's figures (per-tile InstanceNorm, no halo) are printed by benchmarks/bench_engine.py.
 
 
