@@ -68,6 +68,12 @@ def main() -> None:
     )
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--precision", default="auto")
+    ap.add_argument(
+        "--pooled-mp",
+        type=float,
+        default=EngineSettings.pooled_pass_mp,
+        help="EngineSettings.pooled_pass_mp; 0 forces the whole-slide path (sampled statistics, then folded tiles)",
+    )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--no-whole", action="store_true", help="skip the whole-image reference pass")
     ap.add_argument(
