@@ -91,7 +91,7 @@ def test_cli_build_status_import_analyze(
     assert (tmp_path / "report" / "report.html").stat().st_size > 10_000
 
 
-def test_cli_reports_bad_input_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_reports_bad_input_cleanly(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "t.csv").write_text("case_id,real\nc1,missing.png\n")
     assert (
         main(["study", "build", str(tmp_path / "t.csv"), "--out", str(tmp_path / "b"), "--readers", "a"]) == 2

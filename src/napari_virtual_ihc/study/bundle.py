@@ -13,6 +13,7 @@ import json
 import os
 import random
 import secrets
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -119,7 +120,26 @@ def build_study(
     key = Path(key_path).resolve() if key_path else out.parent / f"{out.name}_key.json"
     if key.is_relative_to(out):
         raise StudyError("the unblinding key must be written outside the bundle folder")
+    created = not out.exists()
     (out / "images").mkdir(parents=True, exist_ok=True)
+    try:
+        return _build_into(cases, out, key, options, progress)
+    except BaseException:
+        # a half-written bundle must not be handed out (nor block a corrected re-run)
+        shutil.rmtree(out / "images", ignore_errors=True)
+        (out / MANIFEST_NAME).unlink(missing_ok=True)
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _build_into(
+    cases: list[CaseSpec],
+    out: Path,
+    key: Path,
+    options: BuildOptions,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[Path, Path]:
 
     taken: set[str] = set()
     # image id -> (case id, modality or "he", source)

@@ -9,7 +9,6 @@ from a virtual one.
 
 from __future__ import annotations
 
-import importlib
 import io
 import os
 import struct
@@ -27,10 +26,9 @@ MAX_PIXELS_WITHOUT_REGION = 8192 * 8192
 
 
 def read_source(source: ImageSource) -> np.ndarray:
-    """RGB uint8 pixels of a source image (through ``slides.open_slide`` when available)."""
-    open_slide = getattr(importlib.import_module("napari_virtual_ihc.slides"), "open_slide", None)
-    if open_slide is None:  # a slides package without open_slide: plain image files only
-        return _read_plain_image(source)
+    """RGB uint8 pixels of a source image or slide region, read through ``slides.open_slide``."""
+    from napari_virtual_ihc.slides import SlideError, open_slide
+
     try:
         with open_slide(source.path) as slide:
             if source.region is not None:
@@ -42,29 +40,8 @@ def read_source(source: ImageSource) -> np.ndarray:
                     f"{source.path.name} is {w}x{h} px: give a region (x, y, w, h) to show in the study"
                 )
             return np.ascontiguousarray(slide.read_region((0, 0), 0, (w, h)))
-    except CaseTableError:
-        raise
-    except Exception as exc:
+    except (SlideError, OSError, ValueError) as exc:
         raise CaseTableError(f"cannot read {source.path}: {exc}") from exc
-
-
-def _read_plain_image(source: ImageSource) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        with Image.open(source.path) as im:
-            rgb = np.asarray(im.convert("RGB"))
-    except Exception as exc:
-        raise CaseTableError(f"cannot read {source.path}: {exc}") from exc
-    if source.region is not None:
-        x, y, w, h = source.region
-        out = np.full((h, w, 3), 255, dtype=np.uint8)
-        H, W = rgb.shape[:2]
-        xs, ys, xe, ye = max(x, 0), max(y, 0), min(x + w, W), min(y + h, H)
-        if xe > xs and ye > ys:
-            out[ys - y : ye - y, xs - x : xe - x] = rgb[ys:ye, xs:xe]
-        rgb = out
-    return rgb
 
 
 def fit_to_size(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
