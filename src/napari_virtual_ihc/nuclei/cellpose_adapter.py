@@ -35,6 +35,25 @@ def _nbase_from_state(state: dict[str, Any]) -> list[int]:
     return [int(first.shape[1])] + [int(state[k].shape[0]) for k in keys]
 
 
+_STYLE_WIDTH = 256  # cellpose.core.run_net stores styles in arrays 256 wide
+
+
+def _any_width_cpnet(cpnet: type) -> type:
+    """CPnet whose style vector is zero-padded to 256, so cellpose's ``run_net`` accepts narrower nets.
+
+    Masks do not depend on the returned style (it is only handed back to the caller).
+    """
+    import torch
+
+    class AnyWidthCPnet(cpnet):  # type: ignore[misc, valid-type]
+        def forward(self, data):  # type: ignore[no-untyped-def]
+            t1, style, t0 = super().forward(data)
+            pad = _STYLE_WIDTH - style.shape[1]
+            return t1, torch.nn.functional.pad(style, (0, pad)), t0
+
+    return AnyWidthCPnet
+
+
 @dataclass
 class CellposeNuclei:
     """A loaded Cellpose model; ``segment`` takes a hematoxylin OD map (nuclei bright)."""

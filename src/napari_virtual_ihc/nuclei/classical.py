@@ -13,12 +13,26 @@ from skimage.morphology import remove_small_objects
 from skimage.segmentation import watershed
 
 
-def segment_classical(hematoxylin_od: np.ndarray, diameter_px: float, min_od: float = 0.05) -> np.ndarray:
-    """int32 labels of nuclei in a hematoxylin OD map (nuclei bright). ``min_od`` keeps blank glass empty."""
+def otsu_threshold(hematoxylin_od: np.ndarray, min_od: float = 0.05) -> float:
+    """Otsu cut on a hematoxylin OD map (at least ``min_od`` so blank glass stays empty)."""
+    h = hematoxylin_od.astype(np.float32)
+    if h.size == 0 or float(h.max()) <= min_od:
+        return float("inf")
+    return max(float(threshold_otsu(h)), min_od)
+
+
+def segment_classical(
+    hematoxylin_od: np.ndarray, diameter_px: float, threshold: float | None = None, min_od: float = 0.05
+) -> np.ndarray:
+    """int32 labels of nuclei in a hematoxylin OD map (nuclei bright).
+
+    ``threshold`` (OD) should come from the whole image/slide (:func:`otsu_threshold` on an overview) so
+    that tiles agree; without it Otsu runs on this array alone.
+    """
     h = ndi.gaussian_filter(hematoxylin_od.astype(np.float32), max(diameter_px / 10, 0.5))
-    if float(h.max()) <= min_od:
+    t = otsu_threshold(h, min_od) if threshold is None else max(threshold, min_od)
+    if not np.isfinite(t) or float(h.max()) <= t:
         return np.zeros(h.shape, np.int32)
-    t = max(float(threshold_otsu(h)), min_od)
     fg = ndi.binary_opening(h > t, iterations=1)
     fg = ndi.binary_fill_holes(fg)
     min_area = max(int(np.pi * (diameter_px / 4) ** 2), 4)

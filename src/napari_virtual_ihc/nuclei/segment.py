@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .cellpose_adapter import CellposeNuclei, CellposeUnavailable, load_cellpose
-from .classical import segment_classical
+from .classical import otsu_threshold, segment_classical
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +20,7 @@ class NucleiSegmenter:
 
     cellpose: CellposeNuclei | None
     fallback_reason: str = ""
+    threshold: float | None = None  # classical only: one Otsu cut for every tile (see calibrate)
 
     @property
     def method(self) -> str:
@@ -28,7 +29,16 @@ class NucleiSegmenter:
     def __call__(self, hematoxylin_od: np.ndarray, diameter_px: float) -> np.ndarray:
         if self.cellpose is not None:
             return self.cellpose.segment(hematoxylin_od, diameter_px)
-        return segment_classical(hematoxylin_od, diameter_px)
+        return segment_classical(hematoxylin_od, diameter_px, self.threshold)
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.cellpose is None and self.threshold is None
+
+    def calibrate(self, hematoxylin_overview: np.ndarray) -> None:
+        """Fix the classical threshold from an overview of the whole area, so tiles cut the same way."""
+        if self.cellpose is None:
+            self.threshold = otsu_threshold(hematoxylin_overview)
 
 
 def make_segmenter(

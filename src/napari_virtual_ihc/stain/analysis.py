@@ -149,6 +149,8 @@ def analyze_slide(
     grid = TileGrid(plane=(W, H), bounds=bounds, tile=s.tile, halo=max(round(s.halo_um / mpp), 8))
     seg = segmenter or make_segmenter(s.nuclei_method, s.cellpose_model, s.gpu)
     ds = s.map_downsample
+    if seg.needs_calibration:
+        seg.calibrate(_hematoxylin_overview(slide, bounds, s.stains))
     bx, by, bw, bh = bounds
     mh, mw = -(-bh // ds), -(-bw // ds)
     labels = np.zeros((mh, mw), np.int32)
@@ -224,6 +226,20 @@ def analyze_image(rgb: np.ndarray, settings: AnalysisSettings | None = None, **k
     from ..slides.base import ArraySlide
 
     return analyze_slide(ArraySlide(np.ascontiguousarray(rgb[..., :3])), settings, **kw)
+
+
+def _hematoxylin_overview(slide: Slide, bounds: tuple[int, int, int, int], stains: StainMatrix) -> np.ndarray:
+    """Hematoxylin OD of the area at <= ~2048 px on a side (a pyramid level, or a central crop)."""
+    bx, by, bw, bh = bounds
+    level = slide.best_level_for_downsample(max(bw, bh) / 2048)
+    f = slide.level_downsamples[level]
+    w, h = max(int(bw / f), 1), max(int(bh / f), 1)
+    if w * h > 4096 * 4096:  # single-level giant: a central crop is representative enough
+        cw, ch = min(bw, 4096), min(bh, 4096)
+        rgb = slide.read_region((bx + (bw - cw) // 2, by + (bh - ch) // 2), 0, (cw, ch))
+    else:
+        rgb = slide.read_region((bx, by), level, (w, h))
+    return deconvolve(rgb, stains)["hematoxylin"]
 
 
 def _in_core(y: np.ndarray, x: np.ndarray, core: tuple[int, int, int, int]) -> np.ndarray:
