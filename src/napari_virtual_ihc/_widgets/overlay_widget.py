@@ -1,13 +1,264 @@
-"""Placeholder until its issue lands."""
+"""Stain overlays dock widget: DAB bins, membrane, nuclei, density and a HER2 estimate for one layer.
+
+Parameters are collected here; the work is ``stain.analysis.analyze_slide`` in a napari ``thread_worker``
+(progress bar with cancel). Keys D / C / M toggle the nuclei, density and membrane (DAB bins) layers.
+"""
 
 from __future__ import annotations
 
-from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
+from collections.abc import Generator
+from typing import Any
+
+import napari
+from napari.qt.threading import thread_worker
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..stain.analysis import AnalysisResult, AnalysisSettings, iter_analysis, tile_count
+from ..stain.her2 import Her2Rules
+from ..stain.membrane import DabBins
+from ._overlay_layers import DAB_LEGEND, HER2_LEGEND, result_layers, summary_rows
+from ._overlay_source import layer_mpp, layer_slide, shapes_polygons, visible_region
+
+MODES = {"IHC (virtual or real): DAB, nuclei, HER2": "ihc", "H&E: nuclei only": "he"}
+KEYS = {"d": "nuclei", "c": "density", "m": "membrane"}
 
 
 class StainOverlayWidget(QWidget):
-    def __init__(self, napari_viewer: object) -> None:
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
-        layout = QVBoxLayout(self)
-        layout.addWidget(QLabel("not available yet"))
+        self.result: AnalysisResult | None = None
+        self.summary: dict[str, Any] | None = None
+        self.error: str | None = None
+        self.overlay_layers: dict[str, Any] = {}
+        self._worker: Any = None
+
+        form = QFormLayout()
+        self.source = QComboBox()
+        self.mode = QComboBox()
+        self.mode.addItems(list(MODES))
+        self.scope = QComboBox()
+        self.scope.addItems(["visible region", "whole image"])
+        self.nuclei = QComboBox()
+        self.nuclei.addItems(["auto", "cellpose", "classical"])
+        self.model = QLineEdit("nuclei")
+        self.model.setToolTip("Cellpose built-in model name or a local model file")
+        self.gpu = QCheckBox("GPU")
+        self.diameter = _spin(7.0, 1, 50, " µm")
+        self.sigma = _spin(25.0, 1, 500, " µm")
+        self.mpp = _spin(0.0, 0, 10, " µm/px", decimals=3)
+        self.mpp.setToolTip("0 = from the layer (µm scale), else 0.5 assumed")
+        self.cuts = [_spin(v, 0, 3, "", decimals=2) for v in (0.2, 0.4, 0.6)]
+        self.region_shapes = QComboBox()
+        form.addRow("Layer", self.source)
+        form.addRow("Stain", self.mode)
+        form.addRow("Area", self.scope)
+        row = QHBoxLayout()
+        row.addWidget(self.nuclei)
+        row.addWidget(self.gpu)
+        form.addRow("Nuclei", row)
+        form.addRow("Cellpose model", self.model)
+        form.addRow("Nucleus diameter", self.diameter)
+        form.addRow("Density sigma", self.sigma)
+        form.addRow("Pixel size", self.mpp)
+        cuts = QHBoxLayout()
+        for c in self.cuts:
+            cuts.addWidget(c)
+        form.addRow("DAB OD cuts*", cuts)
+        form.addRow("Restrict to shapes", self.region_shapes)
+        self.run_button = QPushButton("Compute overlays")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        legend = " ".join(f"<span style='color:{c}'>■</span> {n}" for n, c in DAB_LEGEND)
+        her2 = " ".join(f"<span style='color:{c}'>■</span> {n}" for n, c in HER2_LEGEND)
+        self.legend = QLabel(
+            f"DAB bins: {legend}<br>HER2 tiles: {her2}<br>*uncalibrated defaults; estimate, not a diagnosis. "
+            "Keys: D nuclei, C density, M membrane"
+        )
+        self.legend.setWordWrap(True)
+        self.table = QTableWidget(0, 2)
+        self.table.setHorizontalHeaderLabels(["", "value"])
+        self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.verticalHeader().setVisible(False)
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        lay.addLayout(buttons)
+        lay.addWidget(self.status)
+        lay.addWidget(self.legend)
+        lay.addWidget(self.table)
+
+        self.run_button.clicked.connect(self.start)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.viewer.layers.events.inserted.connect(self._refresh_layers)
+        self.viewer.layers.events.removed.connect(self._refresh_layers)
+        self._refresh_layers()
+        for key, which in KEYS.items():
+            self.viewer.bind_key(key, self._toggler(which), overwrite=True)
+
+    # --- layers ---------------------------------------------------------------------------------------
+    def _refresh_layers(self, *_: Any) -> None:
+        own = set(map(id, self.overlay_layers.values()))
+        cur, shp = self.source.currentText(), self.region_shapes.currentText()
+        self.source.clear()
+        self.region_shapes.clear()
+        self.region_shapes.addItem("(all cells)")
+        for layer in self.viewer.layers:
+            if isinstance(layer, napari.layers.Image) and layer.rgb and id(layer) not in own:
+                self.source.addItem(layer.name)
+            elif isinstance(layer, napari.layers.Shapes):
+                self.region_shapes.addItem(layer.name)
+        if cur:
+            self.source.setCurrentText(cur)
+        if shp:
+            self.region_shapes.setCurrentText(shp)
+
+    def _toggler(self, which: str) -> Any:
+        def toggle(viewer: Any = None) -> None:
+            layer = self.overlay_layers.get(which)
+            if layer is not None and layer in self.viewer.layers:
+                layer.visible = not layer.visible
+
+        toggle.__name__ = f"toggle_{which}"
+        return toggle
+
+    def toggle(self, which: str) -> None:
+        self._toggler(which)()
+
+    # --- run ------------------------------------------------------------------------------------------
+    def settings(self, layer: Any) -> AnalysisSettings:
+        bins = DabBins(*(c.value() for c in self.cuts))
+        mpp = self.mpp.value() or layer_mpp(layer)
+        return AnalysisSettings(
+            mode=MODES[self.mode.currentText()],
+            nuclei_method=self.nuclei.currentText(),
+            cellpose_model=self.model.text().strip() or "nuclei",
+            gpu=self.gpu.isChecked(),
+            diameter_um=self.diameter.value(),
+            density_sigma_um=self.sigma.value(),
+            bins=bins,
+            rules=Her2Rules(bins=bins),
+            mpp=mpp,
+            tile=1024,
+        )
+
+    def start(self) -> None:
+        self.error = None
+        self.result = None
+        name = self.source.currentText()
+        if not name:
+            self._fail("add an RGB image layer first")
+            return
+        layer = self.viewer.layers[name]
+        try:
+            slide = layer_slide(layer)
+            settings = self.settings(layer)
+            region = visible_region(self.viewer, layer, slide) if self.scope.currentIndex() == 0 else None
+            shapes_name = self.region_shapes.currentText()
+            polygons = (
+                shapes_polygons(self.viewer.layers[shapes_name], layer)
+                if self.region_shapes.currentIndex() > 0
+                else None
+            )
+        except (ValueError, KeyError) as e:
+            self._fail(str(e))
+            return
+        w, h = region[2:] if region else slide.dimensions
+        big = w * h > 8192 * 8192
+        settings.map_downsample = 4 if big else 1
+        total = tile_count(slide, settings, region)
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.status.setText(f"computing {total} tile(s)…")
+        meta = (polygons, layer.name, tuple(layer.scale[-2:]), tuple(layer.translate[-2:]))
+
+        # napari's progress bar advances one step per yield; its cancel button (and ours) quit the worker
+        # between tiles.
+        @thread_worker(progress={"total": total, "desc": "stain overlays"})
+        def work() -> Generator[tuple[int, int], None, Any]:
+            result = yield from iter_analysis(slide, settings, region=region)
+            return (result, *meta)
+
+        worker = work()
+        worker.returned.connect(self._on_done)
+        worker.errored.connect(self._on_error)
+        worker.aborted.connect(self._on_aborted)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        worker.start()
+
+    def cancel(self) -> None:
+        if self._worker is not None:
+            self._worker.quit()
+        self.status.setText("cancelling after the current tile…")
+
+    def _on_aborted(self) -> None:
+        self.status.setText("cancelled")
+
+    def _on_done(self, value: Any) -> None:
+        result, polygons, name, scale, translate = value
+        self._show(result, polygons, name, scale, translate)
+
+    def _show(self, result: AnalysisResult, polygons: Any, name: str, scale: Any, translate: Any) -> None:
+        for old in list(self.overlay_layers.values()):
+            if old in self.viewer.layers:
+                self.viewer.layers.remove(old)
+        self.overlay_layers = {}
+        for data, kwargs, kind in result_layers(result, name, scale, translate):
+            layer = getattr(self.viewer, f"add_{kind}")(data, **kwargs)
+            if kind == "labels" and "nuclei" in kwargs["name"]:
+                layer.contour = 1
+                self.overlay_layers["nuclei"] = layer
+            elif kind == "image":
+                self.overlay_layers["density"] = layer
+            elif "DAB" in kwargs["name"]:
+                self.overlay_layers["membrane"] = layer
+            else:
+                self.overlay_layers["her2"] = layer
+        self.summary = result.summary(polygons, Her2Rules(bins=DabBins(*(c.value() for c in self.cuts))))
+        rows = summary_rows(self.summary)
+        self.table.setRowCount(len(rows))
+        for i, (k, v) in enumerate(rows):
+            self.table.setItem(i, 0, QTableWidgetItem(k))
+            self.table.setItem(i, 1, QTableWidgetItem(v))
+        self.result = result
+        self.status.setText(f"done: {result.n_nuclei} nuclei ({result.nuclei_method})")
+
+    def _on_error(self, exc: BaseException) -> None:
+        self._fail(f"{type(exc).__name__}: {exc}")
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+
+    def _fail(self, message: str) -> None:
+        self.error = message
+        self.status.setText(f"error: {message}")
+
+
+def _spin(value: float, lo: float, hi: float, suffix: str, decimals: int = 1) -> QDoubleSpinBox:
+    s = QDoubleSpinBox()
+    s.setRange(lo, hi)
+    s.setDecimals(decimals)
+    s.setSingleStep(10**-decimals if decimals > 1 else 1)
+    s.setValue(value)
+    s.setSuffix(suffix)
+    return s

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,7 +141,37 @@ def analyze_slide(
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
 ) -> AnalysisResult:
-    """Analyse ``region`` (level-0 x, y, w, h; whole slide by default) at level 0, tile by tile."""
+    """Analyse ``region`` (level-0 x, y, w, h; whole slide by default) at level 0, tile by tile.
+
+    ``progress(done, total)`` is called after each tile; setting ``cancel`` stops between tiles and raises
+    :class:`AnalysisCancelled` carrying the partial result.
+    """
+    steps = iter_analysis(slide, settings, region=region, segmenter=segmenter, cancel=cancel)
+    while True:
+        try:
+            done, total = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        if progress is not None:
+            progress(done, total)
+
+
+def tile_count(slide: Slide, settings: AnalysisSettings, region: tuple[int, int, int, int] | None) -> int:
+    """How many tiles :func:`iter_analysis` will yield (for progress bars)."""
+    w, h = (region[2], region[3]) if region else slide.dimensions
+    return math.ceil(w / settings.tile) * math.ceil(h / settings.tile)
+
+
+def iter_analysis(
+    slide: Slide,
+    settings: AnalysisSettings | None = None,
+    *,
+    region: tuple[int, int, int, int] | None = None,
+    segmenter: NucleiSegmenter | None = None,
+    cancel: threading.Event | None = None,
+) -> Generator[tuple[int, int], None, AnalysisResult]:
+    """Generator form of :func:`analyze_slide`: yields (done, total) per tile, returns the result (for
+    napari ``thread_worker`` generators, whose quit() stops it between tiles)."""
     s = settings or AnalysisSettings()
     mpp, assumed = resolve_mpp(slide, s.mpp)
     W, H = slide.dimensions
@@ -195,8 +225,7 @@ def analyze_slide(
             tables.append(_centroid_table(own, wx, wy, next_id))
         _paste_labels_ds(labels, own, oy, ox, next_id, ds)
         next_id += int(own.max())
-        if progress is not None:
-            progress(k + 1, len(grid))
+        yield (k + 1, len(grid))
     cells = CellTable.concat(tables)
     dens = density_map(np.stack([cells.y - by, cells.x - bx], axis=1), (bh, bw), mpp, s.density_sigma_um, ds)
     result = AnalysisResult(

@@ -1,0 +1,127 @@
+"""Turn an AnalysisResult into napari layer data (napari-free tuples, so they are easy to test)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..stain.analysis import AnalysisResult
+
+DAB_COLORS = {0: (0, 0, 0, 0), 1: (1.0, 0.9, 0.2, 0.6), 2: (1.0, 0.55, 0.0, 0.7), 3: (0.85, 0.0, 0.0, 0.8)}
+HER2_COLORS = {
+    0: (0, 0, 0, 0),  # tile without cells
+    1: (0.3, 0.5, 1.0, 0.35),  # 0
+    2: (1.0, 0.9, 0.2, 0.45),  # 1+
+    3: (1.0, 0.55, 0.0, 0.5),  # 2+
+    4: (0.85, 0.0, 0.0, 0.55),  # 3+
+}
+DAB_LEGEND = (("weak", "#ffe633"), ("moderate", "#ff8c00"), ("strong", "#d90000"))
+HER2_LEGEND = (("0", "#4d80ff"), ("1+", "#ffe633"), ("2+", "#ff8c00"), ("3+", "#d90000"))
+
+
+def placement(
+    source_scale: tuple[float, float],
+    source_translate: tuple[float, float],
+    result: AnalysisResult,
+    step: int,
+) -> dict[str, tuple[float, float]]:
+    """scale/translate so a map sampled every ``step`` source pixels from the region origin lands exactly."""
+    sy, sx = source_scale
+    ty, tx = source_translate
+    x0, y0 = result.region[0], result.region[1]
+    return {"scale": (sy * step, sx * step), "translate": (ty + y0 * sy, tx + x0 * sx)}
+
+
+def result_layers(
+    result: AnalysisResult,
+    source_name: str,
+    source_scale: tuple[float, float],
+    source_translate: tuple[float, float],
+) -> list[tuple[Any, dict[str, Any], str]]:
+    """(data, kwargs, layer_type) for each overlay, in the order they should be added."""
+    ds = result.map_downsample
+    at = placement(source_scale, source_translate, result, ds)
+    meta = {"nuclei_method": result.nuclei_method, "mpp": result.mpp, "mpp_assumed": result.mpp_assumed}
+    method = "classical fallback" if result.nuclei_method == "classical" else result.nuclei_method
+    layers: list[tuple[Any, dict[str, Any], str]] = []
+    if result.her2_tiles is not None:
+        tiles = (result.her2_tiles.astype(np.int16) + 1).astype(np.uint8)
+        tp = placement(source_scale, source_translate, result, result.tile_size)
+        layers.append(
+            (
+                tiles,
+                {
+                    "name": f"{source_name} HER2 tiles (estimate)",
+                    **tp,
+                    "opacity": 0.6,
+                    "colormap": _direct(HER2_COLORS),
+                    "metadata": meta,
+                },
+                "labels",
+            )
+        )
+        layers.append(
+            (
+                result.dab_classes,
+                {
+                    "name": f"{source_name} DAB bins",
+                    **at,
+                    "opacity": 0.8,
+                    "colormap": _direct(DAB_COLORS),
+                    "metadata": meta,
+                },
+                "labels",
+            )
+        )
+    layers.append(
+        (
+            result.density,
+            {
+                "name": f"{source_name} nuclei density (/mm²)",
+                **at,
+                "colormap": "inferno",
+                "opacity": 0.45,
+                "blending": "additive",
+                "metadata": meta,
+            },
+            "image",
+        )
+    )
+    layers.append(
+        (
+            result.labels,
+            {"name": f"{source_name} nuclei ({method})", **at, "opacity": 0.9, "metadata": meta},
+            "labels",
+        )
+    )
+    return layers
+
+
+def _direct(colors: dict[int, tuple[float, ...]]) -> Any:
+    from napari.utils.colormaps import DirectLabelColormap
+
+    return DirectLabelColormap(color_dict={None: (0, 0, 0, 0), **colors})
+
+
+def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """Rows for the small numbers table."""
+    rows = [
+        ("nuclei", f"{summary['nuclei_count']} ({summary['nuclei_method']})"),
+        ("nuclei / mm²", f"{summary['nuclei_per_mm2']:.0f}"),
+        ("µm / px", f"{summary['mpp']:.3f}" + (" (assumed)" if summary["mpp_assumed"] else "")),
+    ]
+    if "dab_fractions" in summary:
+        f = summary["dab_fractions"]
+        rows.append(("DAB weak/mod/strong", f"{f['weak']:.1%} / {f['moderate']:.1%} / {f['strong']:.1%}"))
+        h = summary["her2"]
+        rows.append(("HER2 estimate", f"{h['label']} (not a diagnosis)"))
+        s = h["cell_shares"]
+        rows.append(
+            (
+                "cells 3+/2+/1+ type",
+                f"{s['complete_strong']:.1%} / {s['complete_weak_moderate']:.1%} / {s['incomplete']:.1%}",
+            )
+        )
+        rows.append(("H-score", f"{h['h_score']:.0f}"))
+    return rows
