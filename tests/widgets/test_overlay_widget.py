@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from napari.utils.key_bindings import coerce_keybinding
 from skimage import data
 
 from napari_virtual_ihc._widgets.overlay_widget import StainOverlayWidget
@@ -43,7 +44,7 @@ def test_overlays_added_with_source_scale_and_translate(make_napari_viewer, qtbo
     # D / C / M toggle visibility (bound on the viewer)
     for key, which in (("d", "nuclei"), ("c", "density"), ("m", "membrane")):
         before = w.overlay_layers[which].visible
-        viewer.keymap[key.upper()](viewer) if key.upper() in viewer.keymap else w.toggle(which)
+        viewer.keymap[coerce_keybinding(key)](viewer)
         assert w.overlay_layers[which].visible is not before
 
 

@@ -67,7 +67,7 @@ def result_layers(
                 {
                     "name": f"{source_name} DAB bins",
                     **at,
-                    "opacity": 0.8,
+                    "opacity": 0.55,
                     "colormap": _direct(DAB_COLORS),
                     "metadata": meta,
                 },

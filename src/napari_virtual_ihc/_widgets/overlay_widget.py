@@ -222,6 +222,9 @@ class StainOverlayWidget(QWidget):
                 self.viewer.layers.remove(old)
         self.overlay_layers = {}
         for data, kwargs, kind in result_layers(result, name, scale, translate):
+            src = self.viewer.layers[name] if name in self.viewer.layers else None
+            if src is not None:
+                kwargs["units"] = tuple(src.units)[-2:]
             layer = getattr(self.viewer, f"add_{kind}")(data, **kwargs)
             if kind == "labels" and "nuclei" in kwargs["name"]:
                 layer.contour = 1
