@@ -222,7 +222,7 @@ class StainOverlayWidget(QWidget):
                 self.viewer.layers.remove(old)
         self.overlay_layers = {}
         for data, kwargs, kind in result_layers(result, name, scale, translate):
-            src = self.viewer.layers[name] if name in self.viewer.layers else None
+            src = self.viewer.layers[name] if name in self.viewer.layers else None  # noqa: SIM401
             if src is not None:
                 kwargs["units"] = tuple(src.units)[-2:]
             layer = getattr(self.viewer, f"add_{kind}")(data, **kwargs)
