@@ -45,8 +45,8 @@ def _any_width_cpnet(cpnet: type) -> type:
     """
     import torch
 
-    class AnyWidthCPnet(cpnet):  # type: ignore[misc, valid-type]
-        def forward(self, data):  # type: ignore[no-untyped-def]
+    class AnyWidthCPnet(cpnet):
+        def forward(self, data):
             t1, style, t0 = super().forward(data)
             pad = _STYLE_WIDTH - style.shape[1]
             return t1, torch.nn.functional.pad(style, (0, pad)), t0
@@ -100,9 +100,9 @@ def load_cellpose(model: str | os.PathLike[str] = "nuclei", gpu: bool = False) -
         else:
             cp = models.CellposeModel(gpu=gpu, pretrained_model=False, nchan=nbase[0], device=device)
             cp.nbase = nbase
-            cp.net = CPnet(nbase, 3, sz=3, mkldnn=cp.mkldnn, max_pool=True, diam_mean=cp.diam_mean).to(
-                cp.device
-            )
+            net_cls = CPnet if nbase[-1] == _STYLE_WIDTH else _any_width_cpnet(CPnet)
+            net = net_cls(nbase, 3, sz=3, mkldnn=cp.mkldnn, max_pool=True, diam_mean=cp.diam_mean)
+            cp.net = net.to(cp.device)
             cp.net.load_model(str(path), device=cp.device)
             cp.pretrained_model = str(path)
             cp.diam_mean = float(cp.net.diam_mean.data.cpu().numpy()[0])
