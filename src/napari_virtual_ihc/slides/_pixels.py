@@ -10,10 +10,12 @@ Policy (documented in docs/slides.md):
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from .base import BACKGROUND_VALUE
 from .errors import UnsupportedImageError
 
 
@@ -136,3 +138,25 @@ def level_window(
     if xe <= xs or ye <= ys:
         return None
     return x0, y0, xs, ys, xe, ye
+
+
+def read_window(
+    location: tuple[int, int],
+    downsample: float,
+    size: tuple[int, int],
+    level_wh: tuple[int, int],
+    read_raw: Callable[[int, int, int, int], np.ndarray],
+    policy: PixelPolicy,
+) -> np.ndarray:
+    """A region of one level as RGB uint8, white outside the level: shared by the raw-sample backends.
+
+    ``read_raw(x, y, w, h)`` returns the raw samples of a window inside the level; ``policy`` makes them RGB.
+    """
+    w, h = int(size[0]), int(size[1])
+    out = np.full((h, w, 3), BACKGROUND_VALUE, dtype=np.uint8)
+    win = level_window(location, downsample, (w, h), level_wh)
+    if win is None:
+        return out
+    x0, y0, xs, ys, xe, ye = win
+    out[ys - y0 : ye - y0, xs - x0 : xe - x0] = policy.apply(read_raw(xs, ys, xe - xs, ye - ys))
+    return out

@@ -13,8 +13,8 @@ import zarr
 
 from ._counting_store import CountingStore
 from ._integrity import check_tiff_complete
-from ._pixels import PixelPolicy, SlideConversionWarning, level_window, make_policy
-from .base import BACKGROUND_VALUE, Slide
+from ._pixels import PixelPolicy, SlideConversionWarning, make_policy, read_window
+from .base import Slide
 from .errors import CorruptSlideError, SlideError, UnsupportedImageError
 
 #: µm per pixel outside this range is not a microscope scan (e.g. a 72-dpi screen resolution tag).
@@ -200,15 +200,14 @@ class TiffSlide(Slide):
         return md
 
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
-        w, h = int(size[0]), int(size[1])
-        out = np.full((h, w, 3), BACKGROUND_VALUE, dtype=np.uint8)
-        win = level_window(location, self.level_downsamples[level], (w, h), self._dims[level])
-        if win is None:
-            return out
-        x0, y0, xs, ys, xe, ye = win
-        raw = self._read_raw(level, xs, ys, xe - xs, ye - ys)
-        out[ys - y0 : ye - y0, xs - x0 : xe - x0] = self._policy.apply(raw)
-        return out
+        return read_window(
+            location,
+            self.level_downsamples[level],
+            size,
+            self._dims[level],
+            lambda x, y, w, h: self._read_raw(level, x, y, w, h),
+            self._policy,
+        )
 
     def _read_raw(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         """(h, w[, c]) raw samples of a window inside ``level`` (only its tiles are decoded)."""

@@ -15,8 +15,8 @@ import numpy as np
 import zarr
 
 from ._counting_store import CountingStore
-from ._pixels import PixelPolicy, level_window, make_policy
-from .base import BACKGROUND_VALUE, Slide
+from ._pixels import PixelPolicy, make_policy, read_window
+from .base import Slide
 from .errors import CorruptSlideError, SlideError, UnsupportedFormatError, UnsupportedImageError
 
 _UNIT_TO_UM = {"nanometer": 1e-3, "micrometer": 1.0, "millimeter": 1e3, "centimeter": 1e4, "meter": 1e6}
@@ -113,15 +113,14 @@ class ZarrSlide(Slide):
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         if not self._open:
             raise SlideError(f"{self.path}: slide is closed")
-        w, h = int(size[0]), int(size[1])
-        out = np.full((h, w, 3), BACKGROUND_VALUE, dtype=np.uint8)
-        win = level_window(location, self.level_downsamples[level], (w, h), self._dims[level])
-        if win is None:
-            return out
-        x0, y0, xs, ys, xe, ye = win
-        raw = self._read_raw(level, xs, ys, xe - xs, ye - ys)
-        out[ys - y0 : ye - y0, xs - x0 : xe - x0] = self._policy.apply(raw)
-        return out
+        return read_window(
+            location,
+            self.level_downsamples[level],
+            size,
+            self._dims[level],
+            lambda x, y, w, h: self._read_raw(level, x, y, w, h),
+            self._policy,
+        )
 
     def _read_raw(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         index: list[Any] = []
