@@ -19,6 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+# isort: off
+import napari_virtual_ihc  # noqa: F401  (before torch: it sets up torch's CPU allocator)
+
+# isort: on
 import numpy as np
 import openslide
 import torch
@@ -66,7 +70,7 @@ def main() -> None:
     ap.add_argument(
         "--tile", type=int, default=512, help="engine tile core (default: EngineSettings' default)"
     )
-    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=None, help="default: EngineSettings (1 on the CPU)")
     ap.add_argument("--precision", default="auto")
     ap.add_argument(
         "--pooled-mp",

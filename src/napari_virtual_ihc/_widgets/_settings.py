@@ -29,14 +29,14 @@ def config_dir() -> Path:
 
 @dataclass
 class StainWidgetSettings:
-    """What a user set last time; ``halo`` 0 means "automatic (from the architecture)"."""
+    """What a user set last time; ``halo`` and ``batch`` 0 mean "automatic"."""
 
     model_path: str = ""
     recent_models: list[str] = field(default_factory=list)
     device: str = "auto"
     tile: int = 512
     halo: int = 0
-    batch: int = 4
+    batch: int = 0
     output_dir: str = ""  # empty: beside the slide
     overlay_opacity: float = 0.6
     advanced_open: bool = False

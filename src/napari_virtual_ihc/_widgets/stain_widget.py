@@ -167,8 +167,11 @@ class VirtualIHCWidget(QWidget):
         self.halo_spin.setToolTip("Context read around each tile; auto = half the receptive field or more")
         adv.addRow("Halo", self.halo_spin)
         self.batch_spin = QSpinBox()
-        self.batch_spin.setRange(1, 256)
-        self.batch_spin.setToolTip("Tiles per forward pass; lower it if the GPU runs out of memory")
+        self.batch_spin.setRange(0, 256)
+        self.batch_spin.setSpecialValueText("auto")
+        self.batch_spin.setToolTip(
+            "Tiles per forward pass; auto = 1 on the CPU, 4 on a GPU. Lower it if the GPU runs out of memory"
+        )
         adv.addRow("Batch", self.batch_spin)
         layout.addWidget(self.advanced_panel)
 
@@ -305,7 +308,7 @@ class VirtualIHCWidget(QWidget):
         return EngineSettings(
             tile=self.tile_spin.value(),
             halo=self.halo_spin.value() or None,
-            batch=self.batch_spin.value(),
+            batch=self.batch_spin.value() or None,
             device=self.device(),
         )
 

@@ -36,7 +36,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="context px around each tile (default: half the receptive field)",
     )
-    p.add_argument("--batch", type=int, default=4, help="tiles per forward pass")
+    p.add_argument(
+        "--batch", type=int, default=None, help="tiles per forward pass (default: 1 on the CPU, 4 on a GPU)"
+    )
+    p.add_argument(
+        "--no-winograd",
+        dest="winograd",
+        action="store_false",
+        help="CPU fp32: run 3x3 convolutions directly instead of as Winograd F(4x4,3x3) (same output to rounding)",
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     p.add_argument("--region", default=None, help="x,y,w,h in level-0 pixels (default: whole slide)")
@@ -131,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
         tile=args.tile,
         halo=args.halo,
         batch=args.batch,
+        winograd=args.winograd,
         device=args.device,
         precision=args.precision,
         model_mpp=args.model_mpp,

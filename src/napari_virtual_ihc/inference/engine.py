@@ -22,7 +22,7 @@ from ..models.norms import norm_kind
 from ..models.spec import LoadedGenerator
 from ..slides.base import Slide
 from .api import Box, EngineSettings, PriorityProvider, ProgressCallback, RunReport, TileProgress
-from .device import is_out_of_memory, resolve_device, resolve_precision
+from .device import is_out_of_memory, resolve_batch, resolve_device, resolve_precision
 from .errors import RegionError
 from .grid import GridTile, TileGrid, round_up
 from .normalization import (
@@ -36,6 +36,8 @@ from .resample import WorkingPlane, low_resolution_view, model_downsample
 from .runner import BatchRunner, to_input, to_uint8
 from .store import TileStore, check_writable_folder
 from .tissue import rect_has_tissue, tissue_mask
+from .winograd import use_winograd
+from .workspace import release_workspace
 
 MAX_HALO = 256  # px at the model's resolution: beyond this the halo costs more than any seam it could fix
 BACKGROUND_GROUP = 64  # background tiles written between two progress reports
@@ -101,6 +103,28 @@ def _fill(pattern: np.ndarray, x: int, y: int, w: int, h: int) -> np.ndarray:
     return big[y % ph : y % ph + h, x % pw : x % pw + w]
 
 
+def _union(rects: list[tuple[int, int, int, int]]) -> tuple[int, int, int, int]:
+    x0, y0 = min(r[0] for r in rects), min(r[1] for r in rects)
+    x1, y1 = max(r[0] + r[2] for r in rects), max(r[1] + r[3] for r in rects)
+    return (x0, y0, x1 - x0, y1 - y0)
+
+
+def _stats_batches(
+    plane: WorkingPlane, picks: list[GridTile], window_size: tuple[int, int], batch: int, input_norm: str
+) -> tuple[list[Any], list[list[tuple[float, float, float, float]]]]:
+    """The sampled windows in batches, each with its core as fractions of the window (for the statistics)."""
+    ww, wh = window_size
+    fractions = []
+    for t in picks:
+        cx, cy, cw, ch = t.core_in_window
+        fractions.append((cx / ww, cy / wh, (cx + cw) / ww, (cy + ch) / wh))
+    batches, cores = [], []
+    for k in range(0, len(picks), batch):
+        batches.append(to_input(np.stack([plane.read(t.window) for t in picks[k : k + batch]]), input_norm))
+        cores.append(fractions[k : k + batch])
+    return batches, cores
+
+
 def _crop(out: np.ndarray, tile: GridTile) -> np.ndarray:
     x, y, w, h = tile.core_in_window
     return out[y : y + h, x : x + w]
@@ -130,6 +154,8 @@ def stain_slide(
     check_writable_folder(store_path.parent)
     device = resolve_device(settings.device)
     precision = resolve_precision(settings.precision, device)
+    batch = resolve_batch(settings.batch, device)
+    winograd = bool(settings.winograd) and device.type == "cpu" and precision == "fp32"
 
     module = model.module
     spec = model.spec
@@ -163,7 +189,14 @@ def stain_slide(
     provenance: dict[str, Any] = {
         "model": {"name": spec.name, "sha256": model.sha256, "source": model.source, "arch": spec.arch},
         "target_stain": spec.target_stain,
-        "settings": {**settings.__dict__, "tile": tile, "halo": halo, "precision": precision},
+        "settings": {
+            **settings.__dict__,
+            "tile": tile,
+            "halo": halo,
+            "precision": precision,
+            "batch": batch,
+            "winograd": winograd,
+        },
         "source": {
             "path": str(slide.path) if slide.path else None,
             "level0_size": list(slide.dimensions),
@@ -194,10 +227,13 @@ def stain_slide(
             progress=progress,
             cancel=cancel,
             t_start=t_start,
+            batch=batch,
+            winograd=winograd,
             info={"halo": halo, "tile": tile, "align": align, "receptive_field": rf, "model_mpp": model_mpp},
         )
     finally:
         tstore.close()
+        release_workspace()
 
 
 def _run(
@@ -218,6 +254,8 @@ def _run(
     progress: ProgressCallback | None,
     cancel: threading.Event | None,
     t_start: float,
+    batch: int,
+    winograd: bool,
     info: dict[str, Any],
 ) -> RunReport:
     spec = model.spec
@@ -233,7 +271,7 @@ def _run(
 
     # Slide-level statistics (InstanceNorm): sampled once, saved in the store so a resumed run reuses them.
     stats = None
-    pooled: tuple[list[int], np.ndarray] | None = None
+    pooled: tuple[list[int], list[np.ndarray]] | None = None
     t_stats = time.perf_counter()
     if norm == "instance":
         saved = tstore.load_norm_stats()
@@ -241,6 +279,7 @@ def _run(
             stats = stats_from_arrays(saved)
         else:
             ww0, wh0 = grid.window_size
+            ux = uy = 0
             candidates = [i for i in tiles if flags[i]] or list(tiles)
             exact = (
                 0 < len(tissue) == len(candidates) <= settings.stats_windows
@@ -251,45 +290,47 @@ def _run(
             else:
                 count = min(max(1, settings.stats_windows), len(candidates))
                 picks = sorted({candidates[round(j)] for j in np.linspace(0, len(candidates) - 1, count)})
-            sample = [plane.read(tiles[i].window) for i in picks]
-            fractions = []
-            for i in picks:
-                cx, cy, cw, ch = tiles[i].core_in_window
-                fractions.append((cx / ww0, cy / wh0, (cx + cw) / ww0, (cy + ch) / wh0))
-            step = len(picks) if exact else max(1, settings.batch)
-            batches = [
-                to_input(np.stack(sample[k : k + step]), spec.input_norm) for k in range(0, len(picks), step)
-            ]
-            cores = [fractions[k : k + step] for k in range(0, len(picks), step)]
-            del sample
+
+            def sampled(picks: list[int] = picks) -> tuple[list[Any], list[Any]]:
+                return _stats_batches(
+                    plane, [tiles[i] for i in picks], grid.window_size, batch, spec.input_norm
+                )
+
+            if exact:
+                # One window over all of them: the windows' union costs at most their sum, usually much less
+                # (no overlapping halos), and its output is the same.
+                union = _union([tiles[i].window for i in picks])
+                ux, uy, uw, uh = union
+                cx0, cy0, cw0, ch0 = _union([tiles[i].core for i in picks])
+                core_box = ((cx0 - ux) / uw, (cy0 - uy) / uh, (cx0 + cw0 - ux) / uw, (cy0 + ch0 - uy) / uh)
+                batches, cores = [to_input(plane.read(union)[None], spec.input_norm)], [[core_box]]
+            else:
+                batches, cores = sampled()
             outputs: list[Any] | None = [] if exact else None
             try:
-                stats = estimate_instance_stats(model.module, batches, cores, outputs=outputs)
+                stats = estimate_instance_stats(
+                    model.module, batches, cores, outputs=outputs, winograd=winograd
+                )
             except (RuntimeError, MemoryError) as e:
                 if not (exact and is_out_of_memory(e)):
                     raise
                 outputs = None  # too big for one pass here: sample in batches, run tiles afterwards
-                stats = estimate_instance_stats(
-                    model.module,
-                    [
-                        b[k : k + settings.batch]
-                        for b in batches
-                        for k in range(0, len(b), max(1, settings.batch))
-                    ],
-                    [
-                        c[k : k + settings.batch]
-                        for c in cores
-                        for k in range(0, len(c), max(1, settings.batch))
-                    ],
-                )
+                del batches
+                stats = estimate_instance_stats(model.module, *sampled(), winograd=winograd)
             if outputs:
-                pooled = (picks, to_uint8(outputs[0], spec.output_norm))
-            del batches, outputs
+                whole = to_uint8(outputs[0], spec.output_norm)[0]
+                crops = []
+                for i in picks:
+                    x, y, w, h = tiles[i].core
+                    crops.append(whole[y - uy : y - uy + h, x - ux : x - ux + w])
+                pooled = (picks, crops)
+            del outputs
             tstore.save_norm_stats(stats_to_arrays(stats))
     stats_seconds = time.perf_counter() - t_stats
     frozen = freeze_normalization(model.module, stats)
     folded = fold_frozen_norms(frozen)
-    runner = BatchRunner(frozen, device, precision, settings.batch, spec.input_norm, spec.output_norm)
+    winograd_convs = use_winograd(frozen) if winograd else 0  # after folding: transforms the folded weights
+    runner = BatchRunner(frozen, device, precision, batch, spec.input_norm, spec.output_norm)
 
     ww, wh = grid.window_size
     blank_pattern: np.ndarray | None = None
@@ -347,8 +388,8 @@ def _run(
         report(group)
 
     if pooled is not None and not cancelled:
-        for i, out in zip(pooled[0], pooled[1], strict=True):
-            tstore.write_tile(tiles[i].core, _crop(out, tiles[i]))
+        for i, core_pixels in zip(pooled[0], pooled[1], strict=True):
+            tstore.write_tile(tiles[i].core, core_pixels)
         tstore.mark_done(pooled[0], "d")
         done_count += len(pooled[0])
         model_done += len(pooled[0])
@@ -358,7 +399,7 @@ def _run(
     pooled = None
 
     pending = list(tissue)
-    batch_n = max(1, settings.batch)
+    batch_n = batch
 
     def next_batch() -> list[int]:
         nonlocal pending
@@ -423,7 +464,9 @@ def _run(
         settings={
             **settings.__dict__,
             **info,
+            "batch": batch,
             "batch_final": runner.batch,
+            "winograd_convs": winograd_convs,
             "level0_downsample": d,
             "norms_folded": folded,
             "stats_seconds": round(stats_seconds, 3),

@@ -18,6 +18,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .winograd import WinogradConv2d, use_winograd
+from .workspace import scratch
+
 NormStats = dict[str, tuple[np.ndarray, np.ndarray]]  # module name -> (mean, var), float64 per channel
 
 
@@ -39,9 +42,10 @@ class FrozenNorm(nn.Module):
 class _PooledStatsNorm(nn.Module):
     """Normalises with statistics pooled over the whole batch (window cores only), and accumulates them."""
 
-    def __init__(self, norm: nn.InstanceNorm2d) -> None:
+    def __init__(self, norm: nn.InstanceNorm2d, inplace: bool = False) -> None:
         super().__init__()
         self.norm = norm
+        self.inplace = inplace  # safe only when nothing else holds the input (see _fed_only_by_a_conv)
         self.count = 0
         self.mean: Tensor | None = None  # running pooled mean / sum of squared deviations (float64)
         self.m2: Tensor | None = None
@@ -64,10 +68,7 @@ class _PooledStatsNorm(nn.Module):
             # Only the core of each window: its border rows are shaped by padding, not by the slide.
             x0, x1 = int(fx0 * w), max(int(fx0 * w) + 1, round(fx1 * w))
             y0, y1 = int(fy0 * h), max(int(fy0 * h) + 1, round(fy1 * h))
-            part = x[b, :, y0:y1, x0:x1]
-            var, mean = torch.var_mean(part, dim=(1, 2), correction=0)
-            n = part.shape[1] * part.shape[2]
-            mean64, m2 = mean.double(), var.double() * n
+            n, mean64, m2 = _moments(x[b, :, y0:y1, x0:x1])
             if n_batch == 0:
                 n_batch, mean_batch, m2_batch = n, mean64, m2
             else:
@@ -83,11 +84,63 @@ class _PooledStatsNorm(nn.Module):
         shift = (-mean_batch).float() * scale
         if self.norm.affine and self.norm.weight is not None and self.norm.bias is not None:
             scale, shift = scale * self.norm.weight, shift * self.norm.weight + self.norm.bias
-        return x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+        shape = (1, -1, 1, 1)
+        if self.inplace:
+            return x.mul_(scale.to(x).view(shape)).add_(shift.to(x).view(shape))
+        return torch.addcmul(shift.to(x).view(shape), x, scale.to(x).view(shape))
 
     def stats(self) -> tuple[np.ndarray, np.ndarray]:
         assert self.mean is not None and self.m2 is not None and self.count > 0
         return self.mean.cpu().numpy(), (self.m2 / self.count).clamp_min(0).cpu().numpy()
+
+
+MOMENT_CHUNK = 4_000_000  # floats per scratch chunk (16 MB): bounded memory whatever the window size
+
+
+def _moments(part: Tensor) -> tuple[int, Tensor, Tensor]:
+    """(pixel count, per-channel mean, per-channel sum of squared deviations) of a (C, h, w) view, as float64.
+
+    Row chunks are copied into a contiguous (pixels, C) scratch buffer and reduced in two passes (exact when
+    the mean is large), then merged: reductions straight over a strided slice of a channels-last activation
+    ran ~20x slower here.
+    """
+    c, h, w = part.shape
+    rows = max(1, MOMENT_CHUNK // max(1, w * c))
+    n_all, mean_all, m2_all = 0, torch.zeros(0), torch.zeros(0)
+    for y0 in range(0, h, rows):
+        y1 = min(h, y0 + rows)
+        n = (y1 - y0) * w
+        flat = scratch("moments", (y1 - y0, w, c), part)
+        flat.copy_(part[:, y0:y1].permute(1, 2, 0))
+        flat2 = flat.view(n, c)
+        mean = flat2.sum(0) / n
+        flat2.sub_(mean).square_()
+        mean64, m2 = mean.double(), flat2.sum(0).double()
+        if n_all == 0:
+            n_all, mean_all, m2_all = n, mean64, m2
+        else:
+            mean_all, m2_all = _PooledStatsNorm._combine(n_all, mean_all, m2_all, n, mean64, m2)
+            n_all += n
+    return n_all, mean_all, m2_all
+
+
+def _fed_only_by_a_conv(module: nn.Module) -> set[str]:
+    """Names of the norms that directly follow a convolution inside an ``nn.Sequential``.
+
+    Such a norm's input is the convolution's fresh output, which the Sequential hands on and drops, so the
+    norm may overwrite it: one pass over memory instead of allocating a new activation (the probe's largest
+    cost after the convolutions).
+    """
+    names: set[str] = set()
+    for seq_name, seq in module.named_modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        keys = list(seq._modules.keys())
+        for prev_key, key in itertools.pairwise(keys):
+            prev = seq._modules[prev_key]
+            if isinstance(prev, (nn.Conv2d, nn.ConvTranspose2d, WinogradConv2d)):
+                names.add(f"{seq_name}.{key}" if seq_name else key)
+    return names
 
 
 def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
@@ -106,6 +159,7 @@ def estimate_instance_stats(
     batches: Iterable[Tensor],
     cores: Iterable[list[tuple[float, float, float, float]]] | None = None,
     outputs: list[Tensor] | None = None,
+    winograd: bool = False,
 ) -> NormStats:
     """Per-layer (mean, var) of every InstanceNorm, pooled over all ``batches`` (NCHW fp32).
 
@@ -114,14 +168,18 @@ def estimate_instance_stats(
     by padding). Within a batch every layer normalises with the batch's pooled statistics, so later layers
     see inputs consistent with frozen earlier layers; several batches are pooled by their sums. With a single
     batch its outputs (appended to ``outputs`` if given) are exactly those of the frozen model.
+    ``winograd`` runs the wide 3x3 convolutions as Winograd F(4x4, 3x3) (CPU fp32; same result to rounding).
     """
     probe = copy.deepcopy(module).float().eval()
+    if winograd:
+        use_winograd(probe)
     names = instance_norm_names(probe)
+    private = _fed_only_by_a_conv(probe)
     collectors: dict[str, _PooledStatsNorm] = {}
     for name in names:
         norm = probe.get_submodule(name)
         assert isinstance(norm, nn.InstanceNorm2d)
-        collectors[name] = _PooledStatsNorm(norm)
+        collectors[name] = _PooledStatsNorm(norm, inplace=name in private)
         _replace(probe, name, collectors[name])
     ran = False
     core_iter = iter(cores) if cores is not None else None

@@ -8,6 +8,7 @@ With 2 downsamplings and 9 blocks the first block is ``model.10`` (``model.10.co
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from .norms import NormFactory, conv_bias_for, norm_factory
@@ -45,7 +46,10 @@ class ResnetBlock(nn.Module):
         self.conv_block = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.conv_block(x)
+        out = self.conv_block(x)
+        if torch.is_grad_enabled() or out.requires_grad:
+            return x + out
+        return out.add_(x)  # inference: the block's fresh output takes the sum, no new activation
 
 
 class ResnetGenerator(nn.Module):
