@@ -113,7 +113,11 @@ def main() -> None:
     def run_engine() -> tuple[np.ndarray, float, Any]:
         with tempfile.TemporaryDirectory() as d:
             settings = EngineSettings(
-                tile=args.tile, batch=args.batch, precision=args.precision, skip_background=False
+                tile=args.tile,
+                batch=args.batch,
+                precision=args.precision,
+                skip_background=False,
+                pooled_pass_mp=args.pooled_mp,
             )
             t = time.perf_counter()
             rep = stain_slide(ArraySlide(img, 0.5), model, Path(d) / "bench.ome.zarr", settings)
@@ -124,9 +128,15 @@ def main() -> None:
         print(
             f"engine : {dt:7.1f} s  {mp / dt:.4f} MP/s  (tile {rep.settings['tile']}, halo {rep.settings['halo']}, "
             f"batch {rep.settings['batch_final']}, {rep.precision}, {rep.device}, {rep.settings['norms_folded']} norms "
-            f"folded, {rep.settings['stats_seconds']:.1f} s of it in the statistics/pooled pass)",
+            f"folded, {rep.settings['winograd_convs']} Winograd convs, {rep.settings['stats_seconds']:.1f} s of it "
+            "in the statistics/pooled pass)",
             flush=True,
         )
+        tile_pass = dt - rep.settings["stats_seconds"]
+        if rep.tiles_done and tile_pass > 0.05 * dt:  # the whole-slide path: sampled statistics, then tiles
+            print(
+                f"         tile pass alone (frozen, folded norms): {tile_pass:7.1f} s  {mp / tile_pass:.4f} MP/s"
+            )
         return out, dt, rep
 
     naive, t_naive = run_naive()
