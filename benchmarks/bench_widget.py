@@ -142,12 +142,22 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=6)
     parser.add_argument("--norm", default="batch", choices=["batch", "instance", "none"])
     parser.add_argument("--zoom", type=float, default=4.0, help="camera zoom relative to fit (FOV = 1/zoom)")
+    parser.add_argument(
+        "--keep-spinner",
+        action="store_true",
+        help="leave napari's activity spinner running (to measure what pausing it saves on software OpenGL)",
+    )
     args = parser.parse_args()
 
     display = _ensure_display()
     os.environ.setdefault("NAPARI_ASYNC", "0")
     import napari
     from qtpy.QtCore import QTimer
+
+    if args.keep_spinner:
+        import napari_virtual_ihc._widgets._activity as activity
+
+        activity.software_opengl = lambda viewer: False  # type: ignore[assignment]
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-widget-"))
     os.environ["NAPARI_VIRTUAL_IHC_CONFIG_DIR"] = str(tmp / "config")
@@ -179,8 +189,11 @@ def main() -> None:
     cpu: list[float] = []  # GUI-thread CPU time within each gap: low = starved, high = busy itself
     last = [0.0, 0.0]
 
+    ticks: list[tuple[float, float]] = []  # (wall, GUI-thread CPU) at every tick
+
     def tick() -> None:
         now, cpu_now = time.perf_counter(), time.thread_time()
+        ticks.append((now, cpu_now))
         gaps.append(now - last[0])
         cpu.append(cpu_now - last[1])
         last[0], last[1] = now, cpu_now
@@ -189,6 +202,9 @@ def main() -> None:
     probe.setInterval(5)
     probe.timeout.connect(tick)
 
+    draws: list[float] = []
+    scene_canvas = viewer.window._qt_viewer.canvas._scene_canvas
+    scene_canvas.events.draw.connect(lambda _event: draws.append(time.perf_counter()))
     clicked = time.perf_counter()
     run = widget.start_run()
     click_s = time.perf_counter() - clicked
@@ -221,7 +237,16 @@ def main() -> None:
     )
     stamps = {k: round((v - clicked) * 1000) for k, v in run.timeline.items()}
     print(f"timeline (ms after the click): {stamps}")
-    print(f"Run click handler (adds the layer)     {click_s * 1000:8.0f} ms")
+    print("canvas repaints (ms after the click):", [round((t - clicked) * 1000) for t in draws][:12])
+    print(f"Run click handler (starts the worker, adds the layer) {click_s * 1000:8.0f} ms")
+    ready, first = run.timeline.get("engine_ready"), run.timeline.get("first_tile_reported")
+    if ready is not None and first is not None:
+        inside = [c for w, c in ticks if ready <= w <= first]
+        gui_cpu = (inside[-1] - inside[0]) if len(inside) > 1 else 0.0
+        print(
+            f"first batch in the widget {(first - ready) * 1000:.0f} ms (baseline {batch_s * 1000:.0f}); "
+            f"GUI-thread CPU meanwhile {gui_cpu * 1000:.0f} ms"
+        )
     worst = max(gaps) if gaps else float("nan")
     over = sum(1 for g in gaps if g > 0.1)
     worst_cpu = cpu[gaps.index(worst)] if gaps else float("nan")

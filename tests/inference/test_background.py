@@ -49,3 +49,33 @@ def test_background_tiles_skipped_counted_and_clean(cmu1_path, tmp_path):
             h, w = min(256, o.shape[0]), min(256, o.shape[1])
             assert np.abs(o[:h, :w].astype(int) - glass[:h, :w]).max() <= 1
     slide.close()
+
+
+def _float_reference_mask(rgb, min_saturation=0.07, min_optical_density=0.25):
+    """The tissue rule written the plain way (float HSV saturation and optical density)."""
+    from scipy import ndimage
+
+    f = rgb.astype(np.float32) / 255.0
+    mx, mn = f.max(axis=2), f.min(axis=2)
+    saturation = np.where(mx > 0, (mx - mn) / np.maximum(mx, 1e-6), 0.0)
+    od = -np.log10(np.clip(f, 1 / 255.0, 1.0)).sum(axis=2)
+    mask = ((saturation > min_saturation) & (mx < 0.98)) | (od > min_optical_density * 3)
+    mask = ndimage.binary_opening(mask, structure=np.ones((3, 3), bool))
+    labels, n = ndimage.label(mask)
+    sizes = np.bincount(labels.ravel())
+    keep = sizes >= 8
+    keep[0] = False
+    return ndimage.binary_dilation(keep[labels] if n else mask, structure=np.ones((3, 3), bool), iterations=2)
+
+
+def test_tissue_mask_matches_the_plain_float_rule_on_real_slides(cmu1_path):
+    """The integer / lookup-table mask (fast, on the way to the first tile) decides exactly as the rule."""
+    from napari_virtual_ihc.inference.resample import low_resolution_view
+    from napari_virtual_ihc.inference.tissue import tissue_mask
+
+    view, _ = low_resolution_view(OpenSlideSlide(cmu1_path))
+    rng = np.random.default_rng(0)
+    for rgb in (view, rng.integers(0, 256, (300, 300, 3), dtype=np.uint8), np.full((50, 50, 3), 249, np.uint8)):
+        expected = _float_reference_mask(rgb)
+        np.testing.assert_array_equal(tissue_mask(rgb), expected)
+    assert 0.05 < tissue_mask(view).mean() < 0.95  # CMU-1 has both tissue and glass

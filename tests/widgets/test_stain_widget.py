@@ -630,3 +630,28 @@ def test_closing_the_widget_mid_run_stops_the_run_cleanly(
     qtbot.waitUntil(lambda: not run.running, timeout=RUN_TIMEOUT_MS)
     assert run.cancel_event.is_set() and run.state == "cancelled"
     assert run.layer in viewer.layers  # what was finished stays visible
+
+
+@pytest.mark.usefixtures("engine_available")
+def test_activity_spinner_is_paused_during_a_run_on_software_opengl(
+    make_napari_viewer: Any, qtbot: Any, he_crop: np.ndarray, inverting_model: Path, tmp_path: Path
+) -> None:
+    """On software OpenGL each spinner frame composes the whole window on the CPU (~0.5 core measured),
+    taken from the model: a run pauses it, and napari's own handling resumes once no run holds it."""
+    from qtpy.QtGui import QMovie
+
+    from napari_virtual_ihc._widgets._activity import opengl_renderer, software_opengl
+
+    viewer = make_napari_viewer(show=True)
+    widget = dock_widget(viewer)
+    add_he(viewer, he_crop)
+    configure(widget, inverting_model, tmp_path, tile=64, batch=1)
+    if not software_opengl(viewer):
+        pytest.skip(f"hardware OpenGL ({opengl_renderer(viewer)!r}): the spinner is left alone")
+    movie = viewer.window._status_bar._activity_item._inProgressIndicator.movie()
+    states: list[Any] = []
+    widget.run_started.connect(lambda run: run.progressed.connect(lambda tp: states.append(movie.state())))
+    run = run_and_wait(qtbot, widget)
+    assert run.state == "done", run.error
+    assert states and all(s == QMovie.Paused for s in states[1:]), states
+    qtbot.waitUntil(lambda: movie.state() == QMovie.NotRunning, timeout=2000)  # no progress bar left

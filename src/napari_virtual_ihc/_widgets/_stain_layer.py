@@ -372,7 +372,22 @@ def ihc_layer_kwargs(
 def apply_placement(layer: Any, source_layer: Any, level0_downsample: float) -> None:
     """Re-place an existing IHC layer (re-run with another model resolution, source moved)."""
     for key, value in placement_over(source_layer, level0_downsample).items():
+        current = getattr(layer, key, None)
+        if current is not None and _same(current, value):
+            continue  # napari redraws on every assignment, even of an equal value
         setattr(layer, key, value)
+
+
+def _same(current: Any, value: Any) -> bool:
+    try:
+        return len(current) == len(value) and all(
+            (a == b)
+            if isinstance(a, str) or isinstance(b, str)
+            else bool(np.isclose(a, b, rtol=0, atol=1e-12))
+            for a, b in zip(current, value, strict=True)
+        )
+    except TypeError:
+        return False
 
 
 def refresh_layer(layer: Any) -> None:

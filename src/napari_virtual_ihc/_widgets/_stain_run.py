@@ -27,6 +27,7 @@ from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..inference.api import Box, EngineSettings, RunReport, TileProgress
 from ..slides.base import Slide
+from ._activity import pause_spinner, resume_spinner
 from ._stain_layer import (
     PROVENANCE_KEY,
     StoreNotReadyError,
@@ -49,6 +50,8 @@ log = logging.getLogger(__name__)
 # tens of ms with software OpenGL, so refreshing after every batch would keep the GUI thread busy.
 REFRESH_INTERVAL_S = 0.25
 STORE_POLL_MS = 20
+PLAN_WAIT_S = 0.25  # longest the Run click waits for the engine's plan (InstanceNorm statistics take longer)
+PROGRESS_BAR_DELAY_MS = 300  # at the latest; usually it comes sooner, with the engine's first report
 
 
 @dataclass
@@ -125,9 +128,12 @@ _ACTIVE_RUNS: set[StainRun] = set()
 class StainRun(QObject):
     """A single run; the widget starts it and listens to ``ended``."""
 
-    # Emitted from the worker thread, delivered (queued) on the GUI thread.
+    # Emitted from the worker thread, delivered (queued) on the GUI thread to the run's own handlers.
+    _worker_progress = Signal(object)  # TileProgress
+    _worker_model = Signal(object)  # LoadedGenerator
+    # GUI thread: every report, in order, after the run has handled it (so listeners connected right
+    # after ``start`` returns miss none, even those the worker sent while ``start`` was running).
     progressed = Signal(object)  # TileProgress
-    model_loaded = Signal(object)  # LoadedGenerator
     # GUI thread only.
     layer_ready = Signal(object)  # the IHC layer
     ended = Signal(str)  # "done" | "cancelled" | "failed"
@@ -155,6 +161,9 @@ class StainRun(QObject):
         self._needs_refresh = False
         self._last_refresh = 0.0
         self._pbar: _RunProgressBar | None = None
+        self._spinner_paused = False
+        self._pbar_building = False
+        self._planned = threading.Event()  # set by the worker at the engine's first report, or on exit
         self.worker: Any = None
 
         self._refresh_timer = QTimer(self)
@@ -164,8 +173,10 @@ class StainRun(QObject):
         self._store_timer.setInterval(STORE_POLL_MS)
         self._store_timer.timeout.connect(self._try_attach)
 
-        self.progressed.connect(self._on_progress)
-        self.model_loaded.connect(self._on_model_loaded)
+        self._set_up = False  # start() has finished: worker signals are handled, not deferred
+        self._deferred: list[tuple[Any, tuple[Any, ...]]] = []
+        self._worker_progress.connect(self._gated(self._on_worker_progress))
+        self._worker_model.connect(self._gated(self._on_model_loaded))
 
     # --- lifecycle (GUI thread) -----------------------------------------------------------------
     def start(self) -> None:
@@ -175,24 +186,73 @@ class StainRun(QObject):
         # Objects alive now (napari, torch, the slide) live for the whole session; freezing them out of
         # the cyclic GC keeps its full passes, which hold the GIL, from freezing the GUI for ~0.4 s.
         gc.freeze()
-        # The layer and the progress bar come first: napari's progress widgets process events, which must
-        # not deliver this run's worker signals before the run is fully set up.
+        self._update_fov()  # before the engine's first priority poll
+        # The worker starts first and this thread waits (briefly, GIL released) while it loads the model and
+        # plans the tiles; napari then builds the layer while the first batch runs, mostly without the GIL.
+        # Built meanwhile, the layer (~0.15 s of Python here) would slow loading and planning to a crawl.
+        # Worker signals arriving before set-up ends (napari processes events while it adds a layer) wait
+        # in ``_deferred``.
+        self.worker = create_worker(self._work, _ignore_errors=True)
+        self.worker.returned.connect(self._gated(self._on_returned))
+        self.worker.errored.connect(self._gated(self._on_errored))
+        self.worker.finished.connect(self._gated(self._on_finished))
+        self.worker.start()
+        self.timeline["worker_started"] = time.perf_counter()
+        planned = self._planned.wait(PLAN_WAIT_S)
+        self.timeline["planned_wait_over"] = time.perf_counter()
         self._show_layer_now()
         self.timeline["layer_shown"] = time.perf_counter()
-        self._pbar = _RunProgressBar(
-            total=0, desc=f"Virtual IHC: {self.request.source_layer.name}", cancel_callback=self.cancel
-        )
-        self._update_fov()  # before the engine's first priority poll
+        if planned and self.view is not None and self.error is None:
+            # The engine has reported, so the store shown is the one it opened for this run.
+            self._fresh_view = True
+            self.timeline["store_attached"] = self.timeline["layer_shown"]
+        # The progress bar comes with the engine's first report (tiles planned, first batch running), or
+        # after PROGRESS_BAR_DELAY_MS if planning takes longer (slide statistics of InstanceNorm models):
+        # napari builds it with repaints, which would otherwise compete with loading the model and planning.
+        QTimer.singleShot(PROGRESS_BAR_DELAY_MS, self._show_progress_bar)
         self.viewer.scene.camera.events.center.connect(self._update_fov)
         self.viewer.scene.camera.events.zoom.connect(self._update_fov)
         self.viewer.canvas.events.size.connect(self._update_fov)
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
-        self.worker = create_worker(self._work, _ignore_errors=True)
-        self.worker.returned.connect(self._on_returned)
-        self.worker.errored.connect(self._on_errored)
-        self.worker.finished.connect(self._on_finished)
-        self.worker.start()
-        self.timeline["worker_started"] = time.perf_counter()
+        # Held-back signals are handled on the next pass of the event loop, so nothing (not even ``ended``
+        # of a run whose model failed to load at once) happens before the caller of ``start`` goes on.
+        QTimer.singleShot(0, self._release_deferred)
+
+    def _release_deferred(self) -> None:
+        while self._deferred:  # in arrival order
+            handler, args = self._deferred.pop(0)
+            handler(*args)
+        self._set_up = True
+
+    def _show_progress_bar(self) -> None:
+        if self._pbar is not None or self._pbar_building or "ended" in self.timeline:
+            return
+        self._pbar_building = True  # napari processes events while building it: no second bar meanwhile
+        try:
+            pbar = _RunProgressBar(
+                total=0, desc=f"Virtual IHC: {self.request.source_layer.name}", cancel_callback=self.cancel
+            )
+        finally:
+            self._pbar_building = False
+        if "ended" in self.timeline:  # the run ended while the bar was being built
+            pbar.close()
+            return
+        self._pbar = pbar
+        self._spinner_paused = pause_spinner(self.viewer)
+        self.timeline["progress_shown"] = time.perf_counter()
+        if self.last_progress is not None:
+            self._update_progress_bar(self.last_progress)
+
+    def _gated(self, handler: Any) -> Any:
+        """``handler``, held back until ``start`` has finished setting the run up."""
+
+        def gated(*args: Any) -> None:
+            if self._set_up:
+                handler(*args)
+            else:
+                self._deferred.append((handler, args))
+
+        return gated
 
     def cancel(self) -> None:
         """Stop after the current batch; finished tiles stay in the store and a new run resumes."""
@@ -212,6 +272,12 @@ class StainRun(QObject):
         return self._fov  # a tuple assigned atomically on the GUI thread
 
     def _work(self) -> RunReport | None:
+        try:
+            return self._work_with_threads()
+        finally:
+            self._planned.set()  # ended before planning (bad model, cancelled): ``start`` waits no longer
+
+    def _work_with_threads(self) -> RunReport | None:
         import torch
 
         # Leave one core to the GUI thread: with every core busy in torch's intra-op pool the OS starves
@@ -232,7 +298,8 @@ class StainRun(QObject):
             raise
         except Exception as exc:  # any failure reading the file is a model problem for the user
             raise ModelLoadError(f"{self.request.model_path}: {type(exc).__name__}: {exc}") from exc
-        self.model_loaded.emit(model)
+        self.timeline["model_read"] = time.perf_counter()  # worker side (``model_loaded``: GUI side)
+        self._worker_model.emit(model)
         if self.cancel_event.is_set():
             return None
         return inference.stain_slide(
@@ -246,9 +313,11 @@ class StainRun(QObject):
         )
 
     def _report(self, tp: TileProgress) -> None:
+        self._planned.set()
+        self.timeline.setdefault("engine_ready", time.perf_counter())  # planned; first batch next
         if tp.new_boxes and "first_tile_reported" not in self.timeline:
             self.timeline["first_tile_reported"] = time.perf_counter()  # engine side, for benchmarks
-        self.progressed.emit(tp)
+        self._worker_progress.emit(tp)
 
     # --- GUI-thread handlers --------------------------------------------------------------------
     def _update_fov(self, event: Any = None) -> None:
@@ -359,16 +428,22 @@ class StainRun(QObject):
             # Same geometry (the usual case): re-point napari's level objects, no data swap, no new
             # textures; otherwise hand napari the store's levels.
             if bind_levels(list(existing.data), view):
-                refresh_layer(existing)
+                # Over the white placeholder, a store this run just created holds nothing to show yet: its
+                # first tiles refresh the layer. A repaint now would only slow the first batch (software
+                # OpenGL rasterises on every core).
+                if not self._placeholder:
+                    refresh_layer(existing)
             else:
                 existing.data = view.levels
             apply_placement(existing, source, view.level0_downsample)
             existing.metadata = {**existing.metadata, **metadata}
-            existing.name = name
+            if existing.name != name:
+                existing.name = name
             layer = existing
         else:
             layer = self.viewer.add_image(
-                view.levels, **ihc_layer_kwargs(view, source, name, metadata, self.request.opacity)
+                view.levels,
+                **ihc_layer_kwargs(view.level0_downsample, source, name, metadata, self.request.opacity),
             )
         first = self.layer is None
         self._placeholder = False
@@ -378,24 +453,21 @@ class StainRun(QObject):
             self.timeline["layer_added"] = time.perf_counter()
             self.layer_ready.emit(layer)
 
+    def _on_worker_progress(self, tp: TileProgress) -> None:
+        self._on_progress(tp)
+        if "ended" not in self.timeline:
+            self.progressed.emit(tp)
+
     def _on_progress(self, tp: TileProgress) -> None:
         if "ended" in self.timeline:
             return
         self.last_progress = tp
         if tp.device:
             self.device = tp.device
-        pbar = self._pbar  # napari's progress widgets may process events (and end the run) re-entrantly
-        if pbar is not None:
-            if pbar.total != tp.total:
-                pbar.total = tp.total
-            delta = tp.done - pbar.n
-            if delta:
-                pbar.update(delta)
-            verb = "cancelling" if self.state == "cancelling" else "staining"
-            pbar.set_description(
-                f"Virtual IHC {verb} {self.request.source_layer.name}: {tp.done}/{tp.total} tiles, "
-                f"{tp.mp_per_s:.2f} MP/s on {tp.device or '?'}"
-            )
+        if self._pbar is None:
+            self._show_progress_bar()  # the engine has planned the tiles: their count is known
+        else:
+            self._update_progress_bar(tp)
         if not self._fresh_view:
             self._try_attach()
         if self.view is None or not tp.new_boxes:
@@ -408,6 +480,21 @@ class StainRun(QObject):
             self._refresh_layer()
         elif not self._refresh_timer.isActive():
             self._refresh_timer.start(int(wait * 1000) + 1)
+
+    def _update_progress_bar(self, tp: TileProgress) -> None:
+        pbar = self._pbar  # napari's progress widgets may process events (and end the run) re-entrantly
+        if pbar is None:
+            return
+        if pbar.total != tp.total:
+            pbar.total = tp.total
+        delta = tp.done - pbar.n
+        if delta:
+            pbar.update(delta)
+        verb = "cancelling" if self.state == "cancelling" else "staining"
+        pbar.set_description(
+            f"Virtual IHC {verb} {self.request.source_layer.name}: {tp.done}/{tp.total} tiles, "
+            f"{tp.mp_per_s:.2f} MP/s on {tp.device or '?'}"
+        )
 
     def _refresh_layer(self) -> None:
         self._last_refresh = time.perf_counter()
@@ -481,6 +568,9 @@ class StainRun(QObject):
         if self._pbar is not None:
             self._pbar.close()
             self._pbar = None
+        if self._spinner_paused:
+            resume_spinner(self.viewer)
+            self._spinner_paused = False
         self.timeline["ended"] = time.perf_counter()
         _ACTIVE_RUNS.discard(self)
         if self.state == "done" and self.report is not None:

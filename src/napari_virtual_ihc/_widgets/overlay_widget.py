@@ -29,6 +29,7 @@ from qtpy.QtWidgets import (
 from ..stain.analysis import AnalysisResult, AnalysisSettings, iter_analysis, tile_count
 from ..stain.her2 import Her2Rules
 from ..stain.membrane import DabBins
+from ._activity import pause_spinner, resume_spinner
 from ._overlay_layers import DAB_LEGEND, HER2_LEGEND, result_layers, summary_rows
 from ._overlay_source import layer_mpp, layer_slide, shapes_polygons, visible_region
 
@@ -43,6 +44,7 @@ class StainOverlayWidget(QWidget):
         self.result: AnalysisResult | None = None
         self.summary: dict[str, Any] | None = None
         self.error: str | None = None
+        self._spinner_paused = False
         self.overlay_layers: dict[str, Any] = {}
         self._worker: Any = None
 
@@ -201,8 +203,13 @@ class StainOverlayWidget(QWidget):
         worker.errored.connect(self._on_error)
         worker.aborted.connect(self._on_aborted)
         worker.finished.connect(self._on_finished)
+        # napari shows its progress bar (and starts the spinner) on ``started``; this slot runs after it.
+        worker.started.connect(self._on_started)
         self._worker = worker
         worker.start()
+
+    def _on_started(self) -> None:
+        self._spinner_paused = pause_spinner(self.viewer)
 
     def cancel(self) -> None:
         if self._worker is not None:
@@ -249,6 +256,9 @@ class StainOverlayWidget(QWidget):
 
     def _on_finished(self) -> None:
         self._worker = None
+        if self._spinner_paused:
+            resume_spinner(self.viewer)
+            self._spinner_paused = False
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
 

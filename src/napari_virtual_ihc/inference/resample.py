@@ -125,8 +125,7 @@ def low_resolution_view(slide: Slide, max_size: int = 2048) -> tuple[np.ndarray,
         for lx in range(0, out_w * k, step):
             bw = min(step, out_w * k - lx)
             px = slide.read_region((int(lx * lds), int(ly * lds)), level, (bw, bh))[..., :3]
-            block = _block_mean(px, k) if k > 1 else px
-            out[ly // k : ly // k + block.shape[0], lx // k : lx // k + block.shape[1]] = np.clip(
-                np.rint(block), 0, 255
-            ).astype(np.uint8)
+            if k > 1:
+                px = np.clip(np.rint(_block_mean(px, k)), 0, 255).astype(np.uint8)
+            out[ly // k : ly // k + px.shape[0], lx // k : lx // k + px.shape[1]] = px
     return out, ds

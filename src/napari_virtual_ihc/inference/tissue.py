@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage  # at import, not on the first run's path to its first tile (~0.2 s)
 
+# Optical density -log10(I / 255) of each 8-bit intensity (0 clipped to 1, as 0 has no finite density).
+_OD_LUT = (-np.log10(np.clip(np.arange(256, dtype=np.float64), 1, 255) / 255.0)).astype(np.float32)
+
 
 def tissue_mask(
     rgb: np.ndarray, min_saturation: float = 0.07, min_optical_density: float = 0.25
@@ -14,11 +17,15 @@ def tissue_mask(
     Glass is bright and grey; H&E tissue is coloured (saturation) or dense (optical density). Small specks
     (dust) are removed and the mask is grown by a couple of pixels so tissue edges are never cut off.
     """
-    f = rgb[..., :3].astype(np.float32) / 255.0
-    mx, mn = f.max(axis=2), f.min(axis=2)
-    saturation = np.where(mx > 0, (mx - mn) / np.maximum(mx, 1e-6), 0.0)
-    od = -np.log10(np.clip(f, 1 / 255.0, 1.0)).sum(axis=2)
-    mask = ((saturation > min_saturation) & (mx < 0.98)) | (od > min_optical_density * 3)
+    # Integer channel maxima and a lookup table for optical density: several times faster than float
+    # reductions over the 3-long colour axis, which matters on the way to a run's first tile.
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    mx = np.maximum(np.maximum(r, g), b)
+    mn = np.minimum(np.minimum(r, g), b)
+    mx_f = mx.astype(np.float32)
+    coloured = (mx_f - mn) > np.float32(min_saturation) * mx_f  # saturation (max - min) / max
+    od = _OD_LUT[r] + _OD_LUT[g] + _OD_LUT[b]
+    mask = (coloured & (mx_f < np.float32(0.98 * 255))) | (od > np.float32(min_optical_density * 3))
     mask = ndimage.binary_opening(mask, structure=np.ones((3, 3), bool))
     labels, n = ndimage.label(mask)
     if n:

@@ -1,0 +1,75 @@
+"""Keep napari's animated "in progress" spinner from eating a CPU core on software OpenGL.
+
+While any napari progress bar runs, the status bar shows an animated GIF. With a canvas in the window,
+Qt composes the whole window through OpenGL for every frame of it; on software OpenGL (Mesa llvmpipe:
+remote desktops, VMs, headless servers) that cost ~0.5 of a CPU core here, taken from the model, for
+as long as a run lasts. On such machines the spinner is paused (its frame stays visible) while a run
+of ours is active; with a GPU driver nothing changes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SOFTWARE_RENDERERS = ("llvmpipe", "softpipe", "swiftshader", "software rasterizer", "swrast")
+_renderer_cache: dict[int, str] = {}
+_paused_by_us: dict[int, int] = {}  # viewer id -> runs of ours holding the spinner paused
+
+
+def opengl_renderer(viewer: Any) -> str:
+    """The canvas's ``GL_RENDERER`` string ('' when it cannot be read), asked once per viewer."""
+    key = id(viewer)
+    if key not in _renderer_cache:
+        try:
+            from vispy.gloo import gl
+
+            canvas = viewer.window._qt_viewer.canvas._scene_canvas
+            canvas.set_current()
+            _renderer_cache[key] = str(gl.glGetParameter(gl.GL_RENDERER) or "")
+        except Exception as exc:  # private napari/vispy paths; a headless viewer has no canvas
+            log.debug("OpenGL renderer unknown: %s", exc)
+            _renderer_cache[key] = ""
+    return _renderer_cache[key]
+
+
+def software_opengl(viewer: Any) -> bool:
+    renderer = opengl_renderer(viewer).lower()
+    return any(name in renderer for name in SOFTWARE_RENDERERS)
+
+
+def _spinner_movie(viewer: Any) -> Any | None:
+    try:
+        return viewer.window._status_bar._activity_item._inProgressIndicator.movie()
+    except Exception:  # napari moved it: nothing to pause
+        return None
+
+
+def pause_spinner(viewer: Any) -> bool:
+    """Pause the spinner on software OpenGL; True if it was paused (call ``resume_spinner`` later)."""
+    if not software_opengl(viewer):
+        return False
+    movie = _spinner_movie(viewer)
+    if movie is None:
+        return False
+    movie.setPaused(True)
+    _paused_by_us[id(viewer)] = _paused_by_us.get(id(viewer), 0) + 1
+    return True
+
+
+def resume_spinner(viewer: Any) -> None:
+    """Undo ``pause_spinner``: once no run of ours holds it, let it turn again if other progress bars still
+    show it (napari stops it when none do)."""
+    left = max(0, _paused_by_us.get(id(viewer), 0) - 1)
+    _paused_by_us[id(viewer)] = left
+    movie = _spinner_movie(viewer)
+    if movie is None or left:
+        return
+    try:
+        indicator = viewer.window._status_bar._activity_item._inProgressIndicator
+        if indicator.isVisible():
+            movie.setPaused(False)
+    except Exception as exc:
+        log.debug("spinner not resumed: %s", exc)
