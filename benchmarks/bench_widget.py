@@ -250,9 +250,11 @@ def main() -> None:
     worst = max(gaps) if gaps else float("nan")
     over = sum(1 for g in gaps if g > 0.1)
     worst_cpu = cpu[gaps.index(worst)] if gaps else float("nan")
+    worst_at = ticks[gaps.index(worst)][0] - clicked if gaps else float("nan")
     print(
         f"worst Qt event-loop stall while staining {worst * 1000:6.0f} ms  ({over} of {len(gaps)} ticks > 100 ms; "
-        f"target < 100); GUI-thread CPU in that gap {worst_cpu * 1000:.0f} ms"
+        f"target < 100); GUI-thread CPU in that gap {worst_cpu * 1000:.0f} ms, ending {worst_at * 1000:.0f} ms "
+        "after the click"
     )
     print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(

@@ -75,7 +75,11 @@ def test_tissue_mask_matches_the_plain_float_rule_on_real_slides(cmu1_path):
 
     view, _ = low_resolution_view(OpenSlideSlide(cmu1_path))
     rng = np.random.default_rng(0)
-    for rgb in (view, rng.integers(0, 256, (300, 300, 3), dtype=np.uint8), np.full((50, 50, 3), 249, np.uint8)):
+    for rgb in (
+        view,
+        rng.integers(0, 256, (300, 300, 3), dtype=np.uint8),
+        np.full((50, 50, 3), 249, np.uint8),
+    ):
         expected = _float_reference_mask(rgb)
         np.testing.assert_array_equal(tissue_mask(rgb), expected)
     assert 0.05 < tissue_mask(view).mean() < 0.95  # CMU-1 has both tissue and glass

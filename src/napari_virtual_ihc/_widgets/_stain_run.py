@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 # tens of ms with software OpenGL, so refreshing after every batch would keep the GUI thread busy.
 REFRESH_INTERVAL_S = 0.25
 STORE_POLL_MS = 20
-PLAN_WAIT_S = 0.25  # longest the Run click waits for the engine's plan (InstanceNorm statistics take longer)
+PLAN_WAIT_S = 0.15  # longest the Run click waits for the engine to plan (large slides, InstanceNorm: longer)
 PROGRESS_BAR_DELAY_MS = 300  # at the latest; usually it comes sooner, with the engine's first report
 
 
@@ -465,7 +465,9 @@ class StainRun(QObject):
         if tp.device:
             self.device = tp.device
         if self._pbar is None:
-            self._show_progress_bar()  # the engine has planned the tiles: their count is known
+            # The engine has planned the tiles (their count is known). Built on the next pass of the event
+            # loop, not in this one, so no single pass holds the GUI thread much beyond ~0.1 s.
+            QTimer.singleShot(0, self._show_progress_bar)
         else:
             self._update_progress_bar(tp)
         if not self._fresh_view:
