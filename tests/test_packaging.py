@@ -10,6 +10,7 @@ import json
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -81,6 +82,13 @@ def test_wheel_holds_real_manifest_and_installs_into_fresh_venv(tmp_path):
         [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True
     )
     py = str(venv / "bin" / "python")
+    if sys.prefix != sys.base_prefix:
+        # Run from a venv (as CI is): ``--system-site-packages`` shows only the base interpreter's packages,
+        # so list this environment's site-packages too. A plain path line does not run the .pth files in
+        # it, so the editable install of this repository stays out; the wheel's copy comes first.
+        (nested_site,) = (venv / "lib").glob("python*/site-packages")
+        outer = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
+        (nested_site / "outer-environment.pth").write_text("\n".join(outer) + "\n")
     subprocess.run(
         [py, "-m", "pip", "install", "-q", "--no-deps", str(wheel)],
         check=True,

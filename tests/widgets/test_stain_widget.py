@@ -637,21 +637,29 @@ def test_activity_spinner_is_paused_during_a_run_on_software_opengl(
     make_napari_viewer: Any, qtbot: Any, he_crop: np.ndarray, inverting_model: Path, tmp_path: Path
 ) -> None:
     """On software OpenGL each spinner frame composes the whole window on the CPU (~0.5 core measured),
-    taken from the model: a run pauses it, and napari's own handling resumes once no run holds it."""
+    taken from the model: a run pauses it while other progress bars keep theirs turning afterwards."""
+    from napari.utils.progress import progress
     from qtpy.QtGui import QMovie
 
-    from napari_virtual_ihc._widgets._activity import opengl_renderer, software_opengl
+    from napari_virtual_ihc._widgets import _activity
 
     viewer = make_napari_viewer(show=True)
     widget = dock_widget(viewer)
     add_he(viewer, he_crop)
-    configure(widget, inverting_model, tmp_path, tile=64, batch=1)
-    if not software_opengl(viewer):
-        pytest.skip(f"hardware OpenGL ({opengl_renderer(viewer)!r}): the spinner is left alone")
+    configure(widget, inverting_model, tmp_path, tile=32, batch=1)  # many batches: the run outlasts set-up
+    if not _activity.software_opengl(viewer):
+        pytest.skip(f"hardware OpenGL ({_activity.opengl_renderer(viewer)!r}): the spinner is left alone")
     movie = viewer.window._status_bar._activity_item._inProgressIndicator.movie()
+    other = progress(total=0, desc="another job")  # napari starts the spinner for it
+    qtbot.waitUntil(lambda: movie.state() == QMovie.Running, timeout=2000)
     states: list[Any] = []
-    widget.run_started.connect(lambda run: run.progressed.connect(lambda tp: states.append(movie.state())))
+    widget.run_started.connect(
+        lambda run: run.progressed.connect(lambda tp: states.append((run._spinner_paused, movie.state())))
+    )
     run = run_and_wait(qtbot, widget)
     assert run.state == "done", run.error
-    assert states and all(s == QMovie.Paused for s in states[1:]), states
-    qtbot.waitUntil(lambda: movie.state() == QMovie.NotRunning, timeout=2000)  # no progress bar left
+    while_paused = [state for paused, state in states if paused]
+    assert while_paused and all(s == QMovie.Paused for s in while_paused), states
+    assert movie.state() == QMovie.Running  # the other job's spinner turns again after the run
+    other.close()
+    qtbot.waitUntil(lambda: movie.state() == QMovie.NotRunning, timeout=2000)
