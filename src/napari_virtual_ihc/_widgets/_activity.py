@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 SOFTWARE_RENDERERS = ("llvmpipe", "softpipe", "swiftshader", "software rasterizer", "swrast")
 _renderer_cache: dict[int, str] = {}
-_paused_by_us: dict[int, int] = {}  # viewer id -> runs of ours holding the spinner paused
+PAUSES = "napari_virtual_ihc_pauses"  # Qt property on the spinner's QMovie: runs of ours holding it paused
 
 
 def opengl_renderer(viewer: Any) -> str:
@@ -55,17 +55,19 @@ def pause_spinner(viewer: Any) -> bool:
     if movie is None:
         return False
     movie.setPaused(True)
-    _paused_by_us[id(viewer)] = _paused_by_us.get(id(viewer), 0) + 1
+    movie.setProperty(PAUSES, int(movie.property(PAUSES) or 0) + 1)
     return True
 
 
 def resume_spinner(viewer: Any) -> None:
     """Undo ``pause_spinner``: once no run of ours holds it, let it turn again if other progress bars still
     show it (napari stops it when none do)."""
-    left = max(0, _paused_by_us.get(id(viewer), 0) - 1)
-    _paused_by_us[id(viewer)] = left
     movie = _spinner_movie(viewer)
-    if movie is None or left:
+    if movie is None:
+        return
+    left = max(0, int(movie.property(PAUSES) or 0) - 1)
+    movie.setProperty(PAUSES, left)
+    if left:
         return
     try:
         indicator = viewer.window._status_bar._activity_item._inProgressIndicator

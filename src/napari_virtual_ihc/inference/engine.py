@@ -209,6 +209,7 @@ def stain_slide(
         "norm": norm,
     }
     tstore = TileStore.open(store_path, plane.size, tile, factors, store_mpp, run_key, provenance)
+    mask_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vihc-tissue")
     try:
         return _run(
             slide,
@@ -230,8 +231,10 @@ def stain_slide(
             batch=batch,
             winograd=winograd,
             info={"halo": halo, "tile": tile, "align": align, "receptive_field": rf, "model_mpp": model_mpp},
+            mask_pool=mask_pool,
         )
     finally:
+        mask_pool.shutdown(wait=True, cancel_futures=True)
         tstore.close()
         release_workspace()
 
@@ -257,17 +260,29 @@ def _run(
     batch: int,
     winograd: bool,
     info: dict[str, Any],
+    mask_pool: ThreadPoolExecutor,
 ) -> RunReport:
     spec = model.spec
     finished = tstore.finished()
     resumed = [i for i in tiles if i in finished]
     todo = [i for i in tiles if i not in finished]
+    # Which tiles are blank glass. In interactive runs (a priority region is given) the tissue mask is
+    # computed on a helper thread while the first field-of-view batch runs: it takes a thumbnail read plus
+    # ~0.05-0.3 s, which would otherwise delay the first tile. Slide statistics need it first.
+    flags: dict[int, bool] | None = dict.fromkeys(tiles, True)
+    flags_future: Future[dict[int, bool]] | None = None
     if settings.skip_background and todo:
-        flags = _tissue_flags(slide, [tiles[i] for i in tiles], d)
-    else:
-        flags = dict.fromkeys(tiles, True)
-    background = [i for i in todo if not flags[i]]
-    tissue = [i for i in todo if flags[i]]
+        stats_pending = norm == "instance" and not tstore.has_norm_stats()
+        if priority is not None and not stats_pending:
+            flags_future = mask_pool.submit(_tissue_flags, slide, list(tiles.values()), d)
+            flags = None
+        else:
+            flags = _tissue_flags(slide, list(tiles.values()), d)
+    if flags is not None:
+        background = [i for i in todo if not flags[i]]
+        tissue = [i for i in todo if flags[i]]
+    else:  # decided once the mask is ready, after the first batch
+        background, tissue = [], list(todo)
 
     # Slide-level statistics (InstanceNorm): sampled once, saved in the store so a resumed run reuses them.
     stats = None
@@ -280,6 +295,7 @@ def _run(
         else:
             ww0, wh0 = grid.window_size
             ux = uy = 0
+            assert flags is not None  # computed before the statistics
             candidates = [i for i in tiles if flags[i]] or list(tiles)
             exact = (
                 0 < len(tissue) == len(candidates) <= settings.stats_windows
@@ -333,19 +349,20 @@ def _run(
     runner = BatchRunner(frozen, device, precision, batch, spec.input_norm, spec.output_norm)
 
     ww, wh = grid.window_size
-    blank_pattern: np.ndarray | None = None
-    if background:
-        # What the model makes of blank glass, away from the window's borders: constant up to the model's
-        # own period (its total stride), so one period tiles any background core seamlessly.
+
+    def blank_glass_pattern() -> np.ndarray:
+        """What the model makes of blank glass, away from the window's borders: constant up to the model's
+        own period (its total stride), so one period tiles any background core seamlessly."""
         white = np.full((1, wh, ww, 3), 255, np.uint8)
         out = runner(white)[0]
         period = grid.align
         cy = (wh // 2 // period) * period
         cx = (ww // 2 // period) * period
-        blank_pattern = out[cy : cy + period, cx : cx + period].copy()
+        pattern = out[cy : cy + period, cx : cx + period].copy()
         tstore.update_provenance(
-            background_rgb=np.median(blank_pattern.reshape(-1, 3), axis=0).round().astype(int).tolist()
+            background_rgb=np.median(pattern.reshape(-1, 3), axis=0).round().astype(int).tolist()
         )
+        return pattern
 
     total = len(tiles)
     done_count = len(resumed)
@@ -370,8 +387,58 @@ def _run(
             )
         )
 
+    pending = list(tissue)
+    batch_n = batch
+
+    def next_batch() -> list[int]:
+        nonlocal pending
+        if priority is not None and pending:
+            box = priority()
+            if box is not None:
+                try:
+                    first = set(grid.tiles_intersecting(_region_to_plane(box, slide, d, plane.size)))
+                except RegionError:
+                    first = set()
+                if first:
+                    pending = [i for i in pending if i in first] + [i for i in pending if i not in first]
+        chosen, pending = pending[:batch_n], pending[batch_n:]
+        return chosen
+
+    def read_batch(indices: list[int]) -> np.ndarray:
+        return np.stack([plane.read(tiles[i].window) for i in indices])
+
+    def write_model_tiles(indices: list[int], outs: Any) -> None:
+        nonlocal done_count, model_done, pixels_now
+        for i, out in zip(indices, outs, strict=True):
+            tstore.write_tile(tiles[i].core, _crop(out, tiles[i]))
+        tstore.mark_done(indices, "d")
+        done_count += len(indices)
+        model_done += len(indices)
+        pixels_now += sum(tiles[i].core[2] * tiles[i].core[3] for i in indices)
+        report(indices)
+
     report([])
-    # Background first: cheap, and it makes the whole slide visible at once.
+    if flags_future is not None:
+        # The first field-of-view batch runs while the tissue mask is computed; its tiles that turn out to
+        # be blank glass are filled like every other background tile (the model's output is dropped), so the
+        # store does not depend on which came first.
+        first: list[int] = []
+        outs: Any = None
+        if not (cancel is not None and cancel.is_set()):
+            first = next_batch()
+            outs = runner(read_batch(first)) if first else None
+        flags = flags_future.result()
+        background = [i for i in todo if not flags[i]]
+        keep = [k for k, i in enumerate(first) if flags[i]]
+        if keep:
+            write_model_tiles([first[k] for k in keep], [outs[k] for k in keep])
+        done_first = set(first)
+        tissue = [i for i in todo if flags[i] and i not in done_first]
+        pending = [i for i in pending if flags[i]]
+        del outs
+
+    blank_pattern = blank_glass_pattern() if background else None
+    # Background next: cheap, and it makes the whole slide visible at once.
     for k in range(0, len(background), BACKGROUND_GROUP):
         if cancel is not None and cancel.is_set():
             cancelled = True
@@ -395,28 +462,10 @@ def _run(
         model_done += len(pooled[0])
         pixels_now += sum(tiles[i].core[2] * tiles[i].core[3] for i in pooled[0])
         report(pooled[0])
-        tissue = [i for i in tissue if i not in set(pooled[0])]
+        pooled_set = set(pooled[0])
+        tissue = [i for i in tissue if i not in pooled_set]
+        pending = [i for i in pending if i not in pooled_set]
     pooled = None
-
-    pending = list(tissue)
-    batch_n = batch
-
-    def next_batch() -> list[int]:
-        nonlocal pending
-        if priority is not None and pending:
-            box = priority()
-            if box is not None:
-                try:
-                    first = set(grid.tiles_intersecting(_region_to_plane(box, slide, d, plane.size)))
-                except RegionError:
-                    first = set()
-                if first:
-                    pending = [i for i in pending if i in first] + [i for i in pending if i not in first]
-        chosen, pending = pending[:batch_n], pending[batch_n:]
-        return chosen
-
-    def read_batch(indices: list[int]) -> np.ndarray:
-        return np.stack([plane.read(tiles[i].window) for i in indices])
 
     with ThreadPoolExecutor(max_workers=max(1, settings.workers), thread_name_prefix="vihc-reader") as pool:
         current = next_batch() if not cancelled else []
@@ -428,14 +477,7 @@ def _run(
                 break
             upcoming = next_batch()
             nxt = pool.submit(read_batch, upcoming) if upcoming else None  # read while the model runs
-            outs = runner(windows)
-            for i, out in zip(current, outs, strict=True):
-                tstore.write_tile(tiles[i].core, _crop(out, tiles[i]))
-            tstore.mark_done(current, "d")
-            done_count += len(current)
-            model_done += len(current)
-            pixels_now += sum(tiles[i].core[2] * tiles[i].core[3] for i in current)
-            report(current)
+            write_model_tiles(current, runner(windows))
             current, fut = upcoming, nxt
         if cancelled and fut is not None:
             fut.cancel()

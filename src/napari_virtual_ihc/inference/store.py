@@ -178,6 +178,9 @@ class TileStore:
         except OSError as e:
             raise _write_error(e, "the normalisation statistics") from e
 
+    def has_norm_stats(self) -> bool:
+        return (self.path / NORM_STATS_FILE).exists()
+
     def load_norm_stats(self) -> dict[str, np.ndarray] | None:
         p = self.path / NORM_STATS_FILE
         if not p.exists():
