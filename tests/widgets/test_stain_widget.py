@@ -665,3 +665,33 @@ def test_activity_spinner_is_paused_during_a_run_on_software_opengl(
     assert movie.state() != QMovie.Paused and not movie.property(_activity.PAUSES)
     other.close()
     qtbot.waitUntil(lambda: movie.state() == QMovie.NotRunning, timeout=2000)
+
+
+def test_worker_threads_run_nicer_than_the_gui_and_pass_it_on() -> None:
+    """The engine's thread lowers its own priority (not the process's); threads it starts inherit it."""
+    import os
+    import threading
+
+    from napari_virtual_ihc._widgets._stain_run import WORKER_NICENESS, _lower_thread_priority
+
+    if not hasattr(os, "setpriority"):
+        pytest.skip("no per-thread priorities on this platform")
+    seen: dict[str, int] = {}
+
+    def nice_of_this_thread() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    def worker() -> None:
+        before = nice_of_this_thread()
+        assert _lower_thread_priority(WORKER_NICENESS)
+        seen["worker"] = nice_of_this_thread() - before
+        child = threading.Thread(target=lambda: seen.setdefault("child", nice_of_this_thread() - before))
+        child.start()
+        child.join()
+
+    gui_before = nice_of_this_thread()
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert seen == {"worker": WORKER_NICENESS, "child": WORKER_NICENESS}
+    assert nice_of_this_thread() == gui_before  # the GUI thread keeps its priority
