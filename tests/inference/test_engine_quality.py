@@ -119,3 +119,26 @@ def test_priority_region_first_and_progress_after_every_batch(he_1024, tmp_path)
     assert all(x <= 900 and x + w >= 800 and y <= 900 and y + h >= 800 for x, y, w, h in first_boxes)
     assert reports[-1].done == reports[-1].total == 64
     assert len(reports) >= 64 // 2  # one report per batch (plus the initial one)
+
+
+def test_slide_statistics_are_sampled_on_the_runs_device(tmp_path, monkeypatch):
+    """On a GPU machine the statistics pass must run there too, not on the CPU the model was loaded on."""
+    import napari_virtual_ihc.inference.engine as engine
+
+    seen = []
+    real = engine.estimate_instance_stats
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("device"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "estimate_instance_stats", recording)
+    rgb = np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)
+    rep = stain_slide(
+        ArraySlide(rgb, mpp=0.5),
+        small_generator("instance", ngf=4, n_blocks=1),
+        tmp_path / "s.ome.zarr",
+        EngineSettings(tile=64, device="cpu", skip_background=False),
+    )
+    assert seen and all(d == torch.device("cpu") for d in seen), seen
+    assert rep.device == "cpu"

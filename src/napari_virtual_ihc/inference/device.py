@@ -80,3 +80,11 @@ def is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, (RuntimeError, MemoryError)) and (
         "out of memory" in msg or "can't allocate memory" in msg or isinstance(err, MemoryError)
     )
+
+
+def release_device_memory(device: torch.device) -> None:
+    """Hand cached GPU memory back after an out-of-memory error, before retrying smaller."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps" and hasattr(torch, "mps"):
+        torch.mps.empty_cache()

@@ -22,7 +22,13 @@ from ..models.norms import norm_kind
 from ..models.spec import LoadedGenerator
 from ..slides.base import Slide
 from .api import Box, EngineSettings, PriorityProvider, ProgressCallback, RunReport, TileProgress
-from .device import is_out_of_memory, resolve_batch, resolve_device, resolve_precision
+from .device import (
+    is_out_of_memory,
+    release_device_memory,
+    resolve_batch,
+    resolve_device,
+    resolve_precision,
+)
 from .errors import RegionError
 from .grid import GridTile, TileGrid, round_up
 from .normalization import (
@@ -325,14 +331,15 @@ def _run(
             outputs: list[Any] | None = [] if exact else None
             try:
                 stats = estimate_instance_stats(
-                    model.module, batches, cores, outputs=outputs, winograd=winograd
+                    model.module, batches, cores, outputs=outputs, winograd=winograd, device=device
                 )
             except (RuntimeError, MemoryError) as e:
                 if not (exact and is_out_of_memory(e)):
                     raise
                 outputs = None  # too big for one pass here: sample in batches, run tiles afterwards
                 del batches
-                stats = estimate_instance_stats(model.module, *sampled(), winograd=winograd)
+                release_device_memory(device)
+                stats = estimate_instance_stats(model.module, *sampled(), winograd=winograd, device=device)
             if outputs:
                 whole = to_uint8(outputs[0], spec.output_norm)[0]
                 crops = []

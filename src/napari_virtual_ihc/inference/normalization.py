@@ -160,6 +160,7 @@ def estimate_instance_stats(
     cores: Iterable[list[tuple[float, float, float, float]]] | None = None,
     outputs: list[Tensor] | None = None,
     winograd: bool = False,
+    device: torch.device | str | None = None,
 ) -> NormStats:
     """Per-layer (mean, var) of every InstanceNorm, pooled over all ``batches`` (NCHW fp32).
 
@@ -169,8 +170,12 @@ def estimate_instance_stats(
     see inputs consistent with frozen earlier layers; several batches are pooled by their sums. With a single
     batch its outputs (appended to ``outputs`` if given) are exactly those of the frozen model.
     ``winograd`` runs the wide 3x3 convolutions as Winograd F(4x4, 3x3) (CPU fp32; same result to rounding).
+    ``device`` is where the probe runs (the run's device: on a GPU machine the statistics pass would otherwise
+    run on the CPU); always fp32, the statistics are worth the precision.
     """
     probe = copy.deepcopy(module).float().eval()
+    if device is not None:
+        probe = probe.to(device)
     if winograd:
         use_winograd(probe)
     names = instance_norm_names(probe)
@@ -187,7 +192,7 @@ def estimate_instance_stats(
         boxes = next(core_iter) if core_iter is not None else None
         for c in collectors.values():
             c.boxes = boxes
-        out = probe(batch.float())
+        out = probe(batch.to(device).float() if device is not None else batch.float())
         if outputs is not None:
             outputs.append(out)
         ran = True

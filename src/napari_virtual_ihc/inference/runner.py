@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .device import autocast_dtype, is_out_of_memory
+from .device import autocast_dtype, is_out_of_memory, release_device_memory
 
 
 def to_input(windows: np.ndarray, input_norm: str) -> torch.Tensor:
@@ -77,8 +77,7 @@ class BatchRunner:
                 if not is_out_of_memory(e) or self.batch == 1:
                     raise
                 self.batch = max(1, self.batch // 2)
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
+                release_device_memory(self.device)
                 if self.on_batch_change is not None:
                     self.on_batch_change(self.batch)
                 continue
