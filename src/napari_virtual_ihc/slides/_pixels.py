@@ -10,13 +10,14 @@ Policy (documented in docs/slides.md):
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from .base import BACKGROUND_VALUE
-from .errors import UnsupportedImageError
+from .errors import CorruptSlideError, UnsupportedImageError
 
 
 class SlideConversionWarning(UserWarning):
@@ -160,3 +161,32 @@ def read_window(
     x0, y0, xs, ys, xe, ye = win
     out[ys - y0 : ye - y0, xs - x0 : xe - x0] = policy.apply(read_raw(xs, ys, xe - xs, ye - ys))
     return out
+
+
+def read_labelled_window(
+    array: Any, axes: Sequence[str], channel_axis: str | None, x: int, y: int, w: int, h: int, where: str
+) -> np.ndarray:
+    """(h, w[, c]) samples of a window of an array whose axes are named (``"TCZYX"``, ``"YXS"``, any case):
+    Y/X cropped, the channel axis kept whole, every other axis at index 0 (only the window's chunks are read).
+    Read failures become CorruptSlideError naming ``where``."""
+    names = [ax.upper() for ax in axes]
+    channel = channel_axis.upper() if channel_axis else None
+    index: list[Any] = []
+    kept: list[str] = []
+    for ax in names:
+        if ax == "Y":
+            index.append(slice(y, y + h))
+        elif ax == "X":
+            index.append(slice(x, x + w))
+        elif ax == channel:
+            index.append(slice(None))
+        else:
+            index.append(0)
+            continue
+        kept.append(ax)
+    try:
+        raw = np.asarray(array[tuple(index)])
+    except Exception as e:
+        raise CorruptSlideError(f"{where} at ({x}, {y}) failed ({type(e).__name__}: {e})") from e
+    order = [kept.index("Y"), kept.index("X")] + ([kept.index(channel)] if channel in kept else [])
+    return np.transpose(raw, order) if order != list(range(raw.ndim)) else raw

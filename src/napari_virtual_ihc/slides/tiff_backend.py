@@ -13,7 +13,7 @@ import zarr
 
 from ._counting_store import CountingStore
 from ._integrity import check_tiff_complete
-from ._pixels import PixelPolicy, SlideConversionWarning, make_policy, read_window
+from ._pixels import PixelPolicy, SlideConversionWarning, make_policy, read_labelled_window, read_window
 from .base import Slide
 from .errors import CorruptSlideError, SlideError, UnsupportedImageError
 
@@ -212,29 +212,10 @@ class TiffSlide(Slide):
     def _read_raw(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         """(h, w[, c]) raw samples of a window inside ``level`` (only its tiles are decoded)."""
         self._file  # noqa: B018 - raises when closed
-        index: list[Any] = []
-        kept: list[str] = []
-        for ax in self._axes:
-            if ax == "Y":
-                index.append(slice(y, y + h))
-            elif ax == "X":
-                index.append(slice(x, x + w))
-            elif ax in "SC" and ax == self._channel_axis:
-                index.append(slice(None))
-            else:
-                index.append(0)
-                continue
-            kept.append(ax)
-        try:
-            raw = np.asarray(self._arrays[level][tuple(index)])
-        except Exception as e:
-            raise CorruptSlideError(
-                f"{self.path}: reading level {level} at ({x}, {y}) failed ({type(e).__name__}: {e})"
-            ) from e
-        order = [kept.index("Y"), kept.index("X")] + (
-            [kept.index(self._channel_axis)] if self._channel_axis in kept else []
+        channel = self._channel_axis if self._channel_axis in ("S", "C") else None
+        return read_labelled_window(
+            self._arrays[level], self._axes, channel, x, y, w, h, f"{self.path}: reading level {level}"
         )
-        return np.transpose(raw, order) if order != list(range(raw.ndim)) else raw
 
     @property
     def tiles_read(self) -> int:

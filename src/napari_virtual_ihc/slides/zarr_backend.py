@@ -15,7 +15,7 @@ import numpy as np
 import zarr
 
 from ._counting_store import CountingStore
-from ._pixels import PixelPolicy, make_policy, read_window
+from ._pixels import PixelPolicy, make_policy, read_labelled_window, read_window
 from .base import Slide
 from .errors import CorruptSlideError, SlideError, UnsupportedFormatError, UnsupportedImageError
 
@@ -123,27 +123,17 @@ class ZarrSlide(Slide):
         )
 
     def _read_raw(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
-        index: list[Any] = []
-        kept: list[str] = []
-        for ax in self._axes:
-            if ax == "y":
-                index.append(slice(y, y + h))
-            elif ax == "x":
-                index.append(slice(x, x + w))
-            elif ax == "c":
-                index.append(slice(None))
-            else:
-                index.append(0)
-                continue
-            kept.append(ax)
-        try:
-            raw = np.asarray(self._arrays[level][tuple(index)])
-        except Exception as e:
-            raise CorruptSlideError(
-                f"{self.path}: reading level {level} failed ({type(e).__name__}: {e})"
-            ) from e
-        order = [kept.index("y"), kept.index("x")] + ([kept.index("c")] if "c" in kept else [])
-        return np.transpose(raw, order)
+        channel = "c" if "c" in self._axes else None
+        return read_labelled_window(
+            self._arrays[level],
+            "".join(self._axes),
+            channel,
+            x,
+            y,
+            w,
+            h,
+            f"{self.path}: reading level {level}",
+        )
 
     @property
     def tiles_read(self) -> int:
