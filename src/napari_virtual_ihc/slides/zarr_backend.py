@@ -126,7 +126,7 @@ class ZarrSlide(Slide):
         channel = "c" if "c" in self._axes else None
         return read_labelled_window(
             self._arrays[level],
-            "".join(self._axes),
+            self._axes,
             channel,
             x,
             y,
