@@ -15,24 +15,24 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 SOFTWARE_RENDERERS = ("llvmpipe", "softpipe", "swiftshader", "software rasterizer", "swrast")
-_renderer_cache: dict[int, str] = {}
+_renderer: str | None = None  # the process's OpenGL driver, once a canvas has told it
 PAUSES = "napari_virtual_ihc_pauses"  # Qt property on the spinner's QMovie: runs of ours holding it paused
 
 
 def opengl_renderer(viewer: Any) -> str:
-    """The canvas's ``GL_RENDERER`` string ('' when it cannot be read), asked once per viewer."""
-    key = id(viewer)
-    if key not in _renderer_cache:
+    """The ``GL_RENDERER`` string of the viewer's canvas ('' when it cannot be read); one driver serves the
+    whole process, so the first answer is kept (a failed query is asked again next time)."""
+    global _renderer
+    if _renderer is None:
         try:
             from vispy.gloo import gl
 
             canvas = viewer.window._qt_viewer.canvas._scene_canvas
             canvas.set_current()
-            _renderer_cache[key] = str(gl.glGetParameter(gl.GL_RENDERER) or "")
+            _renderer = str(gl.glGetParameter(gl.GL_RENDERER) or "") or None
         except Exception as exc:  # private napari/vispy paths; a headless viewer has no canvas
             log.debug("OpenGL renderer unknown: %s", exc)
-            _renderer_cache[key] = ""
-    return _renderer_cache[key]
+    return _renderer or ""
 
 
 def software_opengl(viewer: Any) -> bool:
