@@ -13,6 +13,7 @@ Run:  python benchmarks/bench_widget.py [--size 1000] [--tile 256] [--batch 4] [
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import sys
@@ -185,18 +186,10 @@ def main() -> None:
         app.processEvents()
         time.sleep(0.01)
 
-    gaps: list[float] = []
-    cpu: list[float] = []  # GUI-thread CPU time within each gap: low = starved, high = busy itself
-    last = [0.0, 0.0]
-
-    ticks: list[tuple[float, float]] = []  # (wall, GUI-thread CPU) at every tick
+    ticks: list[tuple[float, float]] = []  # (wall, GUI-thread CPU) when the probe starts and at every tick
 
     def tick() -> None:
-        now, cpu_now = time.perf_counter(), time.thread_time()
-        ticks.append((now, cpu_now))
-        gaps.append(now - last[0])
-        cpu.append(cpu_now - last[1])
-        last[0], last[1] = now, cpu_now
+        ticks.append((time.perf_counter(), time.thread_time()))
 
     probe = QTimer()
     probe.setInterval(5)
@@ -209,7 +202,7 @@ def main() -> None:
     run = widget.start_run()
     click_s = time.perf_counter() - clicked
     assert run is not None, "the run did not start"
-    last[0], last[1] = time.perf_counter(), time.thread_time()
+    tick()  # the probe starts now
     probe.start()
     while run.running:
         app.processEvents()
@@ -247,10 +240,12 @@ def main() -> None:
             f"first batch in the widget {(first - ready) * 1000:.0f} ms (baseline {batch_s * 1000:.0f}); "
             f"GUI-thread CPU meanwhile {gui_cpu * 1000:.0f} ms"
         )
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(ticks)]
+    cpu = [b[1] - a[1] for a, b in itertools.pairwise(ticks)]  # GUI CPU in each gap: low = starved
     worst = max(gaps) if gaps else float("nan")
     over = sum(1 for g in gaps if g > 0.1)
     worst_cpu = cpu[gaps.index(worst)] if gaps else float("nan")
-    worst_at = ticks[gaps.index(worst)][0] - clicked if gaps else float("nan")
+    worst_at = ticks[gaps.index(worst) + 1][0] - clicked if gaps else float("nan")
     print(
         f"worst Qt event-loop stall while staining {worst * 1000:6.0f} ms  ({over} of {len(gaps)} ticks > 100 ms; "
         f"target < 100); GUI-thread CPU in that gap {worst_cpu * 1000:.0f} ms, ending {worst_at * 1000:.0f} ms "

@@ -379,15 +379,12 @@ def apply_placement(layer: Any, source_layer: Any, level0_downsample: float) -> 
 
 
 def _same(current: Any, value: Any) -> bool:
+    """Numerically equal (scale, translate); anything else (napari's pint units) counts as different."""
     try:
-        return len(current) == len(value) and all(
-            (a == b)
-            if isinstance(a, str) or isinstance(b, str)
-            else bool(np.isclose(a, b, rtol=0, atol=1e-12))
-            for a, b in zip(current, value, strict=True)
-        )
-    except TypeError:
+        a, b = np.asarray(current, dtype=float), np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
         return False
+    return a.shape == b.shape and bool(np.allclose(a, b, rtol=0, atol=1e-12))
 
 
 def refresh_layer(layer: Any) -> None:

@@ -217,7 +217,7 @@ class StainRun(QObject):
         self.timeline["planned_wait_over"] = time.perf_counter()
         self._show_layer_now()
         self.timeline["layer_shown"] = time.perf_counter()
-        if planned and self.view is not None and self.error is None:
+        if planned and self.view is not None:
             # The engine has reported, so the store shown is the one it opened for this run.
             self._fresh_view = True
             self.timeline["store_attached"] = self.timeline["layer_shown"]

@@ -439,9 +439,7 @@ def _run(
         keep = [k for k, i in enumerate(first) if flags[i]]
         if keep:
             write_model_tiles([first[k] for k in keep], [outs[k] for k in keep])
-        done_first = set(first)
-        tissue = [i for i in todo if flags[i] and i not in done_first]
-        pending = [i for i in pending if flags[i]]
+        pending = [i for i in pending if flags[i]]  # ``first`` already left it
         del outs
 
     blank_pattern = blank_glass_pattern() if background else None
@@ -470,7 +468,6 @@ def _run(
         pixels_now += sum(tiles[i].core[2] * tiles[i].core[3] for i in pooled[0])
         report(pooled[0])
         pooled_set = set(pooled[0])
-        tissue = [i for i in tissue if i not in pooled_set]
         pending = [i for i in pending if i not in pooled_set]
     pooled = None
 

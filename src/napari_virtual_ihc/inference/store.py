@@ -182,10 +182,9 @@ class TileStore:
         return (self.path / NORM_STATS_FILE).exists()
 
     def load_norm_stats(self) -> dict[str, np.ndarray] | None:
-        p = self.path / NORM_STATS_FILE
-        if not p.exists():
+        if not self.has_norm_stats():
             return None
-        with np.load(p) as z:
+        with np.load(self.path / NORM_STATS_FILE) as z:
             return {k: z[k] for k in z.files}
 
     def close(self) -> None:
