@@ -43,7 +43,9 @@ def test_small_bands_give_the_same_result():
     torch.manual_seed(1)
     x, w = torch.randn(1, 8, 30, 26), torch.randn(4, 8, 3, 3)
     u = filter_transform(w)
-    assert torch.allclose(winograd_conv3x3(x, u, None, band=1), winograd_conv3x3(x, u, None), atol=1e-5)
+    banded, whole = winograd_conv3x3(x, u, None, band=1), winograd_conv3x3(x, u, None)
+    # Relative to the outputs' magnitude (~20 here): BLAS kernels differ in rounding from CPU to CPU.
+    assert _relative_error(banded, whole.double()) < 1e-5
 
 
 @pytest.mark.parametrize("padding", [0, 1])
@@ -127,5 +129,6 @@ def test_chunked_moments_equal_var_mean(monkeypatch):
     n, mean, m2 = normalization._moments(part)
     var_ref, mean_ref = torch.var_mean(part.double(), dim=(1, 2), correction=0)
     assert n == 34 * 27
-    assert torch.allclose(mean, mean_ref, atol=1e-5)
-    assert torch.allclose(m2 / n, var_ref, rtol=1e-5)
+    scale = mean_ref.abs().max()
+    assert (mean.double() - mean_ref).abs().max() <= 1e-5 * scale  # relative to the values' magnitude
+    assert torch.allclose((m2 / n).double(), var_ref, rtol=1e-5)
