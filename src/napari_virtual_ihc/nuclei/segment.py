@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .cellpose_adapter import CellposeNuclei, CellposeUnavailable, load_cellpose
-from .classical import otsu_threshold, segment_classical
+from .classical import nuclear_signal, otsu_threshold, segment_classical
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +26,14 @@ class NucleiSegmenter:
     def method(self) -> str:
         return self.cellpose.method if self.cellpose is not None else "classical"
 
-    def __call__(self, hematoxylin_od: np.ndarray, diameter_px: float) -> np.ndarray:
+    def __call__(
+        self, hematoxylin_od: np.ndarray, diameter_px: float, dab_od: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Labels; on IHC pass ``dab_od`` so nuclei of stained cells are separated by their membranes."""
         if self.cellpose is not None:
-            return self.cellpose.segment(hematoxylin_od, diameter_px)
-        return segment_classical(hematoxylin_od, diameter_px, self.threshold)
+            signal = hematoxylin_od if dab_od is None else nuclear_signal(hematoxylin_od, dab_od)
+            return self.cellpose.segment(signal, diameter_px)
+        return segment_classical(hematoxylin_od, diameter_px, self.threshold, dab_od=dab_od)
 
     @property
     def needs_calibration(self) -> bool:

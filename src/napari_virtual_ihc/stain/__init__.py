@@ -1,6 +1,13 @@
 """Stain analysis (core, napari-free): deconvolution, DAB masks and bins, HER2 estimate, slide analysis."""
 
 from .analysis import AnalysisCancelled, AnalysisResult, AnalysisSettings, analyze_image, analyze_slide
+from .calibration import (
+    StainCalibration,
+    StainEstimationError,
+    calibrate,
+    estimate_background,
+    estimate_stain_vectors,
+)
 from .deconvolution import StainMatrix, StainVectorError, deconvolve, hdab_matrix, hed_matrix, rgb_to_hed
 from .her2 import CellTable, Her2Estimate, Her2Rules, categorize, classify_cells, measure_cells
 from .membrane import DabBins, bin_fractions, dab_bins, tdkstain_membrane_mask
@@ -13,15 +20,20 @@ __all__ = [
     "DabBins",
     "Her2Estimate",
     "Her2Rules",
+    "StainCalibration",
+    "StainEstimationError",
     "StainMatrix",
     "StainVectorError",
     "analyze_image",
     "analyze_slide",
     "bin_fractions",
+    "calibrate",
     "categorize",
     "classify_cells",
     "dab_bins",
     "deconvolve",
+    "estimate_background",
+    "estimate_stain_vectors",
     "hdab_matrix",
     "hed_matrix",
     "measure_cells",

@@ -21,6 +21,7 @@ from ..nuclei.density import density_map
 from ..nuclei.segment import NucleiSegmenter, make_segmenter
 from ..nuclei.tiled import keep_core_objects, paste_labels
 from ..slides.base import Slide
+from .calibration import StainCalibration, calibrate
 from .deconvolution import StainMatrix, deconvolve, hdab_matrix
 from .her2 import CellTable, Her2Estimate, Her2Rules, categorize, cells_in_polygons, measure_cells
 from .membrane import BIN_NAMES, CALIBRATION_NOTE, DabBins, dab_bins, tdkstain_membrane_mask
@@ -51,6 +52,10 @@ class AnalysisSettings:
     membrane_blur_px: float = 0.0
     rules: Her2Rules = field(default_factory=Her2Rules)
     stains: StainMatrix = field(default_factory=hdab_matrix)
+    # per-slide calibration (see stain.calibration): "auto" estimates the glass white point from the slide,
+    # "default" keeps ``stains.background``; "estimate" fits the stain vectors to the slide (Macenko)
+    background: str = "auto"
+    stain_vectors: str = "default"
     tile: int = 1024
     halo_um: float = 20.0
     map_downsample: int = 1
@@ -61,6 +66,10 @@ class AnalysisSettings:
             raise ValueError(f"mode must be 'ihc' or 'he', not {self.mode!r}")
         if self.diameter_um <= 0 or self.density_sigma_um <= 0 or self.tile < 64 or self.map_downsample < 1:
             raise ValueError("diameter, sigma must be > 0, tile >= 64, map_downsample >= 1")
+        if self.background not in ("auto", "default"):
+            raise ValueError(f"background must be 'auto' or 'default', not {self.background!r}")
+        if self.stain_vectors not in ("default", "estimate"):
+            raise ValueError(f"stain_vectors must be 'default' or 'estimate', not {self.stain_vectors!r}")
 
 
 @dataclass
@@ -81,6 +90,7 @@ class AnalysisResult:
     bin_counts: np.ndarray = field(default_factory=lambda: np.zeros(4, np.int64))
     tissue_px: int = 0
     complete: bool = True
+    calibration: StainCalibration = field(default_factory=StainCalibration)
 
     @property
     def n_nuclei(self) -> int:
@@ -109,6 +119,7 @@ class AnalysisResult:
             "area_mm2": area_mm2,
             "nuclei_per_mm2": self.n_nuclei / area_mm2 if area_mm2 > 0 else 0.0,
             "complete": self.complete,
+            "stain_calibration": self.calibration.as_dict(),
         }
         if self.dab_classes is not None:
             n = max(int(self.bin_counts.sum()), 1)
@@ -179,8 +190,11 @@ def iter_analysis(
     grid = TileGrid(plane=(W, H), bounds=bounds, tile=s.tile, halo=max(round(s.halo_um / mpp), 8))
     seg = segmenter or make_segmenter(s.nuclei_method, s.cellpose_model, s.gpu)
     ds = s.map_downsample
+    overview = _overview_rgb(slide, bounds)
+    cal = calibrate(overview, s.stains, background=s.background, vectors=s.stain_vectors)
+    stain_matrix = cal.stains
     if seg.needs_calibration:
-        seg.calibrate(_hematoxylin_overview(slide, bounds, s.stains))
+        seg.calibrate(deconvolve(overview, stain_matrix)["hematoxylin"])
     bx, by, bw, bh = bounds
     mh, mw = -(-bh // ds), -(-bw // ds)
     labels = np.zeros((mh, mw), np.int32)
@@ -199,8 +213,8 @@ def iter_analysis(
             break
         wx, wy, ww, wh = tile.window
         rgb = slide.read_region((wx, wy), 0, (ww, wh))
-        stains = deconvolve(rgb, s.stains)
-        nuc = seg(stains["hematoxylin"], diameter_px)
+        stains = deconvolve(rgb, stain_matrix)
+        nuc = seg(stains["hematoxylin"], diameter_px, stains["dab"] if ihc else None)
         own, _cents = keep_core_objects(nuc, tile)
         cx, cy, cw, ch = tile.core_in_window
         core = (slice(cy, cy + ch), slice(cx, cx + cw))
@@ -215,7 +229,7 @@ def iter_analysis(
             tables.append(table)
             cls_win = dab_bins(stains["dab"], s.bins)
             bin_counts += np.bincount(cls_win[core].ravel(), minlength=4)[:4]
-            mem_win = tdkstain_membrane_mask(rgb, s.saturation_threshold, s.membrane_blur_px, s.stains)
+            mem_win = tdkstain_membrane_mask(rgb, s.saturation_threshold, s.membrane_blur_px, stain_matrix)
             _paste_core(classes, cls_win, tile.core, bx, by, wx, wy, ds)  # type: ignore[arg-type]
             _paste_core(membrane, mem_win, tile.core, bx, by, wx, wy, ds)  # type: ignore[arg-type]
             est = categorize(table.cell_class, table.intensity_bin, s.rules)
@@ -244,6 +258,7 @@ def iter_analysis(
         cells=cells,
         bin_counts=bin_counts,
         complete=complete,
+        calibration=cal,
     )
     if not complete:
         raise AnalysisCancelled(result)
@@ -257,8 +272,9 @@ def analyze_image(rgb: np.ndarray, settings: AnalysisSettings | None = None, **k
     return analyze_slide(ArraySlide(np.ascontiguousarray(rgb[..., :3])), settings, **kw)
 
 
-def _hematoxylin_overview(slide: Slide, bounds: tuple[int, int, int, int], stains: StainMatrix) -> np.ndarray:
-    """Hematoxylin OD of the area at <= ~2048 px on a side (a pyramid level, or a central crop)."""
+def _overview_rgb(slide: Slide, bounds: tuple[int, int, int, int]) -> np.ndarray:
+    """RGB of the area at <= ~2048 px on a side (a pyramid level, or a central crop): enough pixels for the
+    white point, the stain vectors and one Otsu cut, read once."""
     bx, by, bw, bh = bounds
     level = slide.best_level_for_downsample(max(bw, bh) / 2048)
     f = slide.level_downsamples[level]
@@ -268,7 +284,7 @@ def _hematoxylin_overview(slide: Slide, bounds: tuple[int, int, int, int], stain
         rgb = slide.read_region((bx + (bw - cw) // 2, by + (bh - ch) // 2), 0, (cw, ch))
     else:
         rgb = slide.read_region((bx, by), level, (w, h))
-    return deconvolve(rgb, stains)["hematoxylin"]
+    return rgb
 
 
 def _in_core(y: np.ndarray, x: np.ndarray, core: tuple[int, int, int, int]) -> np.ndarray:

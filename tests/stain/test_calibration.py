@@ -1,0 +1,164 @@
+"""Per-slide white point and stain vectors (issue 17): casts do not move the reading, degenerate regions are
+refused, and a DAB ladder reads monotonically."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from skimage import data
+from skimage.io import imread
+
+from napari_virtual_ihc.stain import (
+    AnalysisSettings,
+    StainCalibration,
+    StainEstimationError,
+    analyze_image,
+    bin_fractions,
+    calibrate,
+    dab_bins,
+    deconvolve,
+    estimate_background,
+    estimate_stain_vectors,
+    hdab_matrix,
+)
+from napari_virtual_ihc.stain.deconvolution import stain_only_rgb
+
+CASTS = {
+    "grey 200": (200 / 255,) * 3,
+    "grey 230": (230 / 255,) * 3,
+    "yellow": (1.0, 0.94, 0.74),
+    "blue": (0.80, 0.88, 1.0),
+}
+
+
+def _cast(rgb: np.ndarray, factors: tuple[float, ...]) -> np.ndarray:
+    """A scanner's colour cast: every channel scaled, glass included (a grey or tinted white point)."""
+    return np.clip(np.round(rgb.astype(np.float64) * np.asarray(factors)), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def ihc_images(data_dir) -> dict[str, np.ndarray]:
+    return {
+        "skimage IHC": data.immunohistochemistry(),
+        "pan-cytokeratin": imread(data_dir / "Rat-Kidney_PanCytokeratin.jpg")[..., :3],
+        "proSPC": imread(data_dir / "Izd2-29-041-w35_proSPC.jpg")[..., :3],
+    }
+
+
+def _dab_fractions(rgb: np.ndarray, **kw) -> dict[str, float]:
+    cal = calibrate(rgb, **kw)
+    return bin_fractions(dab_bins(deconvolve(rgb, cal.stains)["dab"]))
+
+
+@pytest.mark.parametrize("cast", list(CASTS))
+@pytest.mark.parametrize("vectors", ["default", "estimate"])
+def test_casts_give_the_same_dab_fractions(ihc_images, cast, vectors):
+    for name, rgb in ihc_images.items():
+        ref = _dab_fractions(rgb, vectors=vectors)
+        got = _dab_fractions(_cast(rgb, CASTS[cast]), vectors=vectors)
+        for k in ref:
+            assert abs(got[k] - ref[k]) <= 0.02, (name, cast, k, ref, got)
+
+
+def test_without_calibration_a_grey_scan_reads_as_stain(ihc_images):
+    """The defect the calibration removes: assuming 255 turns a grey cast into 'weak DAB'."""
+    rgb = ihc_images["proSPC"]
+    cast = _cast(rgb, CASTS["grey 200"])
+    fixed = _dab_fractions(cast, background="default")
+    calibrated = _dab_fractions(cast)
+    assert fixed["negative"] < calibrated["negative"] - 0.2  # 26 pp of glass-grey read as DAB
+    assert calibrated["negative"] == pytest.approx(_dab_fractions(rgb)["negative"], abs=0.02)
+
+
+def test_casts_keep_the_her2_category(ihc_images):
+    rgb = ihc_images["skimage IHC"]
+    ref = analyze_image(rgb, AnalysisSettings(nuclei_method="classical")).her2()
+    for f in CASTS.values():
+        est = analyze_image(_cast(rgb, f), AnalysisSettings(nuclei_method="classical")).her2()
+        assert est.category == ref.category
+        assert abs(est.h_score - ref.h_score) <= 10
+
+
+def test_white_point_is_the_glass(ihc_images):
+    rgb = ihc_images["skimage IHC"]
+    white, source = estimate_background(rgb)
+    assert source == "glass"
+    glass = rgb[300:400, 0:30].reshape(-1, 3).mean(axis=0)  # the lumen on the left is bare glass
+    np.testing.assert_allclose(white, glass, rtol=0.03)
+
+
+def test_no_glass_uses_the_brightest_percentile_and_says_so(ihc_images):
+    tissue_only = ihc_images["skimage IHC"][200:320, 60:180]
+    _white, source = estimate_background(tissue_only)
+    assert source == "brightest-percentile"
+    cal = calibrate(tissue_only)
+    assert cal.background_source == "brightest-percentile" and "no glass" in cal.notes[0]
+
+
+def test_estimated_vectors_are_near_the_references(ihc_images):
+    for rgb in ihc_images.values():
+        white, _ = estimate_background(rgb)
+        m = estimate_stain_vectors(rgb, white)
+        ref = hdab_matrix().matrix
+        for i in range(2):
+            assert float(m.matrix[i] @ ref[i]) > 0.9
+
+
+def test_pure_stains_are_recovered():
+    """Two known vectors mixed at random concentrations: Macenko gets both back."""
+    h, dab = np.array([0.55, 0.75, 0.36]), np.array([0.30, 0.55, 0.78])
+    h, dab = h / np.linalg.norm(h), dab / np.linalg.norm(dab)
+    rng = np.random.default_rng(0)
+    conc = rng.uniform(0, 1.2, (200, 200, 2)) * (rng.uniform(size=(200, 200, 1)) > 0.3)
+    od = conc[..., :1] * h + conc[..., 1:] * dab
+    rgb = np.clip(np.round(240 * 10 ** (-od)), 0, 255).astype(np.uint8)
+    m = estimate_stain_vectors(rgb, (240.0, 240.0, 240.0))
+    assert float(m.matrix[0] @ h) > 0.995 and float(m.matrix[1] @ dab) > 0.995
+
+
+def test_degenerate_regions_are_refused_and_defaults_kept():
+    glass = np.full((100, 100, 3), 238, np.uint8)
+    with pytest.raises(StainEstimationError, match="tissue pixels"):
+        estimate_stain_vectors(glass, (238.0, 238.0, 238.0))
+    only_h = stain_only_rgb(np.random.default_rng(1).uniform(0.2, 1.0, (120, 120)), (0.65, 0.70, 0.29), 240.0)
+    with pytest.raises(StainEstimationError, match="single stain"):
+        estimate_stain_vectors(only_h, (240.0, 240.0, 240.0))
+    cal = calibrate(only_h, vectors="estimate")
+    assert cal.vectors_source == "default" and "not estimated" in cal.notes[-1]
+    np.testing.assert_allclose(cal.stains.matrix, hdab_matrix().matrix, atol=1e-9)
+
+
+def test_calibration_is_recorded_and_round_trips(ihc_images):
+    res = analyze_image(ihc_images["skimage IHC"], AnalysisSettings(nuclei_method="classical"))
+    d = res.summary()["stain_calibration"]
+    assert d["background_source"] == "glass" and d["vectors_source"] == "default"
+    back = StainCalibration.from_dict(d)
+    np.testing.assert_allclose(back.stains.matrix, res.calibration.stains.matrix, atol=1e-3)
+
+
+def _ladder(rgb: np.ndarray, factor: float) -> np.ndarray:
+    """Deconvolve, scale the DAB concentration, recompose: the same tissue, more or less stain."""
+    white, _ = estimate_background(rgb)
+    m = hdab_matrix(background=white)
+    od = -np.log10(np.maximum(rgb.astype(np.float64), 1.0) / np.asarray(white))
+    conc = od.reshape(-1, 3) @ m.inverse
+    conc[:, 1] *= factor
+    out = (conc @ m.matrix).reshape(rgb.shape)
+    return np.clip(np.round(np.asarray(white) * 10 ** (-out)), 0, 255).astype(np.uint8)
+
+
+def test_dab_ladder_reads_monotonically(ihc_images):
+    rgb = ihc_images["skimage IHC"]
+    order = {"0": 0, "1+": 1, "2+": 2, "3+": 3}
+    rows = []
+    for f in (0.0, 0.3, 1.0, 2.0, 3.0):
+        res = analyze_image(_ladder(rgb, f), AnalysisSettings(nuclei_method="classical"))
+        s = res.summary()
+        positive = 1 - s["dab_fractions"]["negative"]
+        rows.append((f, positive, s["her2"]["h_score"], order[s["her2"]["category"]]))
+    for (_, p0, h0, c0), (_, p1, h1, c1) in itertools.pairwise(rows):
+        assert p1 >= p0 - 1e-9 and h1 >= h0 - 1e-9 and c1 >= c0, rows
+    assert rows[0][3] == 0  # no DAB at all: 0
+    assert rows[-1][3] == 3, rows  # strong complete membranes: 3+
