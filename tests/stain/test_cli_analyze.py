@@ -50,3 +50,21 @@ def test_analyze_bad_input(tmp_path, capsys):
         )
         == 2
     )
+
+
+def test_analyze_records_and_takes_stain_calibration(tmp_path, capsys):
+    img = tmp_path / "ihc.png"
+    imsave(img, data.immunohistochemistry())
+    out = tmp_path / "est"
+    args = ["analyze", str(img), "--nuclei", "classical"]
+    assert main([*args, "--out", str(out), "--stain-vectors", "estimate"]) == 0
+    cal = json.loads((out / "summary.json").read_text())["stain_calibration"]
+    assert cal["background_source"] == "glass" and cal["vectors_source"] == "estimated"
+    assert (
+        main([*args, "--out", str(tmp_path / "u"), "--background", "default", "--dab", "0.3", "0.55", "0.78"])
+        == 0
+    )
+    cal = json.loads((tmp_path / "u" / "summary.json").read_text())["stain_calibration"]
+    assert cal["vectors_source"] == "user" and cal["background"] == [255.0, 255.0, 255.0]
+    assert main([*args, "--out", str(tmp_path / "bad"), "--dab", "0", "0", "0"]) == 2
+    assert "no length" in capsys.readouterr().err

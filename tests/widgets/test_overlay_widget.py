@@ -65,3 +65,37 @@ def test_visible_region_only(make_napari_viewer, qtbot):
     assert "membrane" not in w.overlay_layers
     dens = w.overlay_layers["density"]
     np.testing.assert_allclose(dens.translate, (y, x))
+
+
+def test_stain_vectors_are_shown_estimated_and_editable(make_napari_viewer, qtbot):
+    """QuPath's habit: the run shows the white point and vectors it used; typed vectors are used as typed."""
+    viewer = make_napari_viewer()
+    viewer.add_image(data.immunohistochemistry(), rgb=True, name="ihc")
+    w = StainOverlayWidget(viewer)
+    w.source.setCurrentText("ihc")
+    w.scope.setCurrentText("whole image")
+    w.nuclei.setCurrentText("classical")
+    w.vectors.setCurrentText("estimated from the slide")
+    w.start()
+    qtbot.waitUntil(lambda: w.result is not None or w.error is not None, timeout=60000)
+    assert w.error is None
+    cal = w.summary["stain_calibration"]
+    assert cal["vectors_source"] == "estimated" and cal["background_source"] == "glass"
+    shown = [float(v) for v in w.vector_fields["dab"].text().split()]
+    np.testing.assert_allclose(shown, cal["vectors"][1], atol=1e-3)
+    assert any(
+        k == "white point"
+        for k, _ in (
+            w.table.item(i, 0) and (w.table.item(i, 0).text(), "") for i in range(w.table.rowCount())
+        )
+    )
+
+    w.vectors.setCurrentText("as typed below")
+    w.vector_fields["dab"].setText("0.30 0.55 0.78")
+    s = w.settings(viewer.layers["ihc"])
+    np.testing.assert_allclose(
+        s.stains.matrix[1], np.array([0.30, 0.55, 0.78]) / np.linalg.norm([0.30, 0.55, 0.78])
+    )
+    w.vector_fields["dab"].setText("0.3 0.5")
+    w.start()
+    assert w.error is not None and "three numbers" in w.error

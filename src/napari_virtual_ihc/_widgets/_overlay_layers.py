@@ -124,4 +124,13 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
             )
         )
         rows.append(("H-score", f"{h['h_score']:.0f}"))
+    cal = summary.get("stain_calibration")
+    if cal:
+        rows.append(
+            (
+                "white point",
+                " ".join(f"{b:.0f}" for b in cal["background"]) + f" ({cal['background_source']})",
+            )
+        )
+        rows.append(("stain vectors", cal["vectors_source"]))
     return rows

@@ -27,6 +27,8 @@ from qtpy.QtWidgets import (
 )
 
 from ..stain.analysis import AnalysisResult, AnalysisSettings, iter_analysis, tile_count
+from ..stain.calibration import StainCalibration
+from ..stain.deconvolution import QUPATH_DAB, QUPATH_HEMATOXYLIN, hdab_matrix
 from ..stain.her2 import Her2Rules
 from ..stain.membrane import DabBins
 from ._activity import pause_spinner, resume_spinner
@@ -34,6 +36,12 @@ from ._overlay_layers import DAB_LEGEND, HER2_LEGEND, result_layers, summary_row
 from ._overlay_source import layer_mpp, layer_slide, shapes_polygons, visible_region
 
 MODES = {"IHC (virtual or real): DAB, nuclei, HER2": "ihc", "H&E: nuclei only": "he"}
+BACKGROUNDS = {"estimated from the slide": "auto", "255 (no estimate)": "default"}
+VECTORS = {
+    "QuPath H-DAB defaults": "default",
+    "estimated from the slide": "estimate",
+    "as typed below": "user",
+}
 KEYS = {"d": "nuclei", "c": "density", "m": "membrane"}
 
 
@@ -64,6 +72,17 @@ class StainOverlayWidget(QWidget):
         self.mpp = _spin(0.0, 0, 10, " µm/px", decimals=3)
         self.mpp.setToolTip("0 = from the layer (µm scale), else 0.5 assumed")
         self.cuts = [_spin(v, 0, 3, "", decimals=2) for v in (0.2, 0.4, 0.6)]
+        # QuPath's habit: the white point and the stain vectors are the slide's own, shown and editable
+        self.background = QComboBox()
+        self.background.addItems(list(BACKGROUNDS))
+        self.vectors = QComboBox()
+        self.vectors.addItems(list(VECTORS))
+        self.vector_fields = {
+            name: QLineEdit(" ".join(f"{x:.3f}" for x in vec))
+            for name, vec in (("hematoxylin", QUPATH_HEMATOXYLIN), ("dab", QUPATH_DAB))
+        }
+        for name, field_ in self.vector_fields.items():
+            field_.setToolTip(f"{name} OD vector (R G B); edit and choose 'as typed below' to use it")
         self.region_shapes = QComboBox()
         form.addRow("Layer", self.source)
         form.addRow("Stain", self.mode)
@@ -80,6 +99,10 @@ class StainOverlayWidget(QWidget):
         for c in self.cuts:
             cuts.addWidget(c)
         form.addRow("DAB OD cuts*", cuts)
+        form.addRow("White point", self.background)
+        form.addRow("Stain vectors", self.vectors)
+        form.addRow("  hematoxylin", self.vector_fields["hematoxylin"])
+        form.addRow("  DAB", self.vector_fields["dab"])
         form.addRow("Restrict to shapes", self.region_shapes)
         self.run_button = QPushButton("Compute overlays")
         self.cancel_button = QPushButton("Cancel")
@@ -148,7 +171,14 @@ class StainOverlayWidget(QWidget):
     def settings(self, layer: Any) -> AnalysisSettings:
         bins = DabBins(*(c.value() for c in self.cuts))
         mpp = self.mpp.value() or layer_mpp(layer)
+        vectors = VECTORS[self.vectors.currentText()]
+        stains = hdab_matrix()
+        if vectors == "user":
+            stains = hdab_matrix(self._typed_vector("hematoxylin"), self._typed_vector("dab"))
         return AnalysisSettings(
+            stains=stains,
+            background=BACKGROUNDS[self.background.currentText()],
+            stain_vectors="estimate" if vectors == "estimate" else "default",
             mode=MODES[self.mode.currentText()],
             nuclei_method=self.nuclei.currentText(),
             cellpose_model=self.model.text().strip() or "nuclei",
@@ -160,6 +190,22 @@ class StainOverlayWidget(QWidget):
             mpp=mpp,
             tile=1024,
         )
+
+    def _typed_vector(self, name: str) -> tuple[float, float, float]:
+        text = self.vector_fields[name].text().replace(",", " ").split()
+        try:
+            values = tuple(float(v) for v in text)
+        except ValueError:
+            values = ()
+        if len(values) != 3:
+            raise ValueError(f"the {name} vector needs three numbers (R G B OD), not {' '.join(text)!r}")
+        return values  # type: ignore[return-value]
+
+    def show_calibration(self, cal: StainCalibration) -> None:
+        """Put the vectors that were used in the fields, so they can be read and edited."""
+        for i, name in enumerate(cal.stains.names):
+            if name in self.vector_fields:
+                self.vector_fields[name].setText(" ".join(f"{x:.3f}" for x in cal.stains.matrix[i]))
 
     def start(self) -> None:
         self.error = None
@@ -179,7 +225,7 @@ class StainOverlayWidget(QWidget):
                 if self.region_shapes.currentIndex() > 0
                 else None
             )
-        except (ValueError, KeyError) as e:
+        except (ValueError, KeyError) as e:  # StainVectorError is a ValueError
             self._fail(str(e))
             return
         w, h = region[2:] if region else slide.dimensions
@@ -249,7 +295,11 @@ class StainOverlayWidget(QWidget):
             self.table.setItem(i, 0, QTableWidgetItem(k))
             self.table.setItem(i, 1, QTableWidgetItem(v))
         self.result = result
-        self.status.setText(f"done: {result.n_nuclei} nuclei ({result.nuclei_method})")
+        self.show_calibration(result.calibration)
+        notes = "; ".join(result.calibration.notes)
+        self.status.setText(
+            f"done: {result.n_nuclei} nuclei ({result.nuclei_method})" + (f"; {notes}" if notes else "")
+        )
 
     def _on_error(self, exc: BaseException) -> None:
         self._fail(f"{type(exc).__name__}: {exc}")

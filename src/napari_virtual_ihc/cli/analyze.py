@@ -39,6 +39,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar=("WEAK", "MOD", "STRONG"),
         help="DAB OD cut-offs (uncalibrated defaults)",
     )
+    p.add_argument(
+        "--background",
+        choices=("auto", "default"),
+        default="auto",
+        help="white point: estimated from the slide's glass (auto) or 255 (default)",
+    )
+    p.add_argument(
+        "--stain-vectors",
+        choices=("default", "estimate"),
+        default="default",
+        help="H-DAB vectors: QuPath's defaults (or --hematoxylin/--dab) or estimated from the slide (Macenko)",
+    )
+    p.add_argument(
+        "--hematoxylin", type=float, nargs=3, metavar=("R", "G", "B"), help="hematoxylin OD vector"
+    )
+    p.add_argument("--dab", type=float, nargs=3, metavar=("R", "G", "B"), help="DAB OD vector")
     p.add_argument("--tile", type=int, default=1024)
     p.add_argument("--cells-csv", action="store_true", help="also write cells.csv (one row per nucleus)")
     p.set_defaults(func=run)
@@ -48,12 +64,20 @@ def run(args: argparse.Namespace) -> int:
     from ..slides import open_slide
     from ..slides.errors import SlideError
     from ..stain.analysis import AnalysisSettings, analyze_slide
+    from ..stain.deconvolution import QUPATH_DAB, QUPATH_HEMATOXYLIN, hdab_matrix
     from ..stain.her2 import Her2Rules
     from ..stain.membrane import DabBins
 
     try:
         bins = DabBins(*args.cutoffs)
+        stains = hdab_matrix(
+            tuple(args.hematoxylin) if args.hematoxylin else QUPATH_HEMATOXYLIN,
+            tuple(args.dab) if args.dab else QUPATH_DAB,
+        )
         settings = AnalysisSettings(
+            stains=stains,
+            background=args.background,
+            stain_vectors=args.stain_vectors,
             mode="he" if args.he else "ihc",
             nuclei_method=args.nuclei,
             cellpose_model=args.cellpose_model,
