@@ -162,3 +162,34 @@ def test_dab_ladder_reads_monotonically(ihc_images):
         assert p1 >= p0 - 1e-9 and h1 >= h0 - 1e-9 and c1 >= c0, rows
     assert rows[0][3] == 0  # no DAB at all: 0
     assert rows[-1][3] == 3, rows  # strong complete membranes: 3+
+
+
+@pytest.mark.parametrize(
+    "image",
+    ["tiny", "grey", "very dark", "very yellow", "all glass", "black"],
+)
+def test_odd_images_calibrate_without_crashing(ihc_images, image):
+    rgb = ihc_images["skimage IHC"]
+    img = {
+        "tiny": rgb[:6, :6],
+        "grey": np.repeat(rgb.mean(axis=-1, keepdims=True).astype(np.uint8), 3, axis=-1),
+        "very dark": _cast(rgb, (0.45, 0.45, 0.45)),
+        "very yellow": _cast(rgb, (1.0, 0.9, 0.5)),
+        "all glass": np.full((64, 64, 3), 231, np.uint8),
+        "black": np.zeros((32, 32, 3), np.uint8),
+    }[image]
+    cal = calibrate(img, vectors="estimate")
+    assert all(b >= 1 for b in cal.stains.background)
+    assert cal.vectors_source in ("estimated", "default")
+    if cal.vectors_source == "default":
+        assert any("not estimated" in n for n in cal.notes)
+    res = analyze_image(img, AnalysisSettings(nuclei_method="classical", stain_vectors="estimate"))
+    assert np.isfinite(res.summary()["her2"]["h_score"])
+
+
+def test_extreme_casts_still_read_the_same(ihc_images):
+    rgb = ihc_images["skimage IHC"]
+    ref = _dab_fractions(rgb)
+    for f in ((0.45, 0.45, 0.45), (1.0, 0.9, 0.5)):
+        got = _dab_fractions(_cast(rgb, f))
+        assert all(abs(got[k] - ref[k]) <= 0.03 for k in ref), (f, ref, got)
