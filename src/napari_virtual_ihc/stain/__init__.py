@@ -1,7 +1,16 @@
 """Stain analysis (core, napari-free): deconvolution, DAB masks and bins, HER2 estimate, slide analysis."""
 
 from .analysis import AnalysisCancelled, AnalysisResult, AnalysisSettings, analyze_image, analyze_slide
-from .deconvolution import StainMatrix, StainVectorError, deconvolve, hdab_matrix, hed_matrix, rgb_to_hed
+from .deconvolution import (
+    StainMatrix,
+    StainVectorError,
+    dab_only_rendering,
+    deconvolve,
+    hdab_matrix,
+    hed_matrix,
+    rgb_to_hed,
+    skimage_hed,
+)
 from .her2 import CellTable, Her2Estimate, Her2Rules, categorize, classify_cells, measure_cells
 from .membrane import DabBins, bin_fractions, dab_bins, tdkstain_membrane_mask
 
@@ -20,11 +29,13 @@ __all__ = [
     "bin_fractions",
     "categorize",
     "classify_cells",
+    "dab_only_rendering",
     "dab_bins",
     "deconvolve",
     "hdab_matrix",
     "hed_matrix",
     "measure_cells",
     "rgb_to_hed",
+    "skimage_hed",
     "tdkstain_membrane_mask",
 ]
