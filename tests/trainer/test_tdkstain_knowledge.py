@@ -9,12 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
 from virtual_ihc_train import knowledge
 from virtual_ihc_train.knowledge_maps import (
     KnowledgeCacheError,
     KnowledgeParams,
-    Segmenters,
     centroids,
     compute_maps,
     dab_target,
@@ -143,7 +141,7 @@ def _write_targets(folder: Path, crops: list[np.ndarray]) -> list[Path]:
 def test_cache_second_run_computes_nothing_and_a_parameter_change_recomputes_all(tmp_path, ihc_crops):
     targets = _write_targets(tmp_path / "ihc", ihc_crops)
     segs = load_segmenters(CLASSICAL)
-    entries, c1 = prepare_knowledge(targets, tmp_path / "cache", CLASSICAL, segs, progress=False)
+    _, c1 = prepare_knowledge(targets, tmp_path / "cache", CLASSICAL, segs, progress=False)
     assert (c1.computed, c1.loaded) == (4, 0)
     _, c2 = prepare_knowledge(targets, tmp_path / "cache", CLASSICAL, segs, progress=False)
     assert (c2.computed, c2.loaded, c2.rejected) == (0, 4, 0)
@@ -173,7 +171,7 @@ def test_cache_corrupt_and_stale_entries_are_recomputed(tmp_path, ihc_crops):
 
 def test_unwritable_cache_is_a_clear_error(tmp_path, ihc_crops):
     targets = _write_targets(tmp_path / "ihc", ihc_crops[:1])
-    with pytest.raises(KnowledgeCacheError, match="tdkstain.cache_dir"):
+    with pytest.raises(KnowledgeCacheError, match=r"tdkstain\.cache_dir"):
         prepare_knowledge(targets, Path("/proc/no-such-cache"), CLASSICAL, progress=False)
 
 

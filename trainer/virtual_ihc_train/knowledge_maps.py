@@ -166,7 +166,7 @@ def compute_maps(rgb: np.ndarray, params: KnowledgeParams, segmenters: Segmenter
         points.append(centroids(segmenters.membrane(mask.astype(np.float32) / 255.0, d)))
     pts = np.concatenate(points) if points else np.zeros((0, 2), np.int64)
     density = density_target(pts, rgb.shape[:2], params.nuclei_sigma)
-    return KnowledgeMaps(dab, mask, density, int(len(pts)))
+    return KnowledgeMaps(dab, mask, density, len(pts))
 
 
 # ---------------------------------------------------------------- the cache
