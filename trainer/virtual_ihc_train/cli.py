@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .config import Config, ConfigError, merge, parse_set, read_config_file, set_value
 from .data import DatasetError
-from .presets import PRESETS, preset_config
+from .presets import PRESET_NOTES, PRESETS, preset_config
 
 
 def build_config(args: argparse.Namespace) -> Config:
@@ -85,11 +85,16 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", choices=sorted(PRESETS), default="pyramid-pix2pix")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="pyramid-pix2pix",
+        help="; ".join(f"{k}: {v}" for k, v in PRESET_NOTES.items()),
+    )
     p.add_argument(
         "--multiscale-discriminator",
         action="store_true",
-        help="pix2pixHD/TDKstain discriminator: 3 scales, LSGAN, feature matching",
+        help="pix2pixHD's discriminator: 3 scales, LSGAN, feature matching (x10)",
     )
     p.add_argument("--config", help="YAML or TOML file of overrides (nested sections or dotted keys)")
     p.add_argument("--bci", metavar="ROOT", help="BCI folder (HE/{train,test}, IHC/{train,test})")

@@ -133,6 +133,7 @@ class Segmenters:
 
     nuclei: NucleiSegmenter
     membrane: NucleiSegmenter | None
+    requested: str = "auto"  # auto | cellpose | classical
 
     @property
     def label(self) -> str:
@@ -141,6 +142,9 @@ class Segmenters:
 
     @property
     def fallback_reasons(self) -> list[str]:
+        """Why Cellpose was asked for ("auto") but the classical method runs; empty when classical was chosen."""
+        if self.requested != "auto":
+            return []
         segs = [self.nuclei] + ([self.membrane] if self.membrane is not None else [])
         return [s.fallback_reason for s in segs if s.cellpose is None and s.fallback_reason]
 
@@ -152,7 +156,7 @@ def load_segmenters(params: KnowledgeParams, gpu: bool = False) -> Segmenters:
         if params.membrane_nuclei
         else None
     )
-    return Segmenters(nuclei, membrane)
+    return Segmenters(nuclei, membrane, params.nuclei_method)
 
 
 def compute_maps(rgb: np.ndarray, params: KnowledgeParams, segmenters: Segmenters) -> KnowledgeMaps:
@@ -204,6 +208,7 @@ class KnowledgeCache:
         self.computed = 0
         self.loaded = 0
         self.rejected = 0
+        self.fallback_reasons: list[str] = []
 
     def entry_path(self, image_sha: str) -> Path:
         key = hashlib.sha256((image_sha + "\n" + self.fingerprint).encode()).hexdigest()
@@ -281,6 +286,7 @@ def prepare_knowledge(
     """
     segs = segmenters if segmenters is not None else load_segmenters(params)
     cache = KnowledgeCache(folder, params, segs.label)
+    cache.fallback_reasons = segs.fallback_reasons
     targets = list(targets)
     entries: list[Path] = []
     for path in tqdm(targets, desc="knowledge maps", unit="img", disable=not progress):
@@ -321,11 +327,20 @@ class KnowledgePairDataset(ImagePairDataset):
     [0, 1] (the reference reads them as greyscale PNGs through ``ToTensor``).
     """
 
-    def __init__(self, pairs: list[Pair], augment: Augment, seed: int, entries: list[Path]) -> None:
+    def __init__(
+        self,
+        pairs: list[Pair],
+        augment: Augment,
+        seed: int,
+        entries: list[Path],
+        multiple: int = 1,
+        min_size: int = 1,
+    ) -> None:
         super().__init__(pairs, augment, seed)
         if self.unpaired or len(entries) != len(self.sources):
             raise DatasetError("TDKstain learns from registered pairs, one knowledge entry per IHC image")
         self.entries = entries
+        self.multiple, self.min_size = multiple, min_size
 
     def __getitem__(self, index: int) -> dict:
         rng = np.random.default_rng([self.seed, self.epoch, index])
@@ -340,6 +355,12 @@ class KnowledgePairDataset(ImagePairDataset):
         stacked = np.concatenate([b, maps.dab, maps.mask[..., None], maps.density[..., None]], axis=2)
         a, stacked = self.augment(a, stacked, rng)
         assert stacked is not None
+        h, w = a.shape[:2]
+        if h % self.multiple or w % self.multiple or min(h, w) < self.min_size:
+            raise DatasetError(
+                f"{pair.name}: the network sees {w}x{h} px; it needs sides that are multiples of "
+                f"{self.multiple} and at least {self.min_size} px (crop with data.preprocess=crop)"
+            )
         unit = torch.from_numpy(np.ascontiguousarray(stacked[..., 6:8])).permute(2, 0, 1).float().div_(255.0)
         return {
             "A": to_tensor(a),

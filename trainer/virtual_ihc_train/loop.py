@@ -146,6 +146,7 @@ def fit(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     run_dir = Path(run_dir)
     tc, oc = cfg.train, cfg.optim
     method_cls = check_config(cfg)
+    method_cls.configure_run(cfg, run_dir)
     dataset, val_pairs = method_cls.build_datasets(cfg)  # bad data fails here, before anything is written
     dataset[0]  # one sample read through the augmentation: crop larger than the images, unreadable files
     dd, device = setup_distributed(tc.device)

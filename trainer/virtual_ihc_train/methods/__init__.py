@@ -5,9 +5,11 @@ from __future__ import annotations
 from ..config import Config, ConfigError
 from .base import Method, Step
 from .pix2pix import Pix2Pix
+from .tdkstain import TDKstain
 
 METHODS: dict[str, type[Method]] = {
     Pix2Pix.name: Pix2Pix,
+    TDKstain.name: TDKstain,
 }
 
 

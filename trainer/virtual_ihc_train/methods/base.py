@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -121,6 +122,10 @@ class Method:
     @classmethod
     def check_config(cls, cfg: Config) -> None:
         """Refuse, with a message naming the key, what this method cannot train."""
+
+    @classmethod
+    def configure_run(cls, cfg: Config, run_dir: Path) -> None:
+        """Fill config values that depend on the run folder (before the data is built; default: none)."""
 
     @classmethod
     def build_datasets(cls, cfg: Config) -> tuple[Dataset, list[Pair]]:

@@ -100,7 +100,9 @@ class Pix2Pix(Method):
                 extra["loss_G_variance"] = loss_G_var = variance_penalty(fake_B.float(), real_B)
                 loss_G = loss_G + loss_G_var * lc.lambda_variance
             if lc.lambda_feat and self.cfg.model.discriminator == "multiscale":
-                pred_real_feats = [[f.detach() for f in scale] for scale in pred_real]
+                # pix2pixHD: real and fake features from the same D (here: D after its update)
+                with torch.no_grad():
+                    pred_real_feats = netD(torch.cat((real_A, real_B), 1))
                 loss_G_feat = feature_matching_loss(pred_fake, pred_real_feats) * lc.lambda_feat
                 extra["loss_G_feat"] = loss_G_feat
                 loss_G = loss_G + loss_G_feat
