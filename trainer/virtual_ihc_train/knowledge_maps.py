@@ -169,7 +169,7 @@ def compute_maps(rgb: np.ndarray, params: KnowledgeParams, segmenters: Segmenter
     if segmenters.membrane is not None and mask.any():
         points.append(centroids(segmenters.membrane(mask.astype(np.float32) / 255.0, d)))
     pts = np.concatenate(points) if points else np.zeros((0, 2), np.int64)
-    density = density_target(pts, rgb.shape[:2], params.nuclei_sigma)
+    density = density_target(pts, (rgb.shape[0], rgb.shape[1]), params.nuclei_sigma)
     return KnowledgeMaps(dab, mask, density, len(pts))
 
 

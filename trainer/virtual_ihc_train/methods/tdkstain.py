@@ -26,13 +26,20 @@ import torch
 from torch import nn
 
 from napari_virtual_ihc.models import ModelSpec, build_generator
+from napari_virtual_ihc.models.resnet import ResnetGenerator
 
 from ..config import Config, ConfigError
 from ..data import Augment
 from ..discriminators import init_weights
 from ..knowledge_maps import KnowledgePairDataset, KnowledgeParams, prepare_knowledge
 from ..tdkstain_losses import discriminator_loss, estimator_loss, generator_loss
-from ..tdkstain_nets import MultiscalePatchDiscriminator, NucleiDensityEstimator, encoder_features
+from ..tdkstain_nets import (
+    MultiscalePatchDiscriminator,
+    NucleiDensityEstimator,
+    encoder_channels,
+    encoder_features,
+    encoder_layers,
+)
 from .base import Method, Step, linear_decay_scheduler, make_adam, paired_datasets, set_requires_grad
 
 NUCLEI_METHODS = ("auto", "cellpose", "classical")
@@ -136,8 +143,11 @@ class TDKstain(Method):
         super().__init__(cfg, device)
         mc, oc, t = cfg.model, cfg.optim, cfg.tdkstain
         netG = build_generator(mc.arch, **mc.arch_kwargs)
-        self.layers = [4 + 3 * i - 1 for i in range(1, n_downsampling(cfg) + 1)]
-        feats_nc = sum(netG.model[i - 2].out_channels for i in self.layers)  # the downsampling convs
+        if not isinstance(netG, ResnetGenerator):
+            raise ConfigError(f"model.arch={mc.arch!r} did not build the ResNet generator E reads")
+        self.generator: ResnetGenerator = netG
+        self.layers = encoder_layers(n_downsampling(cfg))
+        feats_nc = sum(encoder_channels(int(mc.arch_kwargs.get("ngf", 64)), n_downsampling(cfg)))
         netD = MultiscalePatchDiscriminator(6, mc.ndf, mc.n_layers_d, mc.norm_d, mc.num_d)
         norm = str(mc.arch_kwargs.get("norm", "instance"))
         netE = NucleiDensityEstimator(feats_nc, 1, t.nef, t.n_estimator_blocks, norm)
@@ -182,7 +192,7 @@ class TDKstain(Method):
             self.opt_E.zero_grad(set_to_none=True)
         with step.no_sync(self.E), step.autocast():
             with torch.no_grad():
-                feats_real = encoder_features(netG, real_B, self.layers)
+                feats_real = encoder_features(self.generator, real_B, self.layers)
             loss_E = estimator_loss(self.E(feats_real, size).float(), density, t.lambda_estimator)
         step.backward(loss_E, self.E)
         if step.last_micro:
@@ -208,7 +218,7 @@ class TDKstain(Method):
             self.opt_G.zero_grad(set_to_none=True)
         with step.no_sync(self.G), step.autocast():
             pred_fake = netD(torch.cat((real_A, fake_B), 1))
-            pred_density = netE(encoder_features(netG, fake_B, self.layers), size)
+            pred_density = netE(encoder_features(self.generator, fake_B, self.layers), size)
             g_terms = generator_loss(
                 [p.float() for p in pred_fake],
                 fake_B.float(),
