@@ -187,6 +187,7 @@ def test_read_only_cache_with_valid_entries_is_used(tmp_path, ihc_crops):
         os.chmod(tmp_path / "cache", 0o755)
 
 
+@pytest.mark.slow  # cellpose's CellposeModel() takes ~25-35 s to build here (the inference itself ~5 s)
 def test_cellpose_model_path_runs_through_the_core_adapter_and_is_recorded(tmp_path, ihc_crops):
     torch = pytest.importorskip("torch")
     from cellpose.resnet_torch import CPnet
@@ -195,10 +196,12 @@ def test_cellpose_model_path_runs_through_the_core_adapter_and_is_recorded(tmp_p
     net = CPnet([2, 8, 16, 32], 3, sz=3, max_pool=True, diam_mean=17.0)
     model = tmp_path / "tiny_cellpose"
     net.save_model(str(model))
-    params = KnowledgeParams(nuclei_method="cellpose", nuclei_model=str(model), membrane_nuclei=False)
+    params = KnowledgeParams(
+        nuclei_method="cellpose", nuclei_model=str(model), membrane_nuclei=False, cellpose_diameter=17.0
+    )
     segs = load_segmenters(params)
     assert segs.label == f"cellpose:{model}" and not segs.fallback_reasons
-    targets = _write_targets(tmp_path / "ihc", ihc_crops[:1])
+    targets = _write_targets(tmp_path / "ihc", [ihc_crops[0][:48, :48]])
     entries, cache = prepare_knowledge(targets, tmp_path / "cache", params, segs, progress=False)
     meta = json.loads((tmp_path / "cache" / "knowledge.json").read_text())
     assert meta["methods"] == f"cellpose:{model}" and cache.computed == 1

@@ -247,3 +247,42 @@ def test_bad_configs_are_refused(pairs_dir, tmp_path):
         cfg = tiny_tdkstain(pairs_dir, **{key: value})
         with pytest.raises(ConfigError):
             cls.check_config(cfg)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_tdkstain(pairs_dir, tmp_path):
+    """DDP (gloo, CPU) wraps G, D and E; E is frozen and G's encoder is used outside its DDP forward in
+    G's step: two ranks train two steps without a reduction error and rank 0 writes every net."""
+    import os
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["-m", "virtual_ihc_train.cli", "fit", "--preset", "tdkstain", "--run-dir", str(run)]
+    cmd += ["--paired", str(pairs_dir / "he"), str(pairs_dir / "ihc")]
+    for kv in (
+        "data.preprocess=crop",
+        "data.crop_size=96",
+        "data.num_workers=0",
+        "model.ndf=8",
+        "model.arch_kwargs={n_blocks: 1, ngf: 8, norm: instance, use_dropout: false, n_downsampling: 3}",
+        "tdkstain.nef=8",
+        "tdkstain.n_estimator_blocks=1",
+        "tdkstain.nuclei_method=classical",
+        "train.max_steps=2",
+        "train.progress=false",
+        "train.tensorboard=false",
+        "train.grid_every_epoch=false",
+    ):
+        cmd += ["--set", kv]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = latest_checkpoint(run)
+    assert {p.name for p in ckpt.glob("*.safetensors")} == {
+        "generator.safetensors",
+        "discriminator.safetensors",
+        "E.safetensors",
+    }
+    assert torch.load(ckpt / "state.pt", weights_only=True)["step"] == 2
