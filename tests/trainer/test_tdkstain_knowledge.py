@@ -242,3 +242,30 @@ def test_metric_nuclei_counter_is_the_cores_segmenter(tmp_path, data_dir):
     assert count(rgb) == len(np.unique(labels)) - 1 > 0
     _, auto_label = knowledge.default_nuclei_counter("auto", tmp_path / "absent-model")
     assert auto_label.startswith("classical (fallback:")
+
+
+def test_flips_apply_to_he_ihc_and_every_map_alike(tmp_path, ihc_crops):
+    import torch
+    from virtual_ihc_train.data import Augment, Pair, to_tensor
+    from virtual_ihc_train.knowledge_maps import KnowledgePairDataset, load_entry
+
+    targets = _write_targets(tmp_path / "ihc", ihc_crops[:1])
+    sources = _write_targets(tmp_path / "he", [np.ascontiguousarray(ihc_crops[1][:, ::-1])])
+    entries, _ = prepare_knowledge(targets, tmp_path / "cache", CLASSICAL, progress=False)
+    ds = KnowledgePairDataset(
+        [Pair(sources[0], targets[0], "0")], Augment("none", flip=True, rot90=False), 0, entries, 8, 8
+    )
+    maps, b = load_entry(entries[0]), ihc_crops[0]
+    seen = set()
+    for epoch in range(8):
+        ds.set_epoch(epoch)
+        item = ds[0]
+        flipped = torch.equal(item["B"], to_tensor(b[:, ::-1]))
+        assert flipped or torch.equal(item["B"], to_tensor(b))
+        o = (lambda x: x[:, ::-1]) if flipped else (lambda x: x)
+        assert torch.equal(item["A"], to_tensor(o(ihc_crops[1][:, ::-1])))
+        assert torch.equal(item["dab"], to_tensor(o(maps.dab)))
+        assert torch.equal(item["mask"][0], torch.from_numpy(o(maps.mask).copy()).float() / 255)
+        assert torch.equal(item["density"][0], torch.from_numpy(o(maps.density).copy()).float() / 255)
+        seen.add(flipped)
+    assert seen == {True, False}
