@@ -211,7 +211,11 @@ def test_fit_resume_bit_exact_cache_reused_export_and_seam_free_stain(pairs_dir,
     model = tmp_path / "tdk.safetensors"
     assert main(["export", str(split), "--out", str(model), "--mpp", "0.5"]) == 0
     from napari_virtual_ihc.cli import main as vihc_main
-    from napari_virtual_ihc.models import load_generator
+    from napari_virtual_ihc.models import load_generator, read_checkpoint
+
+    prov = read_checkpoint(model)[0].provenance
+    assert prov["method"] == "tdkstain" and prov["nuclei_method"] == "classical + classical"
+    assert prov["tdkstain_losses"]["lambda_mask"] == 10.0 and prov["steps"] == 7
 
     he = np.asarray(Image.open(data_dir / "Rat-Kidney_HE.jpg").convert("RGB"))[100:420, 200:600]
     slide = tmp_path / "slide.png"

@@ -53,6 +53,7 @@ def export_run(
         "preprocess": cfg.data.preprocess,
     }
     provenance = {
+        **(spec.provenance or {}),  # what the method recorded (its name, e.g. the segmenters TDKstain used)
         "trainer": "virtual-ihc-train",
         "preset": cfg.preset,
         "data": data,

@@ -283,5 +283,12 @@ class TDKstain(Method):
     def generator_spec(self) -> ModelSpec:
         spec = super().generator_spec()
         prov = dict(spec.provenance or {})
-        prov["nuclei_method"] = self.cfg.tdkstain.nuclei_method_used
+        t = self.cfg.tdkstain
+        prov["nuclei_method"] = t.nuclei_method_used
+        prov["tdkstain_losses"] = {
+            "lambda_l1": t.lambda_l1,
+            "lambda_mask": t.lambda_mask,
+            "lambda_estimator": t.lambda_estimator,
+            "lambda_nuclei": t.lambda_nuclei,
+        }
         return replace(spec, provenance=prov)
