@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from ..config import Config, ConfigError
 from .base import Method, Step
+from .cyclegan import CycleGAN
 from .pix2pix import Pix2Pix
 
 METHODS: dict[str, type[Method]] = {
     Pix2Pix.name: Pix2Pix,
+    CycleGAN.name: CycleGAN,
 }
 
 
