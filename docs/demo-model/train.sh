@@ -9,7 +9,7 @@ OMP_NUM_THREADS=1 virtual-ihc-train fit --preset cyclegan --unpaired "$WORK/data
   --run-dir "$WORK/run" \
   --set data.crop_size=128 --set data.rot90=true --set data.mpp=0.5 --set data.num_workers=0 \
   --set "model.arch_kwargs={n_blocks: 4, ngf: 16, norm: instance, use_dropout: false}" --set model.ndf=32 \
-  --set optim.lr=2e-4 --set optim.n_epochs=10 --set optim.n_epochs_decay=10 \
+  --set optim.lr=2e-4 --set optim.n_epochs=4 --set optim.n_epochs_decay=4 \
   --set train.log_every=10 --set train.checkpoint_every=200 --set train.tensorboard=false \
   --set "data.description=demo: real public H&E (he/, wsi/, pairs/) vs DAB IHC (pairs/ pan-cytokeratin, proSPC; skimage)"
 virtual-ihc-train export "$WORK/run" --out src/napari_virtual_ihc/models/demo/demo-he-to-dab.safetensors \
