@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -78,4 +79,9 @@ def export_run(
     )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    return save_generator(out, module.eval(), spec)
+    written = save_generator(out, module.eval(), spec)
+    classifier = cfg.cyclegan.classifier_A if net == "G" else cfg.cyclegan.classifier_B
+    if spec.class_channel is not None and classifier and Path(classifier).is_file():
+        # the engine looks for the classifier beside the model
+        shutil.copyfile(classifier, out.with_name(Path(classifier).name))
+    return written
