@@ -222,3 +222,34 @@ def test_fit_resume_bit_exact_and_export(tmp_path, unpaired_small, case):
     rev = tmp_path / "rev.safetensors"
     assert main(["export", str(split), "--out", str(rev), "--net", "G_B"]) == 0
     assert load_generator(rev).spec.target_stain == "H&E"
+
+
+def test_class_from_mil_classifiers_when_no_labels(tmp_path, unpaired_small):
+    from virtual_ihc_train.methods import Step
+
+    from napari_virtual_ihc.models.classifier import ResNet34, save_classifier
+
+    for side in ("A", "B"):
+        torch.manual_seed(1)
+        save_classifier(tmp_path / f"c{side}.safetensors", ResNet34(2, width=8).eval(), {"tile": 32})
+    cfg = tiny_cyclegan(
+        unpaired_small,
+        **{
+            "cyclegan.class_channel": True,
+            "cyclegan.classifier_A": str(tmp_path / "cA.safetensors"),
+            "cyclegan.classifier_B": str(tmp_path / "cB.safetensors"),
+        },
+    )
+    ds, _ = CycleGAN.build_datasets(cfg)
+    m = CycleGAN(cfg, torch.device("cpu"))
+    batch = {
+        k: (torch.stack([ds[i][k] for i in range(2)]) if k in "AB" else [ds[i][k] for i in range(2)])
+        for k in ("A", "B", "label", "label_B")
+    }
+    assert batch["label"] == ["", ""]  # no weak labels: the classifiers decide
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    losses = m.train_step(batch, Step(0, 1, True, scaler, torch.device("cpu")))
+    assert all(torch.isfinite(v) for v in losses.values())
+    plane = m.domain_plane("A", ["", ""], batch["A"])
+    assert set(plane.unique().tolist()) <= {-1.0, 1.0}
+    assert m.generator_spec().class_channel["classifier"] == "cA.safetensors"
