@@ -79,6 +79,24 @@ def cmd_export(args: argparse.Namespace) -> int:
         metrics_json=args.metrics,
         mpp=args.mpp,
         name=args.name,
+        net=args.net,
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_mil(args: argparse.Namespace) -> int:
+    from .mil import train_mil
+
+    out = train_mil(
+        Path(args.images),
+        Path(args.labels),
+        Path(args.out),
+        tile=args.tile,
+        epochs=args.epochs,
+        lr=args.lr,
+        width=args.width,
+        imagenet=Path(args.imagenet) if args.imagenet else None,
     )
     print(f"wrote {out}")
     return 0
@@ -135,7 +153,18 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", help="evaluation JSON to record in the header (metrics.json from evaluate)")
     p.add_argument("--mpp", type=float, help="µm/px of the training data (overrides data.mpp)")
     p.add_argument("--name", help="model name shown in the plugin")
+    p.add_argument(
+        "--net", default="G", help="which generator: G (H&E -> IHC, default) or G_B (CycleGAN's IHC -> H&E)"
+    )
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "mil", help="train the tumour classifier of the class channel (MIL, ResNet-34) from weak labels"
+    )
+    from .mil import add_arguments as add_mil_arguments
+
+    add_mil_arguments(p)
+    p.set_defaults(func=cmd_mil)
     return parser
 
 

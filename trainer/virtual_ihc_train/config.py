@@ -123,6 +123,21 @@ class TDKstainConfig:
 
 
 @dataclass
+class CycleGANConfig:
+    """``cyclegan`` method: junyanz ``cycle_gan_model.py`` weights, and the MIL class channel (off by default)."""
+
+    lambda_A: float = 10.0  # cycle A -> B -> A (L1)
+    lambda_B: float = 10.0  # cycle B -> A -> B (L1)
+    lambda_identity: float = 0.5  # identity L1, times lambda_A / lambda_B
+    pool_size: int = 50  # fakes remembered per discriminator (0 = none)
+    class_channel: bool = False  # append the tumour class plane as a 4th input channel of both generators
+    labels_A: str = ""  # CSV file,class for the H&E images (class: tumour | non-tumour)
+    labels_B: str = ""  # CSV file,class for the IHC images
+    classifier_A: str = ""  # MIL classifier (.safetensors) giving the H&E class when no label is given
+    classifier_B: str = ""  # MIL classifier for the IHC domain
+
+
+@dataclass
 class Config:
     preset: str = "pix2pix"
     method: str = "pix2pix"  # the training method (methods.METHODS): pix2pix | cyclegan | ...
@@ -132,6 +147,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tdkstain: TDKstainConfig = field(default_factory=TDKstainConfig)
+    cyclegan: CycleGANConfig = field(default_factory=CycleGANConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -97,6 +97,24 @@ PRESETS: dict[str, dict[str, Any]] = {
         "optim": {"lr": 2e-4, "beta1": 0.5, "beta2": 0.999, "n_epochs": 50, "n_epochs_decay": 50},
         "train": {"batch_size": 1},
     },
+    # Zhu et al. 2017 as junyanz's cycle_gan_model.py: two ResNet-9 generators (instance norm, no dropout), two
+    # 70x70 PatchGANs (instance norm), LSGAN, cycle L1 10 each way, identity 0.5 x 10, 50-image pools, Adam
+    # beta1 0.5, constant-then-linear lr, batch 1. The MIL-conditional paper's own choices where stated:
+    # lr 1e-4 (junyanz 2e-4), 224 px crops taken directly (junyanz resize 286 + crop 256), 100 epochs in all
+    # (kept as junyanz's 50 constant + 50 decay). Its class channel: cyclegan.class_channel=true.
+    "cyclegan": {
+        "method": "cyclegan",
+        "data": {"kind": "unpaired", "preprocess": "crop", "crop_size": 224, "rot90": False},
+        "model": {
+            "arch": "resnet",
+            "arch_kwargs": {"n_blocks": 9, "ngf": 64, "norm": "instance", "use_dropout": False},
+            "discriminator": "patch",
+            "norm_d": "instance",
+        },
+        "loss": {"gan_mode": "lsgan", "pyramid_weights": [0.0], "lambda_variance": 0.0},
+        "optim": {"lr": 1e-4, "n_epochs": 50, "n_epochs_decay": 50},
+        "train": {"batch_size": 1},
+    },
 }
 
 # What each preset is, in a line (shown by ``virtual-ihc-train fit --help``).
@@ -109,6 +127,7 @@ PRESET_NOTES: dict[str, str] = {
         "Peng et al. 2024 (balball/TDKstain code): nuclei density estimator + membrane branch, 3-scale "
         "PatchGAN, LSGAN; no feature matching"
     ),
+    "cyclegan": "Zhu et al. 2017 (junyanz code): unpaired, two ResNet-9 generators, cycle + identity L1, LSGAN",
 }
 
 # pix2pixHD (Wang et al. 2018): 3-scale discriminator, LSGAN, feature matching (x10), instance norm in D.

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from ..config import Config, ConfigError
 from .base import Method, Step
+from .cyclegan import CycleGAN
 from .pix2pix import Pix2Pix
 from .tdkstain import TDKstain
 
 METHODS: dict[str, type[Method]] = {
     Pix2Pix.name: Pix2Pix,
     TDKstain.name: TDKstain,
+    CycleGAN.name: CycleGAN,
 }
 
 
