@@ -74,6 +74,7 @@ def test_wheel_holds_real_manifest_and_installs_into_fresh_venv(tmp_path):
         assert z.read(info) == (ROOT / "napari.yaml").read_bytes()
         assert "napari_virtual_ihc/samples/CMU-1-region.tif" in names
         assert "napari_virtual_ihc/samples/LICENSE.md" in names
+        assert "napari_virtual_ihc/models/demo/demo-he-to-dab.safetensors" in names  # the demo model ships
     assert any(n.startswith("virtual_ihc_train/") for n in names)
     assert not any(n.startswith("trainer/") for n in names)  # PyPI's "trainer" is someone else's
     # a fresh venv that sees the global dependencies but gets the plugin only from the wheel

@@ -118,7 +118,9 @@ def test_presets_carry_the_papers_defaults():
         "lsgan",
         10.0,
     )
-    assert set(PRESETS) == {"pix2pix", "pyramid-pix2pix", "variance-pyramid"}
+    assert {"pix2pix", "pyramid-pix2pix", "variance-pyramid", "pyramid-pix2pix-s1", "tdkstain"} <= set(
+        PRESETS
+    )
 
 
 def test_overrides_files_and_errors(tmp_path):

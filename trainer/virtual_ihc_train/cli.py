@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .config import Config, ConfigError, merge, parse_set, read_config_file, set_value
 from .data import DatasetError
-from .presets import PRESETS, preset_config
+from .presets import PRESET_NOTES, PRESETS, preset_config
 
 
 def build_config(args: argparse.Namespace) -> Config:
@@ -79,17 +79,40 @@ def cmd_export(args: argparse.Namespace) -> int:
         metrics_json=args.metrics,
         mpp=args.mpp,
         name=args.name,
+        net=args.net,
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_mil(args: argparse.Namespace) -> int:
+    from .mil import train_mil
+
+    out = train_mil(
+        Path(args.images),
+        Path(args.labels),
+        Path(args.out),
+        tile=args.tile,
+        epochs=args.epochs,
+        lr=args.lr,
+        width=args.width,
+        imagenet=Path(args.imagenet) if args.imagenet else None,
     )
     print(f"wrote {out}")
     return 0
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", choices=sorted(PRESETS), default="pyramid-pix2pix")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="pyramid-pix2pix",
+        help="; ".join(f"{k}: {v}" for k, v in PRESET_NOTES.items()),
+    )
     p.add_argument(
         "--multiscale-discriminator",
         action="store_true",
-        help="pix2pixHD/TDKstain discriminator: 3 scales, LSGAN, feature matching",
+        help="pix2pixHD's discriminator: 3 scales, LSGAN, feature matching (x10)",
     )
     p.add_argument("--config", help="YAML or TOML file of overrides (nested sections or dotted keys)")
     p.add_argument("--bci", metavar="ROOT", help="BCI folder (HE/{train,test}, IHC/{train,test})")
@@ -130,14 +153,30 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", help="evaluation JSON to record in the header (metrics.json from evaluate)")
     p.add_argument("--mpp", type=float, help="µm/px of the training data (overrides data.mpp)")
     p.add_argument("--name", help="model name shown in the plugin")
+    p.add_argument(
+        "--net", default="G", help="which generator: G (H&E -> IHC, default) or G_B (CycleGAN's IHC -> H&E)"
+    )
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "mil", help="train the tumour classifier of the class channel (MIL, ResNet-34) from weak labels"
+    )
+    from .mil import add_arguments as add_mil_arguments
+
+    add_mil_arguments(p)
+    p.set_defaults(func=cmd_mil)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .loop import TrainingDivergedError
+
     args = make_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except TrainingDivergedError as exc:  # the run failed, the data and config were fine: exit 1
+        print(f"virtual-ihc-train: error: {exc}", file=sys.stderr)
+        return 1
     except (ConfigError, DatasetError, ValueError, FileNotFoundError) as exc:  # bad input: say what, exit 2
         print(f"virtual-ihc-train: error: {exc}", file=sys.stderr)
         return 2

@@ -96,13 +96,58 @@ class TrainConfig:
 
 
 @dataclass
+class TDKstainConfig:
+    """TDKstain (balball/TDKstain ``tdk_model.py`` and ``preprocess/``): loss weights, estimator, knowledge maps."""
+
+    lambda_l1: float = 10.0  # coef_L1
+    lambda_mask: float = 10.0  # coef_mask: L1(G(A * M), K_M)
+    lambda_estimator: float = 10.0  # coef_E: MSE(E(G_enc(B)), K_N) when E learns
+    lambda_nuclei: float = 10.0  # coef_nuclei: MSE(E(G_enc(G(A))), K_N) when G learns
+    nef: int = 128
+    n_estimator_blocks: int = 4
+    cache_dir: str = ""  # knowledge-map cache; empty = RUN_DIR/knowledge
+    saturation_threshold: float = 0.15
+    mask_blur_ksize: int = 9
+    mask_blur_sigma: float = 3.0
+    h_percentile: float = 99.0
+    hole_area: int = 400
+    dilation_radius: int = 1
+    nuclei_sigma: float = 11.0
+    cellpose_diameter: float = 30.0
+    membrane_nuclei: bool = True  # the reference's cyto2 centroids on the blurred membrane mask
+    nuclei_method: str = "auto"  # auto | cellpose | classical
+    cellpose_model: str = "nuclei"  # built-in name or a model file
+    membrane_cellpose_model: str = "cyto2"
+    nuclei_method_used: str = ""  # written by the run: what really segmented the nuclei
+    allow_knowledge_change: bool = False  # resume with other knowledge parameters (maps are recomputed)
+
+
+@dataclass
+class CycleGANConfig:
+    """``cyclegan`` method: junyanz ``cycle_gan_model.py`` weights, and the MIL class channel (off by default)."""
+
+    lambda_A: float = 10.0  # cycle A -> B -> A (L1)
+    lambda_B: float = 10.0  # cycle B -> A -> B (L1)
+    lambda_identity: float = 0.5  # identity L1, times lambda_A / lambda_B
+    pool_size: int = 50  # fakes remembered per discriminator (0 = none)
+    class_channel: bool = False  # append the tumour class plane as a 4th input channel of both generators
+    labels_A: str = ""  # CSV file,class for the H&E images (class: tumour | non-tumour)
+    labels_B: str = ""  # CSV file,class for the IHC images
+    classifier_A: str = ""  # MIL classifier (.safetensors) giving the H&E class when no label is given
+    classifier_B: str = ""  # MIL classifier for the IHC domain
+
+
+@dataclass
 class Config:
     preset: str = "pix2pix"
+    method: str = "pix2pix"  # the training method (methods.METHODS): pix2pix | cyclegan | ...
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    tdkstain: TDKstainConfig = field(default_factory=TDKstainConfig)
+    cyclegan: CycleGANConfig = field(default_factory=CycleGANConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -111,7 +111,9 @@ def load_backends(wanted: set[str], args: Any) -> Backends:
 
         b.dists = load_dists(getattr(args, "vgg16", None), getattr(args, "dists_weights", None))
     if "nuclei" in wanted:
-        b.nuclei_counter, b.nuclei_method = knowledge.default_nuclei_counter()
+        b.nuclei_counter, b.nuclei_method = knowledge.default_nuclei_counter(
+            getattr(args, "nuclei_method", "auto"), getattr(args, "cellpose_model", None) or "nuclei"
+        )
     return b
 
 
@@ -304,6 +306,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vgg16", help="torchvision vgg16-397923af.pth (LPIPS, DISTS)")
     p.add_argument("--lpips-lin", help="lpips v0.1 vgg.pth")
     p.add_argument("--dists-weights", help="DISTS weights.pt")
+    p.add_argument(
+        "--nuclei-method",
+        choices=("auto", "cellpose", "classical"),
+        default="auto",
+        help="nuclei counter: Cellpose (auto falls back to the classical method when weights are missing)",
+    )
+    p.add_argument(
+        "--cellpose-model", help="Cellpose model file for the nuclei count (default: built-in nuclei)"
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import torch
 from napari_virtual_ihc.models import build_generator, read_checkpoint, save_generator
 
 from .config import Config, read_config_file
-from .run_state import ResumeError, latest_checkpoint
+from .run_state import ResumeError, latest_checkpoint, net_file
 
 
 def export_run(
@@ -24,13 +25,19 @@ def export_run(
     metrics_json: str | Path | None = None,
     mpp: float | None = None,
     name: str | None = None,
+    net: str = "G",
 ) -> Path:
+    """Write net ``net`` of the run (``G``: H&E -> IHC; CycleGAN's ``G_B``: the reverse) as a plugin checkpoint."""
     run_dir = Path(run_dir)
     cfg = Config.from_dict(read_config_file(run_dir / "config.yaml"))
     ckpt = run_dir / "checkpoints" / checkpoint if checkpoint else latest_checkpoint(run_dir)
-    if not (ckpt / "generator.safetensors").is_file():
-        raise ResumeError(f"no generator.safetensors in {ckpt}")
-    spec, sd = read_checkpoint(ckpt / "generator.safetensors")
+    file = ckpt / net_file(net)
+    if not file.is_file():
+        raise ResumeError(f"no {file.name} in {ckpt} (net {net!r})")
+    spec, sd = read_checkpoint(file)
+    broken = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise ResumeError(f"{file} holds non-finite weights ({', '.join(broken[:3])}); not exported")
     state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
     module = build_generator(spec.arch, **spec.arch_kwargs)
     module.load_state_dict(sd, strict=True)
@@ -53,6 +60,7 @@ def export_run(
         "preprocess": cfg.data.preprocess,
     }
     provenance = {
+        **(spec.provenance or {}),  # what the method recorded (its name, e.g. the segmenters TDKstain used)
         "trainer": "virtual-ihc-train",
         "preset": cfg.preset,
         "data": data,
@@ -67,9 +75,14 @@ def export_run(
     spec = dataclasses.replace(
         spec,
         mpp=mpp if mpp is not None else cfg.data.mpp,
-        name=name or f"{cfg.preset} on {cfg.data.kind}",
+        name=name or (spec.name if net != "G" else f"{cfg.preset} on {cfg.data.kind}"),
         provenance=provenance,
     )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    return save_generator(out, module.eval(), spec)
+    written = save_generator(out, module.eval(), spec)
+    classifier = cfg.cyclegan.classifier_A if net == "G" else cfg.cyclegan.classifier_B
+    if spec.class_channel is not None and classifier and Path(classifier).is_file():
+        # the engine looks for the classifier beside the model
+        shutil.copyfile(classifier, out.with_name(Path(classifier).name))
+    return written

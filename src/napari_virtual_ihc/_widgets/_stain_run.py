@@ -67,6 +67,7 @@ class RunRequest:
     model_path: str
     settings: EngineSettings
     opacity: float = 0.6
+    tumour_class: str = "auto"  # models with a tumour-class channel: auto (classifier) | tumour | non-tumour
 
 
 def _lower_thread_priority(step: int) -> bool:
@@ -311,7 +312,9 @@ class StainRun(QObject):
         from .. import inference, models
 
         try:
-            model = models.load_generator(self.request.model_path, device="cpu")
+            model = models.supply_class_channel(
+                models.load_generator(self.request.model_path, device="cpu"), self.request.tumour_class
+            )
         except models.CheckpointError:
             raise
         except Exception as exc:  # any failure reading the file is a model problem for the user

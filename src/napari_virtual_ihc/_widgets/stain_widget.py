@@ -57,13 +57,12 @@ MODEL_FILTER = "Generator checkpoints (*.safetensors *.pth *.pt *.ckpt);;All fil
 
 
 def _demo_model_path() -> str | None:
-    """The embedded demo model, once the models package ships one."""
-    try:
-        from .. import models
+    """The embedded demo model (None when a broken install lacks it: the widget still works)."""
+    from .. import models
 
-        finder = getattr(models, "demo_model_path", None)
-        return str(finder()) if callable(finder) else None
-    except Exception:  # a missing demo model must never break the widget
+    try:
+        return str(models.demo_model_path())
+    except models.CheckpointError:
         return None
 
 
@@ -173,6 +172,18 @@ class VirtualIHCWidget(QWidget):
             "Tiles per forward pass; auto = 1 on the CPU, 4 on a GPU. Lower it if the GPU runs out of memory"
         )
         adv.addRow("Batch", self.batch_spin)
+        self.tumour_class_combo = QComboBox()
+        for label, value in (
+            ("auto (tumour classifier)", "auto"),
+            ("tumour", "tumour"),
+            ("non-tumour", "non-tumour"),
+        ):
+            self.tumour_class_combo.addItem(label, value)
+        self.tumour_class_combo.setToolTip(
+            "Only for models with a tumour-class channel (CycleGAN + MIL): one class for the whole slide, "
+            "or the model's tumour classifier run tile-wise"
+        )
+        adv.addRow("Tumour class", self.tumour_class_combo)
         layout.addWidget(self.advanced_panel)
 
         self.load_existing_button = QPushButton("Load existing result")
@@ -211,6 +222,8 @@ class VirtualIHCWidget(QWidget):
         s = self.settings
         self._fill_model_combo()
         self.model_combo.setCurrentText(s.model_path)
+        if not s.model_path and _demo_model_path():  # a first start: the demo model is the default
+            self.model_combo.setCurrentIndex(0)
         index = self.device_combo.findData(s.device)
         if index < 0:  # saved on another machine (e.g. a CUDA device absent here): keep it, say so
             self.device_combo.addItem(f"{s.device} (not available here)", s.device)
@@ -230,7 +243,9 @@ class VirtualIHCWidget(QWidget):
         self.model_combo.clear()
         demo = _demo_model_path()
         if demo:
-            self.model_combo.addItem(f"Demo model (embedded): {Path(demo).name}", demo)
+            from ..models import DEMO_MODEL_LABEL
+
+            self.model_combo.addItem(f"{DEMO_MODEL_LABEL} (embedded): {Path(demo).name}", demo)
         for path in self.settings.recent_models:
             if path != demo:
                 self.model_combo.addItem(path, path)
@@ -502,6 +517,7 @@ class VirtualIHCWidget(QWidget):
             model_path=model_path,
             settings=self.engine_settings(),
             opacity=self.opacity_slider.value() / 100.0,
+            tumour_class=str(self.tumour_class_combo.currentData()),
         )
         run = StainRun(self.viewer, request)
         run.progressed.connect(self._on_run_progress)

@@ -53,6 +53,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-skip-background", action="store_true", help="run the model on blank glass too")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--tumour-class",
+        choices=["auto", "tumour", "non-tumour"],
+        default="auto",
+        help="models with a tumour-class channel: one class for every slide, or auto (the tumour classifier)",
+    )
+    p.add_argument("--classifier", help="tumour classifier (.safetensors) for --tumour-class auto")
     p.set_defaults(func=run)
 
 
@@ -116,7 +123,7 @@ def _open_slide(path: Path):  # type: ignore[no-untyped-def]
 def run(args: argparse.Namespace) -> int:
     from ..inference import EngineSettings, stain_slide
     from ..inference.errors import EngineError
-    from ..models import CheckpointError, load_generator
+    from ..models import CheckpointError, load_generator, supply_class_channel
 
     rank, world = rank_and_world()
     out = Path(args.out)
@@ -131,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         from ..inference.store import check_writable_folder
 
         check_writable_folder(out)
-        model = load_generator(args.model)
+        model = supply_class_channel(load_generator(args.model), args.tumour_class, args.classifier)
     except (EngineError, CheckpointError) as e:
         print(f"virtual-ihc stain: {e}", file=sys.stderr)
         return 2

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..models.class_channel import describe_choices, needs_class
 from ..models.describe import receptive_field, size_multiple
 from ..models.norms import norm_kind
 from ..models.spec import LoadedGenerator
@@ -29,7 +30,7 @@ from .device import (
     resolve_device,
     resolve_precision,
 )
-from .errors import RegionError
+from .errors import ModelInputError, RegionError
 from .grid import GridTile, TileGrid, round_up
 from .normalization import (
     estimate_instance_stats,
@@ -163,6 +164,8 @@ def stain_slide(
     batch = resolve_batch(settings.batch, device)
     winograd = bool(settings.winograd) and device.type == "cpu" and precision == "fp32"
 
+    if needs_class(model):  # never run a class-channel model on a silent zero channel
+        raise ModelInputError(describe_choices(model) + " (models.supply_class_channel)")
     module = model.module
     spec = model.spec
     norm = norm_kind(module)

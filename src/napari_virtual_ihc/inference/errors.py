@@ -25,3 +25,7 @@ class StoreWriteError(EngineError):
 
 class DeviceError(EngineError):
     """The requested device or precision is not available here."""
+
+
+class ModelInputError(EngineError):
+    """The model needs an input the run did not supply (a tumour-class channel without a class)."""

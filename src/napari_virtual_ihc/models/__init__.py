@@ -1,6 +1,8 @@
 """Generators (pix2pix/CycleGAN ResNet and U-Net, ASP's ResNet) and safe checkpoint I/O. Core, napari-free."""
 
 from .checkpoint import HEADER_KEY, file_sha256, load_generator, read_checkpoint, save_generator
+from .class_channel import ClassChannelError, needs_class, supply_class_channel
+from .demo_model import DEMO_MODEL_LABEL, demo_model_path
 from .describe import describe, receptive_field, size_multiple
 from .detect import detect_architecture
 from .errors import (
@@ -17,11 +19,13 @@ from .registry import GENERATORS, available_architectures, build_generator, regi
 from .spec import FORMAT_VERSION, LoadedGenerator, ModelSpec
 
 __all__ = [
+    "DEMO_MODEL_LABEL",
     "FORMAT_VERSION",
     "GENERATORS",
     "HEADER_KEY",
     "CheckpointError",
     "CheckpointNotFoundError",
+    "ClassChannelError",
     "CorruptCheckpointError",
     "LoadedGenerator",
     "ModelSpec",
@@ -31,14 +35,17 @@ __all__ = [
     "UnsupportedFormatVersionError",
     "available_architectures",
     "build_generator",
+    "demo_model_path",
     "describe",
     "detect_architecture",
     "file_sha256",
     "load_generator",
+    "needs_class",
     "norm_kind",
     "read_checkpoint",
     "receptive_field",
     "register_generator",
     "save_generator",
     "size_multiple",
+    "supply_class_channel",
 ]

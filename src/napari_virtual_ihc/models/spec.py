@@ -28,6 +28,9 @@ class ModelSpec:
     target_stain: str = "HER2"
     name: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
+    # a 4th input channel holding the tumour class plane (CycleGAN + MIL): {"classes": {name: value}, ...};
+    # None for the usual RGB-only generator
+    class_channel: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:

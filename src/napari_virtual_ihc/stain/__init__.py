@@ -8,7 +8,16 @@ from .calibration import (
     estimate_background,
     estimate_stain_vectors,
 )
-from .deconvolution import StainMatrix, StainVectorError, deconvolve, hdab_matrix, hed_matrix, rgb_to_hed
+from .deconvolution import (
+    StainMatrix,
+    StainVectorError,
+    dab_only_rendering,
+    deconvolve,
+    hdab_matrix,
+    hed_matrix,
+    rgb_to_hed,
+    skimage_hed,
+)
 from .her2 import CellTable, Her2Estimate, Her2Rules, categorize, classify_cells, measure_cells
 from .membrane import DabBins, bin_fractions, dab_bins, tdkstain_membrane_mask
 
@@ -31,6 +40,7 @@ __all__ = [
     "categorize",
     "classify_cells",
     "dab_bins",
+    "dab_only_rendering",
     "deconvolve",
     "estimate_background",
     "estimate_stain_vectors",
@@ -38,5 +48,6 @@ __all__ = [
     "hed_matrix",
     "measure_cells",
     "rgb_to_hed",
+    "skimage_hed",
     "tdkstain_membrane_mask",
 ]

@@ -126,3 +126,27 @@ def stain_only_rgb(
     v = _unit(np.asarray(vector, dtype=np.float64)).astype(np.float32)
     od = conc[..., None].astype(np.float32) * v
     return np.clip(background * np.power(10.0, -od), 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------- TDKstain's convention (scikit-image's scale)
+# TDKstain (Peng et al. 2024, ``preprocess/get_dab_mask.py``) deconvolves with ``skimage.color.rgb2hed`` and
+# re-colours one channel with ``skimage.color.hed2rgb``. Both use natural logs divided by ln(1e-6), so an
+# OD from :func:`rgb_to_hed` (log10) is ~6x larger than what ``hed2rgb`` expects: feeding one to the other
+# renders a far too dark image. Everything TDKstain-shaped in the project goes through these two functions.
+
+
+def skimage_hed(rgb: np.ndarray) -> np.ndarray:
+    """(h, w, 3) float64 H, E, DAB in scikit-image's scale (``rgb2hed``; equals :func:`rgb_to_hed` / 6)."""
+    from skimage.color import rgb2hed
+
+    return rgb2hed(_check_rgb(rgb))
+
+
+def dab_only_rendering(rgb: np.ndarray) -> np.ndarray:
+    """(h, w, 3) float64 in [0, 1]: the image with its DAB stain alone (TDKstain's DAB channel K_M)."""
+    from skimage.color import hed2rgb
+
+    hed = skimage_hed(rgb)
+    only_dab = np.zeros_like(hed)
+    only_dab[..., 2] = hed[..., 2]
+    return hed2rgb(only_dab)

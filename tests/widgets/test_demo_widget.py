@@ -1,0 +1,44 @@
+"""The newcomer path: the sample, the docked widget with the demo model selected by default, one Run gives a
+virtual IHC layer with brown DAB and blue hematoxylin where the model puts them (real napari, Xvfb)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gui
+
+
+def test_demo_model_is_the_default_and_run_gives_brown_and_blue(
+    make_napari_viewer: Any, qtbot: Any, tmp_path: Path
+) -> None:
+    from skimage.color import rgb2hed
+
+    from napari_virtual_ihc.models import DEMO_MODEL_LABEL, demo_model_path
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-virtual-ihc", "cmu1_region")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-virtual-ihc", "Virtual IHC")
+    assert widget.model_path() == str(demo_model_path())  # selected without the user doing anything
+    assert widget.model_combo.currentText().startswith(DEMO_MODEL_LABEL)
+    widget.output_edit.setText(str(tmp_path))
+    widget.set_device("cpu")
+    run = widget.start_run()
+    assert run is not None, "Run did not start"
+    qtbot.waitUntil(lambda: not run.running, timeout=180_000)
+    assert run.state == "done", run.error
+    layer = run.layer
+    assert layer is not None and layer in viewer.layers
+    ihc = np.asarray(layer.data[0][:])[..., :3]
+    he = np.asarray(viewer.layers[0].data[0][:])[..., :3]
+    assert ihc.shape == he.shape == (1024, 1024, 3)
+    f = he.astype(np.float32)
+    tissue = ~((f.min(-1) > 215) & ((f.max(-1) - f.min(-1)) < 20))
+    hed = rgb2hed(ihc)
+    h, d = hed[..., 0], hed[..., 2]
+    brown = ((d > 0.05) & (d > h))[tissue].mean()
+    blue = ((h > 0.05) & (h > d))[tissue].mean()
+    assert brown > 0.05 and blue > 0.05, (brown, blue)
