@@ -25,6 +25,7 @@ from .cases import REAL, CaseSpec, read_case_table
 from .encode import FIXED_MTIME, decode_png, encode_png, fit_to_size, read_source, write_fixed_time
 from .errors import BundleError, StudyError
 from .ordering import gapped_order, reader_rng, session_split
+from .store import ALGORITHM_READER
 
 MANIFEST_NAME = "manifest.json"
 BUNDLE_FORMAT = "reader-study-bundle"  # no product name: the manifest must not say "virtual"
@@ -114,12 +115,19 @@ def build_study(
     cases = list(cases)
     if not options.readers or len(set(options.readers)) != len(options.readers):
         raise StudyError("give at least one reader ID, each once")
+    if ALGORITHM_READER in options.readers:
+        raise StudyError(f"the reader ID {ALGORITHM_READER!r} is reserved for the HER2 estimate")
     out = Path(out_dir).resolve()
+    if out.exists() and not out.is_dir():
+        raise StudyError(f"--out {out} is a file; give a new folder for the bundle")
     if out.exists() and any(out.iterdir()):
         raise StudyError(f"{out} exists and is not empty; choose a new bundle folder")
     key = Path(key_path).resolve() if key_path else out.parent / f"{out.name}_key.json"
     if key.is_relative_to(out):
         raise StudyError("the unblinding key must be written outside the bundle folder")
+    if key.exists():
+        # another study's key: overwriting it would make that study's answers impossible to unblind
+        raise StudyError(f"the key {key} already exists (another study's key?); it is never overwritten")
     created = not out.exists()
     (out / "images").mkdir(parents=True, exist_ok=True)
     try:
@@ -176,6 +184,7 @@ def _build_into(
         "version": FORMAT_VERSION,
         "study_id": study_id,
         "seed": options.seed,
+        "ultralow": options.ultralow,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "bundle": str(out),
         "images": {
@@ -189,8 +198,14 @@ def _build_into(
             for i, (case, modality) in sorted(plan.items())
         },
     }
+    if any(c.reference for c in cases):
+        key_doc["cases"] = {c.case_id: {"reference": c.reference} for c in cases}
     key.parent.mkdir(parents=True, exist_ok=True)
-    key.write_text(json.dumps(key_doc, indent=1, sort_keys=True))
+    try:
+        with key.open("x") as f:  # exclusive: a key that appeared meanwhile is not overwritten either
+            f.write(json.dumps(key_doc, indent=1, sort_keys=True))
+    except FileExistsError as exc:
+        raise StudyError(f"the key {key} already exists; it is never overwritten") from exc
     for d in (out / "images", out):
         os.utime(d, (FIXED_MTIME, FIXED_MTIME))
     return out, key
