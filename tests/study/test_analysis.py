@@ -143,6 +143,7 @@ def scripted_answers(bundle_dir: Path, key_path: Path, answers: Path, matches: d
             if score == real and info["modality"] != "real" and case >= n_same:
                 score = CATS[(case + 2) % 4]
             s.add_active_time(10.0 + case % 7 + (5 if info["modality"] != "real" else 0))
+            s.pixels()  # the case is on screen before it is scored
             s.answer(score, 1 + case % 5)
             s.next()
         s.close()

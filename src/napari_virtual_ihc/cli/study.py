@@ -38,6 +38,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     b.add_argument("--size", type=int, nargs=2, metavar=("W", "H"), help="resample every image to W x H")
     b.add_argument("--ultralow", action="store_true", help="offer the HER2-ultralow category")
+    b.add_argument(
+        "--whole-slide",
+        action="store_true",
+        help="every case as a tiled pyramid read lazily (cases over 8192^2 px without a region always are)",
+    )
     b.add_argument("--title", default="HER2 reader study")
     b.set_defaults(func=run_build)
 
@@ -119,6 +124,7 @@ def run_build(args: argparse.Namespace) -> int:
         size=tuple(args.size) if args.size else None,
         ultralow=args.ultralow,
         title=args.title,
+        whole_slide=args.whole_slide,
     )
     bar = tqdm(desc="encoding images", unit="img")
 
