@@ -23,6 +23,7 @@ from .errors import BundleError, CaseTableError
 
 TILE = 256
 SMALLEST_LEVEL = 512  # stop halving when both sides are at most this
+BAND_TILES = 8  # tiles read from the source per read_region call
 
 
 def pyramid_sizes(width: int, height: int) -> list[tuple[int, int]]:
@@ -97,13 +98,20 @@ class ResampledSource:
 
 
 def _tiles(src: ResampledSource, size: tuple[int, int], tile: int) -> Iterator[np.ndarray]:
+    """Tiles in row-major order, read from the source a band of up to BAND_TILES tiles at a time (one
+    read and one resampling per band: far fewer source decodes, no seams between the band's tiles)."""
     w, h = size
+    band = tile * BAND_TILES
     for y in range(0, h, tile):
-        for x in range(0, w, tile):
-            tw, th = min(tile, w - x), min(tile, h - y)
-            block = np.zeros((tile, tile, 3), np.uint8)  # edge tiles padded with 0 (outside the image)
-            block[:th, :tw] = src.read(size, x, y, tw, th)
-            yield block
+        th = min(tile, h - y)
+        for bx in range(0, w, band):
+            bw = min(band, w - bx)
+            strip = src.read(size, bx, y, bw, th)
+            for x in range(0, bw, tile):
+                tw = min(tile, bw - x)
+                block = np.zeros((tile, tile, 3), np.uint8)  # edge tiles padded with 0 (outside the image)
+                block[:th, :tw] = strip[:, x : x + tw]
+                yield block
 
 
 def write_tiled(
