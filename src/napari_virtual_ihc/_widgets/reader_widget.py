@@ -455,13 +455,19 @@ class ReaderStudyWidget(QWidget):
 
         from napari_virtual_ihc.study import load_key
         from napari_virtual_ihc.study.analysis import analyze
-        from napari_virtual_ihc.study.ratings import collect_ratings
-        from napari_virtual_ihc.study.report import write_report
+        from napari_virtual_ihc.study.ratings import collect_ratings, key_modalities
+        from napari_virtual_ihc.study.reference import reference_from_key
+        from napari_virtual_ihc.study.report import prepare_report_dir, write_report
 
         def work() -> Path:
+            prepare_report_dir(out)
             k = load_key(key) if str(key) else None
             ratings = collect_ratings(k, [answers])
-            results = analyze(ratings, n_boot=n_boot, seed=0)
+            if ratings.empty:
+                raise StudyError("no answers to analyse")
+            results = analyze(
+                ratings, n_boot=n_boot, seed=0, modalities=key_modalities(k), reference=reference_from_key(k)
+            )
             return write_report(results, out)
 
         if not str(answers) or not str(out):

@@ -196,10 +196,11 @@ def run_analyze(args: argparse.Namespace) -> int:
             f"(Wilson 95 % CI {100 * acc.low:.1f}-{100 * acc.high:.1f}), "
             f"kappa linear {_kappa(c.kappa_linear)}, quadratic {_kappa(c.kappa_quadratic)}"
         )
-    for c in [*results.vs_reference, *results.vs_truth]:
-        acc = c.accuracy
+    against = [(c.reader_id, c.modality, c.accuracy) for c in results.vs_reference]
+    against += [(b.reader_id, b.modality, b.accuracy) for b in results.vs_truth]
+    for reader, modality, acc in against:
         if acc.n:
-            print(f"{c.reader_id} {c.modality} vs reference: {acc.k}/{acc.n} = {100 * acc.estimate:.1f} %")
+            print(f"{reader} {modality} vs reference: {acc.k}/{acc.n} = {100 * acc.estimate:.1f} %")
     print(f"report: {report}")
     return 0
 

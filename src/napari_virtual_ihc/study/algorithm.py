@@ -79,8 +79,9 @@ def score_study_images(
             if cancel is not None and cancel.is_set():
                 return k
             info = images[image_id]
-            region = tuple(info["region"]) if info.get("region") else None
-            source = ImageSource(Path(info["source"]), region)  # type: ignore[arg-type]
+            r = info.get("region")
+            region = (int(r[0]), int(r[1]), int(r[2]), int(r[3])) if r else None
+            source = ImageSource(Path(info["source"]), region)
             score, summary = her2_estimate(source, nuclei=nuclei, mpp=mpp, ultralow=ultralow)
             store.record_answer(
                 image_id=image_id,

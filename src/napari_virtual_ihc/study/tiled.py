@@ -155,7 +155,7 @@ def read_levels(path: Path) -> list[Any]:
 
     try:
         store = tifffile.imread(path, aszarr=True)
-        group = zarr.open(store, mode="r")
+        group = zarr.open_group(store, mode="r")
         return [group[str(k)] for k in range(len(group))]
     except (OSError, ValueError, KeyError, tifffile.TiffFileError) as exc:
         raise BundleError(f"bundle image {path.name} is unreadable: {exc}") from exc
