@@ -136,57 +136,6 @@ def test_levels_are_lazy_and_equal_the_source(whole_slide_study, data_dir: Path)
     assert coarse.std() > 0 and abs(coarse.mean() - np.asarray(levels[0][::4, ::4]).mean()) < 5
 
 
-CHILD = textwrap.dedent(
-    """
-    import sys
-    import numpy as np
-    from napari_virtual_ihc.study import ReaderSession
-    s = ReaderSession(sys.argv[1], "bob", answers_dir=sys.argv[2])
-    print("at", s.position, flush=True)
-    while True:
-        levels = s.levels()
-        np.asarray(levels[-1][:64, :64])  # look at the slide
-        k = s.position
-        s.add_active_time(1.5)
-        s.answer(["0", "1+", "2+", "3+"][k % 4], 3)
-        print("answered", s.current.image, ["0", "1+", "2+", "3+"][k % 4], flush=True)
-        if not s.next():
-            sys.stdin.readline()
-        print("at", s.position, flush=True)
-    """
-)
-
-
-def test_sigkill_while_reading_whole_slides_loses_no_answer(whole_slide_study, tmp_path: Path) -> None:
-    bundle, _, _ = whole_slide_study
-    answers = tmp_path / "answers"
-    confirmed: dict[str, str] = {}
-    for round_ in range(2):
-        proc = subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(bundle), str(answers)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert proc.stdout is not None
-        n = 0
-        for line in proc.stdout:
-            parts = line.split()
-            if parts[0] == "answered":
-                confirmed[parts[1]] = parts[2]
-                n += 1
-                if n == 3:
-                    break
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        assert proc.returncode == -signal.SIGKILL, round_
-    s = ReaderSession(bundle, "bob", answers_dir=answers)
-    got = {k: a.score for k, a in s.answers().items()}
-    assert len(confirmed) >= 5 and all(got[i] == score for i, score in confirmed.items())
-    assert all(v == pytest.approx(1.5) for i, v in s.store.active_seconds().items() if i in confirmed)
-    s.close()
-
-
 @pytest.mark.gui
 def test_reader_mode_shows_whole_slides_as_multiscale_layers_with_pan_and_zoom(
     make_napari_viewer, qtbot, whole_slide_study, tmp_path: Path
@@ -245,3 +194,64 @@ def test_reader_mode_shows_whole_slides_as_multiscale_layers_with_pan_and_zoom(
     assert store.active_seconds()[image] > 0.5  # the zooming and panning above took at least that long
     widget.close_study()
     assert len(viewer.layers) == 0
+
+
+WIDGET_CHILD = textwrap.dedent(
+    """
+    import sys
+    import napari
+    from qtpy.QtWidgets import QApplication
+    from napari_virtual_ihc._widgets.reader_widget import ReaderStudyWidget
+    viewer = napari.Viewer(show=False)
+    widget = ReaderStudyWidget(viewer)
+    assert widget.open_bundle(sys.argv[1], reader_id="bob", answers_dir=sys.argv[2])
+    s = widget.session
+    print("at", s.position, flush=True)
+    while True:
+        k, image = s.position, s.current.image
+        assert viewer.layers[-1].multiscale
+        widget.set_score(["0", "1+", "2+", "3+"][k % 4])
+        widget.set_confidence(1 + k % 5)
+        assert widget.save_and_next()
+        QApplication.processEvents()
+        print("answered", image, ["0", "1+", "2+", "3+"][k % 4], flush=True)
+        if s.position == k:
+            sys.stdin.readline()
+    """
+)
+
+
+@pytest.mark.gui
+def test_sigkill_of_the_reader_mode_loses_no_answer(whole_slide_study, tmp_path: Path) -> None:
+    """The napari reader mode itself (real viewer, whole-slide layers) killed with SIGKILL twice."""
+    bundle, _, _ = whole_slide_study
+    answers = tmp_path / "answers"
+    confirmed: dict[str, str] = {}
+    starts = []
+    for _ in range(2):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WIDGET_CHILD, str(bundle), str(answers)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=os.environ.copy(),
+        )
+        assert proc.stdout is not None
+        n = 0
+        for line in proc.stdout:
+            parts = line.split()
+            if parts[0] == "at":
+                starts.append(int(parts[1]))
+            elif parts[0] == "answered":
+                confirmed[parts[1]] = parts[2]
+                n += 1
+                if n == 2:
+                    break
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL
+    assert starts[1] >= 2  # the second run resumed where the first was killed, not at case 1
+    s = ReaderSession(bundle, "bob", answers_dir=answers)
+    got = {k: a.score for k, a in s.answers().items()}
+    assert len(confirmed) >= 3 and all(got[i] == score for i, score in confirmed.items())
+    s.close()
