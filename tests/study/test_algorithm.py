@@ -14,6 +14,8 @@ from napari_virtual_ihc.slides import open_slide
 from napari_virtual_ihc.stain import AnalysisSettings, analyze_slide
 from napari_virtual_ihc.study import AnswerStore, ReaderSession, load_key
 
+pytestmark = pytest.mark.slow  # the HER2 estimate of 4 + 2 crops takes ~20 s on the shared 2-core machine
+
 
 def test_algorithm_reader_scores_every_image_and_joins_the_analysis_when_asked(
     data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
