@@ -126,18 +126,20 @@ def run_build(args: argparse.Namespace) -> int:
         title=args.title,
         whole_slide=args.whole_slide,
     )
-    bar = tqdm(desc="encoding images", unit="img")
+    bars: list[tqdm] = []  # made at the first image, so a refused build prints only its message
 
     def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
+        if not bars:
+            bars.append(tqdm(desc="encoding images", unit="img", total=total))
+        bars[0].update(done - bars[0].n)
 
     try:
         bundle, key = build_study(args.cases, args.out, opts, key_path=args.key, progress=progress)
     except (StudyError, ValueError) as exc:
         return _fail(exc)
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
     print(f"bundle: {bundle}  (give this folder to the readers: {', '.join(readers)})")
     print(f"key:    {key}  (coordinator only; keep it away from readers)")
     return 0
