@@ -40,3 +40,56 @@ def make_sources(data_dir: Path, folder: Path, n_pairs: int = N_PAIRS) -> Path:
         w.writeheader()
         w.writerows(rows)
     return table
+
+
+def stain_with_tiny_model(he: Path, store: Path) -> Path:
+    """A virtual IHC OME-Zarr store of ``he`` written by the real engine with a tiny seeded generator."""
+    import torch
+
+    from napari_virtual_ihc.inference import stain_slide
+    from napari_virtual_ihc.inference.api import EngineSettings
+    from napari_virtual_ihc.models import ModelSpec, build_generator
+    from napari_virtual_ihc.models.spec import LoadedGenerator
+    from napari_virtual_ihc.slides import open_slide
+
+    torch.manual_seed(0)
+    kwargs = {"ngf": 4, "n_blocks": 1, "n_downsampling": 0, "norm": "batch"}
+    module = build_generator("resnet", **kwargs).eval()
+    model = LoadedGenerator(
+        module=module, spec=ModelSpec("resnet", kwargs, name="tiny"), source="test", sha256="tiny-study-test"
+    )
+    with open_slide(he) as slide:
+        report = stain_slide(slide, model, store, EngineSettings(device="cpu"))
+    assert report.tiles_done == report.tiles_total
+    return store
+
+
+def make_whole_slide_sources(data_dir: Path, folder: Path) -> Path:
+    """Four whole-slide cases: the two SVS slides and the two IHC photographs as real IHC, virtual IHC
+    OME-Zarr stores stained by the engine from the two H&E photographs (resampled by the bundle to each
+    real slide's size), the H&E beside the two photograph cases. Returns the case table."""
+    folder.mkdir(parents=True, exist_ok=True)
+    kidney = stain_with_tiny_model(data_dir / "Rat-Kidney_HE.jpg", folder / "kidney_virtual.ome.zarr")
+    lung = stain_with_tiny_model(data_dir / "Izd2-29-041-w35_HE.jpg", folder / "izd2_virtual.ome.zarr")
+    rows = [
+        {"case_id": "ws1", "real": data_dir / "CMU-1-Small-Region.svs", "virtual": kidney, "he": ""},
+        {"case_id": "ws2", "real": data_dir / "tcga-cr-7395-01a-01-ts1.svs", "virtual": lung, "he": ""},
+        {
+            "case_id": "ws3",
+            "real": data_dir / "Rat-Kidney_PanCytokeratin.jpg",
+            "virtual": kidney,
+            "he": data_dir / "Rat-Kidney_HE.jpg",
+        },
+        {
+            "case_id": "ws4",
+            "real": data_dir / "Izd2-29-041-w35_proSPC.jpg",
+            "virtual": lung,
+            "he": data_dir / "Izd2-29-041-w35_HE.jpg",
+        },
+    ]
+    table = folder / "whole_slides.csv"
+    with table.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["case_id", "real", "virtual", "he"])
+        w.writeheader()
+        w.writerows(rows)
+    return table

@@ -111,9 +111,13 @@ def test_every_statistic_equals_the_reference_library() -> None:
     idx = wide.map(CATS.index).to_numpy()
     assert real_ir.fleiss == pytest.approx(fleiss_kappa(aggregate_raters(idx, n_cat=4)[0]))
     assert real_ir.n_cases == len(wide) == 49
+    # pairwise kappas use every case both readers of the pair scored (incomplete designs lose less)
+    all_wide = rr.pivot(index="case_id", columns="reader_id", values="score")
     for pair, (i, j) in zip(real_ir.pairwise, itertools.combinations(range(3), 2), strict=True):
+        both = all_wide.iloc[:, [i, j]].dropna()
+        assert pair["n"] == len(both) == (49 if i == 0 else 50)
         assert pair["kappa_quadratic"] == pytest.approx(
-            cohen_kappa_score(wide.iloc[:, i], wide.iloc[:, j], weights="quadratic", labels=CATS)
+            cohen_kappa_score(both.iloc[:, 0], both.iloc[:, 1], weights="quadratic", labels=CATS)
         )
     # seeded: the same seed gives the same CI, another seed another one
     again = compare(ratings, CATS, "r1", "virtual", n_boot=150, seed=11).kappa_linear
@@ -139,6 +143,7 @@ def scripted_answers(bundle_dir: Path, key_path: Path, answers: Path, matches: d
             if score == real and info["modality"] != "real" and case >= n_same:
                 score = CATS[(case + 2) % 4]
             s.add_active_time(10.0 + case % 7 + (5 if info["modality"] != "real" else 0))
+            s.pixels()  # the case is on screen before it is scored
             s.answer(score, 1 + case % 5)
             s.next()
         s.close()

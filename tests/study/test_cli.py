@@ -42,6 +42,7 @@ def test_cli_build_status_import_analyze(
     # answers: reader-1 through a session, reader-2 from a CSV keyed by bundle image IDs
     s = ReaderSession(bundle, "reader-1")
     for _ in range(10):
+        s.pixels()  # the case is on screen before it is scored
         s.answer("2+", 3)
         s.next()
     s.close()

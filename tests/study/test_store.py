@@ -55,8 +55,10 @@ def test_session_navigation_change_and_resume(built_study: tuple[Path, Path], tm
     assert s.pixels().shape == (64, 64, 3)
     s.answer("1+", 3)
     s.next()
+    s.pixels()  # the case is on screen before it is scored
     s.answer("0", 5)
     s.previous()
+    s.pixels()  # the case is on screen before it is scored
     s.answer("2+", 4, "on second look")  # change answer to case 1
     s.next()
     s.next()
@@ -83,6 +85,7 @@ CHILD = textwrap.dedent(
         if lockstep:
             sys.stdin.readline()  # the parent says when to answer: it kills us while we wait here
         k = s.position
+        s.pixels()  # the case is on screen before it is scored
         s.answer(scores[k % 5], 1 + k % 5, f"note {k}")
         print("answered", k, s.current.image, scores[k % 5], flush=True)
         s.next()
@@ -150,6 +153,7 @@ def test_washout_date_and_days_are_enforced(source_table: Path, tmp_path: Path) 
     s = ReaderSession(bundle_dir, "r1", answers_dir=tmp_path / "a", now=lambda: t0)
     assert s.session_number == 1 and s.n == 40
     for _ in range(40):
+        s.pixels()  # the case is on screen before it is scored
         s.answer("1+", 3)
         s.next()
     assert s.is_complete()
@@ -170,6 +174,7 @@ def test_washout_days_after_completion(source_table: Path, tmp_path: Path) -> No
     )
     s = ReaderSession(bundle_dir, "r1", answers_dir=tmp_path / "a")
     for _ in range(40):
+        s.pixels()  # the case is on screen before it is scored
         s.answer("0", 5)
         s.next()
     s.close()

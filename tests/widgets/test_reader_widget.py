@@ -199,3 +199,48 @@ def test_he_context_is_shown_beside_the_case(make_napari_viewer, qtbot, data_dir
     assert [layer.name for layer in viewer.layers] == ["Case 2 of 6 · H&E", "Case 2 of 6"]
     widget.close_button.click()
     assert len(viewer.layers) == 0 and widget.session is None
+
+
+def test_issue20_6_image_vanishing_mid_study_is_never_scored(make_napari_viewer, qtbot, small_study) -> None:
+    """The case's image disappears while the reader is on the previous case: a clear message, no layer,
+    the label shows the new case, score keys and Enter store nothing; the reader can go on."""
+    bundle, _, _ = small_study
+    viewer = make_napari_viewer()
+    widget = ReaderStudyWidget(viewer)
+    assert widget.open_bundle(bundle, reader_id="alice")
+    s = widget.session
+    second = s.items[1].image
+    (bundle / s.bundle.images[second]["file"]).unlink()
+    widget.set_score("1+")
+    widget.set_confidence(2)
+    assert widget.save_and_next()  # case 1 saved; case 2 cannot be shown
+    assert widget.position_label.text() == f"Case 2 of {2 * N_PAIRS}"
+    assert len(viewer.layers) == 0
+    assert "cannot be shown" in widget.status_label.text() and "missing" in widget.status_label.text()
+    widget.set_score("3+")
+    widget.set_confidence(5)
+    assert not widget.save_button.isEnabled()
+    assert not widget.save_and_next()
+    assert "not on screen" in widget.status_label.text()
+    assert second not in s.store.current_answers()
+    widget.go_forward()
+    assert [layer.name for layer in viewer.layers] == [f"Case 3 of {2 * N_PAIRS}"]
+    widget.set_score("0")
+    widget.set_confidence(4)
+    assert widget.save_and_next()
+    assert set(s.store.current_answers()) == {s.items[0].image, s.items[2].image}
+    widget.close_study()
+
+
+def test_issue20_6_answers_folder_can_be_chosen(make_napari_viewer, qtbot, small_study, tmp_path) -> None:
+    bundle, _, _ = small_study
+    viewer = make_napari_viewer()
+    widget = ReaderStudyWidget(viewer)
+    (bundle / "answers").write_text("not a folder")  # the bundle's own answers folder cannot be made
+    assert not widget.open_bundle(bundle, reader_id="alice")
+    assert "choose another answers folder" in widget.status_label.text()
+    widget.answers_dir_edit.setText(str(tmp_path / "mine"))
+    assert widget.open_bundle(bundle, reader_id="alice")
+    assert widget.session.store.path == tmp_path / "mine" / "alice.sqlite"
+    assert not widget.answers_row.isVisible()
+    widget.close_study()

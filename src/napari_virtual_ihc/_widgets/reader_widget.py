@@ -12,7 +12,6 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from qtpy.QtCore import QEvent, QObject, Qt
 from qtpy.QtWidgets import (
     QApplication,
@@ -90,6 +89,17 @@ class ReaderStudyWidget(QWidget):
         s.addWidget(self.reader_edit)
         s.addWidget(self.open_button)
         layout.addWidget(start)
+        # where answers go (default: <study>/answers); needed when the study folder is read-only
+        self.answers_row = QWidget()
+        a = QHBoxLayout(self.answers_row)
+        a.setContentsMargins(0, 0, 0, 0)
+        self.answers_dir_edit = QLineEdit()
+        self.answers_dir_edit.setPlaceholderText("answers folder (default: inside the study folder)")
+        answers_browse = QPushButton("…")
+        answers_browse.clicked.connect(lambda _=False: self._browse(self.answers_dir_edit, "dir"))
+        a.addWidget(self.answers_dir_edit)
+        a.addWidget(answers_browse)
+        layout.addWidget(self.answers_row)
 
         self.case_box = QGroupBox("Case")
         c = QVBoxLayout(self.case_box)
@@ -193,6 +203,7 @@ class ReaderStudyWidget(QWidget):
         self.coordinator_box.setVisible(not reading)
         self.reader_edit.setEnabled(not reading)
         self.open_button.setEnabled(not reading)
+        self.answers_row.setVisible(not reading)
 
     def _browse(self, edit: QLineEdit, kind: str) -> None:
         if kind == "file":
@@ -214,6 +225,8 @@ class ReaderStudyWidget(QWidget):
         """Open a bundle for a reader; returns False (with the reason shown) when it cannot be opened."""
         if reader_id is not None:
             self.reader_edit.setText(reader_id)
+        if answers_dir is None and self.answers_dir_edit.text().strip():
+            answers_dir = self.answers_dir_edit.text().strip()
         try:
             session = ReaderSession(path, self.reader_edit.text(), answers_dir=answers_dir)
         except StudyError as exc:
@@ -267,6 +280,8 @@ class ReaderStudyWidget(QWidget):
 
     # --- showing a case -----------------------------------------------------------------------------
     def _show_case(self) -> None:
+        """Show the current case (lazily read pyramid levels for whole slides) or, when its image cannot
+        be read, say so and keep the case unscorable: a score is only ever stored for an image on screen."""
         assert self.session is not None
         s = self.session
         for layer in self._case_layers:
@@ -274,28 +289,45 @@ class ReaderStudyWidget(QWidget):
                 self.viewer.layers.remove(layer)
         self._case_layers = []
         label = s.label()
-        pixels = s.pixels()
-        context = s.context_pixels()
-        if context is not None:
-            self._case_layers.append(self._add_anonymous(context, f"{label} · H&E", (0, 0)))
-            offset = (0.0, float(context.shape[1]) * 1.05)
-        else:
-            offset = (0.0, 0.0)
-        self._case_layers.append(self._add_anonymous(pixels, label, offset))
-        self.viewer.reset_view()
         self.position_label.setText(label)
         self.progress.setValue(s.answered_count())
+        self.back_button.setEnabled(s.position > 0)
+        self.forward_button.setEnabled(s.position + 1 < s.n)
+        try:
+            context = s.context_levels()
+            levels = s.levels()  # marks the case as on screen
+        except StudyError as exc:
+            s.hide()
+            self._score = self._confidence = None
+            self.comment_edit.setText("")
+            self._sync_buttons()
+            self.status_label.setText(
+                f"{label} cannot be shown: {exc}. It cannot be scored; go on with Next and tell the study "
+                "coordinator. Your other answers are safe."
+            )
+            self.timer.start()
+            return
+        if context is not None:
+            self._case_layers.append(self._add_anonymous(context, f"{label} · H&E", (0, 0)))
+            offset = (0.0, float(context[0].shape[1]) * 1.05)
+        else:
+            offset = (0.0, 0.0)
+        self._case_layers.append(self._add_anonymous(levels, label, offset))
+        self.viewer.reset_view()
         answer = s.answer_at(s.position)
         self._score = answer.score if answer else None
         self._confidence = answer.confidence if answer else None
         self.comment_edit.setText(answer.comment if answer else "")
         self._sync_buttons()
-        self.back_button.setEnabled(s.position > 0)
-        self.forward_button.setEnabled(s.position + 1 < s.n)
         self.timer.start()
 
-    def _add_anonymous(self, pixels: np.ndarray, name: str, translate: tuple[float, float]) -> Any:
-        layer = self.viewer.add_image(pixels, name=name, rgb=True, metadata={}, translate=translate)
+    def _add_anonymous(self, levels: list[Any], name: str, translate: tuple[float, float]) -> Any:
+        """An image layer with nothing but a neutral name: no path, source or metadata; multiscale (lazy
+        pyramid levels, pan and zoom) for whole slides."""
+        data = levels if len(levels) > 1 else levels[0]
+        layer = self.viewer.add_image(
+            data, name=name, rgb=True, metadata={}, translate=translate, multiscale=len(levels) > 1
+        )
         layer.metadata = {}
         layer.editable = False
         return layer
@@ -309,11 +341,14 @@ class ReaderStudyWidget(QWidget):
             for key, b in buttons.items():
                 b.setChecked(key == value)
             group.setExclusive(True)
-        self.save_button.setEnabled(self._score is not None and self._confidence is not None)
+        on_screen = self.session is not None and self.session.shown_image is not None
+        self.save_button.setEnabled(on_screen and self._score is not None and self._confidence is not None)
+        for b in [*self.score_buttons.values(), *self.conf_buttons.values()]:
+            b.setEnabled(on_screen)
 
     # --- answering ----------------------------------------------------------------------------------
     def set_score(self, score: str) -> None:
-        if self.session is None:
+        if self.session is None or self.session.shown_image is None:
             return
         if score == ULTRALOW and not self.session.bundle.ultralow:
             return
@@ -323,7 +358,7 @@ class ReaderStudyWidget(QWidget):
         self._sync_buttons()
 
     def set_confidence(self, confidence: int) -> None:
-        if self.session is None:
+        if self.session is None or self.session.shown_image is None:
             return
         self._confidence = int(confidence)
         self._sync_buttons()
@@ -333,11 +368,18 @@ class ReaderStudyWidget(QWidget):
         s = self.session
         if s is None:
             return False
+        if s.shown_image is None:
+            self.status_label.setText(f"{s.label()} is not on screen; nothing was stored.")
+            return False
         if self._score is None or self._confidence is None:
             self.status_label.setText("Choose a score and a confidence first.")
             return False
-        s.add_active_time(self.timer.take())
-        s.answer(self._score, self._confidence, self.comment_edit.text())
+        try:
+            s.add_active_time(self.timer.take())
+            s.answer(self._score, self._confidence, self.comment_edit.text())
+        except StudyError as exc:
+            self.status_label.setText(f"Not saved: {exc}")
+            return False
         if s.is_complete() and s.answered_count() == s.n and s.position + 1 >= s.n:
             self.status_label.setText(f"Session {s.session_number} complete: all {s.n} cases answered.")
         else:
@@ -413,13 +455,19 @@ class ReaderStudyWidget(QWidget):
 
         from napari_virtual_ihc.study import load_key
         from napari_virtual_ihc.study.analysis import analyze
-        from napari_virtual_ihc.study.ratings import collect_ratings
-        from napari_virtual_ihc.study.report import write_report
+        from napari_virtual_ihc.study.ratings import collect_ratings, key_modalities
+        from napari_virtual_ihc.study.reference import reference_from_key
+        from napari_virtual_ihc.study.report import prepare_report_dir, write_report
 
         def work() -> Path:
+            prepare_report_dir(out)
             k = load_key(key) if str(key) else None
             ratings = collect_ratings(k, [answers])
-            results = analyze(ratings, n_boot=n_boot, seed=0)
+            if ratings.empty:
+                raise StudyError("no answers to analyse")
+            results = analyze(
+                ratings, n_boot=n_boot, seed=0, modalities=key_modalities(k), reference=reference_from_key(k)
+            )
             return write_report(results, out)
 
         if not str(answers) or not str(out):

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from napari_virtual_ihc.study.analysis import Estimate
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -33,6 +38,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     b.add_argument("--size", type=int, nargs=2, metavar=("W", "H"), help="resample every image to W x H")
     b.add_argument("--ultralow", action="store_true", help="offer the HER2-ultralow category")
+    b.add_argument(
+        "--whole-slide",
+        action="store_true",
+        help="every case as a tiled pyramid read lazily (cases over 8192^2 px without a region always are)",
+    )
     b.add_argument("--title", default="HER2 reader study")
     b.set_defaults(func=run_build)
 
@@ -53,7 +63,37 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for kappa CIs")
     a.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     a.add_argument("--ultralow", action="store_true", help="use 5 categories even if nobody chose ultralow")
+    a.add_argument(
+        "--reference",
+        type=Path,
+        help="CSV case_id, reference (HER2 score or positive/negative); default: the key's reference column",
+    )
+    a.add_argument(
+        "--positive-from",
+        default="3+",
+        metavar="SCORE",
+        help="HER2 score from which a case counts as positive (iMRMC truth rows, binary reference; default 3+)",
+    )
+    a.add_argument(
+        "--include-algorithm",
+        action="store_true",
+        help="include the reader 'algorithm' (see `study algorithm`) in the statistics and imrmc.csv",
+    )
     a.set_defaults(func=run_analyze)
+
+    g = ssub.add_parser(
+        "algorithm", help="score every study image with the overlays' HER2 estimate, as reader 'algorithm'"
+    )
+    g.add_argument("--key", type=Path, required=True, help="unblinding key (it names every image's source)")
+    g.add_argument("--answers-dir", type=Path, required=True, help="folder of per-reader answer stores")
+    g.add_argument(
+        "--nuclei",
+        default="auto",
+        choices=("auto", "cellpose", "classical"),
+        help="nuclei method (default auto)",
+    )
+    g.add_argument("--mpp", type=float, help="µm/px when the images carry none (default: assumed 0.5)")
+    g.set_defaults(func=run_algorithm)
 
     s = ssub.add_parser("status", help="per-reader progress (answered k of n) without unblinding")
     s.add_argument("bundle", type=Path)
@@ -84,19 +124,22 @@ def run_build(args: argparse.Namespace) -> int:
         size=tuple(args.size) if args.size else None,
         ultralow=args.ultralow,
         title=args.title,
+        whole_slide=args.whole_slide,
     )
-    bar = tqdm(desc="encoding images", unit="img")
+    bars: list[tqdm] = []  # made at the first image, so a refused build prints only its message
 
     def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
+        if not bars:
+            bars.append(tqdm(desc="encoding images", unit="img", total=total))
+        bars[0].update(done - bars[0].n)
 
     try:
         bundle, key = build_study(args.cases, args.out, opts, key_path=args.key, progress=progress)
-    except StudyError as exc:
+    except (StudyError, ValueError) as exc:
         return _fail(exc)
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
     print(f"bundle: {bundle}  (give this folder to the readers: {', '.join(readers)})")
     print(f"key:    {key}  (coordinator only; keep it away from readers)")
     return 0
@@ -118,12 +161,18 @@ def run_import(args: argparse.Namespace) -> int:
 def run_analyze(args: argparse.Namespace) -> int:
     from napari_virtual_ihc.study import StudyError, load_key
     from napari_virtual_ihc.study.analysis import analyze
-    from napari_virtual_ihc.study.ratings import collect_ratings
-    from napari_virtual_ihc.study.report import write_report
+    from napari_virtual_ihc.study.ratings import collect_ratings, key_modalities
+    from napari_virtual_ihc.study.reference import read_reference_csv, reference_from_key
+    from napari_virtual_ihc.study.report import prepare_report_dir, write_report
 
     try:
+        prepare_report_dir(args.out)  # a read-only or file --out fails before any work
         key = load_key(args.key) if args.key else None
-        ratings = collect_ratings(key, args.answers)
+        if args.reference:
+            reference = read_reference_csv(args.reference, args.positive_from)
+        else:
+            reference = reference_from_key(key, args.positive_from)
+        ratings = collect_ratings(key, args.answers, include_algorithm=args.include_algorithm)
         if ratings.empty:
             raise StudyError("no answers to analyse")
         expected = sum(1 for v in (key or {}).get("images", {}).values() if v.get("role") == "score") or None
@@ -133,6 +182,8 @@ def run_analyze(args: argparse.Namespace) -> int:
             n_boot=args.bootstrap,
             seed=args.seed,
             expected_per_reader=expected,
+            modalities=key_modalities(key),
+            reference=reference,
         )
         report = write_report(results, args.out)
     except StudyError as exc:
@@ -140,32 +191,77 @@ def run_analyze(args: argparse.Namespace) -> int:
     for c in results.comparisons:
         acc = c.accuracy
         if acc.n == 0:
-            print(f"{c.reader_id} {c.modality}: no case with both versions scored yet")
+            print(f"{c.reader_id} {c.modality}: no case with both versions scored")
             continue
         print(
             f"{c.reader_id} {c.modality}: accuracy {acc.k}/{acc.n} = {100 * acc.estimate:.1f} % "
             f"(Wilson 95 % CI {100 * acc.low:.1f}-{100 * acc.high:.1f}), "
-            f"kappa linear {c.kappa_linear.value:.3f}, quadratic {c.kappa_quadratic.value:.3f}"
+            f"kappa linear {_kappa(c.kappa_linear)}, quadratic {_kappa(c.kappa_quadratic)}"
         )
+    against = [(c.reader_id, c.modality, c.accuracy) for c in results.vs_reference]
+    against += [(b.reader_id, b.modality, b.accuracy) for b in results.vs_truth]
+    for reader, modality, acc in against:
+        if acc.n:
+            print(f"{reader} {modality} vs reference: {acc.k}/{acc.n} = {100 * acc.estimate:.1f} %")
     print(f"report: {report}")
     return 0
 
 
+def _kappa(e: Estimate) -> str:
+    return f"{e.value:.3f}" if math.isfinite(e.value) else (e.note or "undefined")
+
+
+def run_algorithm(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from napari_virtual_ihc.study import StudyError, load_key
+    from napari_virtual_ihc.study.algorithm import score_study_images
+
+    bar = tqdm(desc="HER2 estimate", unit="img")
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        n = score_study_images(
+            load_key(args.key), args.answers_dir, nuclei=args.nuclei, mpp=args.mpp, progress=progress
+        )
+    except StudyError as exc:
+        return _fail(exc)
+    finally:
+        bar.close()
+    print(f"algorithm: {n} images scored into {args.answers_dir} (reader 'algorithm')")
+    return 0
+
+
 def run_status(args: argparse.Namespace) -> int:
+    """Every reader's progress; one unreadable store is reported on its line and the others go on."""
     from napari_virtual_ihc.study import AnswerStore, StudyError, load_bundle
     from napari_virtual_ihc.study.session import store_filename
 
     try:
         bundle = load_bundle(args.bundle, verify_hashes=False)
-        folder = args.answers_dir or bundle.root / "answers"
-        for reader, plans in bundle.readers.items():
-            path = folder / store_filename(reader)
-            answered = 0
-            if path.is_file():
-                with AnswerStore(path, bundle.study_id, reader) as store:
-                    answered = len(store.current_answers())
-            total = sum(len(p.items) for p in plans)
-            print(f"{reader}: {answered} of {total} answered")
     except StudyError as exc:
         return _fail(exc)
+    folder = args.answers_dir or bundle.root / "answers"
+    failed = 0
+    for reader, plans in bundle.readers.items():
+        path = folder / store_filename(reader)
+        total = sum(len(p.items) for p in plans)
+        try:
+            answered = 0
+            if path.exists():
+                with AnswerStore.open_existing(path) as store:
+                    if (store.study_id, store.reader_id) != (bundle.study_id, reader):
+                        raise StudyError(f"{path.name} belongs to another study or reader")
+                    answered = len(store.current_answers())
+        except StudyError as exc:
+            failed += 1
+            print(f"{reader}: answer store unreadable: {exc}")
+            continue
+        print(f"{reader}: {answered} of {total} answered")
+    if failed:
+        print(f"virtual-ihc study: {failed} answer store(s) could not be read", file=sys.stderr)
+        return 1
     return 0

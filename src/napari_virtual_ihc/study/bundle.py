@@ -22,9 +22,21 @@ from typing import Any
 import numpy as np
 
 from .cases import REAL, CaseSpec, read_case_table
-from .encode import FIXED_MTIME, decode_png, encode_png, fit_to_size, read_source, write_fixed_time
+from .encode import (
+    FIXED_MTIME,
+    MAX_PIXELS_WITHOUT_REGION,
+    decode_png,
+    encode_png,
+    fit_to_size,
+    read_source,
+    write_fixed_time,
+)
 from .errors import BundleError, StudyError
 from .ordering import gapped_order, reader_rng, session_split
+from .store import ALGORITHM_READER
+from .tiled import read_levels, source_size, write_tiled
+
+TILED_EXT = ".tif"
 
 MANIFEST_NAME = "manifest.json"
 BUNDLE_FORMAT = "reader-study-bundle"  # no product name: the manifest must not say "virtual"
@@ -59,6 +71,7 @@ class BuildOptions:
     size: tuple[int, int] | None = None  # (width, height) for every image; default: each real image's size
     ultralow: bool = False
     title: str = "HER2 reader study"
+    whole_slide: bool = False  # every case as a tiled pyramid (cases too large for a PNG always are)
 
 
 @dataclass
@@ -78,12 +91,35 @@ class Bundle:
             raise BundleError(f"image {image_id!r} is not in this bundle")
         return self.root / self.images[image_id]["file"]
 
-    def load_pixels(self, image_id: str) -> np.ndarray:
+    def is_tiled(self, image_id: str) -> bool:
+        return str(self.images[image_id]["file"]).endswith(TILED_EXT)
+
+    def _existing(self, image_id: str) -> Path:
         path = self.image_path(image_id)
+        if not path.is_file():
+            raise BundleError(f"the image file of this case is missing from the study folder ({path.name})")
+        return path
+
+    def load_pixels(self, image_id: str) -> np.ndarray:
+        """Full-resolution pixels in memory (a tiled image only when small enough: else ``load_levels``)."""
+        path = self._existing(image_id)
+        if self.is_tiled(image_id):
+            level0 = self.load_levels(image_id)[0]
+            if level0.shape[0] * level0.shape[1] > MAX_PIXELS_WITHOUT_REGION:
+                raise BundleError(f"{path.name} is a whole slide: read it with load_levels()")
+            return np.asarray(level0[:])
         try:
             return decode_png(path)
         except Exception as exc:
             raise BundleError(f"bundle image {self.images[image_id]['file']} is unreadable: {exc}") from exc
+
+    def load_levels(self, image_id: str) -> list[Any]:
+        """The image as pyramid levels, full resolution first: lazy zarr arrays for a whole slide, one
+        in-memory array for a PNG."""
+        path = self._existing(image_id)
+        if self.is_tiled(image_id):
+            return read_levels(path)
+        return [self.load_pixels(image_id)]
 
     def sessions_for(self, reader_id: str) -> list[SessionPlan]:
         if reader_id not in self.readers:
@@ -114,12 +150,19 @@ def build_study(
     cases = list(cases)
     if not options.readers or len(set(options.readers)) != len(options.readers):
         raise StudyError("give at least one reader ID, each once")
+    if ALGORITHM_READER in options.readers:
+        raise StudyError(f"the reader ID {ALGORITHM_READER!r} is reserved for the HER2 estimate")
     out = Path(out_dir).resolve()
+    if out.exists() and not out.is_dir():
+        raise StudyError(f"--out {out} is a file; give a new folder for the bundle")
     if out.exists() and any(out.iterdir()):
         raise StudyError(f"{out} exists and is not empty; choose a new bundle folder")
     key = Path(key_path).resolve() if key_path else out.parent / f"{out.name}_key.json"
     if key.is_relative_to(out):
         raise StudyError("the unblinding key must be written outside the bundle folder")
+    if key.exists():
+        # another study's key: overwriting it would make that study's answers impossible to unblind
+        raise StudyError(f"the key {key} already exists (another study's key?); it is never overwritten")
     created = not out.exists()
     (out / "images").mkdir(parents=True, exist_ok=True)
     try:
@@ -157,7 +200,7 @@ def _build_into(
             group.append(StudyItem(image_id, context_id))
         groups.append(group)
 
-    images = _write_images(plan, out, options.size, progress)
+    images = _write_images(plan, out, options, progress)
     readers = {r: _plan_sessions(groups, options, r) for r in options.readers}
     study_id = secrets.token_hex(8)
     manifest = {
@@ -176,6 +219,7 @@ def _build_into(
         "version": FORMAT_VERSION,
         "study_id": study_id,
         "seed": options.seed,
+        "ultralow": options.ultralow,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "bundle": str(out),
         "images": {
@@ -189,8 +233,14 @@ def _build_into(
             for i, (case, modality) in sorted(plan.items())
         },
     }
+    if any(c.reference for c in cases):
+        key_doc["cases"] = {c.case_id: {"reference": c.reference} for c in cases}
     key.parent.mkdir(parents=True, exist_ok=True)
-    key.write_text(json.dumps(key_doc, indent=1, sort_keys=True))
+    try:
+        with key.open("x") as f:  # exclusive: a key that appeared meanwhile is not overwritten either
+            f.write(json.dumps(key_doc, indent=1, sort_keys=True))
+    except FileExistsError as exc:
+        raise StudyError(f"the key {key} already exists; it is never overwritten") from exc
     for d in (out / "images", out):
         os.utime(d, (FIXED_MTIME, FIXED_MTIME))
     return out, key
@@ -204,44 +254,54 @@ def _region_list(case: CaseSpec) -> list[int] | None:
 def _write_images(
     plan: dict[str, tuple[CaseSpec, str]],
     out: Path,
-    size: tuple[int, int] | None,
+    options: BuildOptions,
     progress: Callable[[int, int], None] | None,
 ) -> dict[str, dict[str, Any]]:
     # Case target sizes come from the real image; files are written in a random order so that creation
-    # order / inode numbers do not pair versions of a case.
+    # order / inode numbers do not pair versions of a case. A case is encoded one way for all its images
+    # (PNG, or the tiled pyramid for whole slides), so the format never tells versions apart.
     targets: dict[str, tuple[int, int]] = {}
+    tiled: dict[str, bool] = {}
     write_order = list(plan)
     random.Random(secrets.randbits(64)).shuffle(write_order)
-    cache: dict[str, np.ndarray] = {}
     info: dict[str, dict[str, Any]] = {}
     for done, image_id in enumerate(write_order):
         case, modality = plan[image_id]
         if case.case_id not in targets:
-            if size is not None:
-                targets[case.case_id] = size
-            else:
-                real = read_source(case.versions[REAL])
-                cache[case.case_id] = real
-                targets[case.case_id] = (real.shape[1], real.shape[0])
-        if modality == REAL and case.case_id in cache:
-            rgb = cache.pop(case.case_id)
+            real_size = source_size(case.versions[REAL])
+            tiled[case.case_id] = (
+                options.whole_slide or real_size[0] * real_size[1] > MAX_PIXELS_WITHOUT_REGION
+            )
+            targets[case.case_id] = options.size or real_size
+        src = case.context if modality == "he" else case.versions[modality]
+        assert src is not None
+        target = targets[case.case_id]
+        if tiled[case.case_id]:
+            rel = f"images/{image_id}{TILED_EXT}"
+            sizes = write_tiled(out / rel, src, target)
+            os.utime(out / rel, (FIXED_MTIME, FIXED_MTIME))
+            digest = _sha256_file(out / rel)
+            extra: dict[str, Any] = {"levels": [list(s) for s in sizes]}
         else:
-            src = case.context if modality == "he" else case.versions[modality]
-            assert src is not None
-            rgb = read_source(src)
-        rgb = fit_to_size(rgb, targets[case.case_id])
-        data = encode_png(rgb)
-        rel = f"images/{image_id}.png"
-        write_fixed_time(out / rel, data)
-        info[image_id] = {
-            "file": rel,
-            "sha256": hashlib.sha256(data).hexdigest(),
-            "width": int(rgb.shape[1]),
-            "height": int(rgb.shape[0]),
-        }
+            rgb = fit_to_size(read_source(src), target)
+            data = encode_png(rgb)
+            rel = f"images/{image_id}.png"
+            write_fixed_time(out / rel, data)
+            digest = hashlib.sha256(data).hexdigest()
+            extra = {}
+        info[image_id] = {"file": rel, "sha256": digest, "width": int(target[0]), "height": int(target[1])}
+        info[image_id].update(extra)
         if progress is not None:
             progress(done + 1, len(write_order))
     return info
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _plan_sessions(groups: list[list[StudyItem]], options: BuildOptions, reader: str) -> list[SessionPlan]:
@@ -309,7 +369,7 @@ def load_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
         if not full.is_file():
             raise BundleError(f"bundle image {entry.get('file')!r} is missing")
         if verify_hashes and entry.get("sha256"):
-            digest = hashlib.sha256(full.read_bytes()).hexdigest()
+            digest = _sha256_file(full)
             if digest != entry["sha256"]:
                 raise BundleError(f"bundle image {entry['file']!r} was modified (checksum mismatch)")
     readers: dict[str, list[SessionPlan]] = {}

@@ -2,7 +2,8 @@
 
 Columns (header required, CSV or TSV): ``case_id``, ``real``, one or more ``virtual`` / ``virtual_<name>``
 columns, optional ``he`` (H&E shown beside the IHC as context) and an optional slide region ``x, y, w, h``
-(level-0 pixels, applied to every image of the row). Relative paths are resolved against the table's folder.
+(level-0 pixels, applied to every image of the row) and an optional ``reference`` (the reference
+standard: a HER2 score such as the clinical one, or positive/negative e.g. from FISH). Relative paths are resolved against the table's folder.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import CaseTableError
+from .errors import CaseTableError, StudyError
+from .reference import parse_reference
 
 REAL = "real"
 
@@ -30,6 +32,7 @@ class CaseSpec:
     versions: dict[str, ImageSource]  # modality id ("real", "virtual", "virtual_<name>") -> source
     context: ImageSource | None = None  # H&E
     extra: dict[str, str] = field(default_factory=dict)
+    reference: str = ""  # reference standard (clinical HER2 score or FISH class); key only, never shown
 
     @property
     def modalities(self) -> list[str]:
@@ -80,9 +83,13 @@ def read_case_table(path: str | Path) -> list[CaseSpec]:
         if len(versions) < 2:
             raise CaseTableError(f"{path}:{lineno}: case {case_id!r} has no virtual IHC image")
         context = ImageSource(_resolve(base, row["he"], path, lineno), region) if row.get("he") else None
-        cases.append(CaseSpec(case_id, versions, context))
+        cases.append(CaseSpec(case_id, versions, context, reference=row.get("reference", "")))
     if not cases:
         raise CaseTableError(f"{path}: no cases")
+    try:
+        parse_reference({c.case_id: c.reference for c in cases})
+    except StudyError as exc:
+        raise CaseTableError(f"{path}: {exc}") from exc
     return cases
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from .errors import StudyError
-from .store import AnswerStore
+from .store import ALGORITHM_READER, AnswerStore
 
 COLUMNS = [
     "reader_id",
@@ -40,12 +40,26 @@ def store_paths(answers: Iterable[str | Path]) -> list[Path]:
     return out
 
 
-def collect_ratings(key: dict[str, Any] | None, stores: Iterable[str | Path]) -> pd.DataFrame:
-    """Latest answer of every reader to every scored image, unblinded with the key."""
+def key_modalities(key: dict[str, Any] | None) -> list[str]:
+    """Every modality a study's key has images of (so one nobody scored still appears in the report)."""
+    images = (key or {}).get("images", {})
+    return sorted({v["modality"] for v in images.values() if v.get("role") == "score"})
+
+
+def collect_ratings(
+    key: dict[str, Any] | None, stores: Iterable[str | Path], include_algorithm: bool = False
+) -> pd.DataFrame:
+    """Latest answer of every reader to every scored image, unblinded with the key.
+
+    The reader ``algorithm`` (the overlays' HER2 estimate, ``study.algorithm``) is left out unless
+    ``include_algorithm``: it is a comparison the coordinator asks for, not one of the study's readers.
+    """
     images = (key or {}).get("images", {})
     rows: list[dict[str, Any]] = []
     for path in store_paths(stores):
         with AnswerStore.open_existing(path) as store:
+            if store.reader_id == ALGORITHM_READER and not include_algorithm:
+                continue
             if key is not None and store.study_id not in (key["study_id"], "imported"):
                 raise StudyError(f"{path.name} belongs to another study ({store.study_id})")
             seconds = store.active_seconds()

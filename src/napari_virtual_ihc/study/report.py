@@ -15,7 +15,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from sklearn.metrics import ConfusionMatrixDisplay
 
-from .analysis import Comparison, StudyResults, imrmc_table
+from .analysis import BinaryAccuracy, Comparison, Estimate, Proportion, StudyResults, imrmc_table
+from .errors import StudyError
 from .scores import DISPLAY
 
 
@@ -34,6 +35,23 @@ def confusion_figure(results: StudyResults) -> Figure:
     return fig
 
 
+def bar_heights(props: list[Proportion]) -> tuple[np.ndarray, np.ndarray]:
+    """Bar heights (%) and asymmetric error bars for proportions; an empty proportion (n = 0) is a bar of
+    height 0 without error bar (its label says n/a), and no error bar is ever negative."""
+    est = np.array([0.0 if p.n == 0 else p.estimate for p in props]) * 100
+    err = np.array(
+        [
+            [0.0 if p.n == 0 else p.estimate - p.low for p in props],
+            [0.0 if p.n == 0 else p.high - p.estimate for p in props],
+        ]
+    ).reshape(2, len(props))
+    return est, np.clip(np.nan_to_num(err * 100), 0.0, None)
+
+
+def _bar_labels(props: list[Proportion]) -> list[str]:
+    return [f"{p.k}/{p.n}" if p.n else "n/a" for p in props]
+
+
 def accuracy_figure(results: StudyResults) -> Figure:
     """BCI accuracy and within-one agreement per reader, with Wilson 95 % CIs."""
     comps = results.comparisons
@@ -42,13 +60,39 @@ def accuracy_figure(results: StudyResults) -> Figure:
     x = np.arange(len(comps))
     for off, attr, name in ((-0.18, "accuracy", "same score"), (0.18, "within_one", "within one category")):
         p = [getattr(c, attr) for c in comps]
-        est = np.array([q.estimate for q in p]) * 100
-        err = np.array([[q.estimate - q.low for q in p], [q.high - q.estimate for q in p]]) * 100
-        ax.bar(x + off, est, width=0.34, yerr=err, capsize=4, label=name)
+        est, err = bar_heights(p)
+        bars = ax.bar(x + off, est, width=0.34, yerr=err, capsize=4, label=name)
+        ax.bar_label(bars, labels=_bar_labels(p), fontsize=7)
     ax.set_xticks(x, [f"{c.reader_id}\n{c.modality}" for c in comps])
-    ax.set_ylim(0, 100)
+    ax.set_ylim(0, 105)
     ax.set_ylabel("% of cases (Wilson 95 % CI)")
     ax.legend(loc="upper right", fontsize=8)
+    if not comps:
+        ax.text(0.5, 0.5, "no virtual image scored", ha="center", va="center", transform=ax.transAxes)
+    return fig
+
+
+def reference_figure(results: StudyResults) -> Figure | None:
+    """Accuracy of every reader x modality (real included) against the reference standard."""
+    if results.vs_reference:
+        items = [(f"{c.reader_id}\n{c.modality}", c.accuracy) for c in results.vs_reference]
+        what = "same score as the reference"
+    elif results.vs_truth:
+        items = [(f"{c.reader_id}\n{c.modality}", c.accuracy) for c in results.vs_truth]
+        what = f"agrees with the reference (positive from {DISPLAY[results.vs_truth[0].threshold]})"
+    else:
+        return None
+    fig = Figure(figsize=(max(4.0, 1.1 * len(items) + 2), 3.4), layout="constrained")
+    ax = fig.add_subplot(1, 1, 1)
+    props = [p for _, p in items]
+    est, err = bar_heights(props)
+    x = np.arange(len(items))
+    bars = ax.bar(x, est, width=0.6, yerr=err, capsize=4, color="tab:green")
+    ax.bar_label(bars, labels=_bar_labels(props), fontsize=7, label_type="center")
+    ax.set_xticks(x, [name for name, _ in items])
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("% of cases (Wilson 95 % CI)")
+    ax.set_title(f"Accuracy against the reference standard: {what}", fontsize=10)
     return fig
 
 
@@ -73,19 +117,19 @@ def summary_figure(results: StudyResults) -> Figure:
     top, bottom = subfigs[0], subfigs[1]  # type: ignore[index]
     fig.suptitle(
         f"Reader study: {results.ratings.reader_id.nunique()} readers x "
-        f"{results.ratings.groupby('reader_id').size().max()} images ({results.ratings.case_id.nunique()} cases)",
+        f"{results.ratings.groupby('reader_id').size().max() if len(results.ratings) else 0} images "
+        f"({results.ratings.case_id.nunique()} cases)",
         fontsize=13,
     )
     ax, tab = top.subplots(1, 2, width_ratios=[1, 1.15])
     x = np.arange(len(comps))
     for off, attr, name in ((-0.18, "accuracy", "same score"), (0.18, "within_one", "within one")):
         p = [getattr(c, attr) for c in comps]
-        est = np.array([q.estimate for q in p]) * 100
-        err = np.array([[q.estimate - q.low for q in p], [q.high - q.estimate for q in p]]) * 100
+        est, err = bar_heights(p)
         bars = ax.bar(x + off, est, width=0.34, yerr=err, capsize=4, label=name)
-        ax.bar_label(bars, labels=[f"{q.k}/{q.n}" for q in p], fontsize=8, label_type="center")
+        ax.bar_label(bars, labels=_bar_labels(p), fontsize=8, label_type="center")
     ax.set_xticks(x, [f"{c.reader_id}\n{c.modality}" for c in comps])
-    ax.set_ylim(0, 100)
+    ax.set_ylim(0, 105)
     ax.set_ylabel("% of cases, Wilson 95 % CI")
     ax.legend(fontsize=8, loc="upper left")
     ax.set_title("Virtual scored like its real IHC", fontsize=10)
@@ -93,15 +137,15 @@ def summary_figure(results: StudyResults) -> Figure:
     cells = [
         [
             c.reader_id,
-            f"{100 * c.accuracy.estimate:.1f} ({100 * c.accuracy.low:.1f}–{100 * c.accuracy.high:.1f})",
-            f"{_fmt(c.kappa_quadratic.value, 2)} ({_fmt(c.kappa_quadratic.low, 2)}–{_fmt(c.kappa_quadratic.high, 2)})",
+            _pct_short(c.accuracy),
+            _estimate(c.kappa_quadratic, 2),
             _fmt(c.mcnemar_3plus.pvalue if c.mcnemar_3plus else None, 3),
             _fmt(c.stuart_maxwell.pvalue if c.stuart_maxwell else None, 3),
         ]
         for c in comps
     ]
     for ir in results.inter_reader:
-        cells.append([f"Fleiss κ {ir.modality}", _fmt(ir.fleiss, 3), "", "", ""])
+        cells.append([f"Fleiss κ {ir.modality}", _kappa(ir.fleiss, ir.note), "", "", ""])
     t = tab.table(
         cellText=cells,
         colLabels=[
@@ -142,8 +186,27 @@ def _fmt(x: float | None, digits: int = 3) -> str:
 
 def _pct(p: Any) -> str:
     if p.n == 0:
-        return "n/a"
+        return "n/a (no case)"
     return f"{p.k}/{p.n} = {100 * p.estimate:.1f} % ({100 * p.low:.1f}–{100 * p.high:.1f})"
+
+
+def _pct_short(p: Proportion) -> str:
+    if p.n == 0:
+        return "n/a"
+    return f"{100 * p.estimate:.1f} ({100 * p.low:.1f}–{100 * p.high:.1f})"
+
+
+def _estimate(e: Estimate, digits: int = 3) -> str:
+    """A kappa with its CI; an undefined one says why instead of 'nan'."""
+    if not math.isfinite(e.value):
+        return e.note or "undefined"
+    if not (math.isfinite(e.low) and math.isfinite(e.high)):
+        return f"{_fmt(e.value, digits)}" + (f" ({e.note})" if e.note else "")
+    return f"{_fmt(e.value, digits)} ({_fmt(e.low, digits)}–{_fmt(e.high, digits)})"
+
+
+def _kappa(value: float, note: str = "") -> str:
+    return _fmt(value) if math.isfinite(value) else (note or "undefined")
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
@@ -154,7 +217,7 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 
 def _test(t: Any) -> str:
     if t is None:
-        return "n/a (no disagreement)"
+        return "n/a (no disagreement or no case)"
     df = f", df {t.df:g}" if t.df is not None else ""
     return f"{_fmt(t.statistic, 2)} (p = {_fmt(t.pvalue, 4)}{df})"
 
@@ -168,8 +231,8 @@ def comparison_rows(comps: list[Comparison]) -> list[list[str]]:
             str(c.n_not_assessable),
             _pct(c.accuracy),
             _pct(c.within_one),
-            f"{_fmt(c.kappa_linear.value)} ({_fmt(c.kappa_linear.low)}–{_fmt(c.kappa_linear.high)})",
-            f"{_fmt(c.kappa_quadratic.value)} ({_fmt(c.kappa_quadratic.low)}–{_fmt(c.kappa_quadratic.high)})",
+            _estimate(c.kappa_linear),
+            _estimate(c.kappa_quadratic),
             _test(c.mcnemar_3plus),
             _test(c.mcnemar_0),
             _test(c.stuart_maxwell),
@@ -209,8 +272,11 @@ def render_html(results: StudyResults, figures: dict[str, bytes], title: str = "
         "real IHC of the same case (the BCI paper's criterion). Wilson CIs from statsmodels "
         "proportion_confint; κ from scikit-learn cohen_kappa_score with a scipy bootstrap over cases; "
         "McNemar exact (statsmodels); Stuart-Maxwell from statsmodels SquareTable.homogeneity.</p>",
-        _table(COMPARISON_HEADERS, comparison_rows(results.comparisons)),
+        _table(COMPARISON_HEADERS, comparison_rows(results.comparisons))
+        if results.comparisons
+        else "<p>No virtual image was scored.</p>",
     ]
+    parts += reference_section(results, figures)
     if "summary" in figures:
         parts.append(_img(figures["summary"], "summary"))
     if "accuracy" in figures:
@@ -226,15 +292,28 @@ def render_html(results: StudyResults, figures: dict[str, bytes], title: str = "
                     [
                         ir.modality,
                         str(ir.n_cases),
-                        _fmt(ir.fleiss),
+                        _kappa(ir.fleiss, ir.note),
                         f"{p['reader_a']} – {p['reader_b']}",
-                        _fmt(p["kappa_unweighted"]),
-                        _fmt(p["kappa_linear"]),
-                        _fmt(p["kappa_quadratic"]),
+                        str(p["n"]),
+                        _kappa(p["kappa_unweighted"], p.get("note", "")),
+                        _kappa(p["kappa_linear"], p.get("note", "")),
+                        _kappa(p["kappa_quadratic"], p.get("note", "")),
                     ]
                 )
         parts.append(
-            _table(["images", "cases", "Fleiss κ", "pair", "Cohen κ", "κ linear", "κ quadratic"], rows)
+            _table(
+                [
+                    "images",
+                    "cases all read",
+                    "Fleiss κ",
+                    "pair",
+                    "cases",
+                    "Cohen κ",
+                    "κ linear",
+                    "κ quadratic",
+                ],
+                rows,
+            )
         )
     else:
         parts.append("<p>Needs at least two readers scoring the same cases.</p>")
@@ -266,6 +345,78 @@ def render_html(results: StudyResults, figures: dict[str, bytes], title: str = "
     return "\n".join(parts)
 
 
+def reference_section(results: StudyResults, figures: dict[str, bytes]) -> list[str]:
+    """HTML of the accuracy against the reference standard (nothing without a reference)."""
+    ref = results.reference
+    if ref is None:
+        return []
+    parts = [
+        "<h2>Against the reference standard</h2>",
+        f"<p class='note'>{len(ref.values)} cases have a reference ({ref.kind}). Each reader's score of every "
+        "image (real and virtual) is compared with the case's reference; not-assessable reads are left out "
+        "and counted. iMRMC truth rows: positive from "
+        f"{DISPLAY[ref.threshold]}.</p>",
+    ]
+    if results.vs_reference:
+        headers = [
+            "reader",
+            "modality",
+            "cases",
+            "not assessable",
+            "same score (Wilson 95 % CI)",
+            "within one category",
+            "Cohen κ linear",
+            "Cohen κ quadratic",
+        ]
+        rows = [
+            [
+                c.reader_id,
+                c.modality,
+                str(c.n_pairs),
+                str(c.n_not_assessable),
+                _pct(c.accuracy),
+                _pct(c.within_one),
+                _estimate(c.kappa_linear),
+                _estimate(c.kappa_quadratic),
+            ]
+            for c in results.vs_reference
+        ]
+        parts.append(_table(headers, rows))
+    if results.vs_truth:
+        parts.append(_table(BINARY_HEADERS, binary_rows(results.vs_truth)))
+    if "reference" in figures:
+        parts.append(_img(figures["reference"], "accuracy against the reference"))
+    return parts
+
+
+BINARY_HEADERS = [
+    "reader",
+    "modality",
+    "cases",
+    "not assessable",
+    "accuracy (Wilson 95 % CI)",
+    "sensitivity",
+    "specificity",
+    "Cohen κ",
+]
+
+
+def binary_rows(items: list[BinaryAccuracy]) -> list[list[str]]:
+    return [
+        [
+            b.reader_id,
+            b.modality,
+            str(b.n),
+            str(b.n_not_assessable),
+            _pct(b.accuracy),
+            _pct(b.sensitivity),
+            _pct(b.specificity),
+            _estimate(b.kappa),
+        ]
+        for b in items
+    ]
+
+
 def _img(png: bytes, alt: str) -> str:
     return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
 
@@ -276,33 +427,80 @@ def results_json(results: StudyResults) -> dict[str, Any]:
         d["confusion"] = c.confusion.tolist()
         return d
 
-    return {
+    doc = {
         "categories": results.categories,
         "seed": results.seed,
         "n_boot": results.n_boot,
         "comparisons": [comp(c) for c in results.comparisons],
         "inter_reader": [asdict(x) for x in results.inter_reader],
         "timing": results.timing.to_dict(orient="records"),
+        "reference": None
+        if results.reference is None
+        else {
+            "kind": results.reference.kind,
+            "threshold": results.reference.threshold,
+            "n_cases": len(results.reference.values),
+        },
+        "vs_reference": [comp(c) for c in results.vs_reference],
+        "vs_truth": [asdict(b) for b in results.vs_truth],
     }
+    return _finite(doc)
+
+
+def _finite(obj: Any) -> Any:
+    """NaN and inf become null: strict JSON readers reject NaN, and an undefined value is not a number."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def prepare_report_dir(out_dir: str | Path) -> Path:
+    """Create the report folder and prove it is writable, before any work is done for it."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise StudyError(f"--out {out} is a file; give a folder for the report")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise StudyError(f"cannot write the report into {out}: {exc.strerror or exc}") from exc
+    return out
 
 
 def write_report(results: StudyResults, out_dir: str | Path, title: str = "Reader study report") -> Path:
     """Write report.html, summary/confusion/accuracy/timing PNGs, ratings.csv, imrmc.csv, results.json."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_report_dir(out_dir)
+    try:
+        return _write_into(results, out, title)
+    except OSError as exc:
+        raise StudyError(f"writing the report into {out} failed: {exc.strerror or exc}") from exc
+
+
+def _write_into(results: StudyResults, out: Path, title: str) -> Path:
     figures: dict[str, bytes] = {}
     for name, fig in (
         ("summary", summary_figure(results)),
         ("confusion", confusion_figure(results)),
         ("accuracy", accuracy_figure(results)),
         ("timing", timing_figure(results)),
+        ("reference", reference_figure(results)),
     ):
         if fig is not None:
             figures[name] = _png(fig)
             (out / f"{name}.png").write_bytes(figures[name])
     results.ratings.to_csv(out / "ratings.csv", index=False)
-    imrmc_table(results.ratings).to_csv(out / "imrmc.csv", index=False)
-    (out / "results.json").write_text(json.dumps(results_json(results), indent=1, default=_json_default))
+    imrmc_table(results.ratings, results.reference).to_csv(out / "imrmc.csv", index=False)
+    (out / "results.json").write_text(
+        json.dumps(results_json(results), indent=1, default=_json_default, allow_nan=False)
+    )
     report = out / "report.html"
     report.write_text(render_html(results, figures, title), encoding="utf-8")
     return report

@@ -11,6 +11,7 @@ import hashlib
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -47,6 +48,7 @@ class ReaderSession:
         folder = Path(answers_dir) if answers_dir is not None else self.bundle.root / "answers"
         self.store = AnswerStore(folder / store_filename(reader_id), self.bundle.study_id, reader_id)
         self._now = now
+        self._shown: str | None = None  # image whose pixels were last handed out for display
         self.plan = self._open_session()
         self.store.append(SESSION_START, session=self.plan.number)
         resume = self.store.last_position(self.plan.number)
@@ -105,6 +107,7 @@ class ReaderSession:
         if not 0 <= position < self.n:
             raise IndexError(f"case {position + 1} is outside 1..{self.n}")
         self.position = position
+        self._shown = None
         self.store.append(OPEN_CASE, session=self.plan.number, position=position, image_id=self.current.image)
 
     def next(self) -> bool:
@@ -126,11 +129,35 @@ class ReaderSession:
 
     # --- pixels ---------------------------------------------------------------------------------
     def pixels(self) -> np.ndarray:
-        return self.bundle.load_pixels(self.current.image)
+        """The current case's pixels; from here on the case counts as on screen (and may be scored)."""
+        self._shown = None
+        rgb = self.bundle.load_pixels(self.current.image)
+        self._shown = self.current.image
+        return rgb
+
+    def levels(self) -> list[Any]:
+        """The current case as lazily read pyramid levels (full resolution first); marks it on screen."""
+        self._shown = None
+        levels = self.bundle.load_levels(self.current.image)
+        self._shown = self.current.image
+        return levels
 
     def context_pixels(self) -> np.ndarray | None:
         ctx = self.current.context
         return None if ctx is None else self.bundle.load_pixels(ctx)
+
+    def context_levels(self) -> list[Any] | None:
+        ctx = self.current.context
+        return None if ctx is None else self.bundle.load_levels(ctx)
+
+    @property
+    def shown_image(self) -> str | None:
+        """The image ID whose pixels are on screen (None after a move or a failed load)."""
+        return self._shown
+
+    def hide(self) -> None:
+        """The front end could not show the case (e.g. its H&E is missing): it may not be scored."""
+        self._shown = None
 
     # --- answers --------------------------------------------------------------------------------
     def answers(self) -> dict[str, Answer]:
@@ -141,7 +168,13 @@ class ReaderSession:
         return self.store.current_answers().get(self.plan.items[position].image)
 
     def answer(self, score: str, confidence: int, comment: str = "") -> int:
-        """Record (durably) the reader's answer for the current case; returns the event sequence."""
+        """Record (durably) the reader's answer for the current case; returns the event sequence.
+
+        Refused unless the current case's pixels were handed out for display since the last move, so a
+        score can never land on an image the reader did not see (e.g. one that vanished mid-study).
+        """
+        if self._shown is None or self._shown != self.current.image:
+            raise ReaderError(f"{self.label()} is not on screen; nothing was stored")
         seq = self.store.record_answer(
             image_id=self.current.image,
             score=score,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,9 @@ BEGIN SELECT RAISE(ABORT, 'the answer log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
 BEGIN SELECT RAISE(ABORT, 'the answer log is append-only'); END;
 """
+
+#: The reader ID under which ``study.algorithm`` records the HER2 estimate of every image.
+ALGORITHM_READER = "algorithm"
 
 # event kinds
 OPEN_CASE = "open_case"
@@ -69,7 +73,25 @@ class AnswerStore:
 
     def __init__(self, path: str | Path, study_id: str, reader_id: str) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_file() and self.path.stat().st_size == 0:
+            # SQLite would silently start a new, empty log here (the reader back at case 1, the loss
+            # unnoticed). A store is never 0 bytes once created (its first statement writes the header),
+            # so an empty file is a store whose contents were lost: refuse, and say what to do.
+            raise StoreError(
+                f"{self.path} is empty (0 bytes): its answers were lost or it was never written. "
+                "Restore it from a backup; if this reader never answered anything, delete the file to start."
+            )
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create the answers folder {self.path.parent} ({exc.strerror or exc}); "
+                "choose another answers folder"
+            ) from exc
+        if not os.access(self.path.parent, os.W_OK):
+            raise StoreError(
+                f"the answers folder {self.path.parent} is read-only; choose another answers folder"
+            )
         try:
             self._db = sqlite3.connect(str(self.path), isolation_level=None, timeout=10.0)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -95,6 +117,8 @@ class AnswerStore:
         path = Path(path)
         if not path.is_file():
             raise StoreError(f"{path} does not exist")
+        if path.stat().st_size == 0:
+            raise StoreError(f"{path} is empty (0 bytes): its answers were lost or it was never written")
         try:
             db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
