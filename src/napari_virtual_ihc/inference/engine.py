@@ -278,7 +278,9 @@ def _run(
     flags: dict[int, bool] | None = dict.fromkeys(tiles, True)
     flags_future: Future[dict[int, bool]] | None = None
     if settings.skip_background and todo:
-        stats_pending = norm == "instance" and not tstore.has_norm_stats()
+        # A small job may resume into the one pooled pass (below): it needs the mask first as well.
+        small_job = len(tiles) <= settings.stats_windows
+        stats_pending = norm == "instance" and (small_job or not tstore.has_norm_stats())
         if priority is not None and not stats_pending:
             flags_future = mask_pool.submit(_tissue_flags, slide, list(tiles.values()), d)
             flags = None
@@ -296,19 +298,24 @@ def _run(
     t_stats = time.perf_counter()
     if norm == "instance":
         saved = tstore.load_norm_stats()
-        if saved is not None:
+        ww0, wh0 = grid.window_size
+        assert flags is not None or saved is not None  # computed before the statistics
+        tissue_all = [i for i in tiles if flags[i]] if flags is not None else []
+        candidates = tissue_all or list(tiles)
+        # Every tissue tile in one pooled pass: whole-image statistics, and the output itself. A resumed
+        # small job runs that same pass again (same input, same arithmetic: the same pixels) and writes only
+        # the tiles still missing, so it ends identical to an uninterrupted run (issue 20, item 15).
+        exact = (
+            len(tissue) > 0
+            and len(tissue_all) == len(candidates) <= settings.stats_windows
+            and len(tissue_all) * ww0 * wh0 / 1e6 <= settings.pooled_pass_mp
+        )
+        if saved is not None and not exact:
             stats = stats_from_arrays(saved)
         else:
-            ww0, wh0 = grid.window_size
             ux = uy = 0
-            assert flags is not None  # computed before the statistics
-            candidates = [i for i in tiles if flags[i]] or list(tiles)
-            exact = (
-                0 < len(tissue) == len(candidates) <= settings.stats_windows
-                and len(tissue) * ww0 * wh0 / 1e6 <= settings.pooled_pass_mp
-            )
-            if exact:  # every tile in one pooled pass: whole-image statistics, and the output itself
-                picks = list(tissue)
+            if exact:
+                picks = list(tissue_all)
             else:
                 count = min(max(1, settings.stats_windows), len(candidates))
                 picks = sorted({candidates[round(j)] for j in np.linspace(0, len(candidates) - 1, count)})
@@ -339,16 +346,22 @@ def _run(
                 outputs = None  # too big for one pass here: sample in batches, run tiles afterwards
                 del batches
                 release_device_memory(device)
-                stats = estimate_instance_stats(model.module, *sampled(), winograd=winograd, device=device)
+                stats = (
+                    stats_from_arrays(saved)
+                    if saved is not None
+                    else estimate_instance_stats(model.module, *sampled(), winograd=winograd, device=device)
+                )
             if outputs:
                 whole = to_uint8(outputs[0], spec.output_norm)[0]
                 crops = []
-                for i in picks:
+                missing = [i for i in picks if i not in finished]
+                for i in missing:
                     x, y, w, h = tiles[i].core
                     crops.append(whole[y - uy : y - uy + h, x - ux : x - ux + w])
-                pooled = (picks, crops)
+                pooled = (missing, crops)
             del outputs
-            tstore.save_norm_stats(stats_to_arrays(stats))
+            if saved is None:
+                tstore.save_norm_stats(stats_to_arrays(stats))
     stats_seconds = time.perf_counter() - t_stats
     frozen = freeze_normalization(model.module, stats)
     folded = fold_frozen_norms(frozen)

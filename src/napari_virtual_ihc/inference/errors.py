@@ -25,3 +25,8 @@ class StoreWriteError(EngineError):
 
 class DeviceError(EngineError):
     """The requested device or precision is not available here."""
+
+
+class NonFiniteOutputError(EngineError):
+    """The model produced NaN or infinity for a window (broken weights or an overflow in fp16): nothing of
+    that window is written and the store is not marked complete."""
