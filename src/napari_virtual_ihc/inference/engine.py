@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..models.describe import receptive_field, size_multiple
+from ..models.describe import min_input_side, receptive_field, size_multiple
 from ..models.norms import norm_kind
 from ..models.spec import LoadedGenerator
 from ..slides.base import Slide
@@ -29,7 +29,7 @@ from .device import (
     resolve_device,
     resolve_precision,
 )
-from .errors import RegionError
+from .errors import ImageTooSmallError, RegionError, ResolutionError
 from .grid import GridTile, TileGrid, round_up
 from .normalization import (
     estimate_instance_stats,
@@ -46,6 +46,7 @@ from .winograd import use_winograd
 from .workspace import release_workspace
 
 MAX_HALO = 256  # px at the model's resolution: beyond this the halo costs more than any seam it could fix
+MAX_UPSAMPLING = 8  # working plane px per slide px along a side: beyond, the model's mpp is wrong
 BACKGROUND_GROUP = 64  # background tiles written between two progress reports
 
 
@@ -171,8 +172,20 @@ def stain_slide(
     tile = round_up(max(int(settings.tile), align), align)
     model_mpp = settings.model_mpp if settings.model_mpp is not None else spec.mpp
     d = model_downsample(slide.mpp, model_mpp)
+    if d < 1 / MAX_UPSAMPLING:  # more pixels than the scan has: slow, huge, and nothing a model learns from
+        raise ResolutionError(
+            f"the model's {model_mpp} µm/px would upsample this slide's {(slide.mpp or (0.0,))[0]:g} µm/px "
+            f"{1 / d:.0f}x "
+            f"(limit {MAX_UPSAMPLING}x); check --model-mpp / the checkpoint's mpp"
+        )
     plane = WorkingPlane(slide, d)
     grid = TileGrid(plane.size, (0, 0, *plane.size), tile, halo, align)
+    need = min_input_side(module)
+    if min(grid.window_size) < need:  # before the store exists: nothing is created for an image this small
+        raise ImageTooSmallError(
+            f"the image is {plane.size[0]} x {plane.size[1]} px at the model's resolution; this model needs "
+            f"at least {need - align + 1} px per side"
+        )
     work_rect = _region_to_plane(region, slide, d, plane.size)
     wanted = grid.tiles_intersecting(work_rect)
     tiles = {i: grid.tile_at(i) for i in wanted}
