@@ -83,7 +83,10 @@ def check_spec(spec: ModelSpec, where: str) -> None:
         problems.append("provenance must be an object")
     if problems:
         raise InvalidSpecError(f"{where}: invalid checkpoint header: " + "; ".join(problems))
-    check_arch_kwargs(spec.arch, spec.arch_kwargs)
+    try:
+        check_arch_kwargs(spec.arch, spec.arch_kwargs)
+    except UnknownArchitectureError as exc:
+        raise UnknownArchitectureError(f"{where}: {exc}") from None
 
 
 def check_dtypes(expected: Mapping[str, torch.Tensor], sd: Mapping[str, Any], where: str) -> None:
