@@ -15,6 +15,7 @@ import os
 import resource
 import signal
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -48,6 +49,7 @@ def _vm_size() -> int:
 def run_case(case: dict, mains: dict) -> dict:
     root, out = Path(case["root"]), Path(case["out"])
     before = snapshot(root, out)
+    t0 = time.perf_counter()
     so, se = root / f".{case['id']}.stdout", root / f".{case['id']}.stderr"
     cap = _vm_size() + ADDRESS_SPACE_HEADROOM
     pid = os.fork()
@@ -75,6 +77,7 @@ def run_case(case: dict, mains: dict) -> dict:
             sys.stderr.flush()
             os._exit(code)
     _, status, usage = os.wait4(pid, 0)
+    seconds = time.perf_counter() - t0
     after = snapshot(root, out)
     changed = sorted(
         k
@@ -87,6 +90,7 @@ def run_case(case: dict, mains: dict) -> dict:
         "stdout": so.read_text(errors="replace"),
         "stderr": se.read_text(errors="replace"),
         "peak_rss_mb": usage.ru_maxrss / 1024,
+        "seconds": seconds,
         "changed_outside_out": changed,
     }
     so.unlink()

@@ -30,6 +30,8 @@ from .test_slide_limits import png_claiming, tiff_claiming
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
 MAX_RSS_MB = 1024
+# The whole table runs in the first test's fixture: ~45 s on an idle 2-core CPU, minutes on a loaded one.
+pytestmark = pytest.mark.timeout(1200)
 ARCH = {"ngf": 4, "n_blocks": 1, "norm": "instance"}
 
 
@@ -172,6 +174,13 @@ CASES: list[tuple[str, str, list[str] | None, list[str], str]] = [
     ("analyze-out-under-file", "virtual-ihc", None, ["analyze", "in/ok.png", "--out", "in/afile/x"], "afile"),
     ("analyze-mpp-0", "virtual-ihc", ["analyze", "in/ok.png", "--mpp", "0", "--out"], [], "--mpp"),
     ("analyze-mpp-nan", "virtual-ihc", ["analyze", "in/ok.png", "--mpp", "nan", "--out"], [], "--mpp"),
+    (
+        "analyze-cellpose-model-not-a-model",
+        "virtual-ihc",
+        ["analyze", "in/ok.png", "--nuclei", "cellpose", "--cellpose-model", "in/afile", "--out"],
+        [],
+        "afile",
+    ),
     ("analyze-tile-0", "virtual-ihc", ["analyze", "in/ok.png", "--tile", "0", "--out"], [], "--tile"),
     *[
         (
@@ -336,7 +345,9 @@ def test_bad_input_is_a_clear_error(fuzz: dict, cid: str, prog: str, before, aft
     assert lines, f"no error line naming {token!r}\n{detail}"
     assert r["changed_outside_out"] == [], r["changed_outside_out"]
     assert r["peak_rss_mb"] < MAX_RSS_MB, f"peak RSS {r['peak_rss_mb']:.0f} MB"
-    print(f"{cid}: exit {r['exit']}, peak RSS {r['peak_rss_mb']:.0f} MB: {lines[0].strip()[:160]}")
+    print(
+        f"{cid}: exit {r['exit']}, {r['seconds']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB: {lines[0].strip()[:160]}"
+    )
 
 
 def test_no_pickled_code_ran(fuzz: dict) -> None:

@@ -101,8 +101,16 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, SlideError, OSError) as e:
         print(f"virtual-ihc analyze: {e}", file=sys.stderr)
         return 2
+    from ..nuclei import CellposeUnavailable
+
     try:
         return _analyze_and_write(args, slide, settings, out)
+    except CellposeUnavailable as e:
+        print(
+            f"virtual-ihc analyze: Cellpose: {e}; use --nuclei classical or a local --cellpose-model PATH",
+            file=sys.stderr,
+        )
+        return 1
     except (SlideError, ValueError, MemoryError) as e:  # e.g. a slide corrupt past its header
         print(
             f"virtual-ihc analyze: {args.image}: {' '.join(str(e).split()) or type(e).__name__}",

@@ -194,6 +194,9 @@ def run(args: argparse.Namespace) -> int:
                 slide, model, store, settings, region=region, progress=on_progress, cancel=threading.Event()
             )
         except Exception as e:  # one slide's failure, whatever it is, must not stop the cohort
+            if bar is not None:  # end the bar's line first: the error gets a line of its own
+                bar.close()
+                bar = None
             _report_failure(store, rank, world, path, f"{path}: {_describe_error(e)}", e, tag)
             failures += 1
             continue
