@@ -34,10 +34,7 @@ def export_run(
     file = ckpt / net_file(net)
     if not file.is_file():
         raise ResumeError(f"no {file.name} in {ckpt} (net {net!r})")
-    spec, sd = read_checkpoint(file)
-    broken = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if broken:
-        raise ResumeError(f"{file} holds non-finite weights ({', '.join(broken[:3])}); not exported")
+    spec, sd = read_checkpoint(file)  # refuses NaN/inf weights, naming them
     state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
     module = build_generator(spec.arch, **spec.arch_kwargs)
     module.load_state_dict(sd, strict=True)
@@ -79,7 +76,12 @@ def export_run(
         provenance=provenance,
     )
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give the .safetensors file to write")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # e.g. --out afile/x: a file where the folder should be
+        raise ValueError(f"--out {out}: cannot create its folder {out.parent} ({exc.strerror})") from None
     written = save_generator(out, module.eval(), spec)
     classifier = cfg.cyclegan.classifier_A if net == "G" else cfg.cyclegan.classifier_B
     if spec.class_channel is not None and classifier and Path(classifier).is_file():

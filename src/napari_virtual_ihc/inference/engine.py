@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..models.class_channel import describe_choices, needs_class
-from ..models.describe import receptive_field, size_multiple
+from ..models.describe import min_input_side, receptive_field, size_multiple
 from ..models.norms import norm_kind
 from ..models.spec import LoadedGenerator
 from ..slides.base import Slide
@@ -30,7 +30,7 @@ from .device import (
     resolve_device,
     resolve_precision,
 )
-from .errors import ModelInputError, RegionError
+from .errors import ImageTooSmallError, ModelInputError, RegionError, ResolutionError
 from .grid import GridTile, TileGrid, round_up
 from .normalization import (
     estimate_instance_stats,
@@ -47,6 +47,7 @@ from .winograd import use_winograd
 from .workspace import release_workspace
 
 MAX_HALO = 256  # px at the model's resolution: beyond this the halo costs more than any seam it could fix
+MAX_UPSAMPLING = 8  # working plane px per slide px along a side: beyond, the model's mpp is wrong
 BACKGROUND_GROUP = 64  # background tiles written between two progress reports
 
 
@@ -174,8 +175,20 @@ def stain_slide(
     tile = round_up(max(int(settings.tile), align), align)
     model_mpp = settings.model_mpp if settings.model_mpp is not None else spec.mpp
     d = model_downsample(slide.mpp, model_mpp)
+    if d < 1 / MAX_UPSAMPLING:  # more pixels than the scan has: slow, huge, and nothing a model learns from
+        raise ResolutionError(
+            f"the model's {model_mpp} µm/px would upsample this slide's {(slide.mpp or (0.0,))[0]:g} µm/px "
+            f"{1 / d:.0f}x "
+            f"(limit {MAX_UPSAMPLING}x); check --model-mpp / the checkpoint's mpp"
+        )
     plane = WorkingPlane(slide, d)
     grid = TileGrid(plane.size, (0, 0, *plane.size), tile, halo, align)
+    need = min_input_side(module)
+    if min(grid.window_size) < need:  # before the store exists: nothing is created for an image this small
+        raise ImageTooSmallError(
+            f"the image is {plane.size[0]} x {plane.size[1]} px at the model's resolution; this model needs "
+            f"at least {need - align + 1} px per side"
+        )
     work_rect = _region_to_plane(region, slide, d, plane.size)
     wanted = grid.tiles_intersecting(work_rect)
     tiles = {i: grid.tile_at(i) for i in wanted}
@@ -281,7 +294,9 @@ def _run(
     flags: dict[int, bool] | None = dict.fromkeys(tiles, True)
     flags_future: Future[dict[int, bool]] | None = None
     if settings.skip_background and todo:
-        stats_pending = norm == "instance" and not tstore.has_norm_stats()
+        # A small job may resume into the one pooled pass (below): it needs the mask first as well.
+        small_job = len(tiles) <= settings.stats_windows
+        stats_pending = norm == "instance" and (small_job or not tstore.has_norm_stats())
         if priority is not None and not stats_pending:
             flags_future = mask_pool.submit(_tissue_flags, slide, list(tiles.values()), d)
             flags = None
@@ -299,19 +314,24 @@ def _run(
     t_stats = time.perf_counter()
     if norm == "instance":
         saved = tstore.load_norm_stats()
-        if saved is not None:
+        ww0, wh0 = grid.window_size
+        assert flags is not None or saved is not None  # computed before the statistics
+        tissue_all = [i for i in tiles if flags[i]] if flags is not None else []
+        candidates = tissue_all or list(tiles)
+        # Every tissue tile in one pooled pass: whole-image statistics, and the output itself. A resumed
+        # small job runs that same pass again (same input, same arithmetic: the same pixels) and writes only
+        # the tiles still missing, so it ends identical to an uninterrupted run (issue 20, item 15).
+        exact = (
+            len(tissue) > 0
+            and len(tissue_all) == len(candidates) <= settings.stats_windows
+            and len(tissue_all) * ww0 * wh0 / 1e6 <= settings.pooled_pass_mp
+        )
+        if saved is not None and not exact:
             stats = stats_from_arrays(saved)
         else:
-            ww0, wh0 = grid.window_size
             ux = uy = 0
-            assert flags is not None  # computed before the statistics
-            candidates = [i for i in tiles if flags[i]] or list(tiles)
-            exact = (
-                0 < len(tissue) == len(candidates) <= settings.stats_windows
-                and len(tissue) * ww0 * wh0 / 1e6 <= settings.pooled_pass_mp
-            )
-            if exact:  # every tile in one pooled pass: whole-image statistics, and the output itself
-                picks = list(tissue)
+            if exact:
+                picks = list(tissue_all)
             else:
                 count = min(max(1, settings.stats_windows), len(candidates))
                 picks = sorted({candidates[round(j)] for j in np.linspace(0, len(candidates) - 1, count)})
@@ -342,16 +362,22 @@ def _run(
                 outputs = None  # too big for one pass here: sample in batches, run tiles afterwards
                 del batches
                 release_device_memory(device)
-                stats = estimate_instance_stats(model.module, *sampled(), winograd=winograd, device=device)
+                stats = (
+                    stats_from_arrays(saved)
+                    if saved is not None
+                    else estimate_instance_stats(model.module, *sampled(), winograd=winograd, device=device)
+                )
             if outputs:
                 whole = to_uint8(outputs[0], spec.output_norm)[0]
                 crops = []
-                for i in picks:
+                missing = [i for i in picks if i not in finished]
+                for i in missing:
                     x, y, w, h = tiles[i].core
                     crops.append(whole[y - uy : y - uy + h, x - ux : x - ux + w])
-                pooled = (picks, crops)
+                pooled = (missing, crops)
             del outputs
-            tstore.save_norm_stats(stats_to_arrays(stats))
+            if saved is None:
+                tstore.save_norm_stats(stats_to_arrays(stats))
     stats_seconds = time.perf_counter() - t_stats
     frozen = freeze_normalization(model.module, stats)
     folded = fold_frozen_norms(frozen)

@@ -29,3 +29,16 @@ class DeviceError(EngineError):
 
 class ModelInputError(EngineError):
     """The model needs an input the run did not supply (a tumour-class channel without a class)."""
+
+
+class NonFiniteOutputError(EngineError):
+    """The model produced NaN or infinity for a window (broken weights or an overflow in fp16): nothing of
+    that window is written and the store is not marked complete."""
+
+
+class ImageTooSmallError(EngineError, ValueError):
+    """The image (at the model's resolution) is smaller than the smallest input the generator runs on."""
+
+
+class ResolutionError(EngineError, ValueError):
+    """The model's µm/px against the slide's asks for an absurd resampling (e.g. a 100x upsampling)."""

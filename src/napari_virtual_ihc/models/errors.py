@@ -29,3 +29,11 @@ class UnsafeCheckpointError(CheckpointError):
 
 class UnsupportedFormatVersionError(CheckpointError):
     """The checkpoint was written by a newer version of this project's format."""
+
+
+class InvalidSpecError(CheckpointError, ValueError):
+    """A header value or architecture argument is of the wrong type or outside what can be run."""
+
+
+class NonFiniteWeightsError(CheckpointError):
+    """The weights hold NaN or infinity (a diverged training); refused on export and on load."""
