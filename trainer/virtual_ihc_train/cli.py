@@ -135,9 +135,14 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .loop import TrainingDivergedError
+
     args = make_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except TrainingDivergedError as exc:  # the run failed, the data and config were fine: exit 1
+        print(f"virtual-ihc-train: error: {exc}", file=sys.stderr)
+        return 1
     except (ConfigError, DatasetError, ValueError, FileNotFoundError) as exc:  # bad input: say what, exit 2
         print(f"virtual-ihc-train: error: {exc}", file=sys.stderr)
         return 2

@@ -98,6 +98,7 @@ class TrainConfig:
 @dataclass
 class Config:
     preset: str = "pix2pix"
+    method: str = "pix2pix"  # the training method (methods.METHODS): pix2pix | cyclegan | ...
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)

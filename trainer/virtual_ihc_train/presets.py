@@ -10,6 +10,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Isola et al. 2017 / junyanz defaults: U-Net-256 (batch norm, dropout), 70x70 PatchGAN, vanilla GAN,
     # 100 x L1, batch 1, resize to 286 then random 256 crop, 100 + 100 epochs.
     "pix2pix": {
+        "method": "pix2pix",
         "data": {"preprocess": "resize_and_crop", "load_size": 286, "crop_size": 256, "rot90": False},
         "model": {
             "arch": "unet_256",
@@ -25,6 +26,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 25 x L1 at each of three further octaves (4 blurs 3x3 sigma 1 then /2), batch 2, full 1024 px images
     # ("not preprocessed"), 100 + 100 epochs (the BCI code's defaults; the paper's text says 50 + 50).
     "pyramid-pix2pix": {
+        "method": "pix2pix",
         "data": {"preprocess": "none", "crop_size": 1024, "rot90": False},
         "model": {
             "arch": "resnet",
@@ -40,6 +42,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # batch 8, 50 + 50 epochs, cropped inputs (size not stated: 256, the pix2pix crop). The text does not give
     # the penalty's weight (eq. 11 lost its symbols; it reads as a plain sum): 1.0.
     "variance-pyramid": {
+        "method": "pix2pix",
         "data": {"preprocess": "crop", "crop_size": 256, "rot90": False},
         "model": {
             "arch": "resnet",

@@ -1,8 +1,9 @@
-"""Run-directory checkpoints: generator weights through the core's ``save_generator`` (safetensors + spec),
-discriminator weights as safetensors, and optimiser / scheduler / scaler / RNG state as a ``torch.save`` of
-tensors and primitives, read back with ``torch.load(weights_only=True)`` so loading never runs code.
+"""Run-directory checkpoints: every net of the method as safetensors (generators through the core's
+``save_generator``, so each carries its header and loads in the plugin), and optimiser / scheduler / scaler /
+pool / RNG state as a ``torch.save`` of tensors and primitives, read back with ``torch.load(weights_only=True)``
+so loading never runs code.
 
-Layout: ``RUN_DIR/checkpoints/step_00001000/{generator,discriminator}.safetensors, state.pt,
+Layout: ``RUN_DIR/checkpoints/step_00001000/{generator,discriminator,<net>}.safetensors, state.pt,
 rng_rank<r>.pt`` and ``RUN_DIR/checkpoints/latest.txt`` naming the newest complete one.
 """
 
@@ -18,7 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from napari_virtual_ihc.models import ModelSpec, read_checkpoint, save_generator
+from napari_virtual_ihc.models import ModelSpec, save_generator
+from napari_virtual_ihc.models.checkpoint import check_state_dict
 
 
 class ResumeError(RuntimeError):
@@ -57,28 +59,38 @@ def _to_lists(x: Any) -> Any:
     return [_to_lists(v) for v in x] if isinstance(x, tuple) else x
 
 
+def net_file(name: str) -> str:
+    """File of net ``name`` in a checkpoint folder (G and D keep the pix2pix family's file names)."""
+    return {"G": "generator", "D": "discriminator"}.get(name, name) + ".safetensors"
+
+
 def save_checkpoint(
     run_dir: Path,
     step: int,
-    generator: nn.Module,
-    spec: ModelSpec,
-    discriminator: nn.Module,
+    nets: dict[str, nn.Module],
+    specs: dict[str, ModelSpec],
     state: dict[str, Any],
     rank: int,
     world_size: int,
     keep: int = 3,
     barrier: Any = None,
 ) -> Path:
-    """Write one checkpoint (rank 0 writes weights and state; every rank its RNG) and mark it latest."""
+    """Write one checkpoint (rank 0 writes every net and the state; every rank its RNG) and mark it latest.
+
+    Nets named in ``specs`` are written as loadable generators (with their header); the others as weights.
+    """
     ckpt_root = Path(run_dir) / "checkpoints"
     final = ckpt_root / f"step_{step:08d}"
     final.mkdir(parents=True, exist_ok=True)
     if rank == 0:
-        save_generator(final / "generator.safetensors", generator, spec)
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in discriminator.state_dict().items()},
-            str(final / "discriminator.safetensors"),
-        )
+        for name, net in nets.items():
+            if name in specs:
+                save_generator(final / net_file(name), net, specs[name])
+            else:
+                save_file(
+                    {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
+                    str(final / net_file(name)),
+                )
         torch.save(state, final / "state.pt.tmp")
         (final / "state.pt.tmp").replace(final / "state.pt")
     if barrier:
@@ -107,11 +119,16 @@ def latest_checkpoint(run_dir: Path) -> Path:
     return path
 
 
-def load_checkpoint(path: Path, generator: nn.Module, discriminator: nn.Module, rank: int) -> dict[str, Any]:
-    """Load weights into the modules (strictly) and return the state dict; restores this rank's RNG."""
-    _, g_sd = read_checkpoint(path / "generator.safetensors")
-    generator.load_state_dict(g_sd, strict=True)
-    discriminator.load_state_dict(load_file(str(path / "discriminator.safetensors")), strict=True)
+def load_checkpoint(path: Path, nets: dict[str, nn.Module], rank: int) -> dict[str, Any]:
+    """Load every net (strictly: a net or key missing, or a shape changed, is a ShapeMismatchError naming
+    it) and return the state dict; restores this rank's RNG."""
+    for name, net in nets.items():
+        file = path / net_file(name)
+        if not file.is_file():
+            raise ResumeError(f"checkpoint {path} has no {file.name} (the run's method has a net {name!r})")
+        sd = load_file(str(file))
+        check_state_dict(net, sd, f"{file} (net {name!r} of this run's config)")
+        net.load_state_dict(sd, strict=True)
     state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
     rng_file = path / f"rng_rank{rank}.pt"
     if rng_file.is_file():

@@ -1,0 +1,21 @@
+"""Training methods: name (``cfg.method``, set by each preset) -> the class holding its networks and updates."""
+
+from __future__ import annotations
+
+from ..config import Config, ConfigError
+from .base import Method, Step
+from .pix2pix import Pix2Pix
+
+METHODS: dict[str, type[Method]] = {
+    Pix2Pix.name: Pix2Pix,
+}
+
+
+def method_class(cfg: Config) -> type[Method]:
+    try:
+        return METHODS[cfg.method]
+    except KeyError:
+        raise ConfigError(f"unknown method {cfg.method!r}; known: {', '.join(sorted(METHODS))}") from None
+
+
+__all__ = ["METHODS", "Method", "Step", "method_class"]
