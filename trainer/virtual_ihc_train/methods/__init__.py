@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from ..config import Config, ConfigError
+from .asp import Asp
 from .base import Method, Step
 from .pix2pix import Pix2Pix
 
 METHODS: dict[str, type[Method]] = {
     Pix2Pix.name: Pix2Pix,
+    Asp.name: Asp,
 }
 
 
