@@ -32,7 +32,7 @@ def patch_nce_logits(feat_q: Tensor, feat_k: Tensor, batch_size: int, temperatur
     keys are detached (no gradient flows into the key branch, as CUT).
     """
     feat_k = feat_k.detach()
-    n_rows, dim = feat_q.shape
+    dim = feat_q.shape[1]
     l_pos = (feat_q * feat_k).sum(1, keepdim=True)
     q = feat_q.view(batch_size, -1, dim)
     k = feat_k.view(batch_size, -1, dim)
