@@ -70,7 +70,10 @@ def test_phv_equals_a_direct_computation(data_dir):
     assert torch.allclose(_phv_input(real), (x_r - mean) / std)
     with torch.no_grad():
         fr, ff = net((x_r - mean) / std), net((x_f - mean) / std)
-    direct = [float(((a.mean((2, 3)) - b.mean((2, 3))).abs() > 0.01).float().mean()) for a, b in zip(fr, ff)]
+    direct = [
+        float(((a.mean((2, 3)) - b.mean((2, 3))).abs() > 0.01).float().mean())
+        for a, b in zip(fr, ff, strict=True)
+    ]
     assert values == pytest.approx(direct)
     assert [int(f.shape[1]) for f in fr] == [16, 32, 32, 32] and 0 < max(values) <= 1
     assert phv_layers(net, real, real) == [0.0, 0.0, 0.0, 0.0]
