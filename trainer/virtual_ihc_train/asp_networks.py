@@ -108,11 +108,12 @@ def xavier_init(net: nn.Module, gain: float = 0.02) -> None:
     reference's ``init.xavier_normal_(m.weight.data)`` initialises ``weight_orig``; so does this.
     """
     for m in net.modules():
-        name = m.__class__.__name__
-        if ("Conv" in name or "Linear" in name) and hasattr(m, "weight"):
-            nn.init.xavier_normal_(getattr(m, "weight_orig", m.weight), gain=gain)
-            if getattr(m, "bias", None) is not None:
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            weight = m.weight_orig if hasattr(m, "weight_orig") else m.weight
+            assert isinstance(weight, torch.Tensor)
+            nn.init.xavier_normal_(weight, gain=gain)
+            if m.bias is not None:
                 nn.init.constant_(m.bias, 0.0)
-        elif "BatchNorm2d" in name and getattr(m, "weight", None) is not None:
+        elif isinstance(m, nn.BatchNorm2d) and m.affine:
             nn.init.normal_(m.weight, 1.0, gain)
             nn.init.constant_(m.bias, 0.0)
