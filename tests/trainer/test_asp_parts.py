@@ -200,3 +200,33 @@ def test_multi_magnification_view_geometry():
     assert abs(float(down.mean()) - 127.5) < 1.0 and float(down.std()) < 2.0
     rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
     assert view_box("zoom4", w, h, rng_a) == view_box("zoom4", w, h, rng_b)  # same box for H&E and IHC
+
+
+def test_asp_and_ammfi_presets_carry_the_launcher_defaults():
+    from virtual_ihc_train.presets import preset_config
+
+    a = preset_config("asp")
+    assert (a.method, a.model.arch, a.model.ndf, a.model.n_layers_d, a.model.norm_d) == (
+        "asp",
+        "asp_resnet",
+        32,
+        5,
+        "instance",
+    )
+    assert a.model.arch_kwargs == {"ngf": 64, "n_blocks": 6, "norm": "instance", "spectral_norm": True}
+    assert (a.loss.gan_mode, a.asp.lambda_nce, a.asp.lambda_asp, a.asp.lambda_gp) == (
+        "lsgan",
+        10.0,
+        10.0,
+        10.0,
+    )
+    assert (a.asp.nce_layers, a.asp.num_patches, a.asp.nce_temperature) == ([0, 4, 8, 12, 16], 256, 0.07)
+    assert (a.data.crop_size, a.train.batch_size, a.optim.n_epochs, a.optim.n_epochs_decay) == (
+        512,
+        1,
+        30,
+        10,
+    )
+    assert (a.optim.lr, a.optim.beta1, a.optim.beta2, a.asp.multi_magnification) == (2e-4, 0.5, 0.999, False)
+    m = preset_config("ammfi")
+    assert (m.method, m.model.arch, m.asp.multi_magnification) == ("asp", "ammfi_resnet", True)
