@@ -105,6 +105,20 @@ def cmd_mil(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mist_resplit(args: argparse.Namespace) -> int:
+    from .mist_split import resplit_mist
+
+    r = resplit_mist(
+        Path(args.root), Path(args.out), args.val_fraction, args.seed, args.slide_pattern, args.copy
+    )
+    print(
+        f"{r['slides']} slides: train {len(r['train']['slides'])} slides / {r['train']['tiles']} tiles, "
+        f"val {len(r['val']['slides'])} slides / {r['val']['tiles']} tiles; the shipped split shared "
+        f"{len(r['shipped_split_slides_in_both'])} slides. Wrote {Path(args.out) / 'split.json'}"
+    )
+    return 0
+
+
 def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--preset",
@@ -172,6 +186,18 @@ def make_parser() -> argparse.ArgumentParser:
 
     add_mil_arguments(p)
     p.set_defaults(func=cmd_mil)
+    p = sub.add_parser("mist-resplit", help="re-split MIST by slide id (no slide in both train and val)")
+    p.add_argument("root", help="MIST folder with trainA, trainB, valA, valB")
+    p.add_argument("--out", required=True, help="new, empty folder for the grouped split")
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--slide-pattern",
+        default=r"^([^_]+)_",
+        help="regex on the file stem; its first group is the slide id",
+    )
+    p.add_argument("--copy", action="store_true", help="copy the images (default: symbolic links)")
+    p.set_defaults(func=cmd_mist_resplit)
     return parser
 
 

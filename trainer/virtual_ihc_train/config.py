@@ -135,6 +135,19 @@ class CycleGANConfig:
     labels_B: str = ""  # CSV file,class for the IHC images
     classifier_A: str = ""  # MIL classifier (.safetensors) giving the H&E class when no label is given
     classifier_B: str = ""  # MIL classifier for the IHC domain
+class AspConfig:
+    """ASP / AMMFI contrastive terms (CUT's PatchNCE, ASP's adaptive supervised PatchNCE, Gaussian pyramid)."""
+
+    nce_layers: list[int] = field(default_factory=lambda: [0, 4, 8, 12, 16])  # generator encoder layers
+    num_patches: int = 256  # positions sampled per layer
+    nce_temperature: float = 0.07
+    netf_nc: int = 256  # width of F's MLPs
+    lambda_nce: float = 10.0  # PatchNCE(G(A), A)
+    lambda_asp: float = 10.0  # adaptive supervised PatchNCE(G(A), B)
+    asp_schedule: str = "lambda_linear"  # lambda_linear | none (plain supervised PatchNCE)
+    lambda_gp: float = 10.0  # Gaussian-pyramid L1
+    gp_weights: list[float] = field(default_factory=lambda: [0.015625, 0.03125, 0.0625, 0.125, 0.25, 1.0])
+    multi_magnification: bool = False  # AMMFI: train on native, x2-down and x2/x4-zoomed views of each pair
 
 
 @dataclass
@@ -148,6 +161,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     tdkstain: TDKstainConfig = field(default_factory=TDKstainConfig)
     cyclegan: CycleGANConfig = field(default_factory=CycleGANConfig)
+    asp: AspConfig = field(default_factory=AspConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

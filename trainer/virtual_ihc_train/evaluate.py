@@ -20,14 +20,14 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from . import knowledge, metrics
+from . import knowledge, metrics, mist_metrics
 from .data import HER2_CLASSES, Pair, find_pairs, paired_folders, read_rgb, to_tensor
 from .inception import MissingWeightsError, load_inception
 from .reporting import to_uint8
 
 __all__ = ["MissingWeightsError", "add_arguments", "evaluate_cli", "evaluate_folders", "fid_from_features"]
 
-ALL_METRICS = ("psnr", "ssim", "fid", "kid", "lpips", "dists", "nuclei", "membrane")
+ALL_METRICS = ("psnr", "ssim", "fid", "kid", "lpips", "dists", "nuclei", "membrane", "kid_asp", "phv")
 DEFAULT_METRICS = "psnr,ssim,fid,kid,nuclei,membrane"
 FeatureExtractor = Callable[[torch.Tensor], torch.Tensor]  # (N, H, W, 3) uint8 -> (N, D)
 
@@ -95,6 +95,8 @@ class Backends:
     dists: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     nuclei_counter: knowledge.NucleiCounter | None = None
     nuclei_method: str = ""
+    asp_features: FeatureExtractor | None = None  # KID, ASP convention (mist_metrics)
+    phv: torch.nn.Module | None = None  # ResNet-50 features for PHV (mist_metrics)
 
 
 def load_backends(wanted: set[str], args: Any) -> Backends:
@@ -114,6 +116,10 @@ def load_backends(wanted: set[str], args: Any) -> Backends:
         b.nuclei_counter, b.nuclei_method = knowledge.default_nuclei_counter(
             getattr(args, "nuclei_method", "auto"), getattr(args, "cellpose_model", None) or "nuclei"
         )
+    if "kid_asp" in wanted:
+        b.asp_features = mist_metrics.load_asp_inception(getattr(args, "inception_torchvision", None))
+    if "phv" in wanted:
+        b.phv = mist_metrics.load_resnet50(getattr(args, "resnet50", None))
     return b
 
 
@@ -147,6 +153,8 @@ def evaluate_items(
             row["nuclei_count_error"] = knowledge.nuclei_count_error(real, fake, backends.nuclei_counter)
         if "membrane" in wanted:
             row["membrane_intensity_error"] = knowledge.membrane_intensity_error(real, fake)
+        if backends.phv is not None:
+            row.update(mist_metrics.phv_columns(mist_metrics.phv_layers(backends.phv, *pair_t)))
         rows.append(row)
 
     groups = {"overall": rows}
@@ -165,6 +173,14 @@ def evaluate_items(
                 summary[g]["fid"] = fid_from_features(fr[idx], ff[idx]) if len(idx) > 1 else float("nan")
             if "kid" in wanted:
                 summary[g]["kid"], summary[g]["kid_std"] = kid_from_features(fr[idx], ff[idx])
+    if backends.asp_features is not None:
+        fr = extract([it.real for it in items], backends.asp_features)
+        ff = extract([it.fake for it in items], backends.asp_features)
+        for g in groups:
+            idx = [i for i, it in enumerate(items) if g == "overall" or it.label == g]
+            summary[g]["kid_asp_x1000"], summary[g]["kid_asp_x1000_std"] = mist_metrics.kid_asp_from_features(
+                fr[idx], ff[idx]
+            )
 
     result = {
         "convention": metrics.CONVENTION,
@@ -182,7 +198,8 @@ def evaluate_items(
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"n": len(rows)}
-    for key in ("psnr", "ssim", "lpips", "dists", "membrane_intensity_error"):
+    phv_keys = ("phv_layer1", "phv_layer2", "phv_layer3", "phv_layer4", "phv_avg")
+    for key in ("psnr", "ssim", "lpips", "dists", "membrane_intensity_error", *phv_keys):
         vals = [r[key] for r in rows if key in r]
         if vals:
             out[key], out[key + "_std"] = float(np.mean(vals)), float(np.std(vals))
@@ -209,6 +226,8 @@ COLUMNS = [
     ("dists", "DISTS", "{:.4f}"),
     ("nuclei_count_error_mae", "nuclei count |err|", "{:.2f}"),
     ("membrane_intensity_error", "membrane intensity err", "{:.4f}"),
+    ("kid_asp_x1000", "KID x1000 (ASP)", "{:.1f}"),
+    ("phv_avg", "PHV avg (ASP)", "{:.4f}"),
 ]
 
 
@@ -304,6 +323,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--inception", help="pt_inception-2015-12-05-6726825d.pth or inception_v3_google-0cc3c7bd.pth"
     )
     p.add_argument("--vgg16", help="torchvision vgg16-397923af.pth (LPIPS, DISTS)")
+    p.add_argument("--inception-torchvision", help="inception_v3_google-0cc3c7bd.pth (kid_asp)")
+    p.add_argument("--resnet50", help="torchvision resnet50-0676ba61.pth (phv)")
     p.add_argument("--lpips-lin", help="lpips v0.1 vgg.pth")
     p.add_argument("--dists-weights", help="DISTS weights.pt")
     p.add_argument(

@@ -115,6 +115,45 @@ PRESETS: dict[str, dict[str, Any]] = {
         "optim": {"lr": 1e-4, "n_epochs": 50, "n_epochs_decay": 50},
         "train": {"batch_size": 1},
     },
+    # Li et al. 2023 (ASP), the MIST launcher (experiments/mist_launcher.py, model cpt, FastCUT mode): ASP's
+    # ResNet-6 (instance norm, anti-aliased, spectral norm), F = 256-wide MLPs on 256 positions of layers
+    # 0,4,8,12,16, D = 5-layer PatchGAN ndf 32 (instance norm, anti-aliased, spectral norm, unconditional), LSGAN;
+    # 1 x GAN + 10 x PatchNCE(T 0.07) + 10 x ASP (lambda_linear) + 10 x Gaussian-pyramid L1; random 512 crops
+    # of the 1024 tiles + flips, batch 1, Adam 2e-4 (0.5, 0.999), 30 + 10 epochs; xavier init gain 0.02.
+    "asp": {
+        "method": "asp",
+        "data": {"preprocess": "crop", "crop_size": 512, "flip": True, "rot90": False},
+        "model": {
+            "arch": "asp_resnet",
+            "arch_kwargs": {"ngf": 64, "n_blocks": 6, "norm": "instance", "spectral_norm": True},
+            "discriminator": "asp",
+            "ndf": 32,
+            "n_layers_d": 5,
+            "norm_d": "instance",
+        },
+        "loss": {"gan_mode": "lsgan", "lambda_gan": 1.0},
+        "optim": {"n_epochs": 30, "n_epochs_decay": 10},
+        "train": {"batch_size": 1},
+    },
+    # Qu et al. (AMMFI): ASP's objective and discriminator, the AMMFI generator (3x3 first conv, attention-gated
+    # skips), trained on the four multi-magnification views of every pair (OpenCV resampling instead of the
+    # paper's BSRGAN); the paper's "linear decay" schedule and epochs are not given: ASP's 30 + 10.
+    "ammfi": {
+        "method": "asp",
+        "data": {"preprocess": "crop", "crop_size": 512, "flip": True, "rot90": False},
+        "model": {
+            "arch": "ammfi_resnet",
+            "arch_kwargs": {"ngf": 64, "n_blocks": 6, "norm": "instance", "spectral_norm": True},
+            "discriminator": "asp",
+            "ndf": 32,
+            "n_layers_d": 5,
+            "norm_d": "instance",
+        },
+        "loss": {"gan_mode": "lsgan", "lambda_gan": 1.0},
+        "optim": {"n_epochs": 30, "n_epochs_decay": 10},
+        "train": {"batch_size": 1},
+        "asp": {"multi_magnification": True},
+    },
 }
 
 # What each preset is, in a line (shown by ``virtual-ihc-train fit --help``).

@@ -6,6 +6,9 @@ tissue windows (pooled over all their pixels, layer by layer in one forward pass
 inputs the frozen earlier layers produce), then every InstanceNorm becomes a fixed per-channel affine.
 BatchNorm in eval mode is already such an affine. A per-channel affine right after a convolution folds into
 its weights and bias, which removes the normalisation cost entirely.
+Global poolings (:class:`GlobalPool2d`, the channel attention of the AMMFI generator) couple pixels to the whole
+input in the same way; they are treated alike: pooled once per slide over the same windows, then frozen to a
+constant per-channel descriptor (stored as the pair's first array; the second is unused zeros).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..models.ammfi import GlobalPool2d
 from .winograd import WinogradConv2d, use_winograd
 from .workspace import scratch
 
@@ -92,6 +96,62 @@ class _PooledStatsNorm(nn.Module):
     def stats(self) -> tuple[np.ndarray, np.ndarray]:
         assert self.mean is not None and self.m2 is not None and self.count > 0
         return self.mean.cpu().numpy(), (self.m2 / self.count).clamp_min(0).cpu().numpy()
+
+
+class FrozenGlobalPool(nn.Module):
+    """A :class:`GlobalPool2d` frozen to slide-level values: the same descriptor for every tile."""
+
+    descriptor: Tensor
+
+    def __init__(self, descriptor: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("descriptor", descriptor.detach().clone().float())
+
+    def forward(self, x: Tensor) -> Tensor:
+        d = self.descriptor.view(1, -1, 1, 1).to(x.dtype)
+        return d.expand(x.shape[0], -1, 1, 1)
+
+
+class _PooledGlobalPool(nn.Module):
+    """Pools over the window cores of the whole batch (and accumulates over batches) like _PooledStatsNorm."""
+
+    def __init__(self, pool: GlobalPool2d) -> None:
+        super().__init__()
+        self.mode = pool.mode
+        self.count = 0
+        self.value: Tensor | None = None  # running sum (avg) or maximum (max), float64
+        self.boxes: list[tuple[float, float, float, float]] | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, w = x.shape[2], x.shape[3]
+        boxes = self.boxes or [(0.0, 0.0, 1.0, 1.0)] * x.shape[0]
+        n_batch, parts = 0, []
+        for b, (fx0, fy0, fx1, fy1) in enumerate(boxes):
+            x0, x1 = int(fx0 * w), max(int(fx0 * w) + 1, round(fx1 * w))
+            y0, y1 = int(fy0 * h), max(int(fy0 * h) + 1, round(fy1 * h))
+            core = x[b, :, y0:y1, x0:x1]
+            n_batch += core.shape[1] * core.shape[2]
+            parts.append(core.double().sum((1, 2)) if self.mode == "avg" else core.double().amax((1, 2)))
+        stacked = torch.stack(parts)
+        batch_value = stacked.sum(0) if self.mode == "avg" else stacked.amax(0)
+        if self.value is None:
+            self.value = batch_value
+        else:
+            self.value = (
+                self.value + batch_value if self.mode == "avg" else torch.maximum(self.value, batch_value)
+            )
+        self.count += n_batch
+        desc = batch_value / n_batch if self.mode == "avg" else batch_value
+        return desc.to(x.dtype).view(1, -1, 1, 1).expand(x.shape[0], -1, 1, 1)
+
+    def stats(self) -> tuple[np.ndarray, np.ndarray]:
+        assert self.value is not None and self.count > 0
+        desc = self.value / self.count if self.mode == "avg" else self.value
+        return desc.cpu().numpy(), np.zeros(desc.shape[0])
+
+
+def global_pool_names(module: nn.Module) -> list[str]:
+    return [n for n, m in module.named_modules() if isinstance(m, GlobalPool2d)]
 
 
 MOMENT_CHUNK = 4_000_000  # floats per scratch chunk (16 MB): bounded memory whatever the window size
@@ -180,11 +240,16 @@ def estimate_instance_stats(
         use_winograd(probe)
     names = instance_norm_names(probe)
     private = _fed_only_by_a_conv(probe)
-    collectors: dict[str, _PooledStatsNorm] = {}
+    collectors: dict[str, _PooledStatsNorm | _PooledGlobalPool] = {}
     for name in names:
         norm = probe.get_submodule(name)
         assert isinstance(norm, nn.InstanceNorm2d)
         collectors[name] = _PooledStatsNorm(norm, inplace=name in private)
+        _replace(probe, name, collectors[name])
+    for name in global_pool_names(probe):
+        pool = probe.get_submodule(name)
+        assert isinstance(pool, GlobalPool2d)
+        collectors[name] = _PooledGlobalPool(pool)
         _replace(probe, name, collectors[name])
     ran = False
     core_iter = iter(cores) if cores is not None else None
@@ -204,7 +269,8 @@ def estimate_instance_stats(
 def freeze_normalization(module: nn.Module, stats: NormStats | None = None) -> nn.Module:
     """A copy of ``module`` in eval mode with every InstanceNorm/BatchNorm replaced by a FrozenNorm.
 
-    InstanceNorms use ``stats`` (from :func:`estimate_instance_stats`); BatchNorms their running statistics.
+    InstanceNorms use ``stats`` (from :func:`estimate_instance_stats`); BatchNorms their running statistics;
+    a GlobalPool2d becomes a FrozenGlobalPool with its slide-level descriptor from ``stats``.
     """
     frozen = copy.deepcopy(module).float().eval()
     for name, sub in list(frozen.named_modules()):
@@ -221,6 +287,10 @@ def freeze_normalization(module: nn.Module, stats: NormStats | None = None) -> n
         elif isinstance(sub, nn.modules.batchnorm._BatchNorm) and sub.running_mean is not None:
             assert sub.running_var is not None
             _replace(frozen, name, _frozen_from(sub, sub.running_mean.double(), sub.running_var.double()))
+        elif isinstance(sub, GlobalPool2d):
+            if stats is None or name not in stats:
+                raise ValueError(f"no slide-level values for global pooling {name!r}")
+            _replace(frozen, name, FrozenGlobalPool(torch.as_tensor(stats[name][0], dtype=torch.float64)))
     return frozen
 
 

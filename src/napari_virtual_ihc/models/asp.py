@@ -154,6 +154,17 @@ class AspResnetGenerator(nn.Module):
         layers += [nn.ReflectionPad2d(3), wn(nn.Conv2d(ngf, output_nc, 7, padding=0)), nn.Tanh()]
         self.model = nn.Sequential(*layers)
 
+    def encode(self, x: Tensor, layers: list[int]) -> list[Tensor]:
+        """Outputs of ``model[i]`` for ``i`` in ``layers`` (CUT's ``encode_only``), stopping after the last."""
+        feats, last = [], max(layers)
+        for i, layer in enumerate(self.model):
+            x = layer(x)
+            if i in layers:
+                feats.append(x)
+            if i == last:
+                break
+        return feats
+
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
 

@@ -26,7 +26,7 @@ def register_generator(name: str) -> Callable[[GeneratorFactory], GeneratorFacto
 
 def _ensure_builtins() -> None:
     # Imported for their registration side effect; lazy so registry.py has no import cycle.
-    from . import asp, resnet, unet  # noqa: F401
+    from . import ammfi, asp, resnet, unet  # noqa: F401
 
 
 def available_architectures() -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..config import Config, ConfigError
+from .asp import Asp
 from .base import Method, Step
 from .cyclegan import CycleGAN
 from .pix2pix import Pix2Pix
@@ -12,6 +13,7 @@ METHODS: dict[str, type[Method]] = {
     Pix2Pix.name: Pix2Pix,
     TDKstain.name: TDKstain,
     CycleGAN.name: CycleGAN,
+    Asp.name: Asp,
 }
 
 
