@@ -135,6 +135,8 @@ class CycleGANConfig:
     labels_B: str = ""  # CSV file,class for the IHC images
     classifier_A: str = ""  # MIL classifier (.safetensors) giving the H&E class when no label is given
     classifier_B: str = ""  # MIL classifier for the IHC domain
+
+
 class AspConfig:
     """ASP / AMMFI contrastive terms (CUT's PatchNCE, ASP's adaptive supervised PatchNCE, Gaussian pyramid)."""
 
