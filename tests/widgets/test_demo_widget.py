@@ -40,5 +40,5 @@ def test_demo_model_is_the_default_and_run_gives_brown_and_blue(
     hed = rgb2hed(ihc)
     h, d = hed[..., 0], hed[..., 2]
     brown = ((d > 0.05) & (d > h))[tissue].mean()
-    blue = ((h > 0.05) & (h > d))[tissue].mean()
-    assert brown > 0.05 and blue > 0.05, (brown, blue)
+    blue = ((h > 0.03) & (h > d))[tissue].mean()
+    assert brown > 0.15 and blue > 0.15, (brown, blue)  # measured 0.36 and 0.35 on the whole sample
