@@ -118,7 +118,9 @@ def test_presets_carry_the_papers_defaults():
         "lsgan",
         10.0,
     )
-    assert {"pix2pix", "pyramid-pix2pix", "variance-pyramid", "cyclegan"} <= set(PRESETS)  # methods add theirs
+    assert {"pix2pix", "pyramid-pix2pix", "variance-pyramid", "cyclegan"} <= set(
+        PRESETS
+    )  # methods add theirs
 
 
 def test_overrides_files_and_errors(tmp_path):
