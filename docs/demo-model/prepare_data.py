@@ -29,7 +29,11 @@ def tissue_fraction(rgb: np.ndarray) -> float:
 
 
 def tiles(
-    rgb: np.ndarray, size: int, min_tissue: float, skip: tuple[int, int, int, int] | None = None, stride: int = 0
+    rgb: np.ndarray,
+    size: int,
+    min_tissue: float,
+    skip: tuple[int, int, int, int] | None = None,
+    stride: int = 0,
 ):
     h, w = rgb.shape[:2]
     for y in range(0, h - size + 1, stride or size):

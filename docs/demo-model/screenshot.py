@@ -17,9 +17,10 @@ from napari_virtual_ihc.models import demo_model_path
 
 def main(out: str) -> None:
     viewer = napari.Viewer(title="napari-virtual-ihc demo", show=True)
-    viewer.window.resize(1500, 900)
+    viewer.window.resize(1600, 860)
     viewer.open_sample("napari-virtual-ihc", "cmu1_region")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-virtual-ihc", "Virtual IHC")
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-virtual-ihc", "Virtual IHC")
+    dock.setMaximumWidth(430)
     widget.set_model_path(str(demo_model_path()))
     widget.output_edit.setText(tempfile.mkdtemp())
     widget.set_device("cpu")

@@ -29,7 +29,7 @@ def stain_look(ihc: np.ndarray, tissue: np.ndarray) -> dict[str, float]:
     hed = rgb2hed(ihc)
     h, d = hed[..., 0], hed[..., 2]
     brown = (d > 0.05) & (d > h)
-    blue = (h > 0.05) & (h > d)
+    blue = (h > 0.03) & (h > d)  # a light hematoxylin counterstain
     return {"brown": float(brown[tissue].mean()), "blue": float(blue[tissue].mean())}
 
 
@@ -63,8 +63,8 @@ def test_demo_output_on_real_he_is_brown_and_blue_tissue_on_white_glass():
     out = ((y.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
     look = look_of(out, he)
     assert glass_mask(he).mean() > 0.05  # the check below is not vacuous
-    assert look["brown"] > 0.05, look
-    assert look["blue"] > 0.05, look
+    assert look["brown"] > 0.15, look  # measured 0.38 (AMD EPYC, torch CPU)
+    assert look["blue"] > 0.15, look  # measured 0.33
     assert look["glass_white"] > 200, look  # glass stays white
     assert look["tissue_dark"] < look["glass_white"] - 30, look  # tissue where the input has tissue
 
@@ -78,7 +78,7 @@ def test_headless_demo_writes_store_and_png(tmp_path, capsys):
     assert png.shape == (1024, 2048, 3)
     he, ihc = png[:, :1024], png[:, 1024:]
     look = look_of(ihc, he)
-    assert look["brown"] > 0.05 and look["blue"] > 0.05 and look["glass_white"] > 200, look
+    assert look["brown"] > 0.15 and look["blue"] > 0.15 and look["glass_white"] > 200, look
     print(f"virtual-ihc demo --headless: {seconds:.1f} s")
     assert "not HER2" in capsys.readouterr().out
 

@@ -222,6 +222,23 @@ def test_fit_resume_bit_exact_and_export(tmp_path, unpaired_small, case):
     rev = tmp_path / "rev.safetensors"
     assert main(["export", str(split), "--out", str(rev), "--net", "G_B"]) == 0
     assert load_generator(rev).spec.target_stain == "H&E"
+    # the exported generator stains a slide through `virtual-ihc stain` (one class for the slide if it has one)
+    from napari_virtual_ihc.cli import main as plugin_main
+
+    he = next((unpaired_small / "HE").iterdir())
+    args = [
+        "stain",
+        str(he),
+        "--model",
+        str(out),
+        "--out",
+        str(tmp_path / "stained"),
+        "--quiet",
+        "--tile",
+        "64",
+    ]
+    assert plugin_main([*args, "--tumour-class", "tumour"] if "class" in case else args) == 0
+    assert (tmp_path / "stained" / f"{he.stem}.ome.zarr").is_dir()
 
 
 def test_class_from_mil_classifiers_when_no_labels(tmp_path, unpaired_small):

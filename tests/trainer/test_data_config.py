@@ -118,10 +118,16 @@ def test_presets_carry_the_papers_defaults():
         "lsgan",
         10.0,
     )
-    assert {"pix2pix", "pyramid-pix2pix", "variance-pyramid", "pyramid-pix2pix-s1", "tdkstain"} <= set(
-        PRESETS
-    )
-    assert {"pix2pix", "pyramid-pix2pix", "variance-pyramid", "asp", "ammfi"} <= set(PRESETS)
+    assert {
+        "pix2pix",
+        "pyramid-pix2pix",
+        "pyramid-pix2pix-s1",
+        "variance-pyramid",
+        "tdkstain",
+        "asp",
+        "ammfi",
+        "cyclegan",
+    } == set(PRESETS)
 
 
 def test_overrides_files_and_errors(tmp_path):

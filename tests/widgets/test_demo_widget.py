@@ -40,5 +40,41 @@ def test_demo_model_is_the_default_and_run_gives_brown_and_blue(
     hed = rgb2hed(ihc)
     h, d = hed[..., 0], hed[..., 2]
     brown = ((d > 0.05) & (d > h))[tissue].mean()
-    blue = ((h > 0.05) & (h > d))[tissue].mean()
-    assert brown > 0.05 and blue > 0.05, (brown, blue)
+    blue = ((h > 0.03) & (h > d))[tissue].mean()
+    assert brown > 0.15 and blue > 0.15, (brown, blue)  # measured 0.36 and 0.35 on the whole sample
+
+
+def test_class_channel_model_runs_with_the_class_picked_in_the_widget(
+    make_napari_viewer: Any, qtbot: Any, tmp_path: Path
+) -> None:
+    import torch
+
+    from napari_virtual_ihc.models import ModelSpec, build_generator, save_generator
+
+    kwargs = {"input_nc": 4, "ngf": 4, "n_blocks": 1, "norm": "instance"}
+    torch.manual_seed(0)
+    header = {"classes": {"non-tumour": -1.0, "tumour": 1.0}, "classifier": "absent.safetensors"}
+    model = save_generator(
+        tmp_path / "cg.safetensors",
+        build_generator("resnet", **kwargs),
+        ModelSpec("resnet", kwargs, class_channel=header, name="cg-class"),
+    )
+    viewer = make_napari_viewer()
+    rgb = np.full((96, 128, 3), 200, np.uint8)
+    rgb[20:70, 30:100] = (120, 60, 140)
+    viewer.add_image(rgb, name="H&E", rgb=True)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-virtual-ihc", "Virtual IHC")
+    widget.set_model_path(model)
+    widget.output_edit.setText(str(tmp_path / "out"))
+    widget.set_device("cpu")
+    # auto, and the classifier the header names is not there: the run fails with that message, nothing written
+    run = widget.start_run()
+    if run is not None:
+        qtbot.waitUntil(lambda: not run.running, timeout=60_000)
+        assert run.state != "done" and "tumour-class input channel" in str(run.error)
+    widget.tumour_class_combo.setCurrentIndex(widget.tumour_class_combo.findData("tumour"))
+    run = widget.start_run()
+    assert run is not None
+    qtbot.waitUntil(lambda: not run.running, timeout=60_000)
+    assert run.state == "done", run.error
+    assert run.layer is not None and np.asarray(run.layer.data[0][:]).shape[:2] == (96, 128)

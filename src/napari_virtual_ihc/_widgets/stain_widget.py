@@ -307,7 +307,11 @@ class VirtualIHCWidget(QWidget):
         return text
 
     def set_model_path(self, path: str | Path) -> None:
-        self.model_combo.setCurrentText(str(path))
+        index = self.model_combo.findData(str(path))  # a listed model (the demo) shows its label
+        if index >= 0:
+            self.model_combo.setCurrentIndex(index)
+        else:
+            self.model_combo.setCurrentText(str(path))
 
     def device(self) -> str:
         return str(self.device_combo.currentData() or "auto")
