@@ -19,7 +19,7 @@ from napari_virtual_ihc.inference.errors import (
     StoreWriteError,
 )
 from napari_virtual_ihc.inference.runner import to_input, to_uint8
-from napari_virtual_ihc.inference.store import DONE_FILE
+from napari_virtual_ihc.ihc_store import DONE_FILE
 from napari_virtual_ihc.slides.base import ArraySlide
 
 

@@ -85,38 +85,12 @@ def slides_for_rank(slides: list[str], rank: int, world: int) -> list[str]:
     return [s for i, s in enumerate(slides) if i % world == rank]
 
 
-def slide_stem(path: Path) -> str:
-    name = path.name
-    for ext in (".ome.tiff", ".ome.tif", ".ome.zarr"):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return path.stem
-
-
-def _open_slide(path: Path):  # type: ignore[no-untyped-def]
-    """The slides package's reader; plain images still open if it is not installed in this build."""
-    try:
-        from ..slides import open_slide  # type: ignore[attr-defined]
-    except ImportError:
-        open_slide = None
-    if open_slide is not None:
-        return open_slide(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    from skimage.io import imread
-
-    from ..slides.base import ArraySlide
-
-    img = imread(str(path))
-    if img.ndim == 2:
-        img = __import__("numpy").stack([img] * 3, axis=-1)
-    return ArraySlide(img[..., :3].astype("uint8"), None, path=path)
-
-
 def run(args: argparse.Namespace) -> int:
+    from ..ihc_store import StoreError, check_writable_folder, store_path_for
     from ..inference import EngineSettings, stain_slide
     from ..inference.errors import EngineError
     from ..models import CheckpointError, load_generator
+    from ..slides import open_slide
 
     rank, world = rank_and_world()
     out = Path(args.out)
@@ -128,11 +102,9 @@ def run(args: argparse.Namespace) -> int:
     mine = slides_for_rank(list(args.slides), rank, world)
     tag = f"[rank {rank}/{world}] " if world > 1 else ""
     try:
-        from ..inference.store import check_writable_folder
-
         check_writable_folder(out)
         model = load_generator(args.model)
-    except (EngineError, CheckpointError) as e:
+    except (EngineError, StoreError, CheckpointError) as e:
         print(f"virtual-ihc stain: {e}", file=sys.stderr)
         return 2
     settings = EngineSettings(
@@ -148,10 +120,10 @@ def run(args: argparse.Namespace) -> int:
     failures = 0
     for slide_arg in mine:
         path = Path(slide_arg)
-        store = out / f"{slide_stem(path)}.ome.zarr"
+        store = store_path_for(out, path)
         print(f"{tag}stain {path} -> {store}", flush=True)
         try:
-            slide = _open_slide(path)
+            slide = open_slide(path)
         except Exception as e:  # slides raise typed SlideError; any failure must not stop the cohort
             print(f"{tag}error: cannot open {path}: {e}", file=sys.stderr)
             failures += 1
@@ -175,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
             rep = stain_slide(
                 slide, model, store, settings, region=region, progress=on_progress, cancel=threading.Event()
             )
-        except (EngineError, ValueError, OSError) as e:
+        except (EngineError, StoreError, ValueError, OSError) as e:
             print(f"{tag}error: {path}: {e}", file=sys.stderr)
             failures += 1
             continue
@@ -194,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _annotate_run_json(store: Path, rank: int, world: int, slide: str) -> None:
-    from ..inference.engine import run_json_path
+    from ..ihc_store import run_json_path
 
     p = run_json_path(store)
     try:

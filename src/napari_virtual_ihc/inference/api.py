@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-# A box in level-0 pixels of the source slide: (x, y, width, height).
-Box = tuple[int, int, int, int]
+from ..geometry import Box
 
 
 @dataclass
@@ -32,6 +32,25 @@ class EngineSettings:
     # CPU fp32 only: wide 3x3 convolutions as Winograd F(4x4, 3x3) (~2x fewer multiplications; the output
     # differs from direct convolution by fp32 rounding, far below one grey level).
     winograd: bool = True
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run will do, known before its first tile: the first thing ``iter_stain_slide`` yields.
+
+    The store exists (created or reopened, and locked) when the plan is yielded, so a viewer can show it.
+    """
+
+    store: Path
+    plane: tuple[int, int]  # (width, height) of the store's level 0, px at the model's resolution
+    level_shapes: list[tuple[int, int]]  # (height, width) of every store level
+    level0_downsample: float  # source level-0 px per store px
+    tile: int
+    halo: int
+    tiles_total: int
+    tiles_resumed: int
+    device: str
+    provenance: dict[str, Any] = field(default_factory=dict)  # as written into the store
 
 
 @dataclass
@@ -65,5 +84,8 @@ class RunReport:
 
 
 ProgressCallback = Callable[[TileProgress], None]
+# What ``iter_stain_slide`` yields: the plan once, then progress after every batch (its return value is the
+# RunReport).
+RunEvent = RunPlan | TileProgress
 # Polled before every batch; returns the region to do first (e.g. the viewer's field of view) or None.
 PriorityProvider = Callable[[], Box | None]

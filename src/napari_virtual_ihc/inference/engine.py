@@ -11,6 +11,7 @@ import json
 import math
 import threading
 import time
+from collections.abc import Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,9 @@ from ..models.describe import receptive_field, size_multiple
 from ..models.norms import norm_kind
 from ..models.spec import LoadedGenerator
 from ..slides.base import Slide
-from .api import Box, EngineSettings, PriorityProvider, ProgressCallback, RunReport, TileProgress
+from ..geometry import Box
+from ..ihc_store import TileStore, build_provenance, check_writable_folder, run_json_path, source_identity
+from .api import EngineSettings, PriorityProvider, ProgressCallback, RunEvent, RunPlan, RunReport, TileProgress
 from .device import (
     is_out_of_memory,
     release_device_memory,
@@ -40,20 +43,12 @@ from .normalization import (
 )
 from .resample import WorkingPlane, low_resolution_view, model_downsample
 from .runner import BatchRunner, to_input, to_uint8
-from .store import TileStore, check_writable_folder
 from .tissue import rect_has_tissue, tissue_mask
 from .winograd import use_winograd
 from .workspace import release_workspace
 
 MAX_HALO = 256  # px at the model's resolution: beyond this the halo costs more than any seam it could fix
 BACKGROUND_GROUP = 64  # background tiles written between two progress reports
-
-
-def run_json_path(store: str | Path) -> Path:
-    """``DIR/<name>.run.json`` beside ``DIR/<name>.ome.zarr``."""
-    p = Path(store)
-    name = p.name[: -len(".ome.zarr")] if p.name.endswith(".ome.zarr") else p.stem
-    return p.with_name(f"{name}.run.json")
 
 
 def plan_halo(module: Any, settings: EngineSettings, align: int) -> tuple[int, int]:
@@ -151,9 +146,36 @@ def stain_slide(
 
     Re-running with the same store, model and settings skips tiles already finished. Returns a RunReport
     (also written as ``<name>.run.json`` beside the store). Raises OutputNotWritableError before any work if
-    the folder cannot be written, RegionError for a region outside the slide, StoreWriteError (e.g. a full
-    disk) mid-run with the failing tile not marked done.
+    the folder cannot be written, RegionError for a region outside the slide, StoreMismatchError for a
+    store of other settings or another slide, StoreLockedError while another run writes it, StoreWriteError
+    (e.g. a full disk) mid-run with the failing tile not marked done.
     """
+    run = iter_stain_slide(
+        slide, model, store, settings, region=region, priority=priority, cancel=cancel
+    )
+    while True:
+        try:
+            event = next(run)
+        except StopIteration as done:
+            report: RunReport = done.value
+            return report
+        if progress is not None and isinstance(event, TileProgress):
+            progress(event)
+
+
+def iter_stain_slide(
+    slide: Slide,
+    model: LoadedGenerator,
+    store: str | Path,
+    settings: EngineSettings | None = None,
+    *,
+    region: Box | None = None,
+    priority: PriorityProvider | None = None,
+    cancel: threading.Event | None = None,
+) -> Generator[RunEvent, None, RunReport]:
+    """``stain_slide`` as a generator: yields the RunPlan (the store is open), then a TileProgress after
+    every batch, and returns the RunReport. For callers that show the run as it goes (the widget runs it
+    in a napari ``thread_worker``); ``cancel`` stops it after the current batch."""
     settings = settings or EngineSettings()
     t_start = time.perf_counter()
     store_path = Path(store)
@@ -180,6 +202,7 @@ def stain_slide(
     smpp = slide.mpp
     store_mpp = (smpp[0] * d, smpp[1] * d) if smpp is not None else None
 
+    identity = source_identity(slide)
     run_key = {
         "plane": list(plane.size),
         "tile": tile,
@@ -191,11 +214,12 @@ def stain_slide(
         "model_arch": spec.arch,
         "model_arch_kwargs": spec.arch_kwargs,
         "precision": precision,
+        "source": {"size": identity["size"], "sha256": identity["sha256"]},
     }
-    provenance: dict[str, Any] = {
-        "model": {"name": spec.name, "sha256": model.sha256, "source": model.source, "arch": spec.arch},
-        "target_stain": spec.target_stain,
-        "settings": {
+    provenance = build_provenance(
+        model={"name": spec.name, "sha256": model.sha256, "source": model.source, "arch": spec.arch},
+        target_stain=spec.target_stain,
+        settings={
             **settings.__dict__,
             "tile": tile,
             "halo": halo,
@@ -203,21 +227,32 @@ def stain_slide(
             "batch": batch,
             "winograd": winograd,
         },
-        "source": {
-            "path": str(slide.path) if slide.path else None,
-            "level0_size": list(slide.dimensions),
-            "mpp": list(smpp) if smpp else None,
-        },
-        "mpp": list(store_mpp) if store_mpp else None,
-        "model_mpp": model_mpp,
-        "level0_downsample": d,
-        "receptive_field": rf,
-        "norm": norm,
-    }
-    tstore = TileStore.open(store_path, plane.size, tile, factors, store_mpp, run_key, provenance)
+        source={**identity, "level0_size": list(slide.dimensions), "mpp": list(smpp) if smpp else None},
+        store_mpp=store_mpp,
+        model_mpp=model_mpp,
+        level0_downsample=d,
+        receptive_field=rf,
+        norm=norm,
+    )
+    tstore = TileStore.open(
+        store_path, plane.size, tile, factors, store_mpp, run_key, provenance, source=slide.path
+    )
     mask_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vihc-tissue")
     try:
-        return _run(
+        finished = tstore.finished()
+        yield RunPlan(
+            store=store_path,
+            plane=plane.size,
+            level_shapes=[(int(a.shape[1]), int(a.shape[2])) for a in tstore.arrays],
+            level0_downsample=d,
+            tile=tile,
+            halo=halo,
+            tiles_total=len(tiles),
+            tiles_resumed=sum(1 for i in tiles if i in finished),
+            device=str(device),
+            provenance=tstore.provenance(),
+        )
+        report = yield from _run(
             slide,
             model,
             tstore,
@@ -231,7 +266,6 @@ def stain_slide(
             d=d,
             region=region,
             priority=priority,
-            progress=progress,
             cancel=cancel,
             t_start=t_start,
             batch=batch,
@@ -239,6 +273,7 @@ def stain_slide(
             info={"halo": halo, "tile": tile, "align": align, "receptive_field": rf, "model_mpp": model_mpp},
             mask_pool=mask_pool,
         )
+        return report
     finally:
         mask_pool.shutdown(wait=True, cancel_futures=True)
         tstore.close()
@@ -260,14 +295,13 @@ def _run(
     d: float,
     region: Box | None,
     priority: PriorityProvider | None,
-    progress: ProgressCallback | None,
     cancel: threading.Event | None,
     t_start: float,
     batch: int,
     winograd: bool,
     info: dict[str, Any],
     mask_pool: ThreadPoolExecutor,
-) -> RunReport:
+) -> Generator[TileProgress, None, RunReport]:
     spec = model.spec
     finished = tstore.finished()
     resumed = [i for i in tiles if i in finished]
@@ -379,19 +413,15 @@ def _run(
     cancelled = False
     t_work = time.perf_counter()
 
-    def report(new: list[int]) -> None:
-        if progress is None:
-            return
+    def report(new: list[int]) -> TileProgress:
         elapsed = max(1e-9, time.perf_counter() - t_work)
-        progress(
-            TileProgress(
-                done=done_count,
-                total=total,
-                skipped=skipped_now + sum(1 for i in resumed if finished[i] == "s"),
-                new_boxes=[_to_level0(tiles[i].core, d) for i in new],
-                mp_per_s=pixels_now / 1e6 / elapsed,
-                device=str(device),
-            )
+        return TileProgress(
+            done=done_count,
+            total=total,
+            skipped=skipped_now + sum(1 for i in resumed if finished[i] == "s"),
+            new_boxes=[_to_level0(tiles[i].core, d) for i in new],
+            mp_per_s=pixels_now / 1e6 / elapsed,
+            device=str(device),
         )
 
     pending = list(tissue)
@@ -422,9 +452,8 @@ def _run(
         done_count += len(indices)
         model_done += len(indices)
         pixels_now += sum(tiles[i].core[2] * tiles[i].core[3] for i in indices)
-        report(indices)
 
-    report([])
+    yield report([])
     if flags_future is not None:
         # The first field-of-view batch runs while the tissue mask is computed; its tiles that turn out to
         # be blank glass are filled like every other background tile (the model's output is dropped), so the
@@ -439,6 +468,7 @@ def _run(
         keep = [k for k, i in enumerate(first) if flags[i]]
         if keep:
             write_model_tiles([first[k] for k in keep], [outs[k] for k in keep])
+            yield report([first[k] for k in keep])
         pending = [i for i in pending if flags[i]]  # ``first`` already left it
         del outs
 
@@ -457,7 +487,7 @@ def _run(
         tstore.mark_done(group, "s")
         done_count += len(group)
         skipped_now += len(group)
-        report(group)
+        yield report(group)
 
     if pooled is not None and not cancelled:
         for i, core_pixels in zip(pooled[0], pooled[1], strict=True):
@@ -466,7 +496,7 @@ def _run(
         done_count += len(pooled[0])
         model_done += len(pooled[0])
         pixels_now += sum(tiles[i].core[2] * tiles[i].core[3] for i in pooled[0])
-        report(pooled[0])
+        yield report(pooled[0])
         pooled_set = set(pooled[0])
         pending = [i for i in pending if i not in pooled_set]
     pooled = None
@@ -482,6 +512,7 @@ def _run(
             upcoming = next_batch()
             nxt = pool.submit(read_batch, upcoming) if upcoming else None  # read while the model runs
             write_model_tiles(current, runner(windows))
+            yield report(current)
             current, fut = upcoming, nxt
         if cancelled and fut is not None:
             fut.cancel()
