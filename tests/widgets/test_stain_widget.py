@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from qtpy.QtCore import QTimer
 
-from napari_virtual_ihc._widgets._stain_layer import CachedStoreLevel, open_store, store_path_for
+from napari_virtual_ihc.ihc_store import CachedStoreLevel, open_store, store_path_for
 
 pytestmark = pytest.mark.gui
 
@@ -553,7 +553,7 @@ def test_errors_become_notifications_and_the_widget_stays_usable(
 def test_write_errors_are_reported_as_such() -> None:
     import errno
 
-    from napari_virtual_ihc._widgets._stain_run import user_message
+    from napari_virtual_ihc._widgets._stain_messages import user_message
     from napari_virtual_ihc.models import CorruptCheckpointError
 
     store = Path("/data/x.ome.zarr")
@@ -672,7 +672,7 @@ def test_worker_threads_run_nicer_than_the_gui_and_pass_it_on() -> None:
     import os
     import threading
 
-    from napari_virtual_ihc._widgets._stain_run import WORKER_NICENESS, _lower_thread_priority
+    from napari_virtual_ihc._widgets._run_scope import WORKER_NICENESS, _lower_thread_priority
 
     if not hasattr(os, "setpriority"):
         pytest.skip("no per-thread priorities on this platform")

@@ -5,8 +5,6 @@ Checked against napari 0.9 (``TESTED_NAPARI``). Each function degrades to doing 
 rest of the package must use public API only (ruff ``SLF001`` enforces it outside this file).
 """
 
-# ruff: noqa: SLF001
-
 from __future__ import annotations
 
 import logging
@@ -73,7 +71,9 @@ def layer_chrome(viewer: Any) -> list[Any]:
     qt_viewer = getattr(getattr(viewer, "window", None), "_qt_viewer", None)
     if qt_viewer is None:
         return []
-    found = (getattr(qt_viewer, name, None) for name in ("dockLayerList", "dockLayerControls", "layerButtons"))
+    found = (
+        getattr(qt_viewer, name, None) for name in ("dockLayerList", "dockLayerControls", "layerButtons")
+    )
     return [w for w in found if w is not None]
 
 

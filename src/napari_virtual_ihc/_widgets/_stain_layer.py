@@ -75,15 +75,11 @@ def _same(current: Any, value: Any) -> bool:
 
 
 def refresh_layer(layer: Any) -> None:
-    """Re-slice ``layer`` after its store changed.
+    """Re-slice ``layer`` after its store changed (napari's cached smallest level forgotten first).
 
-    napari (0.9) keeps the smallest level of a 2D multiscale layer materialised in an ``lru_cache``
-    (``_level_materializer``), which would show stale pixels there; forget it first. Re-materialising it
-    reads only invalidated chunks from disk, the rest comes from the level's own chunk cache.
+    Re-materialising reads only invalidated chunks from disk, the rest comes from the levels' chunk cache.
     """
-    clear = getattr(getattr(layer, "_level_materializer", None), "cache_clear", None)
-    if callable(clear):
-        clear()
+    forget_lowest_level(layer)
     layer.refresh()
 
 

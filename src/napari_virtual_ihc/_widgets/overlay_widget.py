@@ -11,6 +11,7 @@ from typing import Any
 
 import napari
 from napari.qt.threading import thread_worker
+from napari.utils.notifications import show_info
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -30,8 +31,9 @@ from ..stain.analysis import AnalysisResult, AnalysisSettings, iter_analysis, ti
 from ..stain.her2 import Her2Rules
 from ..stain.membrane import DabBins
 from ._activity import pause_spinner, resume_spinner
+from ._layer_source import layer_mpp, slide_for_layer
 from ._overlay_layers import DAB_LEGEND, HER2_LEGEND, result_layers, summary_rows
-from ._overlay_source import layer_mpp, layer_slide, shapes_polygons, visible_region
+from ._stain_view import shapes_polygons, visible_region
 
 MODES = {"IHC (virtual or real): DAB, nuclei, HER2": "ihc", "H&E: nuclei only": "he"}
 KEYS = {"d": "nuclei", "c": "density", "m": "membrane"}
@@ -113,7 +115,10 @@ class StainOverlayWidget(QWidget):
         self.viewer.layers.events.removed.connect(self._refresh_layers)
         self._refresh_layers()
         for key, which in KEYS.items():
-            self.viewer.bind_key(key, self._toggler(which), overwrite=True)
+            try:  # never replace a binding the user (or another plugin) made
+                self.viewer.bind_key(key, self._toggler(which))
+            except ValueError:
+                show_info(f"Stain overlays: key {key!r} is already bound, so it does not toggle {which} here")
 
     # --- layers ---------------------------------------------------------------------------------------
     def _refresh_layers(self, *_: Any) -> None:
@@ -147,7 +152,8 @@ class StainOverlayWidget(QWidget):
     # --- run ------------------------------------------------------------------------------------------
     def settings(self, layer: Any) -> AnalysisSettings:
         bins = DabBins(*(c.value() for c in self.cuts))
-        mpp = self.mpp.value() or layer_mpp(layer)
+        mpp_xy = layer_mpp(layer)
+        mpp = self.mpp.value() or (sum(mpp_xy) / 2 if mpp_xy else None)
         return AnalysisSettings(
             mode=MODES[self.mode.currentText()],
             nuclei_method=self.nuclei.currentText(),
@@ -170,7 +176,7 @@ class StainOverlayWidget(QWidget):
             return
         layer = self.viewer.layers[name]
         try:
-            slide = layer_slide(layer)
+            slide = slide_for_layer(layer)
             settings = self.settings(layer)
             region = visible_region(self.viewer, layer, slide) if self.scope.currentIndex() == 0 else None
             shapes_name = self.region_shapes.currentText()

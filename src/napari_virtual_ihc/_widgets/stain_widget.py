@@ -30,48 +30,28 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..inference.api import EngineSettings
-from ._settings import StainWidgetSettings
-from ._stain_devices import DeviceError, available_devices, describe_device, resolve_device
-from ._stain_layer import (
+from ..ihc_store import (
     PROVENANCE_KEY,
     StoreNotReadyError,
-    find_ihc_layer,
-    ihc_layer_kwargs,
-    layer_name_for,
+    layer_provenance,
+    model_name,
     open_store,
     read_store_provenance,
+    same_source,
+    source_identity,
 )
+from ..inference.api import EngineSettings
+from ._layer_source import SourceLayerError, is_source_candidate, slide_for_layer, store_for_layer
+from ._napari_private import unwrap_viewer
+from ._settings import StainWidgetSettings
+from ._stain_devices import DeviceError, available_devices, describe_device, resolve_device
+from ._stain_layer import find_ihc_layer, ihc_layer_kwargs, layer_name_for
 from ._stain_run import RunRequest, StainRun
-from ._stain_source import (
-    SourceLayerError,
-    is_source_candidate,
-    slide_for_layer,
-    store_for_layer,
-)
 from ._stain_view import show_side_by_side
 
 log = logging.getLogger(__name__)
 
 MODEL_FILTER = "Generator checkpoints (*.safetensors *.pth *.pt *.ckpt);;All files (*)"
-
-
-def _demo_model_path() -> str | None:
-    """The embedded demo model, once the models package ships one."""
-    try:
-        from .. import models
-
-        finder = getattr(models, "demo_model_path", None)
-        return str(finder()) if callable(finder) else None
-    except Exception:  # a missing demo model must never break the widget
-        return None
-
-
-def _store_model_name(prov: dict[str, Any]) -> str:
-    model = prov.get("model")
-    if isinstance(model, dict):
-        return str(model.get("name") or Path(str(model.get("source") or "model")).stem)
-    return str(model or prov.get("model_name") or "model")
 
 
 def _widget_closed(run_box: list[StainRun | None], connections: list[tuple[Any, Any]], *_: Any) -> None:
@@ -93,9 +73,8 @@ class VirtualIHCWidget(QWidget):
 
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
-        # npe2 hands plugins a public-only proxy; runs compare layers by identity (a result belongs to
-        # its slide), which needs the layer objects themselves, so work on the viewer behind the proxy.
-        self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
+        # npe2 hands plugins a public-only proxy; runs compare layers by identity (see unwrap_viewer).
+        self.viewer = unwrap_viewer(napari_viewer)
         self.settings = StainWidgetSettings.load()
         self._run_box: list[StainRun | None] = [None]  # shared with the clean-up that runs on destruction
         self.last_run: StainRun | None = None
@@ -228,12 +207,8 @@ class VirtualIHCWidget(QWidget):
         text = self.model_combo.currentText()
         self.model_combo.blockSignals(True)
         self.model_combo.clear()
-        demo = _demo_model_path()
-        if demo:
-            self.model_combo.addItem(f"Demo model (embedded): {Path(demo).name}", demo)
         for path in self.settings.recent_models:
-            if path != demo:
-                self.model_combo.addItem(path, path)
+            self.model_combo.addItem(path, path)
         self.model_combo.setCurrentText(text)
         self.model_combo.blockSignals(False)
 
@@ -416,9 +391,20 @@ class VirtualIHCWidget(QWidget):
             self._existing_store = None
             self.load_existing_button.setVisible(False)
             return
+        if not self._store_holds_selected_slide(prov):
+            self._existing_store = None
+            self.load_existing_button.setVisible(False)
+            key = f"other:{store.resolve()}"
+            if key not in self._notified_stores:
+                self._notified_stores.add(key)
+                show_info(
+                    f"{store} holds the result of another slide with the same name; Run would refuse to "
+                    "write there: choose another output folder for this slide."
+                )
+            return
         self._existing_store = store
         state = "complete" if prov.get("complete") else "partial (Run resumes it)"
-        self.load_existing_button.setText(f"Load existing result ({_store_model_name(prov)}, {state})")
+        self.load_existing_button.setText(f"Load existing result ({model_name(prov)}, {state})")
         self.load_existing_button.setVisible(True)
         key = str(store.resolve())
         if key not in self._notified_stores:
@@ -426,6 +412,19 @@ class VirtualIHCWidget(QWidget):
             show_info(
                 f"A virtual IHC result exists for this slide ({store.name}): click 'Load existing result'."
             )
+
+    def _store_holds_selected_slide(self, prov: dict[str, Any]) -> bool:
+        """The store's recorded source is the selected layer's slide (same size and content hash)."""
+        layer = self.selected_source_layer()
+        run_key = prov.get("run_key")
+        if layer is None or not isinstance(run_key, dict):
+            return False
+        try:
+            identity = source_identity(slide_for_layer(layer))
+        except (SourceLayerError, OSError) as exc:
+            log.debug("no identity for %s: %s", layer.name, exc)
+            return False
+        return same_source(run_key.get("source"), identity)
 
     def load_existing(self) -> Any | None:
         """Show the stored result over the selected slide; returns the layer."""
@@ -437,10 +436,8 @@ class VirtualIHCWidget(QWidget):
         except StoreNotReadyError as exc:
             show_error(f"Could not open the existing result: {exc}")
             return None
-        prov = dict(view.provenance)
-        prov["store"] = str(store.resolve())
-        prov.setdefault("source_layer", source.name)
-        name = layer_name_for(_store_model_name(prov))
+        prov = layer_provenance(view.provenance, store, source_layer=source.name)
+        name = layer_name_for(model_name(prov))
         layer = self.viewer.add_image(
             view.levels,
             **ihc_layer_kwargs(

@@ -22,8 +22,8 @@ from .reader import (
     CachedStoreLevel,
     StoreNotReadyError,
     StoreView,
-    blank_levels,
     bind_levels,
+    blank_levels,
     open_store,
     read_store_provenance,
 )

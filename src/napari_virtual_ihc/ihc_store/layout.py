@@ -13,7 +13,9 @@ NORM_STATS_FILE = "norm_stats.npz"
 STORE_FORMAT = 2  # 2: the run key names the source slide (size and content hash)
 
 
-def ngff_attrs(factors: list[int], mpp: tuple[float, float] | None, provenance: dict[str, Any]) -> dict[str, Any]:
+def ngff_attrs(
+    factors: list[int], mpp: tuple[float, float] | None, provenance: dict[str, Any]
+) -> dict[str, Any]:
     mx, my = mpp if mpp is not None else (1.0, 1.0)
     unit = "micrometer" if mpp is not None else None
     axes: list[dict[str, Any]] = [{"name": "c", "type": "channel"}]

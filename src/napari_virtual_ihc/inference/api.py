@@ -81,6 +81,7 @@ class RunReport:
     cancelled: bool = False
     settings: dict[str, Any] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)
+    store_complete: bool = False  # every tile of the whole store is finished (not only this run's region)
 
 
 ProgressCallback = Callable[[TileProgress], None]

@@ -18,13 +18,21 @@ from typing import Any
 
 import numpy as np
 
+from ..geometry import Box
+from ..ihc_store import TileStore, build_provenance, check_writable_folder, run_json_path, source_identity
 from ..models.describe import receptive_field, size_multiple
 from ..models.norms import norm_kind
 from ..models.spec import LoadedGenerator
 from ..slides.base import Slide
-from ..geometry import Box
-from ..ihc_store import TileStore, build_provenance, check_writable_folder, run_json_path, source_identity
-from .api import EngineSettings, PriorityProvider, ProgressCallback, RunEvent, RunPlan, RunReport, TileProgress
+from .api import (
+    EngineSettings,
+    PriorityProvider,
+    ProgressCallback,
+    RunEvent,
+    RunPlan,
+    RunReport,
+    TileProgress,
+)
 from .device import (
     is_out_of_memory,
     release_device_memory,
@@ -150,9 +158,7 @@ def stain_slide(
     store of other settings or another slide, StoreLockedError while another run writes it, StoreWriteError
     (e.g. a full disk) mid-run with the failing tile not marked done.
     """
-    run = iter_stain_slide(
-        slide, model, store, settings, region=region, priority=priority, cancel=cancel
-    )
+    run = iter_stain_slide(slide, model, store, settings, region=region, priority=priority, cancel=cancel)
     while True:
         try:
             event = next(run)
@@ -521,8 +527,9 @@ def _run(
     complete = not cancelled and done_count == total
     whole = len(tiles) == len(grid)
     finished_now = tstore.finished()
+    store_complete = bool(complete and (whole or len(finished_now) == len(grid)))
     tstore.update_provenance(
-        complete=bool(complete and (whole or len(finished_now) == len(grid))),
+        complete=store_complete,
         region=list(region) if region is not None else None,
         tiles_total=len(grid),
         tiles_finished=len(finished_now),
@@ -538,6 +545,7 @@ def _run(
         seconds=seconds,
         mp_per_s=pixels_now / 1e6 / max(1e-9, seconds),
         cancelled=cancelled,
+        store_complete=store_complete,
         settings={
             **settings.__dict__,
             **info,

@@ -27,11 +27,8 @@ class EngineError(Exception):
     """Base class: the engine refused or stopped a run."""
 
 
-
 class RegionError(EngineError, ValueError):
     """The requested region is empty or lies outside the slide."""
-
-
 
 
 class DeviceError(EngineError):
