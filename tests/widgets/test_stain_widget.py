@@ -695,3 +695,59 @@ def test_worker_threads_run_nicer_than_the_gui_and_pass_it_on() -> None:
     t.join()
     assert seen == {"worker": WORKER_NICENESS, "child": WORKER_NICENESS}
     assert nice_of_this_thread() == gui_before  # the GUI thread keeps its priority
+
+
+@pytest.mark.usefixtures("engine_available")
+def test_widget_and_cli_write_the_same_store_for_a_name_that_needs_sanitising(
+    make_napari_viewer: Any, qtbot: Any, he_crop: np.ndarray, inverting_model: Path, tmp_path: Path
+) -> None:
+    """``virtual-ihc stain`` stains a file first; the widget, on the same file opened by the reader, finds
+    that very store (offers it, and a Run resumes every tile of it)."""
+    from skimage.io import imsave
+
+    from napari_virtual_ihc.cli import main
+    from napari_virtual_ihc.slides import open_slide
+    from napari_virtual_ihc.slides.layers import slide_layer_data
+
+    png = tmp_path / "case 1 (HER2+).png"
+    imsave(png, he_crop, check_contrast=False)
+    out = tmp_path / "out"
+    args = ["stain", str(png), "--model", str(inverting_model), "--out", str(out), "--tile", "128"]
+    assert main([*args, "--quiet", "--device", "cpu"]) == 0
+    cli_store = out / "case_1_HER2.ome.zarr"
+    assert cli_store.is_dir()
+
+    viewer = make_napari_viewer()
+    widget = dock_widget(viewer)
+    with pytest.warns(UserWarning, match="pixel size"):
+        data, kwargs, _ = slide_layer_data(open_slide(png))
+    viewer.add_image(data, **kwargs)
+    configure(widget, inverting_model, out, tile=128)
+    widget._on_output_changed()  # what finishing the edit of the output folder does
+    assert widget.store_for_selected() == cli_store
+    assert not widget.load_existing_button.isHidden()
+    run = run_and_wait(qtbot, widget)
+    assert run.state == "done", run.error
+    assert run.store == cli_store.resolve()
+    assert run.report is not None and run.report.tiles_resumed == run.report.tiles_total
+
+
+@pytest.mark.usefixtures("engine_available")
+def test_a_result_of_another_slide_with_the_same_name_is_neither_offered_nor_resumed(
+    make_napari_viewer: Any, qtbot: Any, he_crop: np.ndarray, inverting_model: Path, tmp_path: Path
+) -> None:
+    viewer = make_napari_viewer()
+    widget = dock_widget(viewer)
+    add_he(viewer, he_crop)
+    configure(widget, inverting_model, tmp_path)
+    first = run_and_wait(qtbot, widget)
+    assert first.state == "done", first.error
+    before = store_rgb(first.store)
+    viewer.layers.clear()
+    add_he(viewer, np.ascontiguousarray(he_crop[::-1]))  # another image, also called "H&E"
+    assert widget.load_existing_button.isHidden()
+    assert any("holds the result of another slide" in m for m in _notifications())
+    run = run_and_wait(qtbot, widget)
+    assert run.state == "failed" and run.layer is None
+    assert any("another slide with the same name" in m for m in _notifications())
+    np.testing.assert_array_equal(store_rgb(first.store), before)
