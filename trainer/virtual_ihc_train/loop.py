@@ -189,7 +189,9 @@ def fit(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, Any]:
         torch.use_deterministic_algorithms(True)
 
     # data: every rank sees a disjoint shard per epoch (DistributedSampler, also with one process)
-    sampler = DistributedSampler(dataset, num_replicas=dd.world, rank=dd.rank, shuffle=True, seed=tc.seed)
+    sampler: DistributedSampler[Any] = DistributedSampler(
+        dataset, num_replicas=dd.world, rank=dd.rank, shuffle=True, seed=tc.seed
+    )
     batches_per_epoch = math.ceil(len(sampler) / tc.batch_size)
     steps_per_epoch = math.ceil(batches_per_epoch / tc.grad_accum)
     total_epochs = oc.n_epochs + oc.n_epochs_decay
@@ -228,8 +230,8 @@ def fit(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, Any]:
         ):
             obj.load_state_dict(state[key])
         step, epoch, batches_done = state["step"], state["epoch"], state["batches_done"]
-    G = DDP(netG, device_ids=[device.index] if device.type == "cuda" else None) if dd.world > 1 else netG
-    D = DDP(netD, device_ids=[device.index] if device.type == "cuda" else None) if dd.world > 1 else netD
+    G: Any = DDP(netG, device_ids=[device.index] if device.type == "cuda" else None) if dd.world > 1 else netG
+    D: Any = DDP(netD, device_ids=[device.index] if device.type == "cuda" else None) if dd.world > 1 else netD
 
     log = (
         MetricLog(

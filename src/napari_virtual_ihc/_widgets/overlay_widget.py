@@ -100,8 +100,10 @@ class StainOverlayWidget(QWidget):
         self.legend.setWordWrap(True)
         self.table = QTableWidget(0, 2)
         self.table.setHorizontalHeaderLabels(["", "value"])
-        self.table.horizontalHeader().setStretchLastSection(True)
-        self.table.verticalHeader().setVisible(False)
+        header, rows = self.table.horizontalHeader(), self.table.verticalHeader()
+        assert header is not None and rows is not None
+        header.setStretchLastSection(True)
+        rows.setVisible(False)
         lay = QVBoxLayout(self)
         lay.addLayout(form)
         lay.addLayout(buttons)
@@ -150,8 +152,12 @@ class StainOverlayWidget(QWidget):
         self._toggler(which)()
 
     # --- run ------------------------------------------------------------------------------------------
+    def _bins(self) -> DabBins:
+        weak, moderate, strong = (float(c.value()) for c in self.cuts)
+        return DabBins(weak, moderate, strong)
+
     def settings(self, layer: Any) -> AnalysisSettings:
-        bins = DabBins(*(c.value() for c in self.cuts))
+        bins = self._bins()
         mpp_xy = layer_mpp(layer)
         mpp = self.mpp.value() or (sum(mpp_xy) / 2 if mpp_xy else None)
         return AnalysisSettings(
@@ -248,7 +254,7 @@ class StainOverlayWidget(QWidget):
                 self.overlay_layers["membrane"] = layer
             else:
                 self.overlay_layers["her2"] = layer
-        self.summary = result.summary(polygons, Her2Rules(bins=DabBins(*(c.value() for c in self.cuts))))
+        self.summary = result.summary(polygons, Her2Rules(bins=self._bins()))
         rows = summary_rows(self.summary)
         self.table.setRowCount(len(rows))
         for i, (k, v) in enumerate(rows):

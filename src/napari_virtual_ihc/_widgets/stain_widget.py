@@ -99,8 +99,10 @@ class VirtualIHCWidget(QWidget):
 
         self.model_combo = QComboBox()
         self.model_combo.setEditable(True)
-        self.model_combo.setInsertPolicy(QComboBox.NoInsert)
-        self.model_combo.lineEdit().setPlaceholderText("choose a generator checkpoint...")
+        self.model_combo.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
+        line = self.model_combo.lineEdit()
+        assert line is not None  # the combo is editable
+        line.setPlaceholderText("choose a generator checkpoint...")
         self.model_combo.setToolTip("A .safetensors checkpoint or a reference .pth state dict")
         self.browse_model_button = QPushButton("Browse...")
         row = QHBoxLayout()
@@ -127,8 +129,8 @@ class VirtualIHCWidget(QWidget):
         self.advanced_button = QToolButton()
         self.advanced_button.setText("Advanced")
         self.advanced_button.setCheckable(True)
-        self.advanced_button.setToolButtonStyle(Qt.ToolButtonTextBesideIcon)
-        self.advanced_button.setArrowType(Qt.RightArrow)
+        self.advanced_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.advanced_button.setArrowType(Qt.ArrowType.RightArrow)
         layout.addWidget(self.advanced_button)
         self.advanced_panel = QWidget()
         adv = QFormLayout(self.advanced_panel)
@@ -180,7 +182,7 @@ class VirtualIHCWidget(QWidget):
         layout.addLayout(row)
         row = QHBoxLayout()
         row.addWidget(QLabel("Opacity"))
-        self.opacity_slider = QSlider(Qt.Horizontal)
+        self.opacity_slider = QSlider(Qt.Orientation.Horizontal)
         self.opacity_slider.setRange(0, 100)
         row.addWidget(self.opacity_slider, 1)
         layout.addLayout(row)
@@ -223,7 +225,7 @@ class VirtualIHCWidget(QWidget):
         self.output_edit.editingFinished.connect(self._on_output_changed)
         self.advanced_button.toggled.connect(self._toggle_advanced)
         self.advanced_button.toggled.connect(self._on_settings_changed)
-        self.run_button.clicked.connect(self.start_run)
+        self.run_button.clicked.connect(self._on_run_clicked)
         self.cancel_button.clicked.connect(self.cancel_run)
         self.load_existing_button.clicked.connect(self.load_existing)
         self.source_combo.currentIndexChanged.connect(self._on_source_changed)
@@ -303,7 +305,7 @@ class VirtualIHCWidget(QWidget):
 
     def _toggle_advanced(self, open_: bool) -> None:
         self.advanced_panel.setVisible(open_)
-        self.advanced_button.setArrowType(Qt.DownArrow if open_ else Qt.RightArrow)
+        self.advanced_button.setArrowType(Qt.ArrowType.DownArrow if open_ else Qt.ArrowType.RightArrow)
 
     def _update_device_label(self, *_: Any) -> None:
         try:
@@ -511,6 +513,9 @@ class VirtualIHCWidget(QWidget):
         self._update_buttons()
         self.run_started.emit(run)
         return run
+
+    def _on_run_clicked(self) -> None:
+        self.start_run()
 
     def cancel_run(self) -> None:
         if self.run is not None and self.run.running:

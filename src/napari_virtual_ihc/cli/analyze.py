@@ -7,6 +7,7 @@ import csv
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -113,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _maps(result) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+def _maps(result: Any) -> dict[str, np.ndarray]:
     maps: dict[str, np.ndarray] = {
         "nuclei_labels": (result.labels % 65535).astype(np.uint16),
         "density_per_mm2": np.clip(result.density, 0, 65535).astype(np.uint16),
@@ -146,7 +147,7 @@ def _write_zarr(path: Path, maps: dict[str, np.ndarray], mpp: float) -> None:
         ]
 
 
-def _write_cells(path: Path, result) -> None:  # type: ignore[no-untyped-def]
+def _write_cells(path: Path, result: Any) -> None:
     from ..stain.her2 import CELL_CLASSES
 
     c = result.cells

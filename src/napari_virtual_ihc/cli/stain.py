@@ -14,6 +14,10 @@ import os
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..inference.api import TileProgress
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -135,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
 
                 bar = tqdm(total=0, unit="tile", desc=f"{tag}{path.name}", dynamic_ncols=True)
 
-            def on_progress(p, bar=bar):  # type: ignore[no-untyped-def]
+            def on_progress(p: TileProgress, bar: Any = bar) -> None:
                 if bar is not None:
                     bar.total = p.total
                     bar.n = p.done

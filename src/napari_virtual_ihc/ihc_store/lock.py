@@ -6,6 +6,7 @@ The OS drops the lock when the process dies, so a killed run never leaves a stor
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import IO
 
@@ -55,7 +56,7 @@ class StoreLock:
         self.release()
 
 
-if os.name == "nt":  # pragma: no cover - exercised on Windows only
+if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
     import msvcrt
 
     def _lock(fh: IO[str]) -> None:

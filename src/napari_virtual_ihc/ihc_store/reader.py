@@ -252,7 +252,7 @@ class StoreView:
         return sum(level.chunk_reads for level in self.levels)
 
 
-def _read_root_attrs(path: Path) -> dict[str, Any]:
+def _read_root_attrs(path: Path) -> tuple[dict[str, Any], Any]:
     import zarr
 
     try:
