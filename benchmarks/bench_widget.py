@@ -216,7 +216,7 @@ def main() -> None:
     print(
         f"image {args.size}x{args.size} px, model resnet ngf={args.ngf} blocks={args.blocks} norm={args.norm}"
     )
-    print(f"tile {args.tile} (+halo -> window {window}), batch {args.batch}, device {run.device}")
+    print(f"tile {args.tile} (+halo -> window {window}), batch {args.batch}, device {run.report.device if run.report else "?"}")
     print(
         f"tiles {tp.total if tp else '?'}, run {run.timeline['ended'] - clicked:.2f} s, {tp.mp_per_s if tp else 0:.2f} MP/s"
     )
