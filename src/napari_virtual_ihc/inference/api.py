@@ -30,8 +30,12 @@ class EngineSettings:
     # the exact whole-image statistics and the output at once (memory ~ this many MP of activations).
     pooled_pass_mp: float = 8.0
     # CPU fp32 only: wide 3x3 convolutions as Winograd F(4x4, 3x3) (~2x fewer multiplications; the output
-    # differs from direct convolution by fp32 rounding, far below one grey level).
-    winograd: bool = True
+    # differs from direct convolution by fp32 rounding, far below one grey level). None: measured (with
+    # ``precision="auto"``, see inference.calibration), on when there is nothing to measure; True/False: forced.
+    winograd: bool | None = None
+    # Jobs with fewer window megapixels of tissue to run than this use the default precision and kernels
+    # instead of measuring them (the calibration costs a few window passes); 0 always measures.
+    calibration_min_mp: float = 16.0
 
 
 @dataclass
@@ -44,6 +48,7 @@ class TileProgress:
     new_boxes: list[Box] = field(default_factory=list)  # level-0 boxes written since the last report
     mp_per_s: float = 0.0
     device: str = ""
+    compute: str = ""  # precision and kernels and how they were chosen, e.g. "bf16 (measured 2.3x fp32)"
 
 
 @dataclass

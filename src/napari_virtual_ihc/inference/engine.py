@@ -22,6 +22,7 @@ from ..models.norms import norm_kind
 from ..models.spec import LoadedGenerator
 from ..slides.base import Slide
 from .api import Box, EngineSettings, PriorityProvider, ProgressCallback, RunReport, TileProgress
+from .calibration import ModelVariants, calibration_window, decide_compute
 from .device import (
     is_out_of_memory,
     release_device_memory,
@@ -39,10 +40,9 @@ from .normalization import (
     stats_to_arrays,
 )
 from .resample import WorkingPlane, low_resolution_view, model_downsample
-from .runner import BatchRunner, to_input, to_uint8
+from .runner import to_input, to_uint8
 from .store import TileStore, check_writable_folder
 from .tissue import rect_has_tissue, tissue_mask
-from .winograd import use_winograd
 from .workspace import release_workspace
 
 MAX_HALO = 256  # px at the model's resolution: beyond this the halo costs more than any seam it could fix
@@ -159,9 +159,10 @@ def stain_slide(
     store_path = Path(store)
     check_writable_folder(store_path.parent)
     device = resolve_device(settings.device)
-    precision = resolve_precision(settings.precision, device)
+    asked_precision = (settings.precision or "auto").strip().lower()
+    precision = resolve_precision(asked_precision, device)  # validated; "auto" -> the default until measured
     batch = resolve_batch(settings.batch, device)
-    winograd = bool(settings.winograd) and device.type == "cpu" and precision == "fp32"
+    winograd = settings.winograd is not False and device.type == "cpu"  # statistics pass: always fp32
 
     module = model.module
     spec = model.spec
@@ -190,7 +191,7 @@ def stain_slide(
         "model_sha256": model.sha256,
         "model_arch": spec.arch,
         "model_arch_kwargs": spec.arch_kwargs,
-        "precision": precision,
+        "precision": asked_precision,  # what was asked: a resumed run reuses the store's measured choice
     }
     provenance: dict[str, Any] = {
         "model": {"name": spec.name, "sha256": model.sha256, "source": model.source, "arch": spec.arch},
@@ -199,9 +200,8 @@ def stain_slide(
             **settings.__dict__,
             "tile": tile,
             "halo": halo,
-            "precision": precision,
+            "precision": asked_precision,  # the choice made is recorded as "compute"
             "batch": batch,
-            "winograd": winograd,
         },
         "source": {
             "path": str(slide.path) if slide.path else None,
@@ -352,8 +352,28 @@ def _run(
     stats_seconds = time.perf_counter() - t_stats
     frozen = freeze_normalization(model.module, stats)
     folded = fold_frozen_norms(frozen)
-    winograd_convs = use_winograd(frozen) if winograd else 0  # after folding: transforms the folded weights
-    runner = BatchRunner(frozen, device, precision, batch, spec.input_norm, spec.output_norm)
+    # Precision and kernels for the tile pass (after folding: Winograd transforms the folded weights):
+    # measured on the first tissue window when the job is large enough to repay it (inference.calibration).
+    variants = ModelVariants(frozen, device, spec.input_norm, spec.output_norm)
+    to_run = [i for i in tissue if pooled is None or i not in set(pooled[0])]
+    worth = (
+        bool(to_run)
+        and len(to_run) * grid.window_size[0] * grid.window_size[1] / 1e6 >= settings.calibration_min_mp
+    )
+    choice = decide_compute(
+        device,
+        (settings.precision or "auto").strip().lower(),
+        settings.winograd,
+        variants.winograd_convs,
+        model.sha256,
+        variants.prepare,
+        (lambda: calibration_window(plane.read(tiles[to_run[0]].window), grid.align)) if worth else None,
+        resumed=tstore.provenance().get("compute"),
+    )
+    precision = choice.precision
+    runner = variants.runner(choice.candidate, batch)
+    winograd_convs = variants.converted if choice.winograd else 0
+    tstore.update_provenance(compute=choice.to_dict())
 
     ww, wh = grid.window_size
 
@@ -391,6 +411,7 @@ def _run(
                 new_boxes=[_to_level0(tiles[i].core, d) for i in new],
                 mp_per_s=pixels_now / 1e6 / elapsed,
                 device=str(device),
+                compute=choice.describe(),
             )
         )
 
@@ -513,6 +534,7 @@ def _run(
             "batch": batch,
             "batch_final": runner.batch,
             "winograd_convs": winograd_convs,
+            "compute": choice.to_dict(),
             "level0_downsample": d,
             "norms_folded": folded,
             "stats_seconds": round(stats_seconds, 3),

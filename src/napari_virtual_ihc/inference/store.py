@@ -162,6 +162,10 @@ class TileStore:
         return np.asarray(self.arrays[0][:]).transpose(1, 2, 0)
 
     # --- provenance -----------------------------------------------------------------------------------
+    def provenance(self) -> dict[str, Any]:
+        """The store's ``virtual_ihc`` attributes (what the run that made it recorded)."""
+        return dict(self.group.attrs.get("virtual_ihc", {}) or {})  # type: ignore[arg-type]
+
     def update_provenance(self, **values: Any) -> None:
         attrs = dict(self.group.attrs.get("virtual_ihc", {}) or {})  # type: ignore[arg-type]
         attrs.update(values)
