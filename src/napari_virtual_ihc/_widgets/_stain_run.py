@@ -28,6 +28,7 @@ from qtpy.QtCore import QObject, QTimer, Signal
 from ..inference.api import Box, EngineSettings, RunReport, TileProgress
 from ..slides.base import Slide
 from ._activity import pause_spinner, resume_spinner
+from ._confidence_layer import add_confidence_layer
 from ._stain_layer import (
     PROVENANCE_KEY,
     StoreNotReadyError,
@@ -351,6 +352,8 @@ class StainRun(QObject):
     def _on_model_loaded(self, model: Any) -> None:
         self.model = model
         self.timeline["model_loaded"] = time.perf_counter()
+        for note in model.notes:  # what loading assumed (batch-norm/dropout mode, µm/px)
+            show_warning(f"Virtual IHC: {note}")
         if self._pbar is not None:
             self._pbar.set_description(
                 f"Virtual IHC: {self.request.source_layer.name} with {self.model_name}, preparing tiles"
@@ -593,6 +596,12 @@ class StainRun(QObject):
             self._spinner_paused = False
         self.timeline["ended"] = time.perf_counter()
         _ACTIVE_RUNS.discard(self)
+        if self.report is not None:
+            for warning in self.report.warnings:
+                show_warning(f"Virtual IHC: {warning}")
+            confidence = self.report.settings.get("confidence_store")
+            if confidence and self.state == "done":
+                add_confidence_layer(self.viewer, confidence, self.request.source_layer, self.model_name)
         if self.state == "done" and self.report is not None:
             show_info(
                 f"Virtual IHC of {self.request.source_layer.name} finished: {self.report.tiles_total} tiles "

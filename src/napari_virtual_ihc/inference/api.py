@@ -36,6 +36,14 @@ class EngineSettings:
     # Jobs with fewer window megapixels of tissue to run than this use the default precision and kernels
     # instead of measuring them (the calibration costs a few window passes); 0 always measures.
     calibration_min_mp: float = 16.0
+    # How BatchNorm and dropout run (None: what the checkpoint's header says, else eval mode). bn_stats:
+    # "running" (eval mode) | "slide" (the slide's own statistics, frozen: the reference test.py's train-mode
+    # batch-1 forward). dropout: "off" | "sample" (one sample, as test.py) | "mean:N" (mean of N samples; their
+    # per-pixel spread is written to a second store, ``<name>.confidence.ome.zarr``). Masks are seeded by
+    # ``dropout_seed`` and the slide position.
+    bn_stats: str | None = None
+    dropout: str | None = None
+    dropout_seed: int = 0
 
 
 @dataclass
@@ -67,6 +75,7 @@ class RunReport:
     cancelled: bool = False
     settings: dict[str, Any] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # what the run assumed or could not do, in words
 
 
 ProgressCallback = Callable[[TileProgress], None]

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .dropout import DropoutContext
 from .errors import DeviceError
 from .quality import psnr
 from .runner import BatchRunner
@@ -439,14 +440,19 @@ class ModelVariants:
             self._modules[True] = wmod
         return self._modules[winograd]
 
-    def runner(self, c: Candidate, batch: int = 1) -> BatchRunner:
+    def runner(
+        self, c: Candidate, batch: int = 1, dropout: DropoutContext | None = None, samples: int = 1
+    ) -> BatchRunner:
         return BatchRunner(
-            self.module(c.winograd), self.device, c.precision, batch, self.input_norm, self.output_norm
+            self.module(c.winograd),
+            self.device,
+            c.precision,
+            batch,
+            self.input_norm,
+            self.output_norm,
+            dropout=dropout,
+            samples=samples,
         )
 
     def prepare(self, c: Candidate) -> Runner:
         return self.runner(c, 1)
-
-    def drop_unused(self, keep: bool) -> None:
-        """Free the variant the run does not use (a ResNet-9 copy is ~45 MB)."""
-        self._modules = {k: v for k, v in self._modules.items() if k == keep or k is False}

@@ -82,8 +82,13 @@ class TileStore:
         mpp: tuple[float, float] | None,
         run_key: dict[str, Any],
         provenance: dict[str, Any],
+        channels: int = 3,
+        fill: int = 255,
     ) -> TileStore:
-        """Open an existing store written with the same ``run_key`` (resume) or create a new one."""
+        """Open an existing store written with the same ``run_key`` (resume) or create a new one.
+
+        ``channels`` 1 with ``fill`` 0 makes a single-channel map (the dropout confidence store).
+        """
         if path.exists() and not path.is_dir():
             raise StoreMismatchError(f"{path} exists and is not a store directory")
         if path.exists() and (path / ".zgroup").exists():
@@ -103,12 +108,17 @@ class TileStore:
                 chunk = max(64, tile // f) if f > 1 else tile
                 group.create_array(
                     str(i),
-                    shape=(3, lh, lw),
-                    chunks=(3, min(chunk, lh), min(chunk, lw)),
+                    shape=(channels, lh, lw),
+                    chunks=(channels, min(chunk, lh), min(chunk, lw)),
                     dtype="uint8",
-                    fill_value=255,
+                    fill_value=fill,
                 )
-            group.attrs.update(_ngff_attrs(factors, mpp, dict(provenance, run_key=run_key, complete=False)))
+            attrs = _ngff_attrs(factors, mpp, dict(provenance, run_key=run_key, complete=False))
+            if channels != 3:
+                attrs["omero"]["channels"] = attrs["omero"]["channels"][:1]
+                attrs["omero"]["channels"][0].update(label="spread", color="FFFFFF")
+                attrs["omero"]["rdefs"] = {"model": "greyscale"}
+            group.attrs.update(attrs)
         except OSError as e:
             raise _write_error(e, f"the new store {path}") from e
         return cls(path, group, factors)
@@ -146,8 +156,11 @@ class TileStore:
 
     # --- pixels ---------------------------------------------------------------------------------------
     def write_tile(self, core: tuple[int, int, int, int], rgb: np.ndarray) -> None:
-        """Write ``rgb`` (h, w, 3) uint8 at ``core`` of level 0 and its downsampled block on every level."""
+        """Write ``rgb`` (h, w, 3) uint8 at ``core`` of level 0 and its downsampled block on every level
+        ((h, w) for a single-channel store)."""
         x, y, w, h = core
+        if rgb.ndim == 2:
+            rgb = rgb[..., None]
         try:
             self.arrays[0][:, y : y + h, x : x + w] = np.ascontiguousarray(rgb.transpose(2, 0, 1))
             for arr, f in zip(self.arrays[1:], self.factors[1:], strict=True):
