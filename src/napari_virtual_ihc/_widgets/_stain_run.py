@@ -35,6 +35,7 @@ from ..ihc_store import (
 from ..inference.api import EngineSettings, RunEvent, RunPlan, RunReport, TileProgress
 from ..slides.base import Slide
 from ._activity import pause_spinner, resume_spinner
+from ._confidence_layer import add_confidence_layer
 from ._run_scope import gui_friendly_run
 from ._stain_layer import apply_placement, find_ihc_layer, ihc_layer_kwargs, layer_name_for, refresh_layer
 from ._stain_messages import ModelLoadError, user_message
@@ -203,6 +204,8 @@ class StainRun(QObject):
     def _show_plan(self, plan: RunPlan) -> None:
         """The store exists: point the layer at it (no data swap when the geometry matches) and place it."""
         self.plan, self.view = plan, open_store(plan.store)
+        for note in plan.notes:  # what loading the model assumed (batch-norm/dropout mode, µm/px)
+            show_warning(f"Virtual IHC: {note}")
         layer = self.layer
         if layer is None or layer not in self.viewer.layers:
             return
@@ -314,6 +317,11 @@ class StainRun(QObject):
             self.state = "failed"
         else:
             self.state = "cancelled" if rep is None or rep.cancelled or self.cancel_event.is_set() else "done"
+        for warning in rep.warnings if rep is not None else []:
+            show_warning(f"Virtual IHC: {warning}")
+        confidence = rep.settings.get("confidence_store") if rep is not None else None
+        if confidence and self.state == "done":
+            add_confidence_layer(self.viewer, confidence, self.request.source_layer, self.model_name)
         if self.state == "done" and rep is not None:
             show_info(
                 f"Virtual IHC of {self.request.source_layer.name} finished: {rep.tiles_total} tiles "

@@ -41,6 +41,7 @@ from ..ihc_store import (
     source_identity,
 )
 from ..inference.api import EngineSettings
+from ..inference.dropout import DropoutMode, DropoutModeError
 from ._layer_source import SourceLayerError, is_source_candidate, slide_for_layer, store_for_layer
 from ._napari_private import unwrap_viewer
 from ._settings import StainWidgetSettings
@@ -154,6 +155,25 @@ class VirtualIHCWidget(QWidget):
             "Tiles per forward pass; auto = 1 on the CPU, 4 on a GPU. Lower it if the GPU runs out of memory"
         )
         adv.addRow("Batch", self.batch_spin)
+        self.bn_stats_combo = QComboBox()
+        for value, label in (
+            ("", "as the checkpoint says"),
+            ("running", "running (eval mode)"),
+            ("slide", "slide (the slide's own statistics, as test.py)"),
+        ):
+            self.bn_stats_combo.addItem(label, value)
+        self.bn_stats_combo.setToolTip(
+            "BatchNorm models: running statistics (eval mode) or statistics of this slide, frozen (what the "
+            "papers' test.py does without --eval)"
+        )
+        adv.addRow("BatchNorm", self.bn_stats_combo)
+        self.dropout_edit = QLineEdit()
+        self.dropout_edit.setPlaceholderText("as the checkpoint says")
+        self.dropout_edit.setToolTip(
+            "off | sample (one dropout sample, as test.py) | mean:N (mean of N samples, plus a confidence "
+            "layer showing where they disagree)"
+        )
+        adv.addRow("Dropout", self.dropout_edit)
         layout.addWidget(self.advanced_panel)
 
         self.load_existing_button = QPushButton("Load existing result")
@@ -287,6 +307,8 @@ class VirtualIHCWidget(QWidget):
             halo=self.halo_spin.value() or None,
             batch=self.batch_spin.value() or None,
             device=self.device(),
+            bn_stats=str(self.bn_stats_combo.currentData() or "") or None,
+            dropout=self.dropout_edit.text().strip() or None,
         )
 
     def _on_settings_changed(self, *_: Any) -> None:
@@ -480,6 +502,11 @@ class VirtualIHCWidget(QWidget):
         except DeviceError as exc:
             show_error(f"Virtual IHC: {exc}")
             return None
+        try:
+            DropoutMode.parse(self.dropout_edit.text().strip() or None)
+        except DropoutModeError as exc:
+            show_error(f"Virtual IHC: {exc}")
+            return None
         store = store_for_layer(source, self.output_edit.text().strip() or None)
         try:
             slide = slide_for_layer(source)
@@ -535,7 +562,8 @@ class VirtualIHCWidget(QWidget):
         if run is None or not self._alive():
             return
         if tp.device:
-            self.device_label.setText(f"running on {describe_device(tp.device)}")
+            compute = f", {tp.compute}" if tp.compute else ""
+            self.device_label.setText(f"running on {describe_device(tp.device)}{compute}")
         verb = "Cancelling" if run.state == "cancelling" else "Staining"
         self.status_label.setText(
             f"{verb} {run.request.source_layer.name}: {tp.done}/{tp.total} tiles, {tp.mp_per_s:.2f} MP/s"

@@ -38,6 +38,13 @@ def run_json_path(store: str | Path) -> Path:
     return p.with_name(f"{name}.run.json")
 
 
+def confidence_store_path(store: str | Path) -> Path:
+    """``DIR/<name>.confidence.ome.zarr`` beside ``DIR/<name>.ome.zarr`` (the dropout spread map)."""
+    p = Path(store)
+    name = p.name[: -len(STORE_SUFFIX)] if p.name.endswith(STORE_SUFFIX) else p.stem
+    return p.with_name(f"{name}.confidence{STORE_SUFFIX}")
+
+
 def lock_path(store: str | Path) -> Path:
     """The hidden lock file beside the store (the store itself may not exist yet when it is taken)."""
     p = Path(store)

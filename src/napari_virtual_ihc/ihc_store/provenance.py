@@ -18,8 +18,10 @@ def build_provenance(
     level0_downsample: float,
     receptive_field: int,
     norm: str,
+    **extra: Any,
 ) -> dict[str, Any]:
-    """The ``virtual_ihc`` attribute a new store starts with (``complete`` etc. are updated as it runs)."""
+    """The ``virtual_ihc`` attribute a new store starts with (``complete`` etc. are updated as it runs);
+    ``extra``: what else the engine records (its run mode, warnings)."""
     return {
         "model": model,
         "target_stain": target_stain,
@@ -30,6 +32,7 @@ def build_provenance(
         "level0_downsample": level0_downsample,
         "receptive_field": receptive_field,
         "norm": norm,
+        **extra,
     }
 
 

@@ -71,7 +71,7 @@ def write_error(err: OSError, what: str) -> StoreWriteError:
 
 
 def _block_mean_edges(img: np.ndarray, k: int) -> np.ndarray:
-    """(h, w, 3) -> (ceil(h/k), ceil(w/k), 3) mean over k x k blocks, partial blocks at the edges."""
+    """(h, w, c) -> (ceil(h/k), ceil(w/k), c) mean over k x k blocks, partial blocks at the edges."""
     h, w = img.shape[:2]
     ph, pw = -h % k, -w % k
     if ph or pw:
@@ -148,9 +148,14 @@ class TileStore:
         provenance: dict[str, Any],
         *,
         source: Path | None = None,
+        channels: int = 3,
+        fill: int = 255,
     ) -> TileStore:
         """Resume the store written with the same ``run_key``, or create it; raises if anything else is
-        there, if the store would land in ``source`` (the input slide), or if another run holds its lock."""
+        there, if the store would land in ``source`` (the input slide), or if another run holds its lock.
+
+        ``channels`` 1 with ``fill`` 0 makes a single-channel map (the dropout confidence store).
+        """
         check_not_source(path, source)
         lock = StoreLock(lock_path(path), str(path)).acquire()
         try:
@@ -169,7 +174,8 @@ class TileStore:
             elif kind == "empty":
                 path.rmdir()
             _clean_leftovers(path)
-            _create(path, plane, tile, factors, mpp, dict(provenance, run_key=run_key, complete=False))
+            prov = dict(provenance, run_key=run_key, complete=False)
+            _create(path, plane, tile, factors, mpp, prov, channels, fill)
             group = zarr.open_group(str(path), mode="r+", zarr_format=2)
             return cls(path, group, factors, lock)
         except BaseException:
@@ -208,8 +214,11 @@ class TileStore:
 
     # --- pixels ---------------------------------------------------------------------------------------
     def write_tile(self, core: tuple[int, int, int, int], rgb: np.ndarray) -> None:
-        """Write ``rgb`` (h, w, 3) uint8 at ``core`` of level 0 and its downsampled block on every level."""
+        """Write ``rgb`` (h, w, 3) uint8 at ``core`` of level 0 and its downsampled block on every level
+        ((h, w) for a single-channel store)."""
         x, y, w, h = core
+        if rgb.ndim == 2:
+            rgb = rgb[..., None]
         try:
             self.arrays[0][:, y : y + h, x : x + w] = np.ascontiguousarray(rgb.transpose(2, 0, 1))
             for arr, f in zip(self.arrays[1:], self.factors[1:], strict=True):
@@ -293,6 +302,8 @@ def _create(
     factors: list[int],
     mpp: tuple[float, float] | None,
     provenance: dict[str, Any],
+    channels: int = 3,
+    fill: int = 255,
 ) -> None:
     """Build the store aside, then rename it into place: a failed creation leaves nothing at ``path``."""
     tmp = path.with_name(f".{path.name}{CREATING}{os.getpid()}-{uuid.uuid4().hex[:8]}")
@@ -304,12 +315,17 @@ def _create(
             chunk = max(64, tile // f) if f > 1 else tile
             group.create_array(
                 str(i),
-                shape=(3, lh, lw),
-                chunks=(3, min(chunk, lh), min(chunk, lw)),
+                shape=(channels, lh, lw),
+                chunks=(channels, min(chunk, lh), min(chunk, lw)),
                 dtype="uint8",
-                fill_value=255,
+                fill_value=fill,
             )
-        group.attrs.update(ngff_attrs(factors, mpp, provenance))
+        attrs = ngff_attrs(factors, mpp, provenance)
+        if channels != 3:
+            attrs["omero"]["channels"] = attrs["omero"]["channels"][:1]
+            attrs["omero"]["channels"][0].update(label="spread", color="FFFFFF")
+            attrs["omero"]["rdefs"] = {"model": "greyscale"}
+        group.attrs.update(attrs)
         os.rename(tmp, path)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)

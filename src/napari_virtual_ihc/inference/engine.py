@@ -33,6 +33,8 @@ from .api import (
     RunReport,
     TileProgress,
 )
+from .calibration import ModelVariants, calibration_window, decide_compute
+from .confidence import ConfidenceWriter
 from .device import (
     is_out_of_memory,
     release_device_memory,
@@ -40,6 +42,7 @@ from .device import (
     resolve_device,
     resolve_precision,
 )
+from .dropout import set_positions, with_positional_dropout
 from .errors import RegionError
 from .grid import GridTile, TileGrid, round_up
 from .normalization import (
@@ -50,9 +53,9 @@ from .normalization import (
     stats_to_arrays,
 )
 from .resample import WorkingPlane, low_resolution_view, model_downsample
-from .runner import BatchRunner, to_input, to_uint8
+from .run_mode import RunMode, resolution_warning, resolve_run_mode
+from .runner import to_input, to_uint8
 from .tissue import rect_has_tissue, tissue_mask
-from .winograd import use_winograd
 from .workspace import release_workspace
 
 MAX_HALO = 256  # px at the model's resolution: beyond this the halo costs more than any seam it could fix
@@ -187,13 +190,16 @@ def iter_stain_slide(
     store_path = Path(store)
     check_writable_folder(store_path.parent)
     device = resolve_device(settings.device)
-    precision = resolve_precision(settings.precision, device)
+    asked_precision = (settings.precision or "auto").strip().lower()
+    precision = resolve_precision(asked_precision, device)  # validated; "auto" -> the default until measured
     batch = resolve_batch(settings.batch, device)
-    winograd = bool(settings.winograd) and device.type == "cpu" and precision == "fp32"
+    winograd = settings.winograd is not False and device.type == "cpu"  # statistics pass: always fp32
 
     module = model.module
     spec = model.spec
     norm = norm_kind(module)
+    mode = resolve_run_mode(module, spec, settings, norm)  # batch norm / dropout as the checkpoint intends
+    warnings = [*mode.warnings, *filter(None, [resolution_warning(spec, settings)])]
     align = size_multiple(module)
     halo, rf = plan_halo(module, settings, align)
     tile = round_up(max(int(settings.tile), align), align)
@@ -219,8 +225,9 @@ def iter_stain_slide(
         "model_sha256": model.sha256,
         "model_arch": spec.arch,
         "model_arch_kwargs": spec.arch_kwargs,
-        "precision": precision,
-        "source": {"size": identity["size"], "sha256": identity["sha256"]},
+        "precision": asked_precision,  # what was asked: a resumed run reuses the store's measured choice
+        "run_mode": mode.to_dict() | {"source": None},
+        "source": {"size": identity["size"], "sha256": identity["sha256"]},  # which slide (not its path)
     }
     provenance = build_provenance(
         model={"name": spec.name, "sha256": model.sha256, "source": model.source, "arch": spec.arch},
@@ -229,9 +236,8 @@ def iter_stain_slide(
             **settings.__dict__,
             "tile": tile,
             "halo": halo,
-            "precision": precision,
+            "precision": asked_precision,  # the choice made is recorded as "compute"
             "batch": batch,
-            "winograd": winograd,
         },
         source={**identity, "level0_size": list(slide.dimensions), "mpp": list(smpp) if smpp else None},
         store_mpp=store_mpp,
@@ -239,10 +245,17 @@ def iter_stain_slide(
         level0_downsample=d,
         receptive_field=rf,
         norm=norm,
+        run_mode=mode.to_dict(),
+        warnings=warnings,
     )
     tstore = TileStore.open(
         store_path, plane.size, tile, factors, store_mpp, run_key, provenance, source=slide.path
     )
+    confidence = None
+    if mode.samples > 1:  # mean:N: the samples' spread goes to a second store (best effort)
+        confidence = ConfidenceWriter.open(
+            store_path, plane.size, tile, factors, store_mpp, run_key, provenance, warnings
+        )
     mask_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vihc-tissue")
     try:
         finished = tstore.finished()
@@ -257,6 +270,7 @@ def iter_stain_slide(
             tiles_resumed=sum(1 for i in tiles if i in finished),
             device=str(device),
             provenance=tstore.provenance(),
+            notes=list(model.notes),
         )
         report = yield from _run(
             slide,
@@ -278,11 +292,16 @@ def iter_stain_slide(
             winograd=winograd,
             info={"halo": halo, "tile": tile, "align": align, "receptive_field": rf, "model_mpp": model_mpp},
             mask_pool=mask_pool,
+            mode=mode,
+            confidence=confidence,
+            warnings=warnings,
         )
         return report
     finally:
         mask_pool.shutdown(wait=True, cancel_futures=True)
         tstore.close()
+        if confidence is not None:
+            confidence.close()
         release_workspace()
 
 
@@ -307,6 +326,9 @@ def _run(
     winograd: bool,
     info: dict[str, Any],
     mask_pool: ThreadPoolExecutor,
+    mode: RunMode,
+    confidence: ConfidenceWriter | None,
+    warnings: list[str],
 ) -> Generator[TileProgress, None, RunReport]:
     spec = model.spec
     finished = tstore.finished()
@@ -318,7 +340,8 @@ def _run(
     flags: dict[int, bool] | None = dict.fromkeys(tiles, True)
     flags_future: Future[dict[int, bool]] | None = None
     if settings.skip_background and todo:
-        stats_pending = norm == "instance" and not tstore.has_norm_stats()
+        slide_stats = norm == "instance" or mode.slide_batch_norm
+        stats_pending = slide_stats and not tstore.has_norm_stats()
         if priority is not None and not stats_pending:
             flags_future = mask_pool.submit(_tissue_flags, slide, list(tiles.values()), d)
             flags = None
@@ -330,11 +353,14 @@ def _run(
     else:  # decided once the mask is ready, after the first batch
         background, tissue = [], list(todo)
 
-    # Slide-level statistics (InstanceNorm): sampled once, saved in the store so a resumed run reuses them.
+    # Dropout as a function of slide position (inference.dropout): a copy of the model with positional masks.
+    base, dropout_ctx = with_positional_dropout(model.module, mode.dropout, mode.seed)
+    # Slide-level statistics (InstanceNorm; BatchNorm in "slide" mode): sampled once, saved in the store so a
+    # resumed run reuses them.
     stats = None
     pooled: tuple[list[int], list[np.ndarray]] | None = None
     t_stats = time.perf_counter()
-    if norm == "instance":
+    if norm == "instance" or mode.slide_batch_norm:
         saved = tstore.load_norm_stats()
         if saved is not None:
             stats = stats_from_arrays(saved)
@@ -353,10 +379,14 @@ def _run(
                 count = min(max(1, settings.stats_windows), len(candidates))
                 picks = sorted({candidates[round(j)] for j in np.linspace(0, len(candidates) - 1, count)})
 
-            def sampled(picks: list[int] = picks) -> tuple[list[Any], list[Any]]:
-                return _stats_batches(
+            def sampled(picks: list[int] = picks) -> tuple[Any, list[Any]]:
+                batches, cores = _stats_batches(
                     plane, [tiles[i] for i in picks], grid.window_size, batch, spec.input_norm
                 )
+                origins = [
+                    [tiles[i].window[:2] for i in picks[k : k + batch]] for k in range(0, len(picks), batch)
+                ]
+                return _positioned(base, batches, origins), cores
 
             if exact:
                 # One window over all of them: the windows' union costs at most their sum, usually much less
@@ -365,13 +395,22 @@ def _run(
                 ux, uy, uw, uh = union
                 cx0, cy0, cw0, ch0 = _union([tiles[i].core for i in picks])
                 core_box = ((cx0 - ux) / uw, (cy0 - uy) / uh, (cx0 + cw0 - ux) / uw, (cy0 + ch0 - uy) / uh)
-                batches, cores = [to_input(plane.read(union)[None], spec.input_norm)], [[core_box]]
+                whole_in = [to_input(plane.read(union)[None], spec.input_norm)]
+                batches, cores = _positioned(base, whole_in, [[(ux, uy)]]), [[core_box]]
             else:
                 batches, cores = sampled()
-            outputs: list[Any] | None = [] if exact else None
+            # The pooled pass's output is one dropout sample: with mean:N the tiles are run afterwards.
+            outputs: list[Any] | None = [] if exact and mode.samples == 1 else None
+            slide_bn = mode.slide_batch_norm
             try:
                 stats = estimate_instance_stats(
-                    model.module, batches, cores, outputs=outputs, winograd=winograd, device=device
+                    base,
+                    batches,
+                    cores,
+                    outputs=outputs,
+                    winograd=winograd,
+                    device=device,
+                    batch_norms=slide_bn,
                 )
             except (RuntimeError, MemoryError) as e:
                 if not (exact and is_out_of_memory(e)):
@@ -379,7 +418,9 @@ def _run(
                 outputs = None  # too big for one pass here: sample in batches, run tiles afterwards
                 del batches
                 release_device_memory(device)
-                stats = estimate_instance_stats(model.module, *sampled(), winograd=winograd, device=device)
+                stats = estimate_instance_stats(
+                    base, *sampled(), winograd=winograd, device=device, batch_norms=slide_bn
+                )
             if outputs:
                 whole = to_uint8(outputs[0], spec.output_norm)[0]
                 crops = []
@@ -390,10 +431,30 @@ def _run(
             del outputs
             tstore.save_norm_stats(stats_to_arrays(stats))
     stats_seconds = time.perf_counter() - t_stats
-    frozen = freeze_normalization(model.module, stats)
+    frozen = freeze_normalization(base, stats)
     folded = fold_frozen_norms(frozen)
-    winograd_convs = use_winograd(frozen) if winograd else 0  # after folding: transforms the folded weights
-    runner = BatchRunner(frozen, device, precision, batch, spec.input_norm, spec.output_norm)
+    # Precision and kernels for the tile pass (after folding: Winograd transforms the folded weights):
+    # measured on the first tissue window when the job is large enough to repay it (inference.calibration).
+    variants = ModelVariants(frozen, device, spec.input_norm, spec.output_norm)
+    to_run = [i for i in tissue if pooled is None or i not in set(pooled[0])]
+    worth = (
+        bool(to_run)
+        and len(to_run) * grid.window_size[0] * grid.window_size[1] / 1e6 >= settings.calibration_min_mp
+    )
+    choice = decide_compute(
+        device,
+        (settings.precision or "auto").strip().lower(),
+        settings.winograd,
+        variants.winograd_convs,
+        model.sha256,
+        variants.prepare,
+        (lambda: calibration_window(plane.read(tiles[to_run[0]].window), grid.align)) if worth else None,
+        resumed=tstore.provenance().get("compute"),
+    )
+    precision = choice.precision
+    runner = variants.runner(choice.candidate, batch, dropout=dropout_ctx, samples=mode.samples)
+    winograd_convs = variants.converted if choice.winograd else 0
+    tstore.update_provenance(compute=choice.to_dict())
 
     ww, wh = grid.window_size
 
@@ -401,11 +462,14 @@ def _run(
         """What the model makes of blank glass, away from the window's borders: constant up to the model's
         own period (its total stride), so one period tiles any background core seamlessly."""
         white = np.full((1, wh, ww, 3), 255, np.uint8)
-        out = runner(white)[0]
+        outs, spreads = runner.run(white, [(0, 0)])
+        out = outs[0]
         period = grid.align
         cy = (wh // 2 // period) * period
         cx = (ww // 2 // period) * period
         pattern = out[cy : cy + period, cx : cx + period].copy()
+        if spreads is not None:  # with mean:N dropout: the glass's spread, tiled like its colour
+            blank_spread[0] = spreads[0][cy : cy + period, cx : cx + period].copy()
         tstore.update_provenance(
             background_rgb=np.median(pattern.reshape(-1, 3), axis=0).round().astype(int).tolist()
         )
@@ -428,6 +492,7 @@ def _run(
             new_boxes=[_to_level0(tiles[i].core, d) for i in new],
             mp_per_s=pixels_now / 1e6 / elapsed,
             device=str(device),
+            compute=choice.describe(),
         )
 
     pending = list(tissue)
@@ -450,10 +515,15 @@ def _run(
     def read_batch(indices: list[int]) -> np.ndarray:
         return np.stack([plane.read(tiles[i].window) for i in indices])
 
-    def write_model_tiles(indices: list[int], outs: Any) -> None:
+    def run_batch(indices: list[int], windows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        return runner.run(windows, [tiles[i].window[:2] for i in indices])
+
+    def write_model_tiles(indices: list[int], outs: Any, spreads: Any = None) -> None:
         nonlocal done_count, model_done, pixels_now
-        for i, out in zip(indices, outs, strict=True):
+        for k, (i, out) in enumerate(zip(indices, outs, strict=True)):
             tstore.write_tile(tiles[i].core, _crop(out, tiles[i]))
+            if confidence is not None and spreads is not None:
+                confidence.write(tiles[i].core, _crop(spreads[k], tiles[i]))
         tstore.mark_done(indices, "d")
         done_count += len(indices)
         model_done += len(indices)
@@ -466,18 +536,25 @@ def _run(
         # store does not depend on which came first.
         first: list[int] = []
         outs: Any = None
+        first_spreads: Any = None
         if not (cancel is not None and cancel.is_set()):
             first = next_batch()
-            outs = runner(read_batch(first)) if first else None
+            if first:
+                outs, first_spreads = run_batch(first, read_batch(first))
         flags = flags_future.result()
         background = [i for i in todo if not flags[i]]
         keep = [k for k, i in enumerate(first) if flags[i]]
         if keep:
-            write_model_tiles([first[k] for k in keep], [outs[k] for k in keep])
+            write_model_tiles(
+                [first[k] for k in keep],
+                [outs[k] for k in keep],
+                [first_spreads[k] for k in keep] if first_spreads is not None else None,
+            )
             yield report([first[k] for k in keep])
         pending = [i for i in pending if flags[i]]  # ``first`` already left it
         del outs
 
+    blank_spread: list[np.ndarray | None] = [None]
     blank_pattern = blank_glass_pattern() if background else None
     # Background next: cheap, and it makes the whole slide visible at once.
     for k in range(0, len(background), BACKGROUND_GROUP):
@@ -489,6 +566,8 @@ def _run(
         for i in group:
             cx, cy, cw, ch = tiles[i].core
             tstore.write_tile(tiles[i].core, _fill(blank_pattern, cx, cy, cw, ch))
+            if confidence is not None and blank_spread[0] is not None:
+                confidence.write(tiles[i].core, _fill(blank_spread[0][..., None], cx, cy, cw, ch)[..., 0])
             pixels_now += cw * ch
         tstore.mark_done(group, "s")
         done_count += len(group)
@@ -517,7 +596,7 @@ def _run(
                 break
             upcoming = next_batch()
             nxt = pool.submit(read_batch, upcoming) if upcoming else None  # read while the model runs
-            write_model_tiles(current, runner(windows))
+            write_model_tiles(current, *run_batch(current, windows))
             yield report(current)
             current, fut = upcoming, nxt
         if cancelled and fut is not None:
@@ -552,6 +631,9 @@ def _run(
             "batch": batch,
             "batch_final": runner.batch,
             "winograd_convs": winograd_convs,
+            "compute": choice.to_dict(),
+            "run_mode": mode.to_dict(),
+            "confidence_store": confidence.path if confidence is not None else None,
             "level0_downsample": d,
             "norms_folded": folded,
             "stats_seconds": round(stats_seconds, 3),
@@ -566,9 +648,17 @@ def _run(
             "norm": norm,
             "mpp": spec.mpp,
         },
+        warnings=list(dict.fromkeys(warnings)),
     )
     write_run_json(rep)
     return rep
+
+
+def _positioned(module: Any, batches: list[Any], origins: list[list[tuple[int, int]]]) -> Any:
+    """Yield ``batches``, telling the model's positional dropouts where each lies on the plane first."""
+    for b, where in zip(batches, origins, strict=True):
+        set_positions(module, where, (b.shape[2], b.shape[3]))
+        yield b
 
 
 def write_run_json(rep: RunReport) -> Path:

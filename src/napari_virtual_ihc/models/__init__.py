@@ -11,6 +11,7 @@ from .errors import (
     UnknownArchitectureError,
     UnsafeCheckpointError,
     UnsupportedFormatVersionError,
+    WrongDirectionError,
 )
 from .norms import norm_kind
 from .registry import GENERATORS, available_architectures, build_generator, register_generator
@@ -29,6 +30,7 @@ __all__ = [
     "UnknownArchitectureError",
     "UnsafeCheckpointError",
     "UnsupportedFormatVersionError",
+    "WrongDirectionError",
     "available_architectures",
     "build_generator",
     "describe",

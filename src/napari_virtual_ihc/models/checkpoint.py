@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .detect import detect_architecture, drop_untracked_instance_norm_stats
+from .direction import check_direction
 from .errors import (
     CheckpointError,
     CheckpointNotFoundError,
@@ -170,7 +171,43 @@ def read_checkpoint(
             name=p.stem,
             provenance={"imported_from": str(p), "import_format": imported_from},
         )
+        return _as_reference_test_runs(_apply_overrides(spec, overrides)), sd
     return _apply_overrides(spec, overrides), sd
+
+
+REFERENCE_MODE_NOTE = (
+    "imported checkpoint: runs as the papers' test.py runs it (no --eval, so the model stays in train mode): "
+    "{what}. For eval mode pass --bn-stats running --dropout off (EngineSettings(bn_stats=..., dropout=...))."
+)
+
+
+def _as_reference_test_runs(spec: ModelSpec) -> ModelSpec:
+    """pix2pix/BCI ``test.py`` calls ``model.eval()`` only with ``--eval``, which their READMEs do not pass:
+    batch norm then uses the test image's own statistics and dropout stays on. An imported ``.pth`` records
+    that as its intended mode (the project's own checkpoints record theirs in the header)."""
+    norm = str(spec.arch_kwargs.get("norm", "batch" if spec.arch.startswith("unet") else "instance"))
+    bn = "slide" if norm == "batch" else None
+    dropout = "sample" if spec.arch_kwargs.get("use_dropout") else None
+    return dataclasses.replace(spec, bn_stats=spec.bn_stats or bn, dropout=spec.dropout or dropout)
+
+
+def _loading_notes(spec: ModelSpec) -> list[str]:
+    """What loading assumed, said where the model is loaded (CLI, widget)."""
+    notes = []
+    what = []
+    if spec.provenance.get("imported_from"):
+        if spec.bn_stats == "slide":
+            what.append("batch norm with the slide's own statistics (bn_stats=slide)")
+        if spec.dropout == "sample":
+            what.append("dropout on, one sample (dropout=sample)")
+        if what:
+            notes.append(REFERENCE_MODE_NOTE.format(what="; ".join(what)))
+    if spec.mpp is None:
+        notes.append(
+            "no µm/px recorded: the model runs at the slide's native resolution unless you set --model-mpp "
+            "(e.g. 0.5 for a 20x model) or record it with 'virtual-ihc convert IN OUT --model-mpp 0.5'"
+        )
+    return notes
 
 
 def load_generator(
@@ -181,13 +218,18 @@ def load_generator(
     ``overrides`` fix what detection cannot know or got wrong: ``arch``, architecture arguments
     (``n_blocks``, ``ngf``, ``norm``, ``use_dropout``, ``n_downsampling``...), or spec fields (``mpp``,
     ``name``, ``target_stain``).  Loading is strict: any missing/unexpected key or shape mismatch raises
-    ShapeMismatchError naming them.
+    ShapeMismatchError naming them. A checkpoint whose name says IHC -> H&E (CycleGAN's ``*_net_G_B.pth``)
+    raises WrongDirectionError naming the other file. ``notes`` says what loading assumed (the reference
+    test.py's batch-norm/dropout mode for an imported ``.pth``, an unknown µm/px).
     """
     p = Path(path)
     spec, sd = read_checkpoint(p, **overrides)
+    check_direction(p, spec.target_stain)
     module = build_generator(spec.arch, **spec.arch_kwargs)
     check_state_dict(module, sd, f"{p} (as {spec.arch} {spec.arch_kwargs})")
     module.load_state_dict(sd, strict=True)
     module.to(device)
     module.eval()
-    return LoadedGenerator(module=module, spec=spec, source=str(p.resolve()), sha256=file_sha256(p))
+    return LoadedGenerator(
+        module=module, spec=spec, source=str(p.resolve()), sha256=file_sha256(p), notes=_loading_notes(spec)
+    )

@@ -55,7 +55,9 @@ def detect_resnet(sd: StateDict) -> dict[str, Any]:
     n_down = (first_block - 4) // 3
     zero_pad = f"model.{first_block}.conv_block.0.weight" in sd
     second_conv = 3 if zero_pad else 5
-    dropout = f"model.{first_block}.conv_block.{second_conv + 1}.weight" in sd
+    # With dropout the second conv moves one slot on; without it that slot holds a BatchNorm's 1-D weight.
+    shifted = sd.get(f"model.{first_block}.conv_block.{second_conv + 1}.weight")
+    dropout = shifted is not None and shifted.ndim == 4
     out_keys = [k for k in sd if re.fullmatch(r"model\.\d+\.weight", k)]
     last = sd[max(out_keys, key=lambda k: int(k.split(".")[1]))]
     return {

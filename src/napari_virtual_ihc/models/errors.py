@@ -29,3 +29,7 @@ class UnsafeCheckpointError(CheckpointError):
 
 class UnsupportedFormatVersionError(CheckpointError):
     """The checkpoint was written by a newer version of this project's format."""
+
+
+class WrongDirectionError(CheckpointError):
+    """The checkpoint's name or keys say it maps IHC to H&E (e.g. CycleGAN's ``*_net_G_B.pth``)."""

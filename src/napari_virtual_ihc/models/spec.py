@@ -18,6 +18,8 @@ class ModelSpec:
     ``input_norm``/``output_norm`` describe pixel scaling: ``"minus_one_one"`` maps uint8 0..255 to
     -1..1 (the pix2pix/CycleGAN convention). ``mpp`` is the µm/pixel the model was trained at; ``None``
     (an imported ``.pth``) means "run at the slide's native resolution unless told otherwise".
+    ``bn_stats`` (``running`` | ``slide``) and ``dropout`` (``off`` | ``sample`` | ``mean:N``) record how the
+    model is meant to run (None: eval mode); imported ``.pth`` files get what their reference test.py does.
     """
 
     arch: str
@@ -28,6 +30,8 @@ class ModelSpec:
     target_stain: str = "HER2"
     name: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
+    bn_stats: str | None = None
+    dropout: str | None = None
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -47,3 +51,4 @@ class LoadedGenerator:
     spec: ModelSpec
     source: str = ""
     sha256: str = ""
+    notes: list[str] = field(default_factory=list)  # what loading assumed, for the CLI and the widget to say
