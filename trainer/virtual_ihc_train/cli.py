@@ -7,6 +7,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from napari_virtual_ihc.cli.argtypes import float_in
+from napari_virtual_ihc.models.spec import MODEL_MPP_RANGE
+
 from .config import Config, ConfigError, merge, parse_set, read_config_file, set_value
 from .data import DatasetError
 from .presets import PRESETS, preset_config
@@ -128,7 +131,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .safetensors file")
     p.add_argument("--checkpoint", help="checkpoint folder name (default: latest)")
     p.add_argument("--metrics", help="evaluation JSON to record in the header (metrics.json from evaluate)")
-    p.add_argument("--mpp", type=float, help="µm/px of the training data (overrides data.mpp)")
+    p.add_argument(
+        "--mpp",
+        type=float_in(*MODEL_MPP_RANGE, unit="µm/px"),
+        help="µm/px of the training data (overrides data.mpp)",
+    )
     p.add_argument("--name", help="model name shown in the plugin")
     p.set_defaults(func=cmd_export)
     return parser
@@ -150,6 +157,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(exc, (CheckpointError, MissingWeightsError, ResumeError)):
             print(f"virtual-ihc-train: error: {exc}", file=sys.stderr)
             return 2
+        if isinstance(exc, OSError):  # a file that cannot be read or written: name it, no traceback
+            where = f"{exc.filename}: " if exc.filename else ""
+            print(f"virtual-ihc-train: error: {where}{exc.strerror or exc}", file=sys.stderr)
+            return 1
         raise
 
 

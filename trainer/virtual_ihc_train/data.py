@@ -159,7 +159,10 @@ class Augment:
     rot90: bool = True
     color_jitter: float = 0.0  # max relative brightness/contrast/saturation change applied to the source
 
-    def __call__(self, a: np.ndarray, b: np.ndarray | None, rng: np.random.Generator):
+    def __call__(
+        self, a: np.ndarray, b: np.ndarray | None, rng: np.random.Generator, where: object = "image"
+    ):
+        """Crop/flip/rotate ``a`` (and ``b`` alike); ``where`` names the file in error messages."""
         if self.preprocess == "resize_and_crop":
             a = cv2.resize(a, (self.load_size, self.load_size), interpolation=cv2.INTER_CUBIC)
             if b is not None:
@@ -168,7 +171,10 @@ class Augment:
             h, w = a.shape[:2]
             cs = self.crop_size
             if h < cs or w < cs:
-                raise DatasetError(f"image of {w}x{h} px is smaller than crop_size {cs}")
+                raise DatasetError(
+                    f"{where}: {w}x{h} px is smaller than crop_size {cs}; remove the file or lower "
+                    "data.crop_size (--set data.crop_size=...)"
+                )
             y, x = int(rng.integers(0, h - cs + 1)), int(rng.integers(0, w - cs + 1))
             a = a[y : y + cs, x : x + cs]
             if b is not None:
@@ -229,13 +235,14 @@ class ImagePairDataset(Dataset):
         pair = self.sources[index]
         a = read_rgb(pair.source)
         if self.unpaired:
-            b = read_rgb(self.targets[int(rng.integers(0, len(self.targets)))])
-            a, _ = self.augment(a, None, rng)
-            b, _ = self.augment(b, None, rng)
+            b_path = self.targets[int(rng.integers(0, len(self.targets)))]
+            b = read_rgb(b_path)
+            a, _ = self.augment(a, None, rng, where=pair.source)
+            b, _ = self.augment(b, None, rng, where=b_path)
         else:
             assert pair.target is not None
             b = read_rgb(pair.target)
             if a.shape != b.shape:
                 raise DatasetError(f"size mismatch in pair {pair.name}: {a.shape} vs {b.shape}")
-            a, b = self.augment(a, b, rng)
+            a, b = self.augment(a, b, rng, where=pair.source)
         return {"A": to_tensor(a), "B": to_tensor(b), "index": index, "label": pair.label or ""}

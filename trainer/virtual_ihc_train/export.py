@@ -30,7 +30,7 @@ def export_run(
     ckpt = run_dir / "checkpoints" / checkpoint if checkpoint else latest_checkpoint(run_dir)
     if not (ckpt / "generator.safetensors").is_file():
         raise ResumeError(f"no generator.safetensors in {ckpt}")
-    spec, sd = read_checkpoint(ckpt / "generator.safetensors")
+    spec, sd = read_checkpoint(ckpt / "generator.safetensors")  # refuses NaN/inf weights, naming them
     state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
     module = build_generator(spec.arch, **spec.arch_kwargs)
     module.load_state_dict(sd, strict=True)
@@ -71,5 +71,10 @@ def export_run(
         provenance=provenance,
     )
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give the .safetensors file to write")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # e.g. --out afile/x: a file where the folder should be
+        raise ValueError(f"--out {out}: cannot create its folder {out.parent} ({exc.strerror})") from None
     return save_generator(out, module.eval(), spec)

@@ -7,9 +7,16 @@ import csv
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from ..slides.tiff_backend import PLAUSIBLE_MPP
+from .argtypes import float_in, int_in
+
+if TYPE_CHECKING:
+    from ..slides.base import Slide
+    from ..stain.analysis import AnalysisSettings
 
 SMALL_IMAGE_PX = 4096 * 4096  # at or below: PNG maps; above: OME-Zarr maps
 
@@ -24,14 +31,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("image", help="IHC image or slide (any format open_slide reads)")
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument(
-        "--mpp", type=float, default=None, help="µm/px when the image carries none (else 0.5 assumed)"
+        "--mpp",
+        type=float_in(*PLAUSIBLE_MPP, unit="µm/px"),
+        default=None,
+        help="µm/px when the image carries none (else 0.5 assumed)",
     )
     p.add_argument("--cellpose-model", default="nuclei", help="Cellpose built-in name or local model path")
     p.add_argument("--nuclei", choices=("auto", "cellpose", "classical"), default="auto")
     p.add_argument("--he", action="store_true", help="H&E input: nuclei and density only")
     p.add_argument("--gpu", action="store_true", help="run Cellpose on CUDA")
-    p.add_argument("--diameter-um", type=float, default=7.0)
-    p.add_argument("--sigma-um", type=float, default=25.0, help="density Gaussian sigma in µm")
+    p.add_argument("--diameter-um", type=float_in(1.0, 100.0, unit="µm"), default=7.0)
+    p.add_argument(
+        "--sigma-um", type=float_in(1.0, 5000.0, unit="µm"), default=25.0, help="density Gaussian sigma in µm"
+    )
     p.add_argument(
         "--cutoffs",
         type=float,
@@ -40,18 +52,37 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar=("WEAK", "MOD", "STRONG"),
         help="DAB OD cut-offs (uncalibrated defaults)",
     )
-    p.add_argument("--tile", type=int, default=1024)
+    p.add_argument("--tile", type=int_in(128, 8192), default=1024)
     p.add_argument("--cells-csv", action="store_true", help="also write cells.csv (one row per nucleus)")
     p.set_defaults(func=run)
+
+
+def _check_out(out: Path) -> str | None:
+    """Why ``out`` cannot take the results (None if it can): checked before any computing."""
+    from ..inference.errors import OutputNotWritableError
+    from ..inference.store import check_writable_folder
+
+    if out.exists() and not out.is_dir():
+        return f"--out {out} is a file, not a folder"
+    try:
+        check_writable_folder(out)
+    except OutputNotWritableError as e:
+        return str(e)
+    return None
 
 
 def run(args: argparse.Namespace) -> int:
     from ..slides import open_slide
     from ..slides.errors import SlideError
-    from ..stain.analysis import AnalysisSettings, analyze_slide
+    from ..stain.analysis import AnalysisSettings
     from ..stain.her2 import Her2Rules
     from ..stain.membrane import DabBins
 
+    out = Path(args.out)
+    problem = _check_out(out)
+    if problem:
+        print(f"virtual-ihc analyze: {problem}", file=sys.stderr)
+        return 2
     try:
         bins = DabBins(*args.cutoffs)
         settings = AnalysisSettings(
@@ -70,8 +101,23 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, SlideError, OSError) as e:
         print(f"virtual-ihc analyze: {e}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _analyze_and_write(args, slide, settings, out)
+    except (SlideError, ValueError, MemoryError) as e:  # e.g. a slide corrupt past its header
+        print(
+            f"virtual-ihc analyze: {args.image}: {' '.join(str(e).split()) or type(e).__name__}",
+            file=sys.stderr,
+        )
+        return 1
+    except OSError as e:
+        print(f"virtual-ihc analyze: {e.filename or args.image}: {e.strerror or e}", file=sys.stderr)
+        return 1
+
+
+def _analyze_and_write(args: argparse.Namespace, slide: Slide, settings: AnalysisSettings, out: Path) -> int:
+    """Compute, then write maps, summary.json and cells.csv into ``out`` (already known writable)."""
+    from ..stain.analysis import analyze_slide
+
     w, h = slide.dimensions
     small = w * h <= SMALL_IMAGE_PX
     settings.map_downsample = 1 if small else max(1, int(np.ceil(np.sqrt(w * h / SMALL_IMAGE_PX))))

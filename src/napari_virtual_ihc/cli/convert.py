@@ -11,6 +11,8 @@ import json
 import sys
 
 from ..models import CheckpointError, load_generator, norm_kind, save_generator
+from ..models.spec import MODEL_MPP_RANGE
+from .argtypes import float_in, int_in
 
 
 def _bool(text: str) -> bool:
@@ -38,13 +40,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--arch",
         help="architecture: resnet, unet_256, unet_128, asp_resnet or a registered one (default: detected)",
     )
-    p.add_argument("--n-blocks", type=int, help="residual blocks (default: detected)")
-    p.add_argument("--ngf", type=int, help="width of the first layer (default: detected)")
-    p.add_argument("--n-downsampling", type=int, help="ResNet downsamplings, 2 or 3 (default: detected)")
+    p.add_argument("--n-blocks", type=int_in(0, 64), help="residual blocks, 0..64 (default: detected)")
+    p.add_argument("--ngf", type=int_in(1, 1024), help="width of the first layer (default: detected)")
+    p.add_argument(
+        "--n-downsampling", type=int_in(0, 6), help="ResNet downsamplings, 2 or 3 (default: detected)"
+    )
     p.add_argument("--norm", choices=["instance", "batch", "none"], help="normalisation (default: detected)")
     p.add_argument("--dropout", type=_bool, metavar="BOOL", help="dropout layers (default: detected)")
     p.add_argument(
-        "--model-mpp", type=float, help="µm/pixel the model was trained at (imported .pth: unknown)"
+        "--model-mpp",
+        type=float_in(*MODEL_MPP_RANGE, unit="µm/px"),
+        help="µm/pixel the model was trained at (imported .pth: unknown)",
     )
     p.add_argument("--name", help="model name shown in the UI (default: the input's file name)")
     p.add_argument("--target-stain", help="stain the model produces (default: HER2)")
@@ -52,9 +58,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.model_mpp is not None and args.model_mpp <= 0:
-        print("virtual-ihc convert: --model-mpp must be > 0", file=sys.stderr)
-        return 2
     try:
         loaded = load_generator(
             args.src,
@@ -76,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"virtual-ihc convert: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"virtual-ihc convert: cannot write {args.dst}: {exc}", file=sys.stderr)
+        print(f"virtual-ihc convert: cannot write {args.dst}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     n_params = sum(int(t.numel()) for t in loaded.module.parameters())
     print(f"wrote {out}")

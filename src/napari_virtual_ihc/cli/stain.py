@@ -13,11 +13,17 @@ import json
 import os
 import sys
 import threading
+import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..inference.api import TileProgress
+
+from ..models.spec import MODEL_MPP_RANGE
+from .argtypes import float_in, int_in
+
+MAX_HALO_ARG = 1024  # px: far beyond any receptive field (a 9-block ResNet needs ~64)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -32,16 +38,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="checkpoint (.safetensors, or a reference .pth)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument(
-        "--tile", type=int, default=512, help="written core of each tile, px at the model's resolution"
+        "--tile",
+        type=int_in(32, 8192),
+        default=512,
+        help="written core of each tile, px at the model's resolution (32..8192)",
     )
     p.add_argument(
         "--halo",
-        type=int,
+        type=int_in(0, MAX_HALO_ARG),
         default=None,
-        help="context px around each tile (default: half the receptive field)",
+        help=f"context px around each tile, 0..{MAX_HALO_ARG} (default: half the receptive field)",
     )
     p.add_argument(
-        "--batch", type=int, default=None, help="tiles per forward pass (default: 1 on the CPU, 4 on a GPU)"
+        "--batch",
+        type=int_in(1, 256),
+        default=None,
+        help="tiles per forward pass, 1..256 (default: 1 on the CPU, 4 on a GPU)",
     )
     p.add_argument(
         "--no-winograd",
@@ -53,7 +65,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     p.add_argument("--region", default=None, help="x,y,w,h in level-0 pixels (default: whole slide)")
     p.add_argument(
-        "--model-mpp", type=float, default=None, help="µm/px the model was trained at (for imported .pth)"
+        "--model-mpp",
+        type=float_in(*MODEL_MPP_RANGE, unit="µm/px"),
+        default=None,
+        help=f"µm/px the model was trained at, {MODEL_MPP_RANGE[0]:g}..{MODEL_MPP_RANGE[1]:g} (for imported .pth)",
     )
     p.add_argument("--no-skip-background", action="store_true", help="run the model on blank glass too")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -111,6 +126,9 @@ def run(args: argparse.Namespace) -> int:
     except (EngineError, StoreError, CheckpointError) as e:
         print(f"virtual-ihc stain: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # e.g. the checkpoint is not readable
+        print(f"virtual-ihc stain: cannot read {args.model}: {e.strerror or e}", file=sys.stderr)
+        return 2
     settings = EngineSettings(
         tile=args.tile,
         halo=args.halo,
@@ -129,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             slide = open_slide(path)
         except Exception as e:  # slides raise typed SlideError; any failure must not stop the cohort
-            print(f"{tag}error: cannot open {path}: {e}", file=sys.stderr)
+            _report_failure(store, rank, world, path, f"cannot open {path}: {_describe_error(e)}", e, tag)
             failures += 1
             continue
         bar = None
@@ -151,8 +169,8 @@ def run(args: argparse.Namespace) -> int:
             rep = stain_slide(
                 slide, model, store, settings, region=region, progress=on_progress, cancel=threading.Event()
             )
-        except (EngineError, StoreError, ValueError, OSError) as e:
-            print(f"{tag}error: {path}: {e}", file=sys.stderr)
+        except Exception as e:  # one slide's failure, whatever it is, must not stop the cohort
+            _report_failure(store, rank, world, path, f"{path}: {_describe_error(e)}", e, tag)
             failures += 1
             continue
         finally:
@@ -175,10 +193,54 @@ def _annotate_run_json(store: Path, rank: int, world: int, slide: str) -> None:
     p = run_json_path(store)
     try:
         data = json.loads(p.read_text())
-        data.update(rank=rank, world_size=world, slide=slide)
+        data.update(rank=rank, world_size=world, slide=slide, status="done", error=None)
         p.write_text(json.dumps(data, indent=2, default=str))
     except (OSError, ValueError):
         pass
+
+
+def _describe_error(e: BaseException) -> str:
+    """One line: the typed errors' own message; anything else prefixed by its type (MemoryError has none)."""
+    from ..ihc_store import StoreError
+    from ..inference.errors import EngineError
+    from ..models import CheckpointError
+    from ..slides.errors import SlideError
+
+    text = " ".join(str(e).split())
+    if isinstance(e, EngineError | StoreError | CheckpointError | SlideError) and text:
+        return text
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror}" + (f": {e.filename}" if e.filename else "")
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _report_failure(
+    store: Path, rank: int, world: int, path: Path, message: str, e: BaseException, tag: str
+) -> None:
+    """The slide's one-line error on stderr and in its ``run.json`` (with the traceback, for a bug report)."""
+    from ..ihc_store import run_json_path
+
+    print(f"{tag}error: {message}", file=sys.stderr, flush=True)
+    p = run_json_path(store)
+    try:
+        data = json.loads(p.read_text()) if p.is_file() else {}
+    except (OSError, ValueError):
+        data = {}
+    if not isinstance(data, dict):
+        data = {}
+    data.update(
+        slide=str(path),
+        rank=rank,
+        world_size=world,
+        status="failed",
+        error=message,
+        error_type=type(e).__name__,
+        traceback="".join(traceback.format_exception(e))[-4000:],
+    )
+    try:
+        p.write_text(json.dumps(data, indent=2, default=str))
+    except OSError as write_error:
+        print(f"{tag}error: cannot record the failure in {p}: {write_error.strerror}", file=sys.stderr)
 
 
 def _barrier() -> None:

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..geometry import Box
 from ..ihc_store import TileStore, build_provenance, check_writable_folder, run_json_path, source_identity
-from ..models.describe import receptive_field, size_multiple
+from ..models.describe import min_input_side, receptive_field, size_multiple
 from ..models.norms import norm_kind
 from ..models.spec import LoadedGenerator
 from ..slides.base import Slide
@@ -43,7 +43,7 @@ from .device import (
     resolve_precision,
 )
 from .dropout import set_positions, with_positional_dropout
-from .errors import RegionError
+from .errors import ImageTooSmallError, RegionError, ResolutionError
 from .grid import GridTile, TileGrid, round_up
 from .normalization import (
     estimate_instance_stats,
@@ -59,6 +59,7 @@ from .tissue import rect_has_tissue, tissue_mask
 from .workspace import release_workspace
 
 MAX_HALO = 256  # px at the model's resolution: beyond this the halo costs more than any seam it could fix
+MAX_UPSAMPLING = 8  # working plane px per slide px along a side: beyond, the model's mpp is wrong
 BACKGROUND_GROUP = 64  # background tiles written between two progress reports
 
 
@@ -205,8 +206,20 @@ def iter_stain_slide(
     tile = round_up(max(int(settings.tile), align), align)
     model_mpp = settings.model_mpp if settings.model_mpp is not None else spec.mpp
     d = model_downsample(slide.mpp, model_mpp)
+    if d < 1 / MAX_UPSAMPLING:  # more pixels than the scan has: slow, huge, and nothing a model learns from
+        raise ResolutionError(
+            f"the model's {model_mpp} µm/px would upsample this slide's {(slide.mpp or (0.0,))[0]:g} µm/px "
+            f"{1 / d:.0f}x "
+            f"(limit {MAX_UPSAMPLING}x); check --model-mpp / the checkpoint's mpp"
+        )
     plane = WorkingPlane(slide, d)
     grid = TileGrid(plane.size, (0, 0, *plane.size), tile, halo, align)
+    need = min_input_side(module)
+    if min(grid.window_size) < need:  # before the store exists: nothing is created for an image this small
+        raise ImageTooSmallError(
+            f"the image is {plane.size[0]} x {plane.size[1]} px at the model's resolution; this model needs "
+            f"at least {need - align + 1} px per side"
+        )
     work_rect = _region_to_plane(region, slide, d, plane.size)
     wanted = grid.tiles_intersecting(work_rect)
     tiles = {i: grid.tile_at(i) for i in wanted}
@@ -341,7 +354,9 @@ def _run(
     flags_future: Future[dict[int, bool]] | None = None
     if settings.skip_background and todo:
         slide_stats = norm == "instance" or mode.slide_batch_norm
-        stats_pending = slide_stats and not tstore.has_norm_stats()
+        # A small job may resume into the one pooled pass (below): it needs the mask first as well.
+        small_job = len(tiles) <= settings.stats_windows
+        stats_pending = slide_stats and (small_job or not tstore.has_norm_stats())
         if priority is not None and not stats_pending:
             flags_future = mask_pool.submit(_tissue_flags, slide, list(tiles.values()), d)
             flags = None
@@ -362,19 +377,24 @@ def _run(
     t_stats = time.perf_counter()
     if norm == "instance" or mode.slide_batch_norm:
         saved = tstore.load_norm_stats()
-        if saved is not None:
+        ww0, wh0 = grid.window_size
+        assert flags is not None or saved is not None  # computed before the statistics
+        tissue_all = [i for i in tiles if flags[i]] if flags is not None else []
+        candidates = tissue_all or list(tiles)
+        # Every tissue tile in one pooled pass: whole-image statistics, and the output itself. A resumed
+        # small job runs that same pass again (same input, same arithmetic: the same pixels) and writes only
+        # the tiles still missing, so it ends identical to an uninterrupted run (issue 20, item 15).
+        exact = (
+            len(tissue) > 0
+            and len(tissue_all) == len(candidates) <= settings.stats_windows
+            and len(tissue_all) * ww0 * wh0 / 1e6 <= settings.pooled_pass_mp
+        )
+        if saved is not None and not exact:
             stats = stats_from_arrays(saved)
         else:
-            ww0, wh0 = grid.window_size
             ux = uy = 0
-            assert flags is not None  # computed before the statistics
-            candidates = [i for i in tiles if flags[i]] or list(tiles)
-            exact = (
-                0 < len(tissue) == len(candidates) <= settings.stats_windows
-                and len(tissue) * ww0 * wh0 / 1e6 <= settings.pooled_pass_mp
-            )
-            if exact:  # every tile in one pooled pass: whole-image statistics, and the output itself
-                picks = list(tissue)
+            if exact:
+                picks = list(tissue_all)
             else:
                 count = min(max(1, settings.stats_windows), len(candidates))
                 picks = sorted({candidates[round(j)] for j in np.linspace(0, len(candidates) - 1, count)})
@@ -418,18 +438,24 @@ def _run(
                 outputs = None  # too big for one pass here: sample in batches, run tiles afterwards
                 del batches
                 release_device_memory(device)
-                stats = estimate_instance_stats(
-                    base, *sampled(), winograd=winograd, device=device, batch_norms=slide_bn
+                stats = (
+                    stats_from_arrays(saved)
+                    if saved is not None
+                    else estimate_instance_stats(
+                        base, *sampled(), winograd=winograd, device=device, batch_norms=slide_bn
+                    )
                 )
             if outputs:
                 whole = to_uint8(outputs[0], spec.output_norm)[0]
                 crops = []
-                for i in picks:
+                missing = [i for i in picks if i not in finished]
+                for i in missing:
                     x, y, w, h = tiles[i].core
                     crops.append(whole[y - uy : y - uy + h, x - ux : x - ux + w])
-                pooled = (picks, crops)
+                pooled = (missing, crops)
             del outputs
-            tstore.save_norm_stats(stats_to_arrays(stats))
+            if saved is None:
+                tstore.save_norm_stats(stats_to_arrays(stats))
     stats_seconds = time.perf_counter() - t_stats
     frozen = freeze_normalization(base, stats)
     folded = fold_frozen_norms(frozen)

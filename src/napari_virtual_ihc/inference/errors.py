@@ -33,3 +33,16 @@ class RegionError(EngineError, ValueError):
 
 class DeviceError(EngineError):
     """The requested device or precision is not available here."""
+
+
+class NonFiniteOutputError(EngineError):
+    """The model produced NaN or infinity for a window (broken weights or an overflow in fp16): nothing of
+    that window is written and the store is not marked complete."""
+
+
+class ImageTooSmallError(EngineError, ValueError):
+    """The image (at the model's resolution) is smaller than the smallest input the generator runs on."""
+
+
+class ResolutionError(EngineError, ValueError):
+    """The model's µm/px against the slide's asks for an absurd resampling (e.g. a 100x upsampling)."""

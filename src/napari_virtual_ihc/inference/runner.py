@@ -11,6 +11,7 @@ from torch import nn
 
 from .device import autocast_dtype, is_out_of_memory, release_device_memory
 from .dropout import DropoutContext, set_positions
+from .errors import NonFiniteOutputError
 
 
 def to_input(windows: np.ndarray, input_norm: str) -> torch.Tensor:
@@ -22,8 +23,19 @@ def to_input(windows: np.ndarray, input_norm: str) -> torch.Tensor:
 
 
 def to_uint8(out: torch.Tensor, output_norm: str) -> np.ndarray:
-    """(B, 3, h, w) model output -> (B, h, w, 3) uint8."""
+    """(B, 3, h, w) model output -> (B, h, w, 3) uint8; NonFiniteOutputError if any value is NaN/inf.
+
+    Clamping would turn NaN into black and write it as if it were a stain, so a non-finite window stops
+    the run before anything of it reaches the store.
+    """
     out = out.float()
+    if not bool(torch.isfinite(out).all()):
+        bad = int((~torch.isfinite(out)).sum())
+        raise NonFiniteOutputError(
+            f"the model produced NaN or infinity for {bad} of {out.numel()} output values; its weights are "
+            "broken (a diverged training?) or the precision overflowed (try --precision fp32). Nothing of "
+            "this window was written."
+        )
     scaled = out * 255.0 if output_norm == "zero_one" else (out + 1.0) * 127.5
     return scaled.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .detect import is_conv
 from .errors import UnknownArchitectureError
 from .norms import conv_bias_for, norm_factory
 from .registry import register_generator
@@ -203,7 +204,7 @@ def detect_asp(sd: dict[str, Tensor]) -> tuple[str, dict[str, Any]]:
             f"first residual block at model.{blocks[0]}: not a CUT/ASP ResNet layout"
         )
     b0 = blocks[0]
-    zero_pad = f"model.{b0}.conv_block.0.{wkey}" in sd
+    zero_pad = is_conv(sd, f"model.{b0}.conv_block.0.{wkey}")
     second_conv = 3 if zero_pad else 5
     convs = [
         int(m.group(1)) for k in sd if (m := re.fullmatch(rf"model\.(\d+)\.{wkey}", k)) and sd[k].ndim == 4
@@ -213,7 +214,7 @@ def detect_asp(sd: dict[str, Tensor]) -> tuple[str, dict[str, Any]]:
         "output_nc": int(sd[f"model.{max(convs)}.{wkey}"].shape[0]),
         "ngf": int(first.shape[0]),
         "norm": "batch" if "model.2.weight" in sd else ("instance" if "model.1.bias" in sd else "none"),
-        "use_dropout": f"model.{b0}.conv_block.{second_conv + 1}.{wkey}" in sd,
+        "use_dropout": is_conv(sd, f"model.{b0}.conv_block.{second_conv + 1}.{wkey}"),  # not a norm's scale
         "n_blocks": len(blocks),
         "n_downsampling": (b0 - 4) // step,
         "spectral_norm": spectral,

@@ -1,7 +1,9 @@
 """The project's checkpoint format (safetensors + JSON spec) and import of the papers' ``.pth`` files.
 
 Nothing here unpickles arbitrary objects: safetensors holds only tensors, and a ``.pth`` goes through
-``torch.load(weights_only=True)``.
+``torch.load(weights_only=True)``. Nothing big is allocated before the file is known to fit: the header's
+arguments are bounded, the generator is built on the ``meta`` device and compared with the file's tensor
+names, shapes and dtypes (read from the safetensors header alone), and only then are weights read.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from .errors import (
 )
 from .registry import build_generator
 from .spec import FORMAT_VERSION, LoadedGenerator, ModelSpec
-from .state_dict_io import read_pth, read_safetensors, sniff_format
+from .state_dict_io import read_pth, read_safetensors, read_safetensors_header, sniff_format
+from .validation import check_dtypes, check_finite, check_spec
 
 HEADER_KEY = "virtual_ihc"  # safetensors metadata key holding ModelSpec.to_dict() as JSON
 _SPEC_FIELDS = {f.name for f in dataclasses.fields(ModelSpec)} - {"arch_kwargs", "format_version"}
@@ -45,9 +48,33 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
+def _umask() -> int:
+    """The process umask (read, not changed, where /proc says it)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def meta_state_dict(spec: ModelSpec) -> dict[str, torch.Tensor]:
+    """The state dict ``spec``'s generator would have, as ``meta`` tensors (no memory allocated)."""
+    with torch.device("meta"):
+        return dict(build_generator(spec.arch, **spec.arch_kwargs).state_dict())
+
+
 def check_state_dict(module: nn.Module, sd: dict[str, torch.Tensor], what: str) -> None:
     """Raise ShapeMismatchError listing missing/unexpected keys and wrong shapes (strict loading)."""
-    expected = module.state_dict()
+    check_against(dict(module.state_dict()), sd, what)
+
+
+def check_against(expected: dict[str, torch.Tensor], sd: dict[str, torch.Tensor], what: str) -> None:
+    """``check_state_dict`` against an expected state dict (real or ``meta`` tensors)."""
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
     shapes = [
@@ -60,7 +87,7 @@ def check_state_dict(module: nn.Module, sd: dict[str, torch.Tensor], what: str) 
 
     def fmt(label: str, items: list[str]) -> str:
         more = f" (+{len(items) - _LIST_LIMIT} more)" if len(items) > _LIST_LIMIT else ""
-        return f"\n  {label} ({len(items)}): " + ", ".join(items[:_LIST_LIMIT]) + more
+        return f"; {label} ({len(items)}): " + ", ".join(items[:_LIST_LIMIT]) + more
 
     parts = ""
     if missing:
@@ -69,7 +96,7 @@ def check_state_dict(module: nn.Module, sd: dict[str, torch.Tensor], what: str) 
         parts += fmt("unexpected keys", unexpected)
     if shapes:
         parts += fmt("shape mismatches", shapes)
-    raise ShapeMismatchError(f"{what} does not fit the generator it describes:{parts}")
+    raise ShapeMismatchError(f"{what} does not fit the generator it describes{parts}")
 
 
 def save_generator(path: str | os.PathLike[str], module: nn.Module, spec: ModelSpec) -> Path:
@@ -79,10 +106,10 @@ def save_generator(path: str | os.PathLike[str], module: nn.Module, spec: ModelS
     keys and shapes), so a file this writes always loads.  The file appears only when complete.
     """
     target = Path(path)
+    check_spec(spec, str(target))
     sd = {k: v.detach().to("cpu").clone().contiguous() for k, v in module.state_dict().items()}
-    with torch.device("meta"):
-        probe = build_generator(spec.arch, **spec.arch_kwargs)
-    check_state_dict(probe, sd, f"module to save as {spec.arch!r} {spec.arch_kwargs}")
+    check_finite(sd, f"model to save as {target}")
+    check_against(meta_state_dict(spec), sd, f"module to save as {spec.arch!r} {spec.arch_kwargs}")
     header = dataclasses.replace(spec, format_version=FORMAT_VERSION).to_dict()
     metadata = {HEADER_KEY: json.dumps(header, sort_keys=True), "format": "napari-virtual-ihc"}
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -90,6 +117,7 @@ def save_generator(path: str | os.PathLike[str], module: nn.Module, spec: ModelS
     os.close(fd)
     try:
         save_file(sd, tmp, metadata=metadata)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp made it 0600; a checkpoint is a normal file
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -108,13 +136,20 @@ def _spec_from_metadata(meta: dict[str, str], path: Path) -> ModelSpec | None:
             raise ValueError("header is not an object with an 'arch'")
     except ValueError as exc:
         raise CorruptCheckpointError(f"{path}: unreadable '{HEADER_KEY}' header ({exc})") from exc
-    version = int(d.get("format_version", 1))
+    try:
+        version = int(d.get("format_version", 1))
+    except (TypeError, ValueError):
+        raise CorruptCheckpointError(
+            f"{path}: '{HEADER_KEY}' header has format_version {d.get('format_version')!r}, not a number"
+        ) from None
     if version > FORMAT_VERSION:
         raise UnsupportedFormatVersionError(
             f"{path}: written with checkpoint format version {version}, but this napari-virtual-ihc reads "
             f"versions up to {FORMAT_VERSION}; upgrade napari-virtual-ihc to load it."
         )
-    return ModelSpec.from_dict(d)
+    spec = ModelSpec.from_dict(d)
+    check_spec(spec, str(path))
+    return spec
 
 
 def _apply_overrides(spec: ModelSpec, overrides: dict[str, Any]) -> ModelSpec:
@@ -135,35 +170,41 @@ def _apply_overrides(spec: ModelSpec, overrides: dict[str, Any]) -> ModelSpec:
 def read_checkpoint(
     path: str | os.PathLike[str], **overrides: Any
 ) -> tuple[ModelSpec, dict[str, torch.Tensor]]:
-    """The spec and state dict of a project ``.safetensors`` or an imported ``.pth`` (no module built)."""
+    """The spec and state dict of a project ``.safetensors`` or an imported ``.pth`` (no module built).
+
+    The state dict is known to fit the spec's architecture (names, shapes, float dtypes) and to be finite.
+    """
     p = Path(path)
     if not p.is_file():
         raise CheckpointNotFoundError(f"checkpoint not found: {p}")
     if p.stat().st_size == 0:
         raise CorruptCheckpointError(f"{p}: the file is empty")
     spec: ModelSpec | None = None
+    reference = False
     imported_from = "pth"
     kind = sniff_format(p)
     if kind == "truncated_safetensors":
         raise CorruptCheckpointError(
             f"{p}: truncated safetensors file (its header runs past the end of the file)"
         )
+    sd: dict[str, torch.Tensor] | None = None
     if kind == "safetensors":
-        sd, meta = read_safetensors(p)
+        shapes, meta = read_safetensors_header(p)  # names, shapes, dtypes only: nothing allocated yet
         spec = _spec_from_metadata(meta, p)
         imported_from = "safetensors"
     else:
         sd = read_pth(p)
+        shapes = sd
     if spec is None:  # a reference state dict: detect what it is
-        sd = drop_untracked_instance_norm_stats(sd)
+        shapes = drop_untracked_instance_norm_stats(shapes)
         if overrides.get("arch") is not None:
             arch, kwargs = str(overrides["arch"]), {}
             with contextlib.suppress(CheckpointError):
-                detected_arch, detected = detect_architecture(sd)
+                detected_arch, detected = detect_architecture(shapes)
                 if detected_arch == arch:
                     kwargs = detected
         else:
-            arch, kwargs = detect_architecture(sd)
+            arch, kwargs = detect_architecture(shapes)
         spec = ModelSpec(
             arch=arch,
             arch_kwargs=kwargs,
@@ -171,8 +212,21 @@ def read_checkpoint(
             name=p.stem,
             provenance={"imported_from": str(p), "import_format": imported_from},
         )
-        return _as_reference_test_runs(_apply_overrides(spec, overrides)), sd
-    return _apply_overrides(spec, overrides), sd
+        reference = True
+    spec = _apply_overrides(spec, overrides)
+    if reference:  # an imported state dict runs as the reference test.py ran it
+        spec = _as_reference_test_runs(spec)
+    check_spec(spec, str(p))  # bounded arguments before the meta build
+    expected = meta_state_dict(spec)
+    check_against(expected, shapes, f"{p} (as {spec.arch} {spec.arch_kwargs})")
+    check_dtypes(expected, shapes, str(p))
+    if sd is None:
+        sd, _ = read_safetensors(p)
+        sd = {k: v for k, v in sd.items() if k in shapes}
+    else:
+        sd = {k: v for k, v in sd.items() if k in shapes}
+    check_finite(sd, str(p))
+    return spec, sd
 
 
 REFERENCE_MODE_NOTE = (
@@ -218,15 +272,16 @@ def load_generator(
     ``overrides`` fix what detection cannot know or got wrong: ``arch``, architecture arguments
     (``n_blocks``, ``ngf``, ``norm``, ``use_dropout``, ``n_downsampling``...), or spec fields (``mpp``,
     ``name``, ``target_stain``).  Loading is strict: any missing/unexpected key or shape mismatch raises
-    ShapeMismatchError naming them. A checkpoint whose name says IHC -> H&E (CycleGAN's ``*_net_G_B.pth``)
-    raises WrongDirectionError naming the other file. ``notes`` says what loading assumed (the reference
-    test.py's batch-norm/dropout mode for an imported ``.pth``, an unknown µm/px).
+    ShapeMismatchError naming them; bad header values InvalidSpecError, NaN/inf weights
+    NonFiniteWeightsError, integer tensors in float slots CorruptCheckpointError. A checkpoint whose name
+    says IHC -> H&E (CycleGAN's ``*_net_G_B.pth``) raises WrongDirectionError naming the other file.
+    ``notes`` says what loading assumed (the reference test.py's batch-norm/dropout mode for an imported
+    ``.pth``, an unknown µm/px).
     """
     p = Path(path)
-    spec, sd = read_checkpoint(p, **overrides)
+    spec, sd = read_checkpoint(p, **overrides)  # checked against the architecture: the build below fits
     check_direction(p, spec.target_stain)
     module = build_generator(spec.arch, **spec.arch_kwargs)
-    check_state_dict(module, sd, f"{p} (as {spec.arch} {spec.arch_kwargs})")
     module.load_state_dict(sd, strict=True)
     module.to(device)
     module.eval()

@@ -48,6 +48,39 @@ def size_multiple(module: nn.Module) -> int:
     return max(1, round(max_jump))
 
 
+def _pad_need(module: nn.Module, jump: float, need: float) -> tuple[float, float]:
+    """Walk ``module`` in forward order: (input px per feature px, smallest input side its pads accept)."""
+    if isinstance(module, nn.ReflectionPad2d | nn.ReplicationPad2d):
+        # Reflection needs a feature map larger than the pad on every side (torch refuses otherwise).
+        need = max(need, (max(module.padding) + 1) * jump)
+    elif isinstance(module, nn.InstanceNorm2d):  # statistics of a single pixel are refused by torch
+        need = max(need, 2 * jump)
+    elif isinstance(module, nn.ConvTranspose2d):
+        jump /= module.stride[0]
+    elif isinstance(module, nn.Conv2d):
+        jump *= module.stride[0]
+    elif isinstance(module, BlurDownsample):
+        jump, need = _pad_need(module.pad, jump, need)[0] * module.stride, max(need, 2 * jump)
+    elif isinstance(module, BlurUpsample):
+        need = max(need, 2 * jump)
+        jump /= module.stride
+    else:
+        for child in module.children():
+            jump, need = _pad_need(child, jump, need)
+    return jump, need
+
+
+def min_input_side(module: nn.Module) -> int:
+    """Smallest input height/width the generator runs on (a multiple of its ``size_multiple``).
+
+    A 9-block ResNet with two downsamplings reflect-pads 4x-downsampled features by 1 px, so it needs 8 px;
+    a U-Net has no padding layers and runs on one ``size_multiple``.
+    """
+    align = size_multiple(module)
+    _, need = _pad_need(module, 1.0, 1.0)
+    return max(align, math.ceil(math.ceil(need) / align) * align)
+
+
 def describe(module: nn.Module) -> dict[str, Any]:
     """``norm``, ``receptive_field``, ``size_multiple`` and ``parameters`` of a generator."""
     return {

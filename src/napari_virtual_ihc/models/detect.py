@@ -35,6 +35,12 @@ def detect_architecture(sd: StateDict) -> tuple[str, dict[str, Any]]:
     )
 
 
+def is_conv(sd: StateDict, key: str) -> bool:
+    """True when ``key`` holds a convolution kernel (4-D), not a norm's scale (1-D) or nothing."""
+    t = sd.get(key)
+    return t is not None and t.ndim == 4
+
+
 def _norm_from_slot(sd: StateDict, norm_prefix: str, conv_prefix: str) -> str:
     if f"{norm_prefix}.weight" in sd:
         return "batch"
@@ -53,11 +59,11 @@ def detect_resnet(sd: StateDict) -> dict[str, Any]:
     if (first_block - 4) % 3:
         raise UnknownArchitectureError(f"first residual block at model.{first_block}: not a ResNet layout")
     n_down = (first_block - 4) // 3
-    zero_pad = f"model.{first_block}.conv_block.0.weight" in sd
+    zero_pad = is_conv(sd, f"model.{first_block}.conv_block.0.weight")
     second_conv = 3 if zero_pad else 5
-    # With dropout the second conv moves one slot on; without it that slot holds a BatchNorm's 1-D weight.
-    shifted = sd.get(f"model.{first_block}.conv_block.{second_conv + 1}.weight")
-    dropout = shifted is not None and shifted.ndim == 4
+    # Dropout shifts the second conv by one slot; without dropout a batch norm sits in that slot, so the
+    # slot's weight tells them apart by its shape (4-D conv kernel vs 1-D norm scale), not by its presence.
+    dropout = is_conv(sd, f"model.{first_block}.conv_block.{second_conv + 1}.weight")
     out_keys = [k for k in sd if re.fullmatch(r"model\.\d+\.weight", k)]
     last = sd[max(out_keys, key=lambda k: int(k.split(".")[1]))]
     return {

@@ -33,3 +33,11 @@ class UnsupportedFormatVersionError(CheckpointError):
 
 class WrongDirectionError(CheckpointError):
     """The checkpoint's name or keys say it maps IHC to H&E (e.g. CycleGAN's ``*_net_G_B.pth``)."""
+
+
+class InvalidSpecError(CheckpointError, ValueError):
+    """A header value or architecture argument is of the wrong type or outside what can be run."""
+
+
+class NonFiniteWeightsError(CheckpointError):
+    """The weights hold NaN or infinity (a diverged training); refused on export and on load."""

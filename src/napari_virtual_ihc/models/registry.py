@@ -8,6 +8,7 @@ from typing import Any
 from torch import nn
 
 from .errors import UnknownArchitectureError
+from .validation import check_arch_kwargs
 
 GeneratorFactory = Callable[..., nn.Module]
 GENERATORS: dict[str, GeneratorFactory] = {}
@@ -43,6 +44,7 @@ def build_generator(arch: str, **kwargs: Any) -> nn.Module:
             f"unknown generator architecture {arch!r}; known: {', '.join(sorted(GENERATORS))} "
             "(an architecture added by other code is known only after the module registering it is imported)"
         ) from None
+    check_arch_kwargs(arch, kwargs)  # bounded before anything is allocated
     try:
         return factory(**kwargs)
     except (TypeError, ValueError) as exc:

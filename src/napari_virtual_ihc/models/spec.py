@@ -8,6 +8,10 @@ from typing import Any
 import torch
 
 FORMAT_VERSION = 1
+#: Pixel scalings a header may name for ``input_norm``/``output_norm``.
+PIXEL_NORMS = ("minus_one_one", "zero_one")
+#: µm/px a model can have been trained at (microscope scans: 0.1-2; the bounds catch typos like 0 or 1e-3).
+MODEL_MPP_RANGE = (0.05, 50.0)
 
 
 @dataclass

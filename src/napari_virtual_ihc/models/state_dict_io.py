@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import pickletools
 import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,39 @@ def sniff_format(path: Path) -> str:
     return "safetensors" if n <= path.stat().st_size - 8 else "truncated_safetensors"
 
 
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def read_safetensors_header(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Names, shapes and dtypes of a ``.safetensors`` file's tensors as ``meta`` tensors, and its metadata.
+
+    Reads the JSON header only: no weight is loaded, so the shapes can be checked against the architecture
+    before anything is allocated.
+    """
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            meta = dict(fh.metadata() or {})
+            shapes = {}
+            for k in fh.keys():  # noqa: SIM118 (safe_open is not a Mapping)
+                sl = fh.get_slice(k)
+                dtype = _SAFETENSORS_DTYPES.get(sl.get_dtype(), torch.complex64)  # unknown: not a float
+                shapes[k] = torch.empty(sl.get_shape(), dtype=dtype, device="meta")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CorruptCheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+    return shapes, meta
+
+
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and string metadata of a ``.safetensors`` file (CorruptCheckpointError if unreadable)."""
     try:
@@ -60,6 +95,7 @@ def read_pth(path: Path) -> dict[str, torch.Tensor]:
     Handles nesting (``{"state_dict": ...}``) and the ``module.`` prefix DataParallel adds.  A pickle
     asking for arbitrary code is refused by torch before anything runs; we translate that refusal.
     """
+    _check_zip_sizes(path)
     try:
         obj: Any = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -74,8 +110,9 @@ def read_pth(path: Path) -> dict[str, torch.Tensor]:
         AttributeError,
         SafetensorError,
     ) as exc:  # torch.load may hand a non-pickle file to its safetensors reader
+        reason = " ".join(line for line in str(exc).splitlines() if "weights_only" not in line).strip()
         raise CorruptCheckpointError(
-            f"{path}: not a readable PyTorch checkpoint (truncated or not a checkpoint: {exc})"
+            f"{path}: not a readable PyTorch checkpoint (truncated or not a checkpoint: {reason[:300]})"
         ) from exc
     return extract_state_dict(obj, str(path))
 
@@ -130,25 +167,80 @@ def pickle_globals(data: bytes, limit: int = 20) -> list[str] | None:
     return names
 
 
+#: A zip-format checkpoint whose members unpack to more than this many times its size is refused unread:
+#: torch.save stores members uncompressed, so only a crafted file (a zip bomb) expands.
+_ZIP_EXPANSION_LIMIT = 4
+
+
+def _check_zip_sizes(path: Path) -> None:
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as zf:
+            unpacked = sum(info.file_size for info in zf.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CorruptCheckpointError(
+            f"{path}: not a readable PyTorch checkpoint (broken zip: {exc})"
+        ) from exc
+    size = os.path.getsize(path)
+    if unpacked > _ZIP_EXPANSION_LIMIT * size + (1 << 20):
+        raise CorruptCheckpointError(
+            f"{path}: its zip members claim {unpacked} bytes unpacked from a {size}-byte file; refused "
+            "(torch.save writes members uncompressed, so this is not a checkpoint torch wrote)"
+        )
+
+
+#: Globals torch's own zip pickles name (tensor rebuilding, storages, OrderedDict): not code of the file's.
+_TORCH_OWN_GLOBALS = re.compile(r"^(torch\.|collections\.OrderedDict$|builtins\.(set|frozenset|slice)$)")
+
+
+def _zip_pickle_globals(path: Path) -> list[str] | None:
+    """Globals named by the ``data.pkl`` of a zip-format ``torch.save`` (None if it is not one)."""
+    if not zipfile.is_zipfile(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as zf:
+            member = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
+            if member is None or zf.getinfo(member).file_size > (64 << 20):
+                return None
+            data = zf.read(member)
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return None
+    names = pickle_globals(data, limit=10_000)
+    return [n for n in names or [] if not _TORCH_OWN_GLOBALS.match(n)]
+
+
 def _classify_refusal(path: Path, msg: str) -> Exception:
-    """Tell "this pickle wants to run code" (refused, never executed) from "this is not a checkpoint"."""
-    m = re.search(r"Unsupported global: GLOBAL ([^ ]+)", msg)
+    """Tell "this pickle wants to run code" (refused, never executed) from "this is not a checkpoint".
+
+    Never quotes PyTorch's advice to retry with ``weights_only=False``: that would run the file's code.
+    """
+    m = re.search(r"Unsupported global: GLOBAL ([^ ]+)", msg) or re.search(
+        r"unsupported GLOBAL ([^ ]+)", msg, flags=re.IGNORECASE
+    )
     if m:
         return UnsafeCheckpointError(
             f"{path}: the file contains code (it asks to call {m.group(1)} while loading); it was not "
             "loaded and nothing in it ran. Only plain tensor state dicts can be imported."
         )
-    with open(path, "rb") as fh:
-        head = fh.read(64 << 20)
-    names = pickle_globals(head)
+    names = _zip_pickle_globals(path)
+    if names is None:
+        with open(path, "rb") as fh:
+            head = fh.read(64 << 20)
+        names = pickle_globals(head)
     if names:
         shown = ", ".join(sorted(set(names) - {"?"})[:6]) or "pickled callables"
         return UnsafeCheckpointError(
             f"{path}: the file is a pickle that names Python code ({shown}); it was not loaded and "
             "nothing in it ran. Only plain tensor state dicts (torch.save of a state_dict) can be imported."
         )
-    first = next((line.strip() for line in msg.splitlines() if "Unsupported" in line), msg.splitlines()[0])
-    return CorruptCheckpointError(f"{path}: not a readable PyTorch checkpoint ({first})")
+    lines = [line.strip() for line in msg.splitlines() if line.strip() and "weights_only" not in line]
+    first = next((line for line in lines if "unsupported" in line.lower()), lines[0] if lines else "")
+    detail = f" ({first})" if first else ""
+    return CorruptCheckpointError(
+        f"{path}: not a readable PyTorch checkpoint: it needs Python objects other than tensors to load, "
+        f"which are refused{detail}"
+    )
 
 
 def _is_tensor_dict(obj: Any) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Literal
@@ -41,6 +42,8 @@ def check_tiff_complete(path: Path, tif: tifffile.TiffFile | None = None) -> Non
                     f"{path}: truncated or corrupt: image data of page {page.index} extends to byte "
                     f"{int((offsets + counts).max())} but the file has only {size} bytes"
                 )
+            if path.suffix.lower() != ".ndpi":  # NDPI's single huge strips are its own convention
+                _check_chunk_count(path, page, offsets.size, int(counts.sum()))
     except CorruptSlideError:
         raise
     except Exception as e:  # tifffile raises many types on broken structures
@@ -48,6 +51,30 @@ def check_tiff_complete(path: Path, tif: tifffile.TiffFile | None = None) -> Non
     finally:
         if own and tif is not None:
             tif.close()
+
+
+def _check_chunk_count(path: Path, page: tifffile.TiffPage, listed: int, data_bytes: int) -> None:
+    """The tiles/strips a page lists must be the number its size needs, and uncompressed ones must hold
+    its bytes: a 1 KB file whose header claims 10^6 x 10^6 px fails here, before any pixel is read."""
+    chunked = tuple(int(n) for n in getattr(page, "chunked", ()) or ())
+    if not chunked or not page.shape:
+        return
+    needed = math.prod(chunked)
+    width, height = int(page.imagewidth), int(page.imagelength)
+    if listed != needed:
+        kind = "tiles" if page.is_tiled else "strips"
+        raise CorruptSlideError(
+            f"{path}: corrupt TIFF: page {page.index} claims {width} x {height} px, which needs {needed} "
+            f"{kind}, but its header lists {listed}"
+        )
+    if int(page.compression) == 1 and int(page.bitspersample) % 8 == 0:  # uncompressed
+        per_chunk = math.prod(int(n) for n in page.chunks) * (int(page.bitspersample) // 8)
+        expected = per_chunk * needed if page.is_tiled else int(page.nbytes)
+        if data_bytes < expected:
+            raise CorruptSlideError(
+                f"{path}: corrupt TIFF: page {page.index} claims {width} x {height} uncompressed px "
+                f"({expected} bytes) but its image data holds only {data_bytes} bytes"
+            )
 
 
 def _check_ifd_chain(path: Path, size: int) -> None:

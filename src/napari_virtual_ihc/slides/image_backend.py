@@ -11,8 +11,9 @@ from ._pixels import make_policy
 from .base import ArraySlide
 from .errors import CorruptSlideError, UnsupportedImageError
 
-#: Above this many pixels a PNG/JPEG is refused rather than decoded into memory (use a pyramidal TIFF).
-MAX_IN_MEMORY_PIXELS = 400_000_000
+#: Above this many pixels a PNG/JPEG is refused before it is decoded into memory (use a pyramidal TIFF):
+#: 100 MP is 300 MB of RGB, so a small but highly compressible file cannot take gigabytes.
+MAX_IN_MEMORY_PIXELS = 100_000_000
 
 
 class ImageSlide(ArraySlide):
@@ -20,6 +21,12 @@ class ImageSlide(ArraySlide):
 
     def __init__(self, path: Path, kind: str) -> None:
         data = path.read_bytes()
+        width, height = header_size(data, kind, path)  # before decoding: a header may claim 10^12 px
+        if width * height > MAX_IN_MEMORY_PIXELS:
+            raise UnsupportedImageError(
+                f"{path}: {width} x {height} px is too large for a plain {kind.upper()} (limit "
+                f"{MAX_IN_MEMORY_PIXELS / 1e6:.0f} MP); convert it to a tiled pyramidal TIFF"
+            )
         palette = kind == "png" and len(data) > 25 and data[25] == 3  # IHDR colour type 3 = indexed
         try:
             raw = imagecodecs.png_decode(data) if kind == "png" else imagecodecs.jpeg8_decode(data)
@@ -68,3 +75,47 @@ def _cmyk_jpeg_to_rgb(path: Path) -> np.ndarray:
     warnings.warn(f"{path}: CMYK JPEG converted to RGB", SlideConversionWarning, stacklevel=3)
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+#: JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic...): they carry the image size.
+_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+
+
+def header_size(data: bytes, kind: str, path: Path) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR or a JPEG's SOF segment, read without decoding any pixel."""
+    if kind == "png":
+        if len(data) < 24 or data[12:16] != b"IHDR":
+            raise CorruptSlideError(f"{path}: PNG without an IHDR header (truncated or corrupt)")
+        width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    else:
+        width, height = _jpeg_sof_size(data, path)
+    if width <= 0 or height <= 0:
+        raise CorruptSlideError(f"{path}: the {kind.upper()} header claims {width} x {height} px")
+    return width, height
+
+
+def _jpeg_sof_size(data: bytes, path: Path) -> tuple[int, int]:
+    pos = 2  # after SOI
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            raise CorruptSlideError(f"{path}: corrupt JPEG (no marker at byte {pos})")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
+            pos += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+            break
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if marker in _SOF_MARKERS:
+            if pos + 9 > len(data):
+                break
+            height = int.from_bytes(data[pos + 5 : pos + 7], "big")
+            width = int.from_bytes(data[pos + 7 : pos + 9], "big")
+            return width, height
+        if length < 2:
+            break
+        pos += 2 + length
+    raise CorruptSlideError(f"{path}: JPEG without a frame header (truncated or corrupt)")

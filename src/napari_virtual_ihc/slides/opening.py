@@ -15,7 +15,7 @@ from ._sniff import (
     read_magic,
 )
 from .base import Slide
-from .errors import CorruptSlideError, UnsupportedFormatError
+from .errors import CorruptSlideError, UnsupportedFormatError, UnsupportedImageError
 
 #: OpenSlide formats whose files are TIFF containers (their header must be a TIFF header).
 _TIFF_BASED_VENDOR = (".svs", ".ndpi", ".scn", ".bif", ".svslide")
@@ -31,7 +31,25 @@ def can_open(path: str | os.PathLike[str]) -> bool:
     return p.suffix.lower() in SUPPORTED_EXTENSIONS
 
 
+#: Level-0 pixels above which a slide is refused at open: the largest scans are ~2e10 px (150k x 130k); a
+#: header claiming more is corrupt or crafted, and tiling it would exhaust memory before any pixel is read.
+MAX_SLIDE_PIXELS = 2**37  # ~1.4e11 px, e.g. 370k x 370k
+
+
 def open_slide(path: str | os.PathLike[str]) -> Slide:
+    """Open a whole-slide image or a plain image as a ``Slide`` (see ``_open``), refusing absurd sizes."""
+    slide = _open(path)
+    w, h = slide.dimensions
+    if w * h > MAX_SLIDE_PIXELS:
+        slide.close()
+        raise UnsupportedImageError(
+            f"{slide.path or path}: the file claims {w} x {h} px ({w * h:.3g} px), more than any scanner "
+            f"makes (limit {MAX_SLIDE_PIXELS:.3g}); it is corrupt or not a slide"
+        )
+    return slide
+
+
+def _open(path: str | os.PathLike[str]) -> Slide:
     """Open a whole-slide image or a plain image as a ``Slide``.
 
     Raises ``UnsupportedFormatError`` (extension/kind we do not read), ``CorruptSlideError`` (empty,
