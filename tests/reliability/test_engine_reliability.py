@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from napari_virtual_ihc.inference.store import DONE_FILE
 from skimage.io import imread
 
+from napari_virtual_ihc.ihc_store import DONE_FILE
 from napari_virtual_ihc.inference import EngineSettings, stain_slide
 from napari_virtual_ihc.inference.errors import NonFiniteOutputError, StoreWriteError
 from napari_virtual_ihc.models import ModelSpec, build_generator
