@@ -328,8 +328,8 @@ def test_cancel_keeps_finished_tiles_and_run_again_resumes(
 
     def cancel_on_first_tiles(run: Any, tp: Any) -> None:
         first_boxes.extend(tp.new_boxes)
-        if first_boxes and run._pbar is not None:
-            run._pbar.cancel()  # what the Cancel button of napari's progress bar (activity panel) calls
+        if first_boxes and run.progress_bar.bar is not None:
+            run.progress_bar.bar.cancel()  # what the Cancel button of napari's progress bar (activity panel) calls
 
     widget.run_started.connect(lambda run: run.progressed.connect(lambda tp: cancel_on_first_tiles(run, tp)))
     run = run_and_wait(qtbot, widget)
@@ -654,7 +654,9 @@ def test_activity_spinner_is_paused_during_a_run_on_software_opengl(
     qtbot.waitUntil(lambda: movie.state() == QMovie.Running, timeout=2000)
     states: list[Any] = []
     widget.run_started.connect(
-        lambda run: run.progressed.connect(lambda tp: states.append((run._spinner_paused, movie.state())))
+        lambda run: run.progressed.connect(
+            lambda tp: states.append((run.progress_bar.spinner_paused, movie.state()))
+        )
     )
     run = run_and_wait(qtbot, widget)
     assert run.state == "done", run.error

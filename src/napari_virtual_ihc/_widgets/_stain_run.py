@@ -1,7 +1,7 @@
 """One staining run from the widget: the engine's generator in a napari ``thread_worker``, shown as it goes.
 
-Everything a run touches is captured when it starts (source layer, slide, store path, model path,
-settings), so tiles always land in the run's own store and on the run's own layer, whatever the user
+Everything a run touches is captured when it starts (``RunRequest``: source layer, slide, store path, model
+path, settings), so tiles always land in the run's own store and on the run's own layer, whatever the user
 selects meanwhile. The engine yields its plan first (the store is open): the layer is put up over it; then
 a report after every batch: only the chunks under the new tiles are re-read; its return value is the
 report. The run has one state: pending -> running (-> cancelling) -> done | cancelled | failed.
@@ -12,14 +12,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Generator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
-from napari.utils.progress import cancelable_progress
 from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..geometry import Box
@@ -32,13 +29,12 @@ from ..ihc_store import (
     model_name,
     open_store,
 )
-from ..inference.api import EngineSettings, RunEvent, RunPlan, RunReport, TileProgress
-from ..slides.base import Slide
-from ._activity import pause_spinner, resume_spinner
+from ..inference.api import RunEvent, RunPlan, RunReport, TileProgress
 from ._confidence_layer import add_confidence_layer
-from ._run_scope import gui_friendly_run
+from ._run_progress import RunProgress
+from ._run_worker import RunRequest, run_events
 from ._stain_layer import apply_placement, find_ihc_layer, ihc_layer_kwargs, layer_name_for, refresh_layer
-from ._stain_messages import ModelLoadError, user_message
+from ._stain_messages import user_message
 from ._stain_view import visible_box
 
 log = logging.getLogger(__name__)
@@ -46,47 +42,6 @@ log = logging.getLogger(__name__)
 # At most ~4 layer refreshes per second while tiles stream in: each one repaints the canvas, which costs
 # tens of ms with software OpenGL, so refreshing after every batch would keep the GUI thread busy.
 REFRESH_INTERVAL_S = 0.25
-
-
-@dataclass
-class RunRequest:
-    """Everything a run needs, captured on the GUI thread when Run is pressed."""
-
-    source_layer: Any
-    slide: Slide
-    store: Path
-    model_path: str
-    settings: EngineSettings
-    opacity: float = 0.6
-
-
-def run_events(request: RunRequest, cancel: threading.Event, priority: Any) -> Generator[RunEvent, None, Any]:
-    """Worker thread: load the model, then the engine's own generator (plan, progress..., report)."""
-    from .. import inference, models
-
-    with gui_friendly_run():
-        try:
-            model = models.load_generator(request.model_path, device="cpu")
-        except models.CheckpointError:
-            raise
-        except Exception as exc:  # any failure reading the file is a model problem for the user
-            raise ModelLoadError(f"{request.model_path}: {type(exc).__name__}: {exc}") from exc
-        if cancel.is_set():
-            return None
-        return (
-            yield from inference.iter_stain_slide(
-                request.slide, model, request.store, request.settings, priority=priority, cancel=cancel
-            )
-        )
-
-
-class _RunProgressBar(cancelable_progress):
-    """napari's cancellable progress bar; its Cancel button stops the run (not only an iterator)."""
-
-    def cancel(self) -> None:
-        super().cancel()
-        if self.cancel_callback is not None:
-            self.cancel_callback()
 
 
 # Runs stay referenced here until they end, so closing the dock widget mid-run cannot delete a run whose
@@ -116,9 +71,8 @@ class StainRun(QObject):
         self.refresh_count = 0
         self.timeline: dict[str, float] = {}  # perf_counter stamps for tests and benchmarks (never read here)
         self._fov: Box | None = None  # written on the GUI thread, read by the engine's priority poll
-        self._pbar: _RunProgressBar | None = None
+        self.progress_bar = RunProgress(viewer, request.source_layer.name, self.cancel)
         self._placeholder: Any = None  # the white layer this run added, until its store exists
-        self._spinner_paused = False
         self._last_refresh = 0.0
         self._refresh_timer = QTimer(self)
         self._refresh_timer.setSingleShot(True)
@@ -158,8 +112,7 @@ class StainRun(QObject):
         if self.state == "running":
             self.state = "cancelling"
             self.cancel_event.set()
-            if self._pbar is not None:
-                self._pbar.set_description(f"Virtual IHC: cancelling {self.request.source_layer.name}...")
+            self.progress_bar.cancelling()
 
     @property
     def model_name(self) -> str:
@@ -220,17 +173,12 @@ class StainRun(QObject):
         QTimer.singleShot(0, self._show_progress_bar)
 
     def _show_progress_bar(self) -> None:
-        if self._pbar is not None or not self.running:
-            return
-        desc = f"Virtual IHC: {self.request.source_layer.name} with {self.model_name}"
-        self._pbar = _RunProgressBar(total=0, desc=desc, cancel_callback=self.cancel)
-        self._spinner_paused = pause_spinner(self.viewer)
-        if self.last_progress is not None:
-            self._update_progress_bar(self.last_progress)
+        if self.running:
+            self.progress_bar.show(self.model_name, self.last_progress)
 
     def _show_progress(self, tp: TileProgress) -> None:
         self.last_progress = tp
-        self._update_progress_bar(tp)
+        self.progress_bar.update(tp, cancelling=self.state == "cancelling")
         if self.view is None or not tp.new_boxes:
             return
         self.timeline.setdefault("first_tile_received", time.perf_counter())
@@ -240,20 +188,6 @@ class StainRun(QObject):
             self._refresh_layer()
         elif not self._refresh_timer.isActive():
             self._refresh_timer.start(int(wait * 1000) + 1)
-
-    def _update_progress_bar(self, tp: TileProgress) -> None:
-        pbar = self._pbar
-        if pbar is None:
-            return
-        if pbar.total != tp.total:
-            pbar.total = tp.total
-        if tp.done - pbar.n:
-            pbar.update(tp.done - pbar.n)
-        verb = "cancelling" if self.state == "cancelling" else "staining"
-        pbar.set_description(
-            f"Virtual IHC {verb} {self.request.source_layer.name}: {tp.done}/{tp.total} tiles, "
-            f"{tp.mp_per_s:.2f} MP/s on {tp.device or '?'}"
-        )
 
     def _refresh_layer(self) -> None:
         self._last_refresh = time.perf_counter()
@@ -304,12 +238,7 @@ class StainRun(QObject):
         if self.layer is not None and self.layer in self.viewer.layers:
             self.layer.metadata = {**self.layer.metadata, PROVENANCE_KEY: self.provenance()}
             self._refresh_layer()
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
-        if self._spinner_paused:
-            resume_spinner(self.viewer)
-            self._spinner_paused = False
+        self.progress_bar.close()
         self.timeline["ended"] = time.perf_counter()
         _ACTIVE_RUNS.discard(self)
         rep = self.report

@@ -44,10 +44,11 @@ from ..inference.api import EngineSettings
 from ..inference.dropout import DropoutMode, DropoutModeError
 from ._layer_source import SourceLayerError, is_source_candidate, slide_for_layer, store_for_layer
 from ._napari_private import unwrap_viewer
+from ._run_worker import RunRequest
 from ._settings import StainWidgetSettings
 from ._stain_devices import DeviceError, available_devices, describe_device, resolve_device
 from ._stain_layer import find_ihc_layer, ihc_layer_kwargs, layer_name_for
-from ._stain_run import RunRequest, StainRun
+from ._stain_run import StainRun
 from ._stain_view import show_side_by_side
 
 log = logging.getLogger(__name__)
