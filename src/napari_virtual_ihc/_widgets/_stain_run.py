@@ -97,7 +97,6 @@ class StainRun(QObject):
         self._update_fov()  # before the engine's first priority poll
         for emitter, slot in self._connections:
             emitter.connect(slot)
-        self._show_layer_now()  # before the worker starts: napari's ~0.2-0.5 s of Python slows no one
         self.worker = create_worker(
             run_events, self.request, self.cancel_event, lambda: self._fov, _ignore_errors=True
         )
@@ -106,6 +105,7 @@ class StainRun(QObject):
         self.worker.errored.connect(self._on_errored)
         self.worker.finished.connect(self._on_finished)
         self.worker.start()
+        self._show_layer_now()  # while the worker loads the model and plans (napari may deliver its events)
 
     def cancel(self) -> None:
         """Stop after the current batch; finished tiles stay in the store and a new run resumes."""
@@ -149,28 +149,35 @@ class StainRun(QObject):
             name = layer_name_for(self.model_name)
             kwargs = ihc_layer_kwargs(1.0, self.request.source_layer, name, meta, self.request.opacity)
             layer = self.viewer.add_image(blank_levels(self.request.slide.level_dimensions), **kwargs)
+            if not self.running:  # the run ended (bad model) while napari built the layer
+                self.viewer.layers.remove(layer)
+                return
             self._placeholder = layer
         self.layer = layer
         self.timeline["layer_shown"] = time.perf_counter()
         self.layer_ready.emit(layer)
+        self._bind_to_store()  # if the plan came while napari built the layer
 
     def _show_plan(self, plan: RunPlan) -> None:
         """The store exists: point the layer at it (no data swap when the geometry matches) and place it."""
         self.plan, self.view = plan, open_store(plan.store)
         for note in plan.notes:  # what loading the model assumed (batch-norm/dropout mode, µm/px)
             show_warning(f"Virtual IHC: {note}")
-        layer = self.layer
-        if layer is None or layer not in self.viewer.layers:
+        self._bind_to_store()
+        # napari builds the bar with repaints: on the next pass of the event loop, not in this one
+        QTimer.singleShot(0, self._show_progress_bar)
+
+    def _bind_to_store(self) -> None:
+        layer, plan, view = self.layer, self.plan, self.view
+        if layer is None or plan is None or view is None or layer not in self.viewer.layers:
             return
-        if not bind_levels(list(layer.data), self.view):
-            layer.data = self.view.levels
+        if not bind_levels(list(layer.data), view):
+            layer.data = view.levels
         elif plan.tiles_resumed or layer is not self._placeholder:
             refresh_layer(layer)  # earlier tiles to show (a new store is white, like the placeholder)
         apply_placement(layer, self.request.source_layer, plan.level0_downsample)
         layer.metadata = {**layer.metadata, PROVENANCE_KEY: self.provenance()}
         layer.name = layer_name_for(self.model_name)
-        # napari builds the bar with repaints: on the next pass of the event loop, not in this one
-        QTimer.singleShot(0, self._show_progress_bar)
 
     def _show_progress_bar(self) -> None:
         if self.running:

@@ -59,8 +59,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _check_out(out: Path) -> str | None:
     """Why ``out`` cannot take the results (None if it can): checked before any computing."""
+    from ..ihc_store import check_writable_folder
     from ..inference.errors import OutputNotWritableError
-    from ..inference.store import check_writable_folder
 
     if out.exists() and not out.is_dir():
         return f"--out {out} is a file, not a folder"
