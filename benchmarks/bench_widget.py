@@ -60,9 +60,9 @@ def _one_batch_seconds(model_path: Path, tile: int, batch: int, repeats: int = 3
 
     from napari_virtual_ihc.inference.api import EngineSettings
     from napari_virtual_ihc.inference.device import resolve_device, resolve_precision
-    from napari_virtual_ihc.inference.engine import plan_halo
     from napari_virtual_ihc.inference.grid import round_up
     from napari_virtual_ihc.inference.normalization import fold_frozen_norms, freeze_normalization
+    from napari_virtual_ihc.inference.plan import plan_halo
     from napari_virtual_ihc.inference.runner import BatchRunner
     from napari_virtual_ihc.models import load_generator
     from napari_virtual_ihc.models.describe import size_multiple
@@ -216,7 +216,8 @@ def main() -> None:
     print(
         f"image {args.size}x{args.size} px, model resnet ngf={args.ngf} blocks={args.blocks} norm={args.norm}"
     )
-    print(f"tile {args.tile} (+halo -> window {window}), batch {args.batch}, device {run.device}")
+    device = run.report.device if run.report else "?"
+    print(f"tile {args.tile} (+halo -> window {window}), batch {args.batch}, device {device}")
     print(
         f"tiles {tp.total if tp else '?'}, run {run.timeline['ended'] - clicked:.2f} s, {tp.mp_per_s if tp else 0:.2f} MP/s"
     )

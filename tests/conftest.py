@@ -35,3 +35,9 @@ def _torch_threads() -> None:
     except ImportError:  # pragma: no cover
         return
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _calibration_cache(tmp_path_factory) -> None:
+    """Measured precision decisions go to a per-session folder, never the user's cache."""
+    os.environ["VIRTUAL_IHC_CACHE_DIR"] = str(tmp_path_factory.mktemp("vihc-cache"))

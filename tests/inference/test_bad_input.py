@@ -11,6 +11,7 @@ import torch
 import zarr
 from engine_helpers import small_generator
 
+from napari_virtual_ihc.ihc_store import DONE_FILE
 from napari_virtual_ihc.inference import EngineSettings, stain_slide
 from napari_virtual_ihc.inference.errors import (
     OutputNotWritableError,
@@ -19,7 +20,6 @@ from napari_virtual_ihc.inference.errors import (
     StoreWriteError,
 )
 from napari_virtual_ihc.inference.runner import to_input, to_uint8
-from napari_virtual_ihc.inference.store import DONE_FILE
 from napari_virtual_ihc.slides.base import ArraySlide
 
 

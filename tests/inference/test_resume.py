@@ -15,8 +15,8 @@ import pytest
 import zarr
 from slow_stain_job import SETTINGS, job_inputs
 
+from napari_virtual_ihc.ihc_store import DONE_FILE
 from napari_virtual_ihc.inference import stain_slide
-from napari_virtual_ihc.inference.store import DONE_FILE
 
 HERE = Path(__file__).parent
 

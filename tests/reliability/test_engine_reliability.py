@@ -15,9 +15,9 @@ import torch
 import zarr
 from skimage.io import imread
 
+from napari_virtual_ihc.ihc_store import DONE_FILE
 from napari_virtual_ihc.inference import EngineSettings, stain_slide
 from napari_virtual_ihc.inference.errors import NonFiniteOutputError, StoreWriteError
-from napari_virtual_ihc.inference.store import DONE_FILE
 from napari_virtual_ihc.models import ModelSpec, build_generator
 from napari_virtual_ihc.models.spec import LoadedGenerator
 from napari_virtual_ihc.slides.base import ArraySlide

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_virtual_ihc.inference.store import TileStore
+from napari_virtual_ihc.ihc_store import TileStore
 from napari_virtual_ihc.slides import UnsupportedImageError, open_slide
 from napari_virtual_ihc.slides.layers import slide_layer_data
 from napari_virtual_ihc.slides.zarr_backend import ZarrSlide

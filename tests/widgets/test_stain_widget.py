@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from qtpy.QtCore import QTimer
 
-from napari_virtual_ihc._widgets._stain_layer import CachedStoreLevel, open_store, store_path_for
+from napari_virtual_ihc.ihc_store import CachedStoreLevel, open_store, store_path_for
 
 pytestmark = pytest.mark.gui
 
@@ -328,8 +328,8 @@ def test_cancel_keeps_finished_tiles_and_run_again_resumes(
 
     def cancel_on_first_tiles(run: Any, tp: Any) -> None:
         first_boxes.extend(tp.new_boxes)
-        if first_boxes and run._pbar is not None:
-            run._pbar.cancel()  # what the Cancel button of napari's progress bar (activity panel) calls
+        if first_boxes and run.progress_bar.bar is not None:
+            run.progress_bar.bar.cancel()  # what the Cancel button of napari's progress bar (activity panel) calls
 
     widget.run_started.connect(lambda run: run.progressed.connect(lambda tp: cancel_on_first_tiles(run, tp)))
     run = run_and_wait(qtbot, widget)
@@ -553,7 +553,7 @@ def test_errors_become_notifications_and_the_widget_stays_usable(
 def test_write_errors_are_reported_as_such() -> None:
     import errno
 
-    from napari_virtual_ihc._widgets._stain_run import user_message
+    from napari_virtual_ihc._widgets._stain_messages import user_message
     from napari_virtual_ihc.models import CorruptCheckpointError
 
     store = Path("/data/x.ome.zarr")
@@ -654,7 +654,9 @@ def test_activity_spinner_is_paused_during_a_run_on_software_opengl(
     qtbot.waitUntil(lambda: movie.state() == QMovie.Running, timeout=2000)
     states: list[Any] = []
     widget.run_started.connect(
-        lambda run: run.progressed.connect(lambda tp: states.append((run._spinner_paused, movie.state())))
+        lambda run: run.progressed.connect(
+            lambda tp: states.append((run.progress_bar.spinner_paused, movie.state()))
+        )
     )
     run = run_and_wait(qtbot, widget)
     assert run.state == "done", run.error
@@ -672,7 +674,7 @@ def test_worker_threads_run_nicer_than_the_gui_and_pass_it_on() -> None:
     import os
     import threading
 
-    from napari_virtual_ihc._widgets._stain_run import WORKER_NICENESS, _lower_thread_priority
+    from napari_virtual_ihc._widgets._run_scope import WORKER_NICENESS, _lower_thread_priority
 
     if not hasattr(os, "setpriority"):
         pytest.skip("no per-thread priorities on this platform")
@@ -695,3 +697,59 @@ def test_worker_threads_run_nicer_than_the_gui_and_pass_it_on() -> None:
     t.join()
     assert seen == {"worker": WORKER_NICENESS, "child": WORKER_NICENESS}
     assert nice_of_this_thread() == gui_before  # the GUI thread keeps its priority
+
+
+@pytest.mark.usefixtures("engine_available")
+def test_widget_and_cli_write_the_same_store_for_a_name_that_needs_sanitising(
+    make_napari_viewer: Any, qtbot: Any, he_crop: np.ndarray, inverting_model: Path, tmp_path: Path
+) -> None:
+    """``virtual-ihc stain`` stains a file first; the widget, on the same file opened by the reader, finds
+    that very store (offers it, and a Run resumes every tile of it)."""
+    from skimage.io import imsave
+
+    from napari_virtual_ihc.cli import main
+    from napari_virtual_ihc.slides import open_slide
+    from napari_virtual_ihc.slides.layers import slide_layer_data
+
+    png = tmp_path / "case 1 (HER2+).png"
+    imsave(png, he_crop, check_contrast=False)
+    out = tmp_path / "out"
+    args = ["stain", str(png), "--model", str(inverting_model), "--out", str(out), "--tile", "128"]
+    assert main([*args, "--quiet", "--device", "cpu"]) == 0
+    cli_store = out / "case_1_HER2.ome.zarr"
+    assert cli_store.is_dir()
+
+    viewer = make_napari_viewer()
+    widget = dock_widget(viewer)
+    with pytest.warns(UserWarning, match="pixel size"):
+        data, kwargs, _ = slide_layer_data(open_slide(png))
+    viewer.add_image(data, **kwargs)
+    configure(widget, inverting_model, out, tile=128)
+    widget._on_output_changed()  # what finishing the edit of the output folder does
+    assert widget.store_for_selected() == cli_store
+    assert not widget.load_existing_button.isHidden()
+    run = run_and_wait(qtbot, widget)
+    assert run.state == "done", run.error
+    assert run.store == cli_store.resolve()
+    assert run.report is not None and run.report.tiles_resumed == run.report.tiles_total
+
+
+@pytest.mark.usefixtures("engine_available")
+def test_a_result_of_another_slide_with_the_same_name_is_neither_offered_nor_resumed(
+    make_napari_viewer: Any, qtbot: Any, he_crop: np.ndarray, inverting_model: Path, tmp_path: Path
+) -> None:
+    viewer = make_napari_viewer()
+    widget = dock_widget(viewer)
+    add_he(viewer, he_crop)
+    configure(widget, inverting_model, tmp_path)
+    first = run_and_wait(qtbot, widget)
+    assert first.state == "done", first.error
+    before = store_rgb(first.store)
+    viewer.layers.clear()
+    add_he(viewer, np.ascontiguousarray(he_crop[::-1]))  # another image, also called "H&E"
+    assert widget.load_existing_button.isHidden()
+    assert any("holds the result of another slide" in m for m in _notifications())
+    run = run_and_wait(qtbot, widget)
+    assert run.state == "failed" and run.layer is None
+    assert any("another slide with the same name" in m for m in _notifications())
+    np.testing.assert_array_equal(store_rgb(first.store), before)

@@ -4,6 +4,7 @@ pix2pixHD/TDKstain multiscale discriminator (3 scales, intermediate features for
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -108,10 +109,12 @@ def init_weights(net: nn.Module, gain: float = 0.02) -> None:
     """junyanz ``init_weights(init_type='normal')``: conv/linear N(0, gain), BatchNorm weight N(1, gain)."""
     for m in net.modules():
         name = m.__class__.__name__
-        if hasattr(m, "weight") and m.weight is not None and ("Conv" in name or "Linear" in name):
-            nn.init.normal_(m.weight, 0.0, gain)
-            if getattr(m, "bias", None) is not None:
-                nn.init.constant_(m.bias, 0.0)
-        elif "BatchNorm2d" in name and m.weight is not None:
-            nn.init.normal_(m.weight, 1.0, gain)
-            nn.init.constant_(m.bias, 0.0)
+        weight: Any = getattr(m, "weight", None)
+        bias: Any = getattr(m, "bias", None)
+        if weight is not None and ("Conv" in name or "Linear" in name):
+            nn.init.normal_(weight, 0.0, gain)
+            if bias is not None:
+                nn.init.constant_(bias, 0.0)
+        elif "BatchNorm2d" in name and weight is not None:
+            nn.init.normal_(weight, 1.0, gain)
+            nn.init.constant_(bias, 0.0)

@@ -270,7 +270,7 @@ def write_plots(result: dict[str, Any], plot_dir: Path) -> None:
         try:
             ax.boxplot(data, tick_labels=names)
         except TypeError:  # matplotlib < 3.9
-            ax.boxplot(data, labels=names)
+            ax.boxplot(data, labels=names)  # type: ignore[call-arg]
         ax.set_xlabel("HER2 class")
         ax.set_ylabel(title)
         fig.tight_layout()

@@ -156,7 +156,7 @@ def fit(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, Any]:
         torch.use_deterministic_algorithms(True)
 
     # data: every rank sees a disjoint shard per epoch (DistributedSampler, also with one process)
-    sampler: DistributedSampler = DistributedSampler(
+    sampler: DistributedSampler[Any] = DistributedSampler(
         dataset, num_replicas=dd.world, rank=dd.rank, shuffle=True, seed=tc.seed
     )
     batches_per_epoch = math.ceil(len(sampler) / tc.batch_size)

@@ -8,6 +8,7 @@ alpha/beta (``weights.pt`` from the DISTS repository, keys ``alpha``, ``beta``).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ LPIPS_URL = "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/
 DISTS_FILE = "weights.pt"
 DISTS_URL = "https://github.com/dingkeyan93/DISTS/raw/master/DISTS_pytorch/weights.pt"
 
-VGG_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
+VGG_CFG: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
 
 
 def vgg16_features(pool: str = "max") -> nn.Sequential:
@@ -34,8 +35,9 @@ def vgg16_features(pool: str = "max") -> nn.Sequential:
         if v == "M":
             layers.append(nn.MaxPool2d(2, 2) if pool == "max" else L2Pool(cin))
         else:
-            layers += [nn.Conv2d(cin, int(v), 3, padding=1), nn.ReLU(inplace=False)]
-            cin = int(v)
+            assert isinstance(v, int)
+            layers += [nn.Conv2d(cin, v, 3, padding=1), nn.ReLU(inplace=False)]
+            cin = v
     return nn.Sequential(*layers)
 
 
@@ -48,6 +50,8 @@ def load_vgg(features: nn.Sequential, path: str | Path | None) -> None:
 
 class L2Pool(nn.Module):
     """DISTS's L2 pooling: Hanning-window blur of x^2, stride 2, then sqrt."""
+
+    filter: torch.Tensor  # a registered buffer
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -68,6 +72,9 @@ def _to_unit(images_uint8: torch.Tensor) -> torch.Tensor:
 
 class LPIPS(nn.Module):
     """LPIPS-VGG v0.1 (Zhang et al. 2018): distance between unit-normalised VGG features, linearly weighted."""
+
+    shift: torch.Tensor  # registered buffers
+    scale: torch.Tensor
 
     taps = (3, 8, 15, 22, 29)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
     chns = (64, 128, 256, 512, 512)
@@ -105,12 +112,16 @@ def load_lpips(vgg16: str | Path | None = None, lin: str | Path | None = None) -
     p = find_weights(lin, [LPIPS_FILE], "LPIPS (linear heads)", "--lpips-lin", LPIPS_URL)
     sd = torch.load(p, map_location="cpu", weights_only=True)
     for i, conv in enumerate(net.lins):
-        conv.weight.data.copy_(sd[f"lin{i}.model.1.weight"])
+        weight: Any = conv.weight
+        weight.data.copy_(sd[f"lin{i}.model.1.weight"])
     return net.eval()
 
 
 class DISTS(nn.Module):
     """DISTS (Ding et al. 2020): texture and structure similarity of VGG features (L2-pooled VGG16)."""
+
+    mean: torch.Tensor  # registered buffers
+    std: torch.Tensor
 
     stage_ends = (3, 8, 15, 22, 29)
     chns = (3, 64, 128, 256, 512, 512)
@@ -142,7 +153,8 @@ class DISTS(nn.Module):
         w_sum = self.alpha.sum() + self.beta.sum()
         alpha = torch.split(self.alpha / w_sum, list(self.chns), dim=1)
         beta = torch.split(self.beta / w_sum, list(self.chns), dim=1)
-        d1 = d2 = 0.0
+        d1: Any = 0.0
+        d2: Any = 0.0
         c1 = c2 = 1e-6
         for k in range(len(self.chns)):
             xm, ym = fa[k].mean([2, 3], keepdim=True), fb[k].mean([2, 3], keepdim=True)

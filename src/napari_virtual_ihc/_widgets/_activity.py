@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ._napari_private import activity_indicator, scene_canvas
+
 log = logging.getLogger(__name__)
 
 SOFTWARE_RENDERERS = ("llvmpipe", "softpipe", "swiftshader", "software rasterizer", "swrast")
@@ -27,10 +29,12 @@ def opengl_renderer(viewer: Any) -> str:
         try:
             from vispy.gloo import gl
 
-            canvas = viewer.window._qt_viewer.canvas._scene_canvas
+            canvas = scene_canvas(viewer)
+            if canvas is None:
+                return ""
             canvas.set_current()
             _renderer = str(gl.glGetParameter(gl.GL_RENDERER) or "") or None
-        except Exception as exc:  # private napari/vispy paths; a headless viewer has no canvas
+        except Exception as exc:  # a headless viewer has no OpenGL context
             log.debug("OpenGL renderer unknown: %s", exc)
     return _renderer or ""
 
@@ -41,10 +45,8 @@ def software_opengl(viewer: Any) -> bool:
 
 
 def _spinner_movie(viewer: Any) -> Any | None:
-    try:
-        return viewer.window._status_bar._activity_item._inProgressIndicator.movie()
-    except Exception:  # napari moved it: nothing to pause
-        return None
+    indicator = activity_indicator(viewer)
+    return indicator.movie() if indicator is not None else None
 
 
 def pause_spinner(viewer: Any) -> bool:
@@ -69,9 +71,6 @@ def resume_spinner(viewer: Any) -> None:
     movie.setProperty(PAUSES, left)
     if left:
         return
-    try:
-        indicator = viewer.window._status_bar._activity_item._inProgressIndicator
-        if indicator.isVisible():
-            movie.setPaused(False)
-    except Exception as exc:
-        log.debug("spinner not resumed: %s", exc)
+    indicator = activity_indicator(viewer)
+    if indicator is not None and indicator.isVisible():
+        movie.setPaused(False)

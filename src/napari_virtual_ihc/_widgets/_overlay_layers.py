@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -98,10 +99,13 @@ def result_layers(
     return layers
 
 
-def _direct(colors: dict[int, tuple[float, ...]]) -> Any:
+def _direct(colors: Mapping[int, tuple[float, ...]]) -> Any:
     from napari.utils.colormaps import DirectLabelColormap
 
-    return DirectLabelColormap(color_dict={None: (0, 0, 0, 0), **colors})
+    color_dict: dict[int | None, tuple[float, ...]] = {None: (0, 0, 0, 0)}
+    for label, color in colors.items():
+        color_dict[label] = color
+    return DirectLabelColormap(color_dict=color_dict)
 
 
 def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:

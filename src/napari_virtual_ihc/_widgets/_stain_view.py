@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-Box = tuple[int, int, int, int]
+from ..geometry import Box
+from ..slides.base import Slide
 
 
 def _viewbox_size(viewer: Any) -> tuple[float, float]:
@@ -57,3 +58,24 @@ def visible_box(viewer: Any, source_layer: Any, dimensions: tuple[int, int]) -> 
 def show_side_by_side(viewer: Any, enabled: bool) -> None:
     """napari grid mode: each layer in its own view, one shared camera, so panning stays in sync."""
     viewer.canvas.grid.enabled = enabled
+
+
+def visible_region(viewer: Any, layer: Any, slide: Slide) -> tuple[int, int, int, int]:
+    """Level-0 (x, y, w, h) of the part of ``layer`` on screen (the stain widget's ``visible_box``)."""
+    box = visible_box(viewer, layer, slide.dimensions)
+    if box is None or box[2] < 16 or box[3] < 16:
+        raise ValueError("the layer is not on screen: pan to it or choose the whole image")
+    return box
+
+
+def shapes_polygons(shapes: Any, layer: Any) -> list[np.ndarray]:
+    """Polygons/rectangles of a Shapes layer as (n, 2) (row, col) arrays in the source's level-0 pixels."""
+    out = []
+    (sy, sx), (ty, tx) = np.asarray(layer.scale[-2:]), np.asarray(layer.translate[-2:])
+    s_scale, s_trans = np.asarray(shapes.scale[-2:]), np.asarray(shapes.translate[-2:])
+    for data, kind in zip(shapes.data, shapes.shape_type, strict=True):
+        if kind not in ("polygon", "rectangle", "ellipse") or len(data) < 3:
+            continue
+        world = np.asarray(data)[:, -2:] * s_scale + s_trans
+        out.append((world - [ty, tx]) / [sy, sx])
+    return out

@@ -11,6 +11,7 @@ from typing import Any
 
 import napari
 from napari.qt.threading import thread_worker
+from napari.utils.notifications import show_info
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -32,8 +33,9 @@ from ..stain.deconvolution import QUPATH_DAB, QUPATH_HEMATOXYLIN, hdab_matrix
 from ..stain.her2 import Her2Rules
 from ..stain.membrane import DabBins
 from ._activity import pause_spinner, resume_spinner
+from ._layer_source import layer_mpp, slide_for_layer
 from ._overlay_layers import DAB_LEGEND, HER2_LEGEND, result_layers, summary_rows
-from ._overlay_source import layer_mpp, layer_slide, shapes_polygons, visible_region
+from ._stain_view import shapes_polygons, visible_region
 
 MODES = {"IHC (virtual or real): DAB, nuclei, HER2": "ihc", "H&E: nuclei only": "he"}
 BACKGROUNDS = {"estimated from the slide": "auto", "255 (no estimate)": "default"}
@@ -121,8 +123,10 @@ class StainOverlayWidget(QWidget):
         self.legend.setWordWrap(True)
         self.table = QTableWidget(0, 2)
         self.table.setHorizontalHeaderLabels(["", "value"])
-        self.table.horizontalHeader().setStretchLastSection(True)
-        self.table.verticalHeader().setVisible(False)
+        header, rows = self.table.horizontalHeader(), self.table.verticalHeader()
+        assert header is not None and rows is not None
+        header.setStretchLastSection(True)
+        rows.setVisible(False)
         lay = QVBoxLayout(self)
         lay.addLayout(form)
         lay.addLayout(buttons)
@@ -136,7 +140,10 @@ class StainOverlayWidget(QWidget):
         self.viewer.layers.events.removed.connect(self._refresh_layers)
         self._refresh_layers()
         for key, which in KEYS.items():
-            self.viewer.bind_key(key, self._toggler(which), overwrite=True)
+            try:  # never replace a binding the user (or another plugin) made
+                self.viewer.bind_key(key, self._toggler(which))
+            except ValueError:
+                show_info(f"Stain overlays: key {key!r} is already bound, so it does not toggle {which} here")
 
     # --- layers ---------------------------------------------------------------------------------------
     def _refresh_layers(self, *_: Any) -> None:
@@ -168,9 +175,14 @@ class StainOverlayWidget(QWidget):
         self._toggler(which)()
 
     # --- run ------------------------------------------------------------------------------------------
+    def _bins(self) -> DabBins:
+        weak, moderate, strong = (float(c.value()) for c in self.cuts)
+        return DabBins(weak, moderate, strong)
+
     def settings(self, layer: Any) -> AnalysisSettings:
-        bins = DabBins(*(c.value() for c in self.cuts))
-        mpp = self.mpp.value() or layer_mpp(layer)
+        bins = self._bins()
+        mpp_xy = layer_mpp(layer)
+        mpp = self.mpp.value() or (sum(mpp_xy) / 2 if mpp_xy else None)
         vectors = VECTORS[self.vectors.currentText()]
         stains = hdab_matrix()
         if vectors == "user":
@@ -194,12 +206,12 @@ class StainOverlayWidget(QWidget):
     def _typed_vector(self, name: str) -> tuple[float, float, float]:
         text = self.vector_fields[name].text().replace(",", " ").split()
         try:
-            values = tuple(float(v) for v in text)
+            r, g, b = (float(v) for v in text)
         except ValueError:
-            values = ()
-        if len(values) != 3:
-            raise ValueError(f"the {name} vector needs three numbers (R G B OD), not {' '.join(text)!r}")
-        return values  # type: ignore[return-value]
+            raise ValueError(
+                f"the {name} vector needs three numbers (R G B OD), not {' '.join(text)!r}"
+            ) from None
+        return (r, g, b)
 
     def show_calibration(self, cal: StainCalibration) -> None:
         """Put the vectors that were used in the fields, so they can be read and edited."""
@@ -216,7 +228,7 @@ class StainOverlayWidget(QWidget):
             return
         layer = self.viewer.layers[name]
         try:
-            slide = layer_slide(layer)
+            slide = slide_for_layer(layer)
             settings = self.settings(layer)
             region = visible_region(self.viewer, layer, slide) if self.scope.currentIndex() == 0 else None
             shapes_name = self.region_shapes.currentText()
@@ -288,7 +300,7 @@ class StainOverlayWidget(QWidget):
                 self.overlay_layers["membrane"] = layer
             else:
                 self.overlay_layers["her2"] = layer
-        self.summary = result.summary(polygons, Her2Rules(bins=DabBins(*(c.value() for c in self.cuts))))
+        self.summary = result.summary(polygons, Her2Rules(bins=self._bins()))
         rows = summary_rows(self.summary)
         self.table.setRowCount(len(rows))
         for i, (k, v) in enumerate(rows):

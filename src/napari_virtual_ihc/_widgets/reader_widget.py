@@ -34,6 +34,7 @@ from napari_virtual_ihc.study import ActiveTimer, ReaderSession, StudyError
 from napari_virtual_ihc.study.scores import DISPLAY, NOT_ASSESSABLE, ULTRALOW, ordinal_categories
 from napari_virtual_ihc.study.timing import DEFAULT_IDLE_SECONDS
 
+from ._napari_private import layer_chrome, main_menubar
 from ._reader_keys import (
     BACK_KEYS,
     CONFIDENCE_CTRL_DIGITS,
@@ -248,11 +249,9 @@ class ReaderStudyWidget(QWidget):
 
     def _lock_viewer(self, lock: bool) -> None:
         """Disable layer list, layer controls and layer buttons (no renaming, editing or adding)."""
-        qt_viewer = getattr(getattr(self.viewer, "window", None), "_qt_viewer", None)
         if lock:
             self._locked = []
-            for name in ("dockLayerList", "dockLayerControls", "layerButtons"):
-                w = getattr(qt_viewer, name, None) if qt_viewer is not None else None
+            for w in layer_chrome(self.viewer):
                 if isinstance(w, QWidget):
                     w.setEnabled(False)
                     self._locked.append(w)
@@ -275,8 +274,7 @@ class ReaderStudyWidget(QWidget):
                 self._hidden_menubar = None
 
     def _menubar(self) -> QWidget | None:
-        window = getattr(getattr(self.viewer, "window", None), "_qt_window", None)
-        return window.menuBar() if window is not None else None
+        return main_menubar(self.viewer)
 
     # --- showing a case -----------------------------------------------------------------------------
     def _show_case(self) -> None:

@@ -30,25 +30,25 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..inference.api import EngineSettings
-from ._settings import StainWidgetSettings
-from ._stain_devices import DeviceError, available_devices, describe_device, resolve_device
-from ._stain_layer import (
+from ..ihc_store import (
     PROVENANCE_KEY,
     StoreNotReadyError,
-    find_ihc_layer,
-    ihc_layer_kwargs,
-    layer_name_for,
+    layer_provenance,
+    model_name,
     open_store,
     read_store_provenance,
+    same_source,
+    source_identity,
 )
-from ._stain_run import RunRequest, StainRun
-from ._stain_source import (
-    SourceLayerError,
-    is_source_candidate,
-    slide_for_layer,
-    store_for_layer,
-)
+from ..inference.api import EngineSettings
+from ..inference.dropout import DropoutMode, DropoutModeError
+from ._layer_source import SourceLayerError, is_source_candidate, slide_for_layer, store_for_layer
+from ._napari_private import unwrap_viewer
+from ._run_worker import RunRequest
+from ._settings import StainWidgetSettings
+from ._stain_devices import DeviceError, available_devices, describe_device, resolve_device
+from ._stain_layer import find_ihc_layer, ihc_layer_kwargs, layer_name_for
+from ._stain_run import StainRun
 from ._stain_view import show_side_by_side
 
 log = logging.getLogger(__name__)
@@ -64,13 +64,6 @@ def _demo_model_path() -> str | None:
         return str(models.demo_model_path())
     except models.CheckpointError:
         return None
-
-
-def _store_model_name(prov: dict[str, Any]) -> str:
-    model = prov.get("model")
-    if isinstance(model, dict):
-        return str(model.get("name") or Path(str(model.get("source") or "model")).stem)
-    return str(model or prov.get("model_name") or "model")
 
 
 def _widget_closed(run_box: list[StainRun | None], connections: list[tuple[Any, Any]], *_: Any) -> None:
@@ -92,9 +85,8 @@ class VirtualIHCWidget(QWidget):
 
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
-        # npe2 hands plugins a public-only proxy; runs compare layers by identity (a result belongs to
-        # its slide), which needs the layer objects themselves, so work on the viewer behind the proxy.
-        self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
+        # npe2 hands plugins a public-only proxy; runs compare layers by identity (see unwrap_viewer).
+        self.viewer = unwrap_viewer(napari_viewer)
         self.settings = StainWidgetSettings.load()
         self._run_box: list[StainRun | None] = [None]  # shared with the clean-up that runs on destruction
         self.last_run: StainRun | None = None
@@ -119,8 +111,10 @@ class VirtualIHCWidget(QWidget):
 
         self.model_combo = QComboBox()
         self.model_combo.setEditable(True)
-        self.model_combo.setInsertPolicy(QComboBox.NoInsert)
-        self.model_combo.lineEdit().setPlaceholderText("choose a generator checkpoint...")
+        self.model_combo.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
+        line = self.model_combo.lineEdit()
+        assert line is not None  # the combo is editable
+        line.setPlaceholderText("choose a generator checkpoint...")
         self.model_combo.setToolTip("A .safetensors checkpoint or a reference .pth state dict")
         self.browse_model_button = QPushButton("Browse...")
         row = QHBoxLayout()
@@ -147,8 +141,8 @@ class VirtualIHCWidget(QWidget):
         self.advanced_button = QToolButton()
         self.advanced_button.setText("Advanced")
         self.advanced_button.setCheckable(True)
-        self.advanced_button.setToolButtonStyle(Qt.ToolButtonTextBesideIcon)
-        self.advanced_button.setArrowType(Qt.RightArrow)
+        self.advanced_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.advanced_button.setArrowType(Qt.ArrowType.RightArrow)
         layout.addWidget(self.advanced_button)
         self.advanced_panel = QWidget()
         adv = QFormLayout(self.advanced_panel)
@@ -184,6 +178,25 @@ class VirtualIHCWidget(QWidget):
             "or the model's tumour classifier run tile-wise"
         )
         adv.addRow("Tumour class", self.tumour_class_combo)
+        self.bn_stats_combo = QComboBox()
+        for value, label in (
+            ("", "as the checkpoint says"),
+            ("running", "running (eval mode)"),
+            ("slide", "slide (the slide's own statistics, as test.py)"),
+        ):
+            self.bn_stats_combo.addItem(label, value)
+        self.bn_stats_combo.setToolTip(
+            "BatchNorm models: running statistics (eval mode) or statistics of this slide, frozen (what the "
+            "papers' test.py does without --eval)"
+        )
+        adv.addRow("BatchNorm", self.bn_stats_combo)
+        self.dropout_edit = QLineEdit()
+        self.dropout_edit.setPlaceholderText("as the checkpoint says")
+        self.dropout_edit.setToolTip(
+            "off | sample (one dropout sample, as test.py) | mean:N (mean of N samples, plus a confidence "
+            "layer showing where they disagree)"
+        )
+        adv.addRow("Dropout", self.dropout_edit)
         layout.addWidget(self.advanced_panel)
 
         self.load_existing_button = QPushButton("Load existing result")
@@ -212,7 +225,7 @@ class VirtualIHCWidget(QWidget):
         layout.addLayout(row)
         row = QHBoxLayout()
         row.addWidget(QLabel("Opacity"))
-        self.opacity_slider = QSlider(Qt.Horizontal)
+        self.opacity_slider = QSlider(Qt.Orientation.Horizontal)
         self.opacity_slider.setRange(0, 100)
         row.addWidget(self.opacity_slider, 1)
         layout.addLayout(row)
@@ -247,8 +260,7 @@ class VirtualIHCWidget(QWidget):
 
             self.model_combo.addItem(f"{DEMO_MODEL_LABEL} (embedded): {Path(demo).name}", demo)
         for path in self.settings.recent_models:
-            if path != demo:
-                self.model_combo.addItem(path, path)
+            self.model_combo.addItem(path, path)
         self.model_combo.setCurrentText(text)
         self.model_combo.blockSignals(False)
 
@@ -263,7 +275,7 @@ class VirtualIHCWidget(QWidget):
         self.output_edit.editingFinished.connect(self._on_output_changed)
         self.advanced_button.toggled.connect(self._toggle_advanced)
         self.advanced_button.toggled.connect(self._on_settings_changed)
-        self.run_button.clicked.connect(self.start_run)
+        self.run_button.clicked.connect(self._on_run_clicked)
         self.cancel_button.clicked.connect(self.cancel_run)
         self.load_existing_button.clicked.connect(self.load_existing)
         self.source_combo.currentIndexChanged.connect(self._on_source_changed)
@@ -329,6 +341,8 @@ class VirtualIHCWidget(QWidget):
             halo=self.halo_spin.value() or None,
             batch=self.batch_spin.value() or None,
             device=self.device(),
+            bn_stats=str(self.bn_stats_combo.currentData() or "") or None,
+            dropout=self.dropout_edit.text().strip() or None,
         )
 
     def _on_settings_changed(self, *_: Any) -> None:
@@ -347,7 +361,7 @@ class VirtualIHCWidget(QWidget):
 
     def _toggle_advanced(self, open_: bool) -> None:
         self.advanced_panel.setVisible(open_)
-        self.advanced_button.setArrowType(Qt.DownArrow if open_ else Qt.RightArrow)
+        self.advanced_button.setArrowType(Qt.ArrowType.DownArrow if open_ else Qt.ArrowType.RightArrow)
 
     def _update_device_label(self, *_: Any) -> None:
         try:
@@ -435,9 +449,20 @@ class VirtualIHCWidget(QWidget):
             self._existing_store = None
             self.load_existing_button.setVisible(False)
             return
+        if not self._store_holds_selected_slide(prov):
+            self._existing_store = None
+            self.load_existing_button.setVisible(False)
+            key = f"other:{store.resolve()}"
+            if key not in self._notified_stores:
+                self._notified_stores.add(key)
+                show_info(
+                    f"{store} holds the result of another slide with the same name; Run would refuse to "
+                    "write there: choose another output folder for this slide."
+                )
+            return
         self._existing_store = store
         state = "complete" if prov.get("complete") else "partial (Run resumes it)"
-        self.load_existing_button.setText(f"Load existing result ({_store_model_name(prov)}, {state})")
+        self.load_existing_button.setText(f"Load existing result ({model_name(prov)}, {state})")
         self.load_existing_button.setVisible(True)
         key = str(store.resolve())
         if key not in self._notified_stores:
@@ -445,6 +470,19 @@ class VirtualIHCWidget(QWidget):
             show_info(
                 f"A virtual IHC result exists for this slide ({store.name}): click 'Load existing result'."
             )
+
+    def _store_holds_selected_slide(self, prov: dict[str, Any]) -> bool:
+        """The store's recorded source is the selected layer's slide (same size and content hash)."""
+        layer = self.selected_source_layer()
+        run_key = prov.get("run_key")
+        if layer is None or not isinstance(run_key, dict):
+            return False
+        try:
+            identity = source_identity(slide_for_layer(layer))
+        except (SourceLayerError, OSError) as exc:
+            log.debug("no identity for %s: %s", layer.name, exc)
+            return False
+        return same_source(run_key.get("source"), identity)
 
     def load_existing(self) -> Any | None:
         """Show the stored result over the selected slide; returns the layer."""
@@ -456,10 +494,8 @@ class VirtualIHCWidget(QWidget):
         except StoreNotReadyError as exc:
             show_error(f"Could not open the existing result: {exc}")
             return None
-        prov = dict(view.provenance)
-        prov["store"] = str(store.resolve())
-        prov.setdefault("source_layer", source.name)
-        name = layer_name_for(_store_model_name(prov))
+        prov = layer_provenance(view.provenance, store, source_layer=source.name)
+        name = layer_name_for(model_name(prov))
         layer = self.viewer.add_image(
             view.levels,
             **ihc_layer_kwargs(
@@ -500,6 +536,11 @@ class VirtualIHCWidget(QWidget):
         except DeviceError as exc:
             show_error(f"Virtual IHC: {exc}")
             return None
+        try:
+            DropoutMode.parse(self.dropout_edit.text().strip() or None)
+        except DropoutModeError as exc:
+            show_error(f"Virtual IHC: {exc}")
+            return None
         store = store_for_layer(source, self.output_edit.text().strip() or None)
         try:
             slide = slide_for_layer(source)
@@ -535,6 +576,9 @@ class VirtualIHCWidget(QWidget):
         self.run_started.emit(run)
         return run
 
+    def _on_run_clicked(self) -> None:
+        self.start_run()
+
     def cancel_run(self) -> None:
         if self.run is not None and self.run.running:
             self.run.cancel()
@@ -553,7 +597,8 @@ class VirtualIHCWidget(QWidget):
         if run is None or not self._alive():
             return
         if tp.device:
-            self.device_label.setText(f"running on {describe_device(tp.device)}")
+            compute = f", {tp.compute}" if tp.compute else ""
+            self.device_label.setText(f"running on {describe_device(tp.device)}{compute}")
         verb = "Cancelling" if run.state == "cancelling" else "Staining"
         self.status_label.setText(
             f"{verb} {run.request.source_layer.name}: {tp.done}/{tp.total} tiles, {tp.mp_per_s:.2f} MP/s"

@@ -7,7 +7,7 @@ import csv
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -75,8 +75,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _check_out(out: Path) -> str | None:
     """Why ``out`` cannot take the results (None if it can): checked before any computing."""
+    from ..ihc_store import check_writable_folder
     from ..inference.errors import OutputNotWritableError
-    from ..inference.store import check_writable_folder
 
     if out.exists() and not out.is_dir():
         return f"--out {out} is a file, not a folder"
@@ -192,7 +192,7 @@ def _analyze_and_write(args: argparse.Namespace, slide: Slide, settings: Analysi
     return 0
 
 
-def _maps(result) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+def _maps(result: Any) -> dict[str, np.ndarray]:
     maps: dict[str, np.ndarray] = {
         "nuclei_labels": (result.labels % 65535).astype(np.uint16),
         "density_per_mm2": np.clip(result.density, 0, 65535).astype(np.uint16),
@@ -225,7 +225,7 @@ def _write_zarr(path: Path, maps: dict[str, np.ndarray], mpp: float) -> None:
         ]
 
 
-def _write_cells(path: Path, result) -> None:  # type: ignore[no-untyped-def]
+def _write_cells(path: Path, result: Any) -> None:
     from ..stain.her2 import CELL_CLASSES
 
     c = result.cells

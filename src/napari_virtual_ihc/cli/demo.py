@@ -74,7 +74,7 @@ def headless(model_path: Path, out: Path) -> int:
         print(f"virtual-ihc demo: {exc}", file=sys.stderr)
         return 1
     if ihc.shape != he.shape:  # the model ran at another µm/px: show both at the H&E's size
-        ihc = np.asarray(Image.fromarray(ihc).resize((he.shape[1], he.shape[0]), Image.BICUBIC))
+        ihc = np.asarray(Image.fromarray(ihc).resize((he.shape[1], he.shape[0]), Image.Resampling.BICUBIC))
     png = out / f"{CMU1_REGION.stem}-side-by-side.png"
     Image.fromarray(np.concatenate([he[..., :3], ihc[..., :3]], axis=1)).save(png)
     print(

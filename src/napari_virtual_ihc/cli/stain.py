@@ -15,6 +15,10 @@ import sys
 import threading
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..inference.api import TileProgress
 
 from ..models.spec import MODEL_MPP_RANGE
 from .argtypes import float_in, int_in
@@ -107,38 +111,12 @@ def slides_for_rank(slides: list[str], rank: int, world: int) -> list[str]:
     return [s for i, s in enumerate(slides) if i % world == rank]
 
 
-def slide_stem(path: Path) -> str:
-    name = path.name
-    for ext in (".ome.tiff", ".ome.tif", ".ome.zarr"):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return path.stem
-
-
-def _open_slide(path: Path):  # type: ignore[no-untyped-def]
-    """The slides package's reader; plain images still open if it is not installed in this build."""
-    try:
-        from ..slides import open_slide  # type: ignore[attr-defined]
-    except ImportError:
-        open_slide = None
-    if open_slide is not None:
-        return open_slide(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    from skimage.io import imread
-
-    from ..slides.base import ArraySlide
-
-    img = imread(str(path))
-    if img.ndim == 2:
-        img = __import__("numpy").stack([img] * 3, axis=-1)
-    return ArraySlide(img[..., :3].astype("uint8"), None, path=path)
-
-
 def run(args: argparse.Namespace) -> int:
+    from ..ihc_store import StoreError, check_writable_folder, store_path_for
     from ..inference import EngineSettings, stain_slide
     from ..inference.errors import EngineError
     from ..models import CheckpointError, load_generator, supply_class_channel
+    from ..slides import open_slide
 
     rank, world = rank_and_world()
     out = Path(args.out)
@@ -150,11 +128,9 @@ def run(args: argparse.Namespace) -> int:
     mine = slides_for_rank(list(args.slides), rank, world)
     tag = f"[rank {rank}/{world}] " if world > 1 else ""
     try:
-        from ..inference.store import check_writable_folder
-
         check_writable_folder(out)
         model = supply_class_channel(load_generator(args.model), args.tumour_class, args.classifier)
-    except (EngineError, CheckpointError) as e:
+    except (EngineError, StoreError, CheckpointError) as e:
         print(f"virtual-ihc stain: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # e.g. the checkpoint is not readable
@@ -173,10 +149,10 @@ def run(args: argparse.Namespace) -> int:
     failures = 0
     for slide_arg in mine:
         path = Path(slide_arg)
-        store = out / f"{slide_stem(path)}.ome.zarr"
+        store = store_path_for(out, path)
         print(f"{tag}stain {path} -> {store}", flush=True)
         try:
-            slide = _open_slide(path)
+            slide = open_slide(path)
         except Exception as e:  # slides raise typed SlideError; any failure must not stop the cohort
             _report_failure(store, rank, world, path, f"cannot open {path}: {_describe_error(e)}", e, tag)
             failures += 1
@@ -188,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
 
                 bar = tqdm(total=0, unit="tile", desc=f"{tag}{path.name}", dynamic_ncols=True)
 
-            def on_progress(p, bar=bar):  # type: ignore[no-untyped-def]
+            def on_progress(p: TileProgress, bar: Any = bar) -> None:
                 if bar is not None:
                     bar.total = p.total
                     bar.n = p.done
@@ -222,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _annotate_run_json(store: Path, rank: int, world: int, slide: str) -> None:
-    from ..inference.engine import run_json_path
+    from ..ihc_store import run_json_path
 
     p = run_json_path(store)
     try:
@@ -235,12 +211,13 @@ def _annotate_run_json(store: Path, rank: int, world: int, slide: str) -> None:
 
 def _describe_error(e: BaseException) -> str:
     """One line: the typed errors' own message; anything else prefixed by its type (MemoryError has none)."""
+    from ..ihc_store import StoreError
     from ..inference.errors import EngineError
     from ..models import CheckpointError
     from ..slides.errors import SlideError
 
     text = " ".join(str(e).split())
-    if isinstance(e, EngineError | CheckpointError | SlideError) and text:
+    if isinstance(e, EngineError | StoreError | CheckpointError | SlideError) and text:
         return text
     if isinstance(e, OSError) and e.strerror:
         return f"{e.strerror}" + (f": {e.filename}" if e.filename else "")
@@ -251,7 +228,7 @@ def _report_failure(
     store: Path, rank: int, world: int, path: Path, message: str, e: BaseException, tag: str
 ) -> None:
     """The slide's one-line error on stderr and in its ``run.json`` (with the traceback, for a bug report)."""
-    from ..inference.engine import run_json_path
+    from ..ihc_store import run_json_path
 
     print(f"{tag}error: {message}", file=sys.stderr, flush=True)
     p = run_json_path(store)

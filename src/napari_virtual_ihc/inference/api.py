@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-# A box in level-0 pixels of the source slide: (x, y, width, height).
-Box = tuple[int, int, int, int]
+from ..geometry import Box
 
 
 @dataclass
@@ -30,8 +30,40 @@ class EngineSettings:
     # the exact whole-image statistics and the output at once (memory ~ this many MP of activations).
     pooled_pass_mp: float = 8.0
     # CPU fp32 only: wide 3x3 convolutions as Winograd F(4x4, 3x3) (~2x fewer multiplications; the output
-    # differs from direct convolution by fp32 rounding, far below one grey level).
-    winograd: bool = True
+    # differs from direct convolution by fp32 rounding, far below one grey level). None: measured (with
+    # ``precision="auto"``, see inference.calibration), on when there is nothing to measure; True/False: forced.
+    winograd: bool | None = None
+    # Jobs with fewer window megapixels of tissue to run than this use the default precision and kernels
+    # instead of measuring them (the calibration costs a few window passes); 0 always measures.
+    calibration_min_mp: float = 16.0
+    # How BatchNorm and dropout run (None: what the checkpoint's header says, else eval mode). bn_stats:
+    # "running" (eval mode) | "slide" (the slide's own statistics, frozen: the reference test.py's train-mode
+    # batch-1 forward). dropout: "off" | "sample" (one sample, as test.py) | "mean:N" (mean of N samples; their
+    # per-pixel spread is written to a second store, ``<name>.confidence.ome.zarr``). Masks are seeded by
+    # ``dropout_seed`` and the slide position.
+    bn_stats: str | None = None
+    dropout: str | None = None
+    dropout_seed: int = 0
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run will do, known before its first tile: the first thing ``iter_stain_slide`` yields.
+
+    The store exists (created or reopened, and locked) when the plan is yielded, so a viewer can show it.
+    """
+
+    store: Path
+    plane: tuple[int, int]  # (width, height) of the store's level 0, px at the model's resolution
+    level_shapes: list[tuple[int, int]]  # (height, width) of every store level
+    level0_downsample: float  # source level-0 px per store px
+    tile: int
+    halo: int
+    tiles_total: int
+    tiles_resumed: int
+    device: str
+    provenance: dict[str, Any] = field(default_factory=dict)  # as written into the store
+    notes: list[str] = field(default_factory=list)  # what loading the model assumed (its modes, µm/px)
 
 
 @dataclass
@@ -44,6 +76,7 @@ class TileProgress:
     new_boxes: list[Box] = field(default_factory=list)  # level-0 boxes written since the last report
     mp_per_s: float = 0.0
     device: str = ""
+    compute: str = ""  # precision and kernels and how they were chosen, e.g. "bf16 (measured 2.3x fp32)"
 
 
 @dataclass
@@ -62,8 +95,13 @@ class RunReport:
     cancelled: bool = False
     settings: dict[str, Any] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)
+    store_complete: bool = False  # every tile of the whole store is finished (not only this run's region)
+    warnings: list[str] = field(default_factory=list)  # what the run assumed or could not do, in words
 
 
 ProgressCallback = Callable[[TileProgress], None]
+# What ``iter_stain_slide`` yields: the plan once, then progress after every batch (its return value is the
+# RunReport).
+RunEvent = RunPlan | TileProgress
 # Polled before every batch; returns the region to do first (e.g. the viewer's field of view) or None.
 PriorityProvider = Callable[[], Box | None]

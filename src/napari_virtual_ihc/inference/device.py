@@ -42,8 +42,9 @@ def resolve_device(name: str) -> torch.device:
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``fp32``, ``fp16`` or ``bf16`` for ``device``.
 
-    ``auto`` is fp16 on CUDA/MPS and fp32 on the CPU: CPU bf16 is only fast with AVX512-BF16/AMX, and even
-    there it is not guaranteed to hold the 35 dB agreement with an fp32 pass, so it must be asked for.
+    ``auto`` gives the default, fp16 on CUDA/MPS and fp32 on the CPU; the engine then measures what is
+    fastest within the quality gate (``inference.calibration``). bf16 on a CPU without bf16 instructions is
+    refused with the reason (it would run emulated, many times slower).
     """
     p = (precision or "auto").strip().lower()
     if p == "auto":
@@ -52,6 +53,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         raise DeviceError(f"unknown precision {precision!r}; use auto, fp32, fp16 or bf16")
     if p == "fp16" and device.type == "cpu":
         raise DeviceError("fp16 is not supported on the CPU; use fp32 or bf16")
+    from .calibration import check_precision_supported
+
+    check_precision_supported(p, device)
     return p
 
 

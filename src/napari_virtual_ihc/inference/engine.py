@@ -1,37 +1,43 @@
 """The whole-slide tile engine: halo'd, batched, prefetched, resumable inference into an OME-Zarr store.
 
-One call, :func:`stain_slide`, does the whole job; the steps live in small modules beside it: ``grid``
-(geometry), ``resample`` (the model's µm/px), ``tissue`` (background), ``normalization`` (slide-level
-statistics), ``runner`` (device, precision, batching) and ``store`` (OME-Zarr + finished-tile record).
+``iter_stain_slide`` (and ``stain_slide``, which drains it) runs one job as named steps: ``plan_run``
+(``plan``: geometry, compute, run key), the store opened (``ihc_store``), then ``_StainJob``: tissue or
+glass, slide statistics, the compute choice, the field of view first, background, the pooled pass, the
+model's tiles, the report. The steps' tools live in small modules beside it: ``grid``, ``resample``,
+``tissue``, ``normalization``, ``calibration``, ``runner``, ``dropout`` and ``confidence``.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import threading
 import time
+from collections.abc import Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..models.class_channel import describe_choices, needs_class
-from ..models.describe import min_input_side, receptive_field, size_multiple
-from ..models.norms import norm_kind
+from ..geometry import Box
+from ..ihc_store import TileStore, check_writable_folder, run_json_path
 from ..models.spec import LoadedGenerator
 from ..slides.base import Slide
-from .api import Box, EngineSettings, PriorityProvider, ProgressCallback, RunReport, TileProgress
-from .device import (
-    is_out_of_memory,
-    release_device_memory,
-    resolve_batch,
-    resolve_device,
-    resolve_precision,
+from .api import (
+    EngineSettings,
+    PriorityProvider,
+    ProgressCallback,
+    RunEvent,
+    RunPlan,
+    RunReport,
+    TileProgress,
 )
-from .errors import ImageTooSmallError, ModelInputError, RegionError, ResolutionError
-from .grid import GridTile, TileGrid, round_up
+from .calibration import ModelVariants, calibration_window, decide_compute
+from .confidence import ConfidenceWriter
+from .device import is_out_of_memory, release_device_memory
+from .dropout import set_positions, with_positional_dropout
+from .errors import RegionError
+from .grid import GridTile
 from .normalization import (
     estimate_instance_stats,
     fold_frozen_norms,
@@ -39,56 +45,15 @@ from .normalization import (
     stats_from_arrays,
     stats_to_arrays,
 )
-from .resample import WorkingPlane, low_resolution_view, model_downsample
-from .runner import BatchRunner, to_input, to_uint8
-from .store import TileStore, check_writable_folder
+from .plan import StainPlan, plan_halo, plan_run, pyramid_factors, region_to_plane
+from .resample import WorkingPlane, low_resolution_view
+from .runner import to_input, to_uint8
 from .tissue import rect_has_tissue, tissue_mask
-from .winograd import use_winograd
 from .workspace import release_workspace
 
-MAX_HALO = 256  # px at the model's resolution: beyond this the halo costs more than any seam it could fix
-MAX_UPSAMPLING = 8  # working plane px per slide px along a side: beyond, the model's mpp is wrong
+__all__ = ["iter_stain_slide", "plan_halo", "pyramid_factors", "stain_slide", "write_run_json"]
+
 BACKGROUND_GROUP = 64  # background tiles written between two progress reports
-
-
-def run_json_path(store: str | Path) -> Path:
-    """``DIR/<name>.run.json`` beside ``DIR/<name>.ome.zarr``."""
-    p = Path(store)
-    name = p.name[: -len(".ome.zarr")] if p.name.endswith(".ome.zarr") else p.stem
-    return p.with_name(f"{name}.run.json")
-
-
-def plan_halo(module: Any, settings: EngineSettings, align: int) -> tuple[int, int]:
-    """(halo, receptive field): at least half the receptive field, aligned to the network's stride."""
-    rf = receptive_field(module)
-    if settings.halo is not None:
-        return max(0, int(settings.halo)), rf
-    return min(MAX_HALO, round_up(math.ceil(rf / 2), align)), rf
-
-
-def pyramid_factors(slide: Slide, downsample: float, tile: int, plane: tuple[int, int]) -> list[int]:
-    """Store levels: the source's downsamples (relative to the store's level 0), integer, dividing ``tile``."""
-    factors = [1]
-    for ds in slide.level_downsamples[1:]:
-        f = round(ds / downsample)
-        if f >= 2 and tile % f == 0 and f not in factors and max(plane) // f >= 1:
-            factors.append(f)
-    return sorted(factors)
-
-
-def _region_to_plane(region: Box | None, slide: Slide, d: float, plane: tuple[int, int]) -> Box:
-    w0, h0 = slide.dimensions
-    if region is None:
-        return (0, 0, plane[0], plane[1])
-    x, y, w, h = (int(v) for v in region)
-    if w <= 0 or h <= 0:
-        raise RegionError(f"region {region} is empty (width and height must be > 0)")
-    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, w0), min(y + h, h0)
-    if x1 <= x0 or y1 <= y0:
-        raise RegionError(f"region {region} lies outside the slide (level-0 size {w0} x {h0})")
-    px0, py0 = math.floor(x0 / d), math.floor(y0 / d)
-    px1, py1 = min(plane[0], math.ceil(x1 / d)), min(plane[1], math.ceil(y1 / d))
-    return (px0, py0, max(1, px1 - px0), max(1, py1 - py0))
 
 
 def _to_level0(rect: tuple[int, int, int, int], d: float) -> Box:
@@ -153,412 +118,510 @@ def stain_slide(
 
     Re-running with the same store, model and settings skips tiles already finished. Returns a RunReport
     (also written as ``<name>.run.json`` beside the store). Raises OutputNotWritableError before any work if
-    the folder cannot be written, RegionError for a region outside the slide, StoreWriteError (e.g. a full
-    disk) mid-run with the failing tile not marked done.
+    the folder cannot be written, RegionError for a region outside the slide, StoreMismatchError for a
+    store of other settings or another slide, StoreLockedError while another run writes it, StoreWriteError
+    (e.g. a full disk) mid-run with the failing tile not marked done.
     """
-    settings = settings or EngineSettings()
+    run = iter_stain_slide(slide, model, store, settings, region=region, priority=priority, cancel=cancel)
+    while True:
+        try:
+            event = next(run)
+        except StopIteration as done:
+            report: RunReport = done.value
+            return report
+        if progress is not None and isinstance(event, TileProgress):
+            progress(event)
+
+
+def iter_stain_slide(
+    slide: Slide,
+    model: LoadedGenerator,
+    store: str | Path,
+    settings: EngineSettings | None = None,
+    *,
+    region: Box | None = None,
+    priority: PriorityProvider | None = None,
+    cancel: threading.Event | None = None,
+) -> Generator[RunEvent, None, RunReport]:
+    """``stain_slide`` as a generator: yields the RunPlan (the store is open), then a TileProgress after
+    every batch, and returns the RunReport. For callers that show the run as it goes (the widget runs it
+    in a napari ``thread_worker``); ``cancel`` stops it after the current batch."""
     t_start = time.perf_counter()
     store_path = Path(store)
     check_writable_folder(store_path.parent)
-    device = resolve_device(settings.device)
-    precision = resolve_precision(settings.precision, device)
-    batch = resolve_batch(settings.batch, device)
-    winograd = bool(settings.winograd) and device.type == "cpu" and precision == "fp32"
-
-    if needs_class(model):  # never run a class-channel model on a silent zero channel
-        raise ModelInputError(describe_choices(model) + " (models.supply_class_channel)")
-    module = model.module
-    spec = model.spec
-    norm = norm_kind(module)
-    align = size_multiple(module)
-    halo, rf = plan_halo(module, settings, align)
-    tile = round_up(max(int(settings.tile), align), align)
-    model_mpp = settings.model_mpp if settings.model_mpp is not None else spec.mpp
-    d = model_downsample(slide.mpp, model_mpp)
-    if d < 1 / MAX_UPSAMPLING:  # more pixels than the scan has: slow, huge, and nothing a model learns from
-        raise ResolutionError(
-            f"the model's {model_mpp} µm/px would upsample this slide's {(slide.mpp or (0.0,))[0]:g} µm/px "
-            f"{1 / d:.0f}x "
-            f"(limit {MAX_UPSAMPLING}x); check --model-mpp / the checkpoint's mpp"
-        )
-    plane = WorkingPlane(slide, d)
-    grid = TileGrid(plane.size, (0, 0, *plane.size), tile, halo, align)
-    need = min_input_side(module)
-    if min(grid.window_size) < need:  # before the store exists: nothing is created for an image this small
-        raise ImageTooSmallError(
-            f"the image is {plane.size[0]} x {plane.size[1]} px at the model's resolution; this model needs "
-            f"at least {need - align + 1} px per side"
-        )
-    work_rect = _region_to_plane(region, slide, d, plane.size)
-    wanted = grid.tiles_intersecting(work_rect)
-    tiles = {i: grid.tile_at(i) for i in wanted}
-    factors = pyramid_factors(slide, d, tile, plane.size)
-    smpp = slide.mpp
-    store_mpp = (smpp[0] * d, smpp[1] * d) if smpp is not None else None
-
-    run_key = {
-        "plane": list(plane.size),
-        "tile": tile,
-        "halo": halo,
-        "align": align,
-        "factors": factors,
-        "level0_downsample": d,
-        "model_sha256": model.sha256,
-        "model_arch": spec.arch,
-        "model_arch_kwargs": spec.arch_kwargs,
-        "precision": precision,
-    }
-    provenance: dict[str, Any] = {
-        "model": {"name": spec.name, "sha256": model.sha256, "source": model.source, "arch": spec.arch},
-        "target_stain": spec.target_stain,
-        "settings": {
-            **settings.__dict__,
-            "tile": tile,
-            "halo": halo,
-            "precision": precision,
-            "batch": batch,
-            "winograd": winograd,
-        },
-        "source": {
-            "path": str(slide.path) if slide.path else None,
-            "level0_size": list(slide.dimensions),
-            "mpp": list(smpp) if smpp else None,
-        },
-        "mpp": list(store_mpp) if store_mpp else None,
-        "model_mpp": model_mpp,
-        "level0_downsample": d,
-        "receptive_field": rf,
-        "norm": norm,
-    }
-    tstore = TileStore.open(store_path, plane.size, tile, factors, store_mpp, run_key, provenance)
-    mask_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vihc-tissue")
+    plan = plan_run(slide, model, settings or EngineSettings(), region)
+    tstore = TileStore.open(
+        store_path,
+        plan.plane.size,
+        plan.tile,
+        plan.factors,
+        plan.store_mpp,
+        plan.run_key,
+        plan.provenance,
+        source=slide.path,
+    )
+    job = None
     try:
-        return _run(
-            slide,
-            model,
-            tstore,
-            settings,
-            grid=grid,
-            plane=plane,
-            tiles=tiles,
-            device=device,
-            precision=precision,
-            norm=norm,
-            d=d,
-            region=region,
-            priority=priority,
-            progress=progress,
-            cancel=cancel,
-            t_start=t_start,
-            batch=batch,
-            winograd=winograd,
-            info={"halo": halo, "tile": tile, "align": align, "receptive_field": rf, "model_mpp": model_mpp},
-            mask_pool=mask_pool,
-        )
+        job = _StainJob(slide, model, plan, tstore, priority, cancel, t_start)
+        yield job.run_plan()
+        report = yield from job.run()
+        return report
     finally:
-        mask_pool.shutdown(wait=True, cancel_futures=True)
+        if job is not None:
+            job.close()
         tstore.close()
         release_workspace()
 
 
-def _run(
-    slide: Slide,
-    model: LoadedGenerator,
-    tstore: TileStore,
-    settings: EngineSettings,
-    *,
-    grid: TileGrid,
-    plane: WorkingPlane,
-    tiles: dict[int, GridTile],
-    device: Any,
-    precision: str,
-    norm: str,
-    d: float,
-    region: Box | None,
-    priority: PriorityProvider | None,
-    progress: ProgressCallback | None,
-    cancel: threading.Event | None,
-    t_start: float,
-    batch: int,
-    winograd: bool,
-    info: dict[str, Any],
-    mask_pool: ThreadPoolExecutor,
-) -> RunReport:
-    spec = model.spec
-    finished = tstore.finished()
-    resumed = [i for i in tiles if i in finished]
-    todo = [i for i in tiles if i not in finished]
-    # Which tiles are blank glass. In interactive runs (a priority region is given) the tissue mask is
-    # computed on a helper thread while the first field-of-view batch runs: it takes a thumbnail read plus
-    # ~0.05-0.3 s, which would otherwise delay the first tile. Slide statistics need it first.
-    flags: dict[int, bool] | None = dict.fromkeys(tiles, True)
-    flags_future: Future[dict[int, bool]] | None = None
-    if settings.skip_background and todo:
-        # A small job may resume into the one pooled pass (below): it needs the mask first as well.
-        small_job = len(tiles) <= settings.stats_windows
-        stats_pending = norm == "instance" and (small_job or not tstore.has_norm_stats())
-        if priority is not None and not stats_pending:
-            flags_future = mask_pool.submit(_tissue_flags, slide, list(tiles.values()), d)
-            flags = None
-        else:
-            flags = _tissue_flags(slide, list(tiles.values()), d)
-    if flags is not None:
-        background = [i for i in todo if not flags[i]]
-        tissue = [i for i in todo if flags[i]]
-    else:  # decided once the mask is ready, after the first batch
-        background, tissue = [], list(todo)
+class _StainJob:
+    """One run over an open store, step by step (``run``); each step that writes tiles yields progress."""
 
-    # Slide-level statistics (InstanceNorm): sampled once, saved in the store so a resumed run reuses them.
-    stats = None
-    pooled: tuple[list[int], list[np.ndarray]] | None = None
-    t_stats = time.perf_counter()
-    if norm == "instance":
-        saved = tstore.load_norm_stats()
-        ww0, wh0 = grid.window_size
-        assert flags is not None or saved is not None  # computed before the statistics
-        tissue_all = [i for i in tiles if flags[i]] if flags is not None else []
-        candidates = tissue_all or list(tiles)
-        # Every tissue tile in one pooled pass: whole-image statistics, and the output itself. A resumed
-        # small job runs that same pass again (same input, same arithmetic: the same pixels) and writes only
-        # the tiles still missing, so it ends identical to an uninterrupted run (issue 20, item 15).
-        exact = (
-            len(tissue) > 0
-            and len(tissue_all) == len(candidates) <= settings.stats_windows
-            and len(tissue_all) * ww0 * wh0 / 1e6 <= settings.pooled_pass_mp
+    def __init__(
+        self,
+        slide: Slide,
+        model: LoadedGenerator,
+        plan: StainPlan,
+        tstore: TileStore,
+        priority: PriorityProvider | None,
+        cancel: threading.Event | None,
+        t_start: float,
+    ) -> None:
+        self.slide, self.model, self.plan, self.tstore = slide, model, plan, tstore
+        self.priority, self.cancel, self.t_start = priority, cancel, t_start
+        self.tiles, self.grid, self.d = plan.tiles, plan.grid, plan.downsample
+        self.confidence: ConfidenceWriter | None = None
+        if plan.mode.samples > 1:  # mean:N: the samples' spread goes to a second store (best effort)
+            self.confidence = ConfidenceWriter.open(
+                tstore.path,
+                plan.plane.size,
+                plan.tile,
+                plan.factors,
+                plan.store_mpp,
+                plan.run_key,
+                plan.provenance,
+                plan.warnings,
+            )
+        self.mask_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vihc-tissue")
+        self.finished = tstore.finished()
+        self.resumed = [i for i in self.tiles if i in self.finished]
+        self.todo = [i for i in self.tiles if i not in self.finished]
+        # progress counters
+        self.done_count = len(self.resumed)
+        self.skipped_now = self.model_done = self.pixels_now = 0
+        self.cancelled = False
+        self.t_work = time.perf_counter()
+        self.blank_spread: np.ndarray | None = None
+
+    def close(self) -> None:
+        self.mask_pool.shutdown(wait=True, cancel_futures=True)
+        if self.confidence is not None:
+            self.confidence.close()
+
+    def run_plan(self) -> RunPlan:
+        """What the caller may show before the first tile."""
+        return RunPlan(
+            store=self.tstore.path,
+            plane=self.plan.plane.size,
+            level_shapes=[(int(a.shape[1]), int(a.shape[2])) for a in self.tstore.arrays],
+            level0_downsample=self.d,
+            tile=self.plan.tile,
+            halo=self.plan.halo,
+            tiles_total=len(self.tiles),
+            tiles_resumed=len(self.resumed),
+            device=str(self.plan.device),
+            provenance=self.tstore.provenance(),
+            notes=list(self.model.notes),
         )
-        if saved is not None and not exact:
-            stats = stats_from_arrays(saved)
-        else:
-            ux = uy = 0
-            if exact:
-                picks = list(tissue_all)
+
+    def run(self) -> Generator[TileProgress, None, RunReport]:
+        self.classify_tissue()
+        self.slide_statistics()
+        self.choose_compute()
+        yield self.progress([])
+        yield from self.field_of_view_first()
+        yield from self.fill_background()
+        yield from self.write_pooled_pass()
+        yield from self.model_tiles()
+        return self.report()
+
+    def stop_requested(self) -> bool:
+        return self.cancel is not None and self.cancel.is_set()
+
+    # --- step 1: tissue or blank glass --------------------------------------------------------------
+    def classify_tissue(self) -> None:
+        """Which tiles are blank glass. In interactive runs (a priority region is given) the tissue mask is
+        computed on a helper thread while the first field-of-view batch runs: it takes a thumbnail read plus
+        ~0.05-0.3 s, which would otherwise delay the first tile. Slide statistics need it first."""
+        plan, tiles = self.plan, self.tiles
+        self.flags: dict[int, bool] | None = dict.fromkeys(tiles, True)
+        self.flags_future: Future[dict[int, bool]] | None = None
+        if plan.settings.skip_background and self.todo:
+            slide_stats = plan.norm == "instance" or plan.mode.slide_batch_norm
+            # A small job may resume into the one pooled pass (below): it needs the mask first as well.
+            small_job = len(tiles) <= plan.settings.stats_windows
+            stats_pending = slide_stats and (small_job or not self.tstore.has_norm_stats())
+            if self.priority is not None and not stats_pending:
+                self.flags_future = self.mask_pool.submit(
+                    _tissue_flags, self.slide, list(tiles.values()), self.d
+                )
+                self.flags = None
             else:
-                count = min(max(1, settings.stats_windows), len(candidates))
-                picks = sorted({candidates[round(j)] for j in np.linspace(0, len(candidates) - 1, count)})
+                self.flags = _tissue_flags(self.slide, list(tiles.values()), self.d)
+        if self.flags is not None:
+            self.background = [i for i in self.todo if not self.flags[i]]
+            self.tissue = [i for i in self.todo if self.flags[i]]
+        else:  # decided once the mask is ready, after the first batch
+            self.background, self.tissue = [], list(self.todo)
+        self.pending = list(self.tissue)
 
-            def sampled(picks: list[int] = picks) -> tuple[list[Any], list[Any]]:
-                return _stats_batches(
-                    plane, [tiles[i] for i in picks], grid.window_size, batch, spec.input_norm
-                )
-
-            if exact:
-                # One window over all of them: the windows' union costs at most their sum, usually much less
-                # (no overlapping halos), and its output is the same.
-                union = _union([tiles[i].window for i in picks])
-                ux, uy, uw, uh = union
-                cx0, cy0, cw0, ch0 = _union([tiles[i].core for i in picks])
-                core_box = ((cx0 - ux) / uw, (cy0 - uy) / uh, (cx0 + cw0 - ux) / uw, (cy0 + ch0 - uy) / uh)
-                batches, cores = [to_input(plane.read(union)[None], spec.input_norm)], [[core_box]]
+    # --- step 2: slide-level statistics ---------------------------------------------------------------
+    def slide_statistics(self) -> None:
+        """InstanceNorm (and BatchNorm in "slide" mode): sampled once, saved in the store so a resumed run
+        reuses them. A small job runs as one pooled pass whose output is the tiles themselves."""
+        plan, tiles, grid, spec = self.plan, self.tiles, self.grid, self.model.spec
+        settings, mode, batch = plan.settings, plan.mode, plan.batch
+        # Dropout as a function of slide position (inference.dropout): a copy of the model with positional masks.
+        self.base, self.dropout_ctx = with_positional_dropout(self.model.module, mode.dropout, mode.seed)
+        base = self.base
+        stats = None
+        self.pooled: tuple[list[int], list[np.ndarray]] | None = None
+        t_stats = time.perf_counter()
+        if plan.norm == "instance" or mode.slide_batch_norm:
+            saved = self.tstore.load_norm_stats()
+            ww0, wh0 = grid.window_size
+            flags = self.flags
+            assert flags is not None or saved is not None  # computed before the statistics
+            tissue_all = [i for i in tiles if flags[i]] if flags is not None else []
+            candidates = tissue_all or list(tiles)
+            # Every tissue tile in one pooled pass: whole-image statistics, and the output itself. A resumed
+            # small job runs that same pass again (same input, same arithmetic: the same pixels) and writes
+            # only the tiles still missing, so it ends identical to an uninterrupted run (issue 20, item 15).
+            exact = (
+                len(self.tissue) > 0
+                and len(tissue_all) == len(candidates) <= settings.stats_windows
+                and len(tissue_all) * ww0 * wh0 / 1e6 <= settings.pooled_pass_mp
+            )
+            if saved is not None and not exact:
+                stats = stats_from_arrays(saved)
             else:
-                batches, cores = sampled()
-            outputs: list[Any] | None = [] if exact else None
-            try:
-                stats = estimate_instance_stats(
-                    model.module, batches, cores, outputs=outputs, winograd=winograd, device=device
-                )
-            except (RuntimeError, MemoryError) as e:
-                if not (exact and is_out_of_memory(e)):
-                    raise
-                outputs = None  # too big for one pass here: sample in batches, run tiles afterwards
-                del batches
-                release_device_memory(device)
-                stats = (
-                    stats_from_arrays(saved)
-                    if saved is not None
-                    else estimate_instance_stats(model.module, *sampled(), winograd=winograd, device=device)
-                )
-            if outputs:
-                whole = to_uint8(outputs[0], spec.output_norm)[0]
-                crops = []
-                missing = [i for i in picks if i not in finished]
-                for i in missing:
-                    x, y, w, h = tiles[i].core
-                    crops.append(whole[y - uy : y - uy + h, x - ux : x - ux + w])
-                pooled = (missing, crops)
-            del outputs
-            if saved is None:
-                tstore.save_norm_stats(stats_to_arrays(stats))
-    stats_seconds = time.perf_counter() - t_stats
-    frozen = freeze_normalization(model.module, stats)
-    folded = fold_frozen_norms(frozen)
-    winograd_convs = use_winograd(frozen) if winograd else 0  # after folding: transforms the folded weights
-    runner = BatchRunner(frozen, device, precision, batch, spec.input_norm, spec.output_norm)
+                ux = uy = 0
+                if exact:
+                    picks = list(tissue_all)
+                else:
+                    count = min(max(1, settings.stats_windows), len(candidates))
+                    picks = sorted({candidates[round(j)] for j in np.linspace(0, len(candidates) - 1, count)})
 
-    ww, wh = grid.window_size
+                def sampled(picks: list[int] = picks) -> tuple[Any, list[Any]]:
+                    batches, cores = _stats_batches(
+                        plan.plane, [tiles[i] for i in picks], grid.window_size, batch, spec.input_norm
+                    )
+                    origins = [
+                        [tiles[i].window[:2] for i in picks[k : k + batch]]
+                        for k in range(0, len(picks), batch)
+                    ]
+                    return _positioned(base, batches, origins), cores
 
-    def blank_glass_pattern() -> np.ndarray:
+                if exact:
+                    # One window over all of them: the windows' union costs at most their sum, usually much
+                    # less (no overlapping halos), and its output is the same.
+                    union = _union([tiles[i].window for i in picks])
+                    ux, uy, uw, uh = union
+                    cx0, cy0, cw0, ch0 = _union([tiles[i].core for i in picks])
+                    core_box = (
+                        (cx0 - ux) / uw,
+                        (cy0 - uy) / uh,
+                        (cx0 + cw0 - ux) / uw,
+                        (cy0 + ch0 - uy) / uh,
+                    )
+                    whole_in = [to_input(plan.plane.read(union)[None], spec.input_norm)]
+                    batches, cores = _positioned(base, whole_in, [[(ux, uy)]]), [[core_box]]
+                else:
+                    batches, cores = sampled()
+                # The pooled pass's output is one dropout sample: with mean:N the tiles are run afterwards.
+                outputs: list[Any] | None = [] if exact and mode.samples == 1 else None
+                slide_bn = mode.slide_batch_norm
+                try:
+                    stats = estimate_instance_stats(
+                        base,
+                        batches,
+                        cores,
+                        outputs=outputs,
+                        winograd=plan.winograd,
+                        device=plan.device,
+                        batch_norms=slide_bn,
+                    )
+                except (RuntimeError, MemoryError) as e:
+                    if not (exact and is_out_of_memory(e)):
+                        raise
+                    outputs = None  # too big for one pass here: sample in batches, run tiles afterwards
+                    del batches
+                    release_device_memory(plan.device)
+                    stats = (
+                        stats_from_arrays(saved)
+                        if saved is not None
+                        else estimate_instance_stats(
+                            base, *sampled(), winograd=plan.winograd, device=plan.device, batch_norms=slide_bn
+                        )
+                    )
+                if outputs:
+                    whole = to_uint8(outputs[0], spec.output_norm)[0]
+                    crops = []
+                    missing = [i for i in picks if i not in self.finished]
+                    for i in missing:
+                        x, y, w, h = tiles[i].core
+                        crops.append(whole[y - uy : y - uy + h, x - ux : x - ux + w])
+                    self.pooled = (missing, crops)
+                del outputs
+                if saved is None:
+                    self.tstore.save_norm_stats(stats_to_arrays(stats))
+        self.stats = stats
+        self.stats_seconds = time.perf_counter() - t_stats
+
+    # --- step 3: precision and kernels ------------------------------------------------------------------
+    def choose_compute(self) -> None:
+        """Fold the frozen norms, then pick precision and kernels for the tile pass (after folding: Winograd
+        transforms the folded weights), measured on the first tissue window when the job is large enough to
+        repay it (inference.calibration)."""
+        plan, grid = self.plan, self.grid
+        frozen = freeze_normalization(self.base, self.stats)
+        self.folded = fold_frozen_norms(frozen)
+        variants = ModelVariants(frozen, plan.device, self.model.spec.input_norm, self.model.spec.output_norm)
+        pooled = set(self.pooled[0]) if self.pooled is not None else set()
+        to_run = [i for i in self.tissue if i not in pooled]
+        worth = (
+            bool(to_run)
+            and len(to_run) * grid.window_size[0] * grid.window_size[1] / 1e6
+            >= plan.settings.calibration_min_mp
+        )
+        self.choice = decide_compute(
+            plan.device,
+            plan.asked_precision,
+            plan.settings.winograd,
+            variants.winograd_convs,
+            self.model.sha256,
+            variants.prepare,
+            (lambda: calibration_window(plan.plane.read(self.tiles[to_run[0]].window), grid.align))
+            if worth
+            else None,
+            resumed=self.tstore.provenance().get("compute"),
+        )
+        self.runner = variants.runner(
+            self.choice.candidate, plan.batch, dropout=self.dropout_ctx, samples=plan.mode.samples
+        )
+        self.winograd_convs = variants.converted if self.choice.winograd else 0
+        self.tstore.update_provenance(compute=self.choice.to_dict())
+
+    # --- writing tiles ------------------------------------------------------------------------------------
+    def progress(self, new: list[int]) -> TileProgress:
+        elapsed = max(1e-9, time.perf_counter() - self.t_work)
+        return TileProgress(
+            done=self.done_count,
+            total=len(self.tiles),
+            skipped=self.skipped_now + sum(1 for i in self.resumed if self.finished[i] == "s"),
+            new_boxes=[_to_level0(self.tiles[i].core, self.d) for i in new],
+            mp_per_s=self.pixels_now / 1e6 / elapsed,
+            device=str(self.plan.device),
+            compute=self.choice.describe(),
+        )
+
+    def next_batch(self) -> list[int]:
+        """The next tiles for the model: those in the viewer's field of view first."""
+        if self.priority is not None and self.pending:
+            box = self.priority()
+            if box is not None:
+                plane = self.plan.plane
+                try:
+                    first = set(
+                        self.grid.tiles_intersecting(region_to_plane(box, self.slide, self.d, plane.size))
+                    )
+                except RegionError:
+                    first = set()
+                if first:
+                    self.pending = [i for i in self.pending if i in first] + [
+                        i for i in self.pending if i not in first
+                    ]
+        chosen, self.pending = self.pending[: self.plan.batch], self.pending[self.plan.batch :]
+        return chosen
+
+    def read_batch(self, indices: list[int]) -> np.ndarray:
+        return np.stack([self.plan.plane.read(self.tiles[i].window) for i in indices])
+
+    def run_batch(self, indices: list[int], windows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        return self.runner.run(windows, [self.tiles[i].window[:2] for i in indices])
+
+    def write_model_tiles(self, indices: list[int], outs: Any, spreads: Any = None) -> None:
+        tiles = self.tiles
+        for k, (i, out) in enumerate(zip(indices, outs, strict=True)):
+            self.tstore.write_tile(tiles[i].core, _crop(out, tiles[i]))
+            if self.confidence is not None and spreads is not None:
+                self.confidence.write(tiles[i].core, _crop(spreads[k], tiles[i]))
+        self.tstore.mark_done(indices, "d")
+        self.done_count += len(indices)
+        self.model_done += len(indices)
+        self.pixels_now += sum(tiles[i].core[2] * tiles[i].core[3] for i in indices)
+
+    # --- step 4: the field of view, while the tissue mask is computed -------------------------------------
+    def field_of_view_first(self) -> Generator[TileProgress, None, None]:
+        """The first field-of-view batch runs while the tissue mask is computed; its tiles that turn out to be
+        blank glass are filled like every other background tile (the model's output is dropped), so the store
+        does not depend on which came first."""
+        if self.flags_future is None:
+            return
+        first: list[int] = []
+        outs: Any = None
+        spreads: Any = None
+        if not self.stop_requested():
+            first = self.next_batch()
+            if first:
+                outs, spreads = self.run_batch(first, self.read_batch(first))
+        flags = self.flags = self.flags_future.result()
+        self.background = [i for i in self.todo if not flags[i]]
+        keep = [k for k, i in enumerate(first) if flags[i]]
+        if keep:
+            self.write_model_tiles(
+                [first[k] for k in keep],
+                [outs[k] for k in keep],
+                [spreads[k] for k in keep] if spreads is not None else None,
+            )
+            yield self.progress([first[k] for k in keep])
+        self.pending = [i for i in self.pending if flags[i]]  # ``first`` already left it
+
+    # --- step 5: blank glass ---------------------------------------------------------------------------
+    def blank_glass_pattern(self) -> np.ndarray:
         """What the model makes of blank glass, away from the window's borders: constant up to the model's
         own period (its total stride), so one period tiles any background core seamlessly."""
+        ww, wh = self.grid.window_size
         white = np.full((1, wh, ww, 3), 255, np.uint8)
-        out = runner(white)[0]
-        period = grid.align
+        outs, spreads = self.runner.run(white, [(0, 0)])
+        period = self.grid.align
         cy = (wh // 2 // period) * period
         cx = (ww // 2 // period) * period
-        pattern = out[cy : cy + period, cx : cx + period].copy()
-        tstore.update_provenance(
+        pattern = outs[0][cy : cy + period, cx : cx + period].copy()
+        if spreads is not None:  # with mean:N dropout: the glass's spread, tiled like its colour
+            self.blank_spread = spreads[0][cy : cy + period, cx : cx + period].copy()
+        self.tstore.update_provenance(
             background_rgb=np.median(pattern.reshape(-1, 3), axis=0).round().astype(int).tolist()
         )
         return pattern
 
-    total = len(tiles)
-    done_count = len(resumed)
-    skipped_now = 0
-    model_done = 0
-    pixels_now = 0
-    cancelled = False
-    t_work = time.perf_counter()
-
-    def report(new: list[int]) -> None:
-        if progress is None:
+    def fill_background(self) -> Generator[TileProgress, None, None]:
+        """Background next: cheap, and it makes the whole slide visible at once."""
+        if not self.background:
             return
-        elapsed = max(1e-9, time.perf_counter() - t_work)
-        progress(
-            TileProgress(
-                done=done_count,
-                total=total,
-                skipped=skipped_now + sum(1 for i in resumed if finished[i] == "s"),
-                new_boxes=[_to_level0(tiles[i].core, d) for i in new],
-                mp_per_s=pixels_now / 1e6 / elapsed,
-                device=str(device),
-            )
+        pattern = self.blank_glass_pattern()
+        for k in range(0, len(self.background), BACKGROUND_GROUP):
+            if self.stop_requested():
+                self.cancelled = True
+                return
+            group = self.background[k : k + BACKGROUND_GROUP]
+            for i in group:
+                cx, cy, cw, ch = self.tiles[i].core
+                self.tstore.write_tile(self.tiles[i].core, _fill(pattern, cx, cy, cw, ch))
+                if self.confidence is not None and self.blank_spread is not None:
+                    spread = _fill(self.blank_spread[..., None], cx, cy, cw, ch)[..., 0]
+                    self.confidence.write(self.tiles[i].core, spread)
+                self.pixels_now += cw * ch
+            self.tstore.mark_done(group, "s")
+            self.done_count += len(group)
+            self.skipped_now += len(group)
+            yield self.progress(group)
+
+    # --- step 6: the pooled pass's tiles -----------------------------------------------------------------
+    def write_pooled_pass(self) -> Generator[TileProgress, None, None]:
+        pooled, self.pooled = self.pooled, None
+        if pooled is None or self.cancelled:
+            return
+        indices, crops = pooled
+        for i, core_pixels in zip(indices, crops, strict=True):
+            self.tstore.write_tile(self.tiles[i].core, core_pixels)
+        self.tstore.mark_done(indices, "d")
+        self.done_count += len(indices)
+        self.model_done += len(indices)
+        self.pixels_now += sum(self.tiles[i].core[2] * self.tiles[i].core[3] for i in indices)
+        yield self.progress(indices)
+        done = set(indices)
+        self.pending = [i for i in self.pending if i not in done]
+
+    # --- step 7: the model's tiles, the next batch read while the model runs ------------------------------
+    def model_tiles(self) -> Generator[TileProgress, None, None]:
+        workers = max(1, self.plan.settings.workers)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vihc-reader") as pool:
+            current = self.next_batch() if not self.cancelled else []
+            fut: Future[np.ndarray] | None = pool.submit(self.read_batch, current) if current else None
+            while fut is not None:
+                windows = fut.result()
+                if self.stop_requested():
+                    self.cancelled = True
+                    break
+                upcoming = self.next_batch()
+                nxt = pool.submit(self.read_batch, upcoming) if upcoming else None
+                self.write_model_tiles(current, *self.run_batch(current, windows))
+                yield self.progress(current)
+                current, fut = upcoming, nxt
+            if self.cancelled and fut is not None:
+                fut.cancel()
+
+    # --- step 8: the report ---------------------------------------------------------------------------------
+    def report(self) -> RunReport:
+        plan, spec, tiles = self.plan, self.model.spec, self.tiles
+        seconds = time.perf_counter() - self.t_start
+        complete = not self.cancelled and self.done_count == len(tiles)
+        whole = len(tiles) == len(self.grid)
+        finished_now = self.tstore.finished()
+        store_complete = bool(complete and (whole or len(finished_now) == len(self.grid)))
+        region = list(plan.region) if plan.region is not None else None
+        self.tstore.update_provenance(
+            complete=store_complete,
+            region=region,
+            tiles_total=len(self.grid),
+            tiles_finished=len(finished_now),
         )
+        rep = RunReport(
+            store=str(self.tstore.path),
+            device=str(plan.device),
+            precision=self.choice.precision,
+            tiles_total=len(tiles),
+            tiles_done=self.model_done,
+            tiles_skipped=self.skipped_now,
+            tiles_resumed=len(self.resumed),
+            seconds=seconds,
+            mp_per_s=self.pixels_now / 1e6 / max(1e-9, seconds),
+            cancelled=self.cancelled,
+            store_complete=store_complete,
+            settings={
+                **plan.settings.__dict__,
+                **plan.info(),
+                "batch": plan.batch,
+                "batch_final": self.runner.batch,
+                "winograd_convs": self.winograd_convs,
+                "compute": self.choice.to_dict(),
+                "run_mode": plan.mode.to_dict(),
+                "confidence_store": self.confidence.path if self.confidence is not None else None,
+                "level0_downsample": self.d,
+                "norms_folded": self.folded,
+                "stats_seconds": round(self.stats_seconds, 3),
+                "region": region,
+                "complete": complete,
+            },
+            model={
+                "name": spec.name,
+                "arch": spec.arch,
+                "sha256": self.model.sha256,
+                "source": self.model.source,
+                "norm": plan.norm,
+                "mpp": spec.mpp,
+            },
+            warnings=list(dict.fromkeys(plan.warnings)),
+        )
+        write_run_json(rep)
+        return rep
 
-    pending = list(tissue)
-    batch_n = batch
 
-    def next_batch() -> list[int]:
-        nonlocal pending
-        if priority is not None and pending:
-            box = priority()
-            if box is not None:
-                try:
-                    first = set(grid.tiles_intersecting(_region_to_plane(box, slide, d, plane.size)))
-                except RegionError:
-                    first = set()
-                if first:
-                    pending = [i for i in pending if i in first] + [i for i in pending if i not in first]
-        chosen, pending = pending[:batch_n], pending[batch_n:]
-        return chosen
-
-    def read_batch(indices: list[int]) -> np.ndarray:
-        return np.stack([plane.read(tiles[i].window) for i in indices])
-
-    def write_model_tiles(indices: list[int], outs: Any) -> None:
-        nonlocal done_count, model_done, pixels_now
-        for i, out in zip(indices, outs, strict=True):
-            tstore.write_tile(tiles[i].core, _crop(out, tiles[i]))
-        tstore.mark_done(indices, "d")
-        done_count += len(indices)
-        model_done += len(indices)
-        pixels_now += sum(tiles[i].core[2] * tiles[i].core[3] for i in indices)
-        report(indices)
-
-    report([])
-    if flags_future is not None:
-        # The first field-of-view batch runs while the tissue mask is computed; its tiles that turn out to
-        # be blank glass are filled like every other background tile (the model's output is dropped), so the
-        # store does not depend on which came first.
-        first: list[int] = []
-        outs: Any = None
-        if not (cancel is not None and cancel.is_set()):
-            first = next_batch()
-            outs = runner(read_batch(first)) if first else None
-        flags = flags_future.result()
-        background = [i for i in todo if not flags[i]]
-        keep = [k for k, i in enumerate(first) if flags[i]]
-        if keep:
-            write_model_tiles([first[k] for k in keep], [outs[k] for k in keep])
-        pending = [i for i in pending if flags[i]]  # ``first`` already left it
-        del outs
-
-    blank_pattern = blank_glass_pattern() if background else None
-    # Background next: cheap, and it makes the whole slide visible at once.
-    for k in range(0, len(background), BACKGROUND_GROUP):
-        if cancel is not None and cancel.is_set():
-            cancelled = True
-            break
-        group = background[k : k + BACKGROUND_GROUP]
-        assert blank_pattern is not None
-        for i in group:
-            cx, cy, cw, ch = tiles[i].core
-            tstore.write_tile(tiles[i].core, _fill(blank_pattern, cx, cy, cw, ch))
-            pixels_now += cw * ch
-        tstore.mark_done(group, "s")
-        done_count += len(group)
-        skipped_now += len(group)
-        report(group)
-
-    if pooled is not None and not cancelled:
-        for i, core_pixels in zip(pooled[0], pooled[1], strict=True):
-            tstore.write_tile(tiles[i].core, core_pixels)
-        tstore.mark_done(pooled[0], "d")
-        done_count += len(pooled[0])
-        model_done += len(pooled[0])
-        pixels_now += sum(tiles[i].core[2] * tiles[i].core[3] for i in pooled[0])
-        report(pooled[0])
-        pooled_set = set(pooled[0])
-        pending = [i for i in pending if i not in pooled_set]
-    pooled = None
-
-    with ThreadPoolExecutor(max_workers=max(1, settings.workers), thread_name_prefix="vihc-reader") as pool:
-        current = next_batch() if not cancelled else []
-        fut: Future[np.ndarray] | None = pool.submit(read_batch, current) if current else None
-        while fut is not None:
-            windows = fut.result()
-            if cancel is not None and cancel.is_set():
-                cancelled = True
-                break
-            upcoming = next_batch()
-            nxt = pool.submit(read_batch, upcoming) if upcoming else None  # read while the model runs
-            write_model_tiles(current, runner(windows))
-            current, fut = upcoming, nxt
-        if cancelled and fut is not None:
-            fut.cancel()
-
-    seconds = time.perf_counter() - t_start
-    complete = not cancelled and done_count == total
-    whole = len(tiles) == len(grid)
-    finished_now = tstore.finished()
-    tstore.update_provenance(
-        complete=bool(complete and (whole or len(finished_now) == len(grid))),
-        region=list(region) if region is not None else None,
-        tiles_total=len(grid),
-        tiles_finished=len(finished_now),
-    )
-    rep = RunReport(
-        store=str(tstore.path),
-        device=str(device),
-        precision=precision,
-        tiles_total=total,
-        tiles_done=model_done,
-        tiles_skipped=skipped_now,
-        tiles_resumed=len(resumed),
-        seconds=seconds,
-        mp_per_s=pixels_now / 1e6 / max(1e-9, seconds),
-        cancelled=cancelled,
-        settings={
-            **settings.__dict__,
-            **info,
-            "batch": batch,
-            "batch_final": runner.batch,
-            "winograd_convs": winograd_convs,
-            "level0_downsample": d,
-            "norms_folded": folded,
-            "stats_seconds": round(stats_seconds, 3),
-            "region": list(region) if region is not None else None,
-            "complete": complete,
-        },
-        model={
-            "name": spec.name,
-            "arch": spec.arch,
-            "sha256": model.sha256,
-            "source": model.source,
-            "norm": norm,
-            "mpp": spec.mpp,
-        },
-    )
-    write_run_json(rep)
-    return rep
+def _positioned(module: Any, batches: list[Any], origins: list[list[tuple[int, int]]]) -> Any:
+    """Yield ``batches``, telling the model's positional dropouts where each lies on the plane first."""
+    for b, where in zip(batches, origins, strict=True):
+        set_positions(module, where, (b.shape[2], b.shape[3]))
+        yield b
 
 
 def write_run_json(rep: RunReport) -> Path:

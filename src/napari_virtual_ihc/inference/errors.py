@@ -2,25 +2,33 @@
 
 from __future__ import annotations
 
+# The store's own errors (the store contract lives in ``ihc_store``), named here too for the engine's callers.
+from ..ihc_store.errors import (
+    OutputNotWritableError,
+    StoreError,
+    StoreLockedError,
+    StoreMismatchError,
+    StoreWriteError,
+)
+
+__all__ = [
+    "DeviceError",
+    "EngineError",
+    "OutputNotWritableError",
+    "RegionError",
+    "StoreError",
+    "StoreLockedError",
+    "StoreMismatchError",
+    "StoreWriteError",
+]
+
 
 class EngineError(Exception):
     """Base class: the engine refused or stopped a run."""
 
 
-class OutputNotWritableError(EngineError):
-    """The output folder cannot be created or written; raised before any work is done."""
-
-
 class RegionError(EngineError, ValueError):
     """The requested region is empty or lies outside the slide."""
-
-
-class StoreMismatchError(EngineError):
-    """An existing store was written with other settings (tile, halo, model...) and cannot be resumed."""
-
-
-class StoreWriteError(EngineError):
-    """Writing a tile failed (e.g. the disk is full); finished tiles are kept, this one is not marked done."""
 
 
 class DeviceError(EngineError):

@@ -9,6 +9,11 @@ its weights and bias, which removes the normalisation cost entirely.
 Global poolings (:class:`GlobalPool2d`, the channel attention of the AMMFI generator) couple pixels to the whole
 input in the same way; they are treated alike: pooled once per slide over the same windows, then frozen to a
 constant per-channel descriptor (stored as the pair's first array; the second is unused zeros).
+
+BatchNorm generators can also run in ``slide`` mode (``bn_stats="slide"``): the papers' test scripts leave the
+model in train mode, so batch norm normalises with the statistics of the one image it is given (batch 1). Those
+are estimated here exactly like the InstanceNorm ones (pooled over the slide, then frozen): on an image small
+enough to run whole this equals the reference train-mode forward; on a slide it is seam-free and deterministic.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ class FrozenNorm(nn.Module):
 class _PooledStatsNorm(nn.Module):
     """Normalises with statistics pooled over the whole batch (window cores only), and accumulates them."""
 
-    def __init__(self, norm: nn.InstanceNorm2d, inplace: bool = False) -> None:
+    def __init__(self, norm: nn.Module, inplace: bool = False) -> None:
         super().__init__()
         self.norm = norm
         self.inplace = inplace  # safe only when nothing else holds the input (see _fed_only_by_a_conv)
@@ -84,10 +89,12 @@ class _PooledStatsNorm(nn.Module):
             self.mean, self.m2 = self._combine(self.count, self.mean, self.m2, n_batch, mean_batch, m2_batch)
         self.count += n_batch
         var_batch = m2_batch / n_batch
-        scale = (1.0 / torch.sqrt(var_batch + self.norm.eps)).float()
+        norm = self.norm
+        scale = (1.0 / torch.sqrt(var_batch + float(getattr(norm, "eps", 1e-5)))).float()
         shift = (-mean_batch).float() * scale
-        if self.norm.affine and self.norm.weight is not None and self.norm.bias is not None:
-            scale, shift = scale * self.norm.weight, shift * self.norm.weight + self.norm.bias
+        weight, bias = getattr(norm, "weight", None), getattr(norm, "bias", None)
+        if norm.affine and isinstance(weight, Tensor) and isinstance(bias, Tensor):
+            scale, shift = scale * weight.float(), shift * weight.float() + bias.float()
         shape = (1, -1, 1, 1)
         if self.inplace:
             return x.mul_(scale.to(x).view(shape)).add_(shift.to(x).view(shape))
@@ -213,6 +220,10 @@ def instance_norm_names(module: nn.Module) -> list[str]:
     return [n for n, m in module.named_modules() if isinstance(m, nn.InstanceNorm2d)]
 
 
+def batch_norm_names(module: nn.Module) -> list[str]:
+    return [n for n, m in module.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 @torch.inference_mode()
 def estimate_instance_stats(
     module: nn.Module,
@@ -221,8 +232,10 @@ def estimate_instance_stats(
     outputs: list[Tensor] | None = None,
     winograd: bool = False,
     device: torch.device | str | None = None,
+    batch_norms: bool = False,
 ) -> NormStats:
-    """Per-layer (mean, var) of every InstanceNorm, pooled over all ``batches`` (NCHW fp32).
+    """Per-layer (mean, var) of every InstanceNorm (and with ``batch_norms`` every BatchNorm: ``slide`` mode),
+    pooled over all ``batches`` (NCHW fp32).
 
     ``cores`` gives, per batch, each window's core as fractions (x0, y0, x1, y1) of its width/height: only
     those pixels are pooled at every layer (the halo is there to give context, its statistics are distorted
@@ -238,12 +251,11 @@ def estimate_instance_stats(
         probe = probe.to(device)
     if winograd:
         use_winograd(probe)
-    names = instance_norm_names(probe)
+    names = instance_norm_names(probe) + (batch_norm_names(probe) if batch_norms else [])
     private = _fed_only_by_a_conv(probe)
     collectors: dict[str, _PooledStatsNorm | _PooledGlobalPool] = {}
     for name in names:
         norm = probe.get_submodule(name)
-        assert isinstance(norm, nn.InstanceNorm2d)
         collectors[name] = _PooledStatsNorm(norm, inplace=name in private)
         _replace(probe, name, collectors[name])
     for name in global_pool_names(probe):
@@ -269,8 +281,9 @@ def estimate_instance_stats(
 def freeze_normalization(module: nn.Module, stats: NormStats | None = None) -> nn.Module:
     """A copy of ``module`` in eval mode with every InstanceNorm/BatchNorm replaced by a FrozenNorm.
 
-    InstanceNorms use ``stats`` (from :func:`estimate_instance_stats`); BatchNorms their running statistics;
-    a GlobalPool2d becomes a FrozenGlobalPool with its slide-level descriptor from ``stats``.
+    InstanceNorms use ``stats`` (from :func:`estimate_instance_stats`); BatchNorms too when ``stats`` has
+    them (``slide`` mode), their running statistics otherwise (eval mode); a GlobalPool2d becomes a
+    FrozenGlobalPool with its slide-level descriptor from ``stats``.
     """
     frozen = copy.deepcopy(module).float().eval()
     for name, sub in list(frozen.named_modules()):
@@ -283,6 +296,10 @@ def freeze_normalization(module: nn.Module, stats: NormStats | None = None) -> n
             else:
                 mean_t = torch.as_tensor(stats[name][0], dtype=torch.float64)
                 var_t = torch.as_tensor(stats[name][1], dtype=torch.float64)
+            _replace(frozen, name, _frozen_from(sub, mean_t, var_t))
+        elif isinstance(sub, nn.modules.batchnorm._BatchNorm) and stats is not None and name in stats:
+            mean_t = torch.as_tensor(stats[name][0], dtype=torch.float64)
+            var_t = torch.as_tensor(stats[name][1], dtype=torch.float64)
             _replace(frozen, name, _frozen_from(sub, mean_t, var_t))
         elif isinstance(sub, nn.modules.batchnorm._BatchNorm) and sub.running_mean is not None:
             assert sub.running_var is not None

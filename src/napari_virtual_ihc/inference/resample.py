@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 
+from ..ihc_store.writer import block_mean
 from ..slides.base import Slide
 
 
@@ -24,16 +25,6 @@ def model_downsample(slide_mpp: tuple[float, float] | None, model_mpp: float | N
         return 1.0
     ds = float(model_mpp) / slide
     return 1.0 if abs(ds - 1.0) < 0.02 else ds  # within 2 %: scanners round their µm/px
-
-
-def _block_mean(img: np.ndarray, k: int) -> np.ndarray:
-    """Mean over k x k blocks (partial blocks at the far edges dropped), float32 (h // k, w // k, c)."""
-    import torch
-    import torch.nn.functional as F
-
-    h, w = img.shape[0] // k, img.shape[1] // k
-    t = torch.from_numpy(np.ascontiguousarray(img[: h * k, : w * k])).permute(2, 0, 1)[None].float()
-    return F.avg_pool2d(t, k).squeeze(0).permute(1, 2, 0).contiguous().numpy()
 
 
 class WorkingPlane:
@@ -69,7 +60,7 @@ class WorkingPlane:
         k = self.integer_factor
         if k > 1:
             return np.clip(
-                np.rint(_block_mean(self._level_read(x * k, y * k, w * k, h * k), k)), 0, 255
+                np.rint(block_mean(self._level_read(x * k, y * k, w * k, h * k), k)), 0, 255
             ).astype(np.uint8)
         return self._read_general(x, y, w, h)
 
@@ -126,6 +117,6 @@ def low_resolution_view(slide: Slide, max_size: int = 2048) -> tuple[np.ndarray,
             bw = min(step, out_w * k - lx)
             px = slide.read_region((int(lx * lds), int(ly * lds)), level, (bw, bh))[..., :3]
             if k > 1:
-                px = np.clip(np.rint(_block_mean(px, k)), 0, 255).astype(np.uint8)
+                px = np.clip(np.rint(block_mean(px, k)), 0, 255).astype(np.uint8)
             out[ly // k : ly // k + px.shape[0], lx // k : lx // k + px.shape[1]] = px
     return out, ds

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .device import autocast_dtype, is_out_of_memory, release_device_memory
+from .dropout import DropoutContext, set_positions
 from .errors import NonFiniteOutputError
 
 
@@ -52,6 +53,8 @@ class BatchRunner:
         input_norm: str = "minus_one_one",
         output_norm: str = "minus_one_one",
         on_batch_change: Callable[[int], None] | None = None,
+        dropout: DropoutContext | None = None,
+        samples: int = 1,
     ) -> None:
         self.device = device
         self.precision = precision
@@ -63,28 +66,71 @@ class BatchRunner:
         if device.type in ("cpu", "cuda"):
             self.module = self.module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.channels_last = device.type in ("cpu", "cuda")
+        # Positional dropout (inference.dropout): ``samples`` forward passes per batch, one per dropout sample.
+        # Without dropout layers every sample is the same: one pass, and a zero spread when one is asked for.
+        self.dropout = dropout
+        self.samples = max(1, int(samples))
 
-    def _forward(self, windows: np.ndarray) -> np.ndarray:
-        x = to_input(windows, self.input_norm).to(self.device)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+    def _forward_once(self, x: torch.Tensor) -> torch.Tensor:
         dtype = autocast_dtype(self.precision)
         ctx = torch.autocast(self.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
         with torch.inference_mode(), ctx:
-            y = self.module(x)
-        return to_uint8(y, self.output_norm)
+            return self.module(x)
 
-    def __call__(self, windows: np.ndarray) -> np.ndarray:
+    def _forward(
+        self, windows: np.ndarray, origins: list[tuple[int, int]] | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        x = to_input(windows, self.input_norm).to(self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.dropout is None:
+            out = to_uint8(self._forward_once(x), self.output_norm)
+            return out, (np.zeros(out.shape[:3], np.uint8) if self.samples > 1 else None)
+        set_positions(self.module, origins or [(0, 0)] * len(windows), (x.shape[2], x.shape[3]))
+        if self.samples == 1:
+            self.dropout.sample = 0
+            return to_uint8(self._forward_once(x), self.output_norm), None
+        total = sq = None
+        for k in range(self.samples):  # mean and spread of the samples, in grey levels
+            self.dropout.sample = k
+            y = self._forward_once(x).float()
+            g = y * 255.0 if self.output_norm == "zero_one" else (y + 1.0) * 127.5
+            total = g.clone() if total is None else total.add_(g)
+            sq = g * g if sq is None else sq.addcmul_(g, g)
+        assert total is not None and sq is not None
+        mean = total / self.samples
+        var = (sq / self.samples - mean * mean).clamp_min_(0).mean(dim=1)  # averaged over the channels
+        spread = var.sqrt_().round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
+        mean_out = mean.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return mean_out, spread
+
+    def __call__(self, windows: np.ndarray, origins: list[tuple[int, int]] | None = None) -> np.ndarray:
         """(N, h, w, 3) uint8 windows -> (N, h, w, 3) uint8 outputs, in chunks of ``self.batch``."""
+        return self.run(windows, origins)[0]
+
+    def run(
+        self, windows: np.ndarray, origins: list[tuple[int, int]] | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Outputs and, with ``mean:N`` dropout, the per-pixel spread of the samples (N, h, w) uint8.
+
+        ``origins`` are the windows' top-left corners on the plane (x, y): the dropout masks depend on them.
+        """
         outs: list[np.ndarray] = []
+        spreads: list[np.ndarray] = []
         start = 0
         while start < len(windows):
             chunk = windows[start : start + self.batch]
             n = len(chunk)
+            where = list(origins[start : start + n]) if origins is not None else None
             if n < self.batch:  # pad with copies of the last window: same shapes, same arithmetic
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch - n, axis=0)])
+                if where is not None:
+                    where += [where[-1]] * (self.batch - n)
             try:
-                outs.append(self._forward(chunk)[:n])
+                out, spread = self._forward(chunk, where)
+                outs.append(out[:n])
+                if spread is not None:
+                    spreads.append(spread[:n])
             except (RuntimeError, MemoryError) as e:
                 if not is_out_of_memory(e) or self.batch == 1:
                     raise
@@ -94,4 +140,5 @@ class BatchRunner:
                     self.on_batch_change(self.batch)
                 continue
             start += n
-        return np.concatenate(outs) if outs else np.empty((0, *windows.shape[1:]), np.uint8)
+        out_all = np.concatenate(outs) if outs else np.empty((0, *windows.shape[1:]), np.uint8)
+        return out_all, (np.concatenate(spreads) if spreads else None)

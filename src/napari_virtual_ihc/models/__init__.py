@@ -15,6 +15,7 @@ from .errors import (
     UnknownArchitectureError,
     UnsafeCheckpointError,
     UnsupportedFormatVersionError,
+    WrongDirectionError,
 )
 from .norms import norm_kind
 from .registry import GENERATORS, available_architectures, build_generator, register_generator
@@ -37,6 +38,7 @@ __all__ = [
     "UnknownArchitectureError",
     "UnsafeCheckpointError",
     "UnsupportedFormatVersionError",
+    "WrongDirectionError",
     "available_architectures",
     "build_generator",
     "demo_model_path",

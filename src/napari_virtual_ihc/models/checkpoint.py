@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .detect import detect_architecture, drop_untracked_instance_norm_stats
+from .direction import check_direction
 from .errors import (
     CheckpointError,
     CheckpointNotFoundError,
@@ -179,6 +180,7 @@ def read_checkpoint(
     if p.stat().st_size == 0:
         raise CorruptCheckpointError(f"{p}: the file is empty")
     spec: ModelSpec | None = None
+    reference = False
     imported_from = "pth"
     kind = sniff_format(p)
     if kind == "truncated_safetensors":
@@ -210,7 +212,10 @@ def read_checkpoint(
             name=p.stem,
             provenance={"imported_from": str(p), "import_format": imported_from},
         )
+        reference = True
     spec = _apply_overrides(spec, overrides)
+    if reference:  # an imported state dict runs as the reference test.py ran it
+        spec = _as_reference_test_runs(spec)
     check_spec(spec, str(p))  # bounded arguments before the meta build
     expected = meta_state_dict(spec)
     check_against(expected, shapes, f"{p} (as {spec.arch} {spec.arch_kwargs})")
@@ -224,6 +229,41 @@ def read_checkpoint(
     return spec, sd
 
 
+REFERENCE_MODE_NOTE = (
+    "imported checkpoint: runs as the papers' test.py runs it (no --eval, so the model stays in train mode): "
+    "{what}. For eval mode pass --bn-stats running --dropout off (EngineSettings(bn_stats=..., dropout=...))."
+)
+
+
+def _as_reference_test_runs(spec: ModelSpec) -> ModelSpec:
+    """pix2pix/BCI ``test.py`` calls ``model.eval()`` only with ``--eval``, which their READMEs do not pass:
+    batch norm then uses the test image's own statistics and dropout stays on. An imported ``.pth`` records
+    that as its intended mode (the project's own checkpoints record theirs in the header)."""
+    norm = str(spec.arch_kwargs.get("norm", "batch" if spec.arch.startswith("unet") else "instance"))
+    bn = "slide" if norm == "batch" else None
+    dropout = "sample" if spec.arch_kwargs.get("use_dropout") else None
+    return dataclasses.replace(spec, bn_stats=spec.bn_stats or bn, dropout=spec.dropout or dropout)
+
+
+def _loading_notes(spec: ModelSpec) -> list[str]:
+    """What loading assumed, said where the model is loaded (CLI, widget)."""
+    notes = []
+    what = []
+    if spec.provenance.get("imported_from"):
+        if spec.bn_stats == "slide":
+            what.append("batch norm with the slide's own statistics (bn_stats=slide)")
+        if spec.dropout == "sample":
+            what.append("dropout on, one sample (dropout=sample)")
+        if what:
+            notes.append(REFERENCE_MODE_NOTE.format(what="; ".join(what)))
+    if spec.mpp is None:
+        notes.append(
+            "no µm/px recorded: the model runs at the slide's native resolution unless you set --model-mpp "
+            "(e.g. 0.5 for a 20x model) or record it with 'virtual-ihc convert IN OUT --model-mpp 0.5'"
+        )
+    return notes
+
+
 def load_generator(
     path: str | os.PathLike[str], device: str | torch.device = "cpu", **overrides: Any
 ) -> LoadedGenerator:
@@ -233,12 +273,18 @@ def load_generator(
     (``n_blocks``, ``ngf``, ``norm``, ``use_dropout``, ``n_downsampling``...), or spec fields (``mpp``,
     ``name``, ``target_stain``).  Loading is strict: any missing/unexpected key or shape mismatch raises
     ShapeMismatchError naming them; bad header values InvalidSpecError, NaN/inf weights
-    NonFiniteWeightsError, integer tensors in float slots CorruptCheckpointError.
+    NonFiniteWeightsError, integer tensors in float slots CorruptCheckpointError. A checkpoint whose name
+    says IHC -> H&E (CycleGAN's ``*_net_G_B.pth``) raises WrongDirectionError naming the other file.
+    ``notes`` says what loading assumed (the reference test.py's batch-norm/dropout mode for an imported
+    ``.pth``, an unknown µm/px).
     """
     p = Path(path)
     spec, sd = read_checkpoint(p, **overrides)  # checked against the architecture: the build below fits
+    check_direction(p, spec.target_stain)
     module = build_generator(spec.arch, **spec.arch_kwargs)
     module.load_state_dict(sd, strict=True)
     module.to(device)
     module.eval()
-    return LoadedGenerator(module=module, spec=spec, source=str(p.resolve()), sha256=file_sha256(p))
+    return LoadedGenerator(
+        module=module, spec=spec, source=str(p.resolve()), sha256=file_sha256(p), notes=_loading_notes(spec)
+    )

@@ -31,6 +31,10 @@ class UnsupportedFormatVersionError(CheckpointError):
     """The checkpoint was written by a newer version of this project's format."""
 
 
+class WrongDirectionError(CheckpointError):
+    """The checkpoint's name or keys say it maps IHC to H&E (e.g. CycleGAN's ``*_net_G_B.pth``)."""
+
+
 class InvalidSpecError(CheckpointError, ValueError):
     """A header value or architecture argument is of the wrong type or outside what can be run."""
 

@@ -38,6 +38,6 @@ def norm_kind(module: nn.Module) -> str:
     for sub in module.modules():
         if isinstance(sub, nn.InstanceNorm2d):
             return "instance"
-        if isinstance(sub, nn.modules.batchnorm._BatchNorm):
+        if isinstance(sub, nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d | nn.SyncBatchNorm):
             return "batch"
     return "none"

@@ -22,6 +22,8 @@ class ModelSpec:
     ``input_norm``/``output_norm`` describe pixel scaling: ``"minus_one_one"`` maps uint8 0..255 to
     -1..1 (the pix2pix/CycleGAN convention). ``mpp`` is the µm/pixel the model was trained at; ``None``
     (an imported ``.pth``) means "run at the slide's native resolution unless told otherwise".
+    ``bn_stats`` (``running`` | ``slide``) and ``dropout`` (``off`` | ``sample`` | ``mean:N``) record how the
+    model is meant to run (None: eval mode); imported ``.pth`` files get what their reference test.py does.
     """
 
     arch: str
@@ -35,6 +37,8 @@ class ModelSpec:
     # a 4th input channel holding the tumour class plane (CycleGAN + MIL): {"classes": {name: value}, ...};
     # None for the usual RGB-only generator
     class_channel: dict[str, Any] | None = None
+    bn_stats: str | None = None
+    dropout: str | None = None
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -54,3 +58,4 @@ class LoadedGenerator:
     spec: ModelSpec
     source: str = ""
     sha256: str = ""
+    notes: list[str] = field(default_factory=list)  # what loading assumed, for the CLI and the widget to say

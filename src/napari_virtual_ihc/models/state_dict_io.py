@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from .errors import CorruptCheckpointError, UnsafeCheckpointError
+from .errors import CorruptCheckpointError, UnsafeCheckpointError, WrongDirectionError
 
 # Keys under which training scripts nest the generator's weights inside a larger checkpoint dict.
 _NESTING_KEYS = (
@@ -265,6 +265,11 @@ def extract_state_dict(obj: Any, where: str = "checkpoint") -> dict[str, torch.T
                         break
             if found is not None:
                 break
+    if found is None and isinstance(obj, Mapping) and any(k in obj for k in ("netG_B", "G_B", "net_G_B")):
+        raise WrongDirectionError(
+            f"{where}: holds only the IHC -> H&E generator (netG_B / G_B); to stain H&E into IHC use the "
+            "checkpoint with netG_A (CycleGAN's *_net_G_A.pth)"
+        )
     if found is None:
         raise CorruptCheckpointError(
             f"{where}: no state dict of tensors found (top-level keys: "

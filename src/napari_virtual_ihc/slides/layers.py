@@ -9,6 +9,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
+from ..ihc_store.naming import display_stem
 from .base import Slide
 
 DEFAULT_CHUNK = 512
@@ -115,10 +116,4 @@ def slide_layer_data(slide: Slide, name: str | None = None) -> tuple[Any, dict[s
 
 
 def _layer_name(slide: Slide) -> str:
-    if slide.path is None:
-        return "slide"
-    n = slide.path.name
-    for ext in (".ome.tiff", ".ome.tif", ".ome.zarr"):
-        if n.lower().endswith(ext):
-            return n[: -len(ext)]
-    return slide.path.stem
+    return display_stem(slide.path) if slide.path is not None else "slide"

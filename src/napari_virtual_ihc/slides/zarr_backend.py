@@ -1,6 +1,6 @@
 """OME-Zarr (NGFF 0.4) image stores, e.g. the virtual-IHC stores the inference engine writes.
 
-The engine's layout (see ``inference/store.py``): arrays ``"0"``, ``"1"``, ... of shape ``(3, H, W)``
+The engine's layout (see ``ihc_store``): arrays ``"0"``, ``"1"``, ... of shape ``(3, H, W)``
 uint8 (axes c, y, x), each dataset's ``coordinateTransformations`` scale giving µm/px, and provenance in
 the ``virtual_ihc`` attribute (``level0_downsample`` places the store over its source slide). Other
 NGFF images with axes such as (t, c, z, y, x) are accepted when they reduce to one RGB(A)/gray plane.
@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from ..ihc_store.naming import PROVENANCE_KEY
 from ._counting_store import CountingStore
 from ._pixels import PixelPolicy, make_policy, read_labelled_window, read_window
 from .base import Slide
@@ -90,7 +91,7 @@ class ZarrSlide(Slide):
 
     @property
     def provenance(self) -> dict[str, Any]:
-        return dict(self._attrs.get("virtual_ihc", {}) or {})
+        return dict(self._attrs.get(PROVENANCE_KEY, {}) or {})
 
     @property
     def level0_downsample(self) -> float:
@@ -101,12 +102,12 @@ class ZarrSlide(Slide):
             return 1.0
 
     def properties(self) -> dict[str, Any]:
-        return {"virtual_ihc": self.provenance} if self.provenance else {}
+        return {PROVENANCE_KEY: self.provenance} if self.provenance else {}
 
     def metadata(self) -> dict[str, Any]:
         md = super().metadata()
         md["level0_downsample"] = self.level0_downsample
-        md["virtual_ihc"] = self.provenance
+        md[PROVENANCE_KEY] = self.provenance
         md["tile_size"] = list(self.tile_size) if self.tile_size else None
         return md
 

@@ -59,12 +59,14 @@ class StainCalibration:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StainCalibration:
-        stains = StainMatrix(
-            tuple(d["names"]),
-            tuple(tuple(float(x) for x in v) for v in d["vectors"]),
-            tuple(float(b) for b in d["background"]),  # type: ignore[arg-type]
-        )
+        vectors = tuple(_triple(v) for v in d["vectors"])
+        stains = StainMatrix(tuple(d["names"]), vectors, _triple(d["background"]))
         return cls(stains, d["background_source"], d["vectors_source"], tuple(d.get("notes", ())))
+
+
+def _triple(v: Any) -> tuple[float, float, float]:
+    a, b, c = (float(x) for x in v)
+    return (a, b, c)
 
 
 def _rgb_pixels(rgb: np.ndarray) -> np.ndarray:
@@ -149,7 +151,7 @@ def estimate_stain_vectors(
                 f"the estimated {name} vector {vec.round(3).tolist()} is {math.degrees(math.acos(min(c, 1))):.0f}"
                 f" degrees from the reference {r.round(3).tolist()}: not plausible, keeping the defaults"
             )
-    v = tuple(tuple(float(x) for x in row) for row in chosen)
+    v = tuple(_triple(row) for row in chosen)
     try:
         return StainMatrix(ref.names, v, background)
     except StainVectorError as e:
@@ -192,4 +194,4 @@ def calibrate(
 
 
 def _vectors_of(s: StainMatrix) -> tuple[tuple[float, float, float], ...]:
-    return tuple(tuple(float(x) for x in row) for row in s.matrix[: len(s.names)])  # type: ignore[misc]
+    return tuple(_triple(row) for row in s.matrix[: len(s.names)])

@@ -1,4 +1,4 @@
-"""From a napari layer to the Slide the engine reads, and where that slide's result is stored."""
+"""The one layer adapter both widgets use: napari layer -> Slide, -> µm/px, -> where its result is stored."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from ..ihc_store import PROVENANCE_KEY, store_path_for
 from ..slides.base import ArraySlide, Slide
-from ._stain_layer import PROVENANCE_KEY, store_path_for
 
 # Length units napari layers may carry, in micrometres.
 _UM_PER_UNIT = {
@@ -40,18 +40,16 @@ def is_source_candidate(layer: Any) -> bool:
 
 
 def layer_mpp(layer: Any) -> tuple[float, float] | None:
-    """µm/px ``(x, y)`` from the layer's scale when its units are lengths; None for plain pixels."""
-    units = getattr(layer, "units", None)
-    if units is None:
-        return None
-    names = [str(u) for u in tuple(units)[-2:]]
-    factors = [_UM_PER_UNIT.get(n) for n in names]
-    if any(f is None for f in factors):
-        return None
+    """µm/px ``(x, y)`` of a layer: its scale converted when its units are lengths; a scale other than 1 in
+    napari's default "pixel" units is taken as µm (how most users set it); None for plain pixels."""
     sy, sx = (float(s) for s in np.asarray(layer.scale, dtype=float)[-2:])
-    fy, fx = factors
-    assert fy is not None and fx is not None
-    return (sx * fx, sy * fy)
+    names = [str(u) for u in tuple(getattr(layer, "units", None) or ())[-2:]]
+    factors = [_UM_PER_UNIT.get(n) for n in names]
+    if len(factors) == 2 and factors[0] is not None and factors[1] is not None:
+        return (sx * factors[1], sy * factors[0])
+    if (sy, sx) != (1.0, 1.0) and all(n in ("pixel", "px", "") for n in names):
+        return (sx, sy)
+    return None
 
 
 def layer_source_path(layer: Any) -> Path | None:

@@ -1,0 +1,52 @@
+"""One sentence a pathologist can act on, for any error a staining run may raise."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+
+class ModelLoadError(RuntimeError):
+    """The chosen model file could not be loaded (whatever the loader raised)."""
+
+
+def user_message(exc: BaseException, store: Path) -> str:
+    from ..ihc_store import (
+        ForeignPathError,
+        OtherSourceError,
+        OutputNotWritableError,
+        StoreLockedError,
+        StoreMismatchError,
+        StoreWriteError,
+    )
+    from ..inference.errors import DeviceError, RegionError
+    from ..models.errors import CheckpointError
+    from ..slides.errors import SlideError
+
+    if isinstance(exc, CheckpointError | ModelLoadError):
+        return f"Could not load the model: {exc}"
+    if isinstance(exc, DeviceError):
+        return f"Device problem: {exc}"
+    if isinstance(exc, SlideError):
+        return f"Could not read the slide: {exc}"
+    if isinstance(exc, OtherSourceError | ForeignPathError | StoreLockedError):
+        return f"Virtual IHC refused to write {store.name}: {exc}"
+    if isinstance(exc, StoreMismatchError):
+        return (
+            f"{store.name} already holds a result made with another model or other settings. Choose "
+            f"another output folder to keep both, or delete {store} to start over."
+        )
+    if isinstance(exc, StoreWriteError | OutputNotWritableError):
+        return f"Could not write the result: {exc}"
+    if isinstance(exc, RegionError):
+        return f"Nothing to stain: {exc}"
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (
+            f"Disk full while writing {store}. Free some space or choose another output folder; "
+            "finished tiles are kept and Run resumes from them."
+        )
+    if isinstance(exc, OSError):
+        return f"Could not write the result to {store}: {exc}"
+    if "out of memory" in str(exc).lower():
+        return f"The device ran out of memory: {exc}. Lower the batch size under 'Advanced'."
+    return f"Virtual IHC failed: {type(exc).__name__}: {exc}"

@@ -1,0 +1,458 @@
+"""Measured precision and kernels: which of this device's ways to run a model is fastest *and* correct here.
+
+Why measure: the same ResNet-9 runs 2.2-2.5x faster in bf16 than fp32 on an Intel Xeon with AVX512-BF16/AMX
+and 20x slower on an AVX2 AMD EPYC; Winograd pays on wide fp32 convolutions on some CPUs and not on others. No
+table of CPUs can know that, so the engine times the candidates this device supports on the first real window
+of the job, checks each against a direct fp32 pass of the same window (kept only at >= ``MIN_PSNR`` dB and a max
+error <= ``MAX_ERROR`` grey levels) and keeps the fastest. The decision is cached per (device name, torch
+version, model sha256, what was asked), so later runs of that model on that machine skip it.
+
+Candidates: CPU fp32 direct, fp32 Winograd (when the model has wide 3x3 convolutions), bf16 autocast (only
+when the CPU has bf16 instructions); CUDA fp32, fp16, bf16 (when supported); MPS fp32, fp16.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .dropout import DropoutContext
+from .errors import DeviceError
+from .quality import psnr
+from .runner import BatchRunner
+from .winograd import is_eligible, use_winograd
+
+MIN_PSNR = 40.0  # dB against fp32 direct on the same window
+MAX_ERROR = 8  # grey levels, worst pixel
+CALIBRATION_SIDE = 512  # px: the calibration window is the first tissue window cut to at most this side
+TIMED_ROUNDS = 2  # timed runs per candidate after a warm-up, interleaved A B .. B A; the minimum is kept
+CACHE_ENV = "VIRTUAL_IHC_CACHE_DIR"
+CACHE_FILE = "calibration.json"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to run the model: a precision and, for CPU fp32, direct or Winograd 3x3 convolutions."""
+
+    precision: str  # fp32 | fp16 | bf16
+    winograd: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.precision} Winograd" if self.winograd else self.precision
+
+
+REFERENCE = Candidate("fp32", False)
+
+
+@dataclass
+class Measurement:
+    """A candidate's timing and agreement with the fp32 direct pass (``error`` if it could not run)."""
+
+    candidate: Candidate
+    seconds: float | None = None
+    psnr_db: float | None = None
+    max_error: int | None = None
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return (
+            self.error is None
+            and self.seconds is not None
+            and self.psnr_db is not None
+            and self.max_error is not None
+            and self.psnr_db >= MIN_PSNR
+            and self.max_error <= MAX_ERROR
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["candidate"] = self.candidate.label
+        d["passed"] = self.passed
+        if d["psnr_db"] is not None and not np.isfinite(d["psnr_db"]):
+            d["psnr_db"] = "inf"
+        return d
+
+
+@dataclass
+class ComputeChoice:
+    """What the run uses, and why: ``how`` is ``measured``, ``cached``, ``resumed``, ``requested`` or
+    ``default`` (a job too small for the calibration to pay)."""
+
+    precision: str
+    winograd: bool
+    how: str
+    speedup: float | None = None  # vs fp32 direct, measured on the calibration window
+    measurements: list[dict[str, Any]] = field(default_factory=list)
+    device_name: str = ""
+    note: str = ""
+
+    @property
+    def candidate(self) -> Candidate:
+        return Candidate(self.precision, self.winograd)
+
+    @property
+    def label(self) -> str:
+        return self.candidate.label
+
+    def describe(self) -> str:
+        """For the CLI and the widget, e.g. ``bf16 (measured 2.3x fp32)``."""
+        if self.speedup is not None and self.how in ("measured", "cached", "resumed"):
+            return f"{self.label} ({self.how} {self.speedup:.1f}x fp32)"
+        return f"{self.label} ({self.how})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "label": self.label, "described": self.describe()}
+
+
+# --- what this device offers ---------------------------------------------------------------------------
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU has bf16 arithmetic instructions (x86 AVX512-BF16 / AMX-BF16, Arm BF16)."""
+    flags = _cpu_flags()
+    if flags & {"avx512_bf16", "amx_bf16", "bf16"}:
+        return True
+    if sys.platform == "darwin" and platform.machine() == "arm64":
+        with contextlib.suppress(OSError, ValueError):
+            import subprocess
+
+            out = subprocess.run(
+                ["sysctl", "-n", "hw.optional.arm.FEAT_BF16"], capture_output=True, text=True, timeout=2
+            )
+            return out.stdout.strip() == "1"
+    return False
+
+
+def cpu_model_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def device_name(device: torch.device) -> str:
+    """What the cache is keyed by: the CPU model and torch's CPU capability, or the GPU's name."""
+    if device.type == "cuda":
+        return f"cuda {torch.cuda.get_device_name(device.index or 0)}"
+    if device.type == "mps":
+        return f"mps {platform.machine()} {platform.mac_ver()[0]}"
+    return f"cpu {cpu_model_name()} ({torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads)"
+
+
+def check_precision_supported(precision: str, device: torch.device) -> None:
+    """Refuse, with the reason, a precision this device has no instructions for."""
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+        raise DeviceError(
+            f"bf16 was requested but this CPU ({cpu_model_name()}) has no bf16 instructions (AVX512-BF16 or "
+            "AMX): it would run emulated, many times slower than fp32. Use --precision auto or fp32."
+        )
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise DeviceError(f"bf16 is not supported on {torch.cuda.get_device_name(device.index or 0)}")
+
+
+def candidates(
+    device: torch.device, precision: str = "auto", winograd: bool | None = None, winograd_convs: int = 0
+) -> list[Candidate]:
+    """The candidates to measure, fp32 direct (the reference) first.
+
+    ``precision`` other than ``auto`` and ``winograd`` other than None restrict the set to what was asked;
+    ``winograd_convs`` is how many convolutions Winograd would take over (0: no Winograd candidate).
+    """
+    if device.type == "cpu":
+        wanted = ["fp32"] + (["bf16"] if cpu_has_bf16() else [])
+    elif device.type == "cuda":
+        wanted = ["fp32", "fp16"] + (["bf16"] if torch.cuda.is_bf16_supported() else [])
+    else:
+        wanted = ["fp32", "fp16"]
+    if precision != "auto":
+        wanted = [precision]
+    out: list[Candidate] = []
+    for p in wanted:
+        can_winograd = device.type == "cpu" and p == "fp32" and winograd_convs > 0
+        if not (can_winograd and winograd is True):  # direct, unless Winograd was asked for and applies
+            out.append(Candidate(p, False))
+        if can_winograd and winograd is not False:
+            out.append(Candidate(p, True))
+    return out
+
+
+def default_choice(
+    device: torch.device, precision: str, winograd: bool | None, winograd_convs: int
+) -> ComputeChoice:
+    """Without a measurement: fp16 on GPUs, fp32 on the CPU, Winograd on for wide CPU fp32 convolutions."""
+    p = precision if precision != "auto" else ("fp16" if device.type in ("cuda", "mps") else "fp32")
+    w = device.type == "cpu" and p == "fp32" and winograd_convs > 0 and winograd is not False
+    return ComputeChoice(
+        p, w, "requested" if precision != "auto" else "default", device_name=device_name(device)
+    )
+
+
+# --- the rule ------------------------------------------------------------------------------------------
+def choose(measurements: Sequence[Measurement]) -> Measurement:
+    """The fastest candidate within the quality gate (the fp32 direct reference always qualifies)."""
+    passed = [m for m in measurements if m.passed]
+    if not passed:
+        raise RuntimeError(
+            "no calibration candidate ran: "
+            + "; ".join(f"{m.candidate.label}: {m.error}" for m in measurements)
+        )
+    return min(passed, key=lambda m: m.seconds if m.seconds is not None else float("inf"))
+
+
+Runner = Callable[[np.ndarray], np.ndarray]  # (1, h, w, 3) uint8 -> (1, h, w, 3) uint8
+
+
+def measure(
+    window: np.ndarray,
+    cands: Sequence[Candidate],
+    prepare: Callable[[Candidate], Runner],
+    rounds: int = TIMED_ROUNDS,
+) -> list[Measurement]:
+    """Time every candidate on ``window`` and compare it with the fp32 direct output.
+
+    ``prepare`` builds a candidate's runner; a candidate whose preparation or run raises (out of memory, a
+    kernel missing on this device) is recorded with its error and dropped, the others go on.
+    """
+    if REFERENCE not in cands:
+        cands = [REFERENCE, *cands]
+    runners: dict[Candidate, Runner] = {}
+    results = {c: Measurement(c) for c in cands}
+    outputs: dict[Candidate, np.ndarray] = {}
+    for c in cands:  # warm-up: builds kernels/primitives, gives the output to check
+        try:
+            runners[c] = prepare(c)
+            outputs[c] = runners[c](window)
+        except (RuntimeError, MemoryError, NotImplementedError, ValueError) as e:
+            results[c].error = f"{type(e).__name__}: {e}"[:300]
+            runners.pop(c, None)
+    if REFERENCE not in outputs:
+        raise RuntimeError(f"the fp32 reference pass failed during calibration: {results[REFERENCE].error}")
+    ref = outputs[REFERENCE].astype(np.int16)
+    for c, out in outputs.items():
+        results[c].psnr_db = psnr(out, outputs[REFERENCE])
+        results[c].max_error = int(np.abs(out.astype(np.int16) - ref).max())
+    order = list(runners)
+    for r in range(rounds):
+        for c in order if r % 2 == 0 else reversed(order):
+            if c not in runners:
+                continue
+            try:
+                t = time.perf_counter()
+                runners[c](window)
+                dt = time.perf_counter() - t
+            except (RuntimeError, MemoryError, NotImplementedError, ValueError) as e:
+                results[c].error = f"{type(e).__name__}: {e}"[:300]
+                runners.pop(c)
+                continue
+            prev = results[c].seconds
+            results[c].seconds = dt if prev is None else min(prev, dt)
+    return [results[c] for c in cands]
+
+
+def calibration_window(window: np.ndarray, align: int, side: int = CALIBRATION_SIDE) -> np.ndarray:
+    """The centre of a (h, w, 3) window, at most ``side`` px and a multiple of the network's stride."""
+    h, w = window.shape[:2]
+    ch = max(align, min(h, side) // align * align)
+    cw = max(align, min(w, side) // align * align)
+    y0, x0 = (h - ch) // 2, (w - cw) // 2
+    return np.ascontiguousarray(window[y0 : y0 + ch, x0 : x0 + cw])[None]
+
+
+# --- the cache -----------------------------------------------------------------------------------------
+def cache_path() -> Path:
+    """``$VIRTUAL_IHC_CACHE_DIR/calibration.json``, else the user's cache folder."""
+    base = os.environ.get(CACHE_ENV)
+    if base:
+        return Path(base) / CACHE_FILE
+    if sys.platform == "darwin":
+        root = Path.home() / "Library" / "Caches"
+    elif sys.platform == "win32":
+        root = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
+    else:
+        root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return root / "napari-virtual-ihc" / CACHE_FILE
+
+
+def cache_key(
+    device: torch.device, model_sha256: str, precision: str, winograd: bool | None
+) -> dict[str, Any]:
+    return {
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "model_sha256": model_sha256,
+        "asked": {"precision": precision, "winograd": winograd},
+    }
+
+
+def load_cached(key: dict[str, Any], path: Path | None = None) -> ComputeChoice | None:
+    """The cached decision for exactly this key; entries from another device or torch version are ignored."""
+    path = path or cache_path()
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(entries, list):
+        return None
+    for entry in entries:
+        if isinstance(entry, dict) and entry.get("key") == key:
+            with contextlib.suppress(KeyError, TypeError):
+                c = entry["choice"]
+                return ComputeChoice(
+                    c["precision"],
+                    bool(c["winograd"]),
+                    "cached",
+                    c.get("speedup"),
+                    c.get("measurements", []),
+                    c.get("device_name", key["device"]),
+                )
+    return None
+
+
+def store_cached(key: dict[str, Any], choice: ComputeChoice, path: Path | None = None) -> None:
+    """Add or replace this key's entry; a cache that cannot be written only costs a recalibration later."""
+    path = path or cache_path()
+    try:
+        entries = json.loads(path.read_text())
+        if not isinstance(entries, list):
+            entries = []
+    except (OSError, ValueError):
+        entries = []
+    entries = [e for e in entries if not (isinstance(e, dict) and e.get("key") == key)]
+    entries.append({"key": key, "choice": choice.to_dict(), "when": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(entries[-200:], indent=1))
+        os.replace(tmp, path)
+
+
+def calibrate(
+    window: np.ndarray,
+    cands: Sequence[Candidate],
+    prepare: Callable[[Candidate], Runner],
+    device: torch.device,
+) -> ComputeChoice:
+    """Measure ``cands`` on ``window`` (1, h, w, 3) and return the fastest that passes the quality gate.
+
+    fp32 direct is always run as the reference; it is chosen only if it is one of ``cands``.
+    """
+    results = measure(window, cands, prepare)
+    best = choose([m for m in results if m.candidate in cands])
+    ref = next(m for m in results if m.candidate == REFERENCE)
+    speedup = ref.seconds / best.seconds if ref.seconds and best.seconds else None
+    return ComputeChoice(
+        best.candidate.precision,
+        best.candidate.winograd,
+        "measured",
+        round(speedup, 3) if speedup is not None else None,
+        [m.to_dict() for m in results],
+        device_name(device),
+        note=f"calibrated on a {window.shape[2]} x {window.shape[1]} px window",
+    )
+
+
+def decide_compute(
+    device: torch.device,
+    precision: str,
+    winograd: bool | None,
+    winograd_convs: int,
+    model_sha256: str,
+    prepare: Callable[[Candidate], Runner],
+    window: Callable[[], np.ndarray] | None,
+    resumed: dict[str, Any] | None = None,
+) -> ComputeChoice:
+    """The engine's hook: how to run the tile pass.
+
+    In order: the choice a resumed store was started with (its tiles must match); the one candidate left
+    when the user fixed precision and kernels; the cached decision for this device, torch and model; a
+    measurement on ``window()`` (None: the job is too small for it to pay, use the default).
+    """
+    if resumed and "precision" in resumed and "winograd" in resumed:
+        return ComputeChoice(
+            str(resumed["precision"]),
+            bool(resumed["winograd"]),
+            "resumed",
+            resumed.get("speedup"),
+            list(resumed.get("measurements", [])),
+            str(resumed.get("device_name", device_name(device))),
+        )
+    if precision != "auto":
+        check_precision_supported(precision, device)
+    cands = candidates(device, precision, winograd, winograd_convs)
+    if len(cands) == 1:
+        c = cands[0]
+        return ComputeChoice(c.precision, c.winograd, "requested", device_name=device_name(device))
+    key = cache_key(device, model_sha256, precision, winograd)
+    cached = load_cached(key)
+    if cached is not None:
+        return cached
+    if window is None:
+        return default_choice(device, precision, winograd, winograd_convs)
+    choice = calibrate(window(), cands, prepare, device)
+    store_cached(key, choice)
+    return choice
+
+
+class ModelVariants:
+    """The frozen model as each candidate runs it (direct or Winograd), built once and shared by the
+    calibration and the tile pass."""
+
+    def __init__(self, frozen: nn.Module, device: torch.device, input_norm: str, output_norm: str) -> None:
+        self.device = device
+        self.input_norm, self.output_norm = input_norm, output_norm
+        self._modules: dict[bool, nn.Module] = {False: frozen}
+        self.winograd_convs = (
+            sum(1 for m in frozen.modules() if is_eligible(m)) if device.type == "cpu" else 0
+        )
+        self.converted = 0
+
+    def module(self, winograd: bool) -> nn.Module:
+        if winograd not in self._modules:
+            wmod = copy.deepcopy(self._modules[False])
+            self.converted = use_winograd(wmod)
+            self._modules[True] = wmod
+        return self._modules[winograd]
+
+    def runner(
+        self, c: Candidate, batch: int = 1, dropout: DropoutContext | None = None, samples: int = 1
+    ) -> BatchRunner:
+        return BatchRunner(
+            self.module(c.winograd),
+            self.device,
+            c.precision,
+            batch,
+            self.input_norm,
+            self.output_norm,
+            dropout=dropout,
+            samples=samples,
+        )
+
+    def prepare(self, c: Candidate) -> Runner:
+        return self.runner(c, 1)

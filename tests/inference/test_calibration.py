@@ -1,0 +1,160 @@
+"""Measured precision and kernels: the fastest candidate within the quality gate, cached per machine and model."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+from engine_helpers import small_generator
+
+from napari_virtual_ihc.inference import EngineSettings, stain_slide
+from napari_virtual_ihc.inference import calibration as cal
+from napari_virtual_ihc.inference.calibration import Candidate, Measurement, ModelVariants
+from napari_virtual_ihc.inference.device import resolve_precision
+from napari_virtual_ihc.inference.engine import run_json_path
+from napari_virtual_ihc.inference.errors import DeviceError
+from napari_virtual_ihc.inference.normalization import fold_frozen_norms, freeze_normalization
+from napari_virtual_ihc.slides.base import ArraySlide
+
+CPU = torch.device("cpu")
+ALL = [Candidate("fp32"), Candidate("fp32", True), Candidate("bf16")]
+
+
+def _variants(ngf: int = 32) -> ModelVariants:
+    model = small_generator("batch", ngf=ngf, n_blocks=2)  # trunk 128 channels: Winograd applies
+    frozen = freeze_normalization(model.module)
+    fold_frozen_norms(frozen)
+    return ModelVariants(frozen, CPU, "minus_one_one", "minus_one_one")
+
+
+@pytest.fixture(scope="module")
+def window(he_1024) -> np.ndarray:
+    return np.ascontiguousarray(he_1024[200:232, 300:332])[None]
+
+
+@pytest.mark.parametrize("fastest", range(len(ALL)))
+def test_rule_keeps_the_fastest_candidate_that_passes(fastest):
+    ms = [Measurement(c, seconds=1.0 + k, psnr_db=50.0, max_error=2) for k, c in enumerate(ALL)]
+    ms[fastest].seconds = 0.1
+    assert cal.choose(ms).candidate == ALL[fastest]
+    ms[fastest].psnr_db = 39.9  # below the gate: the next fastest that passes is kept
+    assert cal.choose(ms).candidate == min((m for m in ms if m.passed), key=lambda m: m.seconds).candidate
+    ms[fastest].psnr_db, ms[fastest].max_error = 60.0, 9  # one pixel 9 grey levels off: dropped too
+    assert cal.choose(ms).candidate != ALL[fastest]
+
+
+@pytest.mark.parametrize("fastest", range(len(ALL)))
+def test_real_calibration_picks_each_candidate_when_it_is_fastest(fastest, window):
+    """Every other candidate is slowed by a sleep; the measured choice must follow (if it passes the gate)."""
+    variants = _variants()
+    forced = variants.prepare(ALL[fastest])
+    forced(window)  # warm-up, then time it: the others are slowed well beyond it
+    t = time.perf_counter()
+    forced(window)
+    delay = 0.1 + 2 * (time.perf_counter() - t)
+
+    def prepare(c: Candidate):
+        run = variants.prepare(c)
+        if c == ALL[fastest]:
+            return run
+
+        def slowed(w):
+            time.sleep(delay)
+            return run(w)
+
+        return slowed
+
+    choice = cal.calibrate(window, ALL, prepare, CPU)
+    by_label = {m["candidate"]: m for m in choice.measurements}
+    assert set(by_label) == {c.label for c in ALL}
+    passed = [m for m in choice.measurements if m["passed"]]
+    best = min(passed, key=lambda m: m["seconds"])
+    assert choice.label == best["candidate"]
+    if by_label[ALL[fastest].label]["passed"]:
+        assert choice.label == ALL[fastest].label
+    assert by_label["fp32"]["psnr_db"] == "inf" and by_label["fp32"]["max_error"] == 0
+    assert by_label["fp32 Winograd"]["passed"]  # fp32 rounding only
+
+
+def test_failing_candidates_are_dropped_and_the_run_goes_on(window):
+    variants = _variants()
+
+    def prepare(c: Candidate):
+        if c.winograd:
+            raise RuntimeError("CPU out of memory (simulated allocation failure)")
+        run = variants.prepare(c)
+        if c.precision == "bf16":  # fastest of all, but wrong: must not be kept
+            return lambda w: np.clip(run(w).astype(int) + 20, 0, 255).astype(np.uint8)
+        return run
+
+    choice = cal.calibrate(window, ALL, prepare, CPU)
+    assert choice.label == "fp32"
+    by_label = {m["candidate"]: m for m in choice.measurements}
+    assert "out of memory" in by_label["fp32 Winograd"]["error"] and not by_label["fp32 Winograd"]["passed"]
+    assert by_label["bf16"]["max_error"] >= 20 and not by_label["bf16"]["passed"]
+
+
+def test_decision_is_cached_per_device_torch_and_model_and_others_are_ignored(window, tmp_path, monkeypatch):
+    monkeypatch.setenv(cal.CACHE_ENV, str(tmp_path))
+    variants = _variants()
+    key = cal.cache_key(CPU, "sha-a", "auto", None)
+    stale = dict(key, torch="1.0.0")  # another torch version: must be ignored, not reused
+    (tmp_path / cal.CACHE_FILE).write_text(
+        json.dumps([{"key": stale, "choice": {"precision": "bf16", "winograd": False, "speedup": 9.0}}])
+    )
+    calls = []
+
+    def prepare(c):
+        calls.append(c)
+        return variants.prepare(c)
+
+    def decide(sha: str):
+        return cal.decide_compute(CPU, "auto", None, variants.winograd_convs, sha, prepare, lambda: window)
+
+    first = decide("sha-a")
+    assert first.how == "measured" and first.precision == "fp32" and calls
+    calls.clear()
+    again = decide("sha-a")
+    assert again.how == "cached" and (again.precision, again.winograd) == (first.precision, first.winograd)
+    assert not calls  # skipped the measurement
+    assert decide("sha-b").how == "measured"  # another model is measured again
+    entries = json.loads((tmp_path / cal.CACHE_FILE).read_text())
+    assert any(e["key"] == stale for e in entries) and len(entries) == 3
+
+
+def test_bf16_on_a_cpu_without_bf16_is_refused_with_the_reason():
+    if cal.cpu_has_bf16():
+        assert resolve_precision("bf16", CPU) == "bf16"
+        assert Candidate("bf16") in cal.candidates(CPU, "auto", None, 4)
+    else:
+        with pytest.raises(DeviceError, match="no bf16 instructions"):
+            resolve_precision("bf16", CPU)
+        assert all(c.precision == "fp32" for c in cal.candidates(CPU, "auto", None, 4))
+    assert cal.candidates(CPU, "fp32", False, 4) == [Candidate("fp32")]
+    assert cal.candidates(CPU, "fp32", True, 4) == [Candidate("fp32", True)]
+    assert cal.candidates(CPU, "auto", None, 0) == [Candidate("fp32")] + (
+        [Candidate("bf16")] if cal.cpu_has_bf16() else []
+    )
+
+
+def test_engine_measures_reports_caches_and_resumes_with_the_choice(he_1024, tmp_path):
+    model = small_generator("batch", ngf=32, n_blocks=2)
+    img = he_1024[:192, :192]
+    settings = EngineSettings(tile=64, halo=8, skip_background=False, calibration_min_mp=0.0)
+    seen = []
+    rep = stain_slide(ArraySlide(img, 0.5), model, tmp_path / "a.ome.zarr", settings, progress=seen.append)
+    compute = rep.settings["compute"]
+    assert compute["how"] == "measured" and len(compute["measurements"]) >= 2
+    assert rep.precision == compute["precision"]
+    assert rep.settings["winograd_convs"] == (4 if compute["winograd"] else 0)
+    assert seen[-1].compute == compute["described"] and "measured" in seen[-1].compute
+    on_disk = json.loads(run_json_path(tmp_path / "a.ome.zarr").read_text())
+    assert on_disk["settings"]["compute"]["label"] == compute["label"]
+    rep2 = stain_slide(ArraySlide(img, 0.5), model, tmp_path / "b.ome.zarr", settings)
+    assert rep2.settings["compute"]["how"] == "cached"
+    # A resumed store keeps the choice it was started with (its tiles must match).
+    rep3 = stain_slide(ArraySlide(img, 0.5), model, tmp_path / "a.ome.zarr", settings)
+    assert rep3.settings["compute"]["how"] == "resumed" and rep3.tiles_resumed == rep.tiles_total
