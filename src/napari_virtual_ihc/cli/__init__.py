@@ -11,8 +11,9 @@ import sys
 from collections.abc import Sequence
 
 from . import analyze, convert, demo, stain, study
+from . import compare, pairs, register
 
-SUBCOMMANDS = (demo, stain, convert, analyze, study)
+SUBCOMMANDS = (demo, stain, convert, analyze, study, register, compare, pairs)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -40,7 +40,8 @@ class RegistrationSettings:
     nonrigid: bool = False  # B-spline refinement (measured: no gain on the ANHIR pairs, see docs)
     nonrigid_side: int = 512  # px of the B-spline views
     mesh: int = 6  # B-spline control mesh cells per side
-    iterations: int = 200
+    iterations: int = 150  # optimiser iterations per resolution level
+    sampling: float = 0.1  # share of the fixed view's pixels the metric samples (random)
     min_correlation: float = 0.25  # hematoxylin correlation after warping, below which: not converged
     min_overlap: float = 0.5  # tissue-mask Dice after warping, below which: not converged
     allow_swapped: bool = False  # accept an H&E-looking moving and IHC-looking fixed slide
@@ -83,7 +84,7 @@ class _Run:
         r = sitk.ImageRegistrationMethod()
         r.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
         r.SetMetricSamplingStrategy(r.RANDOM)
-        r.SetMetricSamplingPercentage(0.25, self.settings.seed)
+        r.SetMetricSamplingPercentage(self.settings.sampling, self.settings.seed)
         r.SetInterpolator(sitk.sitkLinear)
         r.SetShrinkFactorsPerLevel(shrink)
         r.SetSmoothingSigmasPerLevel([max(s / 2.0, 0.0) for s in shrink])
@@ -148,7 +149,7 @@ def _linear_stage(
     r.SetMetricFixedMask(_dilated_mask(fixed))
     centre = _centroid(fixed)
     r.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=1.0, minStep=1e-4, numberOfIterations=run.settings.iterations, relaxationFactor=0.6
+        learningRate=1.0, minStep=1e-3, numberOfIterations=run.settings.iterations, relaxationFactor=0.5
     )
     r.SetMovingInitialTransform(_affine(start))
     if kind == "rigid":
