@@ -84,3 +84,33 @@ def reoriented_slide(pair: Pair, angle: float, flip: bool) -> tuple[ArraySlide, 
     rgb = pair.moving().read_region((0, 0), 0, pair.moving().dimensions)
     out, pts = reorient(rgb, pair.moving_points, angle, flip)
     return ArraySlide(out), pts
+
+
+_REGISTERED: dict[tuple, tuple] = {}
+
+
+def registered(pair: Pair, angle: float = 0.0, flip: bool = False, **settings):  # type: ignore[no-untyped-def]
+    """(transform, rTRE per landmark, seconds, peak MiB traced) of ``pair`` with its moving image
+    re-oriented; computed once per session (the registrations are the slow part)."""
+    import time
+    import tracemalloc
+
+    from napari_virtual_ihc.registration import RegistrationSettings, register
+    from napari_virtual_ihc.registration.landmarks import rtre
+
+    key = (pair.name, angle, flip, tuple(sorted(settings.items())))
+    if key not in _REGISTERED:
+        if angle or flip:
+            moving, pts = reoriented_slide(pair, angle, flip)
+        else:
+            moving, pts = pair.moving(), pair.moving_points
+        fixed = pair.fixed()
+        tracemalloc.start()
+        t0 = time.perf_counter()
+        transform = register(fixed, moving, RegistrationSettings(**settings))
+        seconds = time.perf_counter() - t0
+        peak = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+        errors = rtre(transform.moving_to_fixed(pts), pair.fixed_points, fixed.dimensions)
+        _REGISTERED[key] = (transform, errors, seconds, peak)
+    return _REGISTERED[key]

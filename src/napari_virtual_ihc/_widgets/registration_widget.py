@@ -263,8 +263,13 @@ class RegistrationWidget(QWidget):
             layer.scale = tuple(fixed_layer.scale[-2:])
             ty, tx = (float(v) for v in fixed_layer.translate[-2:])
             layer.translate = (ty, tx + shift)
-        for pts in self.landmark_layers.values():
-            pts.refresh()
+        moving_pts = self.landmark_layers.get("moving")
+        if moving_pts is not None and moving_pts in self.viewer.layers:  # IHC points ride with the IHC
+            if t.is_linear:
+                moving_pts.affine = layer.affine.affine_matrix
+            else:
+                moving_pts.translate = tuple(layer.translate[-2:])
+            self.update_residuals()
 
     def _remove_registered(self) -> None:
         if self.registered_layer is not None and self.registered_layer in self.viewer.layers:

@@ -42,7 +42,7 @@ class RegistrationSettings:
     mesh: int = 6  # B-spline control mesh cells per side
     iterations: int = 150  # optimiser iterations per resolution level
     sampling: float = 0.1  # share of the fixed view's pixels the metric samples (random)
-    min_correlation: float = 0.25  # hematoxylin correlation after warping, below which: not converged
+    min_correlation: float = 0.5  # hematoxylin correlation after warping, below which: not converged
     min_overlap: float = 0.5  # tissue-mask Dice after warping, below which: not converged
     allow_swapped: bool = False  # accept an H&E-looking moving and IHC-looking fixed slide
     seed: int = 0
