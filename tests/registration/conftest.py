@@ -51,7 +51,9 @@ def lesion(data_dir: Path) -> Pair:
     return load_pair(data_dir, "lesion")
 
 
-def reorient(rgb: np.ndarray, points: np.ndarray, angle_deg: float, flip: bool) -> tuple[np.ndarray, np.ndarray]:
+def reorient(
+    rgb: np.ndarray, points: np.ndarray, angle_deg: float, flip: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """``rgb`` mirrored (left-right, if ``flip``) then rotated by ``angle_deg`` onto a canvas that holds it
     all (white outside), and ``points`` (x, y) moved exactly the same way."""
     h, w = rgb.shape[:2]
@@ -71,7 +73,14 @@ def reorient(rgb: np.ndarray, points: np.ndarray, angle_deg: float, flip: bool) 
     off_xy = cin - inv @ cout
     out = np.stack(
         [
-            ndi.affine_transform(rgb[..., k].astype(np.float32), m_rc, offset=off_xy[::-1], output_shape=(oh, ow), order=1, cval=255.0)
+            ndi.affine_transform(
+                rgb[..., k].astype(np.float32),
+                m_rc,
+                offset=off_xy[::-1],
+                output_shape=(oh, ow),
+                order=1,
+                cval=255.0,
+            )
             for k in range(3)
         ],
         axis=-1,

@@ -52,7 +52,9 @@ def test_register_writes_transform_and_points_in_fixed(registered_dir, data_dir)
 
 
 def test_register_refuses_swapped_inputs(tmp_path, data_dir, capsys):
-    code = main(["register", str(data_dir / f"{MOVING}.jpg"), str(data_dir / f"{FIXED}.jpg"), "--out", str(tmp_path)])
+    code = main(
+        ["register", str(data_dir / f"{MOVING}.jpg"), str(data_dir / f"{FIXED}.jpg"), "--out", str(tmp_path)]
+    )
     assert code == 2
     assert "swapped" in capsys.readouterr().err
     assert not (tmp_path / "transform.json").exists()
@@ -70,30 +72,69 @@ def test_compare_on_the_registered_pair_writes_the_report(registered_dir, data_d
     Image.fromarray(virtual).save(tmp_path / "virtual.png")
     out = tmp_path / "cmp"
     code = main(
-        ["compare", str(tmp_path / "virtual.png"), str(data_dir / f"{MOVING}.jpg"), "--transform",
-         str(registered_dir / "transform.json"), "--out", str(out), "--tile", "256"]
+        [
+            "compare",
+            str(tmp_path / "virtual.png"),
+            str(data_dir / f"{MOVING}.jpg"),
+            "--transform",
+            str(registered_dir / "transform.json"),
+            "--out",
+            str(out),
+            "--tile",
+            "256",
+        ]
     )
     assert code == 0
     summary = json.loads((out / "compare.json").read_text())
     rows = list(csv.DictReader((out / "tiles.csv").open()))
-    print("compare:", {k: summary[k] for k in ("dab_dice", "dab_iou", "tiles_compared", "her2_tile_agreement")})
+    print(
+        "compare:", {k: summary[k] for k in ("dab_dice", "dab_iou", "tiles_compared", "her2_tile_agreement")}
+    )
     assert 0.3 < summary["dab_dice"] < 0.99  # left half identical, right half lighter
     left = [float(r["dab_dice"]) for r in rows if r["dab_dice"] and int(r["x"]) + int(r["w"]) <= w // 2]
     right = [float(r["dab_dice"]) for r in rows if r["dab_dice"] and int(r["x"]) >= w // 2]
     assert left and right and min(left) > 0.97 and max(right) < min(left)
     assert (out / "report.png").stat().st_size > 10_000 and (out / "report.md").is_file()
     # the transform belongs to another IHC file: refused
-    assert main(["compare", str(tmp_path / "virtual.png"), str(data_dir / f"{FIXED}.jpg"), "--transform",
-                 str(registered_dir / "transform.json"), "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "compare",
+                str(tmp_path / "virtual.png"),
+                str(data_dir / f"{FIXED}.jpg"),
+                "--transform",
+                str(registered_dir / "transform.json"),
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
 
 
-def test_pairs_cut_from_the_registered_pair_train_the_pyramid_preset(registered_dir, data_dir, tmp_path, capsys):
+def test_pairs_cut_from_the_registered_pair_train_the_pyramid_preset(
+    registered_dir, data_dir, tmp_path, capsys
+):
     out = tmp_path / "pairs"
     code = main(
-        ["pairs", str(data_dir / f"{FIXED}.jpg"), str(data_dir / f"{MOVING}.jpg"), "--transform",
-         str(registered_dir / "transform.json"), "--out", str(out), "--size", "64", "--downsample", "2",
-         "--min-tissue", "0.6", "--landmarks", str(data_dir / f"{FIXED}.landmarks.csv"),
-         str(data_dir / f"{MOVING}.landmarks.csv")]
+        [
+            "pairs",
+            str(data_dir / f"{FIXED}.jpg"),
+            str(data_dir / f"{MOVING}.jpg"),
+            "--transform",
+            str(registered_dir / "transform.json"),
+            "--out",
+            str(out),
+            "--size",
+            "64",
+            "--downsample",
+            "2",
+            "--min-tissue",
+            "0.6",
+            "--landmarks",
+            str(data_dir / f"{FIXED}.landmarks.csv"),
+            str(data_dir / f"{MOVING}.landmarks.csv"),
+        ]
     )
     assert code == 0
     summary = json.loads((out / "pairs.json").read_text())
@@ -117,13 +158,37 @@ def test_pairs_cut_from_the_registered_pair_train_the_pyramid_preset(registered_
         "  grid_every_epoch: false\n  log_every: 1\n  progress: false\n  tensorboard: false\n"
     )
     code = train_main(
-        ["fit", "--preset", "pyramid-pix2pix", "--config", str(tiny), "--paired", str(out / "HE"), str(out / "IHC"),
-         "--run-dir", str(run)]
+        [
+            "fit",
+            "--preset",
+            "pyramid-pix2pix",
+            "--config",
+            str(tiny),
+            "--paired",
+            str(out / "HE"),
+            str(out / "IHC"),
+            "--run-dir",
+            str(run),
+        ]
     )
     assert code == 0, capsys.readouterr().err
     metrics = list(csv.DictReader((run / "metrics.csv").open()))
     assert int(metrics[-1]["step"]) == 3 and np.isfinite(float(metrics[-1]["loss_G_L1_scale0"]))
     # a stale transform (another IHC file) is refused before anything is cut
-    assert main(["pairs", str(data_dir / f"{FIXED}.jpg"), str(data_dir / f"{FIXED}.jpg"), "--transform",
-                 str(registered_dir / "transform.json"), "--out", str(tmp_path / "stale"), "--downsample", "2"]) == 2
+    assert (
+        main(
+            [
+                "pairs",
+                str(data_dir / f"{FIXED}.jpg"),
+                str(data_dir / f"{FIXED}.jpg"),
+                "--transform",
+                str(registered_dir / "transform.json"),
+                "--out",
+                str(tmp_path / "stale"),
+                "--downsample",
+                "2",
+            ]
+        )
+        == 2
+    )
     assert not (tmp_path / "stale").exists()

@@ -79,7 +79,9 @@ def test_different_pixel_sizes(kidney):
     t = register(ArraySlide(fixed_rgb, mpp=1.0), ArraySlide(half, mpp=2.0))
     assert t.units == "um" and t.scale() == pytest.approx(0.5, rel=0.1)
     assert any("differ in pixel size" in n for n in t.notes)
-    errors = rtre(t.moving_to_fixed(kidney.moving_points / 2.0), kidney.fixed_points, kidney.fixed().dimensions)
+    errors = rtre(
+        t.moving_to_fixed(kidney.moving_points / 2.0), kidney.fixed_points, kidney.fixed().dimensions
+    )
     print(f"half resolution: rTRE median {np.median(errors):.4f}")
     assert t.converged
     assert np.median(errors) <= 0.004
@@ -93,3 +95,16 @@ def test_a_torn_section_is_reported_not_applied(kidney):
     errors = rtre(t.moving_to_fixed(kidney.moving_points), kidney.fixed_points, kidney.fixed().dimensions)
     print(f"torn section: converged={t.converged}, quality {t.quality}, rTRE median {np.median(errors):.4f}")
     assert t.converged == bool(np.median(errors) <= 0.005)  # either right, or reported as poor
+
+
+def test_nonrigid_refinement_is_kept_only_when_it_helps_and_saves(kidney, tmp_path):
+    settings = RegistrationSettings(nonrigid=True, nonrigid_side=256, working_side=512, iterations=30, candidates=1)
+    t = register(kidney.fixed(), kidney.moving(), settings)
+    errors = rtre(t.moving_to_fixed(kidney.moving_points), kidney.fixed_points, kidney.fixed().dimensions)
+    kept = "bspline" in t.stages
+    print(f"non-rigid {'kept' if kept else 'dropped'}: rTRE median {np.median(errors):.4f}", t.notes)
+    assert kept != any("non-rigid refinement dropped" in n for n in t.notes)
+    assert np.median(errors) <= 0.006
+    if kept:
+        back = type(t).load(t.save(tmp_path / "t.json"))
+        np.testing.assert_allclose(back.moving_to_fixed(kidney.moving_points), t.moving_to_fixed(kidney.moving_points))

@@ -52,7 +52,9 @@ def test_lazy_levels_read_only_what_is_asked_and_equal_resample():
     t = _shift(-5.5, 7.25)
     levels = resampled_levels(t, moving, chunk=64, min_side=64)
     assert [lv.shape[:2] for lv in levels] == [(256, 320), (128, 160), (64, 80)]
-    np.testing.assert_array_equal(levels[0][64:128, 64:128].compute(), t.resample(moving, (64, 64, 64, 64), 1.0))
+    np.testing.assert_array_equal(
+        levels[0][64:128, 64:128].compute(), t.resample(moving, (64, 64, 64, 64), 1.0)
+    )
 
 
 def test_inverse_undoes_forward_with_a_displacement():
@@ -62,8 +64,15 @@ def test_inverse_undoes_forward_with_a_displacement():
 
     field = ndi.gaussian_filter(field, (1, 1, 0))
     a = np.radians(33)
-    m = np.array([[-np.cos(a), -np.sin(a), 40], [-np.sin(a), np.cos(a), -12], [0, 0, 1]])  # mirrored + rotated
-    t = SlideTransform(m, _rec((1000, 800), (0.5, 0.5)), _rec((900, 900), (0.25, 0.25)), Displacement(field, (0, 0), (50, 50)))
+    m = np.array(
+        [[-np.cos(a), -np.sin(a), 40], [-np.sin(a), np.cos(a), -12], [0, 0, 1]]
+    )  # mirrored + rotated
+    t = SlideTransform(
+        m,
+        _rec((1000, 800), (0.5, 0.5)),
+        _rec((900, 900), (0.25, 0.25)),
+        Displacement(field, (0, 0), (50, 50)),
+    )
     pts = rng.uniform(0, 800, size=(50, 2))
     back = t.moving_to_fixed(t.fixed_to_moving(pts))
     np.testing.assert_allclose(back, pts, atol=1e-2)

@@ -56,7 +56,9 @@ def test_registered_ihc_overlays_the_he_within_the_landmark_figure(pair_viewer, 
     pm, _ = read_points(data_dir / f"{MOVING}.landmarks.csv")
     n = min(len(pf), len(pm))
     core = rtre(w.transform.moving_to_fixed(pm[:n]), pf[:n], w.transform.fixed.dimensions)
-    print(f"on-screen rTRE median {np.median(shown):.4f} (core {np.median(core):.4f}), p90 {np.percentile(shown, 90):.4f}")
+    print(
+        f"on-screen rTRE median {np.median(shown):.4f} (core {np.median(core):.4f}), p90 {np.percentile(shown, 90):.4f}"
+    )
     assert len(shown) == n
     np.testing.assert_allclose(shown, core, rtol=1e-6, atol=1e-9)
     assert np.median(shown) <= 0.004

@@ -1,4 +1,4 @@
-""""Register real IHC to H&E": align the real IHC layer onto the H&E, check it on landmarks, compare it
+""" "Register real IHC to H&E": align the real IHC layer onto the H&E, check it on landmarks, compare it
 with the virtual IHC.
 
 The work is the core's ``registration.iter_registration`` / ``iter_comparison`` in napari ``thread_worker``
@@ -180,7 +180,11 @@ class RegistrationWidget(QWidget):
                 self._fail(f"{e} — untick 'reuse' to register again")
             return
         settings = RegistrationSettings(
-            **{**self.settings.__dict__, "nonrigid": self.nonrigid.isChecked(), "allow_flip": self.flip.isChecked()}
+            **{
+                **self.settings.__dict__,
+                "nonrigid": self.nonrigid.isChecked(),
+                "allow_flip": self.flip.isChecked(),
+            }
         )
         cancel = self._cancel
         total = len(STAGES) - (0 if settings.nonrigid else 1)
@@ -214,7 +218,9 @@ class RegistrationWidget(QWidget):
         self._show_rows([(k, f"{v:.4g}") for k, v in q.items()] + [("note", n) for n in transform.notes])
         if not transform.converged and not self.accept_poor.isChecked():
             self.transform = None
-            self._fail(f"poor alignment, not applied ({figures}); tick 'show a poor alignment anyway' to see it")
+            self._fail(
+                f"poor alignment, not applied ({figures}); tick 'show a poor alignment anyway' to see it"
+            )
             return
         self.transform = transform
         fixed_layer, moving_layer = (self.viewer.layers[n] for n in self._names)
@@ -311,8 +317,11 @@ class RegistrationWidget(QWidget):
         )
         if t.is_linear:  # the IHC points ride on the registered layer's own affine
             moving_pts = self.viewer.add_points(
-                moving_xy[:, ::-1], name="landmarks IHC", affine=self.registered_layer.affine.affine_matrix,
-                face_color="yellow", size=8,
+                moving_xy[:, ::-1],
+                name="landmarks IHC",
+                affine=self.registered_layer.affine.affine_matrix,
+                face_color="yellow",
+                size=8,
             )
         else:  # resampled display: place them where the transform sends them
             moving_pts = self.viewer.add_points(
@@ -420,7 +429,10 @@ class RegistrationWidget(QWidget):
             scale=(sy * step, sx * step),
             translate=(ty + sy * (step - 1) / 2, tx + sx * (step - 1) / 2),
         )
-        rows = [(k, v if isinstance(v, str) else (f"{v:.4g}" if isinstance(v, float) else str(v))) for k, v in comparison.summary().items()]
+        rows = [
+            (k, v if isinstance(v, str) else (f"{v:.4g}" if isinstance(v, float) else str(v)))
+            for k, v in comparison.summary().items()
+        ]
         self._show_rows(rows)
         self.status.setText(f"virtual vs real: DAB Dice {comparison.dice:.3f}, IoU {comparison.iou:.3f}")
 

@@ -10,8 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import analyze, convert, demo, stain, study
-from . import compare, pairs, register
+from . import analyze, compare, convert, demo, pairs, register, stain, study
 
 SUBCOMMANDS = (demo, stain, convert, analyze, study, register, compare, pairs)
 

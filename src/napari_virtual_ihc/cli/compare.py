@@ -30,9 +30,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument("--transform", help="transform.json from `virtual-ihc register H&E REAL`")
     p.add_argument("--tile", type=int, default=512, help="tile side in output px")
-    p.add_argument("--max-side", type=int, default=4096, help="compare at a resolution with <= this many px per side")
+    p.add_argument(
+        "--max-side", type=int, default=4096, help="compare at a resolution with <= this many px per side"
+    )
     p.add_argument("--mpp", type=float, default=None, help="µm/px of VIRTUAL's level 0 when it records none")
-    p.add_argument("--cutoffs", type=float, nargs=3, default=(0.2, 0.4, 0.6), metavar=("WEAK", "MOD", "STRONG"))
+    p.add_argument(
+        "--cutoffs", type=float, nargs=3, default=(0.2, 0.4, 0.6), metavar=("WEAK", "MOD", "STRONG")
+    )
     p.add_argument("--accept-poor", action="store_true", help="use a transform marked converged=false")
     p.set_defaults(func=run)
 
@@ -70,7 +74,9 @@ def run(args: argparse.Namespace) -> int:
             )
         W, H = virtual.dimensions
         ds = float(max(1, math.ceil(max(W, H) / args.max_side)))
-        settings = ComparisonSettings(tile_px=args.tile, downsample=ds, mpp=args.mpp, bins=DabBins(*args.cutoffs))
+        settings = ComparisonSettings(
+            tile_px=args.tile, downsample=ds, mpp=args.mpp, bins=DabBins(*args.cutoffs)
+        )
     except (ValueError, SlideError, OSError) as e:
         print(f"virtual-ihc compare: {e}", file=sys.stderr)
         return 2
@@ -107,7 +113,12 @@ def write_tiles_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         w = csv.DictWriter(f, fieldnames=list(COLUMNS))
         w.writeheader()
         for r in rows:
-            w.writerow({k: ("" if r[k] is None else (f"{r[k]:.5g}" if isinstance(r[k], float) else r[k])) for k in COLUMNS})
+            w.writerow(
+                {
+                    k: ("" if r[k] is None else (f"{r[k]:.5g}" if isinstance(r[k], float) else r[k]))
+                    for k in COLUMNS
+                }
+            )
 
 
 def write_report(out: Path, virtual, real, transform, result, summary: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]

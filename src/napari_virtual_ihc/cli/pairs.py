@@ -30,7 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-tissue", type=float, default=0.5, help="tissue share needed in both tiles")
     p.add_argument("--min-correlation", type=float, default=0.3, help="local hematoxylin correlation needed")
     p.add_argument("--stride", type=int, help="px between tile origins (default: --size)")
-    p.add_argument("--landmarks", nargs=2, metavar=("HE_CSV", "IHC_CSV"), help="report each tile's local rTRE")
+    p.add_argument(
+        "--landmarks", nargs=2, metavar=("HE_CSV", "IHC_CSV"), help="report each tile's local rTRE"
+    )
     p.add_argument("--accept-poor", action="store_true", help="use a transform marked converged=false")
     p.set_defaults(func=run)
 
@@ -85,6 +87,9 @@ def run(args: argparse.Namespace) -> int:
         + f"; wrote {out} (train: virtual-ihc-train fit --paired {out / 'HE'} {out / 'IHC'})"
     )
     if summary["kept"] == 0:
-        print("virtual-ihc pairs: no tile passed the tissue and quality thresholds (see tiles.csv)", file=sys.stderr)
+        print(
+            "virtual-ihc pairs: no tile passed the tissue and quality thresholds (see tiles.csv)",
+            file=sys.stderr,
+        )
         return 3
     return 0

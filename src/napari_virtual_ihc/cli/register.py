@@ -94,7 +94,11 @@ def run(args: argparse.Namespace) -> int:
         print(
             "virtual-ihc register: the alignment is poor (see the figures above); the transform is saved "
             "marked converged=false"
-            + ("" if args.accept_poor or points is None else " and the points were NOT written (--accept-poor)"),
+            + (
+                ""
+                if args.accept_poor or points is None
+                else " and the points were NOT written (--accept-poor)"
+            ),
             file=sys.stderr,
         )
         return 3

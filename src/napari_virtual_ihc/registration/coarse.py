@@ -31,7 +31,9 @@ def isotropic(image: sitk.Image, pixel: float) -> np.ndarray:
     size = [max(8, int(np.ceil(e / pixel)) + 1) for e in extent]
     sigma = [max(pixel / 2.0 - s / 2.0, 0.0) for s in image.GetSpacing()]
     smooth = sitk.SmoothingRecursiveGaussian(image, sigma) if max(sigma) > 0 else image
-    out = sitk.Resample(smooth, size, sitk.Transform(), sitk.sitkLinear, (0.0, 0.0), (pixel, pixel), (1, 0, 0, 1))
+    out = sitk.Resample(
+        smooth, size, sitk.Transform(), sitk.sitkLinear, (0.0, 0.0), (pixel, pixel), (1, 0, 0, 1)
+    )
     return sitk.GetArrayFromImage(out).astype(np.float32)
 
 
@@ -81,7 +83,7 @@ def search(
             r_norm = float(np.linalg.norm(r)) or 1.0
             corr = fftconvolve(f, r[::-1, ::-1], mode="full")
             i, j = np.unravel_index(int(np.argmax(corr)), corr.shape)
-            dy, dx = i - (canvas - 1), j - (canvas - 1)
+            dy, dx = float(i - (canvas - 1)), float(j - (canvas - 1))
             score = float(corr[i, j]) / (f_norm * r_norm)
             # fixed grid px -> canvas px (minus the shift) -> moving grid px; physical = grid px x pixel
             grid = g @ _translate(-dx, -dy)
@@ -95,7 +97,8 @@ def _distinct(cands: list[Candidate], keep: int, min_gap: float) -> list[Candida
     out: list[Candidate] = []
     for c in cands:
         if all(
-            c.flipped != o.flipped or abs((c.angle_deg - o.angle_deg + 180) % 360 - 180) >= min_gap for o in out
+            c.flipped != o.flipped or abs((c.angle_deg - o.angle_deg + 180) % 360 - 180) >= min_gap
+            for o in out
         ):
             out.append(c)
         if len(out) == keep:

@@ -207,7 +207,9 @@ def iter_comparison(
         ow, oh = max(1, math.ceil(w / s.downsample)), max(1, math.ceil(h / s.downsample))
         v = _read(virtual, (x, y, w, h), s.downsample, level)[:oh, :ow]
         if transform is None:
-            re = _read(real, (x, y, w, h), s.downsample, real.best_level_for_downsample(s.downsample))[:oh, :ow]
+            re = _read(real, (x, y, w, h), s.downsample, real.best_level_for_downsample(s.downsample))[
+                :oh, :ow
+            ]
         else:
             re = transform.resample(real, (x, y, w, h), s.downsample)
         m = _tile_measures(v, re, mpp * s.downsample, s)
@@ -248,4 +250,6 @@ def _read(slide: Slide, rect: tuple[int, int, int, int], downsample: float, leve
         return px
     from skimage.transform import resize
 
-    return np.clip(resize(px, (oh, ow), order=1, anti_aliasing=True, preserve_range=True), 0, 255).astype(np.uint8)
+    return np.clip(resize(px, (oh, ow), order=1, anti_aliasing=True, preserve_range=True), 0, 255).astype(
+        np.uint8
+    )

@@ -32,7 +32,8 @@ def read_points(path: str | os.PathLike[str]) -> tuple[np.ndarray, list[str]]:
         raise RegistrationError(f"{p}: needs 'X' and 'Y' columns (ANHIR layout), found {header}")
     ix, iy = upper.index("X"), upper.index("Y")
     label_col = 0 if ix != 0 and iy != 0 else None
-    pts, labels = [], []
+    pts: list[tuple[float, float]] = []
+    labels: list[str] = []
     for k, row in enumerate(rows[1:], start=2):
         if not any(c.strip() for c in row):
             continue

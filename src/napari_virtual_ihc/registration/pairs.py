@@ -113,7 +113,10 @@ def iter_pairs(
         }
         if errors is not None and fixed_pts is not None:
             inside = (
-                (fixed_pts[:, 0] >= x) & (fixed_pts[:, 0] < x + side0) & (fixed_pts[:, 1] >= y) & (fixed_pts[:, 1] < y + side0)
+                (fixed_pts[:, 0] >= x)
+                & (fixed_pts[:, 0] < x + side0)
+                & (fixed_pts[:, 1] >= y)
+                & (fixed_pts[:, 1] < y + side0)
             )
             row["landmarks"] = int(inside.sum())
             row["local_rtre_median"] = float(np.median(errors[inside])) if inside.any() else None
@@ -133,7 +136,12 @@ def iter_pairs(
         w = csv.DictWriter(f, fieldnames=list(CSV_COLUMNS))
         w.writeheader()
         for r in rows:
-            w.writerow({c: ("" if r[c] is None else (f"{r[c]:.5g}" if isinstance(r[c], float) else r[c])) for c in CSV_COLUMNS})
+            w.writerow(
+                {
+                    c: ("" if r[c] is None else (f"{r[c]:.5g}" if isinstance(r[c], float) else r[c]))
+                    for c in CSV_COLUMNS
+                }
+            )
     return rows
 
 
@@ -147,7 +155,9 @@ def summarize(rows: list[dict[str, Any]], settings: PairSettings) -> dict[str, A
         "downsample": settings.downsample,
         "min_tissue": settings.min_tissue,
         "min_correlation": settings.min_correlation,
-        "kept_local_correlation_median": float(np.median([r["local_correlation"] for r in kept])) if kept else None,
+        "kept_local_correlation_median": float(np.median([r["local_correlation"] for r in kept]))
+        if kept
+        else None,
         "kept_local_rtre_median": float(np.median(loc)) if loc else None,
         "kept_tiles_with_landmarks": len(loc),
     }
@@ -163,4 +173,6 @@ def downsample_for(fixed: Slide, mpp: float | None, downsample: float | None) ->
         raise ValueError(
             "the H&E slide records no pixel size, so µm/px cannot be converted: give --downsample instead"
         )
-    return float(mpp) / (sum(fixed.mpp) / 2) if not math.isclose(mpp, sum(fixed.mpp) / 2, rel_tol=0.02) else 1.0
+    return (
+        float(mpp) / (sum(fixed.mpp) / 2) if not math.isclose(mpp, sum(fixed.mpp) / 2, rel_tol=0.02) else 1.0
+    )

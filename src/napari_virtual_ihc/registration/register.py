@@ -152,12 +152,9 @@ def _linear_stage(
         learningRate=1.0, minStep=1e-3, numberOfIterations=run.settings.iterations, relaxationFactor=0.5
     )
     r.SetMovingInitialTransform(_affine(start))
-    if kind == "rigid":
-        init: sitk.Transform = sitk.Euler2DTransform()
-        init.SetCenter(centre)
-    else:
-        init = sitk.AffineTransform(2)
-        init.SetCenter(centre)
+    init: sitk.Euler2DTransform | sitk.AffineTransform
+    init = sitk.Euler2DTransform() if kind == "rigid" else sitk.AffineTransform(2)
+    init.SetCenter(centre)
     r.SetOptimizerScalesFromPhysicalShift()
     r.SetInitialTransform(init, inPlace=True)
     r.Execute(fixed.structure, moving.structure)
@@ -171,7 +168,9 @@ def _nonrigid_stage(run: _Run, fixed: _View, moving: _View, linear: np.ndarray) 
     r = run.method(run.settings.iterations, [2, 1])
     r.SetMetricFixedMask(_dilated_mask(fixed))
     r.SetOptimizerAsLBFGSB(
-        gradientConvergenceTolerance=1e-5, numberOfIterations=run.settings.iterations, maximumNumberOfCorrections=5
+        gradientConvergenceTolerance=1e-5,
+        numberOfIterations=run.settings.iterations,
+        maximumNumberOfCorrections=5,
     )
     r.SetMovingInitialTransform(_affine(linear))
     r.SetInitialTransform(bspline, inPlace=True)
@@ -211,7 +210,8 @@ def measure_quality(fixed: _View, moving: _View, transform: SlideTransform) -> d
     dens_m = sitk.GetArrayViewFromImage(moving.structure)
     warped = ndi.map_coordinates(dens_m, [rows, cols], order=1, cval=0.0).reshape(h, w)
     warped_mask = (
-        ndi.map_coordinates(moving.mask.astype(np.float32), [rows, cols], order=1, cval=0.0).reshape(h, w) > 0.5
+        ndi.map_coordinates(moving.mask.astype(np.float32), [rows, cols], order=1, cval=0.0).reshape(h, w)
+        > 0.5
     )
     dens_f = sitk.GetArrayViewFromImage(fixed.structure)
     union = fixed.mask | warped_mask
@@ -223,7 +223,9 @@ def measure_quality(fixed: _View, moving: _View, transform: SlideTransform) -> d
     return {"correlation": corr, "tissue_dice": float(dice), "fixed_tissue_covered": covered}
 
 
-def unit_per_px(fixed: Slide, moving: Slide) -> tuple[tuple[float, float], tuple[float, float], str, list[str]]:
+def unit_per_px(
+    fixed: Slide, moving: Slide
+) -> tuple[tuple[float, float], tuple[float, float], str, list[str]]:
     """Physical units for both sides: µm when both slides record their pixel size, else pixels."""
     if fixed.mpp is not None and moving.mpp is not None:
         notes = []
@@ -270,7 +272,9 @@ def iter_registration(
     fixed_c = _View.of(fixed, s.coarse_side * 2, uf)
     moving_c = _View.of(moving, s.coarse_side * 2, um)
     flips = (False, True) if s.allow_flip else (False,)
-    starts = coarse.search(fixed_c.structure, moving_c.structure, s.coarse_side, s.angle_step, flips, s.candidates)
+    starts = coarse.search(
+        fixed_c.structure, moving_c.structure, s.coarse_side, s.angle_step, flips, s.candidates
+    )
     done += 1
     yield done, total, STAGES[1]
     run.check_cancel()

@@ -168,8 +168,8 @@ class SlideTransform:
             lds = float(moving.level_downsamples[level])
             lx = (pts[:, 0] + 0.5) / lds - 0.5
             ly = (pts[:, 1] + 0.5) / lds - 0.5
-            bx0, by0 = int(math.floor(lx.min())) - 2, int(math.floor(ly.min())) - 2
-            bx1, by1 = int(math.ceil(lx.max())) + 3, int(math.ceil(ly.max())) + 3
+            bx0, by0 = math.floor(lx.min()) - 2, math.floor(ly.min()) - 2
+            bx1, by1 = math.ceil(lx.max()) + 3, math.ceil(ly.max()) + 3
             patch = moving.read_region(
                 (round(bx0 * lds), round(by0 * lds)), level, (bx1 - bx0, by1 - by0)
             ).astype(np.float32)
@@ -250,10 +250,14 @@ class SlideTransform:
         disp = None
         if d.get("displacement"):
             dd = d["displacement"]
+            if Path(str(dd["file"])).name != dd["file"]:
+                raise RegistrationError(
+                    f"{p}: the displacement file must sit beside the JSON, not {dd['file']!r}"
+                )
             arr = np.load(p.parent / dd["file"], allow_pickle=False)
             if list(arr.shape) != list(dd["shape"]) or arr.ndim != 3 or arr.shape[2] != 2:
                 raise RegistrationError(f"{p}: the displacement array does not match its description")
-            disp = Displacement(arr, tuple(dd["origin"]), tuple(dd["spacing"]))  # type: ignore[arg-type]
+            disp = Displacement(arr, tuple(dd["origin"]), tuple(dd["spacing"]))
         return cls(
             matrix=matrix,
             fixed=SlideRecord.from_dict(d["fixed"]),
