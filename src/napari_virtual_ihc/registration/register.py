@@ -41,17 +41,19 @@ class RegistrationSettings:
     nonrigid_side: int = 512  # px of the B-spline views
     mesh: int = 6  # B-spline control mesh cells per side
     iterations: int = 150  # optimiser iterations per resolution level
-    sampling: float = 0.1  # share of the fixed view's pixels the metric samples (random)
+    sampling: float = 0.25  # share of the fixed view's pixels the metric samples (random)
     min_correlation: float = 0.5  # hematoxylin correlation after warping, below which: not converged
     min_overlap: float = 0.5  # tissue-mask Dice after warping, below which: not converged
     allow_swapped: bool = False  # accept an H&E-looking moving and IHC-looking fixed slide
-    seed: int = 0
+    seed: int = 1  # metric sampling seed; SimpleITK reads 0 as 'wall clock' (a different run each time)
 
     def __post_init__(self) -> None:
         if self.coarse_side < 32 or self.working_side < 64 or self.nonrigid_side < 64:
             raise ValueError("coarse_side >= 32, working_side and nonrigid_side >= 64 px")
         if not 0 < self.angle_step <= 90:
             raise ValueError(f"angle_step must be in (0, 90] degrees, not {self.angle_step}")
+        if self.seed <= 0:
+            raise ValueError("seed must be >= 1 (SimpleITK takes 0 as 'seed from the clock')")
         if self.mesh < 1 or self.iterations < 1 or self.candidates < 1:
             raise ValueError("mesh, iterations and candidates must be >= 1")
 
