@@ -91,3 +91,39 @@ def test_cancel_leaves_no_layer(pair_viewer, qtbot):
     assert w.registered_layer is None and w.transform is None
     assert "cancel" in w.status.text()
     assert viewer.layers[before[1]].visible
+
+
+def test_nonrigid_result_is_a_lazy_layer_and_compare_adds_a_map(pair_viewer, qtbot):
+    """A non-rigid transform (shift + smooth displacement) shows as a lazily resampled layer in the H&E
+    frame; comparing a virtual IHC that equals the resampled real one gives Dice 1 and a per-tile map."""
+    from napari_virtual_ihc.registration import SlideTransform
+    from napari_virtual_ihc.registration.transform import Displacement, SlideRecord
+
+    viewer, w, _ = pair_viewer
+    he, ihc = viewer.layers[FIXED], viewer.layers[MOVING]
+    fixed_slide, moving_slide = he.metadata["slide"], ihc.metadata["slide"]
+    yy, xx = np.mgrid[0:9, 0:13]
+    field = np.stack([3 * np.sin(xx / 4.0), 2 * np.cos(yy / 3.0)], axis=-1).astype(np.float32)
+    t = SlideTransform(
+        np.array([[1.0, 0.0, -12.0], [0.0, 1.0, -30.0], [0.0, 0.0, 1.0]]),
+        SlideRecord.of(fixed_slide, (1.0, 1.0)),
+        SlideRecord.of(moving_slide, (1.0, 1.0)),
+        Displacement(field, (0.0, 0.0), (100.0, 100.0)),
+    )
+    w.reuse.setChecked(False)
+    w._names = (FIXED, MOVING)
+    w._on_done(t)
+    layer = w.registered_layer
+    assert layer.multiscale and layer.data[0].shape[:2] == (787, 1164)
+    np.testing.assert_array_equal(
+        np.asarray(layer.data[0][100:164, 200:264]), t.resample(moving_slide, (200, 100, 64, 64), 1.0)
+    )
+    # the virtual IHC layer: here the real IHC resampled into the H&E frame, so it agrees everywhere
+    virtual = viewer.add_image(t.resample(moving_slide, (0, 0, 1164, 787), 1.0), rgb=True, name="virtual IHC")
+    w.virtual.setCurrentText(virtual.name)
+    w.start_compare()
+    qtbot.waitUntil(lambda: w.comparison is not None or w.error is not None, timeout=120_000)
+    assert w.error is None, w.error
+    assert w.comparison.dice == pytest.approx(1.0, abs=1e-9)
+    assert "DAB fraction virtual - real" in viewer.layers
+    assert w.table.rowCount() > 5
