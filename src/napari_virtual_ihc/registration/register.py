@@ -1,0 +1,356 @@
+"""Register a moving slide (real IHC) to a fixed slide (H&E) of consecutive sections.
+
+Stages, each on SimpleITK (Mattes mutual information on hematoxylin optical density, multi-resolution):
+1. coarse: every rotation and its mirror image, with FFT shifts (``coarse.search``), on ~192 px views;
+2. rigid: the best few coarse starts refined (Euler 2-D), the lowest metric wins;
+3. affine: the rigid result refined with shear and anisotropic scale;
+4. non-rigid (optional): a cubic B-spline on a coarse mesh (LBFGS-B), stored as a displacement grid.
+Quality (correlation of the densities and overlap of the tissue masks after warping) decides whether the
+result counts as converged; a poor one is returned with ``converged=False`` and its figures, never applied
+silently (callers refuse it unless told otherwise).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..slides.base import Slide
+from . import coarse
+from .errors import RegistrationCancelled, RegistrationError, SwappedInputError
+from .features import Overview, density, overview, stain_kind, structure, tissue
+from .transform import Displacement, SlideRecord, SlideTransform
+
+Progress = Callable[[int, int, str], None]
+STAGES = ("overviews", "coarse search", "rigid", "affine", "non-rigid", "quality")
+
+
+@dataclass
+class RegistrationSettings:
+    coarse_side: int = 192  # px of the rotation/flip search views
+    angle_step: float = 4.0  # degrees between tried rotations
+    allow_flip: bool = True  # also try the mirror image (a section laid upside down)
+    candidates: int = 3  # coarse starts refined by the rigid stage
+    working_side: int = 1024  # px (longest side) of the rigid/affine views
+    nonrigid: bool = False  # B-spline refinement (measured: no gain on the ANHIR pairs, see docs)
+    nonrigid_side: int = 512  # px of the B-spline views
+    mesh: int = 6  # B-spline control mesh cells per side
+    iterations: int = 150  # optimiser iterations per resolution level
+    sampling: float = 0.25  # share of the fixed view's pixels the metric samples (random)
+    min_correlation: float = 0.5  # hematoxylin correlation after warping, below which: not converged
+    min_overlap: float = 0.5  # tissue-mask Dice after warping, below which: not converged
+    allow_swapped: bool = False  # accept an H&E-looking moving and IHC-looking fixed slide
+    seed: int = 1  # metric sampling seed; SimpleITK reads 0 as 'wall clock' (a different run each time)
+
+    def __post_init__(self) -> None:
+        if self.coarse_side < 32 or self.working_side < 64 or self.nonrigid_side < 64:
+            raise ValueError("coarse_side >= 32, working_side and nonrigid_side >= 64 px")
+        if not 0 < self.angle_step <= 90:
+            raise ValueError(f"angle_step must be in (0, 90] degrees, not {self.angle_step}")
+        if self.seed <= 0:
+            raise ValueError("seed must be >= 1 (SimpleITK takes 0 as 'seed from the clock')")
+        if self.mesh < 1 or self.iterations < 1 or self.candidates < 1:
+            raise ValueError("mesh, iterations and candidates must be >= 1")
+
+
+@dataclass
+class _View:
+    """One slide's overview, hematoxylin OD image and tissue mask at one resolution."""
+
+    ov: Overview
+    structure: sitk.Image
+    mask: np.ndarray
+    mask_image: sitk.Image
+
+    @classmethod
+    def of(cls, slide: Slide, side: int, unit: tuple[float, float]) -> _View:
+        ov = overview(slide, side, unit)
+        struct = structure(ov.rgb)
+        mask = tissue(density(ov.rgb))
+        m = ov.image(mask.astype(np.float32))
+        return cls(ov, ov.image(struct), mask, sitk.Cast(m, sitk.sitkUInt8))
+
+
+@dataclass
+class _Run:
+    settings: RegistrationSettings
+    cancel: threading.Event | None
+    notes: list[str] = field(default_factory=list)
+
+    def method(self, iterations: int, shrink: list[int]) -> sitk.ImageRegistrationMethod:
+        r = sitk.ImageRegistrationMethod()
+        r.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+        r.SetMetricSamplingStrategy(r.RANDOM)
+        r.SetMetricSamplingPercentage(self.settings.sampling, self.settings.seed)
+        r.SetInterpolator(sitk.sitkLinear)
+        r.SetShrinkFactorsPerLevel(shrink)
+        r.SetSmoothingSigmasPerLevel([max(s / 2.0, 0.0) for s in shrink])
+        r.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
+        if self.cancel is not None:
+            cancel = self.cancel
+            r.AddCommand(sitk.sitkIterationEvent, lambda: r.StopRegistration() if cancel.is_set() else None)
+        return r
+
+    def check_cancel(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise RegistrationCancelled("registration cancelled")
+
+
+def _affine(m: np.ndarray) -> sitk.AffineTransform:
+    t = sitk.AffineTransform(2)
+    t.SetMatrix(tuple(float(v) for v in m[:2, :2].ravel()))
+    t.SetTranslation(tuple(float(v) for v in m[:2, 2]))
+    return t
+
+
+def _matrix(t: sitk.Transform) -> np.ndarray:
+    """A linear SimpleITK transform (Euler, affine) as a 3 x 3 homogeneous matrix."""
+    a = sitk.AffineTransform(2)
+    if t.GetName() == "Euler2DTransform":
+        e = sitk.Euler2DTransform(t)
+        a.SetMatrix(e.GetMatrix())
+        a.SetTranslation(e.GetTranslation())
+        a.SetCenter(e.GetCenter())
+    else:
+        a = sitk.AffineTransform(t)
+    m = np.eye(3)
+    m[:2, :2] = np.asarray(a.GetMatrix()).reshape(2, 2)
+    c = np.asarray(a.GetCenter())
+    m[:2, 2] = np.asarray(a.GetTranslation()) + c - m[:2, :2] @ c
+    return m
+
+
+def _centroid(view: _View) -> tuple[float, float]:
+    ys, xs = np.nonzero(view.mask)
+    if xs.size == 0:
+        raise RegistrationError("no tissue found in the fixed slide's overview")
+    ox, oy = view.ov.origin
+    sx, sy = view.ov.spacing
+    return (ox + float(xs.mean()) * sx, oy + float(ys.mean()) * sy)
+
+
+def _dilated_mask(view: _View, px: int = 4) -> sitk.Image:
+    return sitk.BinaryDilate(view.mask_image, [px, px])
+
+
+def _linear_stage(
+    run: _Run,
+    fixed: _View,
+    moving: _View,
+    start: np.ndarray,
+    kind: str,
+    shrink: list[int],
+) -> tuple[np.ndarray, float]:
+    """Refine ``start`` (3 x 3 fixed -> moving) with an Euler or affine transform; (matrix, metric)."""
+    r = run.method(run.settings.iterations, shrink)
+    r.SetMetricFixedMask(_dilated_mask(fixed))
+    centre = _centroid(fixed)
+    r.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=1.0, minStep=1e-3, numberOfIterations=run.settings.iterations, relaxationFactor=0.5
+    )
+    r.SetMovingInitialTransform(_affine(start))
+    init: sitk.Euler2DTransform | sitk.AffineTransform
+    init = sitk.Euler2DTransform() if kind == "rigid" else sitk.AffineTransform(2)
+    init.SetCenter(centre)
+    r.SetOptimizerScalesFromPhysicalShift()
+    r.SetInitialTransform(init, inPlace=True)
+    r.Execute(fixed.structure, moving.structure)
+    run.check_cancel()
+    return start @ _matrix(init), float(r.GetMetricValue())
+
+
+def _nonrigid_stage(run: _Run, fixed: _View, moving: _View, linear: np.ndarray) -> Displacement:
+    mesh = run.settings.mesh
+    bspline = sitk.BSplineTransformInitializer(fixed.structure, [mesh, mesh], order=3)
+    r = run.method(run.settings.iterations, [2, 1])
+    r.SetMetricFixedMask(_dilated_mask(fixed))
+    r.SetOptimizerAsLBFGSB(
+        gradientConvergenceTolerance=1e-5,
+        numberOfIterations=run.settings.iterations,
+        maximumNumberOfCorrections=5,
+    )
+    r.SetMovingInitialTransform(_affine(linear))
+    r.SetInitialTransform(bspline, inPlace=True)
+    r.Execute(fixed.structure, moving.structure)
+    run.check_cancel()
+    # sample d(x) = B(x) - x on a grid twice as fine as the view (smooth, so linear between nodes is exact
+    # to far below a pixel)
+    size = fixed.structure.GetSize()
+    spacing = tuple(s * 2.0 for s in fixed.structure.GetSpacing())
+    gw, gh = max(2, size[0] // 2 + 1), max(2, size[1] // 2 + 1)
+    origin = fixed.structure.GetOrigin()
+    xs = origin[0] + np.arange(gw) * spacing[0]
+    ys = origin[1] + np.arange(gh) * spacing[1]
+    to_field = sitk.TransformToDisplacementFieldFilter()
+    to_field.SetSize((gw, gh))
+    to_field.SetOutputOrigin(origin)
+    to_field.SetOutputSpacing(spacing)
+    to_field.SetOutputPixelType(sitk.sitkVectorFloat64)
+    field_img = to_field.Execute(bspline)
+    arr = sitk.GetArrayFromImage(field_img).astype(np.float32)  # (gh, gw, 2): (dx, dy)
+    assert arr.shape == (len(ys), len(xs), 2)
+    return Displacement(arr, (float(origin[0]), float(origin[1])), (float(spacing[0]), float(spacing[1])))
+
+
+def measure_quality(fixed: _View, moving: _View, transform: SlideTransform) -> dict[str, float]:
+    """Correlation of the hematoxylin images (inside the union of both tissue masks) and Dice of the masks, with the
+    moving view resampled onto the fixed one through ``transform``."""
+    h, w = fixed.mask.shape
+    ds = fixed.ov.downsample
+    grid = transform.fixed_grid((0, 0, round(w * ds), round(h * ds)), ds)[:h, :w]
+    src = transform.fixed_to_moving(grid.reshape(-1, 2))
+    mds = moving.ov.downsample
+    cols = (src[:, 0] + 0.5) / mds - 0.5
+    rows = (src[:, 1] + 0.5) / mds - 0.5
+    from scipy import ndimage as ndi
+
+    dens_m = sitk.GetArrayViewFromImage(moving.structure)
+    warped = ndi.map_coordinates(dens_m, [rows, cols], order=1, cval=0.0).reshape(h, w)
+    warped_mask = (
+        ndi.map_coordinates(moving.mask.astype(np.float32), [rows, cols], order=1, cval=0.0).reshape(h, w)
+        > 0.5
+    )
+    dens_f = sitk.GetArrayViewFromImage(fixed.structure)
+    union = fixed.mask | warped_mask
+    inter = fixed.mask & warped_mask
+    dice = 2.0 * inter.sum() / max(int(fixed.mask.sum() + warped_mask.sum()), 1)
+    a, b = dens_f[union].astype(np.float64), warped[union].astype(np.float64)
+    corr = float(np.corrcoef(a, b)[0, 1]) if a.size > 10 and a.std() > 0 and b.std() > 0 else 0.0
+    covered = float(inter.sum() / max(int(fixed.mask.sum()), 1))
+    return {"correlation": corr, "tissue_dice": float(dice), "fixed_tissue_covered": covered}
+
+
+def unit_per_px(
+    fixed: Slide, moving: Slide
+) -> tuple[tuple[float, float], tuple[float, float], str, list[str]]:
+    """Physical units for both sides: µm when both slides record their pixel size, else pixels."""
+    if fixed.mpp is not None and moving.mpp is not None:
+        notes = []
+        ratio = (sum(moving.mpp) / 2) / (sum(fixed.mpp) / 2)
+        if abs(ratio - 1) > 0.02:
+            notes.append(f"the slides differ in pixel size (moving/fixed µm/px = {ratio:.3g}); handled in µm")
+        return tuple(fixed.mpp), tuple(moving.mpp), "um", notes  # type: ignore[return-value]
+    notes = []
+    if (fixed.mpp is None) != (moving.mpp is None):
+        notes.append("only one slide records its pixel size: both treated in pixels (same scale assumed)")
+    return (1.0, 1.0), (1.0, 1.0), "px", notes
+
+
+def iter_registration(
+    fixed: Slide,
+    moving: Slide,
+    settings: RegistrationSettings | None = None,
+    cancel: threading.Event | None = None,
+) -> Generator[tuple[int, int, str], None, SlideTransform]:
+    """Yields ``(stage done, stages, name)`` after each stage; returns the :class:`SlideTransform`.
+
+    Raises :class:`SwappedInputError` when the fixed slide looks like IHC and the moving one like H&E (unless
+    ``settings.allow_swapped``) and :class:`RegistrationCancelled` when ``cancel`` is set.
+    """
+    s = settings or RegistrationSettings()
+    run = _Run(s, cancel)
+    total = len(STAGES) - (0 if s.nonrigid else 1)
+    done = 0
+    t0 = time.perf_counter()
+    uf, um, units, notes = unit_per_px(fixed, moving)
+    run.notes.extend(notes)
+    fixed_w = _View.of(fixed, s.working_side, uf)
+    moving_w = _View.of(moving, s.working_side, um)
+    kinds = (stain_kind(fixed_w.ov.rgb, fixed_w.mask), stain_kind(moving_w.ov.rgb, moving_w.mask))
+    if kinds == ("ihc", "he"):
+        msg = "the fixed slide looks like IHC (no eosin) and the moving one like H&E: swapped?"
+        if not s.allow_swapped:
+            raise SwappedInputError(msg + " Give the H&E first (FIXED) and the IHC second (MOVING).")
+        run.notes.append(msg + " (accepted as given)")
+    done += 1
+    yield done, total, STAGES[0]
+    run.check_cancel()
+
+    fixed_c = _View.of(fixed, s.coarse_side * 2, uf)
+    moving_c = _View.of(moving, s.coarse_side * 2, um)
+    flips = (False, True) if s.allow_flip else (False,)
+    starts = coarse.search(
+        fixed_c.structure, moving_c.structure, s.coarse_side, s.angle_step, flips, s.candidates
+    )
+    done += 1
+    yield done, total, STAGES[1]
+    run.check_cancel()
+
+    best: tuple[float, np.ndarray, coarse.Candidate] | None = None
+    for cand in starts:
+        m, metric = _linear_stage(run, fixed_c, moving_c, cand.matrix, "rigid", [2, 1])
+        if best is None or metric < best[0]:
+            best = (metric, m, cand)
+    assert best is not None
+    rigid, _ = _linear_stage(run, fixed_w, moving_w, best[1], "rigid", [4, 2])
+    run.notes.append(
+        f"coarse start: {best[2].angle_deg:.0f} deg{' mirrored' if best[2].flipped else ''} "
+        f"(score {best[2].score:.3f})"
+    )
+    done += 1
+    yield done, total, STAGES[2]
+
+    linear, _ = _linear_stage(run, fixed_w, moving_w, rigid, "affine", [4, 2, 1])
+    stages = ["coarse", "rigid", "affine"]
+    done += 1
+    yield done, total, STAGES[3]
+
+    fixed_rec, moving_rec = SlideRecord.of(fixed, uf), SlideRecord.of(moving, um)
+    result = SlideTransform(linear, fixed_rec, moving_rec, units=units, stages=stages, notes=run.notes)
+    if s.nonrigid:
+        if s.nonrigid_side == s.working_side:
+            fixed_n, moving_n = fixed_w, moving_w
+        else:
+            fixed_n, moving_n = _View.of(fixed, s.nonrigid_side, uf), _View.of(moving, s.nonrigid_side, um)
+        disp = _nonrigid_stage(run, fixed_n, moving_n, linear)
+        candidate = SlideTransform(
+            linear, fixed_rec, moving_rec, disp, units, stages=[*stages, "bspline"], notes=run.notes
+        )
+        # keep the B-spline only when it does not make the alignment worse
+        q_lin = measure_quality(fixed_w, moving_w, result)
+        q_nr = measure_quality(fixed_w, moving_w, candidate)
+        if q_nr["correlation"] >= q_lin["correlation"] - 0.005:
+            result = candidate
+        else:
+            run.notes.append(
+                f"non-rigid refinement dropped: it lowered the correlation "
+                f"({q_lin['correlation']:.3f} -> {q_nr['correlation']:.3f})"
+            )
+        done += 1
+        yield done, total, STAGES[4]
+
+    quality = measure_quality(fixed_w, moving_w, result)
+    quality["seconds"] = time.perf_counter() - t0
+    result.quality = quality
+    result.converged = quality["correlation"] >= s.min_correlation and quality["tissue_dice"] >= s.min_overlap
+    if not result.converged:
+        result.notes.append(
+            f"poor alignment: hematoxylin correlation {quality['correlation']:.3f} (needs >= {s.min_correlation}), "
+            f"tissue overlap {quality['tissue_dice']:.3f} (needs >= {s.min_overlap})"
+        )
+    done += 1
+    yield done, total, STAGES[-1]
+    return result
+
+
+def register(
+    fixed: Slide,
+    moving: Slide,
+    settings: RegistrationSettings | None = None,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+) -> SlideTransform:
+    """:func:`iter_registration` run to the end, ``progress(done, total, stage)`` after each stage."""
+    steps = iter_registration(fixed, moving, settings, cancel)
+    while True:
+        try:
+            done, total, stage = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        if progress is not None:
+            progress(done, total, stage)

@@ -1,0 +1,118 @@
+"""Registration of the two real ANHIR pairs, measured on their landmarks (rTRE = distance / diagonal).
+
+ANHIR figures for reference: unregistered medians 0.021 (kidney) and 0.057 (lesion). The lesion pair's
+landmarks cannot be fitted better than a median of 0.0051 by ANY affine map (least squares on the landmarks
+themselves) nor 0.005 by a leave-one-out thin-plate spline, so its bound here is the affine floor plus a
+margin, not the issue's 0.004 (see docs/registration.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_virtual_ihc.registration import RegistrationSettings, SwappedInputError, register
+from napari_virtual_ihc.registration.landmarks import rtre, summary
+from napari_virtual_ihc.slides import ArraySlide
+
+from .conftest import registered
+
+BOUND = {"kidney": 0.004, "lesion": 0.0065}
+pytestmark = pytest.mark.slow
+
+
+def _report(name: str, errors: np.ndarray, seconds: float, peak: float, extra: str = "") -> None:
+    s = summary(errors)
+    print(
+        f"{name}{extra}: rTRE median {s['median']:.4f}, p90 {s['p90']:.4f} (n={s['n']}), "
+        f"{seconds:.1f} s, peak traced memory {peak:.0f} MiB"
+    )
+
+
+@pytest.mark.parametrize("which", ["kidney", "lesion"])
+def test_rtre_on_the_landmarks(which, request):
+    pair = request.getfixturevalue(which)
+    before = rtre(pair.moving_points, pair.fixed_points, pair.fixed().dimensions)
+    transform, errors, seconds, peak = registered(pair)
+    _report(which, errors, seconds, peak, f" (unregistered median {np.median(before):.4f})")
+    assert transform.converged, transform.notes
+    assert np.median(errors) <= BOUND[which]
+    assert np.median(errors) < 0.15 * np.median(before)
+    # the forward map agrees with the inverse (points in the fixed image land on the moving landmarks)
+    fwd = rtre(transform.fixed_to_moving(pair.fixed_points), pair.moving_points, pair.fixed().dimensions)
+    assert abs(np.median(fwd) - np.median(errors)) < 0.25 * np.median(errors)
+
+
+@pytest.mark.parametrize("which", ["kidney", "lesion"])
+@pytest.mark.parametrize("angle", [90.0, 37.0])
+def test_rtre_after_mirroring_and_rotating_the_moving_image(which, angle, request):
+    pair = request.getfixturevalue(which)
+    transform, errors, seconds, peak = registered(pair, angle, True)
+    _report(which, errors, seconds, peak, f" mirrored + rotated {angle:.0f} deg")
+    assert transform.converged
+    assert np.median(errors) <= BOUND[which]
+    assert np.linalg.det(transform.linear_px()[:2, :2]) < 0  # the mirror was found
+    _, straight, _, _ = registered(pair)
+    assert abs(np.median(errors) - np.median(straight)) < 0.5 * np.median(straight)
+
+
+def test_swapped_fixed_and_moving_are_refused(kidney):
+    with pytest.raises(SwappedInputError, match="swapped"):
+        register(kidney.moving(), kidney.fixed())
+
+
+def test_unrelated_sections_are_reported_not_converged(kidney, lesion):
+    t = register(kidney.fixed(), lesion.moving(), RegistrationSettings(candidates=1))
+    print("unrelated pair quality:", t.quality)
+    assert not t.converged
+    assert any("poor alignment" in n for n in t.notes)
+    s = RegistrationSettings()
+    assert t.quality["correlation"] < s.min_correlation or t.quality["tissue_dice"] < s.min_overlap
+
+
+def test_different_pixel_sizes(kidney):
+    """Moving scanned at half the resolution, both pixel sizes recorded (2 vs 1 µm/px): handled in µm."""
+    from skimage.transform import rescale
+
+    rgb = kidney.moving().read_region((0, 0), 0, kidney.moving().dimensions)
+    half = (rescale(rgb, 0.5, channel_axis=2, anti_aliasing=True) * 255).round().astype(np.uint8)
+    fixed_rgb = kidney.fixed().read_region((0, 0), 0, kidney.fixed().dimensions)
+    t = register(ArraySlide(fixed_rgb, mpp=1.0), ArraySlide(half, mpp=2.0))
+    assert t.units == "um" and t.scale() == pytest.approx(0.5, rel=0.1)
+    assert any("differ in pixel size" in n for n in t.notes)
+    errors = rtre(
+        t.moving_to_fixed(kidney.moving_points / 2.0), kidney.fixed_points, kidney.fixed().dimensions
+    )
+    print(f"half resolution: rTRE median {np.median(errors):.4f}")
+    assert t.converged
+    assert np.median(errors) <= 0.004
+
+
+def test_a_torn_section_is_reported_not_applied(kidney):
+    """Moving section with its right 40 % missing: not aligned reliably here, and SAID so (not converged)."""
+    rgb = kidney.moving().read_region((0, 0), 0, kidney.moving().dimensions).copy()
+    rgb[:, int(rgb.shape[1] * 0.6) :] = 255
+    t = register(kidney.fixed(), ArraySlide(rgb), RegistrationSettings(candidates=2))
+    errors = rtre(t.moving_to_fixed(kidney.moving_points), kidney.fixed_points, kidney.fixed().dimensions)
+    print(f"torn section: converged={t.converged}, quality {t.quality}, rTRE median {np.median(errors):.4f}")
+    assert t.converged == bool(np.median(errors) <= 0.005)  # either right, or reported as poor
+
+
+def test_nonrigid_refinement_is_kept_only_when_it_helps_and_saves(kidney, tmp_path):
+    settings = RegistrationSettings(
+        nonrigid=True, nonrigid_side=256, working_side=512, iterations=30, candidates=1
+    )
+    t = register(kidney.fixed(), kidney.moving(), settings)
+    errors = rtre(t.moving_to_fixed(kidney.moving_points), kidney.fixed_points, kidney.fixed().dimensions)
+    kept = "bspline" in t.stages
+    print(f"non-rigid {'kept' if kept else 'dropped'}: rTRE median {np.median(errors):.4f}", t.notes)
+    assert kept != any("non-rigid refinement dropped" in n for n in t.notes)
+    # no accuracy claim: on these pairs the B-spline does not improve rTRE (docs/registration.md); sane only
+    assert np.median(errors) < 0.5 * np.median(
+        rtre(kidney.moving_points, kidney.fixed_points, kidney.fixed().dimensions)
+    )
+    if kept:
+        back = type(t).load(t.save(tmp_path / "t.json"))
+        np.testing.assert_allclose(
+            back.moving_to_fixed(kidney.moving_points), t.moving_to_fixed(kidney.moving_points)
+        )
