@@ -112,8 +112,10 @@ class RegistrationWidget(QWidget):
         self.status.setWordWrap(True)
         self.table = QTableWidget(0, 2)
         self.table.setHorizontalHeaderLabels(["", "value"])
-        self.table.horizontalHeader().setStretchLastSection(True)
-        self.table.verticalHeader().setVisible(False)
+        header, rows = self.table.horizontalHeader(), self.table.verticalHeader()
+        assert header is not None and rows is not None
+        header.setStretchLastSection(True)
+        rows.setVisible(False)
         lay = QVBoxLayout(self)
         lay.addLayout(form)
         lay.addLayout(row)

@@ -121,7 +121,7 @@ def write_tiles_csv(path: Path, rows: list[dict[str, Any]]) -> None:
             )
 
 
-def write_report(out: Path, virtual, real, transform, result, summary: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
+def write_report(out: Path, virtual, real, transform, result, summary: dict[str, Any]) -> None:
     """report.png: virtual | real (registered) | DAB agreement map; per-tile maps; scatter plots."""
     import matplotlib
 
