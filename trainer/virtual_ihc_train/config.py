@@ -137,6 +137,7 @@ class CycleGANConfig:
     classifier_B: str = ""  # MIL classifier for the IHC domain
 
 
+@dataclass
 class AspConfig:
     """ASP / AMMFI contrastive terms (CUT's PatchNCE, ASP's adaptive supervised PatchNCE, Gaussian pyramid)."""
 
