@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from qtpy.QtCore import QEvent, QObject, Qt
+from qtpy.QtGui import QKeyEvent
 from qtpy.QtWidgets import (
     QApplication,
     QButtonGroup,
@@ -48,11 +49,11 @@ from ._reader_keys import (
 
 WINDOW_TITLE = "Reader study"
 _ACTIVITY_EVENTS = {
-    QEvent.MouseMove,
-    QEvent.MouseButtonPress,
-    QEvent.MouseButtonRelease,
-    QEvent.Wheel,
-    QEvent.KeyPress,
+    QEvent.Type.MouseMove,
+    QEvent.Type.MouseButtonPress,
+    QEvent.Type.MouseButtonRelease,
+    QEvent.Type.Wheel,
+    QEvent.Type.KeyPress,
 }
 
 
@@ -105,7 +106,7 @@ class ReaderStudyWidget(QWidget):
         self.case_box = QGroupBox("Case")
         c = QVBoxLayout(self.case_box)
         self.position_label = QLabel("")
-        self.position_label.setAlignment(Qt.AlignCenter)
+        self.position_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
         font = self.position_label.font()
         font.setPointSize(font.pointSize() + 3)
         font.setBold(True)
@@ -156,7 +157,7 @@ class ReaderStudyWidget(QWidget):
         self.back_button = QPushButton("◀ Previous")
         self.back_button.clicked.connect(self.go_back)
         self.save_button = QPushButton("Save and next")
-        self.save_button.clicked.connect(self.save_and_next)
+        self.save_button.clicked.connect(self._save_clicked)
         self.forward_button = QPushButton("Next ▶")
         self.forward_button.clicked.connect(self.go_forward)
         for b in (self.back_button, self.save_button, self.forward_button):
@@ -175,7 +176,7 @@ class ReaderStudyWidget(QWidget):
         layout.addWidget(self.status_label)
 
         self.coordinator_box = QGroupBox("Coordinator: analyse answers")
-        k = QGridLayout(self.coordinator_box)
+        coordinator_grid = QGridLayout(self.coordinator_box)
         self.key_edit = QLineEdit()
         self.key_edit.setPlaceholderText("study key (.json)")
         self.answers_edit = QLineEdit()
@@ -187,15 +188,15 @@ class ReaderStudyWidget(QWidget):
         ):
             browse = QPushButton("…")
             browse.clicked.connect(lambda _=False, e=edit, p=pick: self._browse(e, p))
-            k.addWidget(edit, r, 0)
-            k.addWidget(browse, r, 1)
+            coordinator_grid.addWidget(edit, r, 0)
+            coordinator_grid.addWidget(browse, r, 1)
         self.analyze_button = QPushButton("Analyse and write report")
         self.analyze_button.clicked.connect(self._analyze_clicked)
-        k.addWidget(self.analyze_button, 3, 0, 1, 2)
+        coordinator_grid.addWidget(self.analyze_button, 3, 0, 1, 2)
         self.report_output = QTextEdit()
         self.report_output.setReadOnly(True)
         self.report_output.setMaximumHeight(120)
-        k.addWidget(self.report_output, 4, 0, 1, 2)
+        coordinator_grid.addWidget(self.report_output, 4, 0, 1, 2)
         layout.addWidget(self.coordinator_box)
         layout.addStretch(1)
 
@@ -391,6 +392,10 @@ class ReaderStudyWidget(QWidget):
         self._show_case()
         return True
 
+    def _save_clicked(self) -> None:
+        """Button slot: a Qt slot returns nothing; the outcome is shown in the status line."""
+        self.save_and_next()
+
     def go_back(self) -> None:
         self._move(-1)
 
@@ -406,9 +411,11 @@ class ReaderStudyWidget(QWidget):
         self._show_case()
 
     # --- keys and activity --------------------------------------------------------------------------
-    def eventFilter(self, obj: QObject, event: QEvent) -> bool:
+    def eventFilter(self, obj: QObject | None, event: QEvent | None) -> bool:
+        if event is None or self.session is None:
+            return False
         etype = event.type()
-        if self.session is None or etype not in _ACTIVITY_EVENTS:
+        if etype not in _ACTIVITY_EVENTS:
             return False
         if not self._in_viewer_window(obj):
             return False
@@ -416,22 +423,25 @@ class ReaderStudyWidget(QWidget):
         typing = isinstance(obj, (QLineEdit, QTextEdit)) or isinstance(
             QApplication.focusWidget(), (QLineEdit, QTextEdit)
         )
-        if etype == QEvent.KeyPress and not typing:
-            return self._handle_key(event.key(), event.modifiers())
+        if etype == QEvent.Type.KeyPress and not typing:
+            key_event = cast(QKeyEvent, event)
+            return self._handle_key(key_event.key(), key_event.modifiers())
         return False
 
-    def _in_viewer_window(self, obj: QObject) -> bool:
+    def _in_viewer_window(self, obj: QObject | None) -> bool:
         window = getattr(getattr(self.viewer, "window", None), "_qt_window", None)
         if not isinstance(obj, QWidget):
             return False
         return window is None or obj.window() is window or obj.window() is self.window()
 
     def _handle_key(self, key: int, modifiers: Any) -> bool:
-        if modifiers & Qt.ControlModifier and key in CONFIDENCE_CTRL_DIGITS:
+        if modifiers & Qt.KeyboardModifier.ControlModifier and key in CONFIDENCE_CTRL_DIGITS:
             self.set_confidence(CONFIDENCE_CTRL_DIGITS[key])
         elif key in CONFIDENCE_FKEYS:
             self.set_confidence(CONFIDENCE_FKEYS[key])
-        elif key in SCORE_KEYS and not modifiers & (Qt.ControlModifier | Qt.AltModifier):
+        elif key in SCORE_KEYS and not modifiers & (
+            Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.AltModifier
+        ):
             self.set_score(SCORE_KEYS[key])
         elif key in SAVE_KEYS:
             self.save_and_next()
