@@ -77,12 +77,20 @@ def layer_chrome(viewer: Any) -> list[Any]:
     return [w for w in found if w is not None]
 
 
+def main_window(viewer: Any) -> Any | None:
+    """The viewer's ``QMainWindow``, or None.
+
+    Why: the reader mode takes its keys only from widgets of the viewer's own window (not from dialogs or
+    other windows); ``viewer.window`` has no public accessor for its Qt window.
+    """
+    return getattr(getattr(viewer, "window", None), "_qt_window", None)
+
+
 def main_menubar(viewer: Any) -> Any | None:
     """The menu bar of the viewer's main window, or None.
 
     Why: the menus (plugin names, File > Open) are not for blinded readers, so the reader widget hides
     them during a session; ``viewer.window`` has no public accessor for its ``QMainWindow``.
     """
-    window = getattr(getattr(viewer, "window", None), "_qt_window", None)
-    menubar = getattr(window, "menuBar", None)
+    menubar = getattr(main_window(viewer), "menuBar", None)
     return menubar() if callable(menubar) else None

@@ -35,7 +35,7 @@ from napari_virtual_ihc.study import ActiveTimer, ReaderSession, StudyError
 from napari_virtual_ihc.study.scores import DISPLAY, NOT_ASSESSABLE, ULTRALOW, ordinal_categories
 from napari_virtual_ihc.study.timing import DEFAULT_IDLE_SECONDS
 
-from ._napari_private import layer_chrome, main_menubar
+from ._napari_private import layer_chrome, main_menubar, main_window
 from ._reader_keys import (
     BACK_KEYS,
     CONFIDENCE_CTRL_DIGITS,
@@ -429,7 +429,7 @@ class ReaderStudyWidget(QWidget):
         return False
 
     def _in_viewer_window(self, obj: QObject | None) -> bool:
-        window = getattr(getattr(self.viewer, "window", None), "_qt_window", None)
+        window = main_window(self.viewer)
         if not isinstance(obj, QWidget):
             return False
         return window is None or obj.window() is window or obj.window() is self.window()
