@@ -44,7 +44,7 @@ from ..registration.compare import Comparison, ComparisonSettings, iter_comparis
 from ..registration.lazy import resampled_levels
 from ..registration.register import STAGES
 from ._activity import pause_spinner, resume_spinner
-from ._overlay_source import layer_slide
+from ._layer_source import slide_for_layer
 
 VIEWS = ("overlay", "side by side")
 SIDE_GAP = 1.05  # side-by-side offset, in fixed-slide widths
@@ -167,7 +167,7 @@ class RegistrationWidget(QWidget):
             self._fail("choose two different RGB image layers: the H&E (fixed) and the real IHC (moving)")
             return
         try:
-            fixed, moving = layer_slide(fixed_layer), layer_slide(moving_layer)
+            fixed, moving = slide_for_layer(fixed_layer), slide_for_layer(moving_layer)
         except ValueError as e:
             self._fail(str(e))
             return
@@ -228,8 +228,8 @@ class RegistrationWidget(QWidget):
         fixed_layer, moving_layer = (self.viewer.layers[n] for n in self._names)
         self._remove_registered()
         try:
-            moving = layer_slide(moving_layer)
-            fixed = layer_slide(fixed_layer)
+            moving = slide_for_layer(moving_layer)
+            fixed = slide_for_layer(fixed_layer)
             path = self._saved_path(fixed, moving)
             if path is not None and not path.is_file():
                 transform.save(path)
@@ -382,7 +382,7 @@ class RegistrationWidget(QWidget):
             return
         moving_layer = self.viewer.layers[self._names[1]]
         try:
-            virtual, real = layer_slide(virtual_layer), layer_slide(moving_layer)
+            virtual, real = slide_for_layer(virtual_layer), slide_for_layer(moving_layer)
         except ValueError as e:
             self._fail(str(e))
             return
