@@ -28,7 +28,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="checkpoint (.safetensors, or a reference .pth)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument(
-        "--tile", type=int, default=512, help="written core of each tile, px at the model's resolution"
+        "--tile",
+        type=int,
+        default=None,
+        help="written core of each tile, px at the model's resolution (default: the largest of 2048/1024/512 "
+        "that fits the memory available: large tiles waste less on halos)",
     )
     p.add_argument(
         "--halo",
@@ -52,6 +56,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--model-mpp", type=float, default=None, help="µm/px the model was trained at (for imported .pth)"
     )
     p.add_argument("--no-skip-background", action="store_true", help="run the model on blank glass too")
+    p.add_argument(
+        "--bn-stats",
+        choices=["running", "slide"],
+        default=None,
+        help="BatchNorm models: running statistics (eval mode) or the slide's own, frozen (what the papers' "
+        "test.py does without --eval; default: what the checkpoint records, imported .pth: slide)",
+    )
+    p.add_argument(
+        "--dropout",
+        default=None,
+        metavar="off|sample|mean:N",
+        help="dropout at inference: off, one sample (test.py), or the mean of N samples plus a confidence "
+        "map DIR/<slide>.confidence.ome.zarr (default: what the checkpoint records)",
+    )
+    p.add_argument("--dropout-seed", type=int, default=0, help="seed of the (position-based) dropout masks")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -115,6 +134,7 @@ def _open_slide(path: Path):  # type: ignore[no-untyped-def]
 
 def run(args: argparse.Namespace) -> int:
     from ..inference import EngineSettings, stain_slide
+    from ..inference.dropout import DropoutMode
     from ..inference.errors import EngineError
     from ..models import CheckpointError, load_generator
 
@@ -122,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     try:
         region = parse_region(args.region)
+        DropoutMode.parse(args.dropout)
     except ValueError as e:
         print(f"virtual-ihc stain: {e}", file=sys.stderr)
         return 2
@@ -135,6 +156,8 @@ def run(args: argparse.Namespace) -> int:
     except (EngineError, CheckpointError) as e:
         print(f"virtual-ihc stain: {e}", file=sys.stderr)
         return 2
+    for note in model.notes:  # what loading assumed: say it before any work
+        print(f"{tag}note: {note}", file=sys.stderr, flush=True)
     settings = EngineSettings(
         tile=args.tile,
         halo=args.halo,
@@ -144,6 +167,9 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         model_mpp=args.model_mpp,
         skip_background=not args.no_skip_background,
+        bn_stats=args.bn_stats,
+        dropout=args.dropout,
+        dropout_seed=args.dropout_seed,
     )
     failures = 0
     for slide_arg in mine:
@@ -186,9 +212,12 @@ def run(args: argparse.Namespace) -> int:
         _annotate_run_json(store, rank, world, str(path))
         print(
             f"{tag}done {path.name}: {rep.tiles_done} tiles stained, {rep.tiles_skipped} background, "
-            f"{rep.tiles_resumed} resumed, {rep.seconds:.1f} s, {rep.mp_per_s:.3f} MP/s on {rep.device}",
+            f"{rep.tiles_resumed} resumed, {rep.seconds:.1f} s, {rep.mp_per_s:.3f} MP/s on {rep.device}, "
+            f"{rep.settings['compute']['described']}",
             flush=True,
         )
+        for warning in rep.warnings:
+            print(f"{tag}warning: {path.name}: {warning}", file=sys.stderr, flush=True)
     _barrier()
     return 1 if failures else 0
 

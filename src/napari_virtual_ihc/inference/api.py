@@ -17,7 +17,9 @@ Box = tuple[int, int, int, int]
 class EngineSettings:
     """Knobs a user may turn; defaults are what a pathologist on a laptop should get."""
 
-    tile: int = 512  # written core of a tile, pixels at the model's resolution
+    # Written core of a tile, px at the model's resolution. None: by mode and memory (inference.tiling): 512
+    # for interactive runs (a priority region is given), else the largest of 2048/1024/512 that fits memory.
+    tile: int | None = 512
     halo: int | None = None  # None: at least half the receptive field, computed from the architecture
     batch: int | None = None  # None: 1 on the CPU (larger batches run slower per tile there), 4 on GPUs
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
@@ -26,6 +28,9 @@ class EngineSettings:
     skip_background: bool = True
     workers: int = 1  # reader threads prefetching tiles
     stats_windows: int = 16  # tissue windows sampled for slide-level InstanceNorm statistics
+    # Core px of those windows when tiles are larger (batch jobs): statistics want pixels from all over the
+    # slide, not a few whole 2048 px tiles that would cost as much as staining them.
+    stats_tile: int = 256
     # Small jobs (<= stats_windows tiles, <= this many window megapixels): one pooled pass over all tiles gives
     # the exact whole-image statistics and the output at once (memory ~ this many MP of activations).
     pooled_pass_mp: float = 8.0

@@ -33,7 +33,7 @@ from .device import (
 )
 from .dropout import set_positions, with_positional_dropout
 from .errors import RegionError
-from .grid import GridTile, TileGrid, round_up
+from .grid import GridTile, TileGrid, round_up, sample_windows
 from .normalization import (
     estimate_instance_stats,
     fold_frozen_norms,
@@ -45,6 +45,7 @@ from .resample import WorkingPlane, low_resolution_view, model_downsample
 from .run_mode import RunMode, resolution_warning, resolve_run_mode
 from .runner import to_input, to_uint8
 from .store import TileStore, check_writable_folder
+from .tiling import choose_tile
 from .tissue import rect_has_tissue, tissue_mask
 from .workspace import release_workspace
 
@@ -174,10 +175,11 @@ def stain_slide(
     warnings = [*mode.warnings, *filter(None, [resolution_warning(spec, settings)])]
     align = size_multiple(module)
     halo, rf = plan_halo(module, settings, align)
-    tile = round_up(max(int(settings.tile), align), align)
     model_mpp = settings.model_mpp if settings.model_mpp is not None else spec.mpp
     d = model_downsample(slide.mpp, model_mpp)
     plane = WorkingPlane(slide, d)
+    wanted_tile = settings.tile or choose_tile(module, device, halo, batch, priority is not None, plane.size)
+    tile = round_up(max(int(wanted_tile), align), align)
     grid = TileGrid(plane.size, (0, 0, *plane.size), tile, halo, align)
     work_rect = _region_to_plane(region, slide, d, plane.size)
     wanted = grid.tiles_intersecting(work_rect)
@@ -332,19 +334,19 @@ def _run(
                 0 < len(tissue) == len(candidates) <= settings.stats_windows
                 and len(tissue) * ww0 * wh0 / 1e6 <= settings.pooled_pass_mp
             )
+            count = max(1, settings.stats_windows)
             if exact:  # every tile in one pooled pass: whole-image statistics, and the output itself
                 picks = list(tissue)
             else:
-                count = min(max(1, settings.stats_windows), len(candidates))
-                picks = sorted({candidates[round(j)] for j in np.linspace(0, len(candidates) - 1, count)})
+                n_picks = min(count, len(candidates))
+                picks = sorted({candidates[round(j)] for j in np.linspace(0, len(candidates) - 1, n_picks)})
 
             def sampled(picks: list[int] = picks) -> tuple[Any, list[Any]]:
-                batches, cores = _stats_batches(
-                    plane, [tiles[i] for i in picks], grid.window_size, batch, spec.input_norm
-                )
-                origins = [
-                    [tiles[i].window[:2] for i in picks[k : k + batch]] for k in range(0, len(picks), batch)
-                ]
+                wins = [tiles[i] for i in picks]
+                if settings.stats_tile < grid.tile:  # large tiles: sample smaller windows spread over them
+                    wins = sample_windows(plane.size, wins, count, settings.stats_tile, grid.halo, grid.align)
+                batches, cores = _stats_batches(plane, wins, wins[0].window[2:], batch, spec.input_norm)
+                origins = [[t.window[:2] for t in wins[k : k + batch]] for k in range(0, len(wins), batch)]
                 return _positioned(base, batches, origins), cores
 
             if exact:
