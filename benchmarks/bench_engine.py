@@ -253,7 +253,14 @@ def whole_slide_benchmark(args: argparse.Namespace) -> None:
     os.environ["VIRTUAL_IHC_CACHE_DIR"] = (
         cache  # the first engine run measures precision, the second reuses it
     )
-    rows = [_bench_norm(norm, args, img) for norm in [n.strip() for n in args.norms.split(",") if n.strip()]]
+    benches = [_NormBench(n.strip(), args, img) for n in args.norms.split(",") if n.strip()]
+    # ABBA across methods, both norms in each half: a first figure for every norm comes early.
+    for half in (["engine", "naive", "sliding", "whole"], ["whole", "sliding", "naive", "engine"]):
+        for b in benches:
+            for name in half:
+                b.run(name)
+            b.summary()
+    rows = [b.summary() for b in benches]
     print(
         "\n| norm | engine MP/s | (a) naive | (b) sliding 25 % | (c) whole pass | engine vs whole: PSNR, max error |"
     )
@@ -261,69 +268,73 @@ def whole_slide_benchmark(args: argparse.Namespace) -> None:
     for norm, t, q, _rep in rows:
         e = q["engine"]
         print(
-            f"| {norm} | {2 * mp / t['engine']:.4f} | {t['naive'] / t['engine']:.2f}x | {t['sliding'] / t['engine']:.2f}x "
+            f"| {norm} | {mp * 2 / t['engine']:.4f} | {t['naive'] / t['engine']:.2f}x | {t['sliding'] / t['engine']:.2f}x "
             f"| {t['whole'] / t['engine']:.2f}x | {e[0]:.1f} dB, {e[1]} |"
         )
 
 
-def _bench_norm(
-    norm: str, args: argparse.Namespace, img: np.ndarray
-) -> tuple[str, dict[str, float], dict[str, Any], Any]:
-    """One norm's runs, interleaved engine a b c c b a engine; totals per method and quality vs the whole pass."""
-    mp = img.shape[0] * img.shape[1] / 1e6
-    model = seeded_resnet9(norm, args.ngf)
-    module = model.module
-    forward(module, img[:256, :256])
-    roi = min(1024, img.shape[0])
-    times: dict[str, list[float]] = {"engine": [], "naive": [], "sliding": [], "whole": []}
-    outs: dict[str, np.ndarray] = {}
-    reps = []
+class _NormBench:
+    """One norm's model, its runs and their timings (the runs of both norms are interleaved by the caller)."""
 
-    def engine_run() -> np.ndarray:
+    def __init__(self, norm: str, args: argparse.Namespace, img: np.ndarray) -> None:
+        self.norm, self.args, self.img = norm, args, img
+        self.mp = img.shape[0] * img.shape[1] / 1e6
+        self.model = seeded_resnet9(norm, args.ngf)
+        forward(self.model.module, img[:256, :256])
+        self.roi = min(1024, img.shape[0])
+        self.times: dict[str, list[float]] = {"engine": [], "naive": [], "sliding": [], "whole": []}
+        self.outs: dict[str, np.ndarray] = {}
+        self.reps: list[Any] = []
+
+    def _engine(self) -> np.ndarray:
         with tempfile.TemporaryDirectory() as d:
-            settings = EngineSettings(tile=args.tile_ws, skip_background=False, precision=args.precision)
-            rep = stain_slide(ArraySlide(img, 0.5), model, Path(d) / "ws.ome.zarr", settings)
-            reps.append(rep)
+            settings = EngineSettings(
+                tile=self.args.tile_ws, skip_background=False, precision=self.args.precision
+            )
+            rep = stain_slide(ArraySlide(self.img, 0.5), self.model, Path(d) / "ws.ome.zarr", settings)
+            self.reps.append(rep)
             return np.asarray(zarr.open_group(str(Path(d) / "ws.ome.zarr"), mode="r")["0"][:]).transpose(
                 1, 2, 0
             )
 
-    runs = {
-        "engine": engine_run,
-        "naive": lambda: naive_loop(module, img, roi),
-        "sliding": lambda: sliding_window(module, img, roi),
-        "whole": lambda: forward(module, img),
-    }
-    for name in ["engine", "naive", "sliding", "whole", "whole", "sliding", "naive", "engine"]:
+    def run(self, name: str) -> None:
+        module, img = self.model.module, self.img
+        fn = {
+            "engine": self._engine,
+            "naive": lambda: naive_loop(module, img, self.roi),
+            "sliding": lambda: sliding_window(module, img, self.roi),
+            "whole": lambda: forward(module, img),
+        }[name]
         t = time.perf_counter()
-        out = runs[name]()
-        times[name].append(time.perf_counter() - t)
-        outs.setdefault(name, out)
+        out = fn()
+        self.times[name].append(time.perf_counter() - t)
+        self.outs.setdefault(name, out)
         extra = ""
         if name == "engine":
-            r = reps[-1].settings
+            r = self.reps[-1].settings
             extra = (
                 f"  (tile {r['tile']}, halo {r['halo']}, {r['compute']['described']}, {r['winograd_convs']} "
                 f"Winograd convs, {r['norms_folded']} norms folded, stats {r['stats_seconds']:.1f} s)"
             )
+        dt = self.times[name][-1]
+        print(f"  {self.norm:8s} {name:8s} {dt:7.1f} s  {self.mp / dt:.4f} MP/s{extra}", flush=True)
+
+    def summary(self) -> tuple[str, dict[str, float], dict[str, Any], Any]:
+        n = min(len(v) for v in self.times.values())
+        total = {k: sum(v[:n]) for k, v in self.times.items()}
+        whole = self.outs["whole"]
+        q = {}
+        for name in ("engine", "naive", "sliding"):
+            diff = np.abs(self.outs[name].astype(np.int16) - whole.astype(np.int16))
+            q[name] = (psnr(self.outs[name], whole), int(diff.max()), float(np.percentile(diff, 99.99)))
         print(
-            f"  {norm:8s} {name:8s} {times[name][-1]:7.1f} s  {mp / times[name][-1]:.4f} MP/s{extra}",
+            f"  {self.norm} ({n} run(s) each): engine is {total['naive'] / total['engine']:.2f}x (a) naive, "
+            f"{total['sliding'] / total['engine']:.2f}x (b) sliding window, {total['whole'] / total['engine']:.2f}x "
+            "(c) whole pass; vs the fp32 whole pass: "
+            + ", ".join(f"{k} {v[0]:.1f} dB max {v[1]} p99.99 {v[2]:.0f}" for k, v in q.items()),
             flush=True,
         )
-    whole = outs["whole"]
-    total = {k: sum(v) for k, v in times.items()}
-    q = {}
-    for name in ("engine", "naive", "sliding"):
-        diff = np.abs(outs[name].astype(np.int16) - whole.astype(np.int16))
-        q[name] = (psnr(outs[name], whole), int(diff.max()), float(np.percentile(diff, 99.99)))
-    print(
-        f"  {norm}: engine is {total['naive'] / total['engine']:.2f}x (a) naive, "
-        f"{total['sliding'] / total['engine']:.2f}x (b) sliding window, {total['whole'] / total['engine']:.2f}x "
-        "(c) whole pass; vs the fp32 whole pass: "
-        + ", ".join(f"{k} {v[0]:.1f} dB max {v[1]} p99.99 {v[2]:.0f}" for k, v in q.items()),
-        flush=True,
-    )
-    return norm, total, q, reps[-1]
+        return self.norm, total, q, self.reps[-1]
 
 
 if __name__ == "__main__":
