@@ -343,7 +343,9 @@ def _run(
 
             def sampled(picks: list[int] = picks) -> tuple[Any, list[Any]]:
                 wins = [tiles[i] for i in picks]
-                if settings.stats_tile < grid.tile:  # large tiles: sample smaller windows spread over them
+                if (
+                    settings.stats_tile and settings.stats_tile < grid.tile
+                ):  # smaller windows spread over tiles
                     wins = sample_windows(plane.size, wins, count, settings.stats_tile, grid.halo, grid.align)
                 batches, cores = _stats_batches(plane, wins, wins[0].window[2:], batch, spec.input_norm)
                 origins = [[t.window[:2] for t in wins[k : k + batch]] for k in range(0, len(wins), batch)]
