@@ -55,7 +55,7 @@ def test_cli_says_what_it_assumes_and_records_it(tmp_path, he_1024, capsys):
     )
     err = capsys.readouterr().err
     assert "note: imported checkpoint: runs as the papers' test.py" in err
-    assert "--model-mpp" in err and "warning: case.png: the model's µm/px is unknown" in err
+    assert "--model-mpp" in err and "warning: case.png: no µm/px recorded" in err
     run = json.loads((out / "case.run.json").read_text())
     assert any("--model-mpp" in w for w in run["warnings"])
     assert run["settings"]["run_mode"]["bn_stats"] == "slide"

@@ -165,6 +165,7 @@ class StainRun(QObject):
         self.view: StoreView | None = None
         self.layer: Any = None
         self.report: RunReport | None = None
+        self._said: set[str] = set()  # notes already shown to the user in this run
         self.error: BaseException | None = None
         self.last_progress: TileProgress | None = None
         self.device = ""
@@ -353,6 +354,7 @@ class StainRun(QObject):
         self.model = model
         self.timeline["model_loaded"] = time.perf_counter()
         for note in model.notes:  # what loading assumed (batch-norm/dropout mode, µm/px)
+            self._said.add(note)
             show_warning(f"Virtual IHC: {note}")
         if self._pbar is not None:
             self._pbar.set_description(
@@ -598,7 +600,8 @@ class StainRun(QObject):
         _ACTIVE_RUNS.discard(self)
         if self.report is not None:
             for warning in self.report.warnings:
-                show_warning(f"Virtual IHC: {warning}")
+                if warning not in self._said:  # the loader's notes were shown when the model loaded
+                    show_warning(f"Virtual IHC: {warning}")
             confidence = self.report.settings.get("confidence_store")
             if confidence and self.state == "done":
                 add_confidence_layer(self.viewer, confidence, self.request.source_layer, self.model_name)

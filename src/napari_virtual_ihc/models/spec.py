@@ -8,6 +8,11 @@ from typing import Any
 import torch
 
 FORMAT_VERSION = 1
+UNKNOWN_MPP_NOTE = (
+    "no µm/px recorded: the model runs at the slide's native resolution, right only if it was trained at that "
+    "magnification; set --model-mpp (EngineSettings.model_mpp, e.g. 0.5 for a 20x model) or record it with "
+    "'virtual-ihc convert IN.pth OUT.safetensors --model-mpp 0.5'"
+)
 
 
 @dataclass
