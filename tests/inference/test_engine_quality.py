@@ -61,14 +61,17 @@ def test_batchnorm_model_runs_with_running_statistics(he_1024, tmp_path):
     tiled = level0(tmp_path / "b.ome.zarr")
     assert rep.model["norm"] == "batch" and rep.settings["norms_folded"] > 0
     assert psnr(tiled, whole) >= 50.0  # exact up to float rounding: the halo covers the receptive field
-    # Deterministic: a second run writes the same bytes.
-    stain_slide(
-        ArraySlide(he_1024, 0.5),
-        model,
-        tmp_path / "b2.ome.zarr",
-        EngineSettings(tile=192, batch=2, skip_background=False),
-    )
+    # Deterministic: a second run with the same settings writes the same bytes; another batch size may pick
+    # other BLAS kernels on some CPUs (AVX512, AMX), which round differently: at most one grey level.
+    for name, b in (("b2", 3), ("b3", 2)):
+        stain_slide(
+            ArraySlide(he_1024, 0.5),
+            model,
+            tmp_path / f"{name}.ome.zarr",
+            EngineSettings(tile=192, batch=b, skip_background=False),
+        )
     assert np.array_equal(level0(tmp_path / "b2.ome.zarr"), tiled)
+    assert np.abs(level0(tmp_path / "b3.ome.zarr").astype(int) - tiled.astype(int)).max() <= 1
 
 
 def test_40x_scan_is_stained_at_the_model_20x_resolution(he_1024, tmp_path):

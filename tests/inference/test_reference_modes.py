@@ -123,7 +123,7 @@ def test_mean_of_samples_writes_a_deterministic_confidence_map(he_1024, tmp_path
     img = he_1024[:192, :192]
     maps = []
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
-        settings = EngineSettings(tile=64, dropout="mean:3", dropout_seed=seed)
+        settings = EngineSettings(tile=96, bn_stats="running", dropout="mean:3", dropout_seed=seed)
         rep = stain_slide(ArraySlide(img, 0.5), model, tmp_path / f"{name}.ome.zarr", settings)
         conf = confidence_store_path(tmp_path / f"{name}.ome.zarr")
         assert rep.settings["confidence_store"] == str(conf)

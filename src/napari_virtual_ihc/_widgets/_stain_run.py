@@ -66,6 +66,7 @@ class StainRun(QObject):
         self.view: StoreView | None = None
         self.layer: Any = None
         self.report: RunReport | None = None
+        self._said: set[str] = set()  # notes already shown to the user in this run
         self.error: BaseException | None = None
         self.last_progress: TileProgress | None = None
         self.refresh_count = 0
@@ -162,6 +163,7 @@ class StainRun(QObject):
         """The store exists: point the layer at it (no data swap when the geometry matches) and place it."""
         self.plan, self.view = plan, open_store(plan.store)
         for note in plan.notes:  # what loading the model assumed (batch-norm/dropout mode, µm/px)
+            self._said.add(note)
             show_warning(f"Virtual IHC: {note}")
         self._bind_to_store()
         # napari builds the bar with repaints: on the next pass of the event loop, not in this one
@@ -254,7 +256,8 @@ class StainRun(QObject):
         else:
             self.state = "cancelled" if rep is None or rep.cancelled or self.cancel_event.is_set() else "done"
         for warning in rep.warnings if rep is not None else []:
-            show_warning(f"Virtual IHC: {warning}")
+            if warning not in self._said:  # the loader's notes were shown with the plan
+                show_warning(f"Virtual IHC: {warning}")
         confidence = rep.settings.get("confidence_store") if rep is not None else None
         if confidence and self.state == "done":
             add_confidence_layer(self.viewer, confidence, self.request.source_layer, self.model_name)

@@ -40,8 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--tile",
         type=int_in(32, 8192),
-        default=512,
-        help="written core of each tile, px at the model's resolution (32..8192)",
+        default=None,
+        help="written core of each tile, px at the model's resolution, 32..8192 (default: the largest of "
+        "2048/1024/512 that fits the memory available: large tiles waste less on halos)",
     )
     p.add_argument(
         "--halo",
@@ -71,6 +72,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help=f"µm/px the model was trained at, {MODEL_MPP_RANGE[0]:g}..{MODEL_MPP_RANGE[1]:g} (for imported .pth)",
     )
     p.add_argument("--no-skip-background", action="store_true", help="run the model on blank glass too")
+    p.add_argument(
+        "--bn-stats",
+        choices=["running", "slide"],
+        default=None,
+        help="BatchNorm models: running statistics (eval mode) or the slide's own, frozen (what the papers' "
+        "test.py does without --eval; default: what the checkpoint records, imported .pth: slide)",
+    )
+    p.add_argument(
+        "--dropout",
+        default=None,
+        metavar="off|sample|mean:N",
+        help="dropout at inference: off, one sample (test.py), or the mean of N samples plus a confidence "
+        "map DIR/<slide>.confidence.ome.zarr (default: what the checkpoint records)",
+    )
+    p.add_argument("--dropout-seed", type=int, default=0, help="seed of the (position-based) dropout masks")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
         "--tumour-class",
@@ -114,6 +130,7 @@ def slides_for_rank(slides: list[str], rank: int, world: int) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from ..ihc_store import StoreError, check_writable_folder, store_path_for
     from ..inference import EngineSettings, stain_slide
+    from ..inference.dropout import DropoutMode
     from ..inference.errors import EngineError
     from ..models import CheckpointError, load_generator, supply_class_channel
     from ..slides import open_slide
@@ -122,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     try:
         region = parse_region(args.region)
+        DropoutMode.parse(args.dropout)
     except ValueError as e:
         print(f"virtual-ihc stain: {e}", file=sys.stderr)
         return 2
@@ -136,6 +154,8 @@ def run(args: argparse.Namespace) -> int:
     except OSError as e:  # e.g. the checkpoint is not readable
         print(f"virtual-ihc stain: cannot read {args.model}: {e.strerror or e}", file=sys.stderr)
         return 2
+    for note in model.notes:  # what loading assumed: say it before any work
+        print(f"{tag}note: {note}", file=sys.stderr, flush=True)
     settings = EngineSettings(
         tile=args.tile,
         halo=args.halo,
@@ -145,6 +165,9 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         model_mpp=args.model_mpp,
         skip_background=not args.no_skip_background,
+        bn_stats=args.bn_stats,
+        dropout=args.dropout,
+        dropout_seed=args.dropout_seed,
     )
     failures = 0
     for slide_arg in mine:
@@ -190,9 +213,12 @@ def run(args: argparse.Namespace) -> int:
         _annotate_run_json(store, rank, world, str(path))
         print(
             f"{tag}done {path.name}: {rep.tiles_done} tiles stained, {rep.tiles_skipped} background, "
-            f"{rep.tiles_resumed} resumed, {rep.seconds:.1f} s, {rep.mp_per_s:.3f} MP/s on {rep.device}",
+            f"{rep.tiles_resumed} resumed, {rep.seconds:.1f} s, {rep.mp_per_s:.3f} MP/s on {rep.device}, "
+            f"{rep.settings['compute']['described']}",
             flush=True,
         )
+        for warning in rep.warnings:
+            print(f"{tag}warning: {path.name}: {warning}", file=sys.stderr, flush=True)
     _barrier()
     return 1 if failures else 0
 

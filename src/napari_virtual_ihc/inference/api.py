@@ -17,7 +17,9 @@ from ..geometry import Box
 class EngineSettings:
     """Knobs a user may turn; defaults are what a pathologist on a laptop should get."""
 
-    tile: int = 512  # written core of a tile, pixels at the model's resolution
+    # Written core of a tile, px at the model's resolution. None: by mode and memory (inference.tiling): 512
+    # for interactive runs (a priority region is given), else the largest of 2048/1024/512 that fits memory.
+    tile: int | None = 512
     halo: int | None = None  # None: at least half the receptive field, computed from the architecture
     batch: int | None = None  # None: 1 on the CPU (larger batches run slower per tile there), 4 on GPUs
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
@@ -26,6 +28,10 @@ class EngineSettings:
     skip_background: bool = True
     workers: int = 1  # reader threads prefetching tiles
     stats_windows: int = 16  # tissue windows sampled for slide-level InstanceNorm statistics
+    # Core px of those windows when tiles are larger (batch jobs): cheaper than sampling whole 2048 px tiles,
+    # but less exact: 256 px cores gave 29.8 dB against the whole pass on a 4096 px job (ngf 16 InstanceNorm
+    # ResNet-9, docs/inference.md), below the 35 dB target, so the default (None) samples the tiles' windows.
+    stats_tile: int | None = None
     # Small jobs (<= stats_windows tiles, <= this many window megapixels): one pooled pass over all tiles gives
     # the exact whole-image statistics and the output at once (memory ~ this many MP of activations).
     pooled_pass_mp: float = 8.0

@@ -408,7 +408,8 @@ def decide_compute(
     cands = candidates(device, precision, winograd, winograd_convs)
     if len(cands) == 1:
         c = cands[0]
-        return ComputeChoice(c.precision, c.winograd, "requested", device_name=device_name(device))
+        how = "requested" if precision != "auto" or winograd is not None else "only candidate here"
+        return ComputeChoice(c.precision, c.winograd, how, device_name=device_name(device))
     key = cache_key(device, model_sha256, precision, winograd)
     cached = load_cached(key)
     if cached is not None:

@@ -37,7 +37,7 @@ from .confidence import ConfidenceWriter
 from .device import is_out_of_memory, release_device_memory
 from .dropout import set_positions, with_positional_dropout
 from .errors import RegionError
-from .grid import GridTile
+from .grid import GridTile, sample_windows
 from .normalization import (
     estimate_instance_stats,
     fold_frozen_norms,
@@ -149,7 +149,7 @@ def iter_stain_slide(
     t_start = time.perf_counter()
     store_path = Path(store)
     check_writable_folder(store_path.parent)
-    plan = plan_run(slide, model, settings or EngineSettings(), region)
+    plan = plan_run(slide, model, settings or EngineSettings(), region, interactive=priority is not None)
     tstore = TileStore.open(
         store_path,
         plan.plane.size,
@@ -308,16 +308,27 @@ class _StainJob:
                 if exact:
                     picks = list(tissue_all)
                 else:
-                    count = min(max(1, settings.stats_windows), len(candidates))
-                    picks = sorted({candidates[round(j)] for j in np.linspace(0, len(candidates) - 1, count)})
+                    n_picks = min(max(1, settings.stats_windows), len(candidates))
+                    picks = sorted(
+                        {candidates[round(j)] for j in np.linspace(0, len(candidates) - 1, n_picks)}
+                    )
 
                 def sampled(picks: list[int] = picks) -> tuple[Any, list[Any]]:
+                    wins = [tiles[i] for i in picks]
+                    if settings.stats_tile and settings.stats_tile < grid.tile:  # smaller windows over tiles
+                        wins = sample_windows(
+                            plan.plane.size,
+                            wins,
+                            max(1, settings.stats_windows),
+                            settings.stats_tile,
+                            grid.halo,
+                            grid.align,
+                        )
                     batches, cores = _stats_batches(
-                        plan.plane, [tiles[i] for i in picks], grid.window_size, batch, spec.input_norm
+                        plan.plane, wins, wins[0].window[2:], batch, spec.input_norm
                     )
                     origins = [
-                        [tiles[i].window[:2] for i in picks[k : k + batch]]
-                        for k in range(0, len(picks), batch)
+                        [t.window[:2] for t in wins[k : k + batch]] for k in range(0, len(wins), batch)
                     ]
                     return _positioned(base, batches, origins), cores
 

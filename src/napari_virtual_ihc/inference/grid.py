@@ -177,3 +177,20 @@ def finish_blend(accum: np.ndarray, weight_sum: np.ndarray) -> np.ndarray:
     """Divide the accumulated sum by the weights (pixels no window covered stay 0)."""
     ws = weight_sum[..., None] if accum.ndim == 3 else weight_sum
     return np.where(ws > 0, accum / np.maximum(ws, 1e-12), 0.0)
+
+
+def sample_windows(
+    plane: tuple[int, int], tiles: list[GridTile], count: int, core: int, halo: int, align: int = 1
+) -> list[GridTile]:
+    """About ``count`` windows with ``core`` px cores (plus ``halo``), spread over the cores of ``tiles``.
+
+    Slide statistics need pixels from all over the slide, not whole large tiles: with batch-sized tiles
+    (2048 px) a handful of sampled tiles would cost as much as staining them. All windows have one size.
+    """
+    per = max(1, -(-count // max(1, len(tiles))))
+    out: list[GridTile] = []
+    for t in tiles:
+        sub = TileGrid(plane, t.core, core, halo, align)
+        picks = sorted({round(j) for j in np.linspace(0, len(sub) - 1, min(per, len(sub)))})
+        out += [sub.tile_at(i) for i in picks]
+    return out

@@ -23,6 +23,7 @@ from .errors import ImageTooSmallError, ModelInputError, RegionError, Resolution
 from .grid import GridTile, TileGrid, round_up
 from .resample import WorkingPlane, model_downsample
 from .run_mode import RunMode, resolution_warning, resolve_run_mode
+from .tiling import choose_tile
 
 MAX_HALO = 256  # px at the model's resolution: beyond this the halo costs more than any seam it could fix
 MAX_UPSAMPLING = 8  # working plane px per slide px along a side: beyond, the model's mpp is wrong
@@ -102,7 +103,11 @@ def region_to_plane(region: Box | None, slide: Slide, d: float, plane: tuple[int
 
 
 def plan_run(
-    slide: Slide, model: LoadedGenerator, settings: EngineSettings, region: Box | None = None
+    slide: Slide,
+    model: LoadedGenerator,
+    settings: EngineSettings,
+    region: Box | None = None,
+    interactive: bool = False,
 ) -> StainPlan:
     """Decide the run; raises DeviceError, ModelInputError, ResolutionError, ImageTooSmallError or
     RegionError before any file is touched."""
@@ -120,7 +125,6 @@ def plan_run(
     warnings = [*mode.warnings, *filter(None, [resolution_warning(spec, settings)])]
     align = size_multiple(module)
     halo, rf = plan_halo(module, settings, align)
-    tile = round_up(max(int(settings.tile), align), align)
     model_mpp = settings.model_mpp if settings.model_mpp is not None else spec.mpp
     d = model_downsample(slide.mpp, model_mpp)
     if d < 1 / MAX_UPSAMPLING:  # more pixels than the scan has: slow, huge, and nothing a model learns from
@@ -130,6 +134,9 @@ def plan_run(
             f"(limit {MAX_UPSAMPLING}x); check --model-mpp / the checkpoint's mpp"
         )
     plane = WorkingPlane(slide, d)
+    # batch jobs: the largest tile the memory allows (less halo per pixel); interactive runs: small tiles
+    wanted_tile = settings.tile or choose_tile(module, device, halo, batch, interactive, plane.size)
+    tile = round_up(max(int(wanted_tile), align), align)
     grid = TileGrid(plane.size, (0, 0, *plane.size), tile, halo, align)
     need = min_input_side(module)
     if min(grid.window_size) < need:  # before the store exists: nothing is created for an image this small

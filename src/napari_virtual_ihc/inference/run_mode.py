@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from ..models.spec import ModelSpec
+from ..models.spec import UNKNOWN_MPP_NOTE, ModelSpec
 from .api import EngineSettings
 from .dropout import DropoutMode, dropout_layers
 from .errors import EngineError
@@ -90,9 +90,4 @@ def resolution_warning(spec: ModelSpec, settings: EngineSettings) -> str | None:
     """What a run without a known model µm/px assumes, and how to fix it."""
     if settings.model_mpp is not None or spec.mpp is not None:
         return None
-    return (
-        "the model's µm/px is unknown (an imported checkpoint records none): it runs at the slide's native "
-        "resolution, which is right only if it was trained at that magnification. Set it with --model-mpp "
-        "(EngineSettings.model_mpp), e.g. 0.5 for a 20x model, or record it in the checkpoint with "
-        "'virtual-ihc convert IN.pth OUT.safetensors --model-mpp 0.5'."
-    )
+    return UNKNOWN_MPP_NOTE

@@ -31,7 +31,7 @@ from .errors import (
     UnsupportedFormatVersionError,
 )
 from .registry import build_generator
-from .spec import FORMAT_VERSION, LoadedGenerator, ModelSpec
+from .spec import FORMAT_VERSION, UNKNOWN_MPP_NOTE, LoadedGenerator, ModelSpec
 from .state_dict_io import read_pth, read_safetensors, read_safetensors_header, sniff_format
 from .validation import check_dtypes, check_finite, check_spec
 
@@ -257,10 +257,7 @@ def _loading_notes(spec: ModelSpec) -> list[str]:
         if what:
             notes.append(REFERENCE_MODE_NOTE.format(what="; ".join(what)))
     if spec.mpp is None:
-        notes.append(
-            "no µm/px recorded: the model runs at the slide's native resolution unless you set --model-mpp "
-            "(e.g. 0.5 for a 20x model) or record it with 'virtual-ihc convert IN OUT --model-mpp 0.5'"
-        )
+        notes.append(UNKNOWN_MPP_NOTE)
     return notes
 
 

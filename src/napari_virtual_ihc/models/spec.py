@@ -12,6 +12,11 @@ FORMAT_VERSION = 1
 PIXEL_NORMS = ("minus_one_one", "zero_one")
 #: µm/px a model can have been trained at (microscope scans: 0.1-2; the bounds catch typos like 0 or 1e-3).
 MODEL_MPP_RANGE = (0.05, 50.0)
+UNKNOWN_MPP_NOTE = (
+    "no µm/px recorded: the model runs at the slide's native resolution, right only if it was trained at that "
+    "magnification; set --model-mpp (EngineSettings.model_mpp, e.g. 0.5 for a 20x model) or record it with "
+    "'virtual-ihc convert IN.pth OUT.safetensors --model-mpp 0.5'"
+)
 
 
 @dataclass

@@ -1,0 +1,67 @@
+"""Tile size by mode and memory: small tiles for interactive runs, large ones for batch jobs.
+
+Every window carries a halo of about half the receptive field (88 px for ResNet-9) on each side, computed
+and thrown away: at a 512 px core that is (688/512)^2 = 1.8x the work of the core, at 2048 px only 1.18x. An
+interactive run wants the first tiles on screen soon (small tiles); a batch job on a CPU has the memory for
+large ones, so its tile is the largest whose activations fit a share of the memory available now.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+INTERACTIVE_TILE = 512
+BATCH_TILES = (2048, 1024, 512)  # tried largest first
+MEMORY_SHARE = 0.3  # of the memory available now (other programs, the reader's prefetch, the store's cache)
+LIVE_ACTIVATIONS = 4  # full-resolution activations alive at once in a ResNet/U-Net forward (measured peak)
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes free on ``device`` now (CPU: MemAvailable; CUDA: the driver's free memory)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+def full_resolution_width(module: nn.Module) -> int:
+    """Channels of the widest full-resolution activation: the first convolution's output."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            return int(m.out_channels)
+    return 64
+
+
+def window_bytes(side: int, width: int, batch: int, dtype_bytes: int = 4) -> int:
+    return side * side * width * dtype_bytes * LIVE_ACTIVATIONS * batch
+
+
+def choose_tile(
+    module: nn.Module, device: torch.device, halo: int, batch: int, interactive: bool, plane: tuple[int, int]
+) -> int:
+    """The written core size: ``INTERACTIVE_TILE`` for interactive runs, else the largest of ``BATCH_TILES``
+    whose window fits ``MEMORY_SHARE`` of the available memory (never larger than the job needs)."""
+    if interactive:
+        return INTERACTIVE_TILE
+    budget = available_memory(device) * MEMORY_SHARE
+    width = full_resolution_width(module)
+    longest = max(plane)
+    for tile in BATCH_TILES:
+        if tile > longest and tile != BATCH_TILES[-1]:
+            continue  # a tile larger than the job only adds halo-free padding work
+        if window_bytes(tile + 2 * halo, width, batch) <= budget:
+            return tile
+    return BATCH_TILES[-1]
