@@ -16,9 +16,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 ADDRESS_SPACE_CAP = 5 << 30  # torch alone maps ~1 GB of address space; 4 GB more is plenty for any test
+# VmHWM is the peak RSS of this process image only: ru_maxrss would carry over the forking parent's size
+# across exec (Linux keeps the larger of the two), so a big pytest process would be counted as the child's.
 _EPILOGUE = """
-import json as _json, resource as _resource
-print("@@RSS_KB@@" + _json.dumps(_resource.getrusage(_resource.RUSAGE_SELF).ru_maxrss))
+import json as _json
+_hwm = [ln for ln in open("/proc/self/status") if ln.startswith("VmHWM:")]
+print("@@RSS_KB@@" + _json.dumps(int(_hwm[0].split()[1])))
 """
 
 

@@ -18,7 +18,7 @@ from virtual_ihc_train.methods.cyclegan import CycleGAN, ImagePool, class_plane,
 from virtual_ihc_train.presets import preset_config
 from virtual_ihc_train.run_state import latest_checkpoint
 
-from napari_virtual_ihc.models import load_generator
+from napari_virtual_ihc.models import WrongDirectionError, load_generator, read_checkpoint
 
 from .conftest import he_crops
 
@@ -221,7 +221,9 @@ def test_fit_resume_bit_exact_and_export(tmp_path, unpaired_small, case):
     assert (loaded.spec.class_channel is not None) == ("class" in case)
     rev = tmp_path / "rev.safetensors"
     assert main(["export", str(split), "--out", str(rev), "--net", "G_B"]) == 0
-    assert load_generator(rev).spec.target_stain == "H&E"
+    assert read_checkpoint(rev)[0].target_stain == "H&E"  # the header says which way it goes
+    with pytest.raises(WrongDirectionError, match="H&E"):  # and the stainer will not run it on H&E
+        load_generator(rev)
     # the exported generator stains a slide through `virtual-ihc stain` (one class for the slide if it has one)
     from napari_virtual_ihc.cli import main as plugin_main
 
