@@ -31,6 +31,7 @@ def test_demo_model_is_the_default_and_run_gives_brown_and_blue(
     qtbot.waitUntil(lambda: not run.running, timeout=180_000)
     assert run.state == "done", run.error
     layer = run.layer
+    assert layer.name.startswith("vIHC - demo model, not HER2")  # the name claims no HER2 stain
     assert layer is not None and layer in viewer.layers
     ihc = np.asarray(layer.data[0][:])[..., :3]
     he = np.asarray(viewer.layers[0].data[0][:])[..., :3]

@@ -16,8 +16,10 @@ from ..ihc_store import PROVENANCE_KEY
 from ._napari_private import forget_lowest_level
 
 
-def layer_name_for(model_name: str) -> str:
-    return f"HER2 vIHC - {model_name or 'model'}"
+def layer_name_for(model_name: str, target_stain: str | None = "HER2") -> str:
+    """The layer's name says the stain only when the model makes HER2 (the demo model makes DAB-IHC look)."""
+    what = "HER2 vIHC" if (target_stain or "HER2").upper() == "HER2" else "vIHC"
+    return f"{what} - {model_name or 'model'}"
 
 
 # --- placement ------------------------------------------------------------------------------------

@@ -179,7 +179,7 @@ class StainRun(QObject):
             refresh_layer(layer)  # earlier tiles to show (a new store is white, like the placeholder)
         apply_placement(layer, self.request.source_layer, plan.level0_downsample)
         layer.metadata = {**layer.metadata, PROVENANCE_KEY: self.provenance()}
-        layer.name = layer_name_for(self.model_name)
+        layer.name = layer_name_for(self.model_name, plan.provenance.get("target_stain"))
 
     def _show_progress_bar(self) -> None:
         if self.running:

@@ -495,7 +495,7 @@ class VirtualIHCWidget(QWidget):
             show_error(f"Could not open the existing result: {exc}")
             return None
         prov = layer_provenance(view.provenance, store, source_layer=source.name)
-        name = layer_name_for(model_name(prov))
+        name = layer_name_for(model_name(prov), prov.get("target_stain"))
         layer = self.viewer.add_image(
             view.levels,
             **ihc_layer_kwargs(
