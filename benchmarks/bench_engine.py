@@ -96,6 +96,11 @@ def main() -> None:
     ap.add_argument("--norms", default="batch,instance", help="whole-slide mode: which ResNet-9 norms")
     ap.add_argument("--no-whole", action="store_true", help="skip the whole-image reference pass")
     ap.add_argument(
+        "--one-half",
+        action="store_true",
+        help="whole-slide mode: one run of each method per norm (engine, a, b, c), not ABBA (half the time)",
+    )
+    ap.add_argument(
         "--abba",
         action="store_true",
         help="time naive, engine, engine, naive (cancels drifting load on a shared CPU)",
@@ -255,7 +260,8 @@ def whole_slide_benchmark(args: argparse.Namespace) -> None:
     )
     benches = [_NormBench(n.strip(), args, img) for n in args.norms.split(",") if n.strip()]
     # ABBA across methods, both norms in each half: a first figure for every norm comes early.
-    for half in (["engine", "naive", "sliding", "whole"], ["whole", "sliding", "naive", "engine"]):
+    halves = (["engine", "naive", "sliding", "whole"], ["whole", "sliding", "naive", "engine"])
+    for half in halves[:1] if args.one_half else halves:
         for b in benches:
             for name in half:
                 b.run(name)

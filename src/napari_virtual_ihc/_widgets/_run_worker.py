@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..inference.api import EngineSettings, RunEvent
+from ..ihc_store import layer_provenance
+from ..inference.api import EngineSettings, RunEvent, RunPlan, RunReport
 from ..slides.base import Slide
 from ._run_scope import gui_friendly_run
 from ._stain_messages import ModelLoadError
@@ -47,3 +48,18 @@ def run_events(request: RunRequest, cancel: threading.Event, priority: Any) -> G
                 request.slide, model, request.store, request.settings, priority=priority, cancel=cancel
             )
         )
+
+
+def run_provenance(request: RunRequest, plan: RunPlan | None, report: RunReport | None) -> dict[str, Any]:
+    """``layer.metadata["virtual_ihc"]``: the store's provenance and what this run adds to it."""
+    stored = plan.provenance if plan is not None else {}
+    device = report.device if report else plan.device if plan else request.settings.device
+    return layer_provenance(
+        {**stored, "complete": bool(report and report.store_complete)},
+        Path(request.store).resolve(),
+        source_layer=request.source_layer.name,
+        slide_path=str(request.slide.path) if request.slide.path else None,
+        device=device,
+        report=report.__dict__ if report else None,
+        settings={**stored.get("settings", {}), **(report.settings if report else {})},
+    )

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import errno
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..inference.api import RunReport
 
 
 class ModelLoadError(RuntimeError):
@@ -50,3 +54,17 @@ def user_message(exc: BaseException, store: Path) -> str:
     if "out of memory" in str(exc).lower():
         return f"The device ran out of memory: {exc}. Lower the batch size under 'Advanced'."
     return f"Virtual IHC failed: {type(exc).__name__}: {exc}"
+
+
+def announce_run_end(state: str, report: RunReport | None, source_name: str, already_said: set[str]) -> None:
+    """The run's warnings the user has not seen yet (the loader's notes came with the plan), then the summary."""
+    from napari.utils.notifications import show_info, show_warning
+
+    for warning in report.warnings if report is not None else []:
+        if warning not in already_said:
+            show_warning(f"Virtual IHC: {warning}")
+    if state == "done" and report is not None:
+        show_info(
+            f"Virtual IHC of {source_name} finished: {report.tiles_total} tiles "
+            f"({report.tiles_resumed} resumed) in {report.seconds:.1f} s on {report.device}."
+        )

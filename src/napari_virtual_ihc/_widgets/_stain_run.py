@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..geometry import Box
@@ -25,16 +25,15 @@ from ..ihc_store import (
     StoreView,
     bind_levels,
     blank_levels,
-    layer_provenance,
     model_name,
     open_store,
 )
 from ..inference.api import RunEvent, RunPlan, RunReport, TileProgress
 from ._confidence_layer import add_confidence_layer
 from ._run_progress import RunProgress
-from ._run_worker import RunRequest, run_events
+from ._run_worker import RunRequest, run_events, run_provenance
 from ._stain_layer import apply_placement, find_ihc_layer, ihc_layer_kwargs, layer_name_for, refresh_layer
-from ._stain_messages import user_message
+from ._stain_messages import announce_run_end, user_message
 from ._stain_view import visible_box
 
 log = logging.getLogger(__name__)
@@ -121,18 +120,7 @@ class StainRun(QObject):
         return model_name(prov) if prov.get("model") else Path(self.request.model_path).stem
 
     def provenance(self) -> dict[str, Any]:
-        """``layer.metadata["virtual_ihc"]``: the store's provenance and what this run adds."""
-        stored = self.plan.provenance if self.plan is not None else {}
-        rep = self.report
-        return layer_provenance(
-            {**stored, "complete": bool(rep and rep.store_complete)},
-            self.store,
-            source_layer=self.request.source_layer.name,
-            slide_path=str(self.request.slide.path) if self.request.slide.path else None,
-            device=(rep.device if rep else self.plan.device if self.plan else self.request.settings.device),
-            report=rep.__dict__ if rep else None,
-            settings={**stored.get("settings", {}), **(rep.settings if rep else {})},
-        )
+        return run_provenance(self.request, self.plan, self.report)
 
     # --- what the engine yields (GUI thread) ----------------------------------------------------
     def _on_event(self, event: RunEvent) -> None:
@@ -255,15 +243,8 @@ class StainRun(QObject):
             self.state = "failed"
         else:
             self.state = "cancelled" if rep is None or rep.cancelled or self.cancel_event.is_set() else "done"
-        for warning in rep.warnings if rep is not None else []:
-            if warning not in self._said:  # the loader's notes were shown with the plan
-                show_warning(f"Virtual IHC: {warning}")
         confidence = rep.settings.get("confidence_store") if rep is not None else None
         if confidence and self.state == "done":
             add_confidence_layer(self.viewer, confidence, self.request.source_layer, self.model_name)
-        if self.state == "done" and rep is not None:
-            show_info(
-                f"Virtual IHC of {self.request.source_layer.name} finished: {rep.tiles_total} tiles "
-                f"({rep.tiles_resumed} resumed) in {rep.seconds:.1f} s on {rep.device}."
-            )
+        announce_run_end(self.state, rep, self.request.source_layer.name, self._said)
         self.ended.emit(self.state)

@@ -19,16 +19,19 @@ enough to run whole this equals the reference train-mode forward; on a slide it 
 from __future__ import annotations
 
 import copy
-import itertools
 from collections.abc import Iterable
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from ..models.ammfi import GlobalPool2d
 from .winograd import WinogradConv2d, use_winograd
 from .workspace import scratch
+
+# torch's BatchNorm classes (their common base is private); LazyBatchNorm*d subclass these.
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 NormStats = dict[str, tuple[np.ndarray, np.ndarray]]  # module name -> (mean, var), float64 per channel
 
@@ -48,6 +51,15 @@ class FrozenNorm(nn.Module):
         return x * self.scale.view(1, -1, 1, 1).to(x.dtype) + self.shift.view(1, -1, 1, 1).to(x.dtype)
 
 
+def combine_moments(
+    n_a: int, mean_a: Tensor, m2_a: Tensor, n_b: int, mean_b: Tensor, m2_b: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Chan et al.'s parallel update of (mean, M2) for two sets of n_a and n_b values."""
+    n = n_a + n_b
+    delta = mean_b - mean_a
+    return mean_a + delta * (n_b / n), m2_a + m2_b + delta * delta * (n_a * n_b / n)
+
+
 class _PooledStatsNorm(nn.Module):
     """Normalises with statistics pooled over the whole batch (window cores only), and accumulates them."""
 
@@ -59,15 +71,6 @@ class _PooledStatsNorm(nn.Module):
         self.mean: Tensor | None = None  # running pooled mean / sum of squared deviations (float64)
         self.m2: Tensor | None = None
         self.boxes: list[tuple[float, float, float, float]] | None = None  # per sample, fractions of w/h
-
-    @staticmethod
-    def _combine(
-        n_a: int, mean_a: Tensor, m2_a: Tensor, n_b: int, mean_b: Tensor, m2_b: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """Chan et al.'s parallel update of (mean, M2) for two sets of n_a and n_b values."""
-        n = n_a + n_b
-        delta = mean_b - mean_a
-        return mean_a + delta * (n_b / n), m2_a + m2_b + delta * delta * (n_a * n_b / n)
 
     def forward(self, x: Tensor) -> Tensor:
         h, w = x.shape[2], x.shape[3]
@@ -81,12 +84,14 @@ class _PooledStatsNorm(nn.Module):
             if n_batch == 0:
                 n_batch, mean_batch, m2_batch = n, mean64, m2
             else:
-                mean_batch, m2_batch = self._combine(n_batch, mean_batch, m2_batch, n, mean64, m2)
+                mean_batch, m2_batch = combine_moments(n_batch, mean_batch, m2_batch, n, mean64, m2)
                 n_batch += n
         if self.mean is None or self.m2 is None:
             self.mean, self.m2 = mean_batch, m2_batch
         else:
-            self.mean, self.m2 = self._combine(self.count, self.mean, self.m2, n_batch, mean_batch, m2_batch)
+            self.mean, self.m2 = combine_moments(
+                self.count, self.mean, self.m2, n_batch, mean_batch, m2_batch
+            )
         self.count += n_batch
         var_batch = m2_batch / n_batch
         norm = self.norm
@@ -186,7 +191,7 @@ def _moments(part: Tensor) -> tuple[int, Tensor, Tensor]:
         if n_all == 0:
             n_all, mean_all, m2_all = n, mean64, m2
         else:
-            mean_all, m2_all = _PooledStatsNorm._combine(n_all, mean_all, m2_all, n, mean64, m2)
+            mean_all, m2_all = combine_moments(n_all, mean_all, m2_all, n, mean64, m2)
             n_all += n
     return n_all, mean_all, m2_all
 
@@ -198,15 +203,13 @@ def _fed_only_by_a_conv(module: nn.Module) -> set[str]:
     norm may overwrite it: one pass over memory instead of allocating a new activation (the probe's largest
     cost after the convolutions).
     """
-    names: set[str] = set()
-    for seq_name, seq in module.named_modules():
-        if not isinstance(seq, nn.Sequential):
-            continue
-        keys = list(seq._modules.keys())
-        for prev_key, key in itertools.pairwise(keys):
-            prev = seq._modules[prev_key]
-            if isinstance(prev, (nn.Conv2d, nn.ConvTranspose2d, WinogradConv2d)):
-                names.add(f"{seq_name}.{key}" if seq_name else key)
+    after_conv: set[int] = set()
+    for seq in module.modules():
+        if isinstance(seq, nn.Sequential):
+            for i in range(1, len(seq)):
+                if isinstance(seq[i - 1], (nn.Conv2d, nn.ConvTranspose2d, WinogradConv2d)):
+                    after_conv.add(id(seq[i]))
+    names = {name for name, m in module.named_modules() if id(m) in after_conv}
     return names
 
 
@@ -221,7 +224,7 @@ def instance_norm_names(module: nn.Module) -> list[str]:
 
 
 def batch_norm_names(module: nn.Module) -> list[str]:
-    return [n for n, m in module.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    return [n for n, m in module.named_modules() if isinstance(m, BATCH_NORMS)]
 
 
 @torch.inference_mode()
@@ -297,11 +300,11 @@ def freeze_normalization(module: nn.Module, stats: NormStats | None = None) -> n
                 mean_t = torch.as_tensor(stats[name][0], dtype=torch.float64)
                 var_t = torch.as_tensor(stats[name][1], dtype=torch.float64)
             _replace(frozen, name, _frozen_from(sub, mean_t, var_t))
-        elif isinstance(sub, nn.modules.batchnorm._BatchNorm) and stats is not None and name in stats:
+        elif isinstance(sub, BATCH_NORMS) and stats is not None and name in stats:
             mean_t = torch.as_tensor(stats[name][0], dtype=torch.float64)
             var_t = torch.as_tensor(stats[name][1], dtype=torch.float64)
             _replace(frozen, name, _frozen_from(sub, mean_t, var_t))
-        elif isinstance(sub, nn.modules.batchnorm._BatchNorm) and sub.running_mean is not None:
+        elif isinstance(sub, BATCH_NORMS) and sub.running_mean is not None:
             assert sub.running_var is not None
             _replace(frozen, name, _frozen_from(sub, sub.running_mean.double(), sub.running_var.double()))
         elif isinstance(sub, GlobalPool2d):
@@ -323,11 +326,12 @@ def _frozen_from(norm: nn.Module, mean: Tensor, var: Tensor) -> FrozenNorm:
 
 
 def _foldable(conv: nn.Module) -> bool:
-    """Plain convolutions only: a spectral-norm/weight-norm parametrised weight is recomputed each call."""
+    """Plain convolutions only: a spectral-norm/weight-norm weight is recomputed from its parts each call."""
     return (
         isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d))
-        and not conv._forward_pre_hooks
-        and not hasattr(conv, "parametrizations")
+        and not parametrize.is_parametrized(conv)
+        and not hasattr(conv, "weight_orig")  # torch.nn.utils.spectral_norm (the papers' code uses it)
+        and not hasattr(conv, "weight_g")  # torch.nn.utils.weight_norm
         and conv.groups == 1
     )
 
@@ -340,10 +344,9 @@ def fold_frozen_norms(module: nn.Module) -> int:
     """
     folded = 0
     for seq in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
-        keys = list(seq._modules.keys())
-        for prev_key, key in itertools.pairwise(keys):
-            conv, norm = seq._modules[prev_key], seq._modules[key]
-            if not isinstance(norm, FrozenNorm) or conv is None or not _foldable(conv):
+        for i in range(1, len(seq)):
+            conv, norm = seq[i - 1], seq[i]
+            if not isinstance(norm, FrozenNorm) or not _foldable(conv):
                 continue
             assert isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d))
             scale, shift = norm.scale.double(), norm.shift.double()
@@ -355,7 +358,7 @@ def fold_frozen_norms(module: nn.Module) -> int:
             b = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
             conv.weight = nn.Parameter(w.to(conv.weight.dtype), requires_grad=False)
             conv.bias = nn.Parameter((b * scale + shift).to(conv.weight.dtype), requires_grad=False)
-            seq._modules[key] = nn.Identity()
+            seq[i] = nn.Identity()
             folded += 1
     return folded
 

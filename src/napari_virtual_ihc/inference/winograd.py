@@ -242,11 +242,10 @@ def use_winograd(module: nn.Module, min_channels: int = MIN_CHANNELS) -> int:
         parent = module.get_submodule(parent_name) if parent_name else module
         reflect = False
         if isinstance(parent, nn.Sequential):
-            keys = list(parent._modules.keys())
-            at = keys.index(child)
-            before = parent._modules[keys[at - 1]] if at > 0 else None
+            at = next(i for i, m in enumerate(parent) if m is sub)
+            before = parent[at - 1] if at > 0 else None
             if _absorbs_reflection(before, sub):
-                parent._modules[keys[at - 1]] = nn.Identity()
+                parent[at - 1] = nn.Identity()
                 reflect = True
         setattr(parent, child, WinogradConv2d(sub, reflect=reflect).to(sub.weight.device))
         count += 1

@@ -154,9 +154,11 @@ def read_levels(path: Path) -> list[Any]:
     import zarr
 
     try:
+        with tifffile.TiffFile(path) as tif:  # the level count from the file: tifffile's store may not list
+            n_levels = len(tif.series[0].levels)
         store = tifffile.imread(path, aszarr=True)
         group = zarr.open_group(store, mode="r")
-        return [group[str(k)] for k in range(len(group))]
+        return [group[str(k)] for k in range(n_levels)]
     except (OSError, ValueError, KeyError, tifffile.TiffFileError) as exc:
         raise BundleError(f"bundle image {path.name} is unreadable: {exc}") from exc
 
