@@ -65,7 +65,7 @@ def feature_start(
     similarity, OpenCV) picks the SIFT matches that agree, then :func:`rigid_fit` fits them in physical
     units. The mirror side with more inliers wins; None when neither has ``MIN_INLIERS``. ``score`` is the
     inlier share of the ratio-test matches."""
-    sift = cv2.SIFT_create(nfeatures=max_keypoints)
+    sift = cv2.SIFT.create(nfeatures=max_keypoints)
     a = _grey(fixed.rgb)
     ka, da = sift.detectAndCompute(a, None)
     if da is None or len(ka) < MIN_INLIERS:
@@ -82,8 +82,8 @@ def feature_start(
         good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < RATIO * p[1].distance]
         if len(good) < MIN_INLIERS:
             continue
-        pm = np.float64([kb[g.queryIdx].pt for g in good])
-        pf = np.float64([ka[g.trainIdx].pt for g in good])
+        pm = np.array([kb[g.queryIdx].pt for g in good], dtype=np.float64)
+        pf = np.array([ka[g.trainIdx].pt for g in good], dtype=np.float64)
         model, inliers = cv2.estimateAffinePartial2D(
             pm, pf, ransacReprojThreshold=threshold, maxIters=5000, confidence=0.999
         )
