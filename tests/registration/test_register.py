@@ -104,6 +104,16 @@ def test_a_torn_section_is_found_by_keypoint_matches(kidney):
     assert t.quality["correlation"] < 0.5 <= t.quality["overlap_correlation"]
 
 
+def test_without_the_keypoint_start_a_torn_section_is_reported_not_applied(kidney):
+    """The FFT starts alone align the torn kidney wrongly; the overlap correlation must not accept that."""
+    rgb = kidney.moving().read_region((0, 0), 0, kidney.moving().dimensions).copy()
+    rgb[:, int(rgb.shape[1] * 0.6) :] = 255
+    t = register(kidney.fixed(), ArraySlide(rgb), RegistrationSettings(candidates=2, feature_start=False))
+    errors = rtre(t.moving_to_fixed(kidney.moving_points), kidney.fixed_points, kidney.fixed().dimensions)
+    print(f"torn, FFT starts only: converged={t.converged}, {t.quality}, rTRE median {np.median(errors):.4f}")
+    assert t.converged == bool(np.median(errors) <= 0.005)  # either right, or reported as poor
+
+
 def test_rigid_fit_recovers_a_rotation_and_a_mirror():
     from napari_virtual_ihc.registration.matching import rigid_fit
 
