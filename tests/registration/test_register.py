@@ -2,8 +2,9 @@
 
 ANHIR figures for reference: unregistered medians 0.021 (kidney) and 0.057 (lesion). The lesion pair's
 landmarks cannot be fitted better than a median of 0.0051 by ANY affine map (least squares on the landmarks
-themselves) nor 0.005 by a leave-one-out thin-plate spline, so its bound here is the affine floor plus a
-margin, not the issue's 0.004 (see docs/registration.md).
+themselves) nor 0.005 by a leave-one-out thin-plate spline, and no non-rigid refinement tried got it below
+0.0045 (docs/registration.md), so its bound here is 0.006: measured 0.0050-0.0054 (0.0057 over sampling seeds
+1-3) plus a margin, not the issue's 0.004.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from napari_virtual_ihc.slides import ArraySlide
 
 from .conftest import registered
 
-BOUND = {"kidney": 0.004, "lesion": 0.0065}
+BOUND = {"kidney": 0.004, "lesion": 0.006}
 pytestmark = pytest.mark.slow
 
 
@@ -88,14 +89,42 @@ def test_different_pixel_sizes(kidney):
     assert np.median(errors) <= 0.004
 
 
-def test_a_torn_section_is_reported_not_applied(kidney):
-    """Moving section with its right 40 % missing: not aligned reliably here, and SAID so (not converged)."""
+def test_a_torn_section_is_found_by_keypoint_matches(kidney):
+    """Moving section with its right 40 % missing: the FFT search's starts are all wrong there (blob overlap),
+    the SIFT + RANSAC start is right, and the correlation where the sections overlap counts it converged."""
     rgb = kidney.moving().read_region((0, 0), 0, kidney.moving().dimensions).copy()
     rgb[:, int(rgb.shape[1] * 0.6) :] = 255
     t = register(kidney.fixed(), ArraySlide(rgb), RegistrationSettings(candidates=2))
     errors = rtre(t.moving_to_fixed(kidney.moving_points), kidney.fixed_points, kidney.fixed().dimensions)
     print(f"torn section: converged={t.converged}, quality {t.quality}, rTRE median {np.median(errors):.4f}")
+    assert any("coarse start (keypoint matches)" in n for n in t.notes), t.notes
+    assert t.converged, t.notes
+    assert np.median(errors) <= 0.004
+    # the union correlation alone would have called it poor: the overlap one is what accepts it
+    assert t.quality["correlation"] < 0.5 <= t.quality["overlap_correlation"]
+
+
+def test_without_the_keypoint_start_a_torn_section_is_reported_not_applied(kidney):
+    """The FFT starts alone align the torn kidney wrongly; the overlap correlation must not accept that."""
+    rgb = kidney.moving().read_region((0, 0), 0, kidney.moving().dimensions).copy()
+    rgb[:, int(rgb.shape[1] * 0.6) :] = 255
+    t = register(kidney.fixed(), ArraySlide(rgb), RegistrationSettings(candidates=2, feature_start=False))
+    errors = rtre(t.moving_to_fixed(kidney.moving_points), kidney.fixed_points, kidney.fixed().dimensions)
+    print(f"torn, FFT starts only: converged={t.converged}, {t.quality}, rTRE median {np.median(errors):.4f}")
     assert t.converged == bool(np.median(errors) <= 0.005)  # either right, or reported as poor
+
+
+def test_rigid_fit_recovers_a_rotation_and_a_mirror():
+    from napari_virtual_ihc.registration.matching import rigid_fit
+
+    src = np.random.default_rng(0).normal(size=(30, 2)) * 100
+    a = np.radians(37.0)
+    rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    for mirrored in (False, True):
+        lin = rot @ (np.diag([-1.0, 1.0]) if mirrored else np.eye(2))
+        m = rigid_fit(src, src @ lin.T + [5.0, -7.0], mirrored)
+        np.testing.assert_allclose(m[:2, :2], lin, atol=1e-9)
+        np.testing.assert_allclose(m[:2, 2], [5.0, -7.0], atol=1e-9)
 
 
 def test_nonrigid_refinement_is_kept_only_when_it_helps_and_saves(kidney, tmp_path):

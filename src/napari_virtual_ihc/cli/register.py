@@ -88,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     (out / "registration.json").write_text(json.dumps(report, indent=2))
     print(
         f"{'converged' if transform.converged else 'NOT CONVERGED'}: hematoxylin correlation "
-        f"{q['correlation']:.3f}, tissue overlap {q['tissue_dice']:.3f}; wrote {out}"
+        f"{q['correlation']:.3f} ({q.get('overlap_correlation', 0.0):.3f} where the sections overlap), "
+        f"tissue overlap {q['tissue_dice']:.3f}; wrote {out}"
     )
     if not transform.converged:
         print(
