@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -110,7 +111,8 @@ def test_edge_case_studies_write_a_report(name: str, ratings: dict, check, tmp_p
     assert check(by_reader), name
     report = write_report(res, tmp_path / "report")
     html = report.read_text()
-    assert "Virtual vs real" in html and "nan" not in html.replace("nanoseconds", "")
+    text = re.sub(r"base64,[A-Za-z0-9+/=]+", "", html)  # embedded plots may spell "nan" by chance
+    assert "Virtual vs real" in html and "nan" not in text.replace("nanoseconds", "")
     json.loads((tmp_path / "report" / "results.json").read_text())  # strict JSON (no NaN)
     for f in ("summary.png", "confusion.png", "accuracy.png", "imrmc.csv"):
         assert (tmp_path / "report" / f).stat().st_size > 0
