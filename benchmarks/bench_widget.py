@@ -252,6 +252,15 @@ def main() -> None:
         f"target < 100); GUI-thread CPU in that gap {worst_cpu * 1000:.0f} ms, ending {worst_at * 1000:.0f} ms "
         "after the click"
     )
+    long_gaps = sorted(range(len(gaps)), key=gaps.__getitem__, reverse=True)[:5]
+    print(
+        "longest gaps (ms, ending ms after the click, GUI CPU ms):",
+        [
+            (round(gaps[i] * 1000), round((ticks[i + 1][0] - clicked) * 1000), round(cpu[i] * 1000))
+            for i in sorted(long_gaps)
+            if gaps[i] > 0.05
+        ],
+    )
     print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(
         f"layer refreshes {run.refresh_count}, chunks read from disk {run.view.chunk_reads if run.view else 0}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,7 @@ def build(svs: Path, out: Path) -> None:
     level1 = np.clip(np.rint(downscale_local_mean(level0, (2, 2, 1))), 0, 255).astype(np.uint8)
     res = (1e4 / MPP, 1e4 / MPP)
     with tifffile.TiffWriter(out) as tw:
-        opts = {
+        opts: dict[str, Any] = {
             "tile": (256, 256),
             "compression": "jpeg",
             "compressionargs": {"level": 95},
