@@ -30,7 +30,8 @@ from ..models.ammfi import GlobalPool2d
 from .winograd import WinogradConv2d, use_winograd
 from .workspace import scratch
 
-# torch's BatchNorm classes (their common base is private); LazyBatchNorm*d subclass these.
+# torch's BatchNorm classes (their common base is private). A LazyBatchNorm*d is not one of them until its
+# first forward turns it into BatchNorm*d, which a loaded checkpoint always has had.
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 NormStats = dict[str, tuple[np.ndarray, np.ndarray]]  # module name -> (mean, var), float64 per channel

@@ -159,7 +159,8 @@ def read_levels(path: Path) -> list[Any]:
         store = tifffile.imread(path, aszarr=True)
         group = zarr.open_group(store, mode="r")
         return [group[str(k)] for k in range(n_levels)]
-    except (OSError, ValueError, KeyError, tifffile.TiffFileError) as exc:
+    # IndexError: a TIFF without an image series
+    except (OSError, ValueError, KeyError, IndexError, tifffile.TiffFileError) as exc:
         raise BundleError(f"bundle image {path.name} is unreadable: {exc}") from exc
 
 
