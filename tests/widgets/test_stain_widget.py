@@ -176,11 +176,16 @@ def test_run_shows_aligned_layer_with_provenance(
     widget = dock_widget(viewer)
     he = add_he(viewer, he_crop)
     configure(widget, inverting_model, tmp_path)
+    notes_before = sum("no µm/px recorded" in m for m in _notifications())
     run = widget.start_run()
     assert run is not None and run.running
     assert run.layer is not None and run.layer in viewer.layers  # the IHC layer is up at once
+    qtbot.waitUntil(lambda: run.plan is not None or not run.running, timeout=RUN_TIMEOUT_MS)
+    # what the model assumes is in the dock from the plan on, and notified once, when the run ends
+    assert "no µm/px recorded" in widget.notes_label.text() and not widget.notes_label.isHidden()
     qtbot.waitUntil(lambda: not run.running, timeout=RUN_TIMEOUT_MS)
     assert run.state == "done", run.error
+    assert sum("no µm/px recorded" in m for m in _notifications()) == notes_before + 1
     store = store_path_for(tmp_path, "H&E")
     assert run.store == store.resolve()
     layer = run.layer

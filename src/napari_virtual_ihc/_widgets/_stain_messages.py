@@ -56,13 +56,16 @@ def user_message(exc: BaseException, store: Path) -> str:
     return f"Virtual IHC failed: {type(exc).__name__}: {exc}"
 
 
-def announce_run_end(state: str, report: RunReport | None, source_name: str, already_said: set[str]) -> None:
-    """The run's warnings the user has not seen yet (the loader's notes came with the plan), then the summary."""
+def announce_run_end(state: str, report: RunReport | None, source_name: str, notes: list[str]) -> None:
+    """What loading the model assumed and what the run warned of (each once), then the summary.
+
+    Notifications wait for the end of the run: napari animates each toast over the whole window, which on
+    software OpenGL stalls the event loop for more than 100 ms and delays the first tile; the dock shows the
+    notes as soon as the engine has planned."""
     from napari.utils.notifications import show_info, show_warning
 
-    for warning in report.warnings if report is not None else []:
-        if warning not in already_said:
-            show_warning(f"Virtual IHC: {warning}")
+    for warning in dict.fromkeys([*notes, *(report.warnings if report is not None else [])]):
+        show_warning(f"Virtual IHC: {warning}")
     if state == "done" and report is not None:
         show_info(
             f"Virtual IHC of {source_name} finished: {report.tiles_total} tiles "

@@ -53,6 +53,7 @@ class StainRun(QObject):
 
     progressed = Signal(object)  # TileProgress, after the run has shown it
     layer_ready = Signal(object)  # the IHC layer, once the plan has put it up
+    noted = Signal(list)  # the plan's notes (the dock shows them; notifications come at the end)
     ended = Signal(str)  # "done" | "cancelled" | "failed"
 
     def __init__(self, viewer: Any, request: RunRequest, parent: QObject | None = None) -> None:
@@ -65,7 +66,7 @@ class StainRun(QObject):
         self.view: StoreView | None = None
         self.layer: Any = None
         self.report: RunReport | None = None
-        self._said: set[str] = set()  # notes already shown to the user in this run
+        self.notes: list[str] = []  # what loading the model assumed (batch-norm/dropout mode, µm/px)
         self.error: BaseException | None = None
         self.last_progress: TileProgress | None = None
         self.refresh_count = 0
@@ -150,9 +151,9 @@ class StainRun(QObject):
     def _show_plan(self, plan: RunPlan) -> None:
         """The store exists: point the layer at it (no data swap when the geometry matches) and place it."""
         self.plan, self.view = plan, open_store(plan.store)
-        for note in plan.notes:  # what loading the model assumed (batch-norm/dropout mode, µm/px)
-            self._said.add(note)
-            show_warning(f"Virtual IHC: {note}")
+        self.notes = list(plan.notes)
+        if self.notes:
+            self.noted.emit(self.notes)
         self._bind_to_store()
         # napari builds the bar with repaints: on the next pass of the event loop, not in this one
         QTimer.singleShot(0, self._show_progress_bar)
@@ -246,5 +247,5 @@ class StainRun(QObject):
         confidence = rep.settings.get("confidence_store") if rep is not None else None
         if confidence and self.state == "done":
             add_confidence_layer(self.viewer, confidence, self.request.source_layer, self.model_name)
-        announce_run_end(self.state, rep, self.request.source_layer.name, self._said)
+        announce_run_end(self.state, rep, self.request.source_layer.name, self.notes)
         self.ended.emit(self.state)

@@ -212,6 +212,10 @@ class VirtualIHCWidget(QWidget):
         self.status_label = QLabel("Ready.")
         self.status_label.setWordWrap(True)
         layout.addWidget(self.status_label)
+        self.notes_label = QLabel()  # what the running model assumes (also notified when the run ends)
+        self.notes_label.setWordWrap(True)
+        self.notes_label.setVisible(False)
+        layout.addWidget(self.notes_label)
 
         row = QHBoxLayout()
         self.overlay_button = QPushButton("Overlay")
@@ -567,9 +571,11 @@ class VirtualIHCWidget(QWidget):
         run = StainRun(self.viewer, request)
         run.progressed.connect(self._on_run_progress)
         run.layer_ready.connect(lambda _layer: self._apply_display() if self._alive() else None)
+        run.noted.connect(self._show_notes)
         run.ended.connect(lambda _state, run=run: self._on_run_ended(run))
         self.run = run
         self.load_existing_button.setVisible(False)
+        self._show_notes([])
         self.status_label.setText(f"Loading {Path(model_path).name}...")
         run.start()
         self._update_buttons()
@@ -591,6 +597,11 @@ class VirtualIHCWidget(QWidget):
         except RuntimeError:
             return False
         return True
+
+    def _show_notes(self, notes: list[str]) -> None:
+        if self._alive():
+            self.notes_label.setText("\n".join(f"Note: {note}" for note in notes))
+            self.notes_label.setVisible(bool(notes))
 
     def _on_run_progress(self, tp: Any) -> None:
         run = self.run
