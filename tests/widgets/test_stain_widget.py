@@ -161,6 +161,43 @@ def test_cached_store_level_indexes_like_numpy_and_rereads_only_invalidated_chun
     assert level.chunk_reads == reads + 1
 
 
+def test_the_writer_reloads_changed_chunks_so_a_refresh_reads_only_memory(tmp_path: Path) -> None:
+    """The worker's ``reload`` after a write: the next read shows the new pixels without touching the disk,
+    and a read that began before the write never leaves the old pixels in the cache."""
+    import zarr
+
+    z = zarr.create_array(
+        str(tmp_path / "b.zarr"),
+        shape=(3, 64, 96),
+        chunks=(3, 32, 32),
+        dtype="uint8",
+        fill_value=255,
+        zarr_format=2,
+    )
+    level = CachedStoreLevel(z)
+    np.testing.assert_array_equal(level[:, :], 255)  # all six chunks cached (white)
+    reads = level.chunk_reads
+    z[:, 0:32, 32:64] = 7  # the engine writes one tile...
+    assert level.reload(0, 32, 32, 64, margin=0) == 1  # ...and re-reads the one chunk under it
+    assert level.chunk_reads == reads + 1
+    assert (level[0:32, 32:64] == 7).all() and (level[0:32, 0:32] == 255).all()
+    assert level.chunk_reads == reads + 1  # that read came from memory
+    # a chunk never viewed is read into the cache too (the first tile's refresh finds it there)
+    level.clear()
+    z[:, 32:64, 64:96] = 9
+    assert level.reload(32, 64, 64, 96, margin=0) == 1
+    assert (level[32:64, 64:96] == 9).all() and level.chunk_reads == reads + 2  # from memory
+
+    # a read that began before a write and ends after the writer's reload is shown but not cached
+    level.clear()
+    version = 0
+    stale = level._read_chunk(z, 0, 0)  # the viewer's read, begun before the write
+    z[:, 0:32, 0:32] = 3
+    level.reload(0, 32, 0, 32, margin=0)
+    level._store((0, 0), stale, version, z)  # ...finishing after the reload: must not replace it
+    assert (level[0:32, 0:32] == 3).all()
+
+
 # --- with the engine ----------------------------------------------------------------------------------
 @pytest.mark.usefixtures("engine_available")
 def test_run_shows_aligned_layer_with_provenance(

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..ihc_store import layer_provenance
-from ..inference.api import EngineSettings, RunEvent, RunPlan, RunReport
+from ..geometry import Box
+from ..ihc_store import StoreView, layer_provenance, open_store
+from ..inference.api import EngineSettings, RunEvent, RunPlan, RunReport, TileProgress
 from ..slides.base import Slide
 from ._run_scope import gui_friendly_run
 from ._stain_messages import ModelLoadError
@@ -28,7 +29,55 @@ class RunRequest:
     tumour_class: str = "auto"  # models with a tumour-class channel: auto (classifier) | tumour | non-tumour
 
 
-def run_events(request: RunRequest, cancel: threading.Event, priority: Any) -> Generator[RunEvent, None, Any]:
+class LiveStoreView:
+    """The store the layer shows, as the worker thread sees it. After every batch the worker re-reads the
+    chunks the viewer has cached under the new tiles (``StoreView.reload_boxes``) before reporting, so the
+    GUI thread's refresh reads only memory: on a 2-core machine a refresh that waited for zarr reads beside
+    the model stalled the event loop past 100 ms. Until the GUI attaches the view nothing is cached, so
+    nothing can be stale."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._view: StoreView | None = None
+        self.opened: StoreView | None = None  # opened by the worker with the plan (zarr metadata reads)
+
+    def open(self, plan: RunPlan) -> None:
+        self.opened = open_store(plan.store)
+
+    def attach(self, view: StoreView | None) -> None:
+        with self._lock:
+            self._view = view
+
+    def after_write(self, boxes: list[Box]) -> None:
+        with self._lock:
+            view = self._view
+        if view is not None:
+            view.reload_boxes(boxes)
+
+
+def _with_live_view(
+    events: Generator[RunEvent, None, Any], live: LiveStoreView
+) -> Generator[RunEvent, None, Any]:
+    """``events`` unchanged; before passing one on, the store is opened (the plan) or the viewer's cached
+    chunks under the new tiles re-read (a batch's report), on this thread."""
+    try:
+        while True:
+            try:
+                event = next(events)
+            except StopIteration as stop:
+                return stop.value
+            if isinstance(event, RunPlan):
+                live.open(event)
+            elif isinstance(event, TileProgress) and event.new_boxes:
+                live.after_write(event.new_boxes)
+            yield event
+    finally:
+        events.close()
+
+
+def run_events(
+    request: RunRequest, cancel: threading.Event, priority: Any, live: LiveStoreView
+) -> Generator[RunEvent, None, Any]:
     """Worker thread: load the model, then the engine's own generator (plan, progress..., report)."""
     from .. import inference, models
 
@@ -43,11 +92,10 @@ def run_events(request: RunRequest, cancel: threading.Event, priority: Any) -> G
             raise ModelLoadError(f"{request.model_path}: {type(exc).__name__}: {exc}") from exc
         if cancel.is_set():
             return None
-        return (
-            yield from inference.iter_stain_slide(
-                request.slide, model, request.store, request.settings, priority=priority, cancel=cancel
-            )
+        events = inference.iter_stain_slide(
+            request.slide, model, request.store, request.settings, priority=priority, cancel=cancel
         )
+        return (yield from _with_live_view(events, live))
 
 
 def run_provenance(request: RunRequest, plan: RunPlan | None, report: RunReport | None) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from ..ihc_store import (
 from ..inference.api import RunEvent, RunPlan, RunReport, TileProgress
 from ._confidence_layer import add_confidence_layer
 from ._run_progress import RunProgress
-from ._run_worker import RunRequest, run_events, run_provenance
+from ._run_worker import LiveStoreView, RunRequest, run_events, run_provenance
 from ._stain_layer import apply_placement, find_ihc_layer, ihc_layer_kwargs, layer_name_for, refresh_layer
 from ._stain_messages import announce_run_end, user_message
 from ._stain_view import visible_box
@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 # tens of ms with software OpenGL, so refreshing after every batch would keep the GUI thread busy.
 REFRESH_INTERVAL_S = 0.25
 
+
+# napari builds its progress bar with repaints: a few ms after the plan's handler, so the event loop turns
+# (and the canvas can paint) between the two instead of running them back to back.
+PROGRESS_BAR_DELAY_MS = 20
 
 # Runs stay referenced here until they end, so closing the dock widget mid-run cannot delete a run whose
 # worker is still reporting (the widget cancels it instead; finished tiles are kept).
@@ -64,6 +68,7 @@ class StainRun(QObject):
         self.state = "pending"
         self.plan: RunPlan | None = None
         self.view: StoreView | None = None
+        self.live = LiveStoreView()  # the worker re-reads what the viewer cached under new tiles
         self.layer: Any = None
         self.report: RunReport | None = None
         self.notes: list[str] = []  # what loading the model assumed (batch-norm/dropout mode, µm/px)
@@ -99,7 +104,7 @@ class StainRun(QObject):
         for emitter, slot in self._connections:
             emitter.connect(slot)
         self.worker = create_worker(
-            run_events, self.request, self.cancel_event, lambda: self._fov, _ignore_errors=True
+            run_events, self.request, self.cancel_event, lambda: self._fov, self.live, _ignore_errors=True
         )
         self.worker.yielded.connect(self._on_event)
         self.worker.returned.connect(self._on_returned)
@@ -150,13 +155,13 @@ class StainRun(QObject):
 
     def _show_plan(self, plan: RunPlan) -> None:
         """The store exists: point the layer at it (no data swap when the geometry matches) and place it."""
-        self.plan, self.view = plan, open_store(plan.store)
+        self.plan, self.view = plan, self.live.opened or open_store(plan.store)
         self.notes = list(plan.notes)
         if self.notes:
             self.noted.emit(self.notes)
         self._bind_to_store()
-        # napari builds the bar with repaints: on the next pass of the event loop, not in this one
-        QTimer.singleShot(0, self._show_progress_bar)
+        self.live.attach(self.view)
+        QTimer.singleShot(PROGRESS_BAR_DELAY_MS, self._show_progress_bar)
 
     def _bind_to_store(self) -> None:
         layer, plan, view = self.layer, self.plan, self.view
@@ -180,7 +185,6 @@ class StainRun(QObject):
         if self.view is None or not tp.new_boxes:
             return
         self.timeline.setdefault("first_tile_received", time.perf_counter())
-        self.view.invalidate_boxes(tp.new_boxes)
         wait = REFRESH_INTERVAL_S - (time.perf_counter() - self._last_refresh)
         if wait <= 0:
             self._refresh_layer()
@@ -227,6 +231,7 @@ class StainRun(QObject):
 
     def _on_finished(self) -> None:
         self._refresh_timer.stop()
+        self.live.attach(None)
         for emitter, slot in self._connections:
             emitter.disconnect(slot)
         if self.plan is None and self._placeholder is not None:  # ended before its store existed

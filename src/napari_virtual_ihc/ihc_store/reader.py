@@ -6,11 +6,12 @@ Unwritten chunks read as the store's fill value (white). No napari here: any vie
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,10 @@ class CachedStoreLevel:
     """One level of a ``(3, H, W)`` uint8 zarr array seen as napari's RGB ``(H, W, 3)``, chunk-cached.
 
     Chunks are read on demand and kept (LRU, bounded by ``budget_bytes``) until ``invalidate`` says tiles
-    over them were written, so a refresh re-reads only what changed. A level may start unbound (all white,
-    before the engine has created the store) and be bound to the array later without napari noticing.
-    Thread-safe: napari may slice on another thread while the GUI thread invalidates.
+    over them were written (or ``reload`` re-reads them, on the writer's thread, so the viewer's next refresh
+    reads nothing from disk). A level may start unbound (all white, before the engine has created the store)
+    and be bound to the array later without napari noticing. Thread-safe: a chunk whose read began before an
+    invalidation or reload of it is returned but not cached, so stale pixels never stay in the cache.
     """
 
     def __init__(
@@ -59,6 +61,7 @@ class CachedStoreLevel:
         self.size = height * width * 3
         self._budget = budget_bytes
         self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._versions: dict[tuple[int, int], int] = {}  # bumped when a chunk's pixels change on disk
         self._cached_bytes = 0
         self._lock = threading.Lock()
         self.chunk_reads = 0  # chunks read from disk, for tests and benchmarks
@@ -146,43 +149,98 @@ class CachedStoreLevel:
         return out
 
     def _chunk(self, cy: int, cx: int) -> np.ndarray:
+        key = (cy, cx)
         with self._lock:
-            hit = self._cache.get((cy, cx))
+            hit = self._cache.get(key)
             if hit is not None:
-                self._cache.move_to_end((cy, cx))
+                self._cache.move_to_end(key)
                 return hit
+            version, zarray = self._versions.get(key, 0), self._z
+        data = self._read_chunk(zarray, cy, cx)
+        if data is not None:
+            self._store(key, data, version, zarray)
+        return data if data is not None else self._white(cy, cx)
+
+    def _chunk_box(self, cy: int, cx: int) -> tuple[int, int, int, int]:
         h, w = self.shape[:2]
         ys, xs = cy * self._ch, cx * self._cw
-        ye, xe = min(h, ys + self._ch), min(w, xs + self._cw)
-        if self._z is None:  # no store yet: white, not cached
-            return np.full((ye - ys, xe - xs, 3), self._fill, dtype=np.uint8)
+        return ys, min(h, ys + self._ch), xs, min(w, xs + self._cw)
+
+    def _white(self, cy: int, cx: int) -> np.ndarray:
+        ys, ye, xs, xe = self._chunk_box(cy, cx)
+        return np.full((ye - ys, xe - xs, 3), self._fill, dtype=np.uint8)
+
+    def _read_chunk(self, zarray: Any, cy: int, cx: int) -> np.ndarray | None:
+        """The chunk's pixels from disk; None with no store yet or when the read fails (a chunk being
+        replaced, a vanished store: shown white, read again next time)."""
+        if zarray is None:
+            return None
+        ys, ye, xs, xe = self._chunk_box(cy, cx)
         try:
-            data = np.ascontiguousarray(np.moveaxis(np.asarray(self._z[:, ys:ye, xs:xe]), 0, -1))
-        except Exception as exc:  # a chunk being replaced, a vanished store: show white, retry later
-            log.debug("reading chunk %s of %s failed: %s", (cy, cx), self._z, exc)
-            return np.full((ye - ys, xe - xs, 3), self._fill, dtype=np.uint8)
+            return np.ascontiguousarray(np.moveaxis(np.asarray(zarray[:, ys:ye, xs:xe]), 0, -1))
+        except Exception as exc:
+            log.debug("reading chunk %s of %s failed: %s", (cy, cx), zarray, exc)
+            return None
+
+    def _store(self, key: tuple[int, int], data: np.ndarray, version: int, zarray: Any) -> None:
+        """Cache ``data`` unless the chunk changed (or the level was re-bound) since its read began."""
         with self._lock:
             self.chunk_reads += 1
-            self._cache[(cy, cx)] = data
+            if self._versions.get(key, 0) != version or zarray is not self._z:
+                return
+            old = self._cache.pop(key, None)
+            if old is not None:
+                self._cached_bytes -= old.nbytes
+            self._cache[key] = data
             self._cached_bytes += data.nbytes
             while self._cached_bytes > self._budget and len(self._cache) > 1:
-                _, old = self._cache.popitem(last=False)
-                self._cached_bytes -= old.nbytes
-        return data
+                _, dropped = self._cache.popitem(last=False)
+                self._cached_bytes -= dropped.nbytes
 
     # --- invalidation ---------------------------------------------------------------------------
     def invalidate(self, y0: int, y1: int, x0: int, x1: int) -> int:
         """Forget cached chunks overlapping rows ``[y0, y1)`` x cols ``[x0, x1)``; returns how many."""
         if y1 <= y0 or x1 <= x0:
             return 0
-        cys = range(max(0, y0) // self._ch, max(0, y1 - 1) // self._ch + 1)
-        cxs = range(max(0, x0) // self._cw, max(0, x1 - 1) // self._cw + 1)
         dropped = 0
         with self._lock:
-            for key in [k for k in self._cache if k[0] in cys and k[1] in cxs]:
+            for key in self._touched(y0, y1, x0, x1):
                 self._cached_bytes -= self._cache.pop(key).nbytes
                 dropped += 1
         return dropped
+
+    def reload(self, y0: int, y1: int, x0: int, x1: int, margin: int = 1) -> int:
+        """Read the chunks under rows ``[y0, y1)`` x cols ``[x0, x1)`` into the cache (re-reading cached
+        ones ``margin`` px beyond: a pixel straddling the edge changed too); returns how many. Called by the
+        thread that wrote them, so the viewer's next refresh reads only memory."""
+        if y1 <= y0 or x1 <= x0:
+            return 0
+        with self._lock:
+            if self._z is None:
+                return 0
+            cached = self._touched(y0 - margin, y1 + margin, x0 - margin, x1 + margin)
+            under = itertools.product(
+                range(y0 // self._ch, (y1 - 1) // self._ch + 1),
+                range(x0 // self._cw, (x1 - 1) // self._cw + 1),
+            )
+            keys = list(dict.fromkeys([*cached, *under]))
+            zarray = self._z
+            versions = {key: self._versions.get(key, 0) for key in keys}
+        for key in keys:
+            data = self._read_chunk(zarray, *key)
+            if data is None:
+                self.invalidate(*self._chunk_box(*key))
+            else:
+                self._store(key, data, versions[key], zarray)
+        return len(keys)
+
+    def _touched(self, y0: int, y1: int, x0: int, x1: int) -> list[tuple[int, int]]:
+        """Cached chunks over the rows/cols (lock held); every chunk there counts as changed from now on."""
+        cys = range(max(0, y0) // self._ch, max(0, y1 - 1) // self._ch + 1)
+        cxs = range(max(0, x0) // self._cw, max(0, x1 - 1) // self._cw + 1)
+        for key in itertools.product(cys, cxs):
+            self._versions[key] = self._versions.get(key, 0) + 1
+        return [key for key in self._cache if key[0] in cys and key[1] in cxs]
 
     def clear(self) -> None:
         with self._lock:
@@ -230,18 +288,23 @@ class StoreView:
 
     def invalidate_boxes(self, boxes: Iterable[Box]) -> int:
         """Drop cached chunks under level-0 source ``boxes`` at every level; returns chunks dropped."""
-        dropped = 0
+        return self._per_level(boxes, CachedStoreLevel.invalidate)
+
+    def reload_boxes(self, boxes: Iterable[Box]) -> int:
+        """Re-read the cached chunks under level-0 source ``boxes`` at every level (on the writer's thread);
+        returns chunks re-read."""
+        return self._per_level(boxes, CachedStoreLevel.reload, margin=0)  # the level adds the margin
+
+    def _per_level(self, boxes: Iterable[Box], action: Callable[..., int], margin: int = 1) -> int:
+        count = 0
         downsamples = self.level_downsamples()
         for x, y, w, h in boxes:
             for level, ds in zip(self.levels, downsamples, strict=True):
-                # One pixel of margin: a level's pixel straddling the box edge changed too.
-                dropped += level.invalidate(
-                    math.floor(y / ds) - 1,
-                    math.ceil((y + h) / ds) + 1,
-                    math.floor(x / ds) - 1,
-                    math.ceil((x + w) / ds) + 1,
-                )
-        return dropped
+                h_lv, w_lv = level.shape[:2]
+                rows = max(0, math.floor(y / ds) - margin), min(h_lv, math.ceil((y + h) / ds) + margin)
+                cols = max(0, math.floor(x / ds) - margin), min(w_lv, math.ceil((x + w) / ds) + margin)
+                count += action(level, *rows, *cols)
+        return count
 
     def clear(self) -> None:
         for level in self.levels:
