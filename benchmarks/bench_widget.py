@@ -58,6 +58,7 @@ def _one_batch_seconds(model_path: Path, tile: int, batch: int, repeats: int = 3
     """Median compute time of one batch of engine windows (the baseline), and the window size."""
     import torch
 
+    from napari_virtual_ihc.inference.allocator import keep_freed_memory
     from napari_virtual_ihc.inference.api import EngineSettings
     from napari_virtual_ihc.inference.device import resolve_device, resolve_precision
     from napari_virtual_ihc.inference.grid import round_up
@@ -91,12 +92,13 @@ def _one_batch_seconds(model_path: Path, tile: int, batch: int, repeats: int = 3
         model.spec.output_norm,
     )
     windows = np.random.default_rng(0).integers(0, 255, (batch, window, window, 3), dtype=np.uint8)
-    runner(windows)  # warm-up
     times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        runner(windows)
-        times.append(time.perf_counter() - t0)
+    with keep_freed_memory():  # as the engine runs its batches
+        runner(windows)  # warm-up
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            runner(windows)
+            times.append(time.perf_counter() - t0)
     torch.set_num_threads(threads_before)
     return statistics.median(times), window
 

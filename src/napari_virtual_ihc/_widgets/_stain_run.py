@@ -3,8 +3,8 @@
 Everything a run touches is captured when it starts (``RunRequest``: source layer, slide, store path, model
 path, settings), so tiles always land in the run's own store and on the run's own layer, whatever the user
 selects meanwhile. The engine yields its plan first (the store is open): the layer is put up over it; then
-a report after every batch: only the chunks under the new tiles are re-read; its return value is the
-report. The run has one state: pending -> running (-> cancelling) -> done | cancelled | failed.
+a report after every batch, once the worker has re-read the viewer's chunks under the new tiles (the GUI's
+refresh reads only memory); its return value is the report. The run has one state: pending -> running (-> cancelling) -> done | cancelled | failed.
 """
 
 from __future__ import annotations
@@ -42,10 +42,6 @@ log = logging.getLogger(__name__)
 # tens of ms with software OpenGL, so refreshing after every batch would keep the GUI thread busy.
 REFRESH_INTERVAL_S = 0.25
 
-
-# napari builds its progress bar with repaints: a few ms after the plan's handler, so the event loop turns
-# (and the canvas can paint) between the two instead of running them back to back.
-PROGRESS_BAR_DELAY_MS = 20
 
 # Runs stay referenced here until they end, so closing the dock widget mid-run cannot delete a run whose
 # worker is still reporting (the widget cancels it instead; finished tiles are kept).
@@ -161,7 +157,7 @@ class StainRun(QObject):
             self.noted.emit(self.notes)
         self._bind_to_store()
         self.live.attach(self.view)
-        QTimer.singleShot(PROGRESS_BAR_DELAY_MS, self._show_progress_bar)
+        QTimer.singleShot(RunProgress.LATEST_MS, self._show_progress_bar)
 
     def _bind_to_store(self) -> None:
         layer, plan, view = self.layer, self.plan, self.view
@@ -197,7 +193,9 @@ class StainRun(QObject):
             return
         refresh_layer(self.layer)
         self.refresh_count += 1
-        self.timeline.setdefault("first_tile_shown", time.perf_counter())
+        if self.refresh_count == 1:
+            self.timeline["first_tile_shown"] = time.perf_counter()
+            QTimer.singleShot(RunProgress.AFTER_FIRST_TILE_MS, self._show_progress_bar)
 
     # --- the viewer (GUI thread) ----------------------------------------------------------------
     def _update_fov(self, event: Any = None) -> None:

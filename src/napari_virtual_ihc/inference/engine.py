@@ -23,6 +23,7 @@ from ..geometry import Box
 from ..ihc_store import TileStore, check_writable_folder, run_json_path
 from ..models.spec import LoadedGenerator
 from ..slides.base import Slide
+from .allocator import keep_freed_memory
 from .api import (
     EngineSettings,
     PriorityProvider,
@@ -162,10 +163,11 @@ def iter_stain_slide(
     )
     job = None
     try:
-        job = _StainJob(slide, model, plan, tstore, priority, cancel, t_start)
-        yield job.run_plan()
-        report = yield from job.run()
-        return report
+        with keep_freed_memory():
+            job = _StainJob(slide, model, plan, tstore, priority, cancel, t_start)
+            yield job.run_plan()
+            report = yield from job.run()
+            return report
     finally:
         if job is not None:
             job.close()
