@@ -99,3 +99,27 @@ def store_for_layer(layer: Any, output_dir: str | Path | None) -> Path:
     path = layer_source_path(layer)
     out = Path(output_dir) if output_dir else default_output_dir(layer)
     return store_path_for(out, path.name if path is not None else layer.name)
+
+
+def fill_layer_combo(combo: Any, layers: list[Any], keep: Any = None, none_label: str | None = None) -> None:
+    """Refill a QComboBox with ``layers`` (shown by name, the layer itself as item data: a renamed layer or two
+    layers of one name cannot be confused), ``keep`` (default: the layer chosen now) still chosen if it is
+    there; ``none_label`` first for an optional choice. No change signals while refilling."""
+    keep = keep if keep is not None else combo_layer(combo)
+    combo.blockSignals(True)
+    try:
+        combo.clear()
+        if none_label is not None:
+            combo.addItem(none_label, None)
+        for layer in layers:
+            combo.addItem(layer.name, layer)
+        index = next((i for i in range(combo.count()) if keep is not None and combo.itemData(i) is keep), 0)
+        combo.setCurrentIndex(index if combo.count() else -1)
+    finally:
+        combo.blockSignals(False)
+
+
+def combo_layer(combo: Any) -> Any | None:
+    """The layer chosen in a combo filled by ``fill_layer_combo`` (None for the optional 'none' entry)."""
+    index = combo.currentIndex()
+    return combo.itemData(index) if index >= 0 else None

@@ -33,7 +33,7 @@ from ..stain.deconvolution import QUPATH_DAB, QUPATH_HEMATOXYLIN, hdab_matrix
 from ..stain.her2 import Her2Rules
 from ..stain.membrane import DabBins
 from ._activity import pause_spinner, resume_spinner
-from ._layer_source import layer_mpp, slide_for_layer
+from ._layer_source import combo_layer, fill_layer_combo, layer_mpp, slide_for_layer
 from ._overlay_layers import DAB_LEGEND, HER2_LEGEND, result_layers, summary_rows
 from ._stain_view import shapes_polygons, visible_region
 
@@ -148,19 +148,11 @@ class StainOverlayWidget(QWidget):
     # --- layers ---------------------------------------------------------------------------------------
     def _refresh_layers(self, *_: Any) -> None:
         own = set(map(id, self.overlay_layers.values()))
-        cur, shp = self.source.currentText(), self.region_shapes.currentText()
-        self.source.clear()
-        self.region_shapes.clear()
-        self.region_shapes.addItem("(all cells)")
-        for layer in self.viewer.layers:
-            if isinstance(layer, napari.layers.Image) and layer.rgb and id(layer) not in own:
-                self.source.addItem(layer.name)
-            elif isinstance(layer, napari.layers.Shapes):
-                self.region_shapes.addItem(layer.name)
-        if cur:
-            self.source.setCurrentText(cur)
-        if shp:
-            self.region_shapes.setCurrentText(shp)
+        layers = list(self.viewer.layers)
+        images = [x for x in layers if isinstance(x, napari.layers.Image) and x.rgb and id(x) not in own]
+        fill_layer_combo(self.source, images)
+        shapes = [x for x in layers if isinstance(x, napari.layers.Shapes)]
+        fill_layer_combo(self.region_shapes, shapes, none_label="(all cells)")
 
     def _toggler(self, which: str) -> Any:
         def toggle(viewer: Any = None) -> None:
@@ -222,21 +214,16 @@ class StainOverlayWidget(QWidget):
     def start(self) -> None:
         self.error = None
         self.result = None
-        name = self.source.currentText()
-        if not name:
+        layer = combo_layer(self.source)
+        if layer is None or layer not in self.viewer.layers:
             self._fail("add an RGB image layer first")
             return
-        layer = self.viewer.layers[name]
         try:
             slide = slide_for_layer(layer)
             settings = self.settings(layer)
             region = visible_region(self.viewer, layer, slide) if self.scope.currentIndex() == 0 else None
-            shapes_name = self.region_shapes.currentText()
-            polygons = (
-                shapes_polygons(self.viewer.layers[shapes_name], layer)
-                if self.region_shapes.currentIndex() > 0
-                else None
-            )
+            shapes = combo_layer(self.region_shapes)
+            polygons = shapes_polygons(shapes, layer) if shapes is not None else None
         except (ValueError, KeyError) as e:  # StainVectorError is a ValueError
             self._fail(str(e))
             return

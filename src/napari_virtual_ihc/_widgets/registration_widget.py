@@ -44,7 +44,7 @@ from ..registration.compare import Comparison, ComparisonSettings, iter_comparis
 from ..registration.lazy import resampled_levels
 from ..registration.register import STAGES
 from ._activity import pause_spinner, resume_spinner
-from ._layer_source import slide_for_layer
+from ._layer_source import combo_layer, fill_layer_combo, slide_for_layer
 
 VIEWS = ("overlay", "side by side")
 SIDE_GAP = 1.05  # side-by-side offset, in fixed-slide widths
@@ -135,29 +135,21 @@ class RegistrationWidget(QWidget):
     # --- layers ---------------------------------------------------------------------------------------
     def _refresh_layers(self, *_: Any) -> None:
         ours = {id(self.registered_layer), *map(id, self.landmark_layers.values())}
-        names = [
-            layer.name
+        images = [
+            layer
             for layer in self.viewer.layers
             if isinstance(layer, napari.layers.Image) and layer.rgb and id(layer) not in ours
         ]
-        for combo, optional in ((self.fixed, False), (self.moving, False), (self.virtual, True)):
-            cur = combo.currentText()
-            combo.blockSignals(True)
-            combo.clear()
-            if optional:
-                combo.addItem("(none)")
-            combo.addItems(names)
-            if cur:
-                combo.setCurrentText(cur)
-            combo.blockSignals(False)
-        if len(names) >= 2 and self.fixed.currentText() == self.moving.currentText():
-            self.moving.setCurrentText(names[1] if self.fixed.currentText() == names[0] else names[0])
+        fill_layer_combo(self.fixed, images)
+        fill_layer_combo(self.moving, images)
+        fill_layer_combo(self.virtual, images, none_label="(none)")
+        fixed = combo_layer(self.fixed)
+        if len(images) >= 2 and fixed is combo_layer(self.moving):
+            fill_layer_combo(self.moving, images, keep=images[1] if fixed is images[0] else images[0])
 
     def _layer(self, combo: QComboBox) -> Any:
-        name = combo.currentText()
-        if not name or name == "(none)" or name not in self.viewer.layers:
-            return None
-        return self.viewer.layers[name]
+        layer = combo_layer(combo)
+        return layer if layer is not None and layer in self.viewer.layers else None
 
     # --- registration ---------------------------------------------------------------------------------
     def start(self) -> None:

@@ -42,7 +42,14 @@ from ..ihc_store import (
 )
 from ..inference.api import EngineSettings
 from ..inference.dropout import DropoutMode, DropoutModeError
-from ._layer_source import SourceLayerError, is_source_candidate, slide_for_layer, store_for_layer
+from ._layer_source import (
+    SourceLayerError,
+    combo_layer,
+    fill_layer_combo,
+    is_source_candidate,
+    slide_for_layer,
+    store_for_layer,
+)
 from ._napari_private import unwrap_viewer
 from ._run_worker import RunRequest
 from ._settings import StainWidgetSettings
@@ -391,10 +398,7 @@ class VirtualIHCWidget(QWidget):
         return [layer for layer in self.viewer.layers if is_source_candidate(layer)]
 
     def selected_source_layer(self) -> Any | None:
-        index = self.source_combo.currentIndex()
-        if index < 0:
-            return None
-        layer = self.source_combo.itemData(index)
+        layer = combo_layer(self.source_combo)
         return layer if layer is not None and layer in self.viewer.layers else None
 
     def set_source_layer(self, layer: Any) -> None:
@@ -406,14 +410,7 @@ class VirtualIHCWidget(QWidget):
 
     def _refresh_sources(self, prefer: Any = None) -> None:
         current = prefer if prefer is not None else self.selected_source_layer()
-        layers = self.source_layers()
-        self.source_combo.blockSignals(True)
-        self.source_combo.clear()
-        for layer in layers:
-            self.source_combo.addItem(layer.name, layer)
-        index = next((i for i, layer in enumerate(layers) if layer is current), 0 if layers else -1)
-        self.source_combo.setCurrentIndex(index)
-        self.source_combo.blockSignals(False)
+        fill_layer_combo(self.source_combo, self.source_layers(), keep=current)
         self._on_source_changed()
 
     def _on_layer_inserted(self, event: Any) -> None:
