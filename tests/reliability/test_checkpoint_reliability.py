@@ -7,7 +7,6 @@ import json
 import math
 import os
 import stat
-import time
 from pathlib import Path
 from typing import Any
 
@@ -57,25 +56,23 @@ def _header(**arch_kwargs: Any) -> dict[str, Any]:
     [({"n_downsampling": 20}, "n_downsampling = 20"), ({"n_blocks": 100_000}, "n_blocks = 100000")],
     ids=["n_downsampling-20", "n_blocks-100000"],
 )
-def test_absurd_header_arguments_fail_fast_and_small(tmp_path: Path, arch_kwargs: dict, match: str) -> None:
+def test_absurd_header_arguments_are_refused_before_building(
+    tmp_path: Path, arch_kwargs: dict, match: str
+) -> None:
     path = _write_with_header(
         tmp_path / "bomb.safetensors", dict(_tiny_resnet().state_dict()), _header(**arch_kwargs)
     )
     assert path.stat().st_size < 200_000
     code = f"""
-import time
 from napari_virtual_ihc.models import load_generator, CheckpointError
-t = time.perf_counter()
 try:
     load_generator({str(path)!r})
 except CheckpointError as e:
-    print("REFUSED", time.perf_counter() - t, e)
+    print("REFUSED", e)
 """
     res = run_capped(code)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "REFUSED" in res.stdout and match in res.stdout, res.stdout
-    seconds = float(res.stdout.split("REFUSED")[1].split()[0])
-    assert seconds < 5.0
     assert res.peak_rss_mb is not None and res.peak_rss_mb < 1024
 
 
@@ -101,10 +98,8 @@ except ShapeMismatchError as e:
 def test_command_line_overrides_are_bounded_too(tmp_path: Path) -> None:
     path = tmp_path / "net_G.pth"
     torch.save(_tiny_resnet().state_dict(), path)
-    t = time.perf_counter()
-    with pytest.raises(UnknownArchitectureError, match="n_blocks = 100000"):
+    with pytest.raises(UnknownArchitectureError, match="n_blocks = 100000"):  # the bound, before building
         load_generator(path, n_blocks=100_000)
-    assert time.perf_counter() - t < 5.0
 
 
 # --- item 12: header values validated on load and on write ----------------------------------------------

@@ -130,6 +130,7 @@ def measure(path: Path) -> dict[str, object]:
     slide = open_slide(path)
     data, _kw, _ = slide_layer_data(slide)
     open_s = time.perf_counter() - t0
+    read_at_open = slide.tiles_read  # type: ignore[attr-defined]
     after_open = rss_mb()
     # Pan a 1920 x 1080 viewport across the tissue at full resolution, then look at a zoomed-out view.
     steps = []
@@ -151,6 +152,7 @@ def measure(path: Path) -> dict[str, object]:
         "levels": len(data),
         "file_mb": round(path.stat().st_size / 1e6, 1),
         "open_s": round(open_s, 3),
+        "tiles_read_at_open": read_at_open,
         "backend_import_s": round(import_s, 3),
         "rss_base_mb": round(base, 1),
         "rss_open_delta_mb": round(after_open - base, 1),
