@@ -30,8 +30,8 @@ class RunRequest:
 
 
 class LiveStoreView:
-    """The store the layer shows, as the worker thread sees it. After every batch the worker re-reads the
-    chunks the viewer has cached under the new tiles (``StoreView.reload_boxes``) before reporting, so the
+    """The store the layer shows, as the worker thread sees it. After every batch the worker reads the
+    chunks under the new tiles into the layer's cache (``StoreView.reload_boxes``) before reporting, so the
     GUI thread's refresh reads only memory: on a 2-core machine a refresh that waited for zarr reads beside
     the model stalled the event loop past 100 ms. Until the GUI attaches the view nothing is cached, so
     nothing can be stale."""

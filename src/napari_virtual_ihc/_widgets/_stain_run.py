@@ -3,8 +3,9 @@
 Everything a run touches is captured when it starts (``RunRequest``: source layer, slide, store path, model
 path, settings), so tiles always land in the run's own store and on the run's own layer, whatever the user
 selects meanwhile. The engine yields its plan first (the store is open): the layer is put up over it; then
-a report after every batch, once the worker has re-read the viewer's chunks under the new tiles (the GUI's
-refresh reads only memory); its return value is the report. The run has one state: pending -> running (-> cancelling) -> done | cancelled | failed.
+a report after every batch, once the worker has read the chunks under the new tiles into the layer's cache
+(the GUI's refresh reads only memory); its return value is the report. The run has one state:
+pending -> running (-> cancelling) -> done | cancelled | failed.
 """
 
 from __future__ import annotations

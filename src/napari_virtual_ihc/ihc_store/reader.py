@@ -11,7 +11,7 @@ import logging
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -286,24 +286,17 @@ class StoreView:
             self.level0_downsample * ((h0 / lv.shape[0]) + (w0 / lv.shape[1])) / 2.0 for lv in self.levels
         ]
 
-    def invalidate_boxes(self, boxes: Iterable[Box]) -> int:
-        """Drop cached chunks under level-0 source ``boxes`` at every level; returns chunks dropped."""
-        return self._per_level(boxes, CachedStoreLevel.invalidate)
-
     def reload_boxes(self, boxes: Iterable[Box]) -> int:
-        """Re-read the cached chunks under level-0 source ``boxes`` at every level (on the writer's thread);
-        returns chunks re-read."""
-        return self._per_level(boxes, CachedStoreLevel.reload, margin=0)  # the level adds the margin
-
-    def _per_level(self, boxes: Iterable[Box], action: Callable[..., int], margin: int = 1) -> int:
+        """Read the chunks under level-0 source ``boxes`` into every level's cache (on the writer's thread, so
+        the viewer's refresh reads only memory); returns chunks read."""
         count = 0
         downsamples = self.level_downsamples()
         for x, y, w, h in boxes:
             for level, ds in zip(self.levels, downsamples, strict=True):
                 h_lv, w_lv = level.shape[:2]
-                rows = max(0, math.floor(y / ds) - margin), min(h_lv, math.ceil((y + h) / ds) + margin)
-                cols = max(0, math.floor(x / ds) - margin), min(w_lv, math.ceil((x + w) / ds) + margin)
-                count += action(level, *rows, *cols)
+                rows = max(0, math.floor(y / ds)), min(h_lv, math.ceil((y + h) / ds))
+                cols = max(0, math.floor(x / ds)), min(w_lv, math.ceil((x + w) / ds))
+                count += level.reload(*rows, *cols)  # the level re-reads cached neighbours 1 px beyond
         return count
 
     def clear(self) -> None:
