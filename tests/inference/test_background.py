@@ -85,6 +85,27 @@ def test_tissue_mask_matches_the_plain_float_rule_on_real_slides(cmu1_path):
     assert 0.05 < tissue_mask(view).mean() < 0.95  # CMU-1 has both tissue and glass
 
 
+def test_separable_3x3_morphology_equals_ndimage_at_every_border():
+    """The vectorised erosion/dilation the tissue mask uses are ndimage's, including images 1-3 px wide."""
+    from scipy import ndimage
+
+    from napari_virtual_ihc.inference.tissue import dilate_3x3, erode_3x3
+
+    square = np.ones((3, 3), bool)
+    rng = np.random.default_rng(1)
+    for shape, p in [
+        ((1, 1), 1.0),
+        ((1, 7), 0.8),
+        ((3, 3), 1.0),
+        ((2, 40), 0.7),
+        ((61, 33), 0.5),
+        ((200, 150), 0.9),
+    ]:
+        m = rng.random(shape) < p
+        np.testing.assert_array_equal(erode_3x3(m), ndimage.binary_erosion(m, structure=square))
+        np.testing.assert_array_equal(dilate_3x3(m), ndimage.binary_dilation(m, structure=square))
+
+
 def test_interactive_run_overlapping_the_tissue_mask_writes_the_same_store(cmu1_path, tmp_path):
     """With a priority region the first batch runs before the tissue mask is known; a blank-glass tile in
     it is filled like any other background tile, so the store equals a run that knew the mask first."""

@@ -366,6 +366,7 @@ def test_cancel_keeps_finished_tiles_and_run_again_resumes(
     widget = dock_widget(viewer)
     add_he(viewer, he_crop)
     configure(widget, inverting_model, tmp_path, tile=64, batch=1)
+    loads_when_chosen = widget.preloader.loads
     first_boxes: list[tuple] = []
 
     def cancel_on_first_tiles(run: Any, tp: Any) -> None:
@@ -403,6 +404,7 @@ def test_cancel_keeps_finished_tiles_and_run_again_resumes(
             assert not (x < fx + fw and fx < x + w and y < fy + fh and fy < y + h)
     assert np.abs(store_rgb(store).astype(int) - expected).max() <= 2
     assert open_store(store).complete
+    assert widget.preloader.loads == loads_when_chosen  # loaded once, when it was chosen, for both runs
 
 
 @pytest.mark.usefixtures("engine_available")

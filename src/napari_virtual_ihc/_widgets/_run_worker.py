@@ -12,6 +12,7 @@ from ..geometry import Box
 from ..ihc_store import StoreView, layer_provenance, open_store
 from ..inference.api import EngineSettings, RunEvent, RunPlan, RunReport, TileProgress
 from ..slides.base import Slide
+from ._model_preload import ModelPreloader
 from ._run_scope import gui_friendly_run
 from ._stain_messages import ModelLoadError
 
@@ -25,6 +26,7 @@ class RunRequest:
     store: Path
     model_path: str
     settings: EngineSettings
+    models: ModelPreloader | None = None  # the widget's preloaded model (else loaded when the run starts)
     opacity: float = 0.6
     tumour_class: str = "auto"  # models with a tumour-class channel: auto (classifier) | tumour | non-tumour
 
@@ -83,9 +85,12 @@ def run_events(
 
     with gui_friendly_run():
         try:
-            model = models.supply_class_channel(
-                models.load_generator(request.model_path, device="cpu"), request.tumour_class
+            loaded = (
+                request.models.get(request.model_path)
+                if request.models is not None
+                else models.load_generator(request.model_path, device="cpu")
             )
+            model = models.supply_class_channel(loaded, request.tumour_class)
         except models.CheckpointError:
             raise
         except Exception as exc:  # any failure reading the file is a model problem for the user

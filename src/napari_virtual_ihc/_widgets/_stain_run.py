@@ -108,7 +108,7 @@ class StainRun(QObject):
         self.worker.errored.connect(self._on_errored)
         self.worker.finished.connect(self._on_finished)
         self.worker.start()
-        self._show_layer_now()  # while the worker loads the model and plans (napari may deliver its events)
+        self._show_layer_now()  # while the worker plans (its model is preloaded; napari may deliver events)
 
     def cancel(self) -> None:
         """Stop after the current batch; finished tiles stay in the store and a new run resumes."""

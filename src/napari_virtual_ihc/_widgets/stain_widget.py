@@ -50,6 +50,7 @@ from ._layer_source import (
     slide_for_layer,
     store_for_layer,
 )
+from ._model_preload import ModelPreloader
 from ._napari_private import unwrap_viewer
 from ._run_worker import RunRequest
 from ._settings import StainWidgetSettings
@@ -73,12 +74,18 @@ def _demo_model_path() -> str | None:
         return None
 
 
-def _widget_closed(run_box: list[StainRun | None], connections: list[tuple[Any, Any]], *_: Any) -> None:
-    """The dock widget is gone: stop its run after the current batch (finished tiles stay) and let go of
-    the viewer's events."""
+def _widget_closed(
+    run_box: list[StainRun | None],
+    connections: list[tuple[Any, Any]],
+    preloader: ModelPreloader,
+    *_: Any,
+) -> None:
+    """The dock widget is gone: stop its run after the current batch (finished tiles stay), drop the
+    preloaded model and let go of the viewer's events."""
     run = run_box[0]
     if run is not None and run.running:
         run.cancel()
+    preloader.close()
     for emitter, slot in connections:
         with contextlib.suppress(Exception):  # the viewer may already be gone
             emitter.disconnect(slot)
@@ -96,6 +103,7 @@ class VirtualIHCWidget(QWidget):
         self.viewer = unwrap_viewer(napari_viewer)
         self.settings = StainWidgetSettings.load()
         self._run_box: list[StainRun | None] = [None]  # shared with the clean-up that runs on destruction
+        self.preloader = ModelPreloader()  # the chosen model, loaded before Run is pressed
         self.last_run: StainRun | None = None
         self._notified_stores: set[str] = set()
         self._existing_store: Path | None = None
@@ -279,6 +287,7 @@ class VirtualIHCWidget(QWidget):
         self.browse_model_button.clicked.connect(self._browse_model)
         self.browse_output_button.clicked.connect(self._browse_output)
         self.model_combo.currentTextChanged.connect(self._on_settings_changed)
+        self.model_combo.currentTextChanged.connect(self._preload_model)
         self.device_combo.currentIndexChanged.connect(self._update_device_label)
         self.device_combo.currentIndexChanged.connect(self._on_settings_changed)
         for spin in (self.tile_spin, self.halo_spin, self.batch_spin):
@@ -307,8 +316,10 @@ class VirtualIHCWidget(QWidget):
                     (self.viewer.layers.events.removed, self._on_layers_changed),
                     (self.viewer.layers.events.moved, self._on_layers_changed),
                 ],
+                self.preloader,
             )
         )
+        self._preload_model()
 
     @property
     def run(self) -> StainRun | None:
@@ -328,6 +339,11 @@ class VirtualIHCWidget(QWidget):
             if data:
                 return str(data)
         return text
+
+    def _preload_model(self, *_: Any) -> None:
+        path = self.model_path()
+        if path:
+            self.preloader.prefetch(path)
 
     def set_model_path(self, path: str | Path) -> None:
         index = self.model_combo.findData(str(path))  # a listed model (the demo) shows its label
@@ -561,6 +577,7 @@ class VirtualIHCWidget(QWidget):
             slide=slide,
             store=store,
             model_path=model_path,
+            models=self.preloader,
             settings=self.engine_settings(),
             opacity=self.opacity_slider.value() / 100.0,
             tumour_class=str(self.tumour_class_combo.currentData()),

@@ -26,14 +26,30 @@ def tissue_mask(
     coloured = (mx_f - mn) > np.float32(min_saturation) * mx_f  # saturation (max - min) / max
     od = _OD_LUT[r] + _OD_LUT[g] + _OD_LUT[b]
     mask = (coloured & (mx_f < np.float32(0.98 * 255))) | (od > np.float32(min_optical_density * 3))
-    mask = ndimage.binary_opening(mask, structure=np.ones((3, 3), bool))
+    mask = dilate_3x3(erode_3x3(mask))  # ndimage.binary_opening with a 3x3 square, ~20x faster
     labels, n = ndimage.label(mask)
     if n:
         sizes = np.bincount(labels.ravel())
         keep = sizes >= 8
         keep[0] = False
         mask = keep[labels]
-    return ndimage.binary_dilation(mask, structure=np.ones((3, 3), bool), iterations=2)
+    return dilate_3x3(dilate_3x3(mask))
+
+
+# A 3x3 square is separable: a row pass then a column pass of three shifted copies each. Exactly what
+# ``ndimage.binary_erosion`` / ``binary_dilation`` give with that structure (outside the image counts as
+# background, ndimage's default ``border_value=0``), in a few vectorised boolean operations that release
+# the GIL: ndimage's loop took ~45 ms per megapixel here, holding it, beside the first tiles of a run.
+def erode_3x3(mask: np.ndarray) -> np.ndarray:
+    p = np.pad(mask, 1, constant_values=False)
+    rows = p[:, :-2] & p[:, 1:-1] & p[:, 2:]
+    return rows[:-2] & rows[1:-1] & rows[2:]
+
+
+def dilate_3x3(mask: np.ndarray) -> np.ndarray:
+    p = np.pad(mask, 1, constant_values=False)
+    rows = p[:, :-2] | p[:, 1:-1] | p[:, 2:]
+    return rows[:-2] | rows[1:-1] | rows[2:]
 
 
 def rect_has_tissue(mask: np.ndarray, mask_downsample: float, rect: tuple[int, int, int, int]) -> bool:
