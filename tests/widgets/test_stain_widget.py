@@ -405,6 +405,9 @@ def test_cancel_keeps_finished_tiles_and_run_again_resumes(
     assert np.abs(store_rgb(store).astype(int) - expected).max() <= 2
     assert open_store(store).complete
     assert widget.preloader.loads == loads_when_chosen  # loaded once, when it was chosen, for both runs
+    assert (
+        widget.model_combo.findData(str(inverting_model)) >= 0
+    )  # listed among the recent models after the run
 
 
 @pytest.mark.usefixtures("engine_available")

@@ -31,6 +31,14 @@ class RunRequest:
     tumour_class: str = "auto"  # models with a tumour-class channel: auto (classifier) | tumour | non-tumour
 
 
+# How long the Run handler lets the worker plan before napari builds the layer. Planning (store, kernels:
+# ~100 ms of Python with a preloaded model) and building the layer (~250 ms, long GIL-holding Qt/vispy calls)
+# slowed each other down to ~400 ms when they overlapped; one after the other, the first batch starts at
+# ~100 ms and runs beside the layer being built (its convolutions release the GIL): the first tile came
+# ~200 ms sooner for ~50 ms more in the handler (docs/widget.md, session 15).
+PLANNING_WAIT_S = 0.15
+
+
 class LiveStoreView:
     """The store the layer shows, as the worker thread sees it. After every batch the worker reads the
     chunks under the new tiles into the layer's cache (``StoreView.reload_boxes``) before reporting, so the
@@ -42,6 +50,11 @@ class LiveStoreView:
         self._lock = threading.Lock()
         self._view: StoreView | None = None
         self.opened: StoreView | None = None  # opened by the worker with the plan (zarr metadata reads)
+        self.ready = threading.Event()  # set when the engine is about to run its first batch (or has ended)
+
+    def wait_for_planning(self) -> None:
+        """On the GUI thread, before napari builds the layer: a wait that releases the GIL."""
+        self.ready.wait(PLANNING_WAIT_S)
 
     def open(self, plan: RunPlan) -> None:
         self.opened = open_store(plan.store)
@@ -61,7 +74,8 @@ def _with_live_view(
     events: Generator[RunEvent, None, Any], live: LiveStoreView
 ) -> Generator[RunEvent, None, Any]:
     """``events`` unchanged; before passing one on, the store is opened (the plan) or the viewer's cached
-    chunks under the new tiles re-read (a batch's report), on this thread."""
+    chunks under the new tiles re-read (a batch's report), on this thread. ``live.ready`` is set with the
+    first report (the engine has planned and chosen its kernels: only batches are left) or at the end."""
     try:
         while True:
             try:
@@ -70,10 +84,13 @@ def _with_live_view(
                 return stop.value
             if isinstance(event, RunPlan):
                 live.open(event)
-            elif isinstance(event, TileProgress) and event.new_boxes:
-                live.after_write(event.new_boxes)
+            elif isinstance(event, TileProgress):
+                live.ready.set()
+                if event.new_boxes:
+                    live.after_write(event.new_boxes)
             yield event
     finally:
+        live.ready.set()
         events.close()
 
 

@@ -108,6 +108,7 @@ class StainRun(QObject):
         self.worker.errored.connect(self._on_errored)
         self.worker.finished.connect(self._on_finished)
         self.worker.start()
+        self.live.wait_for_planning()
         self._show_layer_now()  # while the worker plans (its model is preloaded; napari may deliver events)
 
     def cancel(self) -> None:

@@ -569,9 +569,8 @@ class VirtualIHCWidget(QWidget):
             show_error(f"Virtual IHC: cannot create the output folder {store.parent}: {exc}")
             return None
 
-        self.settings.remember_model(model_path)
-        self._on_settings_changed()
-        self._fill_model_combo()
+        self.settings.remember_model(model_path)  # listed when the run ends: a refill now re-lays out the
+        self._on_settings_changed()  # dock, a whole-window repaint just when the first tiles are computed
         request = RunRequest(
             source_layer=source,
             slide=slide,
@@ -635,6 +634,8 @@ class VirtualIHCWidget(QWidget):
         self.last_run = run
         if not self._alive():
             return
+        if self.model_combo.findData(run.request.model_path) < 0:
+            self._fill_model_combo()
         name = run.request.source_layer.name
         if run.state == "done":
             self.status_label.setText(f"Done: {name} -> {run.store.name}")

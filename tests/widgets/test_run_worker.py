@@ -1,0 +1,41 @@
+"""The worker side of a widget run: when the GUI may stop waiting for the engine's planning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_virtual_ihc._widgets._run_worker import LiveStoreView, _with_live_view
+from napari_virtual_ihc.inference import EngineSettings, iter_stain_slide
+from napari_virtual_ihc.inference.api import RunPlan, TileProgress
+from napari_virtual_ihc.inference.errors import RegionError
+from napari_virtual_ihc.models import load_generator
+from napari_virtual_ihc.slides import ArraySlide
+
+
+def test_ready_is_set_once_the_engine_has_planned_and_when_a_run_fails(
+    he_crop: np.ndarray, inverting_model: Path, tmp_path: Path
+) -> None:
+    model = load_generator(inverting_model)
+    settings = EngineSettings(tile=64, batch=1, device="cpu")
+    live = LiveStoreView()
+    events = _with_live_view(
+        iter_stain_slide(ArraySlide(he_crop), model, tmp_path / "a.ome.zarr", settings), live
+    )
+    assert isinstance(next(events), RunPlan)
+    assert not live.ready.is_set()  # the store exists, kernels not chosen yet
+    assert isinstance(next(events), TileProgress)
+    assert live.ready.is_set()
+    events.close()
+
+    failing = LiveStoreView()
+    region = (10**6, 10**6, 64, 64)  # outside the slide: refused before any progress
+    run = _with_live_view(
+        iter_stain_slide(ArraySlide(he_crop), model, tmp_path / "b.ome.zarr", settings, region=region),
+        failing,
+    )
+    with pytest.raises(RegionError):
+        next(run)
+    assert failing.ready.is_set()  # the GUI never waits for a run that has ended
