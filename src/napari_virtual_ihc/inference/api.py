@@ -32,9 +32,11 @@ class EngineSettings:
     # but less exact: 256 px cores gave 29.8 dB against the whole pass on a 4096 px job (ngf 16 InstanceNorm
     # ResNet-9, docs/inference.md), below the 35 dB target, so the default (None) samples the tiles' windows.
     stats_tile: int | None = None
-    # Small jobs (<= stats_windows tiles, <= this many window megapixels): one pooled pass over all tiles gives
-    # the exact whole-image statistics and the output at once (memory ~ this many MP of activations).
-    pooled_pass_mp: float = 8.0
+    # Small jobs (<= stats_windows tiles, their windows' union <= this many megapixels): one pooled pass over
+    # all tiles gives the exact whole-image statistics and the output at once (memory ~ this many MP of
+    # activations). None: by mode and memory (inference.tiling.pooled_pass_limit_mp): 8 for interactive runs,
+    # else what fits 30 % of the memory available now; 0 never.
+    pooled_pass_mp: float | None = None
     # CPU fp32 only: wide 3x3 convolutions as Winograd F(4x4, 3x3) (~2x fewer multiplications; the output
     # differs from direct convolution by fp32 rounding, far below one grey level). None: measured (with
     # ``precision="auto"``, see inference.calibration), on when there is nothing to measure; True/False: forced.

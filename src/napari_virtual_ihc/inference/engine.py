@@ -49,12 +49,15 @@ from .normalization import (
 from .plan import StainPlan, plan_halo, plan_run, pyramid_factors, region_to_plane
 from .resample import WorkingPlane, low_resolution_view
 from .runner import to_input, to_uint8
+from .tiling import pooled_pass_limit_mp
 from .tissue import rect_has_tissue, tissue_mask
 from .workspace import release_workspace
 
 __all__ = ["iter_stain_slide", "plan_halo", "pyramid_factors", "stain_slide", "write_run_json"]
 
 BACKGROUND_GROUP = 64  # background tiles written between two progress reports
+POOLED_MARK = "pooled_pass"  # in the saved statistics: whether they came from the one exact pooled pass
+LEGACY_POOLED_MP = 8.0  # the fixed pooled-pass limit (sum of window megapixels) of stores without the mark
 
 
 def _to_level0(rect: tuple[int, int, int, int], d: float) -> Box:
@@ -287,6 +290,7 @@ class _StainJob:
         base = self.base
         stats = None
         self.pooled: tuple[list[int], list[np.ndarray]] | None = None
+        self.from_pooled_pass = False  # the statistics (and tiles) came from one exact pooled pass
         t_stats = time.perf_counter()
         if plan.norm == "instance" or mode.slide_batch_norm:
             saved = self.tstore.load_norm_stats()
@@ -297,12 +301,20 @@ class _StainJob:
             candidates = tissue_all or list(tiles)
             # Every tissue tile in one pooled pass: whole-image statistics, and the output itself. A resumed
             # small job runs that same pass again (same input, same arithmetic: the same pixels) and writes
-            # only the tiles still missing, so it ends identical to an uninterrupted run (issue 20, item 15).
-            exact = (
-                len(self.tissue) > 0
-                and len(tissue_all) == len(candidates) <= settings.stats_windows
-                and len(tissue_all) * ww0 * wh0 / 1e6 <= settings.pooled_pass_mp
-            )
+            # only the tiles still missing, so it ends identical to an uninterrupted run (issue 20, item 15);
+            # a job whose statistics were sampled resumes with them, whatever the memory allows now.
+            small = len(self.tissue) > 0 and len(tissue_all) == len(candidates) <= settings.stats_windows
+            exact = False
+            if small:
+                union = _union([tiles[i].window for i in tissue_all])
+                union_mp = union[2] * union[3] / 1e6
+                limit = settings.pooled_pass_mp
+                if limit is None:
+                    limit = pooled_pass_limit_mp(base, plan.device, interactive=self.priority is not None)
+                if saved is not None and POOLED_MARK not in saved:  # written before the mark existed
+                    exact = len(tissue_all) * ww0 * wh0 / 1e6 <= LEGACY_POOLED_MP
+                else:
+                    exact = union_mp <= limit and (saved is None or bool(saved[POOLED_MARK]))
             if saved is not None and not exact:
                 stats = stats_from_arrays(saved)
             else:
@@ -353,6 +365,7 @@ class _StainJob:
                 # The pooled pass's output is one dropout sample: with mean:N the tiles are run afterwards.
                 outputs: list[Any] | None = [] if exact and mode.samples == 1 else None
                 slide_bn = mode.slide_batch_norm
+                from_pooled_pass = exact
                 try:
                     stats = estimate_instance_stats(
                         base,
@@ -367,6 +380,7 @@ class _StainJob:
                     if not (exact and is_out_of_memory(e)):
                         raise
                     outputs = None  # too big for one pass here: sample in batches, run tiles afterwards
+                    from_pooled_pass = False
                     del batches
                     release_device_memory(plan.device)
                     stats = (
@@ -385,8 +399,11 @@ class _StainJob:
                         crops.append(whole[y - uy : y - uy + h, x - ux : x - ux + w])
                     self.pooled = (missing, crops)
                 del outputs
+                self.from_pooled_pass = from_pooled_pass
                 if saved is None:
-                    self.tstore.save_norm_stats(stats_to_arrays(stats))
+                    arrays = stats_to_arrays(stats)
+                    arrays[POOLED_MARK] = np.array(from_pooled_pass)
+                    self.tstore.save_norm_stats(arrays)
         self.stats = stats
         self.stats_seconds = time.perf_counter() - t_stats
 
@@ -613,6 +630,7 @@ class _StainJob:
                 "level0_downsample": self.d,
                 "norms_folded": self.folded,
                 "stats_seconds": round(self.stats_seconds, 3),
+                "pooled_pass": self.from_pooled_pass,
                 "region": region,
                 "complete": complete,
             },

@@ -374,5 +374,6 @@ def stats_to_arrays(stats: NormStats) -> dict[str, np.ndarray]:
 
 
 def stats_from_arrays(arrays: dict[str, np.ndarray]) -> NormStats:
-    names = {k.rsplit("|", 1)[0] for k in arrays}
+    """Inverse of :func:`stats_to_arrays`; keys without a ``|`` (what the engine notes beside them) are skipped."""
+    names = {k.rsplit("|", 1)[0] for k in arrays if "|" in k}
     return {n: (np.asarray(arrays[f"{n}|mean"]), np.asarray(arrays[f"{n}|var"])) for n in names}

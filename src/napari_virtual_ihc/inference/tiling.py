@@ -65,3 +65,22 @@ def choose_tile(
         if window_bytes(tile + 2 * halo, width, batch) <= budget:
             return tile
     return BATCH_TILES[-1]
+
+
+# An interactive run shows nothing until a pooled pass has ended: keep it to a few seconds of compute.
+INTERACTIVE_POOLED_MP = 8.0
+
+
+def pooled_pass_limit_mp(module: nn.Module, device: torch.device, interactive: bool) -> float:
+    """The largest window (megapixels) a small InstanceNorm job may run as one exact pooled pass.
+
+    One pass over the union of the tiles' windows gives the whole-image statistics and the output at once,
+    instead of a statistics pass over the same windows followed by the tile pass (twice the work when every
+    tile is sampled). Batch jobs: as large as ``LIVE_ACTIVATIONS`` activations of the first convolution's width
+    fit ``MEMORY_SHARE`` of the memory available now (a pass that still runs out falls back to sampling);
+    interactive runs: ``INTERACTIVE_POOLED_MP``.
+    """
+    if interactive:
+        return INTERACTIVE_POOLED_MP
+    budget = available_memory(device) * MEMORY_SHARE
+    return budget / window_bytes(1, full_resolution_width(module), 1) / 1e6

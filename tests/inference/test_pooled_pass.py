@@ -1,0 +1,63 @@
+"""Small InstanceNorm jobs run as one exact pooled pass: up to what memory allows in batch jobs, never
+switching a resumed job's statistics."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import torch
+from engine_helpers import small_generator
+from test_engine_quality import level0, whole_pass
+
+from napari_virtual_ihc.inference import EngineSettings, stain_slide
+from napari_virtual_ihc.inference.quality import psnr
+from napari_virtual_ihc.inference.tiling import INTERACTIVE_POOLED_MP, pooled_pass_limit_mp
+from napari_virtual_ihc.slides.base import ArraySlide
+
+
+def test_a_batch_job_above_the_interactive_limit_is_one_exact_pass_when_memory_allows(he_2048, tmp_path):
+    model = small_generator("instance", ngf=4, n_blocks=9)  # ResNet-9 layout, narrow for CI
+    top = np.concatenate([he_2048, he_2048[:, ::-1][:, :1024]], axis=1)
+    img = np.ascontiguousarray(np.concatenate([top, top[::-1][:1024]], axis=0))  # 3072^2 real H&E texture
+    limit = pooled_pass_limit_mp(model.module, torch.device("cpu"), interactive=False)
+    assert pooled_pass_limit_mp(model.module, torch.device("cpu"), interactive=True) == INTERACTIVE_POOLED_MP
+    assert limit > img.shape[0] * img.shape[1] / 1e6 > INTERACTIVE_POOLED_MP  # 4 channels: a few hundred MB
+    rep = stain_slide(
+        ArraySlide(img, 0.5),
+        model,
+        tmp_path / "p.ome.zarr",
+        EngineSettings(tile=1024, batch=1, skip_background=False),
+    )
+    assert rep.settings["pooled_pass"] is True and rep.tiles_done == 9
+    p = psnr(level0(tmp_path / "p.ome.zarr"), whole_pass(model, img))
+    print(f"one pooled pass over 9.4 MP: PSNR {p:.1f} dB against the model's whole-image forward")
+    assert p >= 60.0  # the same computation, up to float rounding
+
+
+def test_a_job_whose_statistics_were_sampled_resumes_with_them(he_1024, tmp_path):
+    model = small_generator("instance", ngf=4, n_blocks=3)
+    img = he_1024[:768, :768]
+    sampled = EngineSettings(tile=192, batch=2, skip_background=False, pooled_pass_mp=0.0)
+    reference = stain_slide(ArraySlide(img, 0.5), model, tmp_path / "ref.ome.zarr", sampled)
+    assert reference.settings["pooled_pass"] is False and reference.tiles_done == 16
+
+    cancel = threading.Event()
+    store = tmp_path / "resumed.ome.zarr"
+
+    def stop_after_the_first_tiles(progress) -> None:
+        if progress.done >= 2:
+            cancel.set()
+
+    first = stain_slide(
+        ArraySlide(img, 0.5), model, store, sampled, progress=stop_after_the_first_tiles, cancel=cancel
+    )
+    assert first.cancelled and 2 <= first.tiles_done < 16
+    # The default would run this small batch job as one pooled pass; the store's statistics were sampled, so
+    # the rest must use them: one set of statistics per store, no seam between the two runs' tiles.
+    resumed = stain_slide(
+        ArraySlide(img, 0.5), model, store, EngineSettings(tile=192, batch=2, skip_background=False)
+    )
+    assert resumed.settings["pooled_pass"] is False
+    assert resumed.tiles_resumed == first.tiles_done
+    assert np.array_equal(level0(store), level0(tmp_path / "ref.ome.zarr"))
