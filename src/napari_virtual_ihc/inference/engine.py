@@ -305,16 +305,14 @@ class _StainJob:
             # a job whose statistics were sampled resumes with them, whatever the memory allows now.
             small = len(self.tissue) > 0 and len(tissue_all) == len(candidates) <= settings.stats_windows
             exact = False
-            if small:
+            if small and saved is not None and POOLED_MARK not in saved:  # written before the mark existed
+                exact = len(tissue_all) * ww0 * wh0 / 1e6 <= LEGACY_POOLED_MP
+            elif small and (saved is None or bool(saved[POOLED_MARK])):
                 union = _union([tiles[i].window for i in tissue_all])
-                union_mp = union[2] * union[3] / 1e6
                 limit = settings.pooled_pass_mp
                 if limit is None:
                     limit = pooled_pass_limit_mp(base, plan.device, interactive=self.priority is not None)
-                if saved is not None and POOLED_MARK not in saved:  # written before the mark existed
-                    exact = len(tissue_all) * ww0 * wh0 / 1e6 <= LEGACY_POOLED_MP
-                else:
-                    exact = union_mp <= limit and (saved is None or bool(saved[POOLED_MARK]))
+                exact = union[2] * union[3] / 1e6 <= limit
             if saved is not None and not exact:
                 stats = stats_from_arrays(saved)
             else:
