@@ -26,7 +26,7 @@ class RunRequest:
     store: Path
     model_path: str
     settings: EngineSettings
-    models: ModelPreloader | None = None  # the widget's preloaded model (else loaded when the run starts)
+    models: ModelPreloader  # the widget's: the chosen model, loaded (or loading) since it was chosen
     opacity: float = 0.6
     tumour_class: str = "auto"  # models with a tumour-class channel: auto (classifier) | tumour | non-tumour
 
@@ -102,12 +102,7 @@ def run_events(
 
     with gui_friendly_run():
         try:
-            loaded = (
-                request.models.get(request.model_path)
-                if request.models is not None
-                else models.load_generator(request.model_path, device="cpu")
-            )
-            model = models.supply_class_channel(loaded, request.tumour_class)
+            model = models.supply_class_channel(request.models.get(request.model_path), request.tumour_class)
         except models.CheckpointError:
             raise
         except Exception as exc:  # any failure reading the file is a model problem for the user

@@ -634,8 +634,7 @@ class VirtualIHCWidget(QWidget):
         self.last_run = run
         if not self._alive():
             return
-        if self.model_combo.findData(run.request.model_path) < 0:
-            self._fill_model_combo()
+        self._fill_model_combo()  # the run's model first among the recent ones (remembered at Run)
         name = run.request.source_layer.name
         if run.state == "done":
             self.status_label.setText(f"Done: {name} -> {run.store.name}")
