@@ -39,3 +39,39 @@ def test_ready_is_set_once_the_engine_has_planned_and_when_a_run_fails(
     with pytest.raises(RegionError):
         next(run)
     assert failing.ready.is_set()  # the GUI never waits for a run that has ended
+
+
+def test_the_view_shows_what_the_run_wrote_and_trusts_the_disk_only_when_it_resumes(
+    he_crop: np.ndarray, inverting_model: Path, tmp_path: Path
+) -> None:
+    """A fresh store's view reads unwritten chunks as white without the disk, and the written ones as the
+    engine wrote them; a resumed store's view reads the disk (its earlier tiles are the result)."""
+    import zarr
+
+    model = load_generator(inverting_model)
+    settings = EngineSettings(tile=64, batch=1, device="cpu")
+    store = tmp_path / "a.ome.zarr"
+    live = LiveStoreView()
+    events = _with_live_view(iter_stain_slide(ArraySlide(he_crop), model, store, settings), live)
+    plan = next(events)
+    assert isinstance(plan, RunPlan) and plan.tiles_resumed == 0
+    first = next(events)
+    while not (isinstance(first, TileProgress) and first.new_boxes):
+        first = next(events)
+    events.close()  # a cancelled run: one tile written
+    assert live.opened is not None
+    level = live.opened.levels[0]
+    assert level.written_state()[0]
+    reads = level.chunk_reads
+    on_disk = np.moveaxis(np.asarray(zarr.open_group(str(store), mode="r")["0"]), 0, -1)
+    np.testing.assert_array_equal(level[:, :], on_disk)  # the tile where it was written, white elsewhere
+    assert level.chunk_reads == reads  # all of it from memory
+
+    resumed = LiveStoreView()
+    again = _with_live_view(iter_stain_slide(ArraySlide(he_crop), model, store, settings), resumed)
+    plan = next(again)
+    assert isinstance(plan, RunPlan) and plan.tiles_resumed >= 1
+    again.close()
+    assert resumed.opened is not None
+    assert not resumed.opened.levels[0].written_state()[0]
+    np.testing.assert_array_equal(resumed.opened.levels[0][:, :], on_disk)

@@ -198,6 +198,39 @@ def test_the_writer_reloads_changed_chunks_so_a_refresh_reads_only_memory(tmp_pa
     assert (level[0:32, 0:32] == 3).all()
 
 
+def test_a_store_written_afresh_reads_unwritten_chunks_as_white_without_the_disk(tmp_path: Path) -> None:
+    """A run that resumed nothing opens its view ``assume_unwritten``: until a batch reports a chunk it reads
+    as white from memory (even over stale pixels a killed run left), a reported one from disk; the state
+    carries over when the placeholder layer's levels are bound to the store."""
+    import zarr
+
+    z = zarr.create_array(
+        str(tmp_path / "c.zarr"),
+        shape=(3, 64, 96),
+        chunks=(3, 32, 32),
+        dtype="uint8",
+        fill_value=255,
+        zarr_format=2,
+    )
+    z[:, 0:32, 0:32] = 1  # pixels of a killed run, not in the finished-tile record
+    fresh = CachedStoreLevel(z)
+    fresh.assume_unwritten()
+    np.testing.assert_array_equal(fresh[:, :], 255)
+    assert fresh.chunk_reads == 0
+    z[:, 32:64, 32:64] = 7  # this run writes one tile and reports it
+    assert fresh.reload(32, 64, 32, 64) == 1  # only the chunk under it: a neighbour is not "written"
+    placeholder = CachedStoreLevel(shape=(64, 96))
+    placeholder.bind(z, like=fresh)
+    view = placeholder[:, :]
+    assert (view[32:64, 32:64] == 7).all() and (view[0:32, 0:32] == 255).all()
+    assert placeholder.chunk_reads == 1  # the written chunk, from disk (the bind dropped the cache)
+    z[:, 0:32, 0:32] = 5  # the stale tile is computed again
+    placeholder.invalidate(0, 32, 0, 32)
+    assert (placeholder[0:32, 0:32] == 5).all()
+    normal = CachedStoreLevel(z)  # a store opened to be shown, not being written afresh: the disk counts
+    assert (normal[0:32, 0:32] == 5).all() and normal.chunk_reads == 1
+
+
 # --- with the engine ----------------------------------------------------------------------------------
 @pytest.mark.usefixtures("engine_available")
 def test_run_shows_aligned_layer_with_provenance(

@@ -24,10 +24,8 @@ from ..geometry import Box
 from ..ihc_store import (
     PROVENANCE_KEY,
     StoreView,
-    bind_levels,
     blank_levels,
     model_name,
-    open_store,
 )
 from ..inference.api import RunEvent, RunPlan, RunReport, TileProgress
 from ._confidence_layer import add_confidence_layer
@@ -153,19 +151,18 @@ class StainRun(QObject):
 
     def _show_plan(self, plan: RunPlan) -> None:
         """The store exists: point the layer at it (no data swap when the geometry matches) and place it."""
-        self.plan, self.view = plan, self.live.opened or open_store(plan.store)
+        self.plan, self.view = plan, self.live.opened  # opened by the worker before it yielded the plan
         self.notes = list(plan.notes)
         if self.notes:
             self.noted.emit(self.notes)
         self._bind_to_store()
-        self.live.attach(self.view)
         QTimer.singleShot(RunProgress.LATEST_MS, self._show_progress_bar)
 
     def _bind_to_store(self) -> None:
         layer, plan, view = self.layer, self.plan, self.view
         if layer is None or plan is None or view is None or layer not in self.viewer.layers:
             return
-        if not bind_levels(list(layer.data), view):
+        if not self.live.bind_layer_levels(list(layer.data)):
             layer.data = view.levels
         elif plan.tiles_resumed or layer is not self._placeholder:
             refresh_layer(layer)  # earlier tiles to show (a new store is white, like the placeholder)
@@ -231,7 +228,7 @@ class StainRun(QObject):
 
     def _on_finished(self) -> None:
         self._refresh_timer.stop()
-        self.live.attach(None)
+        self.live.detach()
         for emitter, slot in self._connections:
             emitter.disconnect(slot)
         if self.plan is None and self._placeholder is not None:  # ended before its store existed

@@ -65,13 +65,16 @@ class CachedStoreLevel:
         self._cached_bytes = 0
         self._lock = threading.Lock()
         self.chunk_reads = 0  # chunks read from disk, for tests and benchmarks
+        self._blank_unless_written = False  # see ``assume_unwritten``
+        self._written: set[tuple[int, int]] = set()
         self._z: Any = None
         self._ch, self._cw, self._fill = 512, 512, 255
         if zarray is not None:
             self.bind(zarray)
 
-    def bind(self, zarray: Any) -> None:
-        """Read from ``zarray`` from now on (same shape); drops everything cached."""
+    def bind(self, zarray: Any, like: CachedStoreLevel | None = None) -> None:
+        """Read from ``zarray`` from now on (same shape); drops everything cached. ``like``: the level
+        opened on ``zarray`` whose ``assume_unwritten`` state (and the chunks written since) carries over."""
         if tuple(int(s) for s in zarray.shape) != (3, *self.shape[:2]):
             raise ValueError(f"cannot bind a {tuple(zarray.shape)} array to a {self.shape} level")
         chunks = tuple(int(c) for c in zarray.chunks)
@@ -82,6 +85,21 @@ class CachedStoreLevel:
             self._fill = 255 if fill is None else int(fill)
             self._cache.clear()
             self._cached_bytes = 0
+            if like is not None:
+                self._blank_unless_written, self._written = like.written_state()
+
+    def assume_unwritten(self) -> None:
+        """Nothing on disk counts yet: a run that resumed no tile is writing this store afresh. A chunk it
+        has not reported (``reload``, ``invalidate``) reads as white without a disk read: through zarr each
+        read of an unwritten chunk costs ~3 ms, and a fresh run's first refreshes read a screenful of them on
+        the GUI thread."""
+        with self._lock:
+            self._blank_unless_written = True
+            self._written = set()
+
+    def written_state(self) -> tuple[bool, set[tuple[int, int]]]:
+        with self._lock:
+            return self._blank_unless_written, set(self._written)
 
     @property
     def bound(self) -> bool:
@@ -155,7 +173,10 @@ class CachedStoreLevel:
             if hit is not None:
                 self._cache.move_to_end(key)
                 return hit
+            blank = self._blank_unless_written and key not in self._written
             version, zarray = self._versions.get(key, 0), self._z
+        if blank:
+            return self._white(cy, cx)
         data = self._read_chunk(zarray, cy, cx)
         if data is not None:
             self._store(key, data, version, zarray)
@@ -204,6 +225,7 @@ class CachedStoreLevel:
             return 0
         dropped = 0
         with self._lock:
+            self._written.update(self._keys_over(y0, y1, x0, x1))
             for key in self._touched(y0, y1, x0, x1):
                 self._cached_bytes -= self._cache.pop(key).nbytes
                 dropped += 1
@@ -219,10 +241,8 @@ class CachedStoreLevel:
             if self._z is None:
                 return 0
             cached = self._touched(y0 - margin, y1 + margin, x0 - margin, x1 + margin)
-            under = itertools.product(
-                range(y0 // self._ch, (y1 - 1) // self._ch + 1),
-                range(x0 // self._cw, (x1 - 1) // self._cw + 1),
-            )
+            under = list(self._keys_over(y0, y1, x0, x1))
+            self._written.update(under)
             keys = list(dict.fromkeys([*cached, *under]))
             zarray = self._z
             versions = {key: self._versions.get(key, 0) for key in keys}
@@ -234,13 +254,19 @@ class CachedStoreLevel:
                 self._store(key, data, versions[key], zarray)
         return len(keys)
 
+    def _keys_over(self, y0: int, y1: int, x0: int, x1: int) -> Iterable[tuple[int, int]]:
+        """The chunks under rows ``[y0, y1)`` x cols ``[x0, x1)`` (clipped at 0)."""
+        return itertools.product(
+            range(max(0, y0) // self._ch, max(0, y1 - 1) // self._ch + 1),
+            range(max(0, x0) // self._cw, max(0, x1 - 1) // self._cw + 1),
+        )
+
     def _touched(self, y0: int, y1: int, x0: int, x1: int) -> list[tuple[int, int]]:
         """Cached chunks over the rows/cols (lock held); every chunk there counts as changed from now on."""
-        cys = range(max(0, y0) // self._ch, max(0, y1 - 1) // self._ch + 1)
-        cxs = range(max(0, x0) // self._cw, max(0, x1 - 1) // self._cw + 1)
-        for key in itertools.product(cys, cxs):
+        over = set(self._keys_over(y0, y1, x0, x1))
+        for key in over:
             self._versions[key] = self._versions.get(key, 0) + 1
-        return [key for key in self._cache if key[0] in cys and key[1] in cxs]
+        return [key for key in self._cache if key in over]
 
     def clear(self) -> None:
         with self._lock:
@@ -260,7 +286,7 @@ def bind_levels(levels: Sequence[Any], view: StoreView) -> bool:
     if any(a.shape != b.shape for a, b in zip(levels, view.levels, strict=True)):
         return False
     for level, fresh in zip(levels, view.levels, strict=True):
-        level.bind(fresh.array)
+        level.bind(fresh.array, like=fresh)
     view.levels = list(levels)
     return True
 
@@ -302,6 +328,11 @@ class StoreView:
     def clear(self) -> None:
         for level in self.levels:
             level.clear()
+
+    def assume_unwritten(self) -> None:
+        """See ``CachedStoreLevel.assume_unwritten``: for the view of a store a run writes afresh."""
+        for level in self.levels:
+            level.assume_unwritten()
 
     @property
     def chunk_reads(self) -> int:
