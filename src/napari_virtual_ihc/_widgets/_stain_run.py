@@ -75,6 +75,7 @@ class StainRun(QObject):
         self.progress_bar = RunProgress(viewer, request.source_layer.name, self.cancel)
         self._placeholder: Any = None  # the white layer this run added, until its store exists
         self._last_refresh = 0.0
+        self._unshown_tiles = False  # tiles reported since the layer's last refresh
         self._refresh_timer = QTimer(self)
         self._refresh_timer.setSingleShot(True)
         self._refresh_timer.timeout.connect(self._refresh_layer)
@@ -180,6 +181,7 @@ class StainRun(QObject):
         if self.view is None or not tp.new_boxes:
             return
         self.timeline.setdefault("first_tile_received", time.perf_counter())
+        self._unshown_tiles = True
         wait = REFRESH_INTERVAL_S - (time.perf_counter() - self._last_refresh)
         if wait <= 0:
             self._refresh_layer()
@@ -188,6 +190,7 @@ class StainRun(QObject):
 
     def _refresh_layer(self) -> None:
         self._last_refresh = time.perf_counter()
+        self._unshown_tiles = False
         if self.layer is None or self.layer not in self.viewer.layers:
             return
         refresh_layer(self.layer)
@@ -237,7 +240,8 @@ class StainRun(QObject):
             self.layer = None
         if self.layer is not None and self.layer in self.viewer.layers:
             self.layer.metadata = {**self.layer.metadata, PROVENANCE_KEY: self.provenance()}
-            self._refresh_layer()
+            if self._unshown_tiles:  # a refresh with nothing new repaints the canvas at the run's busy end
+                self._refresh_layer()
         self.progress_bar.close()
         self.timeline["ended"] = time.perf_counter()
         _ACTIVE_RUNS.discard(self)
