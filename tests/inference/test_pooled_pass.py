@@ -61,3 +61,45 @@ def test_a_job_whose_statistics_were_sampled_resumes_with_them(he_1024, tmp_path
     assert resumed.settings["pooled_pass"] is False
     assert resumed.tiles_resumed == first.tiles_done
     assert np.array_equal(level0(store), level0(tmp_path / "ref.ome.zarr"))
+
+
+def _as_before_the_mark(store, keep_tiles: int) -> None:
+    """A store written before the statistics recorded their origin, its run killed after ``keep_tiles``."""
+    from napari_virtual_ihc.ihc_store.layout import DONE_FILE, NORM_STATS_FILE
+    from napari_virtual_ihc.inference.engine import POOLED_MARK
+
+    with np.load(store / NORM_STATS_FILE) as z:
+        arrays = {k: z[k] for k in z.files if k != POOLED_MARK}
+    assert len(arrays) > 0
+    np.savez(store / NORM_STATS_FILE, **arrays)
+    lines = (store / DONE_FILE).read_text().splitlines(keepends=True)
+    (store / DONE_FILE).write_text("".join(lines[:keep_tiles]))
+
+
+def test_a_store_from_before_the_mark_resumes_by_the_rule_it_was_written_with(he_1024, tmp_path, monkeypatch):
+    """Small jobs were one pooled pass when their windows summed to at most 8 MP: such a store resumes with
+    that pass (the same pixels as uninterrupted); above it, its statistics were sampled and are kept."""
+    import napari_virtual_ihc.inference.engine as engine
+
+    model = small_generator("instance", ngf=4, n_blocks=3)
+    img = he_1024[:768, :768]
+    pooled = EngineSettings(tile=192, batch=2, skip_background=False)
+    reference = stain_slide(ArraySlide(img, 0.5), model, tmp_path / "ref.ome.zarr", pooled)
+    assert reference.settings["pooled_pass"] is True
+
+    store = tmp_path / "old.ome.zarr"
+    stain_slide(ArraySlide(img, 0.5), model, store, pooled)
+    _as_before_the_mark(store, keep_tiles=5)
+    resumed = stain_slide(ArraySlide(img, 0.5), model, store, pooled)
+    assert resumed.tiles_resumed == 5 and resumed.settings["pooled_pass"] is True
+    assert np.array_equal(level0(store), level0(tmp_path / "ref.ome.zarr"))
+
+    sampled = EngineSettings(tile=192, batch=2, skip_background=False, pooled_pass_mp=0.0)
+    stain_slide(ArraySlide(img, 0.5), model, tmp_path / "ref_s.ome.zarr", sampled)
+    old_sampled = tmp_path / "old_s.ome.zarr"
+    stain_slide(ArraySlide(img, 0.5), model, old_sampled, sampled)
+    _as_before_the_mark(old_sampled, keep_tiles=5)
+    monkeypatch.setattr(engine, "LEGACY_POOLED_MP", 0.0)  # this job's windows were above the old rule's limit
+    resumed = stain_slide(ArraySlide(img, 0.5), model, old_sampled, pooled)
+    assert resumed.tiles_resumed == 5 and resumed.settings["pooled_pass"] is False
+    assert np.array_equal(level0(old_sampled), level0(tmp_path / "ref_s.ome.zarr"))
