@@ -21,12 +21,7 @@ from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..geometry import Box
-from ..ihc_store import (
-    PROVENANCE_KEY,
-    StoreView,
-    blank_levels,
-    model_name,
-)
+from ..ihc_store import PROVENANCE_KEY, StoreView, blank_levels, model_name
 from ..inference.api import RunEvent, RunPlan, RunReport, TileProgress
 from ._confidence_layer import add_confidence_layer
 from ._run_progress import RunProgress
