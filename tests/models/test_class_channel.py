@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import zarr
 from skimage.io import imread, imsave
 
 from napari_virtual_ihc.cli import main
@@ -34,12 +35,13 @@ HEADER = {"channel": 3, "classes": {"non-tumour": -1.0, "tumour": 1.0}, "classif
 @pytest.fixture
 def class_model(tmp_path):
     torch.manual_seed(0)
-    g = build_generator("resnet", input_nc=4, ngf=4, n_blocks=1, norm="instance")
+    kwargs = {"input_nc": 4, "ngf": 4, "n_blocks": 1, "norm": "instance", "conditioning_planes": 1}
+    g = build_generator("resnet", **kwargs)
     for p in g.parameters():
         p.data.normal_(0, 0.2)
     spec = ModelSpec(
         "resnet",
-        {"input_nc": 4, "ngf": 4, "n_blocks": 1, "norm": "instance"},
+        kwargs,
         mpp=0.5,
         class_channel=HEADER,
         name="cg-class",
@@ -88,6 +90,10 @@ def test_one_class_per_slide_is_the_fourth_plane(class_model, he, tmp_path):
     assert t.sha256 != n.sha256 != model.sha256  # separate stores per class choice
     rep = stain_slide(ArraySlide(he, (0.5, 0.5)), t, tmp_path / "t.ome.zarr", EngineSettings(tile=128))
     assert rep.tiles_done > 0
+    stain_slide(ArraySlide(he, (0.5, 0.5)), n, tmp_path / "n.ome.zarr", EngineSettings(tile=128))
+    stained = {c: np.asarray(zarr.open_group(str(tmp_path / f"{c}.ome.zarr"), mode="r")["0"]) for c in "tn"}
+    diff = np.abs(stained["t"].astype(int) - stained["n"].astype(int))
+    assert diff.mean() > 1.0  # the class reaches the engine's output (grey levels), not only rounding
 
 
 def test_classifier_tilewise_plane_and_cli(class_model, he, tmp_path, capsys):

@@ -4,6 +4,13 @@ Layout of ``model`` (a flat ``nn.Sequential``; indices are part of the key names
 ``0`` reflect pad, ``1`` 7x7 conv, ``2`` norm, ``3`` ReLU; per downsampling a stride-2 conv, norm, ReLU;
 ``n_blocks`` residual blocks; per upsampling a transposed conv, norm, ReLU; reflect pad, 7x7 conv, Tanh.
 With 2 downsamplings and 9 blocks the first block is ``model.10`` (``model.10.conv_block.1.weight``).
+
+``conditioning_planes`` (the CycleGAN tumour-class plane): the last input planes are not convolved with the
+image but added, through a learned 1x1 map (``class_bias``), right after the first normalisation. A plane fed
+as a plain input channel reaches the network as ``conv(plane)``: for a plane that is constant over the patch
+(one class per patch) that is a constant per channel, which the InstanceNorm right after removes exactly, so
+the generator could never see the class (zero gradient to its weights). After the norm it is a class-dependent
+shift before the ReLU. Pointwise, so tiling stays exact.
 """
 
 from __future__ import annotations
@@ -65,15 +72,20 @@ class ResnetGenerator(nn.Module):
         n_blocks: int = 9,
         n_downsampling: int = 2,
         padding_type: str = "reflect",
+        conditioning_planes: int = 0,
     ) -> None:
         super().__init__()
         if n_blocks < 0 or n_downsampling < 0:
             raise ValueError("n_blocks and n_downsampling must be >= 0")
+        if not 0 <= conditioning_planes < input_nc:
+            raise ValueError(f"conditioning_planes must be in [0, input_nc), got {conditioning_planes}")
         norm_layer = norm_factory(norm)
         bias = conv_bias_for(norm)
+        self.conditioning_planes = conditioning_planes
+        self.class_bias = nn.Conv2d(conditioning_planes, ngf, 1, bias=False) if conditioning_planes else None
         layers: list[nn.Module] = [
             nn.ReflectionPad2d(3),
-            nn.Conv2d(input_nc, ngf, 7, padding=0, bias=bias),
+            nn.Conv2d(input_nc - conditioning_planes, ngf, 7, padding=0, bias=bias),
             norm_layer(ngf),
             nn.ReLU(True),
         ]
@@ -98,7 +110,11 @@ class ResnetGenerator(nn.Module):
         self.model = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.model(x)
+        if self.class_bias is None:
+            return self.model(x)
+        k = self.conditioning_planes
+        h = self.model[:3](x[:, :-k])  # pad, conv, norm of the image
+        return self.model[3:](h + self.class_bias(x[:, -k:]))
 
 
 @register_generator("resnet")
@@ -111,7 +127,16 @@ def build_resnet(
     n_blocks: int = 9,
     n_downsampling: int = 2,
     padding_type: str = "reflect",
+    conditioning_planes: int = 0,
 ) -> ResnetGenerator:
     return ResnetGenerator(
-        input_nc, output_nc, ngf, norm, use_dropout, n_blocks, n_downsampling, padding_type
+        input_nc,
+        output_nc,
+        ngf,
+        norm,
+        use_dropout,
+        n_blocks,
+        n_downsampling,
+        padding_type,
+        conditioning_planes,
     )

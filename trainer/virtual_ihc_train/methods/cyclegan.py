@@ -253,6 +253,8 @@ class CycleGAN(Method):
         kwargs = dict(self.cfg.model.arch_kwargs)
         if self.cfg.cyclegan.class_channel:
             kwargs["input_nc"] = 4
+            if self.cfg.model.arch == "resnet":  # after the first InstanceNorm, which would remove it
+                kwargs["conditioning_planes"] = 1  # (models.resnet); the U-Net's first conv has no norm
         return kwargs
 
     def wrap_ddp(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
