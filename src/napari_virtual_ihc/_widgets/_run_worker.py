@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..geometry import Box
-from ..ihc_store import StoreView, bind_levels, layer_provenance, open_store
+from ..ihc_store import StoreView, layer_provenance, open_store
 from ..inference.api import EngineSettings, RunEvent, RunPlan, RunReport, TileProgress
 from ..slides.base import Slide
 from ._model_preload import ModelPreloader
@@ -43,8 +43,7 @@ class LiveStoreView:
     """The store the layer shows, as the worker thread sees it. The worker opens it with the plan and, after
     every batch, reads the chunks under the new tiles into its cache (``StoreView.reload_boxes``) before
     reporting, so the GUI thread's refresh reads only memory: on a 2-core machine a refresh that waited for
-    zarr reads beside the model stalled the event loop past 100 ms. A store written afresh (no tile resumed)
-    is opened ``assume_unwritten``: the chunks no batch has written read as white without a disk read."""
+    zarr reads beside the model stalled the event loop past 100 ms."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -58,15 +57,8 @@ class LiveStoreView:
 
     def open(self, plan: RunPlan) -> None:
         view = open_store(plan.store)
-        if plan.tiles_resumed == 0:
-            view.assume_unwritten()
-        with self._lock:
+        with self._lock:  # reloads go to it from the first batch on, before the GUI has bound its layer
             self.opened = self._view = view
-
-    def bind_layer_levels(self, levels: list[Any]) -> bool:
-        """``bind_levels`` of the layer's levels to the opened view, never in the middle of a reload."""
-        with self._lock:
-            return self.opened is not None and bind_levels(levels, self.opened)
 
     def detach(self) -> None:
         """The run has ended: the worker reloads nothing more."""

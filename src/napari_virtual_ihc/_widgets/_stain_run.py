@@ -21,7 +21,7 @@ from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..geometry import Box
-from ..ihc_store import PROVENANCE_KEY, StoreView, blank_levels, model_name
+from ..ihc_store import PROVENANCE_KEY, StoreView, bind_levels, blank_levels, model_name
 from ..inference.api import RunEvent, RunPlan, RunReport, TileProgress
 from ._confidence_layer import add_confidence_layer
 from ._run_progress import RunProgress
@@ -158,7 +158,7 @@ class StainRun(QObject):
         layer, plan, view = self.layer, self.plan, self.view
         if layer is None or plan is None or view is None or layer not in self.viewer.layers:
             return
-        if not self.live.bind_layer_levels(list(layer.data)):
+        if not bind_levels(list(layer.data), view):
             layer.data = view.levels
         elif plan.tiles_resumed or layer is not self._placeholder:
             refresh_layer(layer)  # earlier tiles to show (a new store is white, like the placeholder)

@@ -65,16 +65,13 @@ class CachedStoreLevel:
         self._cached_bytes = 0
         self._lock = threading.Lock()
         self.chunk_reads = 0  # chunks read from disk, for tests and benchmarks
-        self._blank_unless_written = False  # see ``assume_unwritten``
-        self._written: set[tuple[int, int]] = set()
         self._z: Any = None
         self._ch, self._cw, self._fill = 512, 512, 255
         if zarray is not None:
             self.bind(zarray)
 
-    def bind(self, zarray: Any, like: CachedStoreLevel | None = None) -> None:
-        """Read from ``zarray`` from now on (same shape); drops everything cached. ``like``: the level
-        opened on ``zarray`` whose ``assume_unwritten`` state (and the chunks written since) carries over."""
+    def bind(self, zarray: Any) -> None:
+        """Read from ``zarray`` from now on (same shape); drops everything cached."""
         if tuple(int(s) for s in zarray.shape) != (3, *self.shape[:2]):
             raise ValueError(f"cannot bind a {tuple(zarray.shape)} array to a {self.shape} level")
         chunks = tuple(int(c) for c in zarray.chunks)
@@ -85,21 +82,6 @@ class CachedStoreLevel:
             self._fill = 255 if fill is None else int(fill)
             self._cache.clear()
             self._cached_bytes = 0
-            if like is not None:
-                self._blank_unless_written, self._written = like.written_state()
-
-    def assume_unwritten(self) -> None:
-        """Nothing on disk counts yet: a run that resumed no tile is writing this store afresh. A chunk it
-        has not reported (``reload``, ``invalidate``) reads as white without a disk read: through zarr each
-        read of an unwritten chunk costs ~3 ms, and a fresh run's first refreshes read a screenful of them on
-        the GUI thread."""
-        with self._lock:
-            self._blank_unless_written = True
-            self._written = set()
-
-    def written_state(self) -> tuple[bool, set[tuple[int, int]]]:
-        with self._lock:
-            return self._blank_unless_written, set(self._written)
 
     @property
     def bound(self) -> bool:
@@ -173,10 +155,7 @@ class CachedStoreLevel:
             if hit is not None:
                 self._cache.move_to_end(key)
                 return hit
-            blank = self._blank_unless_written and key not in self._written
             version, zarray = self._versions.get(key, 0), self._z
-        if blank:
-            return self._white(cy, cx)
         data = self._read_chunk(zarray, cy, cx)
         if data is not None:
             self._store(key, data, version, zarray)
@@ -194,7 +173,7 @@ class CachedStoreLevel:
     def _read_chunk(self, zarray: Any, cy: int, cx: int) -> np.ndarray | None:
         """The chunk's pixels from disk; None with no store yet or when the read fails (a chunk being
         replaced, a vanished store: shown white, read again next time)."""
-        if zarray is None:
+        if zarray is None or not _chunk_may_exist(zarray, cy, cx):
             return None
         ys, ye, xs, xe = self._chunk_box(cy, cx)
         try:
@@ -225,7 +204,6 @@ class CachedStoreLevel:
             return 0
         dropped = 0
         with self._lock:
-            self._written.update(self._keys_over(y0, y1, x0, x1))
             for key in self._touched(y0, y1, x0, x1):
                 self._cached_bytes -= self._cache.pop(key).nbytes
                 dropped += 1
@@ -242,7 +220,6 @@ class CachedStoreLevel:
                 return 0
             cached = self._touched(y0 - margin, y1 + margin, x0 - margin, x1 + margin)
             under = list(self._keys_over(y0, y1, x0, x1))
-            self._written.update(under)
             keys = list(dict.fromkeys([*cached, *under]))
             zarray = self._z
             versions = {key: self._versions.get(key, 0) for key in keys}
@@ -274,6 +251,18 @@ class CachedStoreLevel:
             self._cached_bytes = 0
 
 
+def _chunk_may_exist(zarray: Any, cy: int, cx: int) -> bool:
+    """False when the chunk's file is missing from a local store: never written, so it reads as the fill value.
+    A file check takes ~10 us; reading a missing chunk through zarr ~1-3 ms, and a run's first refresh asks
+    for a screenful of them on the GUI thread. Other stores: True (zarr decides)."""
+    from zarr.storage import LocalStore
+
+    store = zarray.store
+    if not isinstance(store, LocalStore):
+        return True
+    return (Path(store.root) / zarray.path / zarray.metadata.encode_chunk_key((0, cy, cx))).exists()
+
+
 def blank_levels(level_dimensions: Sequence[tuple[int, int]]) -> list[CachedStoreLevel]:
     """Unbound (white) levels with a slide's ``(width, height)`` pyramid, to bind once the store exists."""
     return [CachedStoreLevel(shape=(h, w)) for (w, h) in level_dimensions]
@@ -286,7 +275,7 @@ def bind_levels(levels: Sequence[Any], view: StoreView) -> bool:
     if any(a.shape != b.shape for a, b in zip(levels, view.levels, strict=True)):
         return False
     for level, fresh in zip(levels, view.levels, strict=True):
-        level.bind(fresh.array, like=fresh)
+        level.bind(fresh.array)
     view.levels = list(levels)
     return True
 
@@ -328,11 +317,6 @@ class StoreView:
     def clear(self) -> None:
         for level in self.levels:
             level.clear()
-
-    def assume_unwritten(self) -> None:
-        """See ``CachedStoreLevel.assume_unwritten``: for the view of a store a run writes afresh."""
-        for level in self.levels:
-            level.assume_unwritten()
 
     @property
     def chunk_reads(self) -> int:
