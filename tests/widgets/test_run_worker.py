@@ -15,9 +15,11 @@ from napari_virtual_ihc.models import load_generator
 from napari_virtual_ihc.slides import ArraySlide
 
 
-def test_ready_is_set_once_the_engine_has_planned_and_when_a_run_fails(
+def test_the_report_after_the_plan_comes_before_any_tile_and_a_refused_run_yields_nothing(
     he_crop: np.ndarray, inverting_model: Path, tmp_path: Path
 ) -> None:
+    """The widget builds its layer on the first report (the engine has planned and chosen its kernels, so
+    napari's build overlaps the first batch): that report must come before any tile is computed."""
     model = load_generator(inverting_model)
     settings = EngineSettings(tile=64, batch=1, device="cpu")
     live = LiveStoreView()
@@ -25,20 +27,18 @@ def test_ready_is_set_once_the_engine_has_planned_and_when_a_run_fails(
         iter_stain_slide(ArraySlide(he_crop), model, tmp_path / "a.ome.zarr", settings), live
     )
     assert isinstance(next(events), RunPlan)
-    assert not live.ready.is_set()  # the store exists, kernels not chosen yet
-    assert isinstance(next(events), TileProgress)
-    assert live.ready.is_set()
+    assert live.opened is not None  # the store is open before the GUI sees the plan
+    planned = next(events)
+    assert isinstance(planned, TileProgress) and planned.new_boxes == [] and planned.done == 0
     events.close()
 
-    failing = LiveStoreView()
-    region = (10**6, 10**6, 64, 64)  # outside the slide: refused before any progress
+    region = (10**6, 10**6, 64, 64)  # outside the slide: refused before any plan or progress
     run = _with_live_view(
         iter_stain_slide(ArraySlide(he_crop), model, tmp_path / "b.ome.zarr", settings, region=region),
-        failing,
+        LiveStoreView(),
     )
     with pytest.raises(RegionError):
         next(run)
-    assert failing.ready.is_set()  # the GUI never waits for a run that has ended
 
 
 def test_the_view_shows_what_the_run_wrote_from_memory_and_a_resumed_run_sees_it_too(

@@ -238,7 +238,9 @@ def test_run_shows_aligned_layer_with_provenance(
     notes_before = sum("no µm/px recorded" in m for m in _notifications())
     run = widget.start_run()
     assert run is not None and run.running
-    assert run.layer is not None and run.layer in viewer.layers  # the IHC layer is up at once
+    assert run.layer is None  # the click returns at once: napari builds the layer in an event of its own
+    qtbot.waitUntil(lambda: run.layer is not None, timeout=2000)  # up once the engine has planned
+    assert run.layer in viewer.layers and run.running
     qtbot.waitUntil(lambda: run.plan is not None or not run.running, timeout=RUN_TIMEOUT_MS)
     # what the model assumes is in the dock from the plan on, and notified once, when the run ends
     assert "no µm/px recorded" in widget.notes_label.text() and not widget.notes_label.isHidden()
@@ -508,19 +510,28 @@ def test_event_loop_never_stalls_while_staining(
     probe.setInterval(5)
     probe.timeout.connect(tick)
     qtbot.wait(50)
-    clicked = time.perf_counter()
-    run = widget.start_run()  # synchronous part: puts the (white) IHC layer up, starts the worker
+    last[0] = clicked = time.perf_counter()
+    probe.start()
+    run = widget.start_run()  # starts the worker; napari builds the (white) IHC layer in a later event
     assert run is not None
     click_ms = (time.perf_counter() - clicked) * 1000
-    last[0] = time.perf_counter()
-    probe.start()
     try:
         qtbot.waitUntil(lambda: not run.running, timeout=RUN_TIMEOUT_MS)
     finally:
         probe.stop()
     assert run.state == "done", run.error
     assert run.refresh_count >= 2
-    worst = max(gaps)
+    assert click_ms < 100, f"the Run handler blocked the event loop {click_ms:.0f} ms"
+    # napari's own build of the new layer and its first paint (one add_image: 150-500 ms of GUI-thread CPU
+    # on software OpenGL, run or no run; bench_widget.py measures it beside napari alone) are left out
+    built_from, built = run.timeline["layer_building"], run.timeline["layer_shown"]
+    during = [
+        i
+        for i, (g, end) in enumerate(zip(gaps, stamps, strict=True))
+        if end >= built_from and end - g <= built
+    ]
+    left_out = set(during) | {during[-1] + 1} if during else set()  # ... and the paint right after it
+    worst = max(g for i, g in enumerate(gaps) if i not in left_out)
     t0 = run.timeline["started"]
     print("timeline ms:", {k: round((v - t0) * 1000) for k, v in run.timeline.items()})
     print(
@@ -528,8 +539,8 @@ def test_event_loop_never_stalls_while_staining(
         [(round((stamps[i] - t0) * 1000), round(g * 1000)) for i, g in enumerate(gaps) if g > 0.03],
     )
     print(
-        f"Run click handler {click_ms:.0f} ms (adds the layer); worst Qt event-loop stall while staining: "
-        f"{worst * 1000:.1f} ms over {len(gaps)} ticks"
+        f"Run click handler {click_ms:.0f} ms; worst Qt event-loop stall while staining, napari's layer build "
+        f"aside: {worst * 1000:.1f} ms over {len(gaps)} ticks"
     )
     # The 100 ms target is measured and reported by benchmarks/bench_widget.py. On a shared, overloaded CI
     # core a single repaint can exceed it, so this test guards against what would really be broken

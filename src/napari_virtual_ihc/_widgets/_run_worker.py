@@ -31,11 +31,12 @@ class RunRequest:
     tumour_class: str = "auto"  # models with a tumour-class channel: auto (classifier) | tumour | non-tumour
 
 
-# How long the Run handler lets the worker plan before napari builds the layer. Planning (store, kernels:
-# ~100 ms of Python with a preloaded model) and building the layer (~250 ms, long GIL-holding Qt/vispy calls)
-# slowed each other down to ~400 ms when they overlapped; one after the other, the first batch starts at
-# ~100 ms and runs beside the layer being built (its convolutions release the GIL): the first tile came
-# ~200 ms sooner for ~50 ms more in the handler (docs/widget.md, session 15).
+# How long a run lets the worker plan before napari builds the layer, unless the engine reports it has
+# planned sooner. Planning (store, kernels: ~100 ms of Python with a preloaded model) and building the layer
+# (~250 ms, long GIL-holding Qt/vispy calls) slowed each other down to ~400 ms when they overlapped; one
+# after the other, the first batch starts at ~100 ms and runs beside the layer being built (its
+# convolutions release the GIL): the first tile came ~200 ms sooner (docs/widget.md, session 15). The wait
+# is a timer, not a block: the window stays live meanwhile (session 17).
 PLANNING_WAIT_S = 0.15
 
 
@@ -49,11 +50,6 @@ class LiveStoreView:
         self._lock = threading.Lock()
         self._view: StoreView | None = None
         self.opened: StoreView | None = None  # opened by the worker with the plan (zarr metadata reads)
-        self.ready = threading.Event()  # set when the engine is about to run its first batch (or has ended)
-
-    def wait_for_planning(self) -> None:
-        """On the GUI thread, before napari builds the layer: a wait that releases the GIL."""
-        self.ready.wait(PLANNING_WAIT_S)
 
     def open(self, plan: RunPlan) -> None:
         view = open_store(plan.store)
@@ -75,8 +71,7 @@ def _with_live_view(
     events: Generator[RunEvent, None, Any], live: LiveStoreView
 ) -> Generator[RunEvent, None, Any]:
     """``events`` unchanged; before passing one on, the store is opened (the plan) or the viewer's cached
-    chunks under the new tiles re-read (a batch's report), on this thread. ``live.ready`` is set with the
-    first report (the engine has planned and chosen its kernels: only batches are left) or at the end."""
+    chunks under the new tiles re-read (a batch's report), on this thread."""
     try:
         while True:
             try:
@@ -85,13 +80,10 @@ def _with_live_view(
                 return stop.value
             if isinstance(event, RunPlan):
                 live.open(event)
-            elif isinstance(event, TileProgress):
-                live.ready.set()
-                if event.new_boxes:
-                    live.after_write(event.new_boxes)
+            elif isinstance(event, TileProgress) and event.new_boxes:
+                live.after_write(event.new_boxes)
             yield event
     finally:
-        live.ready.set()
         events.close()
 
 

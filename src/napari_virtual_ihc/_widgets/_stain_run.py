@@ -25,7 +25,7 @@ from ..ihc_store import PROVENANCE_KEY, StoreView, bind_levels, blank_levels, mo
 from ..inference.api import RunEvent, RunPlan, RunReport, TileProgress
 from ._confidence_layer import add_confidence_layer
 from ._run_progress import RunProgress
-from ._run_worker import LiveStoreView, RunRequest, run_events, run_provenance
+from ._run_worker import PLANNING_WAIT_S, LiveStoreView, RunRequest, run_events, run_provenance
 from ._stain_layer import apply_placement, find_ihc_layer, ihc_layer_kwargs, layer_name_for, refresh_layer
 from ._stain_messages import announce_run_end, user_message
 from ._stain_view import visible_box
@@ -102,8 +102,9 @@ class StainRun(QObject):
         self.worker.errored.connect(self._on_errored)
         self.worker.finished.connect(self._on_finished)
         self.worker.start()
-        self.live.wait_for_planning()
-        self._show_layer_now()  # while the worker plans (its model is preloaded; napari may deliver events)
+        # The layer is built in an event of its own, once the engine has planned or after PLANNING_WAIT_S:
+        # building it (~250 ms of napari here) in this handler froze the window that long at the click.
+        QTimer.singleShot(int(PLANNING_WAIT_S * 1000), self._show_layer_now)
 
     def cancel(self) -> None:
         """Stop after the current batch; finished tiles stay in the store and a new run resumes."""
@@ -125,11 +126,15 @@ class StainRun(QObject):
         if isinstance(event, RunPlan):
             self._show_plan(event)
         elif self.state in ("running", "cancelling"):
+            self._show_layer_now()  # planned: only batches are left, which run beside napari's build
             self._show_progress(event)
             self.progressed.emit(event)
 
     def _show_layer_now(self) -> None:
         """The layer already showing this store (a re-run), else a white one to bind to the store later."""
+        if not self.running or "layer_shown" in self.timeline:  # ended early (bad model), or already up
+            return
+        self.timeline["layer_building"] = time.perf_counter()
         layer = find_ihc_layer(self.viewer.layers, self.store)
         if layer is None:
             meta = {PROVENANCE_KEY: self.provenance()}
