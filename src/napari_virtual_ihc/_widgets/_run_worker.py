@@ -31,13 +31,12 @@ class RunRequest:
     tumour_class: str = "auto"  # models with a tumour-class channel: auto (classifier) | tumour | non-tumour
 
 
-# How long a run lets the worker plan before napari builds the layer, unless the engine reports it has
-# planned sooner. Planning (store, kernels: ~100 ms of Python with a preloaded model) and building the layer
-# (~250 ms, long GIL-holding Qt/vispy calls) slowed each other down to ~400 ms when they overlapped; one
-# after the other, the first batch starts at ~100 ms and runs beside the layer being built (its
-# convolutions release the GIL): the first tile came ~200 ms sooner (docs/widget.md, session 15). The wait
-# is a timer, not a block: the window stays live meanwhile (session 17).
-PLANNING_WAIT_S = 0.15
+# napari builds a run's layer once the engine reports it has planned (store, kernels: ~150 ms of Python with
+# a preloaded model), or after PLANNING_WAIT_S if planning takes longer. Planning and building the layer
+# (~250 ms of long GIL-holding Qt/vispy calls) slowed each other down when they overlapped; one after the
+# other, the layer is built beside the first batch, whose convolutions release the GIL (docs/widget.md,
+# sessions 15 and 17). A timer, not a wait: the window stays live at the click.
+PLANNING_WAIT_S = 0.6
 
 
 class LiveStoreView:
