@@ -140,11 +140,9 @@ class StainRun(QObject):
             meta = {PROVENANCE_KEY: self.provenance()}
             name = layer_name_for(self.model_name)
             kwargs = ihc_layer_kwargs(1.0, self.request.source_layer, name, meta, self.request.opacity)
-            layer = self.viewer.add_image(blank_levels(self.request.slide.level_dimensions), **kwargs)
-            if not self.running:  # the run ended (bad model) while napari built the layer
-                self.viewer.layers.remove(layer)
-                return
-            self._placeholder = layer
+            layer = self._placeholder = self.viewer.add_image(
+                blank_levels(self.request.slide.level_dimensions), **kwargs
+            )
         self.layer = layer
         self.timeline["layer_shown"] = time.perf_counter()
         self.layer_ready.emit(layer)
