@@ -240,7 +240,7 @@ def test_run_shows_aligned_layer_with_provenance(
     assert run is not None and run.running
     assert run.layer is None  # the click returns at once: napari builds the layer in an event of its own
     qtbot.waitUntil(lambda: run.layer is not None, timeout=2000)  # up once the engine has planned
-    assert run.layer in viewer.layers and run.running
+    assert run.layer in viewer.layers
     qtbot.waitUntil(lambda: run.plan is not None or not run.running, timeout=RUN_TIMEOUT_MS)
     # what the model assumes is in the dock from the plan on, and notified once, when the run ends
     assert "no µm/px recorded" in widget.notes_label.text() and not widget.notes_label.isHidden()

@@ -21,8 +21,6 @@ from qtpy.QtWidgets import (
     QLabel,
     QLineEdit,
     QPushButton,
-    QTableWidget,
-    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
@@ -36,6 +34,7 @@ from ._activity import pause_spinner, resume_spinner
 from ._layer_source import combo_layer, fill_layer_combo, layer_mpp, slide_for_layer
 from ._overlay_layers import DAB_LEGEND, HER2_LEGEND, result_layers, summary_rows
 from ._stain_view import shapes_polygons, visible_region
+from ._value_table import ValueTable
 
 MODES = {"IHC (virtual or real): DAB, nuclei, HER2": "ihc", "H&E: nuclei only": "he"}
 BACKGROUNDS = {"estimated from the slide": "auto", "255 (no estimate)": "default"}
@@ -121,12 +120,7 @@ class StainOverlayWidget(QWidget):
             "Keys: D nuclei, C density, M membrane"
         )
         self.legend.setWordWrap(True)
-        self.table = QTableWidget(0, 2)
-        self.table.setHorizontalHeaderLabels(["", "value"])
-        header, rows = self.table.horizontalHeader(), self.table.verticalHeader()
-        assert header is not None and rows is not None
-        header.setStretchLastSection(True)
-        rows.setVisible(False)
+        self.table = ValueTable()
         lay = QVBoxLayout(self)
         lay.addLayout(form)
         lay.addLayout(buttons)
@@ -289,10 +283,7 @@ class StainOverlayWidget(QWidget):
                 self.overlay_layers["her2"] = layer
         self.summary = result.summary(polygons, Her2Rules(bins=self._bins()))
         rows = summary_rows(self.summary)
-        self.table.setRowCount(len(rows))
-        for i, (k, v) in enumerate(rows):
-            self.table.setItem(i, 0, QTableWidgetItem(k))
-            self.table.setItem(i, 1, QTableWidgetItem(v))
+        self.table.show_rows(rows)
         self.result = result
         self.show_calibration(result.calibration)
         notes = "; ".join(result.calibration.notes)

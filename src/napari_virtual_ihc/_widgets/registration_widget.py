@@ -24,8 +24,6 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPushButton,
-    QTableWidget,
-    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
@@ -45,6 +43,7 @@ from ..registration.lazy import resampled_levels
 from ..registration.register import STAGES
 from ._activity import pause_spinner, resume_spinner
 from ._layer_source import combo_layer, fill_layer_combo, slide_for_layer
+from ._value_table import ValueTable
 
 VIEWS = ("overlay", "side by side")
 SIDE_GAP = 1.05  # side-by-side offset, in fixed-slide widths
@@ -110,12 +109,7 @@ class RegistrationWidget(QWidget):
         row2.addWidget(self.compare_button)
         self.status = QLabel("")
         self.status.setWordWrap(True)
-        self.table = QTableWidget(0, 2)
-        self.table.setHorizontalHeaderLabels(["", "value"])
-        header, rows = self.table.horizontalHeader(), self.table.verticalHeader()
-        assert header is not None and rows is not None
-        header.setStretchLastSection(True)
-        rows.setVisible(False)
+        self.table = ValueTable()
         lay = QVBoxLayout(self)
         lay.addLayout(form)
         lay.addLayout(row)
@@ -209,7 +203,7 @@ class RegistrationWidget(QWidget):
             return
         q = transform.quality
         figures = f"hematoxylin correlation {q.get('correlation', 0):.3f}, tissue overlap {q.get('tissue_dice', 0):.3f}"
-        self._show_rows([(k, f"{v:.4g}") for k, v in q.items()] + [("note", n) for n in transform.notes])
+        self.table.show_rows([(k, f"{v:.4g}") for k, v in q.items()] + [("note", n) for n in transform.notes])
         if not transform.converged and not self.accept_poor.isChecked():
             self.transform = None
             self._fail(
@@ -356,7 +350,7 @@ class RegistrationWidget(QWidget):
                 lines, shape_type="line", edge_color="red", edge_width=2, name=name
             )
         if n:
-            self._show_rows(
+            self.table.show_rows(
                 [
                     ("landmark pairs", str(n)),
                     ("rTRE median (on screen)", f"{np.median(self.residuals):.4f}"),
@@ -427,7 +421,7 @@ class RegistrationWidget(QWidget):
             (k, v if isinstance(v, str) else (f"{v:.4g}" if isinstance(v, float) else str(v)))
             for k, v in comparison.summary().items()
         ]
-        self._show_rows(rows)
+        self.table.show_rows(rows)
         self.status.setText(f"virtual vs real: DAB Dice {comparison.dice:.3f}, IoU {comparison.iou:.3f}")
 
     # --- worker plumbing ------------------------------------------------------------------------------
@@ -467,9 +461,3 @@ class RegistrationWidget(QWidget):
     def _fail(self, message: str) -> None:
         self.error = message
         self.status.setText(f"error: {message}")
-
-    def _show_rows(self, rows: list[tuple[str, str]]) -> None:
-        self.table.setRowCount(len(rows))
-        for i, (k, v) in enumerate(rows):
-            self.table.setItem(i, 0, QTableWidgetItem(k))
-            self.table.setItem(i, 1, QTableWidgetItem(v))
