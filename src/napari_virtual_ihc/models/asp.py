@@ -169,33 +169,7 @@ class AspResnetGenerator(nn.Module):
         return self.model(x)
 
 
-@register_generator("asp_resnet")
-def build_asp_resnet(
-    input_nc: int = 3,
-    output_nc: int = 3,
-    ngf: int = 64,
-    norm: str = "instance",
-    use_dropout: bool = False,
-    n_blocks: int = 6,
-    n_downsampling: int = 2,
-    spectral_norm: bool = True,
-    antialias: bool = True,
-    antialias_up: bool = True,
-    padding_type: str = "reflect",
-) -> AspResnetGenerator:
-    return AspResnetGenerator(
-        input_nc,
-        output_nc,
-        ngf,
-        norm,
-        use_dropout,
-        n_blocks,
-        n_downsampling,
-        spectral_norm,
-        antialias,
-        antialias_up,
-        padding_type,
-    )
+register_generator("asp_resnet")(AspResnetGenerator)  # the constructor is the factory: one signature
 
 
 def detect_asp(sd: dict[str, Tensor]) -> tuple[str, dict[str, Any]]:

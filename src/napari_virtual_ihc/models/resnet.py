@@ -117,26 +117,4 @@ class ResnetGenerator(nn.Module):
         return self.model[3:](h + self.class_bias(x[:, -k:]))
 
 
-@register_generator("resnet")
-def build_resnet(
-    input_nc: int = 3,
-    output_nc: int = 3,
-    ngf: int = 64,
-    norm: str = "instance",
-    use_dropout: bool = False,
-    n_blocks: int = 9,
-    n_downsampling: int = 2,
-    padding_type: str = "reflect",
-    conditioning_planes: int = 0,
-) -> ResnetGenerator:
-    return ResnetGenerator(
-        input_nc,
-        output_nc,
-        ngf,
-        norm,
-        use_dropout,
-        n_blocks,
-        n_downsampling,
-        padding_type,
-        conditioning_planes,
-    )
+register_generator("resnet")(ResnetGenerator)  # the constructor is the factory: one signature
