@@ -69,6 +69,7 @@ class StainRun(QObject):
         self._fov: Box | None = None  # written on the GUI thread, read by the engine's priority poll
         self.progress_bar = RunProgress(viewer, request.source_layer.name, self.cancel)
         self._placeholder: Any = None  # the white layer this run added, until its store exists
+        self._layer_put_up = False  # the layer is put up once (a user may remove it later)
         self._last_refresh = 0.0
         self._unshown_tiles = False  # tiles reported since the layer's last refresh
         self._refresh_timer = QTimer(self)
@@ -132,8 +133,9 @@ class StainRun(QObject):
 
     def _show_layer_now(self) -> None:
         """The layer already showing this store (a re-run), else a white one to bind to the store later."""
-        if not self.running or "layer_shown" in self.timeline:  # ended early (bad model), or already up
+        if not self.running or self._layer_put_up:  # ended early (bad model), or already up
             return
+        self._layer_put_up = True
         self.timeline["layer_building"] = time.perf_counter()
         layer = find_ihc_layer(self.viewer.layers, self.store)
         if layer is None:
