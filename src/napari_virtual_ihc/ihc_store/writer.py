@@ -18,6 +18,7 @@ import errno
 import json
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -328,5 +329,17 @@ def _create(
         group.attrs.update(attrs)
         os.rename(tmp, path)
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_once_settled(tmp)
         raise write_error(e, f"the new store {path}") from e
+
+
+def _remove_once_settled(tmp: Path, quiet_s: float = 0.1, limit_s: float = 2.0) -> None:
+    """Remove a half-built store, again if writes still in flight recreate it. zarr writes a group's or
+    array's metadata files concurrently: when one fails, the others may land after a first removal (seen:
+    1 creation in 8 left ``.zgroup`` or ``.zattrs`` behind). Gone for ``quiet_s`` counts as settled."""
+    deadline, last_seen = time.monotonic() + limit_s, time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - last_seen < quiet_s:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+            last_seen = time.monotonic()
+        time.sleep(0.005)
