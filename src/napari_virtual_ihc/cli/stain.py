@@ -253,17 +253,23 @@ def _describe_error(e: BaseException) -> str:
 def _report_failure(
     store: Path, rank: int, world: int, path: Path, message: str, e: BaseException, tag: str
 ) -> None:
-    """The slide's one-line error on stderr and in its ``run.json`` (with the traceback, for a bug report)."""
-    from ..ihc_store import run_json_path
+    """The slide's one-line error on stderr and in its ``run.json`` (with the traceback, for a bug report).
+
+    A refused run (another slide's store, a store of other settings, one another run holds, an output
+    that cannot be written) writes nothing: the record there is the other run's. Nor is a record that
+    names another slide overwritten (issue 29)."""
+    from ..ihc_store import OutputNotWritableError, StoreLockedError, StoreMismatchError, run_json_path
 
     print(f"{tag}error: {message}", file=sys.stderr, flush=True)
+    if isinstance(e, StoreMismatchError | StoreLockedError | OutputNotWritableError):
+        return
     p = run_json_path(store)
     try:
-        data = json.loads(p.read_text()) if p.is_file() else {}
+        data = json.loads(p.read_text()) if p.exists() or p.is_symlink() else {}
     except (OSError, ValueError):
-        data = {}
-    if not isinstance(data, dict):
-        data = {}
+        return  # not a record this run can read: not one it may replace
+    if not isinstance(data, dict) or (data and not _same_file(data.get("slide"), path)):
+        return
     data.update(
         slide=str(path),
         rank=rank,
@@ -277,6 +283,16 @@ def _report_failure(
         p.write_text(json.dumps(data, indent=2, default=str))
     except OSError as write_error:
         print(f"{tag}error: cannot record the failure in {p}: {write_error.strerror}", file=sys.stderr)
+
+
+def _same_file(recorded: object, path: Path) -> bool:
+    """True when a record's ``slide`` is ``path`` (the same file, by any name)."""
+    if not isinstance(recorded, str):
+        return False
+    try:
+        return Path(recorded).resolve() == path.resolve() or os.path.samefile(recorded, path)
+    except OSError:
+        return False
 
 
 def _barrier() -> None:

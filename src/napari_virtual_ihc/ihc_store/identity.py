@@ -1,10 +1,12 @@
 """Which slide a store was made from, so two slides that share a file name never share a result.
 
-A file is known by its size and a hash of its first and last MiB (header, first IFD and tiles, the tail
-of the pixel data: different scans differ there), a folder (an OME-Zarr input) by the names and sizes of
-its files, an in-memory image (a napari layer without a file) by its size and the pixels of a crop of its
-smallest level. Hashing a few MiB takes milliseconds, so the widget can check before offering a result.
-The path is recorded but not compared: a slide moved to another folder still resumes its store.
+A file is known by the SHA-256 of its whole content (streamed, ~1 GB/s), a folder (an OME-Zarr input) by
+the names, sizes and contents of its files, an in-memory image (a napari layer without a file) by its size
+and the pixels of its smallest level. An earlier identity hashed only a file's first and last MiB, so two
+equal-size scans that differed only in the middle shared a store (issue 29): hashing everything cannot
+collide that way. A hash is kept per process, keyed by path, size, mtime and inode, so the widget can check
+a layer again without reading the file again. The path is recorded but not compared: a slide moved to
+another folder still resumes its store.
 """
 
 from __future__ import annotations
@@ -19,37 +21,50 @@ import numpy as np
 if TYPE_CHECKING:
     from ..slides.base import Slide
 
-HEAD_BYTES = 1 << 20
-MAX_DIR_ENTRIES = 20_000
-PIXEL_CROP = 1024
+# The identity's kind, recorded in the run key: a store without it was made by the head+tail identity
+# of earlier versions, which cannot tell such slides apart (see ``older_identity``).
+IDENTITY_SCHEME = "sha256-content"
+MAX_DIR_ENTRIES = 200_000
+PIXEL_CROP = 4096
+CHUNK = 1 << 22
+
+_hashes: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+
+def _file_key(path: Path, st: os.stat_result) -> tuple[Any, ...]:
+    return (str(path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+
+
+def _hash_file(path: Path, digest: Any) -> None:
+    with open(path, "rb") as fh:
+        while block := fh.read(CHUNK):
+            digest.update(block)
 
 
 def file_identity(path: Path) -> dict[str, Any]:
-    """``{"size", "sha256"}`` of a file (first and last MiB) or of a folder's listing."""
-    digest = hashlib.sha256()
+    """``{"size", "sha256"}`` of a file's whole content, or of a folder's listing and contents."""
+    path = path.resolve()
     if path.is_dir():
-        size = 0
-        entries = []
-        for n, (root, dirs, files) in enumerate(os.walk(path)):
+        files: list[tuple[Path, os.stat_result]] = []
+        for root, dirs, names in os.walk(path):
             dirs.sort()
-            for name in sorted(files):
-                p = Path(root, name)
-                st = p.stat()
-                size += st.st_size
-                entries.append(f"{p.relative_to(path).as_posix()}\t{st.st_size}\n")
-            if n > MAX_DIR_ENTRIES:
+            files += [(Path(root, n), Path(root, n).stat()) for n in sorted(names)]
+            if len(files) > MAX_DIR_ENTRIES:
                 break
-        digest.update("".join(entries).encode())
-        return {"size": size, "sha256": digest.hexdigest()}
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        digest.update(fh.read(HEAD_BYTES))
-        if size > 2 * HEAD_BYTES:
-            fh.seek(size - HEAD_BYTES)
-            digest.update(fh.read(HEAD_BYTES))
-        elif size > HEAD_BYTES:
-            digest.update(fh.read())
-    return {"size": size, "sha256": digest.hexdigest()}
+        key: tuple[Any, ...] = ("dir", str(path), *(_file_key(p, st) for p, st in files))
+        if key not in _hashes:
+            digest = hashlib.sha256()
+            for p, st in files:
+                digest.update(f"{p.relative_to(path).as_posix()}\t{st.st_size}\n".encode())
+                _hash_file(p, digest)
+            _hashes[key] = {"size": sum(st.st_size for _, st in files), "sha256": digest.hexdigest()}
+        return dict(_hashes[key])
+    key = _file_key(path, path.stat())
+    if key not in _hashes:
+        digest = hashlib.sha256()
+        _hash_file(path, digest)
+        _hashes[key] = {"size": key[1], "sha256": digest.hexdigest()}
+    return dict(_hashes[key])
 
 
 def pixel_identity(slide: Slide) -> dict[str, Any]:
@@ -64,15 +79,21 @@ def pixel_identity(slide: Slide) -> dict[str, Any]:
 
 
 def source_identity(slide: Slide) -> dict[str, Any]:
-    """What tells this slide from any other: ``{"path", "size", "sha256"}`` (see the module's docstring)."""
+    """What tells this slide from any other: ``{"path", "size", "sha256", "scheme"}`` (see the module)."""
     path = Path(slide.path) if slide.path else None
     if path is not None and path.exists():
-        return {"path": str(path.resolve()), **file_identity(path)}
-    return {"path": str(path) if path else None, **pixel_identity(slide)}
+        return {"path": str(path.resolve()), **file_identity(path), "scheme": IDENTITY_SCHEME}
+    return {"path": str(path) if path else None, **pixel_identity(slide), "scheme": IDENTITY_SCHEME}
+
+
+def older_identity(recorded: Any) -> bool:
+    """True for a run key's source recorded by an earlier version (first and last MiB only)."""
+    return isinstance(recorded, dict) and "sha256" in recorded and recorded.get("scheme") != IDENTITY_SCHEME
 
 
 def same_source(recorded: dict[str, Any] | None, identity: dict[str, Any]) -> bool:
-    """True when a store's recorded identity is this slide's (stores without one match nothing)."""
-    if not isinstance(recorded, dict):
+    """True when a store's recorded identity is this slide's (stores without one, or with the older
+    identity that cannot be verified, match nothing)."""
+    if not isinstance(recorded, dict) or older_identity(recorded):
         return False
     return recorded.get("sha256") == identity["sha256"] and recorded.get("size") == identity["size"]

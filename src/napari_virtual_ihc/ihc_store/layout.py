@@ -10,7 +10,7 @@ from .naming import PROVENANCE_KEY
 
 DONE_FILE = "tiles_done"
 NORM_STATS_FILE = "norm_stats.npz"
-STORE_FORMAT = 2  # 2: the run key names the source slide (size and content hash)
+STORE_FORMAT = 3  # 2: the run key names the source slide (size, head+tail hash); 3: whole-content hash
 
 
 def ngff_attrs(

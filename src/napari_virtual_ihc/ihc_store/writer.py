@@ -34,6 +34,7 @@ from .errors import (
     StoreMismatchError,
     StoreWriteError,
 )
+from .identity import older_identity
 from .layout import DONE_FILE, NORM_STATS_FILE, ngff_attrs
 from .lock import StoreLock
 from .naming import PROVENANCE_KEY, lock_path
@@ -278,6 +279,12 @@ def _check_run_key(path: Path, stored: dict[str, Any], run_key: dict[str, Any]) 
     if old == new:
         return
     old_source = old.get("source") if isinstance(old, dict) else None
+    if older_identity(old_source):
+        raise OtherSourceError(
+            f"{path} was made by an older version that knew a slide only by its size and its first and last "
+            "MiB, so its slide cannot be verified (another scan of the same size would pass); it is kept and "
+            "not resumed: move or delete it to stain again, or choose another output folder"
+        )
     if isinstance(old_source, dict) and old_source != new.get("source"):
         recorded = (stored.get("source") or {}).get("path") or "another image"
         raise OtherSourceError(

@@ -164,7 +164,7 @@ def plan_run(
         "model_arch_kwargs": spec.arch_kwargs,
         "precision": asked_precision,  # what was asked: a resumed run reuses the store's measured choice
         "run_mode": mode.to_dict() | {"source": None},
-        "source": {"size": identity["size"], "sha256": identity["sha256"]},  # which slide (not its path)
+        "source": {k: identity[k] for k in ("size", "sha256", "scheme")},  # which slide (not its path)
     }
     provenance = build_provenance(
         model={"name": spec.name, "sha256": model.sha256, "source": model.source, "arch": spec.arch},
