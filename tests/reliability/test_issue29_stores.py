@@ -4,6 +4,7 @@ lock files are never followed through a link (14), store names stay distinct (13
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -104,3 +105,32 @@ def test_a_refused_run_leaves_the_other_slides_record_alone(tmp_path, checkpoint
         "slide.ome.zarr",
         "slide.run.json",
     ]
+
+
+# --- 14. a lock file is never followed through a link ------------------------------------------------------
+@pytest.mark.parametrize("link", ["symlink", "hardlink"])
+def test_a_linked_lock_file_is_refused_and_its_target_untouched(tmp_path, checkpoint, he, capsys, link):
+    tifffile.imwrite(tmp_path / "he256.tif", he[:256, :256], photometric="rgb")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    out = tmp_path / "o"
+    out.mkdir()
+    lock = out / ".he256.ome.zarr.lock"
+    if link == "symlink":
+        lock.symlink_to("../victim.txt")
+    else:
+        os.link(victim, lock)
+    assert stain(tmp_path / "he256.tif", checkpoint, out) == 1
+    err = capsys.readouterr().err
+    assert "lock file" in err and "link" in err and "Traceback" not in err
+    assert victim.read_text() == "precious\n"
+    assert not (out / "he256.ome.zarr").exists() and not (out / "he256.run.json").exists()
+
+
+def test_an_existing_lock_file_is_reused_not_rewritten(tmp_path, checkpoint, he):
+    tifffile.imwrite(tmp_path / "he256.tif", he[:256, :256], photometric="rgb")
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / ".he256.ome.zarr.lock").write_text("left by someone\n")
+    assert stain(tmp_path / "he256.tif", checkpoint, out) == 0
+    assert (out / ".he256.ome.zarr.lock").read_text() == "left by someone\n"
