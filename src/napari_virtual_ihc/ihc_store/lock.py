@@ -8,6 +8,7 @@ one already there is locked as it is, never truncated (issue 29).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import sys
@@ -35,10 +36,8 @@ class StoreLock:
                 "for it to finish, or choose another output folder"
             ) from e
         if created:
-            try:
+            with contextlib.suppress(OSError):  # the PID is a courtesy; the lock is what counts
                 os.write(fd, f"{os.getpid()}\n".encode())
-            except OSError:
-                pass  # the PID is a courtesy; the lock is what counts
         self._fd = fd
         return self
 
