@@ -15,7 +15,7 @@ import zarr
 from skimage.io import imread
 
 from napari_virtual_ihc.cli import main
-from napari_virtual_ihc.ihc_store import PROVENANCE_KEY, source_identity
+from napari_virtual_ihc.ihc_store import PROVENANCE_KEY, slide_stem, source_identity
 from napari_virtual_ihc.models import ModelSpec, build_generator, save_generator
 from napari_virtual_ihc.slides import open_slide
 
@@ -33,8 +33,8 @@ def he(data_dir: Path) -> np.ndarray:
     return np.ascontiguousarray(imread(data_dir / "tiatoolbox-target-image.png")[:, :, :3])
 
 
-def stain(slide: Path | str, checkpoint: Path, out: Path, *extra: str) -> int:
-    args = [str(slide)] if isinstance(slide, Path | str) else list(slide)
+def stain(slide: Path | str | list[str], checkpoint: Path, out: Path, *extra: str) -> int:
+    args = [str(slide)] if isinstance(slide, Path | str) else [str(s) for s in slide]
     return main(
         ["stain", *args, "--model", str(checkpoint), "--out", str(out), "--tile", "128", "--quiet", *extra]
     )
@@ -134,3 +134,44 @@ def test_an_existing_lock_file_is_reused_not_rewritten(tmp_path, checkpoint, he)
     (out / ".he256.ome.zarr.lock").write_text("left by someone\n")
     assert stain(tmp_path / "he256.tif", checkpoint, out) == 0
     assert (out / ".he256.ome.zarr.lock").read_text() == "left by someone\n"
+
+
+# --- 13. store names keep letters of every script, stay distinct and fit the file system --------------------
+def test_store_names_keep_non_latin_letters_and_stay_distinct():
+    assert slide_stem("漢字.png") == "漢字" and slide_stem("日本.png") == "日本"
+    assert slide_stem("Präparat-3.svs") == "Präparat-3"
+    assert slide_stem("a b.png") != slide_stem("a_b.png") == "a_b"
+    assert slide_stem("a b.png").startswith("a_b-") and slide_stem("a b.png") == slide_stem("/x/a b.png")
+    assert slide_stem("../..//.png") not in ("", ".", "..") and "/" not in slide_stem("a/b\\c:d*e?.png")
+    for stem in ("x" * 240, "漢" * 100, "y" * 245 + " z"):
+        name = slide_stem(stem + ".png")
+        assert len((".%s.confidence.ome.zarr.creating-4194304-0123abcd" % name).encode()) <= 255
+    assert slide_stem("x" * 240 + "a.png") != slide_stem("x" * 240 + "b.png")
+
+
+def test_two_inputs_of_one_name_in_one_command_get_two_stores(tmp_path, checkpoint, he):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    tifffile.imwrite(tmp_path / "a" / "漢字.tif", he[:128, :128], photometric="rgb")
+    tifffile.imwrite(tmp_path / "b" / "日本.tif", he[128:256, :128], photometric="rgb")
+    tifffile.imwrite(tmp_path / "a" / "s.tif", he[:128, 128:256], photometric="rgb")
+    tifffile.imwrite(tmp_path / "b" / "s.tif", he[128:256, 128:256], photometric="rgb")
+    out = tmp_path / "o"
+    slides = [str(tmp_path / p) for p in ("a/漢字.tif", "b/日本.tif", "a/s.tif", "b/s.tif")]
+    assert stain(slides, checkpoint, out) == 0
+    stores = sorted(p.name for p in out.glob("*.ome.zarr"))
+    assert (
+        len(stores) == 4
+        and "漢字.ome.zarr" in stores
+        and "日本.ome.zarr" in stores
+        and "s.ome.zarr" in stores
+    )
+    assert stain(slides, checkpoint, out) == 0  # the same command again resumes all four
+    assert sorted(p.name for p in out.glob("*.ome.zarr")) == stores
+
+
+def test_a_stem_of_240_characters_is_stained(tmp_path, checkpoint, he):
+    slide = tmp_path / ("x" * 240 + ".tif")
+    tifffile.imwrite(slide, he[:128, :128], photometric="rgb")
+    assert stain(slide, checkpoint, tmp_path / "o", "--dropout", "off") == 0
+    assert len(list((tmp_path / "o").glob("*.ome.zarr"))) == 1

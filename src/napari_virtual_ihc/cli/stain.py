@@ -128,7 +128,7 @@ def slides_for_rank(slides: list[str], rank: int, world: int) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..ihc_store import StoreError, check_writable_folder, store_path_for
+    from ..ihc_store import StoreError, check_writable_folder, store_paths_for
     from ..inference import EngineSettings, stain_slide
     from ..inference.dropout import DropoutMode
     from ..inference.errors import EngineError
@@ -143,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"virtual-ihc stain: {e}", file=sys.stderr)
         return 2
+    stores = dict(zip(args.slides, store_paths_for(out, list(args.slides)), strict=True))
     mine = slides_for_rank(list(args.slides), rank, world)
     tag = f"[rank {rank}/{world}] " if world > 1 else ""
     try:
@@ -172,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
     failures = 0
     for slide_arg in mine:
         path = Path(slide_arg)
-        store = store_path_for(out, path)
+        store = stores[slide_arg]
         print(f"{tag}stain {path} -> {store}", flush=True)
         try:
             slide = open_slide(path)

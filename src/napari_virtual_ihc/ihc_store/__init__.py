@@ -16,7 +16,7 @@ from .errors import (
 )
 from .identity import same_source, source_identity
 from .layout import DONE_FILE, NORM_STATS_FILE
-from .naming import PROVENANCE_KEY, STORE_SUFFIX, run_json_path, slide_stem, store_path_for
+from .naming import PROVENANCE_KEY, STORE_SUFFIX, run_json_path, slide_stem, store_path_for, store_paths_for
 from .provenance import build_provenance, layer_provenance, model_name
 from .reader import (
     CachedStoreLevel,
@@ -58,4 +58,5 @@ __all__ = [
     "slide_stem",
     "source_identity",
     "store_path_for",
+    "store_paths_for",
 ]
