@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..ihc_store import PROVENANCE_KEY, store_path_for
+from ..ihc_store.output import default_output_dir
 from ..slides.base import ArraySlide, Slide
 
 # Length units napari layers may carry, in micrometres.
@@ -84,20 +85,11 @@ def slide_for_layer(layer: Any) -> Slide:
     return ArraySlide(levels, mpp=layer_mpp(layer), path=layer_source_path(layer), vendor="napari-layer")
 
 
-def default_output_dir(layer: Any) -> Path:
-    """Beside the slide file; for in-memory layers, the plugin's data folder."""
-    path = layer_source_path(layer)
-    if path is not None:
-        return path.parent
-    from platformdirs import user_data_dir
-
-    return Path(user_data_dir("napari-virtual-ihc", appauthor=False)) / "results"
-
-
 def store_for_layer(layer: Any, output_dir: str | Path | None) -> Path:
-    """Where the layer's virtual IHC lives: ``<output dir>/<slide stem>.ome.zarr``."""
+    """Where the layer's virtual IHC lives: ``<output dir>/<slide stem>.ome.zarr``; no output dir: beside
+    the slide, or the user's results folder for installed or read-only slides (``ihc_store.output``)."""
     path = layer_source_path(layer)
-    out = Path(output_dir) if output_dir else default_output_dir(layer)
+    out = Path(output_dir) if output_dir else default_output_dir(path)
     return store_path_for(out, path.name if path is not None else layer.name)
 
 

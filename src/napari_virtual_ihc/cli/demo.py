@@ -50,10 +50,12 @@ def headless(model_path: Path, out: Path) -> int:
     from PIL import Image
 
     from .._sample_data import CMU1_REGION
+    from ..ihc_store import StoreError
     from ..inference import EngineSettings, stain_slide
     from ..inference.errors import EngineError
-    from ..models import load_generator
+    from ..models import CheckpointError, load_generator
     from ..slides import open_slide
+    from ..slides.errors import SlideError
 
     t0 = time.perf_counter()
     store = out / f"{CMU1_REGION.stem}.ome.zarr"
@@ -70,7 +72,8 @@ def headless(model_path: Path, out: Path) -> int:
             ihc = stained.read_region((0, 0), 0, stained.dimensions)
         finally:
             stained.close()
-    except (EngineError, OSError, ValueError) as exc:
+    except (EngineError, StoreError, CheckpointError, SlideError, OSError, ValueError) as exc:
+        # e.g. a foreign folder at the store's path: kept, and said so (issue 29)
         print(f"virtual-ihc demo: {exc}", file=sys.stderr)
         return 1
     if ihc.shape != he.shape:  # the model ran at another µm/px: show both at the H&E's size
