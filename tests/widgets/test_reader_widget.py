@@ -14,6 +14,7 @@ from qtpy.QtWidgets import QAbstractButton, QGroupBox, QLabel, QLineEdit, QMenu,
 
 from napari_virtual_ihc._widgets.reader_widget import ReaderStudyWidget
 from napari_virtual_ihc.study import AnswerStore, BuildOptions, build_study, load_key
+from napari_virtual_ihc.study.errors import StudyError
 
 pytestmark = pytest.mark.gui
 
@@ -243,4 +244,47 @@ def test_issue20_6_answers_folder_can_be_chosen(make_napari_viewer, qtbot, small
     assert widget.open_bundle(bundle, reader_id="alice")
     assert widget.session.store.path == tmp_path / "mine" / "alice.sqlite"
     assert not widget.answers_row.isVisible()
+    widget.close_study()
+
+
+def test_issue29_5_disk_full_at_save_is_not_reported_saved_and_the_answer_stays(
+    make_napari_viewer, qtbot, small_study
+) -> None:
+    """The reader's real SQLite store cannot grow (SQLite's own page limit gives the SQLITE_FULL of a full
+    disk): Save says "Not saved" with the reason, stores nothing and keeps the answer in the form, Next
+    says why it cannot move; once there is room again the same Save stores the answer."""
+    bundle, _, _ = small_study
+    viewer = make_napari_viewer()
+    widget = ReaderStudyWidget(viewer)
+    assert widget.open_bundle(bundle, reader_id="alice")
+    s = widget.session
+    widget.set_score("1+")
+    widget.set_confidence(2)
+    assert widget.save_and_next()
+    assert widget.status_label.text() == f"Saved Case 1 of {2 * N_PAIRS}."
+    db = s.store._db
+    db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")  # "disk full"
+    comment = "membrane " * 800  # needs new pages
+    widget.set_score("3+")
+    widget.set_confidence(4)
+    widget.comment_edit.setText(comment)
+    assert not widget.save_and_next()
+    status = widget.status_label.text()
+    assert status.startswith(f"Not saved: Case 2 of {2 * N_PAIRS}") and "full" in status, status
+    assert "Saved" not in status
+    assert s.items[1].image not in s.store.current_answers()
+    assert widget.position_label.text() == f"Case 2 of {2 * N_PAIRS}"
+    assert (widget._score, widget._confidence, widget.comment_edit.text()) == ("3+", 4, comment)
+    for size in (200, 0):  # fill what is left of the last page: no event fits any more
+        with pytest.raises(StudyError):
+            for _ in range(1000):
+                s.store.append("filler", payload={"x": "y" * size})
+    widget.go_forward()
+    assert widget.status_label.text().startswith("Cannot move:") and "full" in widget.status_label.text()
+    db.execute("PRAGMA max_page_count = 1073741823")  # room again: the same Save goes through
+    assert widget.position_label.text() == f"Case 2 of {2 * N_PAIRS}"
+    assert widget.save_and_next()
+    assert widget.status_label.text() == f"Saved Case 2 of {2 * N_PAIRS}."
+    answer = s.store.current_answers()[s.items[1].image]
+    assert (answer.score, answer.confidence, answer.comment) == ("3+", 4, comment)
     widget.close_study()

@@ -376,19 +376,22 @@ class ReaderStudyWidget(QWidget):
         try:
             s.add_active_time(self.timer.take())
             s.answer(self._score, self._confidence, self.comment_edit.text())
-        except StudyError as exc:
-            self.status_label.setText(f"Not saved: {exc}")
+        except StudyError as exc:  # e.g. disk full: the answer stays in the form, to Save again
+            self.status_label.setText(f"Not saved: {s.label()} — {exc}. Your answer is still in the form.")
             return False
         if s.is_complete() and s.answered_count() == s.n and s.position + 1 >= s.n:
             self.status_label.setText(f"Session {s.session_number} complete: all {s.n} cases answered.")
         else:
             self.status_label.setText(f"Saved {s.label()}.")
-        if s.position + 1 < s.n:
-            s.next()
-        else:
-            nxt = s.next_unanswered()
-            if nxt is not None:
-                s.go_to(nxt)
+        try:
+            if s.position + 1 < s.n:
+                s.next()
+            else:
+                nxt = s.next_unanswered()
+                if nxt is not None:
+                    s.go_to(nxt)
+        except StudyError as exc:  # the answer is stored; only the log of opening the next case is not
+            self.status_label.setText(f"{self.status_label.text()} The next case was not logged: {exc}.")
         self._show_case()
         return True
 
@@ -406,8 +409,12 @@ class ReaderStudyWidget(QWidget):
         s = self.session
         if s is None or not 0 <= s.position + step < s.n:
             return
-        s.add_active_time(self.timer.take())
-        s.go_to(s.position + step)
+        try:
+            s.add_active_time(self.timer.take())
+            s.go_to(s.position + step)
+        except StudyError as exc:
+            self.status_label.setText(f"Cannot move: {exc}.")
+            return
         self._show_case()
 
     # --- keys and activity --------------------------------------------------------------------------
@@ -503,7 +510,10 @@ class ReaderStudyWidget(QWidget):
     def close_study(self) -> None:
         """Log the last active time, close the store and unlock the viewer."""
         if self.session is not None:
-            self.session.add_active_time(self.timer.take())
+            try:
+                self.session.add_active_time(self.timer.take())
+            except StudyError as exc:  # only the last seconds of reading time are lost; answers are kept
+                self.status_label.setText(f"Closed; the last reading time was not stored: {exc}.")
             self.session.close()
             self.session = None
         for layer in self._case_layers:  # blinded images do not outlive the study

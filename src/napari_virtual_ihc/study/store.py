@@ -7,6 +7,7 @@ event and the whole history is kept. The current answer to an image is its lates
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -166,8 +167,17 @@ class AnswerStore:
             )
             seq = int(cur.lastrowid or 0)
             cur.execute("COMMIT")
-        except BaseException:
-            cur.execute("ROLLBACK")
+        except BaseException as exc:
+            # SQLite rolls a transaction back by itself on some errors (disk full, I/O error): a second
+            # ROLLBACK would raise "no transaction is active" over the real cause
+            if self._db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):  # the error below says what went wrong
+                    self._db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(
+                    f"cannot write to the answer store {self.path} ({exc}); nothing of this step was stored. "
+                    "Free disk space (or fix the folder) and try again"
+                ) from exc
             raise
         return seq
 

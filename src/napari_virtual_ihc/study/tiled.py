@@ -157,10 +157,19 @@ def read_levels(path: Path) -> list[Any]:
         with tifffile.TiffFile(path) as tif:  # the level count from the file: tifffile's store may not list
             n_levels = len(tif.series[0].levels)
         store = tifffile.imread(path, aszarr=True)
+        if n_levels == 1:  # tifffile writes a one-level pyramid (cases <= 512 px) as an array, not a group
+            return [zarr.open_array(store, mode="r")]
         group = zarr.open_group(store, mode="r")
         return [group[str(k)] for k in range(n_levels)]
-    # IndexError: a TIFF without an image series
-    except (OSError, ValueError, KeyError, IndexError, tifffile.TiffFileError) as exc:
+    # IndexError: a TIFF without an image series; zarr's errors: a store that is neither array nor group
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        IndexError,
+        tifffile.TiffFileError,
+        zarr.errors.BaseZarrError,
+    ) as exc:
         raise BundleError(f"bundle image {path.name} is unreadable: {exc}") from exc
 
 
