@@ -217,9 +217,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from napari_virtual_ihc.models import CheckpointError
 
         from .evaluate import MissingWeightsError
+        from .knowledge_maps import KnowledgeCacheError
         from .run_state import ResumeError
 
-        if isinstance(exc, (CheckpointError, MissingWeightsError, ResumeError)):
+        if isinstance(exc, (CheckpointError, MissingWeightsError, ResumeError, KnowledgeCacheError)):
             print(f"virtual-ihc-train: error: {exc}", file=sys.stderr)
             return 2
         if isinstance(exc, OSError):  # a file that cannot be read or written: name it, no traceback

@@ -107,8 +107,27 @@ def diverged_message(what: str, step: int, epoch: int, last_good: Path | None) -
     )
     return (
         f"training diverged: {what} is not finite at step {step} (epoch {epoch}); stopped without saving "
-        f"the broken weights; {keep}. Lower optim.lr, use train.precision=fp32, or check the data"
+        f"the broken weights; {keep}. Lower the learning rate (`virtual-ihc-train resume RUN --set "
+        "optim.lr=X` applies X to the restored optimisers and schedulers), use train.precision=fp32, "
+        "or check the data"
     )
+
+
+def apply_lr(method: Method, lr: float) -> float | None:
+    """A resume's ``optim.lr``: re-base every restored scheduler and its optimiser's groups on ``lr``, at the
+    schedule's current factor, so the value in ``config.yaml`` is the one that trains; returns the learning
+    rate the checkpoint was trained with, or None when it is unchanged (the state is then left untouched)."""
+    before = None
+    for sched in method.schedulers().values():
+        groups = sched.optimizer.param_groups
+        for i, (base, factor, group) in enumerate(zip(sched.base_lrs, sched.lr_lambdas, groups, strict=True)):
+            if base == lr:
+                continue
+            before = base
+            sched.base_lrs[i] = lr
+            group["initial_lr"] = lr
+            group["lr"] = lr * factor(sched.last_epoch)
+    return before
 
 
 # ---------------------------------------------------------------- validation
@@ -176,6 +195,9 @@ def fit(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, Any]:
         method.load_state_dict(state)
         scaler.load_state_dict(state["scaler"])
         step, epoch, batches_done = state["step"], state["epoch"], state["batches_done"]
+        lr_before = apply_lr(method, oc.lr)
+        if lr_before is not None and dd.main:
+            print(f"optim.lr {lr_before:g} -> {oc.lr:g}: applied to the restored optimisers and schedulers")
     if dd.world > 1:
         method.wrap_ddp(lambda net: DDP(net, device_ids=[device.index] if device.type == "cuda" else None))
     if dd.main:  # validated: now the config may be written

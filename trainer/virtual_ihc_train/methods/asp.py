@@ -238,6 +238,12 @@ class Asp(Method):
     def lr(self) -> float:
         return float(self.opt_G.param_groups[0]["lr"])
 
+    def schedulers(self) -> dict[str, torch.optim.lr_scheduler.LambdaLR]:
+        found = {"sched_G": self.sched_G, "sched_D": self.sched_D}
+        if self.sched_F is not None:
+            found["sched_F"] = self.sched_F
+        return found
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "opt_G": self.opt_G.state_dict(),

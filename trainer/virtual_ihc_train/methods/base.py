@@ -152,6 +152,10 @@ class Method:
         """The generator's current learning rate, for the log."""
         return 0.0
 
+    def schedulers(self) -> dict[str, torch.optim.lr_scheduler.LambdaLR]:
+        """Every LR scheduler that exists now, by its checkpoint key (a resume re-bases them on ``optim.lr``)."""
+        return {}
+
     # ---- what a checkpoint holds besides ``nets``
     def state_dict(self) -> dict[str, Any]:
         return {}

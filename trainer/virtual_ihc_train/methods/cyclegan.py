@@ -351,6 +351,9 @@ class CycleGAN(Method):
     def lr(self) -> float:
         return float(self.opt_G.param_groups[0]["lr"])
 
+    def schedulers(self) -> dict[str, torch.optim.lr_scheduler.LambdaLR]:
+        return {"sched_G": self.sched_G, "sched_D": self.sched_D}
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "opt_G": self.opt_G.state_dict(),

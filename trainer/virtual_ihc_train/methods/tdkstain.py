@@ -254,6 +254,9 @@ class TDKstain(Method):
     def lr(self) -> float:
         return float(self.opt_G.param_groups[0]["lr"])
 
+    def schedulers(self) -> dict[str, torch.optim.lr_scheduler.LambdaLR]:
+        return {"sched_G": self.sched_G, "sched_D": self.sched_D, "sched_E": self.sched_E}
+
     def _stateful(self) -> dict[str, Any]:
         return {
             "opt_G": self.opt_G,
