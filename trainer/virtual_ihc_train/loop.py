@@ -123,7 +123,7 @@ def apply_lr(method: Method, lr: float) -> float | None:
         for i, (base, factor, group) in enumerate(zip(sched.base_lrs, sched.lr_lambdas, groups, strict=True)):
             if base == lr:
                 continue
-            before = base
+            before = float(base)
             sched.base_lrs[i] = lr
             group["initial_lr"] = lr
             group["lr"] = lr * factor(sched.last_epoch)
