@@ -63,8 +63,8 @@ def test_unusable_knowledge_cache_is_a_message_not_a_traceback(pairs_dir, tmp_pa
         assert ".tmp" not in err, err  # names the folder, not our temporary file
         assert not run.exists()
     # an entry path that is a folder
-    from virtual_ihc_train.knowledge_maps import KnowledgeCache, file_sha256, load_segmenters
-    from virtual_ihc_train.methods.tdkstain import knowledge_params
+    from virtual_ihc_train.methods.tdkstain.knowledge_maps import KnowledgeCache, file_sha256, load_segmenters
+    from virtual_ihc_train.methods.tdkstain.method import knowledge_params
 
     cache_dir = tmp_path / "cache"
     params = knowledge_params(cfg)

@@ -21,9 +21,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 
-from . import metrics
 from .config import Config, ConfigError
 from .data import Pair
+from .evaluation import metrics
 from .methods import Method, Step, method_class
 from .reporting import MetricLog, plot_learning_curve, save_grid, to_uint8
 from .run_state import latest_checkpoint, load_checkpoint, save_checkpoint

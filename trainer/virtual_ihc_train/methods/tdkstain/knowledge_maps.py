@@ -40,7 +40,7 @@ from tqdm import tqdm
 from napari_virtual_ihc.nuclei import NucleiSegmenter, make_segmenter
 from napari_virtual_ihc.stain import dab_only_rendering, skimage_hed
 
-from .data import Augment, DatasetError, ImagePairDataset, Pair, read_rgb, to_tensor
+from ...data import Augment, DatasetError, ImagePairDataset, Pair, read_rgb, to_tensor
 
 log = logging.getLogger(__name__)
 

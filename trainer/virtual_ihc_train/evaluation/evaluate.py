@@ -20,10 +20,10 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from . import knowledge, metrics, mist_metrics
-from .data import HER2_CLASSES, Pair, find_pairs, paired_folders, read_rgb, to_tensor
+from ..data import HER2_CLASSES, Pair, find_pairs, paired_folders, read_rgb, to_tensor
+from ..reporting import to_uint8
+from . import metrics, mist_metrics, tdkstain_errors
 from .inception import MissingWeightsError, load_inception
-from .reporting import to_uint8
 
 __all__ = ["MissingWeightsError", "add_arguments", "evaluate_cli", "evaluate_folders", "fid_from_features"]
 
@@ -93,7 +93,7 @@ class Backends:
     features: FeatureExtractor | None = None
     lpips: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     dists: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
-    nuclei_counter: knowledge.NucleiCounter | None = None
+    nuclei_counter: tdkstain_errors.NucleiCounter | None = None
     nuclei_method: str = ""
     asp_features: FeatureExtractor | None = None  # KID, ASP convention (mist_metrics)
     phv: torch.nn.Module | None = None  # ResNet-50 features for PHV (mist_metrics)
@@ -113,7 +113,7 @@ def load_backends(wanted: set[str], args: Any) -> Backends:
 
         b.dists = load_dists(getattr(args, "vgg16", None), getattr(args, "dists_weights", None))
     if "nuclei" in wanted:
-        b.nuclei_counter, b.nuclei_method = knowledge.default_nuclei_counter(
+        b.nuclei_counter, b.nuclei_method = tdkstain_errors.default_nuclei_counter(
             getattr(args, "nuclei_method", "auto"), getattr(args, "cellpose_model", None) or "nuclei"
         )
     if "kid_asp" in wanted:
@@ -150,9 +150,11 @@ def evaluate_items(
             if backends.dists is not None:
                 row["dists"] = float(backends.dists(*pair_t)[0])
         if "nuclei" in wanted and backends.nuclei_counter is not None:
-            row["nuclei_count_error"] = knowledge.nuclei_count_error(real, fake, backends.nuclei_counter)
+            row["nuclei_count_error"] = tdkstain_errors.nuclei_count_error(
+                real, fake, backends.nuclei_counter
+            )
         if "membrane" in wanted:
-            row["membrane_intensity_error"] = knowledge.membrane_intensity_error(real, fake)
+            row["membrane_intensity_error"] = tdkstain_errors.membrane_intensity_error(real, fake)
         if backends.phv is not None:
             row.update(mist_metrics.phv_columns(mist_metrics.phv_layers(backends.phv, *pair_t)))
         rows.append(row)

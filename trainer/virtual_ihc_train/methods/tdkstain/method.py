@@ -28,19 +28,19 @@ from torch import nn
 from napari_virtual_ihc.models import ModelSpec, build_generator
 from napari_virtual_ihc.models.resnet import ResnetGenerator
 
-from ..config import Config, ConfigError
-from ..data import Augment
-from ..discriminators import init_weights
-from ..knowledge_maps import KnowledgePairDataset, KnowledgeParams, prepare_knowledge
-from ..tdkstain_losses import discriminator_loss, estimator_loss, generator_loss
-from ..tdkstain_nets import (
+from ...config import Config, ConfigError
+from ...data import Augment
+from ...discriminators import init_weights
+from ..base import Method, Step, linear_decay_scheduler, make_adam, paired_datasets, set_requires_grad
+from .knowledge_maps import KnowledgePairDataset, KnowledgeParams, prepare_knowledge
+from .losses import discriminator_loss, estimator_loss, generator_loss
+from .nets import (
     MultiscalePatchDiscriminator,
     NucleiDensityEstimator,
     encoder_channels,
     encoder_features,
     encoder_layers,
 )
-from .base import Method, Step, linear_decay_scheduler, make_adam, paired_datasets, set_requires_grad
 
 NUCLEI_METHODS = ("auto", "cellpose", "classical")
 

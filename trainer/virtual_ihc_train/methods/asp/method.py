@@ -25,13 +25,10 @@ from napari_virtual_ihc.models import build_generator
 from napari_virtual_ihc.models.ammfi import AmmfiGenerator
 from napari_virtual_ihc.models.asp import AspResnetGenerator
 
-from ..asp_losses import GaussPyramidL1, asp_loss, lambda_linear_p, patch_nce_loss
-from ..asp_networks import AspDiscriminator, PatchSampleF, xavier_init
-from ..config import Config, ConfigError
-from ..data import Augment, Pair, find_pairs
-from ..losses import GANLoss
-from ..magnification import MultiMagnificationDataset
-from .base import (
+from ...config import Config, ConfigError
+from ...data import Augment, Pair, find_pairs
+from ...losses import GANLoss
+from ..base import (
     Method,
     Step,
     linear_decay_scheduler,
@@ -40,6 +37,9 @@ from .base import (
     set_requires_grad,
     validation_pairs,
 )
+from .losses import GaussPyramidL1, asp_loss, lambda_linear_p, patch_nce_loss
+from .magnification import MultiMagnificationDataset
+from .networks import AspDiscriminator, PatchSampleF, xavier_init
 
 ENCODER_ARCHS = ("asp_resnet", "ammfi_resnet")  # generators with ``encode(x, layers)``
 MIN_CROP = 64  # the Gaussian pyramid halves 5 times and reflect-pads by 2 at every level
