@@ -229,14 +229,13 @@ class Asp(Method):
         }
 
     def end_epoch(self, epoch: int) -> None:
-        self.sched_G.step()
-        self.sched_D.step()
-        if self.sched_F is not None:
-            self.sched_F.step()
         self.epoch = epoch + 1
 
-    def lr(self) -> float:
-        return float(self.opt_G.param_groups[0]["lr"])
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        found: dict[str, torch.optim.Optimizer] = {"opt_G": self.opt_G, "opt_D": self.opt_D}
+        if self.opt_F is not None:
+            found["opt_F"] = self.opt_F
+        return found
 
     def schedulers(self) -> dict[str, torch.optim.lr_scheduler.LambdaLR]:
         found = {"sched_G": self.sched_G, "sched_D": self.sched_D}
@@ -245,28 +244,15 @@ class Asp(Method):
         return found
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "opt_G": self.opt_G.state_dict(),
-            "opt_D": self.opt_D.state_dict(),
-            "opt_F": self.opt_F.state_dict() if self.opt_F is not None else None,
-            "sched_G": self.sched_G.state_dict(),
-            "sched_D": self.sched_D.state_dict(),
-            "sched_F": self.sched_F.state_dict() if self.sched_F is not None else None,
-            "asp_epoch": self.epoch,
-            "patch_rng": self.patch_rng.get_state(),
-        }
+        return {"asp_epoch": self.epoch, "patch_rng": self.patch_rng.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.opt_G.load_state_dict(state["opt_G"])
-        self.opt_D.load_state_dict(state["opt_D"])
-        self.sched_G.load_state_dict(state["sched_G"])
-        self.sched_D.load_state_dict(state["sched_D"])
-        if state["opt_F"] is not None:  # made as in the run (optimiser, then scheduler), then restored
+        if (
+            state.get("opt_F") is not None
+        ):  # F's optimiser existed: make it as in the run; the loop restores it
             oc = self.cfg.optim
             self.opt_F = make_adam(self.nets["F"], oc.lr, (oc.beta1, oc.beta2))
             self.sched_F = linear_decay_scheduler(self.opt_F, self.cfg)
-            self.opt_F.load_state_dict(state["opt_F"])
-            self.sched_F.load_state_dict(state["sched_F"])
         self.epoch = int(state["asp_epoch"])
         self.patch_rng.set_state(state["patch_rng"])
 

@@ -247,30 +247,14 @@ class TDKstain(Method):
             "loss_G_nuclei": g_terms["G_nuclei"],
         }
 
-    def end_epoch(self, epoch: int) -> None:
-        for sched in (self.sched_G, self.sched_D, self.sched_E):
-            sched.step()
-
-    def lr(self) -> float:
-        return float(self.opt_G.param_groups[0]["lr"])
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"opt_G": self.opt_G, "opt_D": self.opt_D, "opt_E": self.opt_E}
 
     def schedulers(self) -> dict[str, torch.optim.lr_scheduler.LambdaLR]:
         return {"sched_G": self.sched_G, "sched_D": self.sched_D, "sched_E": self.sched_E}
 
-    def _stateful(self) -> dict[str, Any]:
-        return {
-            "opt_G": self.opt_G,
-            "opt_D": self.opt_D,
-            "opt_E": self.opt_E,
-            "sched_G": self.sched_G,
-            "sched_D": self.sched_D,
-            "sched_E": self.sched_E,
-        }
-
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {k: v.state_dict() for k, v in self._stateful().items()}
-        state["tdkstain_knowledge"] = self.knowledge
-        return state
+        return {"tdkstain_knowledge": self.knowledge}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         before = state.get("tdkstain_knowledge")
@@ -280,8 +264,6 @@ class TDKstain(Method):
                 f"({before}); now: {self.knowledge}. Resume with the run's own tdkstain.* values, or pass "
                 "--set tdkstain.allow_knowledge_change=true to continue on the recomputed maps"
             )
-        for key, obj in self._stateful().items():
-            obj.load_state_dict(state[key])
 
     def generator_spec(self) -> ModelSpec:
         spec = super().generator_spec()
