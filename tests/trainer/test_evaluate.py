@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from virtual_ihc_train.cli import main
-from virtual_ihc_train.evaluation.evaluate import fid_from_features, kid_from_features
+from virtual_ihc_train.evaluation.distribution import fid_from_features, kid_from_features
 from virtual_ihc_train.evaluation.inception import PYTORCH_FID_FILE, InceptionPool3, load_inception
 from virtual_ihc_train.loop import fit
 
