@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from virtual_ihc_train.asp_losses import (
+from virtual_ihc_train.methods.asp.losses import (
     GaussPyramidL1,
     asp_loss,
     asp_weights,
@@ -17,8 +17,8 @@ from virtual_ihc_train.asp_losses import (
     patch_nce_logits,
     patch_nce_loss,
 )
-from virtual_ihc_train.asp_networks import AspDiscriminator, PatchSampleF, l2_normalize
-from virtual_ihc_train.magnification import VIEWS, make_view, view_box
+from virtual_ihc_train.methods.asp.magnification import VIEWS, make_view, view_box
+from virtual_ihc_train.methods.asp.networks import AspDiscriminator, PatchSampleF, l2_normalize
 
 from napari_virtual_ihc.models import build_generator
 from napari_virtual_ihc.models.ammfi import AMMFI

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from virtual_ihc_train.cli import main
-from virtual_ihc_train.evaluate import fid_from_features, kid_from_features
-from virtual_ihc_train.inception import PYTORCH_FID_FILE, InceptionPool3, load_inception
+from virtual_ihc_train.evaluation.distribution import fid_from_features, kid_from_features
+from virtual_ihc_train.evaluation.inception import PYTORCH_FID_FILE, InceptionPool3, load_inception
 from virtual_ihc_train.loop import fit
 
 from napari_virtual_ihc.models import load_generator
@@ -118,7 +118,14 @@ def test_fid_and_kid_match_direct_formulas():
 
 
 def test_lpips_and_dists_load_local_files(tmp_path):
-    from virtual_ihc_train.perceptual import DISTS_FILE, LPIPS, LPIPS_FILE, VGG_FILE, load_dists, load_lpips
+    from virtual_ihc_train.evaluation.perceptual import (
+        DISTS_FILE,
+        LPIPS,
+        LPIPS_FILE,
+        VGG_FILE,
+        load_dists,
+        load_lpips,
+    )
 
     torch.manual_seed(0)
     feats = LPIPS().features

@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 from sklearn.metrics.pairwise import polynomial_kernel
-from virtual_ihc_train.evaluate import Backends, EvalItem, evaluate_items
-from virtual_ihc_train.inception import MissingWeightsError
-from virtual_ihc_train.mist_metrics import (
+from virtual_ihc_train.evaluation.evaluate import Backends, EvalItem, evaluate_items
+from virtual_ihc_train.evaluation.inception import MissingWeightsError
+from virtual_ihc_train.evaluation.mist_metrics import (
     ResNet50Features,
     _phv_input,
     kid_asp_from_features,

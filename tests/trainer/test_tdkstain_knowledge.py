@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from virtual_ihc_train import knowledge
-from virtual_ihc_train.knowledge_maps import (
+from virtual_ihc_train.evaluation import tdkstain_errors
+from virtual_ihc_train.methods.tdkstain.knowledge_maps import (
     KnowledgeCacheError,
     KnowledgeParams,
     centroids,
@@ -223,7 +223,7 @@ def test_missing_cellpose_weights_fall_back_with_a_label(tmp_path):
 def test_metric_dab_saturation_uses_one_convention():
     """The old code fed log10 ODs (6x scikit-image's scale) to hed2rgb: (240, 235, 235) read 0.23."""
     px = np.array([[[240, 235, 235], [150, 100, 60]]], np.uint8)
-    s = knowledge.dab_saturation(px)
+    s = tdkstain_errors.dab_saturation(px)
     np.testing.assert_allclose(s, direct_saturation(direct_dab_rendering(px)), rtol=1e-6)
     assert s[0, 0] < 0.05
 
@@ -234,20 +234,20 @@ def test_metric_nuclei_counter_is_the_cores_segmenter(tmp_path, data_dir):
     from napari_virtual_ihc.stain import deconvolve
 
     rgb = np.asarray(Image.open(data_dir / "Izd2-29-041-w35_proSPC.jpg").convert("RGB"))[:200, :200]
-    count, label = knowledge.default_nuclei_counter("classical")
+    count, label = tdkstain_errors.default_nuclei_counter("classical")
     assert label == "classical"
     labels = make_segmenter("classical")(
-        deconvolve(rgb)["hematoxylin"], knowledge.CELLPOSE_DEFAULT_DIAMETER_PX
+        deconvolve(rgb)["hematoxylin"], tdkstain_errors.CELLPOSE_DEFAULT_DIAMETER_PX
     )
     assert count(rgb) == len(np.unique(labels)) - 1 > 0
-    _, auto_label = knowledge.default_nuclei_counter("auto", tmp_path / "absent-model")
+    _, auto_label = tdkstain_errors.default_nuclei_counter("auto", tmp_path / "absent-model")
     assert auto_label.startswith("classical (fallback:")
 
 
 def test_flips_apply_to_he_ihc_and_every_map_alike(tmp_path, ihc_crops):
     import torch
     from virtual_ihc_train.data import Augment, Pair, to_tensor
-    from virtual_ihc_train.knowledge_maps import KnowledgePairDataset, load_entry
+    from virtual_ihc_train.methods.tdkstain.knowledge_maps import KnowledgePairDataset, load_entry
 
     targets = _write_targets(tmp_path / "ihc", ihc_crops[:1])
     sources = _write_targets(tmp_path / "he", [np.ascontiguousarray(ihc_crops[1][:, ::-1])])

@@ -17,9 +17,9 @@ from virtual_ihc_train.cli import main
 from virtual_ihc_train.config import ConfigError, set_value
 from virtual_ihc_train.loop import fit
 from virtual_ihc_train.methods import Step, method_class
+from virtual_ihc_train.methods.tdkstain.nets import encoder_features
 from virtual_ihc_train.presets import preset_config
 from virtual_ihc_train.run_state import latest_checkpoint
-from virtual_ihc_train.tdkstain_nets import encoder_features
 
 SECTIONS = (  # serial sections (not pixel-aligned; enough to exercise the training mechanics)
     ("Rat-Kidney_HE.jpg", "Rat-Kidney_PanCytokeratin.jpg"),

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from virtual_ihc_train.tdkstain_losses import discriminator_loss, estimator_loss, generator_loss
-from virtual_ihc_train.tdkstain_nets import (
+from virtual_ihc_train.methods.tdkstain.losses import discriminator_loss, estimator_loss, generator_loss
+from virtual_ihc_train.methods.tdkstain.nets import (
     MultiscalePatchDiscriminator,
     NucleiDensityEstimator,
     encoder_channels,

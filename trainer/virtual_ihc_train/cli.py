@@ -67,7 +67,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_cli
+    from .evaluation.evaluate import evaluate_cli
 
     return evaluate_cli(args)
 
@@ -158,7 +158,7 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "evaluate", help="PSNR/SSIM (overall, per HER2 class), FID/KID, LPIPS/DISTS, TDKstain errors"
     )
-    from .evaluate import add_arguments
+    from .evaluation.evaluate import add_arguments
 
     add_arguments(p)
     p.set_defaults(func=cmd_evaluate)
@@ -216,10 +216,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         from napari_virtual_ihc.models import CheckpointError
 
-        from .evaluate import MissingWeightsError
+        from .evaluation.evaluate import MissingWeightsError
+        from .methods.tdkstain.knowledge_maps import KnowledgeCacheError
         from .run_state import ResumeError
 
-        if isinstance(exc, (CheckpointError, MissingWeightsError, ResumeError)):
+        if isinstance(exc, (CheckpointError, MissingWeightsError, ResumeError, KnowledgeCacheError)):
             print(f"virtual-ihc-train: error: {exc}", file=sys.stderr)
             return 2
         if isinstance(exc, OSError):  # a file that cannot be read or written: name it, no traceback

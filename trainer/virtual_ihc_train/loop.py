@@ -21,11 +21,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 
-from . import metrics
 from .config import Config, ConfigError
 from .data import Pair
+from .evaluation import metrics
 from .methods import Method, Step, method_class
-from .reporting import MetricLog, plot_learning_curve, save_grid, to_uint8
+from .reporting import LearningCurve, MetricLog, save_grid, to_uint8
 from .run_state import latest_checkpoint, load_checkpoint, save_checkpoint
 
 
@@ -107,8 +107,27 @@ def diverged_message(what: str, step: int, epoch: int, last_good: Path | None) -
     )
     return (
         f"training diverged: {what} is not finite at step {step} (epoch {epoch}); stopped without saving "
-        f"the broken weights; {keep}. Lower optim.lr, use train.precision=fp32, or check the data"
+        f"the broken weights; {keep}. Lower the learning rate (`virtual-ihc-train resume RUN --set "
+        "optim.lr=X` applies X to the restored optimisers and schedulers), use train.precision=fp32, "
+        "or check the data"
     )
+
+
+def apply_lr(method: Method, lr: float) -> float | None:
+    """A resume's ``optim.lr``: re-base every restored scheduler and its optimiser's groups on ``lr``, at the
+    schedule's current factor, so the value in ``config.yaml`` is the one that trains; returns the learning
+    rate the checkpoint was trained with, or None when it is unchanged (the state is then left untouched)."""
+    before = None
+    for sched in method.schedulers().values():
+        groups = sched.optimizer.param_groups
+        for i, (base, factor, group) in enumerate(zip(sched.base_lrs, sched.lr_lambdas, groups, strict=True)):
+            if base == lr:
+                continue
+            before = float(base)
+            sched.base_lrs[i] = lr
+            group["initial_lr"] = lr
+            group["lr"] = lr * factor(sched.last_epoch)
+    return before
 
 
 # ---------------------------------------------------------------- validation
@@ -173,9 +192,14 @@ def fit(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     if resume:
         last_good = latest_checkpoint(run_dir)
         state = load_checkpoint(last_good, method.nets, dd.rank)
-        method.load_state_dict(state)
+        method.load_state_dict(state)  # first: a method may make a late optimiser here
+        for key, stateful in (method.optimizers() | method.schedulers()).items():
+            stateful.load_state_dict(state[key])
         scaler.load_state_dict(state["scaler"])
         step, epoch, batches_done = state["step"], state["epoch"], state["batches_done"]
+        lr_before = apply_lr(method, oc.lr)
+        if lr_before is not None and dd.main:
+            print(f"optim.lr {lr_before:g} -> {oc.lr:g}: applied to the restored optimisers and schedulers")
     if dd.world > 1:
         method.wrap_ddp(lambda net: DDP(net, device_ids=[device.index] if device.type == "cuda" else None))
     if dd.main:  # validated: now the config may be written
@@ -208,6 +232,7 @@ def fit(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, Any]:
         if weights and not all_finite(weights, 1):  # every rank holds the same weights
             raise TrainingDivergedError(diverged_message("a weight", step, epoch, last_good))
         state = {"step": step, "epoch": epoch, "batches_done": batches_done, "scaler": scaler.state_dict()}
+        state.update({k: v.state_dict() for k, v in (method.optimizers() | method.schedulers()).items()})
         state.update(method.state_dict())
         last_good = save_checkpoint(
             run_dir, step, method.nets, specs, state, dd.rank, dd.world, tc.keep_checkpoints, barrier
@@ -218,8 +243,9 @@ def fit(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, Any]:
             val_log.write({"step": step, "epoch": epoch, **validate(method, val_pairs, device, tc.val_crop)})
 
     t0, cpu0, samples_seen = time.perf_counter(), time.process_time(), 0
-    _last_plot[0] = t0  # first learning-curve plot after a minute of training
-    while epoch < total_epochs and step < total_steps:
+    curve = LearningCurve(run_dir, bool(val_pairs), last_drawn=t0)  # first plot after a minute of training
+    stopped = False  # max_steps reached (mid-epoch or at its last batch): the epoch is not closed
+    while not stopped and epoch < total_epochs and step < total_steps:
         sampler.set_epoch(epoch)
         dataset.set_epoch(epoch)  # type: ignore[attr-defined]
         indices = list(sampler)[batches_done * tc.batch_size :]
@@ -266,18 +292,19 @@ def fit(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, Any]:
             if tc.checkpoint_every and step % tc.checkpoint_every == 0:
                 checkpoint()
             if step >= total_steps:
+                stopped = True
                 break
-        else:  # the epoch ran to its end: decay the lr, write grid + checkpoint
+        if not stopped:  # the epoch ran to its end: decay the lr, write grid + checkpoint
             epoch, batches_done = epoch + 1, 0
+            for sched in method.schedulers().values():
+                sched.step()
             method.end_epoch(epoch)
             if dd.main:
-                end_of_epoch_report(cfg, run_dir, method, dataset, val_pairs, device, epoch)
+                end_of_epoch_report(cfg, run_dir, method, dataset, device, epoch, curve)
             if not tc.val_every:
                 run_validation()
             if tc.checkpoint_each_epoch:
                 checkpoint()
-            continue
-        break
 
     if not (tc.checkpoint_every and step % tc.checkpoint_every == 0) and (
         batches_done or not tc.checkpoint_each_epoch
@@ -290,17 +317,10 @@ def fit(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, Any]:
         index_log.close()
     if log is not None:
         log.close()
-        plot_learning_curve(
-            run_dir / "metrics.csv",
-            run_dir / "learning_curve.png",
-            run_dir / "val.csv" if val_pairs else None,
-        )
+        curve.draw()
     if dd.world > 1:
         dist.barrier()
     return {"step": step, "epoch": epoch, "run_dir": str(run_dir)}
-
-
-_last_plot = [0.0]
 
 
 def end_of_epoch_report(
@@ -308,9 +328,9 @@ def end_of_epoch_report(
     run_dir: Path,
     method: Method,
     dataset: Dataset,
-    val_pairs: list[Pair],
     device: torch.device,
     epoch: int,
+    curve: LearningCurve,
 ) -> None:
     """Image grid (H&E | generated | target) from the first training samples; the learning curve at most
     once a minute (drawing it costs more than a tiny epoch)."""
@@ -324,9 +344,5 @@ def end_of_epoch_report(
         fake = method.translate(a, [str(it.get("label", "")) for it in items])
         netG.train()
         save_grid(run_dir / "grids" / f"epoch_{epoch:04d}.png", a, fake, b)
-    if time.perf_counter() - _last_plot[0] < 60:
-        return
-    _last_plot[0] = time.perf_counter()
-    plot_learning_curve(
-        run_dir / "metrics.csv", run_dir / "learning_curve.png", run_dir / "val.csv" if val_pairs else None
-    )
+    if time.perf_counter() - curve.last_drawn >= 60:
+        curve.draw()

@@ -46,7 +46,13 @@ def resplit_mist(
     """Write the grouped split; returns the report also written to ``OUT/split.json``."""
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be between 0 and 1, not {val_fraction}")
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise DatasetError(f"--slide-pattern {pattern!r} is not a valid regular expression: {exc}") from exc
     out = Path(out)
+    if out.resolve().is_relative_to(Path(root).resolve()):
+        raise DatasetError(f"--out {out} is inside the MIST folder {root}; choose a folder outside it")
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out} is not empty; choose a new folder for the re-split")
     shipped = {"train": mist_pairs(Path(root), "train"), "val": mist_pairs(Path(root), "val")}

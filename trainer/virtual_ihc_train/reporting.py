@@ -4,6 +4,8 @@ learning-curve plot drawn from the CSV."""
 from __future__ import annotations
 
 import csv
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +133,18 @@ def plot_learning_curve(csv_path: Path, out: Path, val_csv: Path | None = None) 
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
+
+
+@dataclass
+class LearningCurve:
+    """``RUN_DIR/learning_curve.png`` from the run's CSVs, and when it was last drawn (drawing it costs more
+    than a tiny epoch, so the loop redraws it at most once a minute and once at the end)."""
+
+    run_dir: Path
+    with_validation: bool
+    last_drawn: float = 0.0
+
+    def draw(self) -> None:
+        self.last_drawn = time.perf_counter()
+        val = self.run_dir / "val.csv" if self.with_validation else None
+        plot_learning_curve(self.run_dir / "metrics.csv", self.run_dir / "learning_curve.png", val)

@@ -145,19 +145,32 @@ class Method:
         """Forward and all updates of one micro-batch; returns named scalar losses (tensors)."""
         raise NotImplementedError
 
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Every optimiser that exists now, by its checkpoint key, the generator's first; the loop saves and
+        restores them (a method whose optimiser is made late makes it in ``load_state_dict``)."""
+        return {}
+
+    def schedulers(self) -> dict[str, torch.optim.lr_scheduler.LambdaLR]:
+        """Every LR scheduler that exists now, by its checkpoint key; the loop steps them at the end of each
+        epoch, saves and restores them, and re-bases them on a resume's ``optim.lr``."""
+        return {}
+
     def end_epoch(self, epoch: int) -> None:
-        """Step the LR schedulers (and any epoch-based schedule); ``epoch`` is the number just finished."""
+        """Any epoch-based schedule besides the LR schedulers; ``epoch`` is the number just finished."""
 
     def lr(self) -> float:
         """The generator's current learning rate, for the log."""
+        for opt in self.optimizers().values():
+            return float(opt.param_groups[0]["lr"])
         return 0.0
 
-    # ---- what a checkpoint holds besides ``nets``
+    # ---- what a checkpoint holds besides ``nets``, the optimisers and the schedulers
     def state_dict(self) -> dict[str, Any]:
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """``state`` is the whole checkpoint state (the loop's keys too); take your own keys from it."""
+        """``state`` is the whole checkpoint state (the loop's keys too); take your own keys from it. Runs
+        before the loop restores ``optimizers()`` and ``schedulers()``."""
 
     # ---- the generator people use
     def generator_spec(self) -> ModelSpec:

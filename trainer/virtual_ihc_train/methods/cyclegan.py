@@ -344,31 +344,16 @@ class CycleGAN(Method):
         """junyanz ``backward_D_basic``: (GAN(D(real), 1) + GAN(D(fake.detach()), 0)) / 2."""
         return (self.gan_loss(net(real), True) + self.gan_loss(net(fake.detach()), False)) * 0.5
 
-    def end_epoch(self, epoch: int) -> None:
-        self.sched_G.step()
-        self.sched_D.step()
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"opt_G": self.opt_G, "opt_D": self.opt_D}
 
-    def lr(self) -> float:
-        return float(self.opt_G.param_groups[0]["lr"])
+    def schedulers(self) -> dict[str, torch.optim.lr_scheduler.LambdaLR]:
+        return {"sched_G": self.sched_G, "sched_D": self.sched_D}
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "opt_G": self.opt_G.state_dict(),
-            "opt_D": self.opt_D.state_dict(),
-            "sched_G": self.sched_G.state_dict(),
-            "sched_D": self.sched_D.state_dict(),
-            "pool_A": self.pool_A.state_dict(),
-            "pool_B": self.pool_B.state_dict(),
-        }
+        return {"pool_A": self.pool_A.state_dict(), "pool_B": self.pool_B.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for obj, key in (
-            (self.opt_G, "opt_G"),
-            (self.opt_D, "opt_D"),
-            (self.sched_G, "sched_G"),
-            (self.sched_D, "sched_D"),
-        ):
-            obj.load_state_dict(state[key])
         self.pool_A.load_state_dict(state["pool_A"], self.device)
         self.pool_B.load_state_dict(state["pool_B"], self.device)
 

@@ -119,26 +119,8 @@ class Pix2Pix(Method):
             **extra,
         }
 
-    def end_epoch(self, epoch: int) -> None:
-        self.sched_G.step()
-        self.sched_D.step()
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"opt_G": self.opt_G, "opt_D": self.opt_D}
 
-    def lr(self) -> float:
-        return float(self.opt_G.param_groups[0]["lr"])
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "opt_G": self.opt_G.state_dict(),
-            "opt_D": self.opt_D.state_dict(),
-            "sched_G": self.sched_G.state_dict(),
-            "sched_D": self.sched_D.state_dict(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for obj, key in (
-            (self.opt_G, "opt_G"),
-            (self.opt_D, "opt_D"),
-            (self.sched_G, "sched_G"),
-            (self.sched_D, "sched_D"),
-        ):
-            obj.load_state_dict(state[key])
+    def schedulers(self) -> dict[str, torch.optim.lr_scheduler.LambdaLR]:
+        return {"sched_G": self.sched_G, "sched_D": self.sched_D}

@@ -20,52 +20,17 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from . import knowledge, metrics, mist_metrics
-from .data import HER2_CLASSES, Pair, find_pairs, paired_folders, read_rgb, to_tensor
+from ..data import HER2_CLASSES, Pair, find_pairs, paired_folders, read_rgb, to_tensor
+from ..reporting import to_uint8
+from . import metrics, mist_metrics, tdkstain_errors
+from .distribution import fid_from_features, kid_from_features
 from .inception import MissingWeightsError, load_inception
-from .reporting import to_uint8
 
-__all__ = ["MissingWeightsError", "add_arguments", "evaluate_cli", "evaluate_folders", "fid_from_features"]
+__all__ = ["MissingWeightsError", "add_arguments", "evaluate_cli", "evaluate_folders"]
 
 ALL_METRICS = ("psnr", "ssim", "fid", "kid", "lpips", "dists", "nuclei", "membrane", "kid_asp", "phv")
 DEFAULT_METRICS = "psnr,ssim,fid,kid,nuclei,membrane"
 FeatureExtractor = Callable[[torch.Tensor], torch.Tensor]  # (N, H, W, 3) uint8 -> (N, D)
-
-
-# ---------------------------------------------------------------- distribution metrics
-def fid_from_features(real: np.ndarray, fake: np.ndarray) -> float:
-    """Fréchet distance between Gaussians fitted to the two feature sets (pytorch-fid's formula)."""
-    from scipy import linalg
-
-    mu1, mu2 = real.mean(0), fake.mean(0)
-    s1, s2 = np.atleast_2d(np.cov(real, rowvar=False)), np.atleast_2d(np.cov(fake, rowvar=False))
-    covmean, _ = linalg.sqrtm(s1.dot(s2), disp=False)
-    if not np.isfinite(covmean).all():
-        offset = np.eye(s1.shape[0]) * 1e-6
-        covmean = linalg.sqrtm((s1 + offset).dot(s2 + offset))
-    covmean = np.real(covmean)
-    diff = mu1 - mu2
-    return float(diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
-
-
-def kid_from_features(
-    real: np.ndarray, fake: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0
-) -> tuple[float, float]:
-    """Kernel Inception Distance: unbiased MMD^2 with the cubic polynomial kernel, mean and std over subsets
-    (torch-fidelity's defaults)."""
-    rng = np.random.default_rng(seed)
-    m = min(subset_size, len(real), len(fake))
-    if m < 2:
-        return float("nan"), float("nan")
-    d = real.shape[1]
-    vals = []
-    for _ in range(subsets):
-        x = real[rng.choice(len(real), m, replace=False)]
-        y = fake[rng.choice(len(fake), m, replace=False)]
-        kxx, kyy, kxy = ((x @ x.T) / d + 1) ** 3, ((y @ y.T) / d + 1) ** 3, ((x @ y.T) / d + 1) ** 3
-        mmd = ((kxx.sum() - np.trace(kxx)) + (kyy.sum() - np.trace(kyy))) / (m * (m - 1)) - 2 * kxy.mean()
-        vals.append(mmd)
-    return float(np.mean(vals)), float(np.std(vals))
 
 
 @torch.no_grad()
@@ -93,7 +58,7 @@ class Backends:
     features: FeatureExtractor | None = None
     lpips: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     dists: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
-    nuclei_counter: knowledge.NucleiCounter | None = None
+    nuclei_counter: tdkstain_errors.NucleiCounter | None = None
     nuclei_method: str = ""
     asp_features: FeatureExtractor | None = None  # KID, ASP convention (mist_metrics)
     phv: torch.nn.Module | None = None  # ResNet-50 features for PHV (mist_metrics)
@@ -113,7 +78,7 @@ def load_backends(wanted: set[str], args: Any) -> Backends:
 
         b.dists = load_dists(getattr(args, "vgg16", None), getattr(args, "dists_weights", None))
     if "nuclei" in wanted:
-        b.nuclei_counter, b.nuclei_method = knowledge.default_nuclei_counter(
+        b.nuclei_counter, b.nuclei_method = tdkstain_errors.default_nuclei_counter(
             getattr(args, "nuclei_method", "auto"), getattr(args, "cellpose_model", None) or "nuclei"
         )
     if "kid_asp" in wanted:
@@ -150,9 +115,11 @@ def evaluate_items(
             if backends.dists is not None:
                 row["dists"] = float(backends.dists(*pair_t)[0])
         if "nuclei" in wanted and backends.nuclei_counter is not None:
-            row["nuclei_count_error"] = knowledge.nuclei_count_error(real, fake, backends.nuclei_counter)
+            row["nuclei_count_error"] = tdkstain_errors.nuclei_count_error(
+                real, fake, backends.nuclei_counter
+            )
         if "membrane" in wanted:
-            row["membrane_intensity_error"] = knowledge.membrane_intensity_error(real, fake)
+            row["membrane_intensity_error"] = tdkstain_errors.membrane_intensity_error(real, fake)
         if backends.phv is not None:
             row.update(mist_metrics.phv_columns(mist_metrics.phv_layers(backends.phv, *pair_t)))
         rows.append(row)

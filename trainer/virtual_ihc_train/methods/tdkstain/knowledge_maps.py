@@ -40,7 +40,7 @@ from tqdm import tqdm
 from napari_virtual_ihc.nuclei import NucleiSegmenter, make_segmenter
 from napari_virtual_ihc.stain import dab_only_rendering, skimage_hed
 
-from .data import Augment, DatasetError, ImagePairDataset, Pair, read_rgb, to_tensor
+from ...data import Augment, DatasetError, ImagePairDataset, Pair, read_rgb, to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +257,7 @@ class KnowledgeCache:
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise KnowledgeCacheError(
-                f"cannot write the knowledge cache in {self.folder} ({exc}); "
+                f"cannot write the knowledge cache in {self.folder} ({exc.strerror or exc}); "
                 "name a writable folder with --set tdkstain.cache_dir=DIR"
             ) from exc
 
@@ -292,6 +292,11 @@ def prepare_knowledge(
     for path in tqdm(targets, desc="knowledge maps", unit="img", disable=not progress):
         sha = file_sha256(path)
         entry = cache.entry_path(sha)
+        if entry.exists() and not entry.is_file():
+            raise KnowledgeCacheError(
+                f"{entry} is a folder, not a knowledge cache entry (of {path.name}); remove it or name "
+                "another folder with --set tdkstain.cache_dir=DIR"
+            )
         if entry.is_file() and cache.read(entry, sha) is not None:
             cache.loaded += 1
         else:

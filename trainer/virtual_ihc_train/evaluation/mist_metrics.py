@@ -4,8 +4,8 @@
 - **KID, ASP convention** (:func:`kid_asp_from_features`): torchvision's Inception-v3 weights (``pretrained=True``,
   not pytorch-fid's FID graph), images /255, bilinear 299x299, scaled to [-1, 1], the 2048-d pool; unbiased
   MMD^2 with the kernel ``(x.y / d + 1)^3``, averaged over 100 subsets of ``min(n, 100)`` images, and reported
-  x 1000 (ASP Table 1 "KID 12.4" is 0.0124). The project's other KID (``evaluate.kid_from_features``) is
-  torch-fidelity's: subsets of 1000, not scaled.
+  x 1000 (ASP Table 1 "KID 12.4" is 0.0124). The project's other KID is torch-fidelity's: subsets of 1000,
+  not scaled; both are ``distribution.kid_from_features``.
 - **PHV** (:func:`phv_layers`): perceptual hash value on torchvision's ResNet-50 (``layer1..layer4``): per channel
   the spatial mean of the feature map, the fraction of channels where generated and real differ by more than
   0.01. As ASP's ``evaluate.py`` feeds ``to_tensor`` images (0..1) into a normalisation written for -1..1
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .distribution import kid_from_features
 from .inception import TORCHVISION_FILE, InceptionPool3, MissingWeightsError, find_weights
 
 RESNET50_FILES = ["resnet50-0676ba61.pth", "resnet50-19c8e357.pth"]  # torchvision IMAGENET1K_V1
@@ -38,21 +39,8 @@ def kid_asp_from_features(
 
     ASP draws with ``np.random.choice`` unseeded; here the draws are seeded for repeatable figures.
     """
-    rng = np.random.default_rng(seed)
-    m = min(subset_size, len(real), len(fake))
-    if m < 2:
-        return float("nan"), float("nan")
-    d = real.shape[1]
-    vals = []
-    for _ in range(subsets):
-        x = real[rng.choice(len(real), m, replace=False)]
-        y = fake[rng.choice(len(fake), m, replace=False)]
-        kxx, kyy, kxy = ((x @ x.T) / d + 1) ** 3, ((y @ y.T) / d + 1) ** 3, ((x @ y.T) / d + 1) ** 3
-        mmd2 = ((kxx.sum() - np.trace(kxx)) + (kyy.sum() - np.trace(kyy))) / (m * (m - 1)) - 2 * kxy.sum() / (
-            m * m
-        )
-        vals.append(mmd2)
-    return float(np.mean(vals) * 1000), float(np.std(vals) * 1000)
+    mean, std = kid_from_features(real, fake, subsets, subset_size, seed)
+    return mean * 1000, std * 1000
 
 
 def load_asp_inception(path: str | Path | None = None, device: str | torch.device = "cpu") -> InceptionPool3:

@@ -69,7 +69,7 @@ class AspDiscriminator(nn.Module):
 
     def __init__(self, input_nc: int = 3, ndf: int = 32, n_layers: int = 5, norm: str = "instance") -> None:
         super().__init__()
-        from .discriminators import norm_layer
+        from ...discriminators import norm_layer
 
         sn = nn.utils.spectral_norm
         use_bias = norm == "instance"

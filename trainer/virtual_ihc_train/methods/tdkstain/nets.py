@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from napari_virtual_ihc.models.norms import conv_bias_for, norm_factory
 from napari_virtual_ihc.models.resnet import ResnetBlock, ResnetGenerator
 
-from .discriminators import NLayerDiscriminator
+from ...discriminators import NLayerDiscriminator
 
 
 def encoder_layers(n_downsampling: int) -> list[int]:

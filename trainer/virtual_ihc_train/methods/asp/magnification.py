@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .data import Augment, DatasetError, Pair, read_rgb, to_tensor
+from ...data import Augment, DatasetError, Pair, read_rgb, to_tensor
 
 VIEWS = ("native", "down2", "zoom2", "zoom4")
 Box = tuple[int, int, int, int]  # x, y, width, height in the source image

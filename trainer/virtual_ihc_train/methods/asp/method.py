@@ -25,13 +25,10 @@ from napari_virtual_ihc.models import build_generator
 from napari_virtual_ihc.models.ammfi import AmmfiGenerator
 from napari_virtual_ihc.models.asp import AspResnetGenerator
 
-from ..asp_losses import GaussPyramidL1, asp_loss, lambda_linear_p, patch_nce_loss
-from ..asp_networks import AspDiscriminator, PatchSampleF, xavier_init
-from ..config import Config, ConfigError
-from ..data import Augment, Pair, find_pairs
-from ..losses import GANLoss
-from ..magnification import MultiMagnificationDataset
-from .base import (
+from ...config import Config, ConfigError
+from ...data import Augment, Pair, find_pairs
+from ...losses import GANLoss
+from ..base import (
     Method,
     Step,
     linear_decay_scheduler,
@@ -40,6 +37,9 @@ from .base import (
     set_requires_grad,
     validation_pairs,
 )
+from .losses import GaussPyramidL1, asp_loss, lambda_linear_p, patch_nce_loss
+from .magnification import MultiMagnificationDataset
+from .networks import AspDiscriminator, PatchSampleF, xavier_init
 
 ENCODER_ARCHS = ("asp_resnet", "ammfi_resnet")  # generators with ``encode(x, layers)``
 MIN_CROP = 64  # the Gaussian pyramid halves 5 times and reflect-pads by 2 at every level
@@ -229,38 +229,30 @@ class Asp(Method):
         }
 
     def end_epoch(self, epoch: int) -> None:
-        self.sched_G.step()
-        self.sched_D.step()
-        if self.sched_F is not None:
-            self.sched_F.step()
         self.epoch = epoch + 1
 
-    def lr(self) -> float:
-        return float(self.opt_G.param_groups[0]["lr"])
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        found: dict[str, torch.optim.Optimizer] = {"opt_G": self.opt_G, "opt_D": self.opt_D}
+        if self.opt_F is not None:
+            found["opt_F"] = self.opt_F
+        return found
+
+    def schedulers(self) -> dict[str, torch.optim.lr_scheduler.LambdaLR]:
+        found = {"sched_G": self.sched_G, "sched_D": self.sched_D}
+        if self.sched_F is not None:
+            found["sched_F"] = self.sched_F
+        return found
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "opt_G": self.opt_G.state_dict(),
-            "opt_D": self.opt_D.state_dict(),
-            "opt_F": self.opt_F.state_dict() if self.opt_F is not None else None,
-            "sched_G": self.sched_G.state_dict(),
-            "sched_D": self.sched_D.state_dict(),
-            "sched_F": self.sched_F.state_dict() if self.sched_F is not None else None,
-            "asp_epoch": self.epoch,
-            "patch_rng": self.patch_rng.get_state(),
-        }
+        return {"asp_epoch": self.epoch, "patch_rng": self.patch_rng.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.opt_G.load_state_dict(state["opt_G"])
-        self.opt_D.load_state_dict(state["opt_D"])
-        self.sched_G.load_state_dict(state["sched_G"])
-        self.sched_D.load_state_dict(state["sched_D"])
-        if state["opt_F"] is not None:  # made as in the run (optimiser, then scheduler), then restored
+        if (
+            state.get("opt_F") is not None
+        ):  # F's optimiser existed: make it as in the run; the loop restores it
             oc = self.cfg.optim
             self.opt_F = make_adam(self.nets["F"], oc.lr, (oc.beta1, oc.beta2))
             self.sched_F = linear_decay_scheduler(self.opt_F, self.cfg)
-            self.opt_F.load_state_dict(state["opt_F"])
-            self.sched_F.load_state_dict(state["sched_F"])
         self.epoch = int(state["asp_epoch"])
         self.patch_rng.set_state(state["patch_rng"])
 

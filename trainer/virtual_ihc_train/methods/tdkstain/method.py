@@ -28,19 +28,19 @@ from torch import nn
 from napari_virtual_ihc.models import ModelSpec, build_generator
 from napari_virtual_ihc.models.resnet import ResnetGenerator
 
-from ..config import Config, ConfigError
-from ..data import Augment
-from ..discriminators import init_weights
-from ..knowledge_maps import KnowledgePairDataset, KnowledgeParams, prepare_knowledge
-from ..tdkstain_losses import discriminator_loss, estimator_loss, generator_loss
-from ..tdkstain_nets import (
+from ...config import Config, ConfigError
+from ...data import Augment
+from ...discriminators import init_weights
+from ..base import Method, Step, linear_decay_scheduler, make_adam, paired_datasets, set_requires_grad
+from .knowledge_maps import KnowledgePairDataset, KnowledgeParams, prepare_knowledge
+from .losses import discriminator_loss, estimator_loss, generator_loss
+from .nets import (
     MultiscalePatchDiscriminator,
     NucleiDensityEstimator,
     encoder_channels,
     encoder_features,
     encoder_layers,
 )
-from .base import Method, Step, linear_decay_scheduler, make_adam, paired_datasets, set_requires_grad
 
 NUCLEI_METHODS = ("auto", "cellpose", "classical")
 
@@ -247,27 +247,14 @@ class TDKstain(Method):
             "loss_G_nuclei": g_terms["G_nuclei"],
         }
 
-    def end_epoch(self, epoch: int) -> None:
-        for sched in (self.sched_G, self.sched_D, self.sched_E):
-            sched.step()
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"opt_G": self.opt_G, "opt_D": self.opt_D, "opt_E": self.opt_E}
 
-    def lr(self) -> float:
-        return float(self.opt_G.param_groups[0]["lr"])
-
-    def _stateful(self) -> dict[str, Any]:
-        return {
-            "opt_G": self.opt_G,
-            "opt_D": self.opt_D,
-            "opt_E": self.opt_E,
-            "sched_G": self.sched_G,
-            "sched_D": self.sched_D,
-            "sched_E": self.sched_E,
-        }
+    def schedulers(self) -> dict[str, torch.optim.lr_scheduler.LambdaLR]:
+        return {"sched_G": self.sched_G, "sched_D": self.sched_D, "sched_E": self.sched_E}
 
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {k: v.state_dict() for k, v in self._stateful().items()}
-        state["tdkstain_knowledge"] = self.knowledge
-        return state
+        return {"tdkstain_knowledge": self.knowledge}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         before = state.get("tdkstain_knowledge")
@@ -277,8 +264,6 @@ class TDKstain(Method):
                 f"({before}); now: {self.knowledge}. Resume with the run's own tdkstain.* values, or pass "
                 "--set tdkstain.allow_knowledge_change=true to continue on the recomputed maps"
             )
-        for key, obj in self._stateful().items():
-            obj.load_state_dict(state[key])
 
     def generator_spec(self) -> ModelSpec:
         spec = super().generator_spec()

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .losses import GANLoss
+from ...losses import GANLoss
 
 LSGAN = GANLoss("lsgan")  # sums its per-scale MSEs, as the reference's GANLoss over a list
 
