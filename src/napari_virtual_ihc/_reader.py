@@ -1,6 +1,8 @@
 """npe2 reader entry point (thin: the work is in ``slides``).
 
-``napari_get_reader`` returns None for paths the plugin does not read (napari then tries other readers);
+``napari_get_reader`` returns None for paths that are not brightfield slides or RGB images (grey-scale
+stacks, fluorescence OME-TIFFs, 16-bit images, RGBA screenshots: see ``slides.is_brightfield``), so napari
+reads them with its own reader;
 the returned function opens the slide eagerly, so a bad file raises a typed ``SlideError`` (napari shows
 it as a notification) before any layer exists. The slide handle is closed when its layer is removed.
 """
@@ -12,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .slides import can_open, open_slide
+from .slides import is_brightfield, open_slide
 from .slides.base import Slide
 from .slides.layers import slide_layer_data
 
@@ -21,7 +23,7 @@ LayerData = tuple[Any, dict[str, Any], str]
 
 def napari_get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
     paths = [path] if isinstance(path, str | os.PathLike) else list(path)
-    if not paths or not all(can_open(p) for p in paths):
+    if not paths or not all(is_brightfield(p) for p in paths):
         return None
     return read_slides
 

@@ -69,12 +69,78 @@ def test_bad_files_in_viewer_leave_no_layer_and_napari_stays_up(
     with pytest.raises(Exception):  # noqa: B017 - napari's own "no reader" error type varies
         viewer.open(str(odd), plugin=PLUGIN)
     assert len(viewer.layers) == 0
-    # napari is still fine: a good image opens afterwards, with conversions applied
-    gray = write_png(tmp_path / "gray.png", he_rgb[..., 0].copy())
-    with pytest.warns(UserWarning):
-        viewer.open(str(gray), plugin=PLUGIN)
+    # napari is still fine: a good image opens afterwards, with conversions applied (16-bit RGB is not
+    # claimed, so it is opened through open_slide directly, as the CLI does)
+    rgb = write_png(tmp_path / "rgb.png", he_rgb)
+    viewer.open(str(rgb), plugin=PLUGIN)
     assert len(viewer.layers) == 1
-    np.testing.assert_array_equal(np.asarray(viewer.layers[0].data[0])[..., 1], he_rgb[..., 0])
+    np.testing.assert_array_equal(np.asarray(viewer.layers[0].data[0]), he_rgb)
+
+
+def _not_brightfield(tmp_path, he_rgb):
+    """What napari's own reader should show: (file, layer shape, dtype, rgb) as napari gives them."""
+    import tifffile
+
+    grey = tmp_path / "grey_stack.tif"
+    tifffile.imwrite(grey, np.arange(5 * 64 * 64, dtype=np.uint32).reshape(5, 64, 64).astype(np.uint8))
+    fluo = tmp_path / "fluo.ome.tif"
+    planes = np.stack([he_rgb[:64, :64, i].astype(np.uint16) * 257 for i in range(3)])
+    tifffile.imwrite(
+        fluo, planes, ome=True, metadata={"axes": "CYX", "Channel": {"Name": ["DAPI", "GFP", "Cy5"]}}
+    )
+    shot = tmp_path / "screenshot.png"
+    rgba = np.dstack([he_rgb[:200, :300], np.full((200, 300), 255, np.uint8)])
+    write_png(shot, rgba)
+    return [
+        (grey, (5, 64, 64), np.uint8, False),
+        (fluo, (3, 64, 64), np.uint16, False),
+        (shot, (200, 300, 4), np.uint8, True),
+    ]
+
+
+def test_non_brightfield_files_go_to_napari_reader(make_napari_viewer, tmp_path, he_rgb, monkeypatch):
+    """Grey stacks, fluorescence OME-TIFFs and RGBA screenshots are refused by ours and opened by napari's.
+
+    The GUI path (``File > Open`` after the user told napari to use this plugin for ``*.tif``/``*.png``):
+    our reader refuses, napari offers its remaining reader, which shows planes and bit depth as they are.
+    """
+    from napari._qt.dialogs import qt_reader_dialog
+    from napari.settings import get_settings
+
+    from napari_virtual_ihc._reader import napari_get_reader
+
+    viewer = make_napari_viewer()
+    offered: list[dict[str, str]] = []
+
+    def pick_napari(self):  # the user's click in napari's reader dialog
+        offered.append([b.text() for b in self.reader_btn_group.buttons()])
+        return "napari builtins", False
+
+    monkeypatch.setattr(qt_reader_dialog.QtReaderDialog, "get_user_choices", pick_napari)
+    monkeypatch.setattr(get_settings().plugins, "extension2reader", {"*.tif": PLUGIN, "*.png": PLUGIN})
+    for path, shape, dtype, rgb in _not_brightfield(tmp_path, he_rgb):
+        assert napari_get_reader(str(path)) is None, path
+        viewer.layers.clear()
+        viewer.window._qt_viewer._qt_open([str(path)], stack=False)
+        assert len(viewer.layers) == 1, path
+        layer = viewer.layers[0]
+        assert tuple(layer.data.shape) == shape and layer.data.dtype == dtype and layer.rgb == rgb, path
+        assert not layer.multiscale and "slide" not in layer.metadata
+        # napari's default reader gives the same
+        napari_layer = viewer.open(str(path))[0]
+        assert tuple(napari_layer.data.shape) == shape
+    assert offered == [["napari builtins"]] * 3  # ours refused, napari offered its own
+
+
+def test_brightfield_files_still_open_with_ours(make_napari_viewer, tmp_path, he_rgb, sample_tif):
+    import tifffile
+
+    viewer = make_napari_viewer()
+    rgb_tif = tmp_path / "rgb.tif"
+    tifffile.imwrite(rgb_tif, he_rgb, photometric="rgb")
+    for path in (sample_tif, rgb_tif, write_png(tmp_path / "tile.png", he_rgb)):
+        layers = viewer.open(str(path), plugin=PLUGIN)
+        assert layers[0].rgb and "slide" in layers[0].metadata, path
 
 
 def test_sample_in_viewer_shows_tissue(make_napari_viewer, qtbot):

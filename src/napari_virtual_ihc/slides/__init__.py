@@ -3,7 +3,7 @@
 from ._pixels import SlideConversionWarning
 from .base import ArraySlide, Slide
 from .errors import CorruptSlideError, SlideError, UnsupportedFormatError, UnsupportedImageError
-from .opening import can_open, open_slide
+from .opening import can_open, is_brightfield, open_slide
 
 __all__ = [
     "ArraySlide",
@@ -14,5 +14,6 @@ __all__ = [
     "UnsupportedFormatError",
     "UnsupportedImageError",
     "can_open",
+    "is_brightfield",
     "open_slide",
 ]

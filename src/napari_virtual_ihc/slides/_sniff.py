@@ -39,3 +39,35 @@ def suffix(path: Path) -> str:
 def is_zarr_dir(path: Path) -> bool:
     """A directory that holds a zarr group (v2 ``.zgroup``/``.zattrs`` or v3 ``zarr.json``)."""
     return path.is_dir() and any((path / f).is_file() for f in (".zgroup", ".zattrs", "zarr.json"))
+
+
+#: A PNG with an alpha channel is taken for a slide only when it is larger than an 8K screen both ways: below
+#: that, an RGBA PNG is a screenshot (napari's own are RGBA), which napari's reader shows as it is.
+SCREEN_MAX_PX = (7680, 4320)
+
+
+def is_brightfield_tiff(path: Path) -> bool:
+    """One 8-bit RGB plane per pixel (photometric RGB/YCbCr, any pyramid): a brightfield scan or image.
+
+    Grey-scale stacks, separate-channel (fluorescence) OME-TIFFs, 16-bit or float RGB and RGB time/z
+    stacks are not: napari's reader shows them with their planes and bit depth.
+    """
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = max(tif.series, key=lambda s: s.levels[0].size)
+        page = series.keyframe
+        rgb_like = page.photometric in (tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.YCBCR)
+        one_plane = series.levels[0].get_axes(squeeze=True) in ("YXS", "YXC")
+        return bool(rgb_like and page.samplesperpixel in (3, 4) and series.dtype == "uint8" and one_plane)
+
+
+def is_brightfield_picture(path: Path) -> bool:
+    """An 8-bit RGB PNG/JPEG, or an RGBA one larger than any screen (see ``SCREEN_MAX_PX``)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        mode, (w, h) = im.mode, im.size
+    if mode == "RGB":
+        return True
+    return mode == "RGBA" and w > SCREEN_MAX_PX[0] and h > SCREEN_MAX_PX[1]

@@ -11,6 +11,8 @@ from ._sniff import (
     SUPPORTED_EXTENSIONS,
     TIFF_EXTENSIONS,
     content_kind,
+    is_brightfield_picture,
+    is_brightfield_tiff,
     is_zarr_dir,
     read_magic,
 )
@@ -29,6 +31,32 @@ def can_open(path: str | os.PathLike[str]) -> bool:
     if p.is_dir():
         return is_zarr_dir(p)
     return p.suffix.lower() in SUPPORTED_EXTENSIONS
+
+
+def is_brightfield(path: str | os.PathLike[str]) -> bool:
+    """Whether the napari reader should claim ``path``: a brightfield slide or RGB image, from its header.
+
+    Claimed: zarr stores, vendor slides (OpenSlide's formats, or a TIFF whose ``detect_format`` names a
+    vendor), TIFFs holding one 8-bit RGB plane per pixel, 8-bit RGB PNG/JPEG (RGBA only above screen size).
+    Not claimed (napari's own reader shows them as they are): grey-scale or multi-plane TIFFs, separate-
+    channel (fluorescence) OME-TIFFs, 16-bit or float images, grey/palette/RGBA-screenshot PNGs, CMYK or
+    grey JPEGs. A file that is empty, truncated or not what its name says is claimed, so that ``open_slide``
+    says what is wrong with it rather than napari's reader failing on it.
+    """
+    p = Path(path)
+    if not can_open(p):
+        return False
+    if p.is_dir() or p.suffix.lower() in OPENSLIDE_EXTENSIONS:
+        return True
+    try:
+        kind = content_kind(read_magic(p))
+        if kind == "tiff" and p.suffix.lower() in TIFF_EXTENSIONS:
+            return _openslide_vendor(p) in _OPENSLIDE_TIFF_VENDORS or is_brightfield_tiff(p)
+        if kind in ("png", "jpeg") and p.suffix.lower() in IMAGE_EXTENSIONS:
+            return is_brightfield_picture(p)
+    except Exception:  # unreadable header: open_slide names the defect
+        return True
+    return True  # content does not match the name: open_slide says so
 
 
 #: Level-0 pixels above which a slide is refused at open: the largest scans are ~2e10 px (150k x 130k); a
@@ -106,13 +134,7 @@ def _open_vendor(p: Path, ext: str, kind: str | None) -> Slide:
 
 def _open_tiff(p: Path) -> Slide:
     """Vendor TIFFs (Aperio .tif, Philips, Ventana) go to OpenSlide; pyramidal/OME/plain TIFF to tifffile."""
-    import openslide
-
-    try:
-        vendor = openslide.OpenSlide.detect_format(str(p))
-    except Exception:
-        vendor = None
-    if vendor in _OPENSLIDE_TIFF_VENDORS:
+    if _openslide_vendor(p) in _OPENSLIDE_TIFF_VENDORS:
         from ._integrity import check_tiff_complete
         from .openslide_backend import OpenSlideSlide
 
@@ -121,6 +143,16 @@ def _open_tiff(p: Path) -> Slide:
     from .tiff_backend import TiffSlide
 
     return TiffSlide(p)
+
+
+def _openslide_vendor(p: Path) -> str | None:
+    """OpenSlide's vendor name for ``p`` (``"aperio"``, ``"generic-tiff"``...) or None."""
+    import openslide
+
+    try:
+        return openslide.OpenSlide.detect_format(str(p))
+    except Exception:
+        return None
 
 
 def _describe(kind: str | None) -> str:

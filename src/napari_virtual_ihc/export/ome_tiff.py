@@ -1,0 +1,127 @@
+"""A slide or store to a tiled pyramidal OME-TIFF, streamed tile by tile (memory flat whatever the size).
+
+Level 0 is copied tile by tile from the source's level 0; each reduced level (a SubIFD, as OME-TIFF
+pyramids are: QuPath/Bio-Formats read them) is made per tile from the source's nearest finer level
+(``best_level_for_downsample``), so the source's own pyramid keeps every read small. µm/px goes in the OME
+``PhysicalSizeX/Y`` and the TIFF resolution tags (OpenSlide's ``openslide.mpp-x``); the source's provenance
+goes, as JSON, in the OME image ``Description``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+import tifffile
+
+from ..slides.base import Slide
+from .errors import ExportError
+
+Compression = Literal["jpeg", "deflate"]
+#: JPEG quality: at 90 the mean absolute error on stained tissue is below 1 grey level (docs/slides.md).
+JPEG_QUALITY = 90
+TILE = 512
+
+
+def level_sizes(width: int, height: int, tile: int = TILE) -> list[tuple[int, int]]:
+    """(w, h) of each pyramid level, halving until the whole level fits in one tile."""
+    sizes = [(width, height)]
+    while max(sizes[-1]) > tile:
+        w, h = sizes[-1]
+        sizes.append((max(1, math.ceil(w / 2)), max(1, math.ceil(h / 2))))
+    return sizes
+
+
+def write_ome_tiff(
+    slide: Slide,
+    out: str | os.PathLike[str],
+    *,
+    compression: Compression = "jpeg",
+    provenance: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    tile: int = TILE,
+) -> Path:
+    """Write ``slide`` to ``out`` (a new file, written beside it then renamed: never half a file).
+
+    Refuses an existing ``out`` unless ``overwrite``. ``provenance`` (JSON-able) goes in the description.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ExportError(f"{out}: already exists; pass overwrite (--overwrite) to replace it")
+    if not out.parent.is_dir():
+        raise ExportError(f"{out.parent}: no such folder")
+    if compression not in ("jpeg", "deflate"):
+        raise ExportError(f"unknown compression {compression!r}; use 'jpeg' or 'deflate'")
+    width, height = slide.dimensions
+    sizes = level_sizes(width, height, tile)
+    codec: dict[str, Any] = (
+        {"compression": "jpeg", "compressionargs": {"level": JPEG_QUALITY}}
+        if compression == "jpeg"
+        else {"compression": "zlib"}
+    )
+    mpp = slide.mpp
+    metadata: dict[str, Any] = {"axes": "YXS", "Description": json.dumps(provenance or {}, default=str)}
+    resolution: dict[str, Any] = {}
+    if mpp is not None:
+        metadata |= {
+            "PhysicalSizeX": mpp[0],
+            "PhysicalSizeXUnit": "µm",
+            "PhysicalSizeY": mpp[1],
+            "PhysicalSizeYUnit": "µm",
+        }
+        resolution = {"resolution": (1e4 / mpp[0], 1e4 / mpp[1]), "resolutionunit": "CENTIMETER"}
+    partial = out.with_name(f".{out.name}.partial")
+    common = {"tile": (tile, tile), "photometric": "rgb", "dtype": np.uint8, **codec}
+    try:
+        with tifffile.TiffWriter(partial, bigtiff=True, ome=True) as tw:
+            tw.write(
+                _tiles(slide, 0, sizes, tile),
+                shape=(height, width, 3),
+                subifds=len(sizes) - 1,
+                metadata=metadata,
+                **resolution,
+                **common,
+            )
+            for k in range(1, len(sizes)):
+                w, h = sizes[k]
+                tw.write(
+                    _tiles(slide, k, sizes, tile),
+                    shape=(h, w, 3),
+                    subfiletype=1,
+                    metadata=None,
+                    **_scaled(resolution, 2**k),
+                    **common,
+                )
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
+    return out
+
+
+def _scaled(resolution: dict[str, Any], factor: int) -> dict[str, Any]:
+    if not resolution:
+        return {}
+    rx, ry = resolution["resolution"]
+    return {"resolution": (rx / factor, ry / factor), "resolutionunit": resolution["resolutionunit"]}
+
+
+def _tiles(slide: Slide, k: int, sizes: list[tuple[int, int]], tile: int) -> Iterator[np.ndarray]:
+    """Tiles of pyramid level ``k`` in row-major order, each ``(tile, tile, 3)`` (edges padded white)."""
+    w, h = sizes[k]
+    factor = 2**k
+    src_level = slide.best_level_for_downsample(factor)
+    src_ds = slide.level_downsamples[src_level]
+    span0 = tile * factor  # level-0 pixels one output tile covers
+    read = max(1, round(span0 / src_ds))  # the same span in source-level pixels
+    for ty in range(math.ceil(h / tile)):
+        for tx in range(math.ceil(w / tile)):
+            region = slide.read_region((tx * span0, ty * span0), src_level, (read, read))
+            if read != tile:
+                region = cv2.resize(region, (tile, tile), interpolation=cv2.INTER_AREA)
+            yield np.ascontiguousarray(region)
