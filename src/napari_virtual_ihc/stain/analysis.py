@@ -302,7 +302,7 @@ def _centroid_table(own: np.ndarray, wx: int, wy: int, offset: int) -> CellTable
     area = ndi.sum_labels(np.ones_like(own), own, ids).astype(np.int64)
     z = np.zeros(ids.size)
     zi = np.zeros(ids.size, np.int64)
-    return CellTable(ids + offset, c[:, 0] + wy, c[:, 1] + wx, area, z, z, zi, zi)
+    return CellTable(ids + offset, c[:, 0] + wy, c[:, 1] + wx, area, z, z, zi, zi, z)
 
 
 def _paste_core(
