@@ -36,19 +36,43 @@ def nuclear_signal(hematoxylin_od: np.ndarray, dab_od: np.ndarray) -> np.ndarray
     return np.maximum(hematoxylin_od.astype(np.float32) - dab_od.astype(np.float32), 0.0)
 
 
+DAB_COMPARTMENTS = ("membrane", "nuclear", "cytoplasm")
+
+
+def check_compartment(dab_compartment: str) -> None:
+    """A clear error for a compartment name that is not one of :data:`DAB_COMPARTMENTS`."""
+    if dab_compartment not in DAB_COMPARTMENTS:
+        raise ValueError(f"dab_compartment must be one of {DAB_COMPARTMENTS}, not {dab_compartment!r}")
+
+
+def nuclear_od(hematoxylin_od: np.ndarray, dab_od: np.ndarray | None, dab_compartment: str) -> np.ndarray:
+    """The optical density nuclei show on this stain: H + DAB when DAB is nuclear (Ki-67, ER, PR), else H."""
+    check_compartment(dab_compartment)
+    if dab_od is None or dab_compartment != "nuclear":
+        return hematoxylin_od
+    if hematoxylin_od.shape != dab_od.shape:
+        raise ValueError(f"hematoxylin {hematoxylin_od.shape} and DAB {dab_od.shape} differ in shape")
+    return hematoxylin_od.astype(np.float32) + dab_od.astype(np.float32)
+
+
 def segment_classical(
     hematoxylin_od: np.ndarray,
     diameter_px: float,
     threshold: float | None = None,
     min_od: float = 0.05,
     dab_od: np.ndarray | None = None,
+    dab_compartment: str = "membrane",
 ) -> np.ndarray:
     """int32 labels of nuclei in a hematoxylin OD map (nuclei bright).
 
     ``threshold`` (OD) should come from the whole image/slide (:func:`otsu_threshold` on an overview) so
-    that tiles agree; without it Otsu runs on this array alone. ``dab_od`` (IHC): DAB-stained membranes
-    separate the nuclei of touching stained cells (see the module docstring).
+    that tiles agree; without it Otsu runs on this array alone. ``dab_od`` (IHC) with ``dab_compartment``
+    "membrane" or "cytoplasm": DAB-stained membranes separate the nuclei of touching stained cells (see the
+    module docstring); "nuclear": DAB is nuclear signal, nuclei are found on H + DAB.
     """
+    if dab_od is not None and dab_compartment == "nuclear":
+        hematoxylin_od, dab_od = nuclear_od(hematoxylin_od, dab_od, dab_compartment), None
+    check_compartment(dab_compartment)
     sigma = max(diameter_px / 10, 0.5)
     h = ndi.gaussian_filter(hematoxylin_od.astype(np.float32), sigma)
     t = otsu_threshold(h, min_od) if threshold is None else max(threshold, min_od)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .cellpose_adapter import CellposeNuclei, CellposeUnavailable, load_cellpose
-from .classical import nuclear_signal, otsu_threshold, segment_classical
+from .classical import check_compartment, nuclear_od, nuclear_signal, otsu_threshold, segment_classical
 
 log = logging.getLogger(__name__)
 
@@ -27,22 +27,41 @@ class NucleiSegmenter:
         return self.cellpose.method if self.cellpose is not None else "classical"
 
     def __call__(
-        self, hematoxylin_od: np.ndarray, diameter_px: float, dab_od: np.ndarray | None = None
+        self,
+        hematoxylin_od: np.ndarray,
+        diameter_px: float,
+        dab_od: np.ndarray | None = None,
+        dab_compartment: str = "membrane",
     ) -> np.ndarray:
-        """Labels; on IHC pass ``dab_od`` so nuclei of stained cells are separated by their membranes."""
+        """Labels. On IHC pass ``dab_od`` and where the marker's DAB sits: "membrane"/"cytoplasm" (DAB
+        separates touching stained cells) or "nuclear" (Ki-67, ER, PR: nuclei are found on H + DAB)."""
+        check_compartment(dab_compartment)
         if self.cellpose is not None:
-            signal = hematoxylin_od if dab_od is None else nuclear_signal(hematoxylin_od, dab_od)
+            if dab_od is None:
+                signal = hematoxylin_od
+            elif dab_compartment == "nuclear":
+                signal = nuclear_od(hematoxylin_od, dab_od, dab_compartment)
+            else:
+                signal = nuclear_signal(hematoxylin_od, dab_od)
             return self.cellpose.segment(signal, diameter_px)
-        return segment_classical(hematoxylin_od, diameter_px, self.threshold, dab_od=dab_od)
+        return segment_classical(
+            hematoxylin_od, diameter_px, self.threshold, dab_od=dab_od, dab_compartment=dab_compartment
+        )
 
     @property
     def needs_calibration(self) -> bool:
         return self.cellpose is None and self.threshold is None
 
-    def calibrate(self, hematoxylin_overview: np.ndarray) -> None:
-        """Fix the classical threshold from an overview of the whole area, so tiles cut the same way."""
+    def calibrate(
+        self,
+        hematoxylin_overview: np.ndarray,
+        dab_overview: np.ndarray | None = None,
+        dab_compartment: str = "membrane",
+    ) -> None:
+        """Fix the classical threshold from an overview of the whole area, so tiles cut the same way (on the
+        same signal the tiles are segmented on: H + DAB for a nuclear marker)."""
         if self.cellpose is None:
-            self.threshold = otsu_threshold(hematoxylin_overview)
+            self.threshold = otsu_threshold(nuclear_od(hematoxylin_overview, dab_overview, dab_compartment))
 
 
 def make_segmenter(
