@@ -39,10 +39,13 @@ WILSON_Z = 1.959964  # two-sided 95 %
 ER_PR_LOW = 0.01  # ASCO/CAP 2020: < 1 % negative
 ER_PR_POSITIVE = 0.10  # 1-10 % low positive, > 10 % positive
 ALLRED_PROPORTION_EDGES = (0.01, 0.10, 1 / 3, 2 / 3)  # proportion score 1..5 above 0
-# where the DAB sits: a cell is stained when its nucleus or its ring reaches the weak cut-off; the image is
-# nuclear when, over the stained cells, the nucleus is darker than the ring by at least this much (median)
-COMPARTMENT_MARGIN_OD = 0.0
-MIN_STAINED_CELLS = 5
+# where the DAB sits (dab_compartment): blobs up to 3 nucleus areas (two touching nuclei and a margin) are
+# nucleus-like; DAB is nuclear when at least half its pixels are in such blobs; below the area of 5 nuclei
+# of stain there is too little DAB to tell
+NUCLEUS_LIKE_AREAS = 3.0
+SHAPE_CUTOFF_SHARE = 0.5  # shapes are read at half the weak cut-off, where faint membranes still join up
+NUCLEAR_SHARE = 0.5
+MIN_STAINED_NUCLEI = 5
 NO_REGION = "all cells (no tumour region given)"
 NO_CELLS = "no tumour cells found"
 
@@ -70,28 +73,39 @@ def wilson_interval(k: int, n: int, z: float = WILSON_Z) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class CompartmentCall:
-    """Where the DAB of an image sits, measured on its cells."""
+    """Where the DAB of an image sits, measured on the shapes of its DAB-stained areas."""
 
-    compartment: str  # "nuclear" | "membrane" | "none" (no stained cells)
-    stained_cells: int
-    median_nuclear_minus_ring_od: float
+    compartment: str  # "nuclear" | "membrane" | "none" (too little DAB to tell)
+    stained_fraction: float  # share of pixels at or above half the weak cut-off
+    nucleus_like_share: float  # share of those pixels in compact, nucleus-sized stained blobs
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "compartment": self.compartment,
-            "stained_cells": self.stained_cells,
-            "median_nuclear_minus_ring_od": round(self.median_nuclear_minus_ring_od, 4),
+            "stained_fraction": round(self.stained_fraction, 4),
+            "nucleus_like_share": round(self.nucleus_like_share, 4),
         }
 
 
-def dab_compartment(cells: CellTable, bins: DabBins) -> CompartmentCall:
-    """Nuclear or membrane DAB, from the stained cells' nuclear vs ring OD."""
-    stained = (cells.nuclear_dab_od >= bins.weak) | (cells.ring_dab_od >= bins.weak)
-    k = int(stained.sum())
-    if k < MIN_STAINED_CELLS:
-        return CompartmentCall("none", k, 0.0)
-    diff = float(np.median(cells.nuclear_dab_od[stained] - cells.ring_dab_od[stained]))
-    return CompartmentCall("nuclear" if diff > COMPARTMENT_MARGIN_OD else "membrane", k, diff)
+def dab_compartment(dab_od: np.ndarray, bins: DabBins, diameter_px: float) -> CompartmentCall:
+    """Nuclear or membrane DAB from the stained areas' shapes: a nuclear marker stains separate blobs of
+    a nucleus's size; membrane or cytoplasmic DAB joins into outlines and sheets much larger than one
+    nucleus. Stained pixels (DAB OD >= half the weak cut-off) in blobs of at most ``NUCLEUS_LIKE_AREAS``
+    nucleus areas count as nucleus-like."""
+    from scipy import ndimage as ndi
+
+    pos = ndi.binary_opening(np.asarray(dab_od) >= SHAPE_CUTOFF_SHARE * bins.weak)
+    n_pos = int(pos.sum())
+    nucleus_area = math.pi * (diameter_px / 2) ** 2
+    frac = n_pos / max(pos.size, 1)
+    if n_pos < MIN_STAINED_NUCLEI * nucleus_area:
+        return CompartmentCall("none", frac, 0.0)
+    lab, n = ndi.label(pos)
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)
+    small = sizes <= NUCLEUS_LIKE_AREAS * nucleus_area
+    small[0] = False
+    share = float(sizes[small].sum() / n_pos)
+    return CompartmentCall("nuclear" if share >= NUCLEAR_SHARE else "membrane", frac, share)
 
 
 def resolve_marker(marker: str, call: CompartmentCall) -> tuple[str, str]:
@@ -100,10 +114,16 @@ def resolve_marker(marker: str, call: CompartmentCall) -> tuple[str, str]:
     if marker != "auto":
         return marker, "chosen"
     if call.compartment == "nuclear":
-        return "ki67", f"auto: DAB sits in nuclei ({call.stained_cells} stained cells), read as a nuclear marker"
+        return "ki67", (
+            f"auto: DAB sits in nuclei ({call.nucleus_like_share:.0%} of the stain in nucleus-sized blobs), "
+            "read as Ki-67"
+        )
     if call.compartment == "membrane":
-        return "her2", f"auto: DAB sits on membranes ({call.stained_cells} stained cells), read as HER2"
-    return "her2", f"auto: only {call.stained_cells} DAB-stained cells, membrane (HER2) assumed"
+        return "her2", (
+            f"auto: DAB sits on membranes or cytoplasm ({1 - call.nucleus_like_share:.0%} of the stain in "
+            "outlines and sheets), read as HER2"
+        )
+    return "her2", f"auto: too little DAB to tell ({call.stained_fraction:.1%} of pixels), membrane (HER2) assumed"
 
 
 def nuclear_bins(cells: CellTable, bins: DabBins) -> np.ndarray:
@@ -122,15 +142,14 @@ def fit_note(marker: str, call: CompartmentCall) -> str:
     """Empty when the stain fits the marker, else why it does not (reported, not scored as 0)."""
     if COMPARTMENT[marker] == "nuclear" and call.compartment == "membrane":
         return (
-            f"{marker} is a nuclear marker but this image's DAB sits on membranes (median nuclear - ring "
-            f"OD {call.median_nuclear_minus_ring_od:+.2f} over {call.stained_cells} stained cells): "
-            "not scored; choose a membrane marker or check the stain"
+            f"{marker} is a nuclear marker but this image's DAB sits on membranes or cytoplasm (only "
+            f"{call.nucleus_like_share:.0%} of the stain in nucleus-sized blobs): not scored; choose a membrane "
+            "marker or check the stain"
         )
     if COMPARTMENT[marker] == "membrane" and call.compartment == "nuclear":
         return (
-            f"{marker} is a membrane marker but this image's DAB sits in nuclei (median nuclear - ring OD "
-            f"{call.median_nuclear_minus_ring_od:+.2f} over {call.stained_cells} stained cells): "
-            "not scored; choose a nuclear marker or check the stain"
+            f"{marker} is a membrane marker but this image's DAB sits in nuclei ({call.nucleus_like_share:.0%} "
+            "of the stain in nucleus-sized blobs): not scored; choose a nuclear marker or check the stain"
         )
     return ""
 
