@@ -25,6 +25,8 @@ from napari_virtual_ihc.stain import (
 )
 from napari_virtual_ihc.stain.deconvolution import stain_only_rgb
 
+from ._ihc_images import dab_ladder
+
 CASTS = {
     "grey 200": (200 / 255,) * 3,
     "grey 230": (230 / 255,) * 3,
@@ -89,12 +91,17 @@ def test_white_point_is_the_glass(ihc_images):
     np.testing.assert_allclose(white, glass, rtol=0.03)
 
 
-def test_no_glass_uses_the_brightest_percentile_and_says_so(ihc_images):
-    tissue_only = ihc_images["skimage IHC"][200:320, 60:180]
+def test_no_glass_keeps_the_slide_level_white_point_and_says_so(ihc_images):
+    """Issue 32: a tile without glass must not take its brightest tissue as white (faint stain vanishes)."""
+    slide = ihc_images["skimage IHC"]
+    tissue_only = slide[200:320, 60:180]
     _white, source = estimate_background(tissue_only)
     assert source == "brightest-percentile"
     cal = calibrate(tissue_only)
-    assert cal.background_source == "brightest-percentile" and "no glass" in cal.notes[0]
+    assert cal.stains.background == (255.0, 255.0, 255.0) and cal.background_source == "default"
+    assert "no glass" in cal.notes[0] and "slide-level" in cal.notes[0]
+    from_slide = calibrate(tissue_only, white_from=slide)  # the slide's glass gives the tile's white point
+    assert from_slide.background_source == "glass" and from_slide.stains.background[0] < 245
 
 
 def test_estimated_vectors_are_near_the_references(ihc_images):
@@ -138,23 +145,12 @@ def test_calibration_is_recorded_and_round_trips(ihc_images):
     np.testing.assert_allclose(back.stains.matrix, res.calibration.stains.matrix, atol=1e-3)
 
 
-def _ladder(rgb: np.ndarray, factor: float) -> np.ndarray:
-    """Deconvolve, scale the DAB concentration, recompose: the same tissue, more or less stain."""
-    white, _ = estimate_background(rgb)
-    m = hdab_matrix(background=white)
-    od = -np.log10(np.maximum(rgb.astype(np.float64), 1.0) / np.asarray(white))
-    conc = od.reshape(-1, 3) @ m.inverse
-    conc[:, 1] *= factor
-    out = (conc @ m.matrix).reshape(rgb.shape)
-    return np.clip(np.round(np.asarray(white) * 10 ** (-out)), 0, 255).astype(np.uint8)
-
-
 def test_dab_ladder_reads_monotonically(ihc_images):
     rgb = ihc_images["skimage IHC"]
     order = {"0": 0, "1+": 1, "2+": 2, "3+": 3}
     rows = []
     for f in (0.0, 0.3, 1.0, 2.0, 3.0):
-        res = analyze_image(_ladder(rgb, f), AnalysisSettings(nuclei_method="classical"))
+        res = analyze_image(dab_ladder(rgb, f), AnalysisSettings(nuclei_method="classical", marker="her2"))
         s = res.summary()
         positive = 1 - s["dab_fractions"]["negative"]
         rows.append((f, positive, s["her2"]["h_score"], order[s["her2"]["category"]]))

@@ -23,8 +23,19 @@ from ..nuclei.tiled import keep_core_objects, paste_labels
 from ..slides.base import Slide
 from .calibration import StainCalibration, calibrate
 from .deconvolution import StainMatrix, deconvolve, hdab_matrix
-from .her2 import CellTable, Her2Estimate, Her2Rules, categorize, cells_in_polygons, measure_cells
-from .membrane import BIN_NAMES, CALIBRATION_NOTE, DabBins, dab_bins, tdkstain_membrane_mask
+from .her2 import CellTable, Her2Estimate, Her2Rules, categorize, measure_cells
+from .markers import (
+    COMPARTMENT,
+    NO_REGION,
+    CompartmentCall,
+    check_marker,
+    dab_compartment,
+    marker_estimate,
+    resolve_marker,
+)
+from .membrane import BIN_NAMES, DabBins, calibration_note, dab_bins, tdkstain_membrane_mask
+from .regions import TumourRegion
+
 
 ASSUMED_MPP = 0.5
 
@@ -41,7 +52,8 @@ class AnalysisCancelled(RuntimeError):
 
 @dataclass
 class AnalysisSettings:
-    mode: str = "ihc"  # "ihc" (DAB + nuclei + HER2) or "he" (nuclei only)
+    mode: str = "ihc"  # "ihc" (DAB + nuclei + marker) or "he" (nuclei only)
+    marker: str = "auto"  # her2 | ki67 | er | pr | auto (see stain.markers)
     nuclei_method: str = "auto"  # auto | cellpose | classical
     cellpose_model: str = "nuclei"
     gpu: bool = False
@@ -60,8 +72,10 @@ class AnalysisSettings:
     halo_um: float = 20.0
     map_downsample: int = 1
     mpp: float | None = None  # override; else the slide's, else ASSUMED_MPP
+    calibration_name: str = ""  # name of a loaded calibration file (stain.calibration_file)
 
     def __post_init__(self) -> None:
+        check_marker(self.marker)
         if self.mode not in ("ihc", "he"):
             raise ValueError(f"mode must be 'ihc' or 'he', not {self.mode!r}")
         if self.diameter_um <= 0 or self.density_sigma_um <= 0 or self.tile < 64 or self.map_downsample < 1:
@@ -91,20 +105,42 @@ class AnalysisResult:
     tissue_px: int = 0
     complete: bool = True
     calibration: StainCalibration = field(default_factory=StainCalibration)
+    bins: DabBins = field(default_factory=DabBins)
+    marker: str = "her2"  # resolved (never "auto")
+    marker_reason: str = "chosen"
+    calibration_name: str = ""
+    dab_call: CompartmentCall = field(default_factory=lambda: CompartmentCall("none", 0.0, 0.0))
 
     @property
     def n_nuclei(self) -> int:
         return len(self.cells)
 
-    def her2(self, polygons: list[np.ndarray] | None = None, rules: Her2Rules | None = None) -> Her2Estimate:
-        cells = self.cells
-        if polygons:
-            cells = cells.select(cells_in_polygons(cells.y, cells.x, polygons))
-        return categorize(cells.cell_class, cells.intensity_bin, rules or Her2Rules())
+    def tumour_cells(self, region: TumourRegion | None = None) -> CellTable:
+        """The cells an estimate counts: those inside ``region`` (all cells without one)."""
+        if region is None:
+            return self.cells
+        return self.cells.select(region.contains(self.cells.y, self.cells.x))
 
-    def summary(
-        self, polygons: list[np.ndarray] | None = None, rules: Her2Rules | None = None
+    def compartment(self) -> CompartmentCall:
+        """Where this image's DAB sits (measured on the overview of the analysed area)."""
+        return self.dab_call
+
+    def her2(self, region: TumourRegion | None = None, rules: Her2Rules | None = None) -> Her2Estimate:
+        cells = self.tumour_cells(region)
+        return categorize(cells.cell_class, cells.intensity_bin, rules or Her2Rules(bins=self.bins))
+
+    def marker_estimate(
+        self, region: TumourRegion | None = None, rules: Her2Rules | None = None, marker: str | None = None
     ) -> dict[str, Any]:
+        """The marker's figures over the tumour cells, with the scope they were counted over."""
+        m = marker or self.marker
+        est = marker_estimate(
+            m, self.tumour_cells(region), self.bins, self.mpp, rules, call=self.compartment()
+        )
+        est["scope"] = NO_REGION if region is None else region.describe()
+        return est
+
+    def summary(self, region: TumourRegion | None = None, rules: Her2Rules | None = None) -> dict[str, Any]:
         area_mm2 = self.region[2] * self.region[3] * (self.mpp * 1e-3) ** 2
         out: dict[str, Any] = {
             "region_level0": list(self.region),
@@ -120,15 +156,19 @@ class AnalysisResult:
             "nuclei_per_mm2": self.n_nuclei / area_mm2 if area_mm2 > 0 else 0.0,
             "complete": self.complete,
             "stain_calibration": self.calibration.as_dict(),
+            "cells_counted": NO_REGION if region is None else region.describe(),
+            "tumour_cells": len(self.tumour_cells(region)),
         }
         if self.dab_classes is not None:
             n = max(int(self.bin_counts.sum()), 1)
             out["dab_fractions"] = {k: float(c) / n for k, c in zip(BIN_NAMES, self.bin_counts, strict=True)}
-            out["dab_cutoffs_od"] = list(DabBins().cutoffs)
-            out["dab_calibration_note"] = CALIBRATION_NOTE
-            out["her2"] = self.her2(polygons, rules).as_dict()
-            if polygons:
-                out["her2"]["restricted_to_polygons"] = len(polygons)
+            out["dab_cutoffs_od"] = {"weak": self.bins.weak, "moderate": self.bins.moderate, "strong": self.bins.strong}
+            out["calibration_name"] = self.calibration_name
+            out["dab_calibration_note"] = calibration_note(self.bins, self.calibration_name)
+            out["marker"] = self.marker
+            out["marker_reason"] = self.marker_reason
+            out["dab_compartment"] = self.compartment().as_dict()
+            out[self.marker] = self.marker_estimate(region, rules)
         return out
 
 
@@ -191,14 +231,21 @@ def iter_analysis(
     seg = segmenter or make_segmenter(s.nuclei_method, s.cellpose_model, s.gpu)
     ds = s.map_downsample
     overview = _overview_rgb(slide, bounds)
-    cal = calibrate(overview, s.stains, background=s.background, vectors=s.stain_vectors)
+    # the white point is the slide's (a tile without glass keeps it); vectors and threshold the region's
+    whole = overview if bounds == (0, 0, W, H) else _overview_rgb(slide, (0, 0, W, H))
+    cal = calibrate(overview, s.stains, background=s.background, vectors=s.stain_vectors, white_from=whole)
     stain_matrix = cal.stains
+    ihc = s.mode == "ihc"
+    over = deconvolve(overview, stain_matrix)
+    ov_mpp = mpp * bounds[2] / max(overview.shape[1], 1)  # the overview may be a downsampled level
+    call = dab_compartment(over["dab"], s.bins, s.diameter_um / ov_mpp)
+    marker, reason = resolve_marker(s.marker, call)
+    compartment = COMPARTMENT.get(marker, "membrane")
     if seg.needs_calibration:
-        seg.calibrate(deconvolve(overview, stain_matrix)["hematoxylin"])
+        seg.calibrate(over["hematoxylin"], over["dab"] if ihc else None, compartment)
     bx, by, bw, bh = bounds
     mh, mw = -(-bh // ds), -(-bw // ds)
     labels = np.zeros((mh, mw), np.int32)
-    ihc = s.mode == "ihc"
     classes = np.zeros((mh, mw), np.uint8) if ihc else None
     membrane = np.zeros((mh, mw), bool) if ihc else None
     her2_tiles = np.full((grid.rows, grid.cols), -1, np.int8) if ihc else None
@@ -214,7 +261,7 @@ def iter_analysis(
         wx, wy, ww, wh = tile.window
         rgb = slide.read_region((wx, wy), 0, (ww, wh))
         stains = deconvolve(rgb, stain_matrix)
-        nuc = seg(stains["hematoxylin"], diameter_px, stains["dab"] if ihc else None)
+        nuc = seg(stains["hematoxylin"], diameter_px, stains["dab"] if ihc else None, compartment)
         own, _cents = keep_core_objects(nuc, tile)
         cx, cy, cw, ch = tile.core_in_window
         core = (slice(cy, cy + ch), slice(cx, cx + cw))
@@ -232,9 +279,8 @@ def iter_analysis(
             mem_win = tdkstain_membrane_mask(rgb, s.saturation_threshold, s.membrane_blur_px, stain_matrix)
             _paste_core(classes, cls_win, tile.core, bx, by, wx, wy, ds)  # type: ignore[arg-type]
             _paste_core(membrane, mem_win, tile.core, bx, by, wx, wy, ds)  # type: ignore[arg-type]
-            est = categorize(table.cell_class, table.intensity_bin, s.rules)
-            if her2_tiles is not None and est.n_cells:
-                her2_tiles[tile.row, tile.col] = est.code
+            if her2_tiles is not None and len(table):
+                her2_tiles[tile.row, tile.col] = _tile_code(marker, table, s)
         else:
             tables.append(_centroid_table(own, wx, wy, next_id))
         _paste_labels_ds(labels, own, oy, ox, next_id, ds)
@@ -259,10 +305,24 @@ def iter_analysis(
         bin_counts=bin_counts,
         complete=complete,
         calibration=cal,
+        bins=s.bins,
+        marker=marker if ihc else "none",
+        marker_reason=reason if ihc else "H&E: no marker",
+        calibration_name=s.calibration_name,
+        dab_call=call,
     )
     if not complete:
         raise AnalysisCancelled(result)
     return result
+
+
+def _tile_code(marker: str, table: CellTable, s: AnalysisSettings) -> int:
+    """0..3 per tile for the tile map: the HER2 category, or the nuclear marker's positive share binned
+    at 1 % / 10 % / 30 %."""
+    if COMPARTMENT[marker] == "membrane":
+        return categorize(table.cell_class, table.intensity_bin, s.rules).code
+    share = float((table.nuclear_dab_od >= s.bins.weak).mean())
+    return int(np.digitize(share, (0.01, 0.10, 0.30)))
 
 
 def analyze_image(rgb: np.ndarray, settings: AnalysisSettings | None = None, **kw: Any) -> AnalysisResult:
@@ -302,7 +362,7 @@ def _centroid_table(own: np.ndarray, wx: int, wy: int, offset: int) -> CellTable
     area = ndi.sum_labels(np.ones_like(own), own, ids).astype(np.int64)
     z = np.zeros(ids.size)
     zi = np.zeros(ids.size, np.int64)
-    return CellTable(ids + offset, c[:, 0] + wy, c[:, 1] + wx, area, z, z, zi, zi)
+    return CellTable(ids + offset, c[:, 0] + wy, c[:, 1] + wx, area, z, z, zi, zi, z)
 
 
 def _paste_core(

@@ -164,11 +164,15 @@ def calibrate(
     *,
     background: str = "auto",
     vectors: str = "default",
+    white_from: np.ndarray | None = None,
 ) -> StainCalibration:
     """Calibration from an overview image.
 
-    ``background``: "auto" (estimated) or "default" (the given stains' background). ``vectors``: "default"
-    (the given stains) or "estimate" (Macenko on this image; refused regions keep the given vectors, noted).
+    ``background``: "auto" (the glass of ``white_from``, the whole slide's overview, else of ``rgb``) or
+    "default" (the given stains' background). Without glass the given (slide-level) white point is kept and
+    said so: the brightest tissue is not glass, and taking it as white would erase faint staining.
+    ``vectors``: "default" (the given stains) or "estimate" (Macenko on this image; refused regions keep the
+    given vectors, noted).
     """
     if background not in ("auto", "default"):
         raise ValueError(f"background must be 'auto' or 'default', not {background!r}")
@@ -179,9 +183,15 @@ def calibrate(
     notes: list[str] = []
     bg, bg_source = base.background, given
     if background == "auto":
-        bg, bg_source = estimate_background(rgb)
-        if bg_source == "brightest-percentile":
-            notes.append("no glass found: white point taken from the brightest 0.5 % of the pixels")
+        est, est_source = estimate_background(rgb if white_from is None else white_from)
+        if est_source == "glass":
+            bg, bg_source = est, est_source
+        else:
+            notes.append(
+                "no glass in the image: kept the slide-level white point "
+                + " ".join(f"{b:.0f}" for b in bg)
+                + f" ({given}); faint staining is read against it"
+            )
     with_bg = StainMatrix(base.names, _vectors_of(base), bg)
     vec_source = given
     if vectors == "estimate":

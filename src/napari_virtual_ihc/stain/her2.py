@@ -28,7 +28,10 @@ class Her2Rules:
     bins: DabBins = field(default_factory=DabBins)
     ring_um: float = 3.0
     sectors: int = 16
-    complete_fraction: float = 0.9  # share of sectors above the weak cut-off to call a ring complete
+    complete_fraction: float = 0.9  # share of measured sectors above the weak cut-off to call a ring complete
+    # fewer measured sectors than this (a nucleus walled in by touching neighbours) count as this many,
+    # so a ring seen on one side only is never called complete
+    min_measured_sectors: int = 8
     share_cutoff: float = 0.10  # ASCO/CAP "> 10 % of tumour cells"
 
 
@@ -40,10 +43,11 @@ class CellTable:
     y: np.ndarray
     x: np.ndarray
     area_px: np.ndarray
-    ring_dab_od: np.ndarray
+    ring_dab_od: np.ndarray  # membrane: mean over the ring's measured sectors of each sector's peak DAB OD
     completeness: np.ndarray
-    intensity_bin: np.ndarray  # 0..3
+    intensity_bin: np.ndarray  # 0..3 of the membrane ring
     cell_class: np.ndarray  # index into CELL_CLASSES
+    nuclear_dab_od: np.ndarray  # mean DAB OD inside the nucleus (Ki-67, ER, PR)
 
     def __len__(self) -> int:
         return int(self.label.size)
@@ -52,7 +56,7 @@ class CellTable:
     def empty(cls) -> CellTable:
         z = np.zeros(0)
         zi = np.zeros(0, dtype=np.int64)
-        return cls(zi, z, z, zi, z, z, zi, zi)
+        return cls(zi, z, z, zi, z, z, zi, zi, z)
 
     def select(self, keep: np.ndarray) -> CellTable:
         return CellTable(**{k: v[keep] for k, v in self.__dict__.items()})
@@ -82,7 +86,8 @@ def measure_cells(
     nuclei: np.ndarray, dab_od: np.ndarray, mpp: float, rules: Her2Rules = Her2Rules()
 ) -> CellTable:
     """Membrane ring per nucleus (``expand_labels`` by ring_um, so neighbours split the space between
-    them), its mean DAB OD and the share of angular sectors whose mean ring OD exceeds the weak cut-off."""
+    them): its intensity (mean sector peak DAB OD), the share of measured angular sectors whose peak
+    exceeds the weak cut-off, and the nucleus's own mean DAB OD."""
     if nuclei.shape != dab_od.shape:
         raise ValueError(f"nuclei {nuclei.shape} and DAB {dab_od.shape} differ in shape")
     ids = np.unique(nuclei)
@@ -100,18 +105,27 @@ def measure_cells(
     index = np.searchsorted(ids, lab)
     ang = np.arctan2(rr - cy[index], cc - cx[index])
     sector = ((ang + np.pi) / (2 * np.pi) * rules.sectors).astype(np.int64) % rules.sectors
-    vals = dab_od[rr, cc].astype(np.float64)
+    # the membrane is a thin line inside the ring: each sector is read at its peak (DAB smoothed by 1 px
+    # against single-pixel noise), the ring's intensity is the mean peak over the measured sectors
+    smooth = ndi.gaussian_filter(dab_od.astype(np.float32), 1.0)
+    vals = smooth[rr, cc].astype(np.float64)
     n = ids.size
-    ring_sum = np.bincount(index, weights=vals, minlength=n)
-    ring_cnt = np.bincount(index, minlength=n)
-    ring_mean = np.where(ring_cnt > 0, ring_sum / np.maximum(ring_cnt, 1), 0.0)
     flat = index * rules.sectors + sector
-    s_sum = np.bincount(flat, weights=vals, minlength=n * rules.sectors).reshape(n, rules.sectors)
     s_cnt = np.bincount(flat, minlength=n * rules.sectors).reshape(n, rules.sectors)
-    s_mean = np.where(s_cnt > 0, s_sum / np.maximum(s_cnt, 1), 0.0)
-    completeness = (s_mean > rules.bins.weak).sum(axis=1) / rules.sectors
-    ibin, cls = classify_cells(ring_mean, completeness, rules)
-    return CellTable(ids.astype(np.int64), cy, cx, area, ring_mean, completeness, ibin, cls)
+    s_peak = np.zeros(n * rules.sectors)
+    np.maximum.at(s_peak, flat, vals)
+    s_peak = s_peak.reshape(n, rules.sectors)
+    has = s_cnt > 0
+    # a sector without ring pixels faces a touching neighbour's nucleus: no membrane can be measured there,
+    # so completeness is the stained share of the sectors that have ring pixels
+    n_measured = has.sum(axis=1)
+    ring_peak = np.where(n_measured > 0, (s_peak * has).sum(axis=1) / np.maximum(n_measured, 1), 0.0)
+    completeness = ((s_peak > rules.bins.weak) & has).sum(axis=1) / np.maximum(
+        n_measured, rules.min_measured_sectors
+    )
+    ibin, cls = classify_cells(ring_peak, completeness, rules)
+    nuclear = ndi.mean(dab_od.astype(np.float64), nuclei, ids)
+    return CellTable(ids.astype(np.int64), cy, cx, area, ring_peak, completeness, ibin, cls, np.asarray(nuclear))
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,16 @@ class DabBins:
         return (self.weak, self.moderate, self.strong)
 
 
+def calibration_note(bins: DabBins, name: str = "") -> str:
+    """What the cut-offs in use are: a named calibration, user values, or the uncalibrated defaults."""
+    cuts = f"{bins.weak:g}/{bins.moderate:g}/{bins.strong:g}"
+    if name:
+        return f"DAB OD cut-offs {cuts} from the calibration {name!r}"
+    if bins.cutoffs != DabBins().cutoffs:
+        return f"DAB OD cut-offs {cuts} as given (not a saved calibration)"
+    return CALIBRATION_NOTE
+
+
 def dab_bins(dab_od: np.ndarray, bins: DabBins | None = None) -> np.ndarray:
     """uint8 class per pixel: 0 negative, 1 weak, 2 moderate, 3 strong."""
     b = bins or DabBins()
