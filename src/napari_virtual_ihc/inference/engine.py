@@ -36,6 +36,7 @@ from .api import (
 )
 from .confidence import ConfidenceWriter
 from .devices.calibration import calibration_window, decide_compute
+from .devices.probes import describe_device
 from .devices.rules import is_out_of_memory, release_device_memory
 from .dropout import set_positions, with_positional_dropout
 from .errors import RegionError
@@ -631,6 +632,7 @@ class _StainJob:
                 **plan.settings.__dict__,
                 **plan.info(),
                 "batch": plan.batch,
+                "device_described": describe_device(str(plan.device)),
                 "batch_final": self.runner.batch,
                 "winograd_convs": self.winograd_convs,
                 "compute": self.choice.to_dict(),
