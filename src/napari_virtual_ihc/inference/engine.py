@@ -39,7 +39,7 @@ from .devices.calibration import calibration_window, decide_compute
 from .devices.probes import describe_device
 from .devices.rules import is_out_of_memory, release_device_memory
 from .dropout import set_positions, with_positional_dropout
-from .errors import RegionError
+from .errors import RegionError, TileReadError
 from .grid import GridTile, sample_windows
 from .normalization import (
     estimate_instance_stats,
@@ -484,7 +484,20 @@ class _StainJob:
         return chosen
 
     def read_batch(self, indices: list[int]) -> np.ndarray:
-        return np.stack([self.plan.plane.read(self.tiles[i].window) for i in indices])
+        return np.stack([self.read_window(i) for i in indices])
+
+    def read_window(self, i: int) -> np.ndarray:
+        """Tile ``i``'s input window; a read or decode failure names the tile and where it lies."""
+        try:
+            return self.plan.plane.read(self.tiles[i].window)
+        except MemoryError:
+            raise
+        except Exception as e:
+            x, y, w, h = _to_level0(self.tiles[i].core, self.d)
+            detail = " ".join(str(e).split()) or type(e).__name__
+            raise TileReadError(
+                f"cannot read tile {i} (level-0 x={x}, y={y}, {w} x {h} px) of {self.slide.path}: {detail}"
+            ) from e
 
     def run_batch(self, indices: list[int], windows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         return self.runner.run(windows, [self.tiles[i].window[:2] for i in indices])
