@@ -70,7 +70,7 @@ def _one_batch_seconds(model_path: Path, tile: int, batch: int, repeats: int = 3
 
     from napari_virtual_ihc.inference.allocator import keep_freed_memory
     from napari_virtual_ihc.inference.api import EngineSettings
-    from napari_virtual_ihc.inference.device import resolve_device, resolve_precision
+    from napari_virtual_ihc.inference.devices import resolve_device, resolve_precision
     from napari_virtual_ihc.inference.grid import round_up
     from napari_virtual_ihc.inference.normalization import fold_frozen_norms, freeze_normalization
     from napari_virtual_ihc.inference.plan import plan_halo

@@ -11,12 +11,13 @@ import torch
 from engine_helpers import small_generator
 
 from napari_virtual_ihc.inference import EngineSettings, stain_slide
-from napari_virtual_ihc.inference import calibration as cal
-from napari_virtual_ihc.inference.calibration import Candidate, Measurement, ModelVariants
-from napari_virtual_ihc.inference.device import resolve_precision
+from napari_virtual_ihc.inference.devices import calibration as cal
+from napari_virtual_ihc.inference.devices import resolve_precision
+from napari_virtual_ihc.inference.devices.calibration import Candidate, Measurement
 from napari_virtual_ihc.inference.engine import run_json_path
 from napari_virtual_ihc.inference.errors import DeviceError
 from napari_virtual_ihc.inference.normalization import fold_frozen_norms, freeze_normalization
+from napari_virtual_ihc.inference.variants import ModelVariants
 from napari_virtual_ihc.slides.base import ArraySlide
 
 CPU = torch.device("cpu")

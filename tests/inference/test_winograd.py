@@ -10,7 +10,7 @@ from engine_helpers import small_generator
 from torch import nn
 
 from napari_virtual_ihc.inference import EngineSettings, stain_slide
-from napari_virtual_ihc.inference.device import resolve_batch
+from napari_virtual_ihc.inference.devices import resolve_batch
 from napari_virtual_ihc.inference.quality import psnr
 from napari_virtual_ihc.inference.winograd import (
     WinogradConv2d,

@@ -21,6 +21,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 
+from napari_virtual_ihc.inference.devices import DeviceError, resolve_device
+
 from .config import Config, ConfigError
 from .data import Pair
 from .evaluation import metrics
@@ -52,10 +54,10 @@ def setup_distributed(device_pref: str) -> tuple[Dist, torch.device]:
         d = Dist(
             int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0"))
         )
-    use_cuda = torch.cuda.is_available() and device_pref in ("auto", "cuda")
-    device = torch.device(
-        f"cuda:{d.local_rank}" if use_cuda else ("cpu" if device_pref == "auto" else device_pref)
-    )
+    try:  # the engine's one device rule: cuda:LOCAL_RANK under torchrun
+        device = resolve_device(device_pref, use_mps=False)
+    except DeviceError as e:
+        raise ConfigError(str(e)) from e
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if d.world > 1 and not dist.is_initialized():

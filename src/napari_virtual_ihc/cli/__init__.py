@@ -10,9 +10,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import analyze, compare, convert, demo, export, pairs, register, stain, study
+from . import analyze, cohort, compare, convert, demo, export, pairs, register, stain, study
 
-SUBCOMMANDS = (demo, stain, convert, analyze, export, study, register, compare, pairs)
+SUBCOMMANDS = (demo, stain, cohort, convert, analyze, export, study, register, compare, pairs)
 
 
 def build_parser() -> argparse.ArgumentParser:

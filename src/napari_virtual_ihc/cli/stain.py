@@ -1,25 +1,30 @@
 """``virtual-ihc stain SLIDE... --model CKPT --out DIR``: batch whole-slide staining, one OME-Zarr per slide.
 
-Under ``torchrun`` (``RANK``/``WORLD_SIZE`` in the environment) the slides are split across ranks, slide
-``i`` (in the order given) going to rank ``i % WORLD_SIZE``, so each slide is stained exactly once without a
-scheduler. No process group is needed for that; if one is already initialised, ranks meet at a barrier at
-the end so ``torchrun`` exits when every slide is done.
+Every process started on the same slides and ``--out`` (``torchrun`` ranks, Slurm array tasks, processes
+started by hand) shares the work: each claims the next slide nobody holds through a claim file in
+``DIR/.cohort`` (``inference.cohort``), so a large slide does not hold up the others and a crashed worker's
+slide is taken over after its lease. ``DIR/cohort.csv`` and ``virtual-ihc cohort status DIR`` say what
+became of each slide. Each process uses its own GPU (``cuda:LOCAL_RANK``, ``inference.devices``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import threading
+import time
 import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ..cohort import SlideRecord
     from ..inference.api import TileProgress
 
+from ..cohort import DEFAULT_LEASE_S, LEASE_ENV
 from ..models.spec import MODEL_MPP_RANGE
 from .argtypes import float_in, int_in
 
@@ -31,8 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "stain",
         help="stain H&E slides into virtual IHC OME-Zarr stores",
         description="Stain whole slides with a generator checkpoint; writes DIR/<slide>.ome.zarr and "
-        "DIR/<slide>.run.json. Re-running resumes unfinished stores. Under torchrun the slides are split "
-        "across ranks.",
+        "DIR/<slide>.run.json. Re-running resumes unfinished stores. Several processes started on the same "
+        "slides and DIR (torchrun, a Slurm array, by hand) share the slides as each finishes.",
     )
     p.add_argument("slides", nargs="+", metavar="SLIDE", help="slide files (svs, tiff, ndpi, png, ...)")
     p.add_argument("--model", required=True, help="checkpoint (.safetensors, or a reference .pth)")
@@ -89,6 +94,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dropout-seed", type=int, default=0, help="seed of the (position-based) dropout masks")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
+        "--lease",
+        type=float_in(0.5, 86400.0, unit="s"),
+        default=None,
+        help="seconds after which a slide claimed by a worker that stopped renewing its claim is taken over "
+        f"(default ${LEASE_ENV} or {DEFAULT_LEASE_S:g})",
+    )
+    p.add_argument(
+        "--retry-failed", action="store_true", help="claim again the slides this cohort recorded as failed"
+    )
+    p.add_argument(
         "--tumour-class",
         choices=["auto", "tumour", "non-tumour"],
         default="auto",
@@ -122,18 +137,14 @@ def rank_and_world() -> tuple[int, int]:
     return min(max(rank, 0), world - 1), world
 
 
-def slides_for_rank(slides: list[str], rank: int, world: int) -> list[str]:
-    """Slide ``i`` goes to rank ``i % world``: every slide exactly once across ranks."""
-    return [s for i, s in enumerate(slides) if i % world == rank]
-
-
 def run(args: argparse.Namespace) -> int:
+    from ..cohort import Cohort, largest_first, wait_interval, worker_name
     from ..ihc_store import StoreError, check_writable_folder, store_paths_for
-    from ..inference import EngineSettings, stain_slide
+    from ..inference import EngineSettings
+    from ..inference.devices import DeviceError, resolve_device
     from ..inference.dropout import DropoutMode
     from ..inference.errors import EngineError
     from ..models import CheckpointError, load_generator, supply_class_channel
-    from ..slides import open_slide
 
     rank, world = rank_and_world()
     out = Path(args.out)
@@ -143,8 +154,6 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"virtual-ihc stain: {e}", file=sys.stderr)
         return 2
-    stores = dict(zip(args.slides, store_paths_for(out, list(args.slides)), strict=True))
-    mine = slides_for_rank(list(args.slides), rank, world)
     tag = f"[rank {rank}/{world}] " if world > 1 else ""
     try:
         check_writable_folder(out)
@@ -154,6 +163,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     except OSError as e:  # e.g. the checkpoint is not readable
         print(f"virtual-ihc stain: cannot read {args.model}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    try:  # this process's device (cuda:LOCAL_RANK under a launcher), refused before any slide is claimed
+        resolve_device(args.device)
+    except DeviceError as e:
+        print(f"virtual-ihc stain: {tag}{e}", file=sys.stderr)
         return 2
     for note in model.notes:  # what loading assumed: say it before any work
         print(f"{tag}note: {note}", file=sys.stderr, flush=True)
@@ -171,57 +185,121 @@ def run(args: argparse.Namespace) -> int:
         dropout_seed=args.dropout_seed,
     )
     failures = 0
-    for slide_arg in mine:
-        path = Path(slide_arg)
-        store = stores[slide_arg]
-        print(f"{tag}stain {path} -> {store}", flush=True)
-        try:
-            slide = open_slide(path)
-        except Exception as e:  # slides raise typed SlideError; any failure must not stop the cohort
-            _report_failure(store, rank, world, path, f"cannot open {path}: {_describe_error(e)}", e, tag)
-            failures += 1
-            continue
-        bar = None
-        try:
-            if not args.quiet:
-                from tqdm import tqdm
-
-                bar = tqdm(total=0, unit="tile", desc=f"{tag}{path.name}", dynamic_ncols=True)
-
-            def on_progress(p: TileProgress, bar: Any = bar) -> None:
-                if bar is not None:
-                    bar.total = p.total
-                    bar.n = p.done
-                    bar.set_postfix(
-                        skipped=p.skipped, mp_s=f"{p.mp_per_s:.3f}", device=p.device, refresh=False
-                    )
-                    bar.refresh()
-
-            rep = stain_slide(
-                slide, model, store, settings, region=region, progress=on_progress, cancel=threading.Event()
-            )
-        except Exception as e:  # one slide's failure, whatever it is, must not stop the cohort
-            if bar is not None:  # end the bar's line first: the error gets a line of its own
-                bar.close()
-                bar = None
-            _report_failure(store, rank, world, path, f"{path}: {_describe_error(e)}", e, tag)
-            failures += 1
-            continue
-        finally:
-            if bar is not None:
-                bar.close()
-            slide.close()
-        _annotate_run_json(store, rank, world, str(path))
+    cohort = Cohort(out, worker_name(rank if world > 1 else None), args.lease)
+    stores = dict(zip(args.slides, store_paths_for(out, list(args.slides)), strict=True))
+    slides = largest_first([(stores[a].name, a) for a in args.slides])
+    keys = [k for k, _ in slides]
+    by_key = dict(slides)
+    try:
+        cohort.register(slides)
+        if args.retry_failed:
+            cohort.retry_failed(keys)
+    except OSError as e:
         print(
-            f"{tag}done {path.name}: {rep.tiles_done} tiles stained, {rep.tiles_skipped} background, "
-            f"{rep.tiles_resumed} resumed, {rep.seconds:.1f} s, {rep.mp_per_s:.3f} MP/s on {rep.device}, "
-            f"{rep.settings['compute']['described']}",
+            f"virtual-ihc stain: cannot write the cohort's claims in {cohort.dir}: {e.strerror or e}",
+            file=sys.stderr,
+        )
+        return 2
+    settled = len(keys) - len(cohort.unsettled(keys))
+    if settled:
+        print(
+            f"{tag}{settled} of {len(keys)} slides already settled in {out} (virtual-ihc cohort status {out}; "
+            "--retry-failed claims failed ones again, deleting a store stains it again)",
             flush=True,
         )
-        for warning in rep.warnings:
-            print(f"{tag}warning: {path.name}: {warning}", file=sys.stderr, flush=True)
+    while True:
+        key = cohort.claim_next(keys)
+        if key is None:
+            if not cohort.unsettled(keys):
+                break
+            time.sleep(wait_interval(cohort.lease_s))  # others hold the rest: wait for them or their lease
+            continue
+        path = Path(by_key[key])
+        store = stores[by_key[key]]
+        print(f"{tag}stain {path} -> {store}", flush=True)
+        with cohort.hold(key) as lost:
+            record = _stain_one(path, store, model, settings, region, args.quiet, rank, world, tag, lost)
+        record.worker = cohort.worker
+        if lost.is_set():
+            print(
+                f"{tag}warning: {path.name}: this worker's claim was taken over; left to the other worker",
+                file=sys.stderr,
+                flush=True,
+            )
+            continue
+        cohort.finish(key, record)
+        with contextlib.suppress(OSError):
+            cohort.write_csv()
+        failures += record.state == "failed"
     _barrier()
     return 1 if failures else 0
+
+
+def _stain_one(
+    path: Path,
+    store: Path,
+    model: Any,
+    settings: Any,
+    region: tuple[int, int, int, int] | None,
+    quiet: bool,
+    rank: int,
+    world: int,
+    tag: str,
+    cancel: threading.Event,
+) -> SlideRecord:
+    """Stain one slide; any failure is reported and recorded, never raised: the cohort goes on."""
+    from ..cohort import SlideRecord
+    from ..inference import stain_slide
+    from ..slides import open_slide
+
+    try:
+        slide = open_slide(path)
+    except Exception as e:  # slides raise typed SlideError; any failure must not stop the cohort
+        message = f"cannot open {path}: {_describe_error(e)}"
+        _report_failure(store, rank, world, path, message, e, tag)
+        return SlideRecord(str(path), "failed", error=message)
+    bar = None
+    try:
+        if not quiet:
+            from tqdm import tqdm
+
+            bar = tqdm(total=0, unit="tile", desc=f"{tag}{path.name}", dynamic_ncols=True)
+
+        def on_progress(p: TileProgress, bar: Any = bar) -> None:
+            if bar is not None:
+                bar.total = p.total
+                bar.n = p.done
+                bar.set_postfix(skipped=p.skipped, mp_s=f"{p.mp_per_s:.3f}", device=p.device, refresh=False)
+                bar.refresh()
+
+        rep = stain_slide(slide, model, store, settings, region=region, progress=on_progress, cancel=cancel)
+    except Exception as e:  # one slide's failure, whatever it is, must not stop the cohort
+        if bar is not None:  # end the bar's line first: the error gets a line of its own
+            bar.close()
+            bar = None
+        message = f"{path}: {_describe_error(e)}"
+        _report_failure(store, rank, world, path, message, e, tag)
+        return SlideRecord(str(path), "failed", error=message)
+    finally:
+        if bar is not None:
+            bar.close()
+        slide.close()
+    _annotate_run_json(store, rank, world, str(path))
+    print(
+        f"{tag}done {path.name}: {rep.tiles_done} tiles stained, {rep.tiles_skipped} background, "
+        f"{rep.tiles_resumed} resumed, {rep.seconds:.1f} s, {rep.mp_per_s:.3f} MP/s on {rep.device}, "
+        f"{rep.settings['compute']['described']}",
+        flush=True,
+    )
+    for warning in rep.warnings:
+        print(f"{tag}warning: {path.name}: {warning}", file=sys.stderr, flush=True)
+    return SlideRecord(
+        str(path),
+        "done" if not rep.cancelled else "pending",
+        tiles=rep.tiles_done + rep.tiles_skipped,
+        seconds=round(rep.seconds, 3),
+        mp_per_s=round(rep.mp_per_s, 4),
+    )
 
 
 def _annotate_run_json(store: Path, rank: int, world: int, slide: str) -> None:
@@ -294,6 +372,17 @@ def _same_file(recorded: object, path: Path) -> bool:
         return Path(recorded).resolve() == path.resolve() or os.path.samefile(recorded, path)
     except OSError:
         return False
+
+
+def _barrier() -> None:
+    """Wait for the other ranks only if the launcher already made a process group."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+    except Exception:  # pragma: no cover - a barrier failure must not hide the per-slide results
+        pass
 
 
 def _barrier() -> None:

@@ -39,7 +39,7 @@ class EngineSettings:
     pooled_pass_mp: float | None = None
     # CPU fp32 only: wide 3x3 convolutions as Winograd F(4x4, 3x3) (~2x fewer multiplications; the output
     # differs from direct convolution by fp32 rounding, far below one grey level). None: measured (with
-    # ``precision="auto"``, see inference.calibration), on when there is nothing to measure; True/False: forced.
+    # ``precision="auto"``, see inference.devices.calibration), on when there is nothing to measure; True/False: forced.
     winograd: bool | None = None
     # Jobs with fewer window megapixels of tissue to run than this use the default precision and kernels
     # instead of measuring them (the calibration costs a few window passes); 0 always measures.

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Generator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +34,12 @@ from .api import (
     RunReport,
     TileProgress,
 )
-from .calibration import ModelVariants, calibration_window, decide_compute
 from .confidence import ConfidenceWriter
-from .device import is_out_of_memory, release_device_memory
+from .devices.calibration import calibration_window, decide_compute
+from .devices.probes import describe_device
+from .devices.rules import is_out_of_memory, release_device_memory
 from .dropout import set_positions, with_positional_dropout
-from .errors import RegionError
+from .errors import RegionError, TileReadError
 from .grid import GridTile, sample_windows
 from .normalization import (
     estimate_instance_stats,
@@ -51,6 +53,7 @@ from .resample import WorkingPlane, low_resolution_view
 from .runner import to_input, to_uint8
 from .tiling import pooled_pass_limit_mp
 from .tissue import rect_has_tissue, tissue_mask
+from .variants import ModelVariants
 from .workspace import release_workspace
 
 __all__ = ["iter_stain_slide", "plan_halo", "pyramid_factors", "stain_slide", "write_run_json"]
@@ -58,6 +61,17 @@ __all__ = ["iter_stain_slide", "plan_halo", "pyramid_factors", "stain_slide", "w
 BACKGROUND_GROUP = 64  # background tiles written between two progress reports
 POOLED_MARK = "pooled_pass"  # in the saved statistics: whether they came from the one exact pooled pass
 LEGACY_POOLED_MP = 8.0  # the fixed pooled-pass limit (sum of window megapixels) of stores without the mark
+
+
+@dataclass
+class JobCounters:
+    """What a run has done so far, for its progress reports and its ``run.json``."""
+
+    done: int = 0  # tiles finished, resumed ones included
+    skipped: int = 0  # blank glass filled by this run
+    model: int = 0  # tiles the model ran on in this run
+    pixels: int = 0  # core pixels written by this run
+    fp16_fallbacks: int = 0  # batches re-run at higher precision after fp16 overflowed
 
 
 def _to_level0(rect: tuple[int, int, int, int], d: float) -> Box:
@@ -210,9 +224,7 @@ class _StainJob:
         self.finished = tstore.finished()
         self.resumed = [i for i in self.tiles if i in self.finished]
         self.todo = [i for i in self.tiles if i not in self.finished]
-        # progress counters
-        self.done_count = len(self.resumed)
-        self.skipped_now = self.model_done = self.pixels_now = 0
+        self.count = JobCounters(done=len(self.resumed))
         self.cancelled = False
         self.t_work = time.perf_counter()
         self.blank_spread: np.ndarray | None = None
@@ -409,7 +421,7 @@ class _StainJob:
     def choose_compute(self) -> None:
         """Fold the frozen norms, then pick precision and kernels for the tile pass (after folding: Winograd
         transforms the folded weights), measured on the first tissue window when the job is large enough to
-        repay it (inference.calibration)."""
+        repay it (inference.devices.calibration)."""
         plan, grid = self.plan, self.grid
         frozen = freeze_normalization(self.base, self.stats)
         self.folded = fold_frozen_norms(frozen)
@@ -443,11 +455,11 @@ class _StainJob:
     def progress(self, new: list[int]) -> TileProgress:
         elapsed = max(1e-9, time.perf_counter() - self.t_work)
         return TileProgress(
-            done=self.done_count,
+            done=self.count.done,
             total=len(self.tiles),
-            skipped=self.skipped_now + sum(1 for i in self.resumed if self.finished[i] == "s"),
+            skipped=self.count.skipped + sum(1 for i in self.resumed if self.finished[i] == "s"),
             new_boxes=[_to_level0(self.tiles[i].core, self.d) for i in new],
-            mp_per_s=self.pixels_now / 1e6 / elapsed,
+            mp_per_s=self.count.pixels / 1e6 / elapsed,
             device=str(self.plan.device),
             compute=self.choice.describe(),
         )
@@ -472,7 +484,20 @@ class _StainJob:
         return chosen
 
     def read_batch(self, indices: list[int]) -> np.ndarray:
-        return np.stack([self.plan.plane.read(self.tiles[i].window) for i in indices])
+        return np.stack([self.read_window(i) for i in indices])
+
+    def read_window(self, i: int) -> np.ndarray:
+        """Tile ``i``'s input window; a read or decode failure names the tile and where it lies."""
+        try:
+            return self.plan.plane.read(self.tiles[i].window)
+        except MemoryError:
+            raise
+        except Exception as e:
+            x, y, w, h = _to_level0(self.tiles[i].core, self.d)
+            detail = " ".join(str(e).split()) or type(e).__name__
+            raise TileReadError(
+                f"cannot read tile {i} (level-0 x={x}, y={y}, {w} x {h} px) of {self.slide.path}: {detail}"
+            ) from e
 
     def run_batch(self, indices: list[int], windows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         return self.runner.run(windows, [self.tiles[i].window[:2] for i in indices])
@@ -484,9 +509,9 @@ class _StainJob:
             if self.confidence is not None and spreads is not None:
                 self.confidence.write(tiles[i].core, _crop(spreads[k], tiles[i]))
         self.tstore.mark_done(indices, "d")
-        self.done_count += len(indices)
-        self.model_done += len(indices)
-        self.pixels_now += sum(tiles[i].core[2] * tiles[i].core[3] for i in indices)
+        self.count.done += len(indices)
+        self.count.model += len(indices)
+        self.count.pixels += sum(tiles[i].core[2] * tiles[i].core[3] for i in indices)
 
     # --- step 4: the field of view, while the tissue mask is computed -------------------------------------
     def field_of_view_first(self) -> Generator[TileProgress, None, None]:
@@ -548,10 +573,10 @@ class _StainJob:
                 if self.confidence is not None and self.blank_spread is not None:
                     spread = _fill(self.blank_spread[..., None], cx, cy, cw, ch)[..., 0]
                     self.confidence.write(self.tiles[i].core, spread)
-                self.pixels_now += cw * ch
+                self.count.pixels += cw * ch
             self.tstore.mark_done(group, "s")
-            self.done_count += len(group)
-            self.skipped_now += len(group)
+            self.count.done += len(group)
+            self.count.skipped += len(group)
             yield self.progress(group)
 
     # --- step 6: the pooled pass's tiles -----------------------------------------------------------------
@@ -563,9 +588,9 @@ class _StainJob:
         for i, core_pixels in zip(indices, crops, strict=True):
             self.tstore.write_tile(self.tiles[i].core, core_pixels)
         self.tstore.mark_done(indices, "d")
-        self.done_count += len(indices)
-        self.model_done += len(indices)
-        self.pixels_now += sum(self.tiles[i].core[2] * self.tiles[i].core[3] for i in indices)
+        self.count.done += len(indices)
+        self.count.model += len(indices)
+        self.count.pixels += sum(self.tiles[i].core[2] * self.tiles[i].core[3] for i in indices)
         yield self.progress(indices)
         done = set(indices)
         self.pending = [i for i in self.pending if i not in done]
@@ -593,7 +618,7 @@ class _StainJob:
     def report(self) -> RunReport:
         plan, spec, tiles = self.plan, self.model.spec, self.tiles
         seconds = time.perf_counter() - self.t_start
-        complete = not self.cancelled and self.done_count == len(tiles)
+        complete = not self.cancelled and self.count.done == len(tiles)
         whole = len(tiles) == len(self.grid)
         finished_now = self.tstore.finished()
         store_complete = bool(complete and (whole or len(finished_now) == len(self.grid)))
@@ -609,17 +634,18 @@ class _StainJob:
             device=str(plan.device),
             precision=self.choice.precision,
             tiles_total=len(tiles),
-            tiles_done=self.model_done,
-            tiles_skipped=self.skipped_now,
+            tiles_done=self.count.model,
+            tiles_skipped=self.count.skipped,
             tiles_resumed=len(self.resumed),
             seconds=seconds,
-            mp_per_s=self.pixels_now / 1e6 / max(1e-9, seconds),
+            mp_per_s=self.count.pixels / 1e6 / max(1e-9, seconds),
             cancelled=self.cancelled,
             store_complete=store_complete,
             settings={
                 **plan.settings.__dict__,
                 **plan.info(),
                 "batch": plan.batch,
+                "device_described": describe_device(str(plan.device)),
                 "batch_final": self.runner.batch,
                 "winograd_convs": self.winograd_convs,
                 "compute": self.choice.to_dict(),

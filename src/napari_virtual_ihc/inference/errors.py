@@ -20,6 +20,7 @@ __all__ = [
     "StoreLockedError",
     "StoreMismatchError",
     "StoreWriteError",
+    "TileReadError",
 ]
 
 
@@ -33,6 +34,10 @@ class RegionError(EngineError, ValueError):
 
 class DeviceError(EngineError):
     """The requested device or precision is not available here."""
+
+
+class TileReadError(EngineError):
+    """A window of the slide could not be read or decoded (a corrupt tile): the slide stops, the tile named."""
 
 
 class ModelInputError(EngineError):

@@ -18,7 +18,7 @@ from ..models.norms import norm_kind
 from ..models.spec import LoadedGenerator
 from ..slides.base import Slide
 from .api import EngineSettings
-from .device import resolve_batch, resolve_device, resolve_precision
+from .devices.rules import resolve_batch, resolve_device, resolve_precision
 from .errors import ImageTooSmallError, ModelInputError, RegionError, ResolutionError
 from .grid import GridTile, TileGrid, round_up
 from .resample import WorkingPlane, model_downsample

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .device import autocast_dtype, is_out_of_memory, release_device_memory
+from .devices.rules import autocast_dtype, is_out_of_memory, release_device_memory
 from .dropout import DropoutContext, set_positions
 from .errors import NonFiniteOutputError
 

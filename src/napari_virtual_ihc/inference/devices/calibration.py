@@ -14,10 +14,8 @@ when the CPU has bf16 instructions); CUDA fp32, fp16, bf16 (when supported); MPS
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -27,13 +25,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from .dropout import DropoutContext
-from .errors import DeviceError
-from .quality import psnr
-from .runner import BatchRunner
-from .winograd import is_eligible, use_winograd
+from ..quality import psnr
+from .probes import cpu_has_bf16, device_has_bf16, device_name
+from .rules import check_precision_supported
 
 MIN_PSNR = 40.0  # dB against fp32 direct on the same window
 MAX_ERROR = 8  # grey levels, worst pixel
@@ -119,64 +114,6 @@ class ComputeChoice:
         return {**asdict(self), "label": self.label, "described": self.describe()}
 
 
-# --- what this device offers ---------------------------------------------------------------------------
-def _cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
-def cpu_has_bf16() -> bool:
-    """True when the CPU has bf16 arithmetic instructions (x86 AVX512-BF16 / AMX-BF16, Arm BF16)."""
-    flags = _cpu_flags()
-    if flags & {"avx512_bf16", "amx_bf16", "bf16"}:
-        return True
-    if sys.platform == "darwin" and platform.machine() == "arm64":
-        with contextlib.suppress(OSError, ValueError):
-            import subprocess
-
-            out = subprocess.run(
-                ["sysctl", "-n", "hw.optional.arm.FEAT_BF16"], capture_output=True, text=True, timeout=2
-            )
-            return out.stdout.strip() == "1"
-    return False
-
-
-def cpu_model_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
-
-
-def device_name(device: torch.device) -> str:
-    """What the cache is keyed by: the CPU model and torch's CPU capability, or the GPU's name."""
-    if device.type == "cuda":
-        return f"cuda {torch.cuda.get_device_name(device.index or 0)}"
-    if device.type == "mps":
-        return f"mps {platform.machine()} {platform.mac_ver()[0]}"
-    return f"cpu {cpu_model_name()} ({torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads)"
-
-
-def check_precision_supported(precision: str, device: torch.device) -> None:
-    """Refuse, with the reason, a precision this device has no instructions for."""
-    if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
-        raise DeviceError(
-            f"bf16 was requested but this CPU ({cpu_model_name()}) has no bf16 instructions (AVX512-BF16 or "
-            "AMX): it would run emulated, many times slower than fp32. Use --precision auto or fp32."
-        )
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise DeviceError(f"bf16 is not supported on {torch.cuda.get_device_name(device.index or 0)}")
-
-
 def candidates(
     device: torch.device, precision: str = "auto", winograd: bool | None = None, winograd_convs: int = 0
 ) -> list[Candidate]:
@@ -188,7 +125,7 @@ def candidates(
     if device.type == "cpu":
         wanted = ["fp32"] + (["bf16"] if cpu_has_bf16() else [])
     elif device.type == "cuda":
-        wanted = ["fp32", "fp16"] + (["bf16"] if torch.cuda.is_bf16_supported() else [])
+        wanted = ["fp32", "fp16"] + (["bf16"] if device_has_bf16(device) else [])
     else:
         wanted = ["fp32", "fp16"]
     if precision != "auto":
@@ -419,41 +356,3 @@ def decide_compute(
     choice = calibrate(window(), cands, prepare, device)
     store_cached(key, choice)
     return choice
-
-
-class ModelVariants:
-    """The frozen model as each candidate runs it (direct or Winograd), built once and shared by the
-    calibration and the tile pass."""
-
-    def __init__(self, frozen: nn.Module, device: torch.device, input_norm: str, output_norm: str) -> None:
-        self.device = device
-        self.input_norm, self.output_norm = input_norm, output_norm
-        self._modules: dict[bool, nn.Module] = {False: frozen}
-        self.winograd_convs = (
-            sum(1 for m in frozen.modules() if is_eligible(m)) if device.type == "cpu" else 0
-        )
-        self.converted = 0
-
-    def module(self, winograd: bool) -> nn.Module:
-        if winograd not in self._modules:
-            wmod = copy.deepcopy(self._modules[False])
-            self.converted = use_winograd(wmod)
-            self._modules[True] = wmod
-        return self._modules[winograd]
-
-    def runner(
-        self, c: Candidate, batch: int = 1, dropout: DropoutContext | None = None, samples: int = 1
-    ) -> BatchRunner:
-        return BatchRunner(
-            self.module(c.winograd),
-            self.device,
-            c.precision,
-            batch,
-            self.input_norm,
-            self.output_norm,
-            dropout=dropout,
-            samples=samples,
-        )
-
-    def prepare(self, c: Candidate) -> Runner:
-        return self.runner(c, 1)

@@ -1,0 +1,51 @@
+"""The frozen model as each calibration candidate runs it (direct or Winograd 3x3 convolutions)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from .devices.calibration import Candidate, Runner
+from .dropout import DropoutContext
+from .runner import BatchRunner
+from .winograd import is_eligible, use_winograd
+
+
+class ModelVariants:
+    """The frozen model as each candidate runs it (direct or Winograd), built once and shared by the
+    calibration and the tile pass."""
+
+    def __init__(self, frozen: nn.Module, device: torch.device, input_norm: str, output_norm: str) -> None:
+        self.device = device
+        self.input_norm, self.output_norm = input_norm, output_norm
+        self._modules: dict[bool, nn.Module] = {False: frozen}
+        self.winograd_convs = (
+            sum(1 for m in frozen.modules() if is_eligible(m)) if device.type == "cpu" else 0
+        )
+        self.converted = 0
+
+    def module(self, winograd: bool) -> nn.Module:
+        if winograd not in self._modules:
+            wmod = copy.deepcopy(self._modules[False])
+            self.converted = use_winograd(wmod)
+            self._modules[True] = wmod
+        return self._modules[winograd]
+
+    def runner(
+        self, c: Candidate, batch: int = 1, dropout: DropoutContext | None = None, samples: int = 1
+    ) -> BatchRunner:
+        return BatchRunner(
+            self.module(c.winograd),
+            self.device,
+            c.precision,
+            batch,
+            self.input_norm,
+            self.output_norm,
+            dropout=dropout,
+            samples=samples,
+        )
+
+    def prepare(self, c: Candidate) -> Runner:
+        return self.runner(c, 1)
