@@ -128,7 +128,7 @@ def slides_for_rank(slides: list[str], rank: int, world: int) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..ihc_store import StoreError, check_writable_folder, store_paths_for
+    from ..ihc_store import StoreError, check_output_outside, check_writable_folder, store_paths_for
     from ..inference import EngineSettings, stain_slide
     from ..inference.dropout import DropoutMode
     from ..inference.errors import EngineError
@@ -140,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         region = parse_region(args.region)
         DropoutMode.parse(args.dropout)
-    except ValueError as e:
+        check_output_outside(out, [Path(s) for s in args.slides])
+    except (ValueError, StoreError) as e:
         print(f"virtual-ihc stain: {e}", file=sys.stderr)
         return 2
     stores = dict(zip(args.slides, store_paths_for(out, list(args.slides)), strict=True))
