@@ -175,3 +175,20 @@ def test_a_stem_of_240_characters_is_stained(tmp_path, checkpoint, he):
     tifffile.imwrite(slide, he[:128, :128], photometric="rgb")
     assert stain(slide, checkpoint, tmp_path / "o", "--dropout", "off") == 0
     assert len(list((tmp_path / "o").glob("*.ome.zarr"))) == 1
+
+
+# --- --out inside an input store ------------------------------------------------------------------------------
+@pytest.mark.parametrize("sub", ["", "results", "results/deeper"])
+def test_an_output_folder_inside_an_input_store_is_refused(tmp_path, checkpoint, he, capsys, sub):
+    slide = tmp_path / "x.ome.zarr"
+    group = zarr.open_group(str(slide), mode="w", zarr_format=3)
+    arr = group.create_array("0", shape=(3, 128, 128), chunks=(3, 64, 64), dtype="uint8")
+    arr[:] = np.moveaxis(he[:128, :128], -1, 0)
+    axes = [{"name": "c", "type": "channel"}, {"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+    ds = [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 0.5, 0.5]}]}]
+    group.attrs["ome"] = {"version": "0.5", "multiscales": [{"axes": axes, "datasets": ds}]}
+    before = tree(slide)
+    assert stain(slide, checkpoint, slide / sub if sub else slide) == 2
+    err = capsys.readouterr().err
+    assert "inside the input" in err and "Traceback" not in err
+    assert tree(slide) == before and not (slide / "results").exists()

@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
+from pathlib import Path
 
 from ..models import CheckpointError, load_generator, norm_kind, save_generator
 from ..models.spec import MODEL_MPP_RANGE
@@ -58,6 +60,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if _same_file(Path(args.src), Path(args.dst)):
+        print(
+            f"virtual-ihc convert: the output {args.dst} is the input {args.src} (or a link to it); "
+            "choose another output file",
+            file=sys.stderr,
+        )
+        return 1
     try:
         loaded = load_generator(
             args.src,
@@ -88,3 +97,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"  mpp {spec.mpp if spec.mpp is not None else 'unknown (runs at the slide native resolution)'}")
     print(f"  name {spec.name!r}, target stain {spec.target_stain}")
     return 0
+
+
+def _same_file(src: Path, dst: Path) -> bool:
+    """True when writing ``dst`` would replace ``src``: the same path, a symbolic or a hard link to it."""
+    try:
+        return src.resolve() == dst.resolve() or (dst.exists() and os.path.samefile(src, dst))
+    except OSError:
+        return False

@@ -139,7 +139,7 @@ def rank_and_world() -> tuple[int, int]:
 
 def run(args: argparse.Namespace) -> int:
     from ..cohort import Cohort, largest_first, wait_interval, worker_name
-    from ..ihc_store import StoreError, check_writable_folder, store_paths_for
+    from ..ihc_store import StoreError, check_output_outside, check_writable_folder, store_paths_for
     from ..inference import EngineSettings
     from ..inference.devices import DeviceError, resolve_device
     from ..inference.dropout import DropoutMode
@@ -151,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         region = parse_region(args.region)
         DropoutMode.parse(args.dropout)
-    except ValueError as e:
+        check_output_outside(out, [Path(s) for s in args.slides])
+    except (ValueError, StoreError) as e:
         print(f"virtual-ihc stain: {e}", file=sys.stderr)
         return 2
     tag = f"[rank {rank}/{world}] " if world > 1 else ""

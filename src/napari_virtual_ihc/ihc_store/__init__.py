@@ -27,7 +27,7 @@ from .reader import (
     open_store,
     read_store_provenance,
 )
-from .writer import TileStore, check_writable_folder
+from .writer import TileStore, check_output_outside, check_writable_folder
 
 __all__ = [
     "DONE_FILE",
@@ -48,6 +48,7 @@ __all__ = [
     "bind_levels",
     "blank_levels",
     "build_provenance",
+    "check_output_outside",
     "check_writable_folder",
     "layer_provenance",
     "model_name",

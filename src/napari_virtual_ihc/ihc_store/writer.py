@@ -64,6 +64,19 @@ def check_not_source(store: Path, source: Path | None) -> None:
         )
 
 
+def check_output_outside(folder: Path, sources: list[Path]) -> None:
+    """Refuse an output folder that is, or lies inside, an input slide (an OME-Zarr folder): its records and
+    stores would be written into the input. Checked before the folder is created."""
+    out = folder.resolve()
+    for source in sources:
+        s = source.resolve()
+        if s.is_dir() and (out == s or s in out.parents):
+            raise ForeignPathError(
+                f"the output folder {folder} is inside the input slide {source}; choose an output folder "
+                "outside it"
+            )
+
+
 def write_error(err: OSError, what: str) -> StoreWriteError:
     if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return StoreWriteError(

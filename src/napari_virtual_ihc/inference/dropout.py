@@ -25,6 +25,10 @@ _MIX = (0x3C6EF372FE94F82A, 0x1F83D9ABFB41BD6B, 0x5BE0CD19137E2179, 0x27BB2EE687
 _FINAL = (0xBF58476D1CE4E5B9 & _MASK62, 0x94D049BB133111EB & _MASK62)
 
 
+# mean:N runs the model N times per tile: more than this is days of work for a spread that no longer changes
+MAX_SAMPLES = 64
+
+
 class DropoutModeError(ValueError):
     """A dropout mode that is not ``off``, ``sample`` or ``mean:N`` (N >= 2)."""
 
@@ -43,10 +47,13 @@ class DropoutMode:
             return cls("off", 1)
         if t == "sample":
             return cls("sample", 1)
-        m = re.fullmatch(r"mean:(\d+)", t)
-        if m and int(m.group(1)) >= 2:
+        m = re.fullmatch(r"mean:(\d{1,9})", t)
+        if m and 2 <= int(m.group(1)) <= MAX_SAMPLES:
             return cls("mean", int(m.group(1)))
-        raise DropoutModeError(f"dropout mode {text!r}: use off, sample or mean:N with N >= 2 (e.g. mean:8)")
+        raise DropoutModeError(
+            f"dropout mode {text!r}: use off, sample or mean:N with N from 2 to at most {MAX_SAMPLES} "
+            "(e.g. mean:8; each sample is one more pass over the slide)"
+        )
 
     @property
     def active(self) -> bool:

@@ -33,7 +33,7 @@ from .errors import (
 from .registry import build_generator
 from .spec import FORMAT_VERSION, UNKNOWN_MPP_NOTE, LoadedGenerator, ModelSpec
 from .state_dict_io import read_pth, read_safetensors, read_safetensors_header, sniff_format
-from .validation import check_dtypes, check_finite, check_spec
+from .validation import check_dtypes, check_finite, check_spec, parse_header_json
 
 HEADER_KEY = "virtual_ihc"  # safetensors metadata key holding ModelSpec.to_dict() as JSON
 _SPEC_FIELDS = {f.name for f in dataclasses.fields(ModelSpec)} - {"arch_kwargs", "format_version"}
@@ -130,12 +130,11 @@ def _spec_from_metadata(meta: dict[str, str], path: Path) -> ModelSpec | None:
     raw = meta.get(HEADER_KEY)
     if raw is None:
         return None
-    try:
-        d = json.loads(raw)
-        if not isinstance(d, dict) or "arch" not in d:
-            raise ValueError("header is not an object with an 'arch'")
-    except ValueError as exc:
-        raise CorruptCheckpointError(f"{path}: unreadable '{HEADER_KEY}' header ({exc})") from exc
+    d = parse_header_json(raw, str(path), HEADER_KEY)
+    if not isinstance(d, dict) or "arch" not in d:
+        raise CorruptCheckpointError(
+            f"{path}: unreadable '{HEADER_KEY}' header (header is not an object with an 'arch')"
+        )
     try:
         version = int(d.get("format_version", 1))
     except (TypeError, ValueError):

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .errors import CheckpointNotFoundError, CorruptCheckpointError
+from .validation import parse_header_json
 
 CLASSIFIER_KEY = "virtual_ihc_classifier"
 CLASSES = ("non-tumour", "tumour")  # output index -> class; the plane value is -1 / +1
@@ -129,7 +130,9 @@ def read_classifier_header(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CorruptCheckpointError(f"{p}: not a readable .safetensors classifier ({exc})") from exc
     if CLASSIFIER_KEY not in meta:
         raise CorruptCheckpointError(f"{p}: not a tumour classifier (no '{CLASSIFIER_KEY}' header)")
-    header: dict[str, Any] = json.loads(meta[CLASSIFIER_KEY])
+    header = parse_header_json(meta[CLASSIFIER_KEY], str(p), CLASSIFIER_KEY)
+    if not isinstance(header, dict):
+        raise CorruptCheckpointError(f"{p}: unreadable '{CLASSIFIER_KEY}' header (not an object)")
     return header
 
 

@@ -8,7 +8,9 @@ memory), and the file's tensor names, shapes and dtypes are compared with it bef
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,6 +36,10 @@ CHOICE_ARGS: dict[str, tuple[str, ...]] = {
     "padding_type": ("reflect", "replicate", "zero"),
 }
 _LIST_LIMIT = 6
+# A checkpoint's JSON header: a real one is < 10 KB and nested 4 deep; '[' * 100000 ended in a RecursionError
+# traceback in json (issue 29), so size and depth are bounded before parsing.
+MAX_HEADER_BYTES = 1 << 20
+MAX_HEADER_DEPTH = 32
 
 
 def check_arch_kwargs(arch: str, kwargs: Mapping[str, Any]) -> None:
@@ -81,6 +87,14 @@ def check_spec(spec: ModelSpec, where: str) -> None:
             problems.append(f"{name} must be a string")
     if not isinstance(spec.provenance, dict):
         problems.append("provenance must be an object")
+    if spec.class_channel is not None:
+        input_nc = spec.arch_kwargs.get("input_nc", 3) if isinstance(spec.arch_kwargs, dict) else None
+        if not isinstance(spec.class_channel, dict):
+            problems.append("class_channel must be an object or null")
+        elif input_nc != 4:
+            problems.append(
+                f"a tumour class channel needs weights with 4 input channels (RGB + class), these take {input_nc}"
+            )
     if problems:
         raise InvalidSpecError(f"{where}: invalid checkpoint header: " + "; ".join(problems))
     try:
@@ -128,3 +142,32 @@ def check_finite(sd: Mapping[str, torch.Tensor], where: str) -> None:
             + "); the model diverged during training. Use an earlier checkpoint or retrain with a lower "
             "learning rate."
         )
+
+
+_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def parse_header_json(raw: str, where: str, what: str) -> Any:
+    """``json.loads`` of a checkpoint's header text, refused (CorruptCheckpointError) when larger than
+    ``MAX_HEADER_BYTES`` or nested deeper than ``MAX_HEADER_DEPTH``: it never reaches json's recursion."""
+    size = len(raw.encode(errors="replace"))
+    if size > MAX_HEADER_BYTES:
+        raise CorruptCheckpointError(
+            f"{where}: '{what}' header of {size} bytes (limit {MAX_HEADER_BYTES}); not a checkpoint of this project"
+        )
+    depth = 0
+    for token in _JSON_TOKENS.finditer(raw):
+        bracket = token.group()
+        if bracket in "[{":
+            depth += 1
+            if depth > MAX_HEADER_DEPTH:
+                raise CorruptCheckpointError(
+                    f"{where}: '{what}' header is nested more than {MAX_HEADER_DEPTH} deep; not a checkpoint "
+                    "of this project"
+                )
+        elif bracket in "]}":
+            depth -= 1
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise CorruptCheckpointError(f"{where}: unreadable '{what}' header ({exc})") from exc

@@ -10,7 +10,12 @@ from typing import Literal
 import numpy as np
 import tifffile
 
-from .errors import CorruptSlideError
+from .errors import CorruptSlideError, SlideError, UnsupportedImageError
+
+# One strip or tile is decoded whole: a compressed one may claim far more than its bytes (a 746 KB deflate
+# strip of 16000^2 px decodes to 768 MB, and took 1.2-2.1 GB for minutes; issue 29). Real slides' tiles
+# are < 1 MiB and plain TIFFs' strips a few MiB; more than this is refused.
+MAX_CHUNK_BYTES = 256 << 20
 
 
 def check_tiff_complete(path: Path, tif: tifffile.TiffFile | None = None) -> None:
@@ -44,7 +49,7 @@ def check_tiff_complete(path: Path, tif: tifffile.TiffFile | None = None) -> Non
                 )
             if path.suffix.lower() != ".ndpi":  # NDPI's single huge strips are its own convention
                 _check_chunk_count(path, page, offsets.size, int(counts.sum()))
-    except CorruptSlideError:
+    except SlideError:
         raise
     except Exception as e:  # tifffile raises many types on broken structures
         raise CorruptSlideError(f"{path}: not a readable TIFF ({type(e).__name__}: {e})") from e
@@ -67,8 +72,16 @@ def _check_chunk_count(path: Path, page: tifffile.TiffPage, listed: int, data_by
             f"{path}: corrupt TIFF: page {page.index} claims {width} x {height} px, which needs {needed} "
             f"{kind}, but its header lists {listed}"
         )
+    per_chunk = math.prod(int(n) for n in page.chunks) * max(1, int(page.bitspersample) // 8)
+    if int(page.compression) != 1 and per_chunk > MAX_CHUNK_BYTES:  # uncompressed ones are their bytes
+        kind = "tile" if page.is_tiled else "strip"
+        raise UnsupportedImageError(
+            f"{path}: page {page.index} stores its {width} x {height} px in compressed {kind}s of "
+            f"{' x '.join(str(int(n)) for n in page.chunks)} samples; one {kind} decodes to "
+            f"{per_chunk / 2**20:.0f} MiB (limit {MAX_CHUNK_BYTES >> 20} MiB, read whole); save it tiled "
+            "(e.g. as a pyramidal OME-TIFF with 512 px tiles) or with smaller strips"
+        )
     if int(page.compression) == 1 and int(page.bitspersample) % 8 == 0:  # uncompressed
-        per_chunk = math.prod(int(n) for n in page.chunks) * (int(page.bitspersample) // 8)
         expected = per_chunk * needed if page.is_tiled else int(page.nbytes)
         if data_bytes < expected:
             raise CorruptSlideError(
