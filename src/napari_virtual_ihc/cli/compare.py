@@ -17,6 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from ..slides.tiff_backend import PLAUSIBLE_MPP
+from .argtypes import float_in, int_in
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -29,13 +32,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("real", help="real IHC slide")
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument("--transform", help="transform.json from `virtual-ihc register H&E REAL`")
-    p.add_argument("--tile", type=int, default=512, help="tile side in output px")
+    p.add_argument("--tile", type=int_in(16, 8192), default=512, help="tile side in output px")
     p.add_argument(
-        "--max-side", type=int, default=4096, help="compare at a resolution with <= this many px per side"
+        "--max-side",
+        type=int_in(64, 65536),
+        default=4096,
+        help="compare at a resolution with <= this many px per side",
     )
-    p.add_argument("--mpp", type=float, default=None, help="µm/px of VIRTUAL's level 0 when it records none")
     p.add_argument(
-        "--cutoffs", type=float, nargs=3, default=(0.2, 0.4, 0.6), metavar=("WEAK", "MOD", "STRONG")
+        "--mpp",
+        type=float_in(*PLAUSIBLE_MPP, unit="µm/px"),
+        default=None,
+        help="µm/px of VIRTUAL's level 0 when it records none",
+    )
+    p.add_argument(
+        "--cutoffs", type=float_in(0, 10), nargs=3, default=(0.2, 0.4, 0.6), metavar=("WEAK", "MOD", "STRONG")
     )
     p.add_argument("--accept-poor", action="store_true", help="use a transform marked converged=false")
     p.set_defaults(func=run)
@@ -44,6 +55,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from ..ihc_store.errors import OutputNotWritableError
+    from ..ihc_store.writer import check_writable_folder
     from ..registration import RegistrationError, SlideTransform
     from ..registration.compare import ComparisonSettings, compare
     from ..slides import open_slide
@@ -77,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
         settings = ComparisonSettings(
             tile_px=args.tile, downsample=ds, mpp=args.mpp, bins=DabBins(*args.cutoffs)
         )
-    except (ValueError, SlideError, OSError) as e:
+        check_writable_folder(Path(args.out))  # the inputs are good: before any work
+    except (ValueError, SlideError, OSError, OutputNotWritableError) as e:
         print(f"virtual-ihc compare: {e}", file=sys.stderr)
         return 2
     out = Path(args.out)

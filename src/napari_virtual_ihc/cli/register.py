@@ -7,6 +7,12 @@ import json
 import sys
 from pathlib import Path
 
+from .argtypes import int_in
+
+#: Shortest side (px) of an image that can be registered: the multi-resolution pyramid and the
+#: smoothing of SimpleITK fail below about 16 px; 32 px leaves the coarsest level a few pixels.
+MIN_SIDE = 32
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -21,7 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--points", help="ANHIR-style CSV (X, Y columns) in the moving slide's level-0 pixels")
     p.add_argument("--nonrigid", action="store_true", help="add a B-spline refinement after the affine")
     p.add_argument("--no-flip", action="store_true", help="do not try the mirror image of the moving slide")
-    p.add_argument("--working-side", type=int, default=1024, help="px of the affine stage's views")
+    p.add_argument(
+        "--working-side", type=int_in(64, 16384), default=1024, help="px of the affine stage's views"
+    )
     p.add_argument(
         "--allow-swapped", action="store_true", help="accept an IHC-looking FIXED and H&E-looking MOVING"
     )
@@ -36,6 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from ..ihc_store.errors import OutputNotWritableError
+    from ..ihc_store.writer import check_writable_folder
     from ..registration import RegistrationError, RegistrationSettings, read_points, register, write_points
     from ..slides import open_slide
     from ..slides.errors import SlideError
@@ -49,7 +59,14 @@ def run(args: argparse.Namespace) -> int:
         )
         points = read_points(args.points) if args.points else None
         fixed, moving = open_slide(args.fixed), open_slide(args.moving)
-    except (ValueError, SlideError, OSError) as e:
+        for path, slide in ((args.fixed, fixed), (args.moving, moving)):
+            if min(slide.dimensions) < MIN_SIDE:
+                raise RegistrationError(
+                    f"{path} is {slide.dimensions[0]} x {slide.dimensions[1]} px: too small to register "
+                    f"(each side needs at least {MIN_SIDE} px)"
+                )
+        check_writable_folder(Path(args.out))  # before the registration's seconds of work
+    except (ValueError, SlideError, OSError, OutputNotWritableError) as e:
         print(f"virtual-ihc register: {e}", file=sys.stderr)
         return 2
     out = Path(args.out)
@@ -66,11 +83,15 @@ def run(args: argparse.Namespace) -> int:
     except RegistrationError as e:
         print(f"virtual-ihc register: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # SimpleITK's errors on images it cannot work with
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        print(
+            f"virtual-ihc register: the registration failed on these images ({first[:300]})", file=sys.stderr
+        )
+        return 1
     finally:
         fixed.close()
         moving.close()
-    out.mkdir(parents=True, exist_ok=True)
-    transform.save(out / "transform.json")
     q = transform.quality
     report = {
         "transform": "transform.json",
@@ -80,12 +101,18 @@ def run(args: argparse.Namespace) -> int:
     }
     for note in transform.notes:
         print(f"note: {note}", file=sys.stderr)
-    if points is not None:
-        xy, labels = points
-        if transform.converged or args.accept_poor:
-            write_points(out / "points_in_fixed.csv", transform.moving_to_fixed(xy), labels)
-            report["points_in_fixed"] = "points_in_fixed.csv"
-    (out / "registration.json").write_text(json.dumps(report, indent=2))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        transform.save(out / "transform.json")
+        if points is not None:
+            xy, labels = points
+            if transform.converged or args.accept_poor:
+                write_points(out / "points_in_fixed.csv", transform.moving_to_fixed(xy), labels)
+                report["points_in_fixed"] = "points_in_fixed.csv"
+        (out / "registration.json").write_text(json.dumps(report, indent=2))
+    except OSError as e:  # e.g. the disk filled up during the registration
+        print(f"virtual-ihc register: cannot write to {out}: {e.strerror or e}", file=sys.stderr)
+        return 1
     print(
         f"{'converged' if transform.converged else 'NOT CONVERGED'}: hematoxylin correlation "
         f"{q['correlation']:.3f} ({q.get('overlap_correlation', 0.0):.3f} where the sections overlap), "

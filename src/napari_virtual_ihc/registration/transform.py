@@ -31,6 +31,9 @@ FORMAT = "napari-virtual-ihc/slide-transform"
 VERSION = 1
 #: Fixed-point steps inverting ``x + d(x)``; the residual is reported when it is not reached.
 INVERSE_STEPS = 30
+UNITS = ("um", "px")
+#: Nodes of the largest displacement grid accepted (registration writes grids of tens of nodes a side).
+MAX_DISPLACEMENT_NODES = 4096 * 4096
 
 
 @dataclass(frozen=True)
@@ -62,12 +65,15 @@ class SlideRecord:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SlideRecord:
-        return cls(
+        rec = cls(
             str(d["name"]),
             None if d.get("digest") is None else str(d["digest"]),
             (int(d["dimensions"][0]), int(d["dimensions"][1])),
             (float(d["unit_per_px"][0]), float(d["unit_per_px"][1])),
         )
+        if min(rec.dimensions) < 1 or not all(math.isfinite(u) and u > 0 for u in rec.unit_per_px):
+            raise ValueError("dimensions must be >= 1 px and unit_per_px finite and > 0")
+        return rec
 
 
 @dataclass
@@ -234,41 +240,113 @@ class SlideTransform:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> SlideTransform:
-        """Read a saved transform (plain JSON + a NumPy array without pickles; no code runs)."""
+        """Read a saved transform (plain JSON + a NumPy array without pickles; no code runs). Every field
+        is checked, so a damaged or hand-edited file is a message naming the field, not a KeyError."""
         p = Path(path)
         try:
             d = json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             raise RegistrationError(f"{p}: not a readable transform file ({e})") from e
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise RegistrationError(f"{p}: not a napari-virtual-ihc slide transform")
-        if int(d.get("version", 0)) > VERSION:
-            raise RegistrationError(f"{p}: transform format version {d['version']} is newer than this plugin")
-        matrix = np.asarray(d["matrix"], dtype=np.float64)
-        if matrix.shape != (3, 3) or not np.isfinite(matrix).all():
-            raise RegistrationError(f"{p}: the matrix is not a finite 3 x 3 array")
-        disp = None
-        if d.get("displacement"):
-            dd = d["displacement"]
-            if Path(str(dd["file"])).name != dd["file"]:
+        field_name = "version"
+        try:
+            if int(d.get("version", 0)) > VERSION:
                 raise RegistrationError(
-                    f"{p}: the displacement file must sit beside the JSON, not {dd['file']!r}"
+                    f"{p}: transform format version {d['version']} is newer than this plugin"
                 )
-            arr = np.load(p.parent / dd["file"], allow_pickle=False)
-            if list(arr.shape) != list(dd["shape"]) or arr.ndim != 3 or arr.shape[2] != 2:
-                raise RegistrationError(f"{p}: the displacement array does not match its description")
-            disp = Displacement(arr, tuple(dd["origin"]), tuple(dd["spacing"]))
+            field_name = "matrix"
+            matrix = np.asarray(d["matrix"], dtype=np.float64)
+            if matrix.shape != (3, 3) or not np.isfinite(matrix).all():
+                raise RegistrationError(f"{p}: the matrix is not a finite 3 x 3 array")
+            if not np.allclose(matrix[2], (0.0, 0.0, 1.0), rtol=0, atol=1e-9):
+                raise RegistrationError(
+                    f"{p}: the matrix's last row is {matrix[2].tolist()}, not [0, 0, 1]: an affine map is "
+                    "expected, not a projective one"
+                )
+            field_name = "units"
+            units = d.get("units", "px")
+            if units not in UNITS:
+                raise RegistrationError(f"{p}: units must be one of {', '.join(UNITS)}, not {units!r}")
+            field_name = "converged"
+            converged = d.get("converged", False)
+            if not isinstance(converged, bool):
+                raise RegistrationError(f"{p}: converged must be true or false, not {converged!r}")
+            field_name = "quality"
+            quality = {str(k): float(v) for k, v in dict(d.get("quality", {})).items()}
+            field_name = "fixed"
+            fixed = SlideRecord.from_dict(d["fixed"])
+            field_name = "moving"
+            moving = SlideRecord.from_dict(d["moving"])
+            field_name = "displacement"
+            disp = _load_displacement(p, d["displacement"]) if d.get("displacement") else None
+            field_name = "stages"
+            stages = [str(v) for v in d.get("stages", [])]
+            field_name = "notes"
+            notes = [str(v) for v in d.get("notes", [])]
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+            if isinstance(e, RegistrationError):
+                raise
+            raise RegistrationError(f"{p}: the field {field_name!r} is missing or malformed ({e!r})") from e
         return cls(
             matrix=matrix,
-            fixed=SlideRecord.from_dict(d["fixed"]),
-            moving=SlideRecord.from_dict(d["moving"]),
+            fixed=fixed,
+            moving=moving,
             displacement=disp,
-            units=str(d.get("units", "px")),
-            converged=bool(d.get("converged", False)),
-            quality={k: float(v) for k, v in d.get("quality", {}).items()},
-            stages=list(d.get("stages", [])),
-            notes=list(d.get("notes", [])),
+            units=units,
+            converged=converged,
+            quality=quality,
+            stages=stages,
+            notes=notes,
         )
+
+
+def _load_displacement(p: Path, dd: dict[str, Any]) -> Displacement:
+    """The displacement grid beside ``p``, its .npy header checked against the JSON, a cap and the file's
+    size before any array is allocated (a 200 B file may claim 149 GiB)."""
+    name = str(dd["file"])
+    if Path(name).name != name:
+        raise RegistrationError(f"{p}: the displacement file must sit beside the JSON, not {name!r}")
+    shape = tuple(int(v) for v in dd["shape"])
+    if len(shape) != 3 or shape[2] != 2 or min(shape) < 1:
+        raise RegistrationError(f"{p}: the displacement shape must be (rows, columns, 2), not {list(shape)}")
+    if shape[0] * shape[1] > MAX_DISPLACEMENT_NODES:
+        raise RegistrationError(
+            f"{p}: the displacement grid of {shape[0]} x {shape[1]} nodes is larger than the "
+            f"{MAX_DISPLACEMENT_NODES} nodes a registration writes: a damaged or foreign file"
+        )
+    origin = (float(dd["origin"][0]), float(dd["origin"][1]))
+    spacing = (float(dd["spacing"][0]), float(dd["spacing"][1]))
+    if not all(math.isfinite(v) for v in origin) or not all(math.isfinite(v) and v > 0 for v in spacing):
+        raise RegistrationError(f"{p}: the displacement origin and spacing must be finite (spacing > 0)")
+    npy = p.parent / name
+    try:
+        with npy.open("rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                header = np.lib.format.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                header = np.lib.format.read_array_header_2_0(fh)
+            else:
+                raise ValueError(f".npy format version {version} is not one np.save writes for this")
+            data_bytes = npy.stat().st_size - fh.tell()
+    except (OSError, ValueError) as e:
+        raise RegistrationError(f"{p}: the displacement file {name} is unreadable ({e})") from e
+    file_shape, fortran, dtype = header
+    if tuple(file_shape) != shape or fortran or dtype not in (np.float32, np.float64):
+        raise RegistrationError(
+            f"{p}: the displacement array in {name} ({list(file_shape)}, {dtype}) does not match its "
+            f"description ({list(shape)}, float)"
+        )
+    if data_bytes < math.prod(shape) * dtype.itemsize:
+        raise RegistrationError(f"{p}: the displacement file {name} is truncated")
+    try:
+        field = np.load(npy, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise RegistrationError(f"{p}: the displacement file {name} is unreadable ({e})") from e
+    if not np.isfinite(field).all():
+        raise RegistrationError(f"{p}: the displacement file {name} holds NaN or infinity")
+    return Displacement(field.astype(np.float32, copy=False), origin, spacing)
 
 
 def load_transform(
