@@ -44,7 +44,7 @@ def test_manifest_validates_and_editable_install_is_discovered():
     found = _discover(sys.executable)
     # the editable install reads the repository's manifest, reached through the package symlink
     assert Path(found["manifest"]).resolve() == (ROOT / "napari.yaml").resolve()
-    assert found["readers"] == 1 and found["samples"] == ["cmu1_region"]
+    assert found["readers"] == 1 and found["samples"] == ["cmu1_region", "kidney_he_ihc_pair"]
 
 
 def test_wheel_holds_real_manifest_and_installs_into_fresh_venv(tmp_path):
@@ -102,4 +102,4 @@ def test_wheel_holds_real_manifest_and_installs_into_fresh_venv(tmp_path):
     manifest = Path(found["manifest"])
     assert manifest.is_relative_to(site) and not manifest.is_symlink()
     assert manifest.read_bytes() == (ROOT / "napari.yaml").read_bytes()
-    assert found["readers"] == 1 and found["samples"] == ["cmu1_region"]
+    assert found["readers"] == 1 and found["samples"] == ["cmu1_region", "kidney_he_ihc_pair"]

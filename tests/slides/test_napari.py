@@ -159,3 +159,16 @@ def test_sample_in_viewer_shows_tissue(make_napari_viewer, qtbot):
     slide = layer.metadata["slide"]
     viewer.layers.remove(layer)
     assert slide.closed
+
+
+def test_kidney_pair_sample_opens_two_real_layers(make_napari_viewer):
+    viewer = make_napari_viewer()
+    with pytest.warns(MissingMppWarning):  # ANHIR's 5 % images record no pixel size
+        viewer.open_sample(PLUGIN, "kidney_he_ihc_pair")
+    he, ihc = viewer.layers
+    assert "H&E" in he.name and "IHC" in ihc.name
+    assert [tuple(d.shape) for d in he.data] == [(787, 1164, 3)]
+    assert [tuple(d.shape) for d in ihc.data] == [(724, 1123, 3)]
+    pixels = np.asarray(ihc.data[0]).reshape(-1, 3).astype(int)
+    brown = (pixels[:, 0] > pixels[:, 2] + 20) & (pixels[:, 0] < 200)  # DAB: red > blue, darker than glass
+    assert brown.mean() > 0.02

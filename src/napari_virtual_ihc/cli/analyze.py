@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..export.geojson import cell_features, write_geojson
 from ..slides.tiff_backend import PLAUSIBLE_MPP
 from .argtypes import float_in, int_in
 
@@ -70,6 +71,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dab", type=float, nargs=3, metavar=("R", "G", "B"), help="DAB OD vector")
     p.add_argument("--tile", type=int_in(128, 8192), default=1024)
     p.add_argument("--cells-csv", action="store_true", help="also write cells.csv (one row per nucleus)")
+    p.add_argument(
+        "--cells-geojson",
+        action="store_true",
+        help="also write cells.geojson (QuPath detections: centroid, HER2 class, measurements)",
+    )
     p.set_defaults(func=run)
 
 
@@ -182,6 +188,10 @@ def _analyze_and_write(args: argparse.Namespace, slide: Slide, settings: Analysi
     if args.cells_csv:
         _write_cells(out / "cells.csv", result)
         summary["cells_csv"] = "cells.csv"
+    if args.cells_geojson:
+        summary["cells_geojson"] = write_geojson(
+            cell_features(result.cells, result.mpp), out / "cells.geojson"
+        ).name
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     her2 = summary.get("her2", {})
     print(
