@@ -36,7 +36,6 @@ from .markers import (
 from .membrane import BIN_NAMES, DabBins, calibration_note, dab_bins, tdkstain_membrane_mask
 from .regions import TumourRegion
 
-
 ASSUMED_MPP = 0.5
 
 Progress = Callable[[int, int], None]
