@@ -20,11 +20,11 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
+    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
     QLineEdit,
-    QFileDialog,
     QPushButton,
     QVBoxLayout,
     QWidget,
@@ -33,11 +33,11 @@ from qtpy.QtWidgets import (
 from ..stain.analysis import AnalysisResult, AnalysisSettings, iter_analysis, tile_count
 from ..stain.calibration import StainCalibration
 from ..stain.calibration_file import load_calibration, save_calibration
-from ..stain.markers import MARKER_CHOICES, NO_REGION
-from ..stain.regions import TumourRegion, mask_region, polygon_region
 from ..stain.deconvolution import QUPATH_DAB, QUPATH_HEMATOXYLIN, hdab_matrix
 from ..stain.her2 import Her2Rules
+from ..stain.markers import MARKER_CHOICES, NO_REGION
 from ..stain.membrane import DabBins
+from ..stain.regions import TumourRegion, mask_region, polygon_region
 from ._activity import pause_spinner, resume_spinner
 from ._layer_source import combo_layer, fill_layer_combo, layer_mpp, slide_for_layer
 from ._overlay_layers import DAB_LEGEND, HER2_LEGEND, result_layers, summary_rows
