@@ -43,16 +43,16 @@ def marks() -> list[dict[str, str]]:
 
 
 def nuclear_marker_image(
-    rgb: np.ndarray, every: int = 3, od: float = 0.7, radius: int = 5
+    rgb: np.ndarray, every: int = 3, od: float = 0.6, radius: int = 6
 ) -> tuple[np.ndarray, list[tuple[float, float, bool]]]:
-    """(image, [(y, x, positive)] of every mark): DAB of ``od`` in the hematoxylin blob of each positive
-    mark (the mark's disk of ``radius`` px where hematoxylin is above its median), smoothed by 1 px."""
+    """(image, [(y, x, positive)] of every mark): DAB of ``od`` over each positive mark's nucleus (the
+    mark's disk of ``radius`` px where hematoxylin is above the image's median), smoothed by 1 px."""
     hem = _recompose(rgb, 0.0)  # the tissue without its own DAB
     white, _ = estimate_background(rgb)
     m = hdab_matrix(background=white)
-    h_od = ((-np.log10(np.maximum(hem.astype(np.float64), 1.0) / np.asarray(white))).reshape(-1, 3) @ m.inverse)[
-        :, 0
-    ].reshape(rgb.shape[:2])
+    h_od = (
+        (-np.log10(np.maximum(hem.astype(np.float64), 1.0) / np.asarray(white))).reshape(-1, 3) @ m.inverse
+    )[:, 0].reshape(rgb.shape[:2])
     yy, xx = np.mgrid[: rgb.shape[0], : rgb.shape[1]]
     add = np.zeros(rgb.shape[:2])
     cut = float(np.median(h_od))

@@ -146,10 +146,12 @@ def test_calibration_is_recorded_and_round_trips(ihc_images):
 
 
 def test_dab_ladder_reads_monotonically(ihc_images):
+    """Issue 32's ladder: DAB x 0, 0.15, 0.3, 0.6, 1, 2 on a real IHC; the HER2 category never falls as DAB
+    rises, the x 0.3 rung (a faint, incomplete membrane) still reads at least 1+, x 2 reads 3+."""
     rgb = ihc_images["skimage IHC"]
     order = {"0": 0, "1+": 1, "2+": 2, "3+": 3}
     rows = []
-    for f in (0.0, 0.3, 1.0, 2.0, 3.0):
+    for f in (0.0, 0.15, 0.3, 0.6, 1.0, 2.0):
         res = analyze_image(dab_ladder(rgb, f), AnalysisSettings(nuclei_method="classical", marker="her2"))
         s = res.summary()
         positive = 1 - s["dab_fractions"]["negative"]
@@ -157,6 +159,7 @@ def test_dab_ladder_reads_monotonically(ihc_images):
     for (_, p0, h0, c0), (_, p1, h1, c1) in itertools.pairwise(rows):
         assert p1 >= p0 - 1e-9 and h1 >= h0 - 1e-9 and c1 >= c0, rows
     assert rows[0][3] == 0  # no DAB at all: 0
+    assert rows[2][3] >= 1, rows  # x 0.3: faint staining does not vanish
     assert rows[-1][3] == 3, rows  # strong complete membranes: 3+
 
 

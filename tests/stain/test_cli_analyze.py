@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
+import pytest
 from skimage import data
 from skimage.io import imsave
 
@@ -68,3 +70,73 @@ def test_analyze_records_and_takes_stain_calibration(tmp_path, capsys):
     assert cal["vectors_source"] == "user" and cal["background"] == [255.0, 255.0, 255.0]
     assert main([*args, "--out", str(tmp_path / "bad"), "--dab", "0", "0", "0"]) == 2
     assert "no length" in capsys.readouterr().err
+
+
+def test_analyze_region_marker_cells_and_calibration(tmp_path, capsys):
+    """Issue 32: --region (GeoJSON), --marker, per-cell calls, and a calibration saved on one run and
+    loaded on the next."""
+    img = tmp_path / "ihc.png"
+    imsave(img, data.immunohistochemistry())
+    gland = [[255, 325], [360, 325], [360, 400], [255, 400], [255, 325]]  # [x, y]: the round gland's top
+    region = tmp_path / "tumour.geojson"
+    region.write_text(
+        json.dumps({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [gland]}})
+    )
+    out = tmp_path / "o"
+    cal = tmp_path / "lab" / "her2-lab1.json"
+    args = ["analyze", str(img), "--nuclei", "classical"]
+    assert (
+        main(
+            [*args, "--out", str(out), "--region", str(region), "--cells-csv", "--save-calibration", str(cal)]
+        )
+        == 0
+    )
+    s = json.loads((out / "summary.json").read_text())
+    assert s["marker"] == "her2" and s["marker_reason"].startswith("auto:")
+    assert s["her2"]["scope"].startswith("tumour region") and s["her2"]["n_cells"] == s["tumour_cells"] < 40
+    assert s["nuclei_count"] > 300 and s["dab_cutoffs_od"] == {"weak": 0.2, "moderate": 0.4, "strong": 0.6}
+    rows = list(csv.DictReader((out / "cells.csv").open()))
+    assert sum(int(r["in_tumour_region"]) for r in rows) == s["tumour_cells"]
+    assert {r["marker"] for r in rows} == {"her2"} and rows[0]["compartment"] == "membrane"
+    assert "tumour region" in capsys.readouterr().out
+    saved = json.loads(cal.read_text())
+    assert saved["name"] == "her2-lab1" and saved["stains"]["background_source"] == "glass"
+    # the next slide, read with the saved calibration and other cut-offs in it
+    saved["dab_cutoffs_od"] = {"weak": 0.25, "moderate": 0.45, "strong": 0.7}
+    cal.write_text(json.dumps(saved))
+    assert main([*args, "--out", str(tmp_path / "o2"), "--calibration", str(cal), "--marker", "ki67"]) == 0
+    s2 = json.loads((tmp_path / "o2" / "summary.json").read_text())
+    assert s2["calibration_name"] == "her2-lab1" and s2["dab_cutoffs_od"]["strong"] == 0.7
+    assert s2["stain_calibration"]["background"] == saved["stains"]["background"]
+    assert "her2-lab1" in s2["stain_calibration"]["background_source"]
+    # ki67 on membrane DAB: reported, not scored as 0
+    assert s2["ki67"]["assessable"] is False and "index" not in s2["ki67"]
+    assert "nuclear marker" in capsys.readouterr().err
+
+
+def test_analyze_bad_regions_and_calibrations(tmp_path, capsys):
+    img = tmp_path / "ihc.png"
+    imsave(img, data.immunohistochemistry()[:128, :128])
+    other = tmp_path / "other.geojson"
+    other.write_text(
+        json.dumps({"type": "Polygon", "coordinates": [[[5000, 10], [5100, 10], [5100, 90], [5000, 10]]]})
+    )
+    mask = tmp_path / "mask.png"
+    imsave(mask, np.full((64, 64), 255, np.uint8), check_contrast=False)
+    bad_cal = tmp_path / "cal.json"
+    bad_cal.write_text(json.dumps({"format": "something else"}))
+    for extra, message in (
+        (["--region", str(other)], "another image"),
+        (["--region", str(mask)], "image's size"),
+        (["--calibration", str(bad_cal)], "not a stain calibration"),
+        (["--marker", "egfr"], None),
+    ):
+        out = tmp_path / f"o{len(extra[1])}"
+        if message is None:
+            with pytest.raises(SystemExit):
+                main(["analyze", str(img), "--out", str(out), *extra])
+            continue
+        assert main(["analyze", str(img), "--out", str(out), "--nuclei", "classical", *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+        assert not (out / "summary.json").exists()

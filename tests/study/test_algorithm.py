@@ -88,3 +88,14 @@ def test_algorithm_reader_scores_every_image_and_joins_the_analysis_when_asked(
     assert (imrmc.readerID == "algorithm").sum() == len(scored)
     results = json.loads((tmp_path / "with" / "results.json").read_text())
     assert {c["reader_id"] for c in results["comparisons"]} == {"p", "algorithm"}
+
+
+def test_a_nuclear_marker_is_refused_on_the_her2_scale(tmp_path):
+    """Issue 32: `study algorithm --marker`: the study's scale is HER2's, a nuclear marker is refused clearly."""
+    import pytest
+
+    from napari_virtual_ihc.study import StudyError
+    from napari_virtual_ihc.study.algorithm import score_study_images
+
+    with pytest.raises(StudyError, match="'ki67' is not read on that scale"):
+        score_study_images({"study_id": "s", "images": {}}, tmp_path, marker="ki67")

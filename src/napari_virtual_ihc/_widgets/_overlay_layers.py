@@ -118,16 +118,19 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     if "dab_fractions" in summary:
         f = summary["dab_fractions"]
         rows.append(("DAB weak/mod/strong", f"{f['weak']:.1%} / {f['moderate']:.1%} / {f['strong']:.1%}"))
-        h = summary["her2"]
-        rows.append(("HER2 estimate", f"{h['label']} (not a diagnosis)"))
-        s = h["cell_shares"]
+        c = summary["dab_cutoffs_od"]
         rows.append(
             (
-                "cells 3+/2+/1+ type",
-                f"{s['complete_strong']:.1%} / {s['complete_weak_moderate']:.1%} / {s['incomplete']:.1%}",
+                "DAB OD cuts used",
+                f"{c['weak']:g} / {c['moderate']:g} / {c['strong']:g}"
+                + (
+                    f" ({summary['calibration_name']})"
+                    if summary.get("calibration_name")
+                    else " (not calibrated)"
+                ),
             )
         )
-        rows.append(("H-score", f"{h['h_score']:.0f}"))
+        rows += marker_rows(summary)
     cal = summary.get("stain_calibration")
     if cal:
         rows.append(
@@ -137,4 +140,48 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
             )
         )
         rows.append(("stain vectors", cal["vectors_source"]))
+    return rows
+
+
+def marker_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """The marker's figures, the category always next to the cells it counted."""
+    marker = summary["marker"]
+    est = summary[marker]
+    name = {"her2": "HER2", "ki67": "Ki-67", "er": "ER", "pr": "PR"}[marker]
+    rows = [
+        (
+            "marker",
+            f"{name}" + (f" ({summary['marker_reason']})" if summary["marker_reason"] != "chosen" else ""),
+        )
+    ]
+    rows.append((f"{name} estimate", f"{est['label']} — {est['scope']} (not a diagnosis)"))
+    if not est.get("assessable", True):
+        rows.append(("why not scored", est.get("note", "")))
+        return rows
+    rows.append(("tumour cells", str(est["n_cells"])))
+    if marker == "her2":
+        s = est["cell_shares"]
+        rows.append(
+            (
+                "cells 3+/2+/1+ type",
+                f"{s['complete_strong']:.1%} / {s['complete_weak_moderate']:.1%} / {s['incomplete']:.1%}",
+            )
+        )
+        rows.append(("H-score", f"{est['h_score']:.0f}"))
+    elif marker == "ki67":
+        lo, hi = est["index_ci95"]
+        rows.append(("Ki-67 index (95 % CI)", f"{est['index']:.1%} ({lo:.1%}-{hi:.1%})"))
+        hot = est.get("hotspot_index")
+        rows.append(
+            ("hot spot (500 cells)", f"{hot:.1%}" if hot is not None else est.get("hotspot_note", ""))
+        )
+    else:
+        rows.append(("% positive nuclei", f"{est['percent_positive']:.1f} %"))
+        rows.append(
+            (
+                "Allred (P + I)",
+                f"{est['allred_score']} ({est['allred_proportion']} + {est['allred_intensity']})",
+            )
+        )
+        rows.append(("H-score", f"{est['h_score']:.0f}"))
     return rows

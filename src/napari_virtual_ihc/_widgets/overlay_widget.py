@@ -1,7 +1,10 @@
-"""Stain overlays dock widget: DAB bins, membrane, nuclei, density and a HER2 estimate for one layer.
+"""Stain overlays dock widget: DAB bins, membrane, nuclei, density and a marker estimate for one layer.
 
 Parameters are collected here; the work is ``stain.analysis.analyze_slide`` in a napari ``thread_worker``
-(progress bar with cancel). Keys D / C / M toggle the nuclei, density and membrane (DAB bins) layers.
+(progress bar with cancel). The marker (HER2, Ki-67, ER, PR or auto) is chosen in a combo; the estimate
+counts the cells inside the tumour region chosen in another (a Shapes or Labels layer: draw the tumour,
+press Analyze). A calibration (white point, vectors, cut-offs) can be saved from one slide and loaded for
+the next. Keys D / C / M toggle the nuclei, density and membrane (DAB bins) layers.
 """
 
 from __future__ import annotations
@@ -10,12 +13,14 @@ from collections.abc import Generator
 from typing import Any
 
 import napari
+import numpy as np
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_info
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
+    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -27,16 +32,27 @@ from qtpy.QtWidgets import (
 
 from ..stain.analysis import AnalysisResult, AnalysisSettings, iter_analysis, tile_count
 from ..stain.calibration import StainCalibration
+from ..stain.calibration_file import load_calibration, save_calibration
 from ..stain.deconvolution import QUPATH_DAB, QUPATH_HEMATOXYLIN, hdab_matrix
 from ..stain.her2 import Her2Rules
+from ..stain.markers import MARKER_CHOICES, NO_REGION
 from ..stain.membrane import DabBins
+from ..stain.regions import TumourRegion, mask_region, polygon_region
 from ._activity import pause_spinner, resume_spinner
 from ._layer_source import combo_layer, fill_layer_combo, layer_mpp, slide_for_layer
 from ._overlay_layers import DAB_LEGEND, HER2_LEGEND, result_layers, summary_rows
 from ._stain_view import shapes_polygons, visible_region
 from ._value_table import ValueTable
 
-MODES = {"IHC (virtual or real): DAB, nuclei, HER2": "ihc", "H&E: nuclei only": "he"}
+MODES = {"IHC (virtual or real): DAB, nuclei, marker": "ihc", "H&E: nuclei only": "he"}
+MARKER_LABELS = {
+    "auto": "auto (from where the DAB sits)",
+    "her2": "HER2 (membrane)",
+    "ki67": "Ki-67 (nuclear)",
+    "er": "ER (nuclear)",
+    "pr": "PR (nuclear)",
+}
+NO_REGION_LABEL = "(all cells: no tumour region)"
 BACKGROUNDS = {"estimated from the slide": "auto", "255 (no estimate)": "default"}
 VECTORS = {
     "QuPath H-DAB defaults": "default",
@@ -56,6 +72,7 @@ class StainOverlayWidget(QWidget):
         self._spinner_paused = False
         self.overlay_layers: dict[str, Any] = {}
         self._worker: Any = None
+        self._source_name = ""
 
         form = QFormLayout()
         self.source = QComboBox()
@@ -85,8 +102,21 @@ class StainOverlayWidget(QWidget):
         for name, field_ in self.vector_fields.items():
             field_.setToolTip(f"{name} OD vector (R G B); edit and choose 'as typed below' to use it")
         self.region_shapes = QComboBox()
+        self.region_shapes.setToolTip(
+            "a Shapes or Labels layer outlining the tumour: estimates count its cells"
+        )
+        self.marker = QComboBox()
+        for m in MARKER_CHOICES:
+            self.marker.addItem(MARKER_LABELS[m], m)
+        self.calibration_label = QLabel("none (cut-offs and vectors as set here)")
+        self.calibration_label.setWordWrap(True)
+        self.load_calibration_button = QPushButton("Load…")
+        self.save_calibration_button = QPushButton("Save…")
+        self.save_calibration_button.setEnabled(False)
+        self._loaded_calibration: tuple[str, StainCalibration, DabBins] | None = None
         form.addRow("Layer", self.source)
         form.addRow("Stain", self.mode)
+        form.addRow("Marker", self.marker)
         form.addRow("Area", self.scope)
         row = QHBoxLayout()
         row.addWidget(self.nuclei)
@@ -104,8 +134,13 @@ class StainOverlayWidget(QWidget):
         form.addRow("Stain vectors", self.vectors)
         form.addRow("  hematoxylin", self.vector_fields["hematoxylin"])
         form.addRow("  DAB", self.vector_fields["dab"])
-        form.addRow("Restrict to shapes", self.region_shapes)
-        self.run_button = QPushButton("Compute overlays")
+        form.addRow("Tumour region", self.region_shapes)
+        cal_row = QHBoxLayout()
+        cal_row.addWidget(self.calibration_label, 1)
+        cal_row.addWidget(self.load_calibration_button)
+        cal_row.addWidget(self.save_calibration_button)
+        form.addRow("Calibration", cal_row)
+        self.run_button = QPushButton("Analyze")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         buttons = QHBoxLayout()
@@ -116,7 +151,8 @@ class StainOverlayWidget(QWidget):
         legend = " ".join(f"<span style='color:{c}'>■</span> {n}" for n, c in DAB_LEGEND)
         her2 = " ".join(f"<span style='color:{c}'>■</span> {n}" for n, c in HER2_LEGEND)
         self.legend = QLabel(
-            f"DAB bins: {legend}<br>HER2 tiles: {her2}<br>*uncalibrated defaults; estimate, not a diagnosis. "
+            f"DAB bins: {legend}<br>Marker tiles: {her2}<br>*uncalibrated defaults unless a calibration is "
+            "loaded; estimate, not a diagnosis. "
             "Keys: D nuclei, C density, M membrane"
         )
         self.legend.setWordWrap(True)
@@ -130,6 +166,8 @@ class StainOverlayWidget(QWidget):
 
         self.run_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel)
+        self.load_calibration_button.clicked.connect(self._ask_load_calibration)
+        self.save_calibration_button.clicked.connect(self._ask_save_calibration)
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
         self._refresh_layers()
@@ -145,8 +183,12 @@ class StainOverlayWidget(QWidget):
         layers = list(self.viewer.layers)
         images = [x for x in layers if isinstance(x, napari.layers.Image) and x.rgb and id(x) not in own]
         fill_layer_combo(self.source, images)
-        shapes = [x for x in layers if isinstance(x, napari.layers.Shapes)]
-        fill_layer_combo(self.region_shapes, shapes, none_label="(all cells)")
+        regions = [
+            x
+            for x in layers
+            if isinstance(x, napari.layers.Shapes | napari.layers.Labels) and id(x) not in own
+        ]
+        fill_layer_combo(self.region_shapes, regions, none_label=NO_REGION_LABEL)
 
     def _toggler(self, which: str) -> Any:
         def toggle(viewer: Any = None) -> None:
@@ -163,7 +205,58 @@ class StainOverlayWidget(QWidget):
     # --- run ------------------------------------------------------------------------------------------
     def _bins(self) -> DabBins:
         weak, moderate, strong = (float(c.value()) for c in self.cuts)
-        return DabBins(weak, moderate, strong)
+        calibrated = self._loaded_calibration is not None and self._loaded_calibration[2].cutoffs == (
+            weak,
+            moderate,
+            strong,
+        )
+        return DabBins(weak, moderate, strong, calibrated=calibrated)
+
+    # --- calibration files ----------------------------------------------------------------------------
+    def load_calibration(self, path: str) -> None:
+        """Use a saved calibration: its cut-offs in the fields, its white point and vectors as given."""
+        try:
+            name, cal, bins = load_calibration(path)
+        except ValueError as e:
+            self._fail(str(e))
+            return
+        self._loaded_calibration = (name, cal, bins)
+        for spin, v in zip(self.cuts, bins.cutoffs, strict=True):
+            spin.setValue(v)
+        self.show_calibration(cal)
+        wp = " ".join(f"{b:.0f}" for b in cal.stains.background)
+        self.calibration_label.setText(
+            f"{name!r}: white point {wp}, cut-offs {bins.weak:g}/{bins.moderate:g}/{bins.strong:g}"
+        )
+        self.status.setText(f"loaded the calibration {name!r}")
+
+    def save_calibration(self, path: str) -> None:
+        """Save the last run's white point and vectors and the cut-offs in the fields, named after the file."""
+        if self.result is None:
+            self._fail("analyze an image first: a calibration is what a run used")
+            return
+        from pathlib import Path
+
+        try:
+            p = save_calibration(
+                path, Path(path).stem, self.result.calibration, self._bins(), self._source_name
+            )
+        except (OSError, ValueError) as e:
+            self._fail(f"cannot save the calibration: {e}")
+            return
+        self.status.setText(f"saved the calibration {p.stem!r} to {p}")
+
+    def _ask_load_calibration(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load a calibration", "", "Calibration (*.json)")
+        if path:
+            self.load_calibration(path)
+
+    def _ask_save_calibration(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Save the calibration", "calibration.json", "Calibration (*.json)"
+        )
+        if path:
+            self.save_calibration(path)
 
     def settings(self, layer: Any) -> AnalysisSettings:
         bins = self._bins()
@@ -171,12 +264,19 @@ class StainOverlayWidget(QWidget):
         mpp = self.mpp.value() or (sum(mpp_xy) / 2 if mpp_xy else None)
         vectors = VECTORS[self.vectors.currentText()]
         stains = hdab_matrix()
-        if vectors == "user":
+        background = BACKGROUNDS[self.background.currentText()]
+        cal_name = ""
+        if self._loaded_calibration is not None:  # the saved white point and vectors, as saved
+            cal_name, cal, _ = self._loaded_calibration
+            stains, background, vectors = cal.stains, "default", "default"
+        elif vectors == "user":
             stains = hdab_matrix(self._typed_vector("hematoxylin"), self._typed_vector("dab"))
         return AnalysisSettings(
             stains=stains,
-            background=BACKGROUNDS[self.background.currentText()],
+            background=background,
             stain_vectors="estimate" if vectors == "estimate" else "default",
+            marker=str(self.marker.currentData()),
+            calibration_name=cal_name,
             mode=MODES[self.mode.currentText()],
             nuclei_method=self.nuclei.currentText(),
             cellpose_model=self.model.text().strip() or "nuclei",
@@ -216,9 +316,8 @@ class StainOverlayWidget(QWidget):
             slide = slide_for_layer(layer)
             settings = self.settings(layer)
             region = visible_region(self.viewer, layer, slide) if self.scope.currentIndex() == 0 else None
-            shapes = combo_layer(self.region_shapes)
-            polygons = shapes_polygons(shapes, layer) if shapes is not None else None
-        except (ValueError, KeyError) as e:  # StainVectorError is a ValueError
+            tumour = self.tumour_region(layer, slide.dimensions)
+        except (ValueError, KeyError) as e:  # StainVectorError and RegionError are ValueErrors
             self._fail(str(e))
             return
         w, h = region[2:] if region else slide.dimensions
@@ -228,7 +327,8 @@ class StainOverlayWidget(QWidget):
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.status.setText(f"computing {total} tile(s)…")
-        meta = (polygons, layer.name, tuple(layer.scale[-2:]), tuple(layer.translate[-2:]))
+        self._source_name = layer.name
+        meta = (tumour, layer.name, tuple(layer.scale[-2:]), tuple(layer.translate[-2:]))
 
         # napari's progress bar advances one step per yield; its cancel button (and ours) quit the worker
         # between tiles.
@@ -247,6 +347,32 @@ class StainOverlayWidget(QWidget):
         self._worker = worker
         worker.start()
 
+    def tumour_region(self, layer: Any, dimensions: tuple[int, int]) -> TumourRegion | None:
+        """The chosen Shapes/Labels layer as a region in the source's level-0 pixels (None: all cells)."""
+        chosen = combo_layer(self.region_shapes)
+        if chosen is None:
+            return None
+        if chosen not in self.viewer.layers:
+            raise ValueError(f"the region layer {chosen.name!r} was removed: choose another")
+        w, h = dimensions
+        if isinstance(chosen, napari.layers.Labels):
+            src_scale, src_trans = np.asarray(layer.scale[-2:]), np.asarray(layer.translate[-2:])
+            lab_scale, lab_trans = np.asarray(chosen.scale[-2:]), np.asarray(chosen.translate[-2:])
+            data = np.asarray(chosen.data)
+            if data.ndim != 2:
+                raise ValueError(f"the Labels layer {chosen.name!r} must be 2-D, not {data.ndim}-D")
+            scale = lab_scale / src_scale
+            origin = (lab_trans - src_trans) / src_scale
+            return mask_region(
+                data > 0,
+                f"Labels {chosen.name!r}",
+                w,
+                h,
+                (float(scale[0]), float(scale[1])),
+                (float(origin[0]), float(origin[1])),
+            )
+        return polygon_region(shapes_polygons(chosen, layer), f"Shapes {chosen.name!r}", w, h)
+
     def _on_started(self) -> None:
         self._spinner_paused = pause_spinner(self.viewer)
 
@@ -259,10 +385,12 @@ class StainOverlayWidget(QWidget):
         self.status.setText("cancelled")
 
     def _on_done(self, value: Any) -> None:
-        result, polygons, name, scale, translate = value
-        self._show(result, polygons, name, scale, translate)
+        result, tumour, name, scale, translate = value
+        self._show(result, tumour, name, scale, translate)
 
-    def _show(self, result: AnalysisResult, polygons: Any, name: str, scale: Any, translate: Any) -> None:
+    def _show(
+        self, result: AnalysisResult, tumour: TumourRegion | None, name: str, scale: Any, translate: Any
+    ) -> None:
         for old in list(self.overlay_layers.values()):
             if old in self.viewer.layers:
                 self.viewer.layers.remove(old)
@@ -281,14 +409,22 @@ class StainOverlayWidget(QWidget):
                 self.overlay_layers["membrane"] = layer
             else:
                 self.overlay_layers["her2"] = layer
-        self.summary = result.summary(polygons, Her2Rules(bins=self._bins()))
+        self.summary = result.summary(tumour, Her2Rules(bins=result.bins))
         rows = summary_rows(self.summary)
         self.table.show_rows(rows)
         self.result = result
+        self.save_calibration_button.setEnabled(True)
         self.show_calibration(result.calibration)
-        notes = "; ".join(result.calibration.notes)
+        notes = list(result.calibration.notes)
+        est = self.summary.get(result.marker, {})
+        if est.get("note") and not est.get("assessable", True):
+            notes.append(est["note"])
+        if result.marker_reason != "chosen":
+            notes.append(result.marker_reason)
         self.status.setText(
-            f"done: {result.n_nuclei} nuclei ({result.nuclei_method})" + (f"; {notes}" if notes else "")
+            f"done: {result.n_nuclei} nuclei ({result.nuclei_method}); "
+            + (f"{self.summary.get('cells_counted', NO_REGION)}" if est else "")
+            + ("; " + "; ".join(notes) if notes else "")
         )
 
     def _on_error(self, exc: BaseException) -> None:

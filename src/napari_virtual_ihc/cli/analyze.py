@@ -13,11 +13,13 @@ import numpy as np
 
 from ..export.geojson import cell_features, write_geojson
 from ..slides.tiff_backend import PLAUSIBLE_MPP
+from ..stain.markers import MARKER_CHOICES
 from .argtypes import float_in, int_in
 
 if TYPE_CHECKING:
     from ..slides.base import Slide
     from ..stain.analysis import AnalysisSettings
+    from ..stain.regions import TumourRegion
 
 SMALL_IMAGE_PX = 4096 * 4096  # at or below: PNG maps; above: OME-Zarr maps
 
@@ -25,9 +27,10 @@ SMALL_IMAGE_PX = 4096 * 4096  # at or below: PNG maps; above: OME-Zarr maps
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "analyze",
-        help="DAB bins, membrane mask, nuclei, density and a HER2 estimate for an image or slide",
+        help="DAB bins, membrane mask, nuclei, density and a marker estimate (HER2, Ki-67, ER, PR)",
         description="Maps (PNG for small images, OME-Zarr for slides), summary.json and optional cells.csv. "
-        "The HER2 category is an estimate for comparison, not a diagnosis.",
+        "The marker's figures (HER2 category, Ki-67 index, ER/PR Allred and category) are estimates for "
+        "comparison, not a diagnosis, over the tumour cells of --region (all cells without one).",
     )
     p.add_argument("image", help="IHC image or slide (any format open_slide reads)")
     p.add_argument("--out", required=True, help="output folder (created)")
@@ -69,8 +72,34 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--hematoxylin", type=float, nargs=3, metavar=("R", "G", "B"), help="hematoxylin OD vector"
     )
     p.add_argument("--dab", type=float, nargs=3, metavar=("R", "G", "B"), help="DAB OD vector")
+    p.add_argument(
+        "--marker",
+        choices=MARKER_CHOICES,
+        default="auto",
+        help="her2 (membrane), ki67 / er / pr (nuclear), or auto: decided from where the DAB sits (reported)",
+    )
+    p.add_argument(
+        "--region",
+        metavar="FILE",
+        help="tumour region: GeoJSON polygons (QuPath annotation export, level-0 pixels) or a mask image of "
+        "the image's size; estimates count only the cells inside",
+    )
+    p.add_argument(
+        "--calibration",
+        metavar="FILE",
+        help="a saved calibration (white point, stain vectors, DAB cut-offs) to read this image with",
+    )
+    p.add_argument(
+        "--save-calibration",
+        metavar="FILE",
+        help="save this run's calibration (white point, vectors, cut-offs) for the next slide",
+    )
     p.add_argument("--tile", type=int_in(128, 8192), default=1024)
-    p.add_argument("--cells-csv", action="store_true", help="also write cells.csv (one row per nucleus)")
+    p.add_argument(
+        "--cells-csv",
+        action="store_true",
+        help="also write cells.csv (one row per nucleus: compartment DAB OD, class, the marker's call)",
+    )
     p.add_argument(
         "--cells-geojson",
         action="store_true",
@@ -97,9 +126,11 @@ def run(args: argparse.Namespace) -> int:
     from ..slides import open_slide
     from ..slides.errors import SlideError
     from ..stain.analysis import AnalysisSettings
+    from ..stain.calibration_file import load_calibration
     from ..stain.deconvolution import QUPATH_DAB, QUPATH_HEMATOXYLIN, hdab_matrix
     from ..stain.her2 import Her2Rules
     from ..stain.membrane import DabBins
+    from ..stain.regions import read_region
 
     out = Path(args.out)
     problem = _check_out(out)
@@ -112,10 +143,16 @@ def run(args: argparse.Namespace) -> int:
             tuple(args.hematoxylin) if args.hematoxylin else QUPATH_HEMATOXYLIN,
             tuple(args.dab) if args.dab else QUPATH_DAB,
         )
+        background, vectors, cal_name = args.background, args.stain_vectors, ""
+        if args.calibration:  # the saved white point, vectors and cut-offs, used as they are
+            cal_name, loaded, bins = load_calibration(args.calibration)
+            stains, background, vectors = loaded.stains, "default", "default"
         settings = AnalysisSettings(
             stains=stains,
-            background=args.background,
-            stain_vectors=args.stain_vectors,
+            background=background,
+            stain_vectors=vectors,
+            marker=args.marker,
+            calibration_name=cal_name,
             mode="he" if args.he else "ihc",
             nuclei_method=args.nuclei,
             cellpose_model=args.cellpose_model,
@@ -128,13 +165,18 @@ def run(args: argparse.Namespace) -> int:
             mpp=args.mpp,
         )
         slide = open_slide(args.image)
+        try:
+            region = read_region(args.region, *slide.dimensions) if args.region else None
+        except ValueError:
+            slide.close()
+            raise
     except (ValueError, SlideError, OSError) as e:
         print(f"virtual-ihc analyze: {e}", file=sys.stderr)
         return 2
     from ..nuclei import CellposeUnavailable
 
     try:
-        return _analyze_and_write(args, slide, settings, out)
+        return _analyze_and_write(args, slide, settings, out, region)
     except CellposeUnavailable as e:
         print(
             f"virtual-ihc analyze: Cellpose: {e}; use --nuclei classical or a local --cellpose-model PATH",
@@ -152,9 +194,12 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
-def _analyze_and_write(args: argparse.Namespace, slide: Slide, settings: AnalysisSettings, out: Path) -> int:
+def _analyze_and_write(
+    args: argparse.Namespace, slide: Slide, settings: AnalysisSettings, out: Path, region: TumourRegion | None
+) -> int:
     """Compute, then write maps, summary.json and cells.csv into ``out`` (already known writable)."""
     from ..stain.analysis import analyze_slide
+    from ..stain.calibration_file import save_calibration
 
     w, h = slide.dimensions
     small = w * h <= SMALL_IMAGE_PX
@@ -172,8 +217,10 @@ def _analyze_and_write(args: argparse.Namespace, slide: Slide, settings: Analysi
             result = analyze_slide(slide, settings, progress=progress)
     finally:
         slide.close()
-    summary = result.summary(rules=settings.rules)
+    summary = result.summary(region, rules=settings.rules)
     summary["source"] = str(Path(args.image).resolve())
+    if region is not None:
+        summary["region_file"] = str(Path(args.region).resolve())
     summary["map_downsample"] = result.map_downsample
     maps = _maps(result)
     if small:
@@ -186,19 +233,29 @@ def _analyze_and_write(args: argparse.Namespace, slide: Slide, settings: Analysi
         _write_zarr(out / "maps.ome.zarr", maps, result.mpp * result.map_downsample)
         summary["maps"] = {k: f"maps.ome.zarr/{k}" for k in maps}
     if args.cells_csv:
-        _write_cells(out / "cells.csv", result)
+        _write_cells(out / "cells.csv", result, region)
         summary["cells_csv"] = "cells.csv"
     if args.cells_geojson:
         summary["cells_geojson"] = write_geojson(
             cell_features(result.cells, result.mpp), out / "cells.geojson"
         ).name
+    if args.save_calibration:
+        name = Path(args.save_calibration).stem
+        save_calibration(
+            args.save_calibration, name, result.calibration, settings.bins, str(Path(args.image).name)
+        )
+        summary["saved_calibration"] = str(Path(args.save_calibration).resolve())
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    her2 = summary.get("her2", {})
-    print(
-        f"{result.n_nuclei} nuclei ({result.nuclei_method}), "
-        + (f"HER2 estimate {her2['label']}, H-score {her2['h_score']:.0f}; " if her2 else "")
-        + f"wrote {out}"
-    )
+    est = summary.get(result.marker, {})
+    line = f"{result.n_nuclei} nuclei ({result.nuclei_method}), "
+    if est:
+        line += f"{result.marker.upper()} estimate {est['label']} [{est['scope']}]"
+        line += f", H-score {est['h_score']:.0f}; " if "h_score" in est else "; "
+        if result.marker_reason != "chosen":
+            line += f"{result.marker_reason}; "
+    print(line + f"wrote {out}")
+    if est and est.get("note") and not est.get("assessable", True):
+        print(f"virtual-ihc analyze: {est['note']}", file=sys.stderr)
     return 0
 
 
@@ -235,10 +292,14 @@ def _write_zarr(path: Path, maps: dict[str, np.ndarray], mpp: float) -> None:
         ]
 
 
-def _write_cells(path: Path, result: Any) -> None:
+def _write_cells(path: Path, result: Any, region: TumourRegion | None) -> None:
     from ..stain.her2 import CELL_CLASSES
+    from ..stain.markers import COMPARTMENT, marker_calls
 
     c = result.cells
+    inside = region.contains(c.y, c.x) if region is not None else np.ones(len(c), bool)
+    nuclear = COMPARTMENT.get(result.marker) == "nuclear"
+    calls = marker_calls(result.marker, c, result.bins) if result.marker in COMPARTMENT else [""] * len(c)
     with path.open("w", newline="") as f:
         wr = csv.writer(f)
         wr.writerow(
@@ -253,6 +314,12 @@ def _write_cells(path: Path, result: Any) -> None:
                 "completeness",
                 "intensity_bin",
                 "cell_class",
+                "nuclear_dab_od",
+                "compartment",
+                "compartment_dab_od",
+                "marker",
+                "marker_call",
+                "in_tumour_region",
             ]
         )
         a = result.mpp**2
@@ -269,5 +336,11 @@ def _write_cells(path: Path, result: Any) -> None:
                     f"{c.completeness[i]:.3f}",
                     int(c.intensity_bin[i]),
                     CELL_CLASSES[int(c.cell_class[i])],
+                    f"{c.nuclear_dab_od[i]:.4f}",
+                    "nuclear" if nuclear else "membrane",
+                    f"{(c.nuclear_dab_od[i] if nuclear else c.ring_dab_od[i]):.4f}",
+                    result.marker,
+                    calls[i],
+                    int(inside[i]),
                 ]
             )

@@ -49,6 +49,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--cutoffs", type=float_in(0, 10), nargs=3, default=(0.2, 0.4, 0.6), metavar=("WEAK", "MOD", "STRONG")
     )
     p.add_argument("--accept-poor", action="store_true", help="use a transform marked converged=false")
+    p.add_argument(
+        "--marker",
+        choices=("her2", "ki67", "er", "pr"),
+        default="her2",
+        help="her2: membrane (HER2 category per tile); ki67/er/pr: nuclear (positive-cell ratio per tile)",
+    )
     p.set_defaults(func=run)
 
 
@@ -88,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         W, H = virtual.dimensions
         ds = float(max(1, math.ceil(max(W, H) / args.max_side)))
         settings = ComparisonSettings(
-            tile_px=args.tile, downsample=ds, mpp=args.mpp, bins=DabBins(*args.cutoffs)
+            tile_px=args.tile, downsample=ds, mpp=args.mpp, bins=DabBins(*args.cutoffs), marker=args.marker
         )
         check_writable_folder(Path(args.out))  # the inputs are good: before any work
     except (ValueError, SlideError, OSError, OutputNotWritableError) as e:
@@ -115,9 +121,23 @@ def run(args: argparse.Namespace) -> int:
     real.close()
     print(
         f"DAB Dice {summary['dab_dice']:.3f}, IoU {summary['dab_iou']:.3f} over {summary['tiles_compared']} "
-        f"tile(s); wrote {out}"
+        f"tile(s); {marker_line(summary)}; wrote {out}"
     )
     return 0
+
+
+def marker_line(summary: dict[str, Any]) -> str:
+    """The marker's agreement: HER2 tile agreement, or the positive-cell ratios of a nuclear marker."""
+    if summary["marker"] == "her2":
+        agree = summary["her2_tile_agreement"]
+        return "HER2 tile agreement " + ("n/a (no tile with cells)" if agree is None else f"{agree:.0%}")
+    if summary["positive_ratio_tiles"] == 0:
+        return f"{summary['marker']} positive-cell ratio: no tile with cells"
+    return (
+        f"{summary['marker']} positive-cell ratio virtual {summary['positive_ratio_virtual_mean']:.1%}, real "
+        f"{summary['positive_ratio_real_mean']:.1%}, mean |difference| per tile "
+        f"{summary['positive_ratio_abs_diff_mean']:.1%} ({summary['positive_ratio_tiles']} tiles)"
+    )
 
 
 def write_tiles_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -176,20 +196,37 @@ def write_report(out: Path, virtual, real, transform, result, summary: dict[str,
     ax[1, 1].set_xlabel("real DAB fraction")
     ax[1, 1].set_ylabel("virtual DAB fraction")
     ax[1, 1].set_title(f"per tile (Dice {summary['dab_dice']:.3f})")
-    dv = [row["nuclei_per_mm2_virtual"] for row in used]
-    dr = [row["nuclei_per_mm2_real"] for row in used]
-    ax[1, 2].scatter(dr, dv, s=12, c="tab:purple")
-    top = max([*dv, *dr, 1.0])
-    ax[1, 2].plot([0, top], [0, top], "k--", lw=0.8)
-    ax[1, 2].set_xlabel("real nuclei / mm²")
-    ax[1, 2].set_ylabel("virtual nuclei / mm²")
-    ax[1, 2].set_title("nuclei density per tile")
+    if summary["marker"] == "her2":
+        dv = [row["nuclei_per_mm2_virtual"] for row in used]
+        dr = [row["nuclei_per_mm2_real"] for row in used]
+        ax[1, 2].scatter(dr, dv, s=12, c="tab:purple")
+        top = max([*dv, *dr, 1.0])
+        ax[1, 2].plot([0, top], [0, top], "k--", lw=0.8)
+        ax[1, 2].set_xlabel("real nuclei / mm²")
+        ax[1, 2].set_ylabel("virtual nuclei / mm²")
+        ax[1, 2].set_title("nuclei density per tile")
+    else:  # the seed paper's metric for a nuclear marker
+        pairs = [r for r in used if r["positive_ratio_diff"] is not None]
+        ax[1, 2].scatter(
+            [r["positive_ratio_real"] for r in pairs], [r["positive_ratio_virtual"] for r in pairs], s=12
+        )
+        ax[1, 2].plot([0, 1], [0, 1], "k--", lw=0.8)
+        ax[1, 2].set_xlabel("real positive-cell ratio")
+        ax[1, 2].set_ylabel("virtual positive-cell ratio")
+        ax[1, 2].set_title(f"{summary['marker']} positive-cell ratio per tile")
     for axis in ax[0]:
         axis.axis("off")
     fig.tight_layout()
     fig.savefig(out / "report.png", dpi=80)
     plt.close(fig)
-    lines = ["# Virtual vs real IHC", "", "| measure | value |", "| --- | --- |"]
+    lines = [
+        "# Virtual vs real IHC",
+        "",
+        f"**{marker_line(summary)}**",
+        "",
+        "| measure | value |",
+        "| --- | --- |",
+    ]
     for k, val in summary.items():
         lines.append(f"| {k} | {val if not isinstance(val, float) else f'{val:.4g}'} |")
     lines += ["", "![report](report.png)", "", "Per-tile figures: `tiles.csv`."]

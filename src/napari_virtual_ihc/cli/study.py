@@ -93,6 +93,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="nuclei method (default auto)",
     )
     g.add_argument("--mpp", type=float, help="µm/px when the images carry none (default: assumed 0.5)")
+    g.add_argument(
+        "--marker",
+        default="her2",
+        choices=("her2", "ki67", "er", "pr"),
+        help="marker profile (the study's 0/1+/2+/3+ scale is HER2's: other markers are refused)",
+    )
     g.set_defaults(func=run_algorithm)
 
     s = ssub.add_parser("status", help="per-reader progress (answered k of n) without unblinding")
@@ -225,7 +231,12 @@ def run_algorithm(args: argparse.Namespace) -> int:
 
     try:
         n = score_study_images(
-            load_key(args.key), args.answers_dir, nuclei=args.nuclei, mpp=args.mpp, progress=progress
+            load_key(args.key),
+            args.answers_dir,
+            nuclei=args.nuclei,
+            mpp=args.mpp,
+            progress=progress,
+            marker=args.marker,
         )
     except StudyError as exc:
         return _fail(exc)

@@ -3,8 +3,8 @@
 Nuclei are compact blobs of optical density about one diameter across, whatever colours them. A
 scale-normalised Laplacian of Gaussian (LoG) at radii around the expected one (from µm/px) peaks once at each
 nucleus centre, also where nuclei touch, where a threshold-then-split method merges them. Seeds are the LoG
-maxima whose response clears a share of the slide-level cut (``threshold``, calibrated on an overview so tiles
-agree); masks come from a watershed of the smoothed signal from those seeds inside a hysteresis mask.
+maxima whose response and signal clear fixed optical-density cuts (the white point is calibrated per slide, so
+tiles agree without an overview); masks come from a watershed of the smoothed signal from those seeds.
 
 The signal is the nuclear optical density of the stain (:func:`stain_signal`): hematoxylin on H&E; H + DAB
 when DAB is nuclear (Ki-67, ER, PR: stained nuclei are brown, not blue); hematoxylin minus DAB when DAB is on
@@ -18,21 +18,20 @@ from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
 from skimage.segmentation import watershed
 
-from .classical import check_compartment, nuclear_od, nuclear_signal, otsu_threshold
+from .classical import check_compartment, nuclear_od
 
-RADIUS_FACTORS = (0.7, 1.0, 1.4)  # LoG radii tried, as shares of the expected radius
-SEED_SHARE = 0.35  # a seed's LoG response must reach this share of the cut (tuned on the "tune" half)
-MASK_SHARE = 0.6  # mask: smoothed signal above this share of the cut, grown from the seeds
+RADIUS_FACTORS = (0.8, 1.0, 1.3)  # LoG radii tried, as shares of the expected radius
+SEED_LOG_OD = 0.02  # a seed's LoG response (OD) must reach this (tuned on the "tune" half)
+MIN_CONTRAST_OD = 0.05  # a nucleus stands this much OD above its surroundings (tuned on the "tune" half)
+HALF_MAX = 0.4  # a nucleus' mask: contrast above this share of its seed's contrast
+SEED_SPACING = 1.0  # seeds at least this many radii apart
+MEMBRANE_WEIGHT = 0.5  # membrane/cytoplasm DAB subtracted (with this weight) from the seeds' signal
 
 
 def stain_signal(hematoxylin_od: np.ndarray, dab_od: np.ndarray | None, dab_compartment: str) -> np.ndarray:
-    """The optical density in which nuclei are bright on this stain (see the module docstring)."""
+    """The optical density in which nuclei are bright on this stain: H + DAB for a nuclear marker, else H."""
     check_compartment(dab_compartment)
-    if dab_od is None:
-        return hematoxylin_od.astype(np.float32)
-    if dab_compartment == "nuclear":
-        return nuclear_od(hematoxylin_od, dab_od, dab_compartment).astype(np.float32)
-    return nuclear_signal(hematoxylin_od, dab_od)
+    return nuclear_od(hematoxylin_od, dab_od, dab_compartment).astype(np.float32)
 
 
 def log_response(signal: np.ndarray, radius_px: float) -> np.ndarray:
@@ -45,36 +44,49 @@ def log_response(signal: np.ndarray, radius_px: float) -> np.ndarray:
     return best
 
 
+def local_contrast(smooth: np.ndarray, radius_px: float) -> np.ndarray:
+    """Signal above its surroundings (white top-hat, window ~ five radii): eosin or DAB backgrounds drop out."""
+    size = max(int(round(5 * radius_px)), 3)
+    return smooth - ndi.grey_opening(smooth, size=(size, size))
+
+
 def segment_blobs(
     hematoxylin_od: np.ndarray,
     diameter_px: float,
-    threshold: float | None = None,
     dab_od: np.ndarray | None = None,
     dab_compartment: str = "membrane",
-    min_od: float = 0.05,
+    min_contrast_od: float = MIN_CONTRAST_OD,
+    seed_log_od: float = SEED_LOG_OD,
 ) -> np.ndarray:
-    """int32 nuclei labels. ``threshold``: the cut in the stain signal's OD (from an overview, see
-    :meth:`NucleiSegmenter.calibrate`); without it Otsu runs on this array alone."""
+    """int32 nuclei labels. The cuts are optical-density contrasts against the surroundings (the white point is
+    calibrated per slide), so every tile of a slide cuts the same way without an overview."""
     signal = stain_signal(hematoxylin_od, dab_od, dab_compartment)
     radius = max(diameter_px / 2.0, 1.5)
-    t = otsu_threshold(signal, min_od) if threshold is None else max(threshold, min_od)
-    if not np.isfinite(t) or signal.size == 0 or float(signal.max()) <= min_od:
-        return np.zeros(signal.shape, np.int32)
-    response = log_response(signal, radius)
+    markers = np.zeros(signal.shape, np.int32)
+    if signal.size == 0 or float(signal.max()) <= min_contrast_od:
+        return markers
+    seeds_from = signal
+    if dab_od is not None and dab_compartment != "nuclear":  # stained membranes: troughs between nuclei
+        seeds_from = signal - MEMBRANE_WEIGHT * dab_od.astype(np.float32)
+    response = log_response(seeds_from, radius)
     smooth = ndi.gaussian_filter(signal, max(radius / 4.0, 0.5))
+    contrast = local_contrast(smooth, radius)
     peaks = peak_local_max(
         response,
-        min_distance=max(int(round(radius * 0.8)), 2),
-        threshold_abs=SEED_SHARE * t,
+        min_distance=max(int(round(radius * SEED_SPACING)), 2),
+        threshold_abs=seed_log_od,
         exclude_border=False,
     )
     if len(peaks):
-        peaks = peaks[smooth[tuple(peaks.T)] >= MASK_SHARE * t]
-    markers = np.zeros(signal.shape, np.int32)
+        peaks = peaks[contrast[tuple(peaks.T)] >= min_contrast_od]
     if not len(peaks):
         return markers
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1, dtype=np.int32)
-    # each nucleus may reach at most ~1.5 radii from its seed, so a seed in a faint field stays a nucleus
+    # a nucleus reaches at most ~1.5 radii from its seed, so a seed in a dense faint field stays one nucleus
     near = ndi.distance_transform_edt(markers == 0) <= 1.5 * radius
-    mask = (smooth >= MASK_SHARE * t) & near
-    return watershed(-smooth, markers, mask=mask).astype(np.int32)
+    labels = watershed(-smooth, markers, mask=near & (contrast >= HALF_MAX * min_contrast_od))
+    # each nucleus keeps the pixels above HALF_MAX of its own seed's contrast (half-maximum outline)
+    seed_contrast = np.zeros(len(peaks) + 1, np.float32)
+    seed_contrast[1:] = contrast[tuple(peaks.T)]
+    labels[contrast < HALF_MAX * seed_contrast[labels]] = 0
+    return labels.astype(np.int32)

@@ -1,4 +1,8 @@
-"""One entry point for nuclei: Cellpose when its weights can be had, the classical method otherwise."""
+"""One entry point for nuclei: Cellpose when its weights can be had, an offline method otherwise.
+
+Offline methods: "blobs" (multi-scale LoG seeds + watershed on the stain's nuclear optical density, see
+``blobs``; the default fallback) and "classical" (Otsu + distance-transform watershed, the earlier path).
+"""
 
 from __future__ import annotations
 
@@ -8,23 +12,32 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .blobs import segment_blobs
 from .cellpose_adapter import CellposeNuclei, CellposeUnavailable, load_cellpose
 from .classical import check_compartment, nuclear_od, nuclear_signal, otsu_threshold, segment_classical
 
 log = logging.getLogger(__name__)
 
+OFFLINE_METHODS = ("blobs", "classical")
+
 
 @dataclass
 class NucleiSegmenter:
-    """Segments a hematoxylin OD map; ``method`` names what really ran ("cellpose:<model>" or "classical")."""
+    """Segments a hematoxylin OD map; ``method`` names what really ran ("cellpose:<model>", "blobs" or
+    "classical")."""
 
     cellpose: CellposeNuclei | None
     fallback_reason: str = ""
     threshold: float | None = None  # classical only: one Otsu cut for every tile (see calibrate)
+    offline: str = "blobs"  # the method used when there is no Cellpose model
+
+    def __post_init__(self) -> None:
+        if self.offline not in OFFLINE_METHODS:
+            raise ValueError(f"offline nuclei method must be one of {OFFLINE_METHODS}, not {self.offline!r}")
 
     @property
     def method(self) -> str:
-        return self.cellpose.method if self.cellpose is not None else "classical"
+        return self.cellpose.method if self.cellpose is not None else self.offline
 
     def __call__(
         self,
@@ -44,13 +57,16 @@ class NucleiSegmenter:
             else:
                 signal = nuclear_signal(hematoxylin_od, dab_od)
             return self.cellpose.segment(signal, diameter_px)
+        if self.offline == "blobs":
+            return segment_blobs(hematoxylin_od, diameter_px, dab_od=dab_od, dab_compartment=dab_compartment)
         return segment_classical(
             hematoxylin_od, diameter_px, self.threshold, dab_od=dab_od, dab_compartment=dab_compartment
         )
 
     @property
     def needs_calibration(self) -> bool:
-        return self.cellpose is None and self.threshold is None
+        """Only the classical method needs an overview: the blob detector cuts at fixed optical densities."""
+        return self.cellpose is None and self.offline == "classical" and self.threshold is None
 
     def calibrate(
         self,
@@ -60,23 +76,23 @@ class NucleiSegmenter:
     ) -> None:
         """Fix the classical threshold from an overview of the whole area, so tiles cut the same way (on the
         same signal the tiles are segmented on: H + DAB for a nuclear marker)."""
-        if self.cellpose is None:
+        if self.cellpose is None and self.offline == "classical":
             self.threshold = otsu_threshold(nuclear_od(hematoxylin_overview, dab_overview, dab_compartment))
 
 
 def make_segmenter(
     method: str = "auto", cellpose_model: str | os.PathLike[str] = "nuclei", gpu: bool = False
 ) -> NucleiSegmenter:
-    """``method``: "auto" (Cellpose, classical fallback when weights cannot be had), "cellpose" (error if
-    unavailable) or "classical"."""
-    if method not in ("auto", "cellpose", "classical"):
-        raise ValueError(f"unknown nuclei method {method!r} (auto, cellpose, classical)")
-    if method == "classical":
-        return NucleiSegmenter(None, "classical chosen")
+    """``method``: "auto" (Cellpose, the "blobs" detector when weights cannot be had), "cellpose" (error if
+    unavailable), "blobs" or "classical"."""
+    if method not in ("auto", "cellpose", *OFFLINE_METHODS):
+        raise ValueError(f"unknown nuclei method {method!r} (auto, cellpose, blobs, classical)")
+    if method in OFFLINE_METHODS:
+        return NucleiSegmenter(None, f"{method} chosen", offline=method)
     try:
         return NucleiSegmenter(load_cellpose(cellpose_model, gpu=gpu))
     except CellposeUnavailable as e:
         if method == "cellpose":
             raise
-        log.warning("Cellpose unavailable, using the classical fallback: %s", e)
+        log.warning("Cellpose unavailable, using the offline blob detector: %s", e)
         return NucleiSegmenter(None, str(e))

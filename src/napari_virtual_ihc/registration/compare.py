@@ -20,6 +20,7 @@ from ..nuclei.classical import segment_classical
 from ..slides.base import Slide
 from ..stain.deconvolution import deconvolve, hdab_matrix
 from ..stain.her2 import Her2Rules, categorize, measure_cells
+from ..stain.markers import COMPARTMENT
 from ..stain.membrane import DabBins, dab_bins
 from .features import density, tissue
 from .transform import SlideTransform
@@ -44,6 +45,9 @@ COLUMNS = (
     "nuclei_density_diff",
     "her2_virtual",
     "her2_real",
+    "positive_ratio_virtual",
+    "positive_ratio_real",
+    "positive_ratio_diff",
 )
 
 
@@ -72,10 +76,13 @@ class ComparisonSettings:
     bins: DabBins = field(default_factory=DabBins)
     diameter_um: float = 7.0
     min_tissue: float = 0.05  # tiles with less tissue (in both) are skipped
+    marker: str = "her2"  # her2 (membrane) | ki67 / er / pr (nuclear: nuclei found on H + DAB)
 
     def __post_init__(self) -> None:
         if self.tile_px < 32 or self.downsample < 1 or self.diameter_um <= 0:
             raise ValueError("tile_px >= 32, downsample >= 1 and diameter_um > 0")
+        if self.marker not in COMPARTMENT:
+            raise ValueError(f"marker must be one of {', '.join(COMPARTMENT)}, not {self.marker!r}")
 
 
 @dataclass
@@ -114,6 +121,7 @@ class Comparison:
         dens = [abs(r["nuclei_density_diff"]) for r in used]
         her2 = [(r["her2_virtual"], r["her2_real"]) for r in used if r["her2_virtual"] is not None]
         agree = [a == b for a, b in her2 if a >= 0 and b >= 0]
+        ratios = [r for r in used if r["positive_ratio_diff"] is not None]
         return {
             "region_level0": list(self.region),
             "downsample": self.settings.downsample,
@@ -127,9 +135,19 @@ class Comparison:
             "nuclei_density_abs_diff_mean": float(np.mean(dens)) if dens else None,
             "her2_tile_agreement": float(np.mean(agree)) if agree else None,
             "her2_tiles_with_cells": len(agree),
+            "marker": self.settings.marker,
+            # the seed paper's metric for nuclear markers: positive cells / all cells, per tile
+            "positive_ratio_virtual_mean": _mean([r["positive_ratio_virtual"] for r in ratios]),
+            "positive_ratio_real_mean": _mean([r["positive_ratio_real"] for r in ratios]),
+            "positive_ratio_abs_diff_mean": _mean([abs(r["positive_ratio_diff"]) for r in ratios]),
+            "positive_ratio_tiles": len(ratios),
             "dab_cutoffs_od": list(self.settings.bins.cutoffs),
             "note": "HER2 categories are estimates for comparison, not a diagnosis; DAB cut-offs uncalibrated",
         }
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
 
 
 def _tile_measures(
@@ -141,18 +159,22 @@ def _tile_measures(
         return None
     rules = Her2Rules(bins=s.bins)
     out: dict[str, Any] = {"tissue_fraction": frac}
-    masks, dens, her2 = [], [], []
+    masks, dens, her2, ratio = [], [], [], []
+    compartment = COMPARTMENT[s.marker]
     area_mm2 = tis.sum() * (mpp_out * 1e-3) ** 2
     for rgb in (virtual, real):
         st = deconvolve(rgb, hdab_matrix())
         pos = dab_bins(st["dab"], s.bins) >= 1
         masks.append(pos & tis)
-        nuc = segment_classical(st["hematoxylin"], s.diameter_um / mpp_out)
+        nuc = segment_classical(
+            st["hematoxylin"], s.diameter_um / mpp_out, dab_od=st["dab"], dab_compartment=compartment
+        )
         nuc = np.where(tis, nuc, 0)
         n_nuclei = len(np.unique(nuc)) - (1 if (nuc == 0).any() else 0)
         dens.append(n_nuclei / area_mm2 if area_mm2 > 0 else 0.0)
         cells = measure_cells(nuc, st["dab"], mpp_out, rules)
         her2.append(categorize(cells.cell_class, cells.intensity_bin, rules).code if len(cells) else -1)
+        ratio.append(float((cells.nuclear_dab_od >= s.bins.weak).mean()) if len(cells) else None)
     d, j = dice_iou(masks[0], masks[1])
     fv, fr = float(masks[0].sum() / tis.sum()), float(masks[1].sum() / tis.sum())
     out.update(
@@ -166,6 +188,9 @@ def _tile_measures(
         nuclei_density_diff=dens[0] - dens[1],
         her2_virtual=her2[0],
         her2_real=her2[1],
+        positive_ratio_virtual=ratio[0],
+        positive_ratio_real=ratio[1],
+        positive_ratio_diff=None if None in ratio else ratio[0] - ratio[1],  # type: ignore[operator]
         _counts=(int((masks[0] & masks[1]).sum()), int(masks[0].sum()), int(masks[1].sum())),
     )
     return out

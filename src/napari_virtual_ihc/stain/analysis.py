@@ -36,7 +36,6 @@ from .markers import (
 from .membrane import BIN_NAMES, DabBins, calibration_note, dab_bins, tdkstain_membrane_mask
 from .regions import TumourRegion
 
-
 ASSUMED_MPP = 0.5
 
 Progress = Callable[[int, int], None]
@@ -162,7 +161,11 @@ class AnalysisResult:
         if self.dab_classes is not None:
             n = max(int(self.bin_counts.sum()), 1)
             out["dab_fractions"] = {k: float(c) / n for k, c in zip(BIN_NAMES, self.bin_counts, strict=True)}
-            out["dab_cutoffs_od"] = {"weak": self.bins.weak, "moderate": self.bins.moderate, "strong": self.bins.strong}
+            out["dab_cutoffs_od"] = {
+                "weak": self.bins.weak,
+                "moderate": self.bins.moderate,
+                "strong": self.bins.strong,
+            }
             out["calibration_name"] = self.calibration_name
             out["dab_calibration_note"] = calibration_note(self.bins, self.calibration_name)
             out["marker"] = self.marker
@@ -234,6 +237,9 @@ def iter_analysis(
     # the white point is the slide's (a tile without glass keeps it); vectors and threshold the region's
     whole = overview if bounds == (0, 0, W, H) else _overview_rgb(slide, (0, 0, W, H))
     cal = calibrate(overview, s.stains, background=s.background, vectors=s.stain_vectors, white_from=whole)
+    if s.calibration_name:  # a loaded calibration: its white point and vectors, named
+        src = f"calibration {s.calibration_name!r}"
+        cal = StainCalibration(cal.stains, src, src, cal.notes)
     stain_matrix = cal.stains
     ihc = s.mode == "ihc"
     over = deconvolve(overview, stain_matrix)

@@ -125,7 +125,9 @@ def measure_cells(
     )
     ibin, cls = classify_cells(ring_peak, completeness, rules)
     nuclear = ndi.mean(dab_od.astype(np.float64), nuclei, ids)
-    return CellTable(ids.astype(np.int64), cy, cx, area, ring_peak, completeness, ibin, cls, np.asarray(nuclear))
+    return CellTable(
+        ids.astype(np.int64), cy, cx, area, ring_peak, completeness, ibin, cls, np.asarray(nuclear)
+    )
 
 
 @dataclass(frozen=True)

@@ -123,7 +123,10 @@ def resolve_marker(marker: str, call: CompartmentCall) -> tuple[str, str]:
             f"auto: DAB sits on membranes or cytoplasm ({1 - call.nucleus_like_share:.0%} of the stain in "
             "outlines and sheets), read as HER2"
         )
-    return "her2", f"auto: too little DAB to tell ({call.stained_fraction:.1%} of pixels), membrane (HER2) assumed"
+    return (
+        "her2",
+        f"auto: too little DAB to tell ({call.stained_fraction:.1%} of pixels), membrane (HER2) assumed",
+    )
 
 
 def nuclear_bins(cells: CellTable, bins: DabBins) -> np.ndarray:
@@ -154,9 +157,7 @@ def fit_note(marker: str, call: CompartmentCall) -> str:
     return ""
 
 
-def hotspot_index(
-    y: np.ndarray, x: np.ndarray, positive: np.ndarray, mpp: float
-) -> dict[str, Any]:
+def hotspot_index(y: np.ndarray, x: np.ndarray, positive: np.ndarray, mpp: float) -> dict[str, Any]:
     """Highest labelling index over windows of 500 neighbouring cells and of 1 mm² (circles around each
     cell); a window needs its full size, else the figure is None with the reason."""
     from scipy.spatial import cKDTree
@@ -264,9 +265,18 @@ def marker_estimate(
     if len(cells) == 0:
         return {**head, "assessable": False, "n_cells": 0, "label": NO_CELLS, "note": NO_CELLS}
     if misfit:
-        return {**head, "assessable": False, "n_cells": len(cells), "label": "stain does not fit", "note": misfit}
+        return {
+            **head,
+            "assessable": False,
+            "n_cells": len(cells),
+            "label": "stain does not fit",
+            "note": misfit,
+        }
     if marker == "her2":
-        return {**head, **categorize(cells.cell_class, cells.intensity_bin, rules or Her2Rules(bins=bins)).as_dict()}
+        return {
+            **head,
+            **categorize(cells.cell_class, cells.intensity_bin, rules or Her2Rules(bins=bins)).as_dict(),
+        }
     if marker == "ki67":
         return {**head, **ki67_estimate(cells, bins, mpp)}
     return {**head, **er_pr_estimate(cells, bins)}

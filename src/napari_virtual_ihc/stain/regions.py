@@ -73,8 +73,10 @@ class TumourRegion:
         if self.mask is not None:
             return f"tumour region: mask ({self.source}, {int(self.mask.sum())} px)"
         holes = sum(len(p.holes) for p in self.polygons)
-        return f"tumour region: {len(self.polygons)} polygon(s)" + (f", {holes} hole(s)" if holes else "") + (
-            f" ({self.source})"
+        return (
+            f"tumour region: {len(self.polygons)} polygon(s)"
+            + (f", {holes} hole(s)" if holes else "")
+            + (f" ({self.source})")
         )
 
     def check_bounds(self, width: int, height: int) -> None:
@@ -87,7 +89,12 @@ class TumourRegion:
             boxes = [(y0, x0, y1, x1)]
         else:
             boxes = [
-                (float(p.outer[:, 0].min()), float(p.outer[:, 1].min()), float(p.outer[:, 0].max()), float(p.outer[:, 1].max()))
+                (
+                    float(p.outer[:, 0].min()),
+                    float(p.outer[:, 1].min()),
+                    float(p.outer[:, 0].max()),
+                    float(p.outer[:, 1].max()),
+                )
                 for p in self.polygons
             ]
         for y0, x0, y1, x1 in boxes:

@@ -24,14 +24,28 @@ from .store import ALGORITHM_READER, AnswerStore
 ALGORITHM_SOURCE = "algorithm:stain.her2"
 
 
+def _check_marker(marker: str) -> None:
+    if marker != "her2":
+        raise StudyError(
+            f"the study scores HER2 categories (0/1+/2+/3+); the marker {marker!r} is not read on that scale"
+        )
+
+
 def her2_estimate(
-    source: ImageSource, *, nuclei: str = "auto", mpp: float | None = None, ultralow: bool = False
+    source: ImageSource,
+    *,
+    nuclei: str = "auto",
+    mpp: float | None = None,
+    ultralow: bool = False,
+    marker: str = "her2",
 ) -> tuple[str, dict[str, Any]]:
-    """(score, summary) of one image or slide region by the overlays' HER2 estimate."""
+    """(score, summary) of one image or slide region by the overlays' HER2 estimate. The study's scale is
+    HER2's (0 / 1+ / 2+ / 3+), so ``marker`` must be "her2" (a nuclear marker has no place on it)."""
     from napari_virtual_ihc.slides import SlideError, open_slide
     from napari_virtual_ihc.stain import AnalysisSettings, analyze_slide
 
-    settings = AnalysisSettings(mode="ihc", nuclei_method=nuclei, mpp=mpp)
+    _check_marker(marker)
+    settings = AnalysisSettings(mode="ihc", nuclei_method=nuclei, mpp=mpp, marker=marker)
     try:
         with open_slide(source.path) as slide:
             result = analyze_slide(slide, settings, region=source.region)
@@ -49,6 +63,7 @@ def her2_estimate(
         "h_score": round(est.h_score, 2),
         "label": est.label,
         "nuclei": result.nuclei_method,
+        "marker": result.marker,
         "mpp": result.mpp,
         "mpp_assumed": result.mpp_assumed,
     }
@@ -63,8 +78,10 @@ def score_study_images(
     mpp: float | None = None,
     progress: Callable[[int, int], None] | None = None,
     cancel: threading.Event | None = None,
+    marker: str = "her2",
 ) -> int:
     """Record the HER2 estimate of every scored image of the study; returns how many were newly scored."""
+    _check_marker(marker)
     images = {i: v for i, v in key.get("images", {}).items() if v.get("role") == "score"}
     if not images:
         raise StudyError("the key lists no scored images")
@@ -82,7 +99,7 @@ def score_study_images(
             r = info.get("region")
             region = (int(r[0]), int(r[1]), int(r[2]), int(r[3])) if r else None
             source = ImageSource(Path(info["source"]), region)
-            score, summary = her2_estimate(source, nuclei=nuclei, mpp=mpp, ultralow=ultralow)
+            score, summary = her2_estimate(source, nuclei=nuclei, mpp=mpp, ultralow=ultralow, marker=marker)
             store.record_answer(
                 image_id=image_id,
                 score=score,

@@ -1,0 +1,157 @@
+"""The nuclei-on-any-stain validation set (tests/data/nuclei-any-stain/README.md): images, truth, tune/held.
+
+Each case is one image (or one marked box of one) with its nucleus centres, the stain's DAB compartment, the
+pixel size and whether its figures chose parameters ("tune") or only report ("held").
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+from scipy.optimize import linear_sum_assignment
+from skimage import data
+from skimage.io import imread
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+SET = DATA / "nuclei-any-stain"
+DEEPLIIF_MPP = 0.32  # nucleus diameter ~22 px at 7 µm, read off the tune images' masks (40x, rescaled by the authors)
+SKIMAGE_BOXES = {  # tests/data/ihc-nuclei-marks.md
+    "g1": (255, 325, 360, 400),
+    "e6": (60, 280, 120, 370),
+    "e5": (125, 60, 212, 155),
+    "s1": (110, 240, 230, 310),
+    "s3": (165, 330, 245, 430),
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    source: str
+    stain: str  # "ihc" or "he"
+    compartment: str  # "nuclear", "membrane", "cytoplasm" or "none" (H&E)
+    mpp: float
+    split: str  # "tune" or "held"
+    box: tuple[int, int, int, int] | None = None  # x0, y0, x1, y1: only marks and detections inside count
+
+    def rgb(self) -> np.ndarray:
+        return _rgb(self.name)
+
+    def marks(self) -> tuple[np.ndarray, np.ndarray]:
+        """(n, 2) x, y of the truth and (n,) bool: DAB-positive (False for negative or H&E)."""
+        rows = _rows(self.source, self.name.split("#")[0], self.name.split("#")[-1] if self.box else None)
+        xy = np.array([[float(r["x"]), float(r["y"])] for r in rows]).reshape(-1, 2)
+        pos = np.array([r["cell"] in ("positive", "brown") for r in rows], bool)
+        return xy, pos
+
+
+@cache
+def _rgb(name: str) -> np.ndarray:
+    if name.startswith("skimage-ihc"):
+        return data.immunohistochemistry()
+    path = next(SET.glob(name + ".*"))
+    return np.ascontiguousarray(imread(path)[..., :3])
+
+
+@cache
+def _csv(path: Path) -> tuple[dict[str, str], ...]:
+    with open(path, newline="") as f:
+        return tuple(csv.DictReader(f))
+
+
+def _rows(source: str, image: str, box: str | None) -> list[dict[str, str]]:
+    if source == "skimage":
+        return [r for r in _csv(DATA / "ihc-nuclei-marks.csv") if r["box"] == box]
+    path = SET / ("deepliif-ki67-truth.csv" if source == "deepliif" else "openslide-marks.csv")
+    return [r for r in _csv(path) if r["image"] == image]
+
+
+def _skimage(box: str, split: str) -> Case:
+    return Case(f"skimage-ihc#{box}", "skimage", "ihc", "membrane", 0.5, split, SKIMAGE_BOXES[box])
+
+
+def _deepliif(tile: str, split: str) -> Case:
+    return Case(f"deepliif-ki67-{tile}", "deepliif", "ihc", "nuclear", DEEPLIIF_MPP, split)
+
+
+CASES: tuple[Case, ...] = (
+    _deepliif("22_2", "tune"),
+    _deepliif("6_2", "tune"),
+    _deepliif("Bladder1", "tune"),
+    _deepliif("34_3", "held"),
+    _deepliif("799_2", "held"),
+    _deepliif("Lung1", "held"),
+    Case("openslide-ki67-vsi", "openslide", "ihc", "nuclear", 0.346, "tune"),
+    Case("openslide-ki67-ndpi", "openslide", "ihc", "nuclear", 0.454, "held"),
+    _skimage("g1", "tune"),
+    _skimage("e6", "tune"),
+    _skimage("e5", "held"),
+    _skimage("s1", "held"),
+    _skimage("s3", "held"),
+    Case("openslide-he", "openslide", "he", "none", 0.454, "held"),
+)
+
+
+def centroids_xy(labels: np.ndarray) -> np.ndarray:
+    ids = np.arange(1, int(labels.max()) + 1)
+    if not len(ids):
+        return np.zeros((0, 2))
+    return np.asarray(ndi.center_of_mass(labels > 0, labels, ids)).reshape(-1, 2)[:, ::-1]
+
+
+def counted(case: Case, xy: np.ndarray, shape: tuple[int, int], margin: float) -> np.ndarray:
+    """Which points count: inside the case's box, or away from the image border by ``margin`` px (nuclei cut by
+    the border are found or marked inconsistently)."""
+    if case.box is not None:
+        x0, y0, x1, y1 = case.box
+    else:
+        x0, y0, x1, y1 = margin, margin, shape[1] - margin, shape[0] - margin
+    return (xy[:, 0] >= x0) & (xy[:, 0] < x1) & (xy[:, 1] >= y0) & (xy[:, 1] < y1)
+
+
+def match(truth_xy: np.ndarray, det_xy: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """Optimal one-to-one assignment within ``radius``: (truth index, detection index) of the matched pairs."""
+    if not len(truth_xy) or not len(det_xy):
+        return np.zeros(0, int), np.zeros(0, int)
+    cost = np.linalg.norm(truth_xy[:, None] - det_xy[None], axis=2)
+    r, c = linear_sum_assignment(cost)
+    ok = cost[r, c] <= radius
+    return r[ok], c[ok]
+
+
+@dataclass(frozen=True)
+class Score:
+    recall: float
+    precision: float
+    n_marks: int
+    n_detections: int
+
+
+def detect(case: Case, method: str = "blobs", diameter_um: float = 7.0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Labels of ``method`` ("blobs": the offline detector; "today": the classical path with DAB as membrane, as before) and the stains."""
+    from napari_virtual_ihc.nuclei import make_segmenter
+    from napari_virtual_ihc.stain import calibrate, deconvolve
+
+    rgb = case.rgb()
+    stains = deconvolve(rgb, calibrate(rgb).stains)
+    seg = make_segmenter("classical" if method == "today" else method)
+    dab = stains["dab"] if case.stain == "ihc" else None
+    compartment = case.compartment if case.stain == "ihc" and method != "today" else "membrane"
+    seg.calibrate(stains["hematoxylin"], dab, compartment)
+    return seg(stains["hematoxylin"], diameter_um / case.mpp, dab, compartment), stains
+
+
+def score(case: Case, labels: np.ndarray, diameter_um: float = 7.0) -> Score:
+    """Recall and precision of the labels' centres against the truth, matched within half a diameter."""
+    diameter_px = diameter_um / case.mpp
+    truth, _pos = case.marks()
+    det = centroids_xy(labels)
+    truth = truth[counted(case, truth, labels.shape, diameter_px / 2)]
+    det = det[counted(case, det, labels.shape, diameter_px / 2)]
+    r, _c = match(truth, det, diameter_px / 2)
+    return Score(len(r) / max(len(truth), 1), len(r) / max(len(det), 1), len(truth), len(det))
