@@ -1,4 +1,4 @@
-"""The two real ANHIR consecutive-section pairs in tests/data, their landmarks, and exact re-orientations."""
+"""The real ANHIR consecutive-section pairs in tests/data, their landmarks, and exact re-orientations."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ from napari_virtual_ihc.slides import ArraySlide, open_slide
 PAIRS = {
     "kidney": ("Rat-Kidney_HE", "Rat-Kidney_PanCytokeratin"),
     "lesion": ("Izd2-29-041-w35_HE", "Izd2-29-041-w35_proSPC"),
+    # a second mouse lung lesion, H&E against two IHC stains with pale counterstain (issue 33)
+    "cd31": ("lesion3_HE", "lesion3_CD31"),
+    "cc10": ("lesion3_HE", "lesion3_Cc10"),
 }
 
 
@@ -49,6 +52,16 @@ def kidney(data_dir: Path) -> Pair:
 @pytest.fixture(scope="session")
 def lesion(data_dir: Path) -> Pair:
     return load_pair(data_dir, "lesion")
+
+
+@pytest.fixture(scope="session")
+def cd31(data_dir: Path) -> Pair:
+    return load_pair(data_dir, "cd31")
+
+
+@pytest.fixture(scope="session")
+def cc10(data_dir: Path) -> Pair:
+    return load_pair(data_dir, "cc10")
 
 
 def reorient(

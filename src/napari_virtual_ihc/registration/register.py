@@ -22,7 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..slides.base import Slide
-from . import coarse, matching
+from . import coarse, matching, quality
 from .errors import RegistrationCancelled, RegistrationError, SwappedInputError
 from .features import Overview, density, overview, stain_kind, structure, tissue
 from .transform import Displacement, SlideRecord, SlideTransform
@@ -44,16 +44,16 @@ class RegistrationSettings:
     mesh: int = 6  # B-spline control mesh cells per side
     iterations: int = 150  # optimiser iterations per resolution level
     sampling: float = 0.25  # share of the fixed view's pixels the metric samples (random)
-    min_correlation: float = (
-        0.5  # hematoxylin correlation after warping (union or overlap), else not converged
-    )
-    min_overlap: float = 0.5  # tissue-mask Dice after warping, below which: not converged
+    gate_side: int = 512  # px of the views the quality gate compares (hematoxylin, sigma 1 px)
+    min_peak_contrast: float = quality.MIN_CONTRAST  # gate: correlation above the perturbations' median
+    min_peak_margin: float = quality.MIN_MARGIN  # gate: correlation above the best perturbation
     allow_swapped: bool = False  # accept an H&E-looking moving and IHC-looking fixed slide
+    fallbacks: int = 2  # further distinct starts taken to the end when the first fails the gate
     seed: int = 1  # metric sampling seed; SimpleITK reads 0 as 'wall clock' (a different run each time)
 
     def __post_init__(self) -> None:
-        if self.coarse_side < 32 or self.working_side < 64 or self.nonrigid_side < 64:
-            raise ValueError("coarse_side >= 32, working_side and nonrigid_side >= 64 px")
+        if min(self.working_side, self.nonrigid_side, self.gate_side) < 64 or self.coarse_side < 32:
+            raise ValueError("coarse_side >= 32, working_side, nonrigid_side and gate_side >= 64 px")
         if not 0 < self.angle_step <= 90:
             raise ValueError(f"angle_step must be in (0, 90] degrees, not {self.angle_step}")
         if self.seed <= 0:
@@ -232,6 +232,43 @@ def measure_quality(fixed: _View, moving: _View, transform: SlideTransform) -> d
     }
 
 
+def _gate_plane(slide: Slide, side: int, unit: tuple[float, float]) -> quality.Plane:
+    v = _View.of(slide, side, unit)
+    return quality.Plane(sitk.GetArrayFromImage(v.structure), v.mask, v.ov.downsample)
+
+
+def gate_figures(fixed: Slide, moving: Slide, transform: SlideTransform, side: int = 512) -> dict[str, float]:
+    """:func:`quality.agreement_figures` of ``transform`` on ``side`` px hematoxylin views of both slides."""
+    return quality.agreement_figures(
+        _gate_plane(fixed, side, transform.fixed.unit_per_px),
+        _gate_plane(moving, side, transform.moving.unit_per_px),
+        transform.fixed_to_moving,
+    )
+
+
+def _orientation(m: np.ndarray) -> tuple[bool, float]:
+    """(mirrored, rotation in degrees) of a 3 x 3 map's linear part."""
+    lin = m[:2, :2]
+    mirrored = bool(np.linalg.det(lin) < 0)
+    rot = lin @ np.diag([-1.0, 1.0]) if mirrored else lin
+    return mirrored, float(np.degrees(np.arctan2(rot[1, 0], rot[0, 0])))
+
+
+def _distinct_starts(
+    refined: list[tuple[float, np.ndarray, coarse.Candidate]], angle_step: float
+) -> list[tuple[float, np.ndarray, coarse.Candidate]]:
+    """Rigid results best first, without those whose orientation repeats an earlier one's."""
+    out: list[tuple[float, np.ndarray, coarse.Candidate]] = []
+    for r in refined:
+        flip, angle = _orientation(r[1])
+        if all(
+            flip != o_flip or abs((angle - o_angle + 180) % 360 - 180) >= 2 * angle_step
+            for o_flip, o_angle in (_orientation(o[1]) for o in out)
+        ):
+            out.append(r)
+    return out
+
+
 def _correlation(a_img: np.ndarray, b_img: np.ndarray, where: np.ndarray) -> float:
     a, b = a_img[where].astype(np.float64), b_img[where].astype(np.float64)
     return float(np.corrcoef(a, b)[0, 1]) if a.size > 10 and a.std() > 0 and b.std() > 0 else 0.0
@@ -296,29 +333,40 @@ def iter_registration(
     yield done, total, STAGES[1]
     run.check_cancel()
 
-    best: tuple[float, np.ndarray, coarse.Candidate] | None = None
+    refined: list[tuple[float, np.ndarray, coarse.Candidate]] = []
     for cand in starts:
         try:
             m, metric = _linear_stage(run, fixed_c, moving_c, cand.matrix, "rigid", [2, 1])
         except RuntimeError as e:  # SimpleITK: e.g. a start under which the sections do not overlap
             run.notes.append(f"a coarse start was skipped ({str(e).strip().splitlines()[-1][:120]})")
             continue
-        if best is None or metric < best[0]:
-            best = (metric, m, cand)
-    if best is None:
+        refined.append((metric, m, cand))
+    if not refined:
         raise RegistrationError("no coarse start could be refined: the sections do not overlap under any")
-    rigid, _ = _linear_stage(run, fixed_w, moving_w, best[1], "rigid", [4, 2])
-    run.notes.append(
-        f"coarse start{' (keypoint matches)' if best[2] is matched else ''}: "
-        f"{best[2].angle_deg:.0f} deg{' mirrored' if best[2].flipped else ''} (score {best[2].score:.3f})"
-    )
+    refined.sort(key=lambda r: r[0])
+
+    def rigid_stage(start: tuple[float, np.ndarray, coarse.Candidate]) -> np.ndarray:
+        return _linear_stage(run, fixed_w, moving_w, start[1], "rigid", [4, 2])[0]
+
+    def affine_stage(rigid: np.ndarray) -> np.ndarray:
+        return _linear_stage(run, fixed_w, moving_w, rigid, "affine", [4, 2, 1])[0]
+
+    def start_note(start: tuple[float, np.ndarray, coarse.Candidate]) -> str:
+        c = start[2]
+        return (
+            f"coarse start{' (keypoint matches)' if c is matched else ''}: "
+            f"{c.angle_deg:.0f} deg{' mirrored' if c.flipped else ''} (score {c.score:.3f})"
+        )
+
+    rigid = rigid_stage(refined[0])
+    run.notes.append(start_note(refined[0]))
     done += 1
     yield done, total, STAGES[2]
 
-    linear, _ = _linear_stage(run, fixed_w, moving_w, rigid, "affine", [4, 2, 1])
-    stages = ["coarse", "rigid", "affine"]
+    linear = affine_stage(rigid)
     done += 1
     yield done, total, STAGES[3]
+    stages = ["coarse", "rigid", "affine"]
 
     fixed_rec, moving_rec = SlideRecord.of(fixed, uf), SlideRecord.of(moving, um)
     result = SlideTransform(linear, fixed_rec, moving_rec, units=units, stages=stages, notes=run.notes)
@@ -344,19 +392,38 @@ def iter_registration(
         done += 1
         yield done, total, STAGES[4]
 
-    quality = measure_quality(fixed_w, moving_w, result)
-    quality["seconds"] = time.perf_counter() - t0
-    result.quality = quality
-    # the correlation over the union of both tissue masks, or over their overlap alone: a torn or partial
-    # section leaves fixed tissue with nothing over it, which lowers the first even when the part that is
-    # there sits right (torn kidney: 0.39 over the union, 0.71 over the overlap; an unrelated pair 0.30/0.23)
-    correlation = max(quality["correlation"], quality["overlap_correlation"])
-    result.converged = correlation >= s.min_correlation and quality["tissue_dice"] >= s.min_overlap
+    planes = (_gate_plane(fixed, s.gate_side, uf), _gate_plane(moving, s.gate_side, um))
+    figures = measure_quality(fixed_w, moving_w, result) | quality.agreement_figures(
+        *planes, result.fixed_to_moving
+    )
+    if not quality.passes(figures, s.min_peak_contrast, s.min_peak_margin):
+        # the rigid metric's favourite failed the gate: the next distinct starts get their turn, and the one
+        # whose alignment agrees best (landmark-free: peak contrast) is kept
+        for other in _distinct_starts(refined, s.angle_step)[1 : 1 + s.fallbacks]:
+            run.check_cancel()
+            alt = SlideTransform(
+                affine_stage(rigid_stage(other)),
+                fixed_rec,
+                moving_rec,
+                units=units,
+                stages=stages,
+                notes=run.notes,
+            )
+            alt_figures = measure_quality(fixed_w, moving_w, alt) | quality.agreement_figures(
+                *planes, alt.fixed_to_moving
+            )
+            if alt_figures["peak_contrast"] > figures["peak_contrast"]:
+                run.notes.append(f"the gate preferred another start: {start_note(other)}")
+                result, figures = alt, alt_figures
+    figures["seconds"] = time.perf_counter() - t0
+    result.quality = figures
+    result.converged = quality.passes(figures, s.min_peak_contrast, s.min_peak_margin)
     if not result.converged:
         result.notes.append(
-            f"poor alignment: hematoxylin correlation {quality['correlation']:.3f} over both sections' tissue, "
-            f"{quality['overlap_correlation']:.3f} where they overlap (one needs >= {s.min_correlation}), "
-            f"tissue overlap {quality['tissue_dice']:.3f} (needs >= {s.min_overlap})"
+            f"poor alignment: it is not a clear peak of hematoxylin agreement (correlation "
+            f"{figures['peak_correlation']:.3f}, {figures['peak_margin']:+.3f} against the best of its shifted / "
+            f"rotated perturbations (needs > {s.min_peak_margin}), {figures['peak_contrast']:+.3f} against their "
+            f"median (needs >= {s.min_peak_contrast}); tissue overlap {figures['tissue_dice']:.3f})"
         )
     done += 1
     yield done, total, STAGES[-1]

@@ -1,0 +1,62 @@
+"""The quality gate on every real pair: right alignments accepted, deliberately broken ones refused.
+
+Broken = the registered transform composed with a shift of 5 % of the fixed diagonal (four directions) or a
+rotation of 10 degrees about the fixed image's centre (both ways). The gate's figures come from the images
+alone (quality.py): the alignment must be a peak of hematoxylin agreement among its perturbations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from napari_virtual_ihc.registration import quality
+from napari_virtual_ihc.registration.register import gate_figures
+
+from .conftest import Pair, registered
+
+pytestmark = pytest.mark.slow
+#: rTRE medians measured (docs/registration.md) plus a margin; CD31 and Cc10 sit at the best *any* affine
+#: map reaches through their landmarks (0.0064, 0.0088), not at the issue's 0.004.
+BOUND = {"kidney": 0.004, "lesion": 0.006, "cd31": 0.0075, "cc10": 0.0100}
+
+
+def broken(t, pair: Pair, kind: str, amount: float):  # type: ignore[no-untyped-def]
+    """``t`` composed, on the fixed side, with a shift (share of the diagonal) or a rotation (degrees)."""
+    w, h = pair.fixed().dimensions
+    d = np.eye(3)
+    if kind == "shift_x":
+        d[0, 2] = amount * float(np.hypot(w, h))
+    elif kind == "shift_y":
+        d[1, 2] = amount * float(np.hypot(w, h))
+    else:
+        a = np.radians(amount)
+        c = np.array([(w - 1) / 2, (h - 1) / 2])
+        d[:2, :2] = [[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]
+        d[:2, 2] = c - d[:2, :2] @ c
+    u = np.diag([*t.fixed.unit_per_px, 1.0])
+    return dataclasses.replace(t, matrix=t.matrix @ u @ d @ np.linalg.inv(u))
+
+
+@pytest.mark.parametrize("which", ["kidney", "lesion", "cd31", "cc10"])
+def test_gate_accepts_the_registered_pair_and_refuses_it_broken(which, request):
+    pair = request.getfixturevalue(which)
+    t, errors, seconds, _ = registered(pair)
+    q = t.quality
+    print(
+        f"{which}: rTRE median {np.median(errors):.4f}, p90 {np.percentile(errors, 90):.4f}, {seconds:.1f} s; "
+        f"gate correlation {q['peak_correlation']:.3f} margin {q['peak_margin']:+.3f} "
+        f"contrast {q['peak_contrast']:+.3f}"
+    )
+    assert np.median(errors) <= BOUND[which]
+    assert t.converged, t.notes
+    cases = [("shift_x", 0.05), ("shift_x", -0.05), ("shift_y", 0.05), ("shift_y", -0.05)]
+    for kind, amount in [*cases, ("rotate", 10.0), ("rotate", -10.0)]:
+        bad = broken(t, pair, kind, amount)
+        f = gate_figures(pair.fixed(), pair.moving(), bad)
+        print(
+            f"  broken {kind} {amount:+}: margin {f['peak_margin']:+.3f} contrast {f['peak_contrast']:+.3f}"
+        )
+        assert not quality.passes(f), (kind, amount, f)
