@@ -35,7 +35,7 @@ from .api import (
     TileProgress,
 )
 from .confidence import ConfidenceWriter
-from .devices.calibration import calibration_window, decide_compute
+from .devices.calibration import calibration_window, decide_compute, record_fp16_overflow
 from .devices.probes import describe_device
 from .devices.rules import is_out_of_memory, release_device_memory
 from .dropout import set_positions, with_positional_dropout
@@ -71,7 +71,6 @@ class JobCounters:
     skipped: int = 0  # blank glass filled by this run
     model: int = 0  # tiles the model ran on in this run
     pixels: int = 0  # core pixels written by this run
-    fp16_fallbacks: int = 0  # batches re-run at higher precision after fp16 overflowed
 
 
 def _to_level0(rect: tuple[int, int, int, int], d: float) -> Box:
@@ -617,6 +616,14 @@ class _StainJob:
     # --- step 8: the report ---------------------------------------------------------------------------------
     def report(self) -> RunReport:
         plan, spec, tiles = self.plan, self.model.spec, self.tiles
+        self.fp16_dropped = record_fp16_overflow(
+            plan.device, self.model.sha256, self.runner.batches, self.runner.fallbacks
+        )
+        if self.fp16_dropped:
+            plan.warnings.append(
+                f"fp16 overflowed in {self.runner.fallbacks} of {self.runner.batches} batches (each re-run at "
+                f"{self.runner.fallback_precision}); the next run of this model here calibrates without fp16"
+            )
         seconds = time.perf_counter() - self.t_start
         complete = not self.cancelled and self.count.done == len(tiles)
         whole = len(tiles) == len(self.grid)
@@ -647,6 +654,9 @@ class _StainJob:
                 "batch": plan.batch,
                 "device_described": describe_device(str(plan.device)),
                 "batch_final": self.runner.batch,
+                "batches": self.runner.batches,
+                "fp16_fallbacks": self.runner.fallbacks,  # batches re-run wider after fp16 overflowed
+                "fp16_dropped": self.fp16_dropped,
                 "winograd_convs": self.winograd_convs,
                 "compute": self.choice.to_dict(),
                 "run_mode": plan.mode.to_dict(),

@@ -1,4 +1,5 @@
-"""Running a generator on batches of uint8 windows: frozen norms, channels-last, autocast, OOM back-off."""
+"""Running a generator on batches of uint8 windows: frozen norms, channels-last, autocast, OOM back-off,
+and a batch that overflowed in fp16 run again at a wider precision."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .devices.probes import device_has_bf16
 from .devices.rules import autocast_dtype, is_out_of_memory, release_device_memory
 from .dropout import DropoutContext, set_positions
 from .errors import NonFiniteOutputError
@@ -33,8 +35,8 @@ def to_uint8(out: torch.Tensor, output_norm: str) -> np.ndarray:
         bad = int((~torch.isfinite(out)).sum())
         raise NonFiniteOutputError(
             f"the model produced NaN or infinity for {bad} of {out.numel()} output values; its weights are "
-            "broken (a diverged training?) or the precision overflowed (try --precision fp32). Nothing of "
-            "this window was written."
+            "broken (a diverged training?) or the precision overflowed (fp16 batches are re-run in fp32 or "
+            "bf16 already; try --precision fp32). Nothing of this window was written."
         )
     scaled = out * 255.0 if output_norm == "zero_one" else (out + 1.0) * 127.5
     return scaled.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
@@ -55,9 +57,16 @@ class BatchRunner:
         on_batch_change: Callable[[int], None] | None = None,
         dropout: DropoutContext | None = None,
         samples: int = 1,
+        fallback: bool = True,
     ) -> None:
         self.device = device
         self.precision = precision
+        # fp16 overflow: the batch again in bf16 where the device has it (same range as fp32), else fp32.
+        self.fallback_precision = (
+            ("bf16" if device_has_bf16(device) else "fp32") if fallback and precision == "fp16" else None
+        )
+        self.batches = 0  # forward batches run
+        self.fallbacks = 0  # of which re-run at ``fallback_precision`` after non-finite fp16 output
         self.batch = max(1, int(batch))
         self.input_norm = input_norm
         self.output_norm = output_norm
@@ -71,11 +80,21 @@ class BatchRunner:
         self.dropout = dropout
         self.samples = max(1, int(samples))
 
-    def _forward_once(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = autocast_dtype(self.precision)
+    def _forward_at(self, x: torch.Tensor, precision: str) -> torch.Tensor:
+        dtype = autocast_dtype(precision)
         ctx = torch.autocast(self.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
         with torch.inference_mode(), ctx:
             return self.module(x)
+
+    def _forward_once(self, x: torch.Tensor) -> torch.Tensor:
+        """One pass; fp16 output with NaN/inf (an activation beyond fp16's 65504) is computed again at the
+        fallback precision and counted, so the run goes on instead of stopping on one bright window."""
+        self.batches += 1
+        out = self._forward_at(x, self.precision)
+        if self.fallback_precision is not None and not bool(torch.isfinite(out).all()):
+            self.fallbacks += 1
+            out = self._forward_at(x, self.fallback_precision)
+        return out
 
     def _forward(
         self, windows: np.ndarray, origins: list[tuple[int, int]] | None = None

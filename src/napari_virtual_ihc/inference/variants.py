@@ -34,7 +34,12 @@ class ModelVariants:
         return self._modules[winograd]
 
     def runner(
-        self, c: Candidate, batch: int = 1, dropout: DropoutContext | None = None, samples: int = 1
+        self,
+        c: Candidate,
+        batch: int = 1,
+        dropout: DropoutContext | None = None,
+        samples: int = 1,
+        fallback: bool = True,
     ) -> BatchRunner:
         return BatchRunner(
             self.module(c.winograd),
@@ -45,7 +50,9 @@ class ModelVariants:
             self.output_norm,
             dropout=dropout,
             samples=samples,
+            fallback=fallback,
         )
 
     def prepare(self, c: Candidate) -> Runner:
-        return self.runner(c, 1)
+        """The calibration's runner: no fp16 fallback, so an fp16 that overflows fails the quality gate."""
+        return self.runner(c, 1, fallback=False)

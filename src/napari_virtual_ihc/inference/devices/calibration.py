@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import NonFiniteOutputError
 from ..quality import psnr
 from .probes import cpu_has_bf16, device_has_bf16, device_name
 from .rules import check_precision_supported
@@ -36,6 +37,9 @@ CALIBRATION_SIDE = 512  # px: the calibration window is the first tissue window 
 TIMED_ROUNDS = 2  # timed runs per candidate after a warm-up, interleaved A B .. B A; the minimum is kept
 CACHE_ENV = "VIRTUAL_IHC_CACHE_DIR"
 CACHE_FILE = "calibration.json"
+FP16_DROP_SHARE = (
+    0.05  # fp16 is dropped for a model whose batches overflowed this often in a run (>= 1 batch)
+)
 
 
 @dataclass(frozen=True)
@@ -186,7 +190,7 @@ def measure(
         try:
             runners[c] = prepare(c)
             outputs[c] = runners[c](window)
-        except (RuntimeError, MemoryError, NotImplementedError, ValueError) as e:
+        except (RuntimeError, MemoryError, NotImplementedError, ValueError, NonFiniteOutputError) as e:
             results[c].error = f"{type(e).__name__}: {e}"[:300]
             runners.pop(c, None)
     if REFERENCE not in outputs:
@@ -290,6 +294,55 @@ def store_cached(key: dict[str, Any], choice: ComputeChoice, path: Path | None =
         os.replace(tmp, path)
 
 
+def _overflow_key(device: torch.device, model_sha256: str) -> dict[str, Any]:
+    return {"device": device_name(device), "torch": torch.__version__, "model_sha256": model_sha256}
+
+
+def fp16_dropped(device: torch.device, model_sha256: str, path: Path | None = None) -> str | None:
+    """Why fp16 is no longer a candidate for this model here (its runs overflowed), None while it is."""
+    try:
+        entries = json.loads((path or cache_path()).read_text())
+    except (OSError, ValueError):
+        return None
+    key = _overflow_key(device, model_sha256)
+    for entry in entries if isinstance(entries, list) else []:
+        if isinstance(entry, dict) and entry.get("fp16_overflow") == key:
+            return str(entry.get("why", "fp16 overflowed"))
+    return None
+
+
+def record_fp16_overflow(
+    device: torch.device, model_sha256: str, batches: int, fallbacks: int, path: Path | None = None
+) -> bool:
+    """After a run: when fp16 overflowed in >= ``FP16_DROP_SHARE`` of its batches, drop fp16 for this model
+    on this device (the cached choice is forgotten: the next run calibrates without fp16). True if dropped."""
+    if fallbacks == 0 or fallbacks < FP16_DROP_SHARE * batches or fp16_dropped(device, model_sha256, path):
+        return False
+    path = path or cache_path()
+    try:
+        entries = json.loads(path.read_text())
+        if not isinstance(entries, list):
+            entries = []
+    except (OSError, ValueError):
+        entries = []
+    sha = model_sha256
+    entries = [
+        e
+        for e in entries
+        if not (
+            isinstance(e, dict) and isinstance(e.get("key"), dict) and e["key"].get("model_sha256") == sha
+        )
+    ]
+    why = f"fp16 overflowed in {fallbacks} of {batches} batches of a run (re-run in a wider precision)"
+    entries.append({"fp16_overflow": _overflow_key(device, sha), "why": why})
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(entries[-200:], indent=1))
+        os.replace(tmp, path)
+    return True
+
+
 def calibrate(
     window: np.ndarray,
     cands: Sequence[Candidate],
@@ -343,6 +396,9 @@ def decide_compute(
     if precision != "auto":
         check_precision_supported(precision, device)
     cands = candidates(device, precision, winograd, winograd_convs)
+    dropped = fp16_dropped(device, model_sha256) if precision == "auto" else None
+    if dropped is not None:
+        cands = [c for c in cands if c.precision != "fp16"]
     if len(cands) == 1:
         c = cands[0]
         how = "requested" if precision != "auto" or winograd is not None else "only candidate here"
@@ -352,7 +408,11 @@ def decide_compute(
     if cached is not None:
         return cached
     if window is None:
-        return default_choice(device, precision, winograd, winograd_convs)
+        choice = default_choice(device, precision, winograd, winograd_convs)
+        if dropped is not None and choice.precision == "fp16":
+            fallback = "bf16" if Candidate("bf16") in cands else "fp32"
+            choice = ComputeChoice(fallback, False, "default", device_name=device_name(device), note=dropped)
+        return choice
     choice = calibrate(window(), cands, prepare, device)
     store_cached(key, choice)
     return choice
