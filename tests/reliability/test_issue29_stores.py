@@ -192,3 +192,20 @@ def test_an_output_folder_inside_an_input_store_is_refused(tmp_path, checkpoint,
     err = capsys.readouterr().err
     assert "inside the input" in err and "Traceback" not in err
     assert tree(slide) == before and not (slide / "results").exists()
+
+
+def test_a_files_hash_is_cached_by_path_size_and_mtime(tmp_path, monkeypatch):
+    from napari_virtual_ihc.ihc_store import identity
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(identity, "CACHE_MIN_BYTES", 0)
+    monkeypatch.setattr(identity, "_hashes", {})
+    f = tmp_path / "s.bin"
+    f.write_bytes(b"a" * 1000)
+    first = identity.file_identity(f)
+    assert identity.cache_file().is_file() and first["sha256"] in identity.cache_file().read_text()
+    monkeypatch.setattr(identity, "_hashes", {})
+    assert identity.file_identity(f) == first  # from the cache file
+    f.write_bytes(b"b" * 1000)  # same size, new content: another mtime, another key
+    os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 1000))
+    assert identity.file_identity(f)["sha256"] != first["sha256"]
