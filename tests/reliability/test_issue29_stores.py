@@ -192,3 +192,34 @@ def test_an_output_folder_inside_an_input_store_is_refused(tmp_path, checkpoint,
     err = capsys.readouterr().err
     assert "inside the input" in err and "Traceback" not in err
     assert tree(slide) == before and not (slide / "results").exists()
+
+
+def test_a_files_hash_is_cached_by_path_size_and_mtime(tmp_path, monkeypatch):
+    from napari_virtual_ihc.ihc_store import identity
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(identity, "CACHE_MIN_BYTES", 0)
+    monkeypatch.setattr(identity, "_hashes", {})
+    f = tmp_path / "s.bin"
+    f.write_bytes(b"a" * 1000)
+    first = identity.file_identity(f)
+    assert identity.cache_file().is_file() and first["sha256"] in identity.cache_file().read_text()
+    monkeypatch.setattr(identity, "_hashes", {})
+    assert identity.file_identity(f) == first  # from the cache file
+    f.write_bytes(b"b" * 1000)  # same size, new content: another mtime, another key
+    os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 1000))
+    assert identity.file_identity(f)["sha256"] != first["sha256"]
+
+
+def test_a_run_refused_while_another_writes_leaves_its_record_alone(tmp_path, checkpoint, he, capsys):
+    from napari_virtual_ihc.ihc_store.lock import StoreLock
+    from napari_virtual_ihc.ihc_store.naming import lock_path
+
+    tifffile.imwrite(tmp_path / "slide.tif", he[:200, :200], photometric="rgb")
+    out = tmp_path / "o"
+    assert stain(tmp_path / "slide.tif", checkpoint, out) == 0
+    record = (out / "slide.run.json").read_bytes()
+    with StoreLock(lock_path(out / "slide.ome.zarr"), "the store"):  # another run writing it now
+        assert stain(tmp_path / "slide.tif", checkpoint, out) == 1
+    assert "being written by another run" in capsys.readouterr().err
+    assert (out / "slide.run.json").read_bytes() == record

@@ -146,7 +146,7 @@ class VirtualIHCWidget(QWidget):
         form.addRow("", self.device_label)
 
         self.output_edit = QLineEdit()
-        self.output_edit.setPlaceholderText("beside the slide")
+        self.output_edit.setPlaceholderText("beside the slide (installed or read-only: your data folder)")
         self.browse_output_button = QPushButton("Browse...")
         row = QHBoxLayout()
         row.addWidget(self.output_edit, 1)
