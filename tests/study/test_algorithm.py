@@ -54,18 +54,18 @@ def test_algorithm_reader_scores_every_image_and_joins_the_analysis_when_asked(
         "algorithm",
         "--key",
         str(key_path),
-        "--answers-dir",
-        str(answers),
         "--nuclei",
         "classical",
-    ]
+    ]  # into algorithm/ beside the key
     assert main(args) == 0
     assert "4 images scored" in capsys.readouterr().out
     assert main(args) == 0  # a re-run continues: nothing left to score
     assert "0 images scored" in capsys.readouterr().out
 
     key = load_key(key_path)
-    with AnswerStore.open_existing(answers / "algorithm.sqlite") as store:
+    assert not (answers / "algorithm.sqlite").exists()  # never among the readers' answers
+    algorithm = tmp_path / "algorithm"
+    with AnswerStore.open_existing(algorithm / "algorithm.sqlite") as store:
         got = store.current_answers()
     assert len(got) == 4
     for image_id, answer in sorted(got.items())[:2]:  # two checked against a direct call (each takes s)
@@ -78,7 +78,8 @@ def test_algorithm_reader_scores_every_image_and_joins_the_analysis_when_asked(
         assert answer.score == expected and answer.source == "algorithm:stain.her2"
         assert json.loads(answer.comment)["n_cells"] == est.n_cells
 
-    base = ["study", "analyze", "--key", str(key_path), "--answers", str(answers), "--bootstrap", "0"]
+    base = ["study", "analyze", "--key", str(key_path), "--answers", str(answers), str(algorithm)]
+    base += ["--bootstrap", "0"]
     assert main([*base, "--out", str(tmp_path / "without")]) == 0
     assert set(pd.read_csv(tmp_path / "without" / "imrmc.csv").readerID) == {"p"}
     assert main([*base, "--out", str(tmp_path / "with"), "--include-algorithm"]) == 0

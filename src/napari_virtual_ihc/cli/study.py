@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..slides.tiff_backend import PLAUSIBLE_MPP
+from .argtypes import float_in, int_in
+
 if TYPE_CHECKING:
     from napari_virtual_ihc.study.analysis import Estimate
 
@@ -23,12 +26,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--key", type=Path, help="unblinding key path (default: <out>_key.json beside the bundle)")
     who = b.add_mutually_exclusive_group(required=True)
     who.add_argument("--readers", nargs="+", metavar="ID", help="reader IDs")
-    who.add_argument("--n-readers", type=int, metavar="N", help="readers reader-1..reader-N")
+    who.add_argument("--n-readers", type=int_in(1, 1000), metavar="N", help="readers reader-1..reader-N")
     b.add_argument("--seed", type=int, default=0, help="seed of every reader's order (default 0)")
-    b.add_argument("--min-gap", type=int, default=10, help="versions of a case at least N positions apart")
+    b.add_argument(
+        "--min-gap", type=int_in(0, 100_000), default=10, help="versions of a case at least N positions apart"
+    )
     b.add_argument("--sessions", action="store_true", help="one version per case per session instead")
     b.add_argument(
-        "--washout-days", type=int, help="with --sessions: days between finishing one session and the next"
+        "--washout-days",
+        type=int_in(0, 3650),
+        help="with --sessions: days between finishing one session and the next",
     )
     b.add_argument(
         "--session2-opens",
@@ -36,7 +43,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="YYYY-MM-DD",
         help="with --sessions: later sessions do not open before this date",
     )
-    b.add_argument("--size", type=int, nargs=2, metavar=("W", "H"), help="resample every image to W x H")
+    b.add_argument(
+        "--size", type=int_in(16, 200_000), nargs=2, metavar=("W", "H"), help="resample every image to W x H"
+    )
     b.add_argument("--ultralow", action="store_true", help="offer the HER2-ultralow category")
     b.add_argument(
         "--whole-slide",
@@ -60,7 +69,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--key", type=Path, help="unblinding key (needed unless every answer names its case)")
     a.add_argument("--answers", type=Path, nargs="+", required=True, help="answer stores or folders of them")
     a.add_argument("--out", type=Path, required=True, help="report folder")
-    a.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for kappa CIs")
+    a.add_argument(
+        "--bootstrap",
+        type=int_in(0, 1_000_000),
+        default=2000,
+        help="bootstrap resamples for kappa CIs (0: none)",
+    )
     a.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     a.add_argument("--ultralow", action="store_true", help="use 5 categories even if nobody chose ultralow")
     a.add_argument(
@@ -85,14 +99,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "algorithm", help="score every study image with the overlays' HER2 estimate, as reader 'algorithm'"
     )
     g.add_argument("--key", type=Path, required=True, help="unblinding key (it names every image's source)")
-    g.add_argument("--answers-dir", type=Path, required=True, help="folder of per-reader answer stores")
+    g.add_argument(
+        "--out",
+        "--answers-dir",
+        dest="out",
+        type=Path,
+        help="the coordinator's folder for algorithm.sqlite (default: algorithm/ beside the key; never inside "
+        "the readers' bundle)",
+    )
     g.add_argument(
         "--nuclei",
         default="auto",
         choices=("auto", "cellpose", "classical"),
         help="nuclei method (default auto)",
     )
-    g.add_argument("--mpp", type=float, help="µm/px when the images carry none (default: assumed 0.5)")
+    g.add_argument(
+        "--mpp",
+        type=float_in(*PLAUSIBLE_MPP, unit="µm/px"),
+        help="µm/px when the images carry none (default: assumed 0.5)",
+    )
     g.add_argument(
         "--marker",
         default="her2",
@@ -221,7 +246,7 @@ def run_algorithm(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from napari_virtual_ihc.study import StudyError, load_key
-    from napari_virtual_ihc.study.algorithm import score_study_images
+    from napari_virtual_ihc.study.algorithm import default_algorithm_dir, score_study_images
 
     bar = tqdm(desc="HER2 estimate", unit="img")
 
@@ -229,20 +254,16 @@ def run_algorithm(args: argparse.Namespace) -> int:
         bar.total = total
         bar.update(done - bar.n)
 
+    out = args.out or default_algorithm_dir(args.key)
     try:
         n = score_study_images(
-            load_key(args.key),
-            args.answers_dir,
-            nuclei=args.nuclei,
-            mpp=args.mpp,
-            progress=progress,
-            marker=args.marker,
+            load_key(args.key), out, nuclei=args.nuclei, mpp=args.mpp, progress=progress, marker=args.marker
         )
     except StudyError as exc:
         return _fail(exc)
     finally:
         bar.close()
-    print(f"algorithm: {n} images scored into {args.answers_dir} (reader 'algorithm')")
+    print(f"algorithm: {n} images scored into {out} (reader 'algorithm')")
     return 0
 
 

@@ -3,8 +3,10 @@
 Each scored image of the key (real and virtual) is analysed from its source (the same slide region the
 bundle shows, at the source's own resolution and µm/px, so ring widths in µm mean what they mean in the
 overlay widget) by ``stain.analyze_slide``; its ``her2()`` category becomes the answer, "not assessable"
-when no cell was found. Answers go into ``<answers>/algorithm.sqlite`` like any reader's, one durable
-transaction each; a re-run skips images already scored, so an interrupted run continues.
+when no cell was found. Answers go into ``<folder>/algorithm.sqlite`` like any reader's, one durable
+transaction each; a re-run skips images already scored, so an interrupted run continues. The folder is the
+coordinator's (default: ``algorithm/`` beside the key), never inside the readers' bundle: per-image HER2
+estimates next to the readers' answers would be a hint to every reader.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .bundle import MANIFEST_NAME
 from .cases import ImageSource
 from .errors import StudyError
 from .scores import NOT_ASSESSABLE, ULTRALOW
@@ -70,6 +73,21 @@ def her2_estimate(
     return score, summary
 
 
+def default_algorithm_dir(key_path: str | Path) -> Path:
+    """Where ``study algorithm`` writes by default: ``algorithm/`` beside the key (the coordinator's)."""
+    return Path(key_path).parent / "algorithm"
+
+
+def _refuse_inside_bundle(folder: Path) -> None:
+    for d in (folder, *folder.parents):
+        if (d / MANIFEST_NAME).is_file():
+            raise StudyError(
+                f"{folder} is inside the reader bundle {d}: the algorithm's per-image HER2 estimates would "
+                "sit where the readers' app reads; write them beside the key (the default) and give both "
+                "folders to `study analyze --answers`"
+            )
+
+
 def score_study_images(
     key: dict[str, Any],
     answers_dir: str | Path,
@@ -82,6 +100,7 @@ def score_study_images(
 ) -> int:
     """Record the HER2 estimate of every scored image of the study; returns how many were newly scored."""
     _check_marker(marker)
+    _refuse_inside_bundle(Path(answers_dir).resolve())
     images = {i: v for i, v in key.get("images", {}).items() if v.get("role") == "score"}
     if not images:
         raise StudyError("the key lists no scored images")

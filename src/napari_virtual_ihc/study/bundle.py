@@ -268,36 +268,45 @@ def _write_images(
     for done, image_id in enumerate(write_order):
         case, modality = plan[image_id]
         if case.case_id not in targets:
-            real_size = source_size(case.versions[REAL])
-            tiled[case.case_id] = (
-                options.whole_slide or real_size[0] * real_size[1] > MAX_PIXELS_WITHOUT_REGION
-            )
-            targets[case.case_id] = options.size or real_size
+            target = options.size or source_size(case.versions[REAL])
+            # by the size written (--size may enlarge a small image): a PNG is decoded whole into memory
+            tiled[case.case_id] = options.whole_slide or target[0] * target[1] > MAX_PIXELS_WITHOUT_REGION
+            targets[case.case_id] = target
         src = case.context if modality == "he" else case.versions[modality]
         assert src is not None
         target = targets[case.case_id]
+        # A random salt per image: the two H&E copies of a case (the same pixels) get unrelated digests,
+        # so the manifest does not pair a case's versions; integrity is checked with the salt.
+        salt = secrets.token_hex(16)
         if tiled[case.case_id]:
             rel = f"images/{image_id}{TILED_EXT}"
             sizes = write_tiled(out / rel, src, target)
             os.utime(out / rel, (FIXED_MTIME, FIXED_MTIME))
-            digest = _sha256_file(out / rel)
+            digest = _sha256_file(out / rel, salt)
             extra: dict[str, Any] = {"levels": [list(s) for s in sizes]}
         else:
             rgb = fit_to_size(read_source(src), target)
             data = encode_png(rgb)
             rel = f"images/{image_id}.png"
             write_fixed_time(out / rel, data)
-            digest = hashlib.sha256(data).hexdigest()
+            digest = hashlib.sha256(bytes.fromhex(salt) + data).hexdigest()
             extra = {}
-        info[image_id] = {"file": rel, "sha256": digest, "width": int(target[0]), "height": int(target[1])}
+        info[image_id] = {
+            "file": rel,
+            "salt": salt,
+            "sha256": digest,
+            "width": int(target[0]),
+            "height": int(target[1]),
+        }
         info[image_id].update(extra)
         if progress is not None:
             progress(done + 1, len(write_order))
     return info
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
+def _sha256_file(path: Path, salt: str = "") -> str:
+    """sha256 of ``salt`` (hex; empty in bundles made before salting) followed by the file's bytes."""
+    h = hashlib.sha256(bytes.fromhex(salt))
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
@@ -369,7 +378,10 @@ def load_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
         if not full.is_file():
             raise BundleError(f"bundle image {entry.get('file')!r} is missing")
         if verify_hashes and entry.get("sha256"):
-            digest = _sha256_file(full)
+            salt = entry.get("salt", "")
+            if not isinstance(salt, str) or len(salt) % 2 or any(c not in "0123456789abcdef" for c in salt):
+                raise BundleError(f"manifest entry {image_id!r} has a malformed salt")
+            digest = _sha256_file(full, salt)
             if digest != entry["sha256"]:
                 raise BundleError(f"bundle image {entry['file']!r} was modified (checksum mismatch)")
     readers: dict[str, list[SessionPlan]] = {}
