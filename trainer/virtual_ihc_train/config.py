@@ -88,6 +88,10 @@ class TrainConfig:
     val_every: int = 0  # optimizer steps between held-out PSNR/SSIM checks (0 = at epoch ends only)
     val_samples: int = 16
     val_crop: int = 0  # centre crop for validation (0 = full image; U-Net-256 needs multiples of 256)
+    # how validation runs G ("" = as the preset's reference test script, recorded in the header): bn_stats
+    # running | slide, dropout off | sample | mean:N (masks seeded with train.seed)
+    val_bn_stats: str = ""
+    val_dropout: str = ""
     grid_every_epoch: bool = True
     grid_samples: int = 4
     log_sample_indices: bool = False  # write each step's sample indices to indices_rank<r>.csv

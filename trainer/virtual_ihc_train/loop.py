@@ -22,10 +22,12 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 
 from napari_virtual_ihc.inference.devices import DeviceError, resolve_device
+from napari_virtual_ihc.inference.dropout import DropoutMode
 
 from .config import Config, ConfigError
 from .data import Pair
 from .evaluation import metrics
+from .evaluation.protocol import ProtocolForward, resolve_protocol
 from .methods import Method, Step, method_class
 from .reporting import LearningCurve, MetricLog, save_grid, to_uint8
 from .run_state import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -86,6 +88,12 @@ def check_config(cfg: Config) -> type[Method]:
     for key in ("batch_size", "grad_accum"):
         if getattr(tc, key) < 1:
             raise ConfigError(f"train.{key} must be >= 1")
+    if tc.val_bn_stats not in ("", "running", "slide"):
+        raise ConfigError(f"train.val_bn_stats must be running, slide or empty, not {tc.val_bn_stats!r}")
+    try:
+        DropoutMode.parse(tc.val_dropout or None)
+    except ValueError as exc:
+        raise ConfigError(f"train.val_dropout: {exc}") from None
     method = method_class(cfg)
     method.check_config(cfg)
     return method
@@ -134,13 +142,20 @@ def apply_lr(method: Method, lr: float) -> float | None:
 
 # ---------------------------------------------------------------- validation
 @torch.no_grad()
-def validate(method: Method, pairs: list[Pair], device: torch.device, crop: int) -> dict[str, float]:
-    """Held-out PSNR/SSIM (BCI convention) of G, and of the identity map (H&E returned as is) for scale."""
+def validate(method: Method, pairs: list[Pair], device: torch.device) -> dict[str, float]:
+    """Held-out PSNR/SSIM (BCI convention) of G run as its reference test script runs it (the mode its header
+    records: batch norm per image, dropout on, masks seeded with ``train.seed``; ``train.val_bn_stats`` /
+    ``val_dropout`` override it), and of the identity map (H&E as is) for scale."""
     from .data import read_rgb, to_tensor
 
+    tc = method.cfg.train
+    crop = tc.val_crop
     generator = method.nets["G"]
     was_training = generator.training
-    generator.eval()
+    mode = resolve_protocol(
+        generator, method.generator_spec(), tc.val_bn_stats or None, tc.val_dropout or None, tc.seed
+    )
+    forward = ProtocolForward(generator, mode)
     p, s, p_id = [], [], []
     for pair in pairs:
         assert pair.target is not None
@@ -148,7 +163,8 @@ def validate(method: Method, pairs: list[Pair], device: torch.device, crop: int)
         if crop:
             y, x = (a.shape[0] - crop) // 2, (a.shape[1] - crop) // 2
             a, b = a[y : y + crop, x : x + crop], b[y : y + crop, x : x + crop]
-        fake = to_uint8(method.translate(to_tensor(a)[None].to(device), [pair.label or ""])[0])
+        g_in = method.generator_input(to_tensor(a)[None].to(device), [pair.label or ""])
+        fake = to_uint8(forward(g_in)[0])
         p.append(metrics.psnr(b, fake))
         s.append(metrics.ssim(b, fake))
         p_id.append(metrics.psnr(b, a))
@@ -242,7 +258,8 @@ def fit(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, Any]:
 
     def run_validation() -> None:
         if val_log is not None:
-            val_log.write({"step": step, "epoch": epoch, **validate(method, val_pairs, device, tc.val_crop)})
+            figures = validate(method, val_pairs, device)
+            val_log.write({"step": step, "epoch": epoch, **figures})
 
     t0, cpu0, samples_seen = time.perf_counter(), time.process_time(), 0
     curve = LearningCurve(run_dir, bool(val_pairs), last_drawn=t0)  # first plot after a minute of training

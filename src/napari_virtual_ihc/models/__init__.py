@@ -1,6 +1,13 @@
 """Generators (pix2pix/CycleGAN ResNet and U-Net, ASP's ResNet) and safe checkpoint I/O. Core, napari-free."""
 
-from .checkpoint import HEADER_KEY, file_sha256, load_generator, read_checkpoint, save_generator
+from .checkpoint import (
+    HEADER_KEY,
+    file_sha256,
+    load_generator,
+    read_checkpoint,
+    reference_test_mode,
+    save_generator,
+)
 from .class_channel import ClassChannelError, needs_class, supply_class_channel
 from .demo_model import DEMO_MODEL_LABEL, demo_model_path
 from .describe import describe, receptive_field, size_multiple
@@ -50,6 +57,7 @@ __all__ = [
     "norm_kind",
     "read_checkpoint",
     "receptive_field",
+    "reference_test_mode",
     "register_generator",
     "save_generator",
     "size_multiple",

@@ -214,7 +214,7 @@ def read_checkpoint(
         reference = True
     spec = _apply_overrides(spec, overrides)
     if reference:  # an imported state dict runs as the reference test.py ran it
-        spec = _as_reference_test_runs(spec)
+        spec = reference_test_mode(spec)
     check_spec(spec, str(p))  # bounded arguments before the meta build
     expected = meta_state_dict(spec)
     check_against(expected, shapes, f"{p} (as {spec.arch} {spec.arch_kwargs})")
@@ -234,7 +234,7 @@ REFERENCE_MODE_NOTE = (
 )
 
 
-def _as_reference_test_runs(spec: ModelSpec) -> ModelSpec:
+def reference_test_mode(spec: ModelSpec) -> ModelSpec:
     """pix2pix/BCI ``test.py`` calls ``model.eval()`` only with ``--eval``, which their READMEs do not pass:
     batch norm then uses the test image's own statistics and dropout stays on. An imported ``.pth`` records
     that as its intended mode (the project's own checkpoints record theirs in the header)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +26,18 @@ from ..reporting import to_uint8
 from . import metrics, mist_metrics, tdkstain_errors
 from .distribution import fid_from_features, kid_from_features
 from .inception import MissingWeightsError, load_inception
+from .protocol import ProtocolForward, describe, resolve_protocol
 
 __all__ = ["MissingWeightsError", "add_arguments", "evaluate_cli", "evaluate_folders"]
 
 ALL_METRICS = ("psnr", "ssim", "fid", "kid", "lpips", "dists", "nuclei", "membrane", "kid_asp", "phv")
 DEFAULT_METRICS = "psnr,ssim,fid,kid,nuclei,membrane"
+GIVEN_IMAGES = "images given with --generated: how the generator ran is not known here"
+DEVIATIONS = (
+    "batch norm with each image's own statistics is the core's pooled-statistics pass over the whole image "
+    "(equal to test.py's train-mode forward to float rounding; running statistics are not updated)",
+    "dropout masks are position-hashed and seeded (repeatable; one sample as test.py draws, not torch's draw)",
+)
 FeatureExtractor = Callable[[torch.Tensor], torch.Tensor]  # (N, H, W, 3) uint8 -> (N, D)
 
 
@@ -89,9 +97,15 @@ def load_backends(wanted: set[str], args: Any) -> Backends:
 
 
 def evaluate_items(
-    items: list[EvalItem], wanted: set[str], backends: Backends, out_dir: Path, progress: bool = True
+    items: list[EvalItem],
+    wanted: set[str],
+    backends: Backends,
+    out_dir: Path,
+    progress: bool = True,
+    protocol: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Per-image metrics, then overall and per-class summaries; writes JSON, Markdown and plots."""
+    """Per-image metrics, then overall and per-class summaries; writes JSON, Markdown and plots. ``protocol``
+    is how the generator ran (from :func:`generate`; None for images made elsewhere)."""
     unknown = wanted - set(ALL_METRICS)
     if unknown:
         raise ValueError(f"unknown metrics {sorted(unknown)}; choose from {', '.join(ALL_METRICS)}")
@@ -151,6 +165,8 @@ def evaluate_items(
 
     result = {
         "convention": metrics.CONVENTION,
+        "protocol": protocol or {"description": GIVEN_IMAGES},
+        "deviations": list(DEVIATIONS) if protocol else [],
         "n_images": len(rows),
         "metrics": sorted(wanted),
         "nuclei_counter": backends.nuclei_method or None,
@@ -209,6 +225,9 @@ def markdown_table(result: dict[str, Any]) -> str:
             cells.append("" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v))
         lines.append(f"| {group} | " + " | ".join(cells) + " |")
     note = f"\n{result['n_images']} image pairs. Convention: {result['convention']}.\n"
+    note += f"Generator ran: {result['protocol']['description']}.\n"
+    for d in result.get("deviations", []):
+        note += f"Deviation from the reference script: {d}.\n"
     if result.get("nuclei_counter"):
         note += f"Nuclei counted with: {result['nuclei_counter']}.\n"
     return "\n".join(lines) + "\n" + note
@@ -248,21 +267,33 @@ def write_plots(result: dict[str, Any], plot_dir: Path) -> None:
 # ---------------------------------------------------------------- generating, folders, CLI
 @torch.no_grad()
 def generate(
-    checkpoint: Path, pairs: list[Pair], out_dir: Path, device: str = "cpu", progress: bool = True
-) -> list[EvalItem]:
-    """Run the generator on each full-resolution H&E image and save the output next to the real one."""
+    checkpoint: Path,
+    pairs: list[Pair],
+    out_dir: Path,
+    device: str = "cpu",
+    progress: bool = True,
+    bn_stats: str | None = None,
+    dropout: str | None = None,
+    seed: int = 0,
+) -> tuple[list[EvalItem], dict[str, Any]]:
+    """Run the generator on each full-resolution H&E image under its protocol (the header's test-script mode
+    unless ``bn_stats``/``dropout`` override it) and save the output next to the real one; returns the items
+    and the protocol as recorded in the report."""
     from napari_virtual_ihc.models import load_generator
 
-    gen = load_generator(checkpoint, device=device).module
+    loaded = load_generator(checkpoint, device=device)
+    mode = resolve_protocol(loaded.module, loaded.spec, bn_stats, dropout, seed)
+    forward = ProtocolForward(loaded.module, mode)
     out_dir.mkdir(parents=True, exist_ok=True)
     items = []
     for p in tqdm(pairs, desc="generate", unit="img", disable=not progress):
         assert p.target is not None
-        fake = to_uint8(gen(to_tensor(read_rgb(p.source))[None].to(device))[0])
+        fake = to_uint8(forward(to_tensor(read_rgb(p.source))[None].to(device))[0])
         dest = out_dir / f"{p.name}.png"
         Image.fromarray(fake).save(dest)
         items.append(EvalItem(p.name, p.label or "", p.target, dest))
-    return items
+    protocol = {**mode.to_dict(), "description": describe(mode), "warnings": list(mode.warnings)}
+    return items, protocol
 
 
 def evaluate_folders(
@@ -303,6 +334,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cellpose-model", help="Cellpose model file for the nuclei count (default: built-in nuclei)"
     )
+    p.add_argument(
+        "--bn-stats",
+        choices=("running", "slide"),
+        help="override the checkpoint's batch-norm mode: running (eval mode) or slide (each image's own "
+        "statistics, as test.py without --eval; the default for batch-norm presets and imported .pth files)",
+    )
+    p.add_argument(
+        "--dropout", help="override the checkpoint's dropout mode: off | sample (as test.py) | mean:N"
+    )
+    p.add_argument(
+        "--dropout-seed", type=int, default=0, help="seed of the dropout masks (repeatable figures)"
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
 
@@ -332,8 +375,19 @@ def evaluate_cli(args: argparse.Namespace) -> int:
             raise ValueError(
                 "--checkpoint needs a dataset: --bci ROOT, --mist ROOT or --paired HE_DIR IHC_DIR"
             )
-        items = generate(Path(args.checkpoint), pairs, out / "generated", args.device, progress)
-        result = evaluate_items(items, wanted, backends, out, progress)
+        items, protocol = generate(
+            Path(args.checkpoint),
+            pairs,
+            out / "generated",
+            args.device,
+            progress,
+            args.bn_stats,
+            args.dropout,
+            args.dropout_seed,
+        )
+        for warning in protocol["warnings"]:
+            print(f"virtual-ihc-train: note: {warning}", file=sys.stderr)
+        result = evaluate_items(items, wanted, backends, out, progress, protocol)
     print((out / "metrics.md").read_text())
     print(f"wrote {out / 'metrics.json'}")
     return 0 if result["n_images"] else 1

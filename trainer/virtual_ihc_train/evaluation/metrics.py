@@ -12,7 +12,8 @@ import numpy as np
 CONVENTION = (
     "PSNR/SSIM on full-resolution RGB uint8 images, data_range=255: skimage peak_signal_noise_ratio and "
     "structural_similarity(channel_axis=2, data_range=255) (the BCI/ASP evaluate.py convention, 7x7 uniform "
-    "window); generator outputs converted to uint8 as pix2pix's tensor2im (truncation)"
+    "window); the mean of per-image values (not PSNR of the pooled MSE); no crop, no colour-space change; "
+    "generator outputs converted to uint8 as pix2pix's tensor2im (truncation)"
 )
 
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from napari_virtual_ihc.models import ModelSpec
+from napari_virtual_ihc.models import ModelSpec, reference_test_mode
 
 from ..config import Config
 from ..data import Augment, DatasetError, ImagePairDataset, Pair, find_pairs, image_size
@@ -174,15 +174,17 @@ class Method:
 
     # ---- the generator people use
     def generator_spec(self) -> ModelSpec:
-        """The header of ``nets["G"]``'s checkpoint and export."""
+        """The header of ``nets["G"]``'s checkpoint and export, with the mode its reference test script runs it
+        in (none calls ``model.eval()`` without ``--eval``: batch norm per image, dropout on when present)."""
         cfg = self.cfg
-        return ModelSpec(
+        spec = ModelSpec(
             arch=cfg.model.arch,
             arch_kwargs=dict(cfg.model.arch_kwargs),
             mpp=cfg.data.mpp,
             name=f"{cfg.preset} ({cfg.data.kind})",
             provenance={"preset": cfg.preset, "method": self.name},
         )
+        return reference_test_mode(spec)
 
     def generator_specs(self) -> dict[str, ModelSpec]:
         """Every net saved as a loadable generator (with a header); the rest are saved as plain weights."""
@@ -190,5 +192,9 @@ class Method:
 
     @torch.no_grad()
     def translate(self, a: torch.Tensor, labels: list[str] | None = None) -> torch.Tensor:
-        """G(A) for grids and validation (a method whose G takes more than H&E builds that input here)."""
-        return self.nets["G"](a)
+        """G(A) for grids, in the nets' current mode."""
+        return self.nets["G"](self.generator_input(a, labels))
+
+    def generator_input(self, a: torch.Tensor, labels: list[str] | None = None) -> torch.Tensor:
+        """What G takes for H&E ``a`` (a method whose G takes more than H&E builds that input here)."""
+        return a

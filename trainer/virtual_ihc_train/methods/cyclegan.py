@@ -372,12 +372,11 @@ class CycleGAN(Method):
             reverse = replace(reverse, class_channel=class_channel_header(self.cfg.cyclegan.classifier_B))
         return {"G": g, "G_B": reverse}
 
-    @torch.no_grad()
-    def translate(self, a: torch.Tensor, labels: list[str] | None = None) -> torch.Tensor:
+    def generator_input(self, a: torch.Tensor, labels: list[str] | None = None) -> torch.Tensor:
         plane = None
         if self.cfg.cyclegan.class_channel:
             plane = self.domain_plane("A", list(labels or [""] * a.shape[0]), a)
-        return self.nets["G"](with_class(a, plane))
+        return with_class(a, plane)
 
 
 def class_channel_header(classifier: str) -> dict[str, Any]:
