@@ -1,7 +1,7 @@
 """The plugin is installable and discoverable: manifest valid, editable install and built wheel both found.
 
-npe2 only reads a manifest inside the import package; the root ``napari.yaml`` reaches the package through
-the symlink ``src/napari_virtual_ihc/napari.yaml``, which the wheel build must turn into a real file.
+npe2 only reads a manifest inside the import package, so the one manifest is the real file
+``src/napari_virtual_ihc/napari.yaml`` (no symlink: those break on Windows clones).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+MANIFEST = ROOT / "src" / "napari_virtual_ihc" / "napari.yaml"
 PLUGIN = "napari-virtual-ihc"
 
 _DISCOVER = """
@@ -42,8 +43,8 @@ def test_manifest_validates_and_editable_install_is_discovered():
     listed = subprocess.run([npe2, "list"], capture_output=True, text=True, timeout=60, check=True)
     assert PLUGIN in listed.stdout
     found = _discover(sys.executable)
-    # the editable install reads the repository's manifest, reached through the package symlink
-    assert Path(found["manifest"]).resolve() == (ROOT / "napari.yaml").resolve()
+    # the editable install reads the repository's manifest, a regular file inside the package
+    assert not MANIFEST.is_symlink() and Path(found["manifest"]).resolve() == MANIFEST.resolve()
     assert found["readers"] == 1 and found["samples"] == ["cmu1_region", "kidney_he_ihc_pair"]
 
 
@@ -71,9 +72,14 @@ def test_wheel_holds_real_manifest_and_installs_into_fresh_venv(tmp_path):
         names = z.namelist()
         info = z.getinfo("napari_virtual_ihc/napari.yaml")
         assert (info.external_attr >> 16) & 0o170000 != 0o120000  # a regular file, not a symlink
-        assert z.read(info) == (ROOT / "napari.yaml").read_bytes()
+        assert z.read(info) == MANIFEST.read_bytes()
         assert "napari_virtual_ihc/samples/CMU-1-region.tif" in names
         assert "napari_virtual_ihc/samples/LICENSE.md" in names
+        assert "napari_virtual_ihc/samples/Rat-Kidney_PanCytokeratin.jpg" in names
+        assert any(n.endswith(".dist-info/licenses/LICENSE") or n.endswith(".dist-info/LICENSE") for n in names)
+        meta = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+        assert "Requires-Dist: torch>=2.4" in meta and "magicgui" not in meta
+        assert "Requires-Dist: napari[all]; extra == 'all'" in meta
         assert "napari_virtual_ihc/models/demo/demo-he-to-dab.safetensors" in names  # the demo model ships
     assert any(n.startswith("virtual_ihc_train/") for n in names)
     assert not any(n.startswith("trainer/") for n in names)  # PyPI's "trainer" is someone else's
@@ -101,5 +107,14 @@ def test_wheel_holds_real_manifest_and_installs_into_fresh_venv(tmp_path):
     assert Path(found["package"]).is_relative_to(site)
     manifest = Path(found["manifest"])
     assert manifest.is_relative_to(site) and not manifest.is_symlink()
-    assert manifest.read_bytes() == (ROOT / "napari.yaml").read_bytes()
+    assert manifest.read_bytes() == MANIFEST.read_bytes()
     assert found["readers"] == 1 and found["samples"] == ["cmu1_region", "kidney_he_ihc_pair"]
+
+
+def test_cli_versions():
+    from napari_virtual_ihc import __version__
+
+    for script in ("virtual-ihc", "virtual-ihc-train"):
+        exe = shutil.which(script) or pytest.fail(f"{script} not on PATH")
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60, check=True)
+        assert out.stdout.strip() == f"{script} {__version__}"

@@ -84,7 +84,7 @@ def test_reader_scores_by_keys_without_any_leak(make_napari_viewer, qtbot, small
         image = widget.session.current.image
         canvas.setFocus()
         qtbot.keyClick(canvas, keys[k % 5])
-        qtbot.keyClick(canvas, Qt.Key_F1 + (k % 5))
+        qtbot.keyClick(canvas, Qt.Key(Qt.Key_F1 + (k % 5)))  # PyQt6: enum + int is an int
         if k == 1:
             time.sleep(1.2)  # idle much longer than the 0.2 s threshold
         qtbot.keyClick(canvas, Qt.Key_Return)

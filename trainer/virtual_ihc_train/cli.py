@@ -10,6 +10,7 @@ from pathlib import Path
 from napari_virtual_ihc.cli.argtypes import float_in
 from napari_virtual_ihc.models.spec import MODEL_MPP_RANGE
 
+from . import __version__
 from .config import Config, ConfigError, merge, parse_set, read_config_file, set_value
 from .data import DatasetError
 from .presets import PRESET_NOTES, PRESETS, preset_config
@@ -143,6 +144,7 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="virtual-ihc-train", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("fit", help="train a generator from a preset")

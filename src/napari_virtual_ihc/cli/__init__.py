@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .. import __version__
 from . import analyze, cohort, compare, convert, demo, export, pairs, register, stain, study
 
 SUBCOMMANDS = (demo, stain, cohort, convert, analyze, export, study, register, compare, pairs)
@@ -20,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="virtual-ihc",
         description="Virtual HER2 IHC from H&E slides: stain, analyse, run reader studies.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in SUBCOMMANDS:
         module.add_parser(sub)
