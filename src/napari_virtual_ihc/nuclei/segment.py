@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .blobs import segment_blobs
+from .blobs import MIN_CONTRAST_OD, contrast_cut, segment_blobs
 from .cellpose_adapter import CellposeNuclei, CellposeUnavailable, load_cellpose
 from .classical import check_compartment, nuclear_od, nuclear_signal, otsu_threshold, segment_classical
 
@@ -28,7 +28,7 @@ class NucleiSegmenter:
 
     cellpose: CellposeNuclei | None
     fallback_reason: str = ""
-    threshold: float | None = None  # classical only: one Otsu cut for every tile (see calibrate)
+    threshold: float | None = None  # one cut for every tile (see calibrate): Otsu OD or blob contrast OD
     offline: str = "blobs"  # the method used when there is no Cellpose model
 
     def __post_init__(self) -> None:
@@ -58,25 +58,33 @@ class NucleiSegmenter:
                 signal = nuclear_signal(hematoxylin_od, dab_od)
             return self.cellpose.segment(signal, diameter_px)
         if self.offline == "blobs":
-            return segment_blobs(hematoxylin_od, diameter_px, dab_od=dab_od, dab_compartment=dab_compartment)
+            cut = {} if self.threshold is None else {"min_contrast_od": self.threshold}
+            return segment_blobs(hematoxylin_od, diameter_px, dab_od, dab_compartment, **cut)
         return segment_classical(
             hematoxylin_od, diameter_px, self.threshold, dab_od=dab_od, dab_compartment=dab_compartment
         )
 
     @property
     def needs_calibration(self) -> bool:
-        """Only the classical method needs an overview: the blob detector cuts at fixed optical densities."""
-        return self.cellpose is None and self.offline == "classical" and self.threshold is None
+        return self.cellpose is None and self.threshold is None
 
     def calibrate(
         self,
         hematoxylin_overview: np.ndarray,
         dab_overview: np.ndarray | None = None,
         dab_compartment: str = "membrane",
+        diameter_px: float | None = None,
     ) -> None:
-        """Fix the classical threshold from an overview of the whole area, so tiles cut the same way (on the
-        same signal the tiles are segmented on: H + DAB for a nuclear marker)."""
-        if self.cellpose is None and self.offline == "classical":
+        """Fix the cut from an overview of the whole area, so tiles cut the same way. Blobs: the contrast a
+        nucleus needs, from the hematoxylin (every nucleus' counterstain) when the overview resolves nuclei
+        (``diameter_px``: their size in overview pixels, >= 4), else the fixed default; classical: Otsu on the
+        signal the tiles are segmented on (H + DAB for a nuclear marker)."""
+        if self.cellpose is not None:
+            return
+        if self.offline == "blobs":
+            resolved = diameter_px is not None and diameter_px >= 4
+            self.threshold = contrast_cut(hematoxylin_overview, diameter_px) if resolved else MIN_CONTRAST_OD
+        else:
             self.threshold = otsu_threshold(nuclear_od(hematoxylin_overview, dab_overview, dab_compartment))
 
 
