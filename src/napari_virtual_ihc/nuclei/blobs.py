@@ -48,7 +48,7 @@ def log_response(signal: np.ndarray, radius_px: float) -> np.ndarray:
 
 def local_contrast(smooth: np.ndarray, radius_px: float) -> np.ndarray:
     """Signal above its surroundings (white top-hat, window ~ five radii): eosin or DAB backgrounds drop out."""
-    size = max(int(round(5 * radius_px)), 3)
+    size = max(round(5 * radius_px), 3)
     return smooth - ndi.grey_opening(smooth, size=(size, size))
 
 
@@ -86,7 +86,7 @@ def segment_blobs(
     contrast = local_contrast(smooth, radius)
     peaks = peak_local_max(
         response,
-        min_distance=max(int(round(radius * SEED_SPACING)), 2),
+        min_distance=max(round(radius * SEED_SPACING), 2),
         threshold_abs=seed_log_od,
         exclude_border=False,
     )
