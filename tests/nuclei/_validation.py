@@ -138,7 +138,8 @@ class Score:
 def detect(
     case: Case, method: str = "blobs", diameter_um: float = 7.0
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Labels of ``method`` ("blobs": the offline detector; "today": the classical path with DAB as membrane, as before) and the stains."""
+    """Labels of ``method`` (a ``make_segmenter`` method, or "today": the classical path with DAB treated as
+    membrane whatever the marker, as before issue 32) and the stains."""
     from napari_virtual_ihc.nuclei import make_segmenter
     from napari_virtual_ihc.stain import calibrate, deconvolve
 

@@ -42,15 +42,16 @@ def test_the_set_has_eight_images_from_three_sources_split_in_halves():
         assert {c.split for c in v.CASES if c.compartment == compartment} == {"tune", "held"}
 
 
-# Measured on the held half (docs/analysis.md "Nuclei on any stain"); issue 32 asks >= 0.85 for both, which
-# holds for no group yet (see the doc: the DeepLIIF truth leaves stroma unmarked, spindle nuclei are missed).
-# The floors catch a regression of the detector below what it does today.
+# The offline fallback ("offline": blobs for nuclear DAB, classical otherwise) on the held half
+# (docs/analysis.md "Nuclei on any stain"). Issue 32 asks >= 0.85 for both: membrane DAB meets it (0.91 /
+# 0.85); nuclear DAB reads 0.84 / 0.57 (the DeepLIIF truth leaves many visible nuclei unmarked, so precision
+# is a lower bound) and the held H&E crop 0.80 / 0.80. The floors catch a regression below today's figures.
 @pytest.mark.parametrize(
     ("compartment", "floor"),
-    [("nuclear", (0.80, 0.52)), ("membrane", (0.68, 0.70)), ("none", (0.80, 0.60))],
+    [("nuclear", (0.80, 0.52)), ("membrane", (0.85, 0.80)), ("none", (0.76, 0.76))],
 )
 def test_held_recall_and_precision(compartment, floor):
-    recall, precision, n = _pooled([c for c in HELD if c.compartment == compartment])
+    recall, precision, n = _pooled([c for c in HELD if c.compartment == compartment], "offline")
     print(f"held {compartment}: recall {recall:.2f}, precision {precision:.2f} ({n} marks)")
     assert recall >= floor[0] and precision >= floor[1]
 
@@ -64,7 +65,8 @@ def test_nuclear_dab_is_found_where_the_previous_path_lost_it():
 
 
 SPLIT_POSITIVES = pytest.mark.xfail(
-    strict=True, reason="29 % found vs 21 % marked: large hollow DAB-positive nuclei split in two (issue 32)"
+    strict=True,
+    reason="29 % found vs 21 % marked (issue 32; not yet explained: split positives or unmarked weak ones)",
 )
 
 

@@ -8,7 +8,6 @@ the validation set (tests/data/nuclei-any-stain/README.md).
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage as ndi
 
 NUCLEAR_DAB_CUTOFF = 0.15  # OD; tuned on the "tune" half
 
@@ -20,8 +19,10 @@ def nuclear_dab_od(labels: np.ndarray, dab_od: np.ndarray) -> np.ndarray:
     n = int(labels.max()) if labels.size else 0
     if n == 0:
         return np.zeros(0, np.float64)
-    ids = np.arange(1, n + 1)
-    return np.nan_to_num(np.asarray(ndi.mean(dab_od.astype(np.float64), labels, ids)), nan=0.0)
+    flat = labels.ravel()
+    sums = np.bincount(flat, weights=dab_od.astype(np.float64).ravel(), minlength=n + 1)[1:]
+    areas = np.bincount(flat, minlength=n + 1)[1:]
+    return np.divide(sums, areas, out=np.zeros(n, np.float64), where=areas > 0)
 
 
 def nuclear_dab_positive(
