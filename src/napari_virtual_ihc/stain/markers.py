@@ -100,7 +100,9 @@ def blob_share(dab_od: np.ndarray, bins: DabBins, diameter_px: float) -> float:
     from scipy import ndimage as ndi
     from skimage.morphology import disk
 
-    thick = ndi.binary_opening(np.asarray(dab_od) >= bins.weak, structure=disk(max(1, round(diameter_px / 4))))
+    thick = ndi.binary_opening(
+        np.asarray(dab_od) >= bins.weak, structure=disk(max(1, round(diameter_px / 4)))
+    )
     n = int(thick.sum())
     if n == 0:
         return 0.0
@@ -111,7 +113,9 @@ def blob_share(dab_od: np.ndarray, bins: DabBins, diameter_px: float) -> float:
     return float(sizes[small].sum() / n)
 
 
-def dab_compartment(cells: CellTable, dab_od: np.ndarray, bins: DabBins, diameter_px: float) -> CompartmentCall:
+def dab_compartment(
+    cells: CellTable, dab_od: np.ndarray, bins: DabBins, diameter_px: float
+) -> CompartmentCall:
     """Nuclear or membrane DAB. ``cells``: nuclei found on hematoxylin (DAB-aware membrane split), so a
     membrane's DAB lands in the rings; cue 1 is the share of stained cells (nucleus or ring >= weak) whose
     nucleus is darker than its ring, cue 2 :func:`blob_share`. Nuclear when their mean reaches
@@ -136,7 +140,10 @@ def resolve_marker(marker: str, call: CompartmentCall) -> tuple[str, str]:
         return "ki67", f"auto: DAB sits in nuclei ({evidence}), read as Ki-67"
     if call.compartment == "membrane":
         return "her2", f"auto: DAB sits on membranes ({evidence}), read as HER2"
-    return "her2", f"auto: too little DAB to tell ({call.stained_cells} stained cells), membrane (HER2) assumed"
+    return (
+        "her2",
+        f"auto: too little DAB to tell ({call.stained_cells} stained cells), membrane (HER2) assumed",
+    )
 
 
 def nuclear_bins(cells: CellTable, bins: DabBins) -> np.ndarray:
