@@ -3,9 +3,13 @@ a marker that does not fit the stain."""
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+
 import numpy as np
 import pytest
 from skimage import data
+from skimage.io import imread
 
 from napari_virtual_ihc.stain import AnalysisSettings, analyze_image
 from napari_virtual_ihc.stain.her2 import CellTable
@@ -144,3 +148,30 @@ def test_ki67_hot_spot_is_the_densest_500_cell_window():
 def test_unknown_marker_is_refused():
     with pytest.raises(MarkerError, match="her2, ki67, er, pr, auto"):
         AnalysisSettings(marker="egfr")
+
+
+KI67_TRUTH = Path(__file__).parents[1] / "data" / "nuclei-any-stain"
+
+
+@pytest.mark.parametrize(
+    ("image", "mpp"),
+    [
+        ("deepliif-ki67-22_2.jpg", 0.32),
+        ("deepliif-ki67-799_2.jpg", 0.32),
+        ("deepliif-ki67-Lung1.jpg", 0.32),
+        ("openslide-ki67-ndpi.png", 0.454),
+    ],
+)
+def test_ki67_index_of_real_marked_images_within_5_points(image, mpp):
+    """Real Ki-67 IHC with every cell marked positive/negative (DeepLIIF's authors; OpenSlide's by eye,
+    tests/data/nuclei-any-stain): auto reads the DAB as nuclear and the index is within 5 points. (Of the
+    eight marked images, 34_3, 6_2 and the OpenSlide vsi tile miss: docs/analysis.md.)"""
+    truth = []
+    for f in ("deepliif-ki67-truth.csv", "openslide-marks.csv"):
+        with (KI67_TRUTH / f).open() as fh:
+            truth += [r["cell"] == "positive" for r in csv.DictReader(fh) if r["image"] == Path(image).stem]
+    rgb = imread(KI67_TRUTH / image)[..., :3]
+    r = analyze_image(rgb, AnalysisSettings(nuclei_method="blobs", mpp=mpp))
+    assert r.marker == "ki67"
+    est = r.summary()["ki67"]
+    assert abs(est["index"] - float(np.mean(truth))) <= 0.05, (est["index"], np.mean(truth))

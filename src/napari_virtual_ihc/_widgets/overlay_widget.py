@@ -81,7 +81,7 @@ class StainOverlayWidget(QWidget):
         self.scope = QComboBox()
         self.scope.addItems(["visible region", "whole image"])
         self.nuclei = QComboBox()
-        self.nuclei.addItems(["auto", "cellpose", "classical"])
+        self.nuclei.addItems(["auto", "cellpose", "blobs", "classical"])
         self.model = QLineEdit("nuclei")
         self.model.setToolTip("Cellpose built-in model name or a local model file")
         self.gpu = QCheckBox("GPU")

@@ -41,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="µm/px when the image carries none (else 0.5 assumed)",
     )
     p.add_argument("--cellpose-model", default="nuclei", help="Cellpose built-in name or local model path")
-    p.add_argument("--nuclei", choices=("auto", "cellpose", "classical"), default="auto")
+    p.add_argument("--nuclei", choices=("auto", "cellpose", "blobs", "classical"), default="auto")
     p.add_argument("--he", action="store_true", help="H&E input: nuclei and density only")
     p.add_argument("--gpu", action="store_true", help="run Cellpose on CUDA")
     p.add_argument("--diameter-um", type=float_in(1.0, 100.0, unit="µm"), default=7.0)

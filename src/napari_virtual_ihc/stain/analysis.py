@@ -37,6 +37,7 @@ from .membrane import BIN_NAMES, DabBins, calibration_note, dab_bins, tdkstain_m
 from .regions import TumourRegion
 
 ASSUMED_MPP = 0.5
+PROBE_PX = 1024  # side of the overview crop on which the DAB's compartment is measured
 
 Progress = Callable[[int, int], None]
 
@@ -108,7 +109,7 @@ class AnalysisResult:
     marker: str = "her2"  # resolved (never "auto")
     marker_reason: str = "chosen"
     calibration_name: str = ""
-    dab_call: CompartmentCall = field(default_factory=lambda: CompartmentCall("none", 0.0, 0.0))
+    dab_call: CompartmentCall = field(default_factory=lambda: CompartmentCall("none", 0, 0.0, 0.0))
 
     @property
     def n_nuclei(self) -> int:
@@ -244,7 +245,7 @@ def iter_analysis(
     ihc = s.mode == "ihc"
     over = deconvolve(overview, stain_matrix)
     ov_mpp = mpp * bounds[2] / max(overview.shape[1], 1)  # the overview may be a downsampled level
-    call = dab_compartment(over["dab"], s.bins, s.diameter_um / ov_mpp)
+    call = _probe_compartment(over, s, ov_mpp) if ihc else CompartmentCall("none", 0, 0.0, 0.0)
     marker, reason = resolve_marker(s.marker, call)
     compartment = COMPARTMENT.get(marker, "membrane")
     if seg.needs_calibration:
@@ -329,6 +330,20 @@ def _tile_code(marker: str, table: CellTable, s: AnalysisSettings) -> int:
         return categorize(table.cell_class, table.intensity_bin, s.rules).code
     share = float((table.nuclear_dab_od >= s.bins.weak).mean())
     return int(np.digitize(share, (0.01, 0.10, 0.30)))
+
+
+def _probe_compartment(over: dict[str, np.ndarray], s: AnalysisSettings, mpp: float) -> CompartmentCall:
+    """Where the DAB sits, on a central crop of the overview: nuclei found on hematoxylin (the membrane
+    split, so a membrane's DAB stays in the rings) and the stain's shapes (see ``markers.dab_compartment``)."""
+    h, w = over["dab"].shape
+    y0, x0 = max((h - PROBE_PX) // 2, 0), max((w - PROBE_PX) // 2, 0)
+    crop = (slice(y0, y0 + PROBE_PX), slice(x0, x0 + PROBE_PX))
+    hem, dab = over["hematoxylin"][crop], over["dab"][crop]
+    probe = make_segmenter("classical")
+    probe.calibrate(hem, dab, "membrane")
+    diameter_px = s.diameter_um / mpp
+    cells = measure_cells(probe(hem, diameter_px, dab, "membrane"), dab, mpp, s.rules)
+    return dab_compartment(cells, dab, s.bins, diameter_px)
 
 
 def analyze_image(rgb: np.ndarray, settings: AnalysisSettings | None = None, **kw: Any) -> AnalysisResult:

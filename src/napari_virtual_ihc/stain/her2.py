@@ -105,10 +105,10 @@ def measure_cells(
     index = np.searchsorted(ids, lab)
     ang = np.arctan2(rr - cy[index], cc - cx[index])
     sector = ((ang + np.pi) / (2 * np.pi) * rules.sectors).astype(np.int64) % rules.sectors
-    # the membrane is a thin line inside the ring: each sector is read at its peak (DAB smoothed by 1 px
-    # against single-pixel noise), the ring's intensity is the mean peak over the measured sectors
-    smooth = ndi.gaussian_filter(dab_od.astype(np.float32), 1.0)
-    vals = smooth[rr, cc].astype(np.float64)
+    # the membrane is a thin line inside the ring: each sector is read at its peak (the ring's own pixels
+    # only, so a neighbour's membrane never leaks in), the ring's intensity is the mean peak over the
+    # measured sectors
+    vals = dab_od[rr, cc].astype(np.float64)
     n = ids.size
     flat = index * rules.sectors + sector
     s_cnt = np.bincount(flat, minlength=n * rules.sectors).reshape(n, rules.sectors)
