@@ -68,6 +68,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="CPU fp32: run 3x3 convolutions directly instead of as Winograd F(4x4,3x3) (same output to rounding)",
     )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument(
+        "--workers",
+        type=int_in(1, 64),
+        default=None,
+        help="decode threads reading tiles ahead of the model, 1..64 (default: 1 on the CPU, a quarter of "
+        "the cores (2..8) with a GPU)",
+    )
+    p.add_argument(
+        "--read-ahead",
+        type=int_in(1, 256),
+        default=None,
+        help="batches decoded ahead of the model, 1..256 (default: twice the workers)",
+    )
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     p.add_argument("--region", default=None, help="x,y,w,h in level-0 pixels (default: whole slide)")
     p.add_argument(
@@ -179,6 +192,8 @@ def run(args: argparse.Namespace) -> int:
         winograd=args.winograd,
         device=args.device,
         precision=args.precision,
+        workers=args.workers,
+        read_ahead=args.read_ahead,
         model_mpp=args.model_mpp,
         skip_background=not args.no_skip_background,
         bn_stats=args.bn_stats,

@@ -26,7 +26,12 @@ class EngineSettings:
     precision: str = "auto"  # auto | fp32 | fp16 | bf16
     model_mpp: float | None = None  # overrides the checkpoint's µm/px (needed for imported .pth)
     skip_background: bool = True
-    workers: int = 1  # reader threads prefetching tiles
+    # The tile pass's pipeline (engine.model_tiles): ``workers`` decode threads fill a queue of ``read_ahead``
+    # batches while the model runs, and one writer thread writes tiles and pyramid levels. None: from the core
+    # count (inference.tiling.pipeline_defaults). Interactive runs read one batch ahead (the field of view
+    # may move).
+    workers: int | None = None
+    read_ahead: int | None = None
     stats_windows: int = 16  # tissue windows sampled for slide-level InstanceNorm statistics
     # Core px of those windows when tiles are larger (batch jobs): cheaper than sampling whole 2048 px tiles,
     # but less exact: 256 px cores gave 29.8 dB against the whole pass on a 4096 px job (ngf 16 InstanceNorm

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import deque
 from collections.abc import Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -51,7 +52,7 @@ from .normalization import (
 from .plan import StainPlan, plan_halo, plan_run, pyramid_factors, region_to_plane
 from .resample import WorkingPlane, low_resolution_view
 from .runner import to_input, to_uint8
-from .tiling import pooled_pass_limit_mp
+from .tiling import pipeline_defaults, pooled_pass_limit_mp
 from .tissue import rect_has_tissue, tissue_mask
 from .variants import ModelVariants
 from .workspace import release_workspace
@@ -224,6 +225,7 @@ class _StainJob:
         self.resumed = [i for i in self.tiles if i in self.finished]
         self.todo = [i for i in self.tiles if i not in self.finished]
         self.count = JobCounters(done=len(self.resumed))
+        self.pipeline: dict[str, int] = {}  # the tile pass's decode threads and batches read ahead
         self.cancelled = False
         self.t_work = time.perf_counter()
         self.blank_spread: np.ndarray | None = None
@@ -594,24 +596,58 @@ class _StainJob:
         done = set(indices)
         self.pending = [i for i in self.pending if i not in done]
 
-    # --- step 7: the model's tiles, the next batch read while the model runs ------------------------------
+    # --- step 7: the model's tiles: decode threads ahead of the model, a writer thread behind it ----------
     def model_tiles(self) -> Generator[TileProgress, None, None]:
-        workers = max(1, self.plan.settings.workers)
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vihc-reader") as pool:
-            current = self.next_batch() if not self.cancelled else []
-            fut: Future[np.ndarray] | None = pool.submit(self.read_batch, current) if current else None
-            while fut is not None:
-                windows = fut.result()
+        """``workers`` threads decode up to ``read_ahead`` batches ahead (OpenSlide and tifffile release the
+        GIL); the model runs on the next batch while one writer thread writes the previous one's tiles and
+        pyramid levels; its progress is yielded once written. Interactive runs read one batch ahead, so a
+        moved field of view is picked up at the next batch."""
+        workers, ahead = pipeline_defaults(
+            self.plan.settings.workers, self.plan.settings.read_ahead, self.plan.device.type
+        )
+        if self.priority is not None:
+            ahead = 1
+        self.pipeline = {"workers": workers, "read_ahead": ahead}
+        queue: deque[tuple[list[int], Future[np.ndarray]]] = deque()
+        readers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vihc-reader")
+        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vihc-writer")
+
+        def refill() -> None:
+            while len(queue) < ahead:
+                batch = self.next_batch()
+                if not batch:
+                    return
+                queue.append((batch, readers.submit(self.read_batch, batch)))
+
+        writing: tuple[list[int], Future[None]] | None = None
+        try:
+            if not self.cancelled:
+                refill()
+            while queue:
+                indices, read = queue.popleft()
+                windows = read.result()
                 if self.stop_requested():
                     self.cancelled = True
                     break
-                upcoming = self.next_batch()
-                nxt = pool.submit(self.read_batch, upcoming) if upcoming else None
-                self.write_model_tiles(current, *self.run_batch(current, windows))
-                yield self.progress(current)
-                current, fut = upcoming, nxt
-            if self.cancelled and fut is not None:
-                fut.cancel()
+                refill()
+                outs, spreads = self.run_batch(indices, windows)
+                if writing is not None:
+                    writing[1].result()
+                    yield self.progress(writing[0])
+                writing = (indices, writer.submit(self.write_model_tiles, indices, outs, spreads))
+                if self.priority is not None:  # the viewer shows each batch as soon as it is written
+                    writing[1].result()
+                    yield self.progress(indices)
+                    writing = None
+            if writing is not None:
+                done, writing = writing, None
+                done[1].result()
+                yield self.progress(done[0])
+        finally:
+            for _, read in queue:
+                read.cancel()
+            readers.shutdown(wait=True, cancel_futures=True)
+            writer.shutdown(wait=True)  # a tile handed to the writer is written and marked done
 
     # --- step 8: the report ---------------------------------------------------------------------------------
     def report(self) -> RunReport:
@@ -655,6 +691,7 @@ class _StainJob:
                 "device_described": describe_device(str(plan.device)),
                 "batch_final": self.runner.batch,
                 "batches": self.runner.batches,
+                "pipeline": self.pipeline,
                 "fp16_fallbacks": self.runner.fallbacks,  # batches re-run wider after fp16 overflowed
                 "fp16_dropped": self.fp16_dropped,
                 "winograd_convs": self.winograd_convs,

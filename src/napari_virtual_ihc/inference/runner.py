@@ -16,9 +16,19 @@ from .dropout import DropoutContext, set_positions
 from .errors import NonFiniteOutputError
 
 
-def to_input(windows: np.ndarray, input_norm: str) -> torch.Tensor:
-    """(B, h, w, 3) uint8 -> (B, 3, h, w) float32 channels-last, scaled as the model expects."""
-    t = torch.from_numpy(np.ascontiguousarray(windows)).permute(0, 3, 1, 2).float()
+def to_input(windows: np.ndarray, input_norm: str, device: torch.device | None = None) -> torch.Tensor:
+    """(B, h, w, 3) uint8 -> (B, 3, h, w) float32, scaled as the model expects, on ``device``.
+
+    On a GPU the uint8 windows travel (4x fewer bytes than float32) from pinned host memory with
+    ``non_blocking=True`` and are converted there, so the copy overlaps the GPU's work and the CPU does no
+    float arithmetic; on the CPU they are converted in place as before.
+    """
+    t = torch.from_numpy(np.ascontiguousarray(windows))
+    if device is not None and device.type == "cuda":
+        t = t.pin_memory().to(device, non_blocking=True)
+    elif device is not None and device.type != "cpu":
+        t = t.to(device)
+    t = t.permute(0, 3, 1, 2).float()
     if input_norm == "zero_one":
         return t.div_(255.0)
     return t.div_(127.5).sub_(1.0)  # minus_one_one (pix2pix/CycleGAN)
@@ -75,6 +85,10 @@ class BatchRunner:
         if device.type in ("cpu", "cuda"):
             self.module = self.module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.channels_last = device.type in ("cpu", "cuda")
+        if (
+            device.type == "cuda"
+        ):  # every batch has the same shape (padded): let cuDNN pick its fastest kernels
+            torch.backends.cudnn.benchmark = True
         # Positional dropout (inference.dropout): ``samples`` forward passes per batch, one per dropout sample.
         # Without dropout layers every sample is the same: one pass, and a zero spread when one is asked for.
         self.dropout = dropout
@@ -99,7 +113,7 @@ class BatchRunner:
     def _forward(
         self, windows: np.ndarray, origins: list[tuple[int, int]] | None = None
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        x = to_input(windows, self.input_norm).to(self.device)
+        x = to_input(windows, self.input_norm, self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.dropout is None:

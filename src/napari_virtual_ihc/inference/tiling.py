@@ -84,3 +84,18 @@ def pooled_pass_limit_mp(module: nn.Module, device: torch.device, interactive: b
         return INTERACTIVE_POOLED_MP
     budget = available_memory(device) * MEMORY_SHARE
     return budget / window_bytes(1, full_resolution_width(module), 1) / 1e6
+
+
+def pipeline_defaults(workers: int | None, read_ahead: int | None, device_type: str) -> tuple[int, int]:
+    """(decode threads, batches read ahead) for the tile pass.
+
+    On a GPU the CPU only decodes and converts: a quarter of the cores (2..8) decode, two batches per
+    thread are queued. On the CPU the model wants every core, so one decode thread and two batches ahead
+    (one more than before the pipeline: the reader never waits on the writer).
+    """
+    cores = os.cpu_count() or 1
+    if workers is None or workers <= 0:
+        workers = 1 if device_type == "cpu" else max(2, min(8, cores // 4))
+    if read_ahead is None or read_ahead <= 0:
+        read_ahead = 2 * workers
+    return workers, read_ahead
