@@ -399,14 +399,3 @@ def _barrier() -> None:
             dist.barrier()
     except Exception:  # pragma: no cover - a barrier failure must not hide the per-slide results
         pass
-
-
-def _barrier() -> None:
-    """Wait for the other ranks only if the launcher already made a process group."""
-    try:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.barrier()
-    except Exception:  # pragma: no cover - a barrier failure must not hide the per-slide results
-        pass
