@@ -238,6 +238,21 @@ def test_fit_resume_bit_exact_cache_reused_export_and_seam_free_stain(pairs_dir,
     assert psnr >= 35.0
 
 
+def test_lr_is_stepped_at_the_start_of_each_epoch_as_the_reference(pairs_dir):
+    """balball/TDKstain's train.py calls update_learning_rate() first thing in every epoch: 1-based epoch E runs
+    at lambda_rule(E) = 1 - max(0, E + 1 - n_epochs) / (n_epochs_decay + 1); the last epoch at 0."""
+    cfg = tiny_tdkstain(pairs_dir, **{"optim.n_epochs": 1, "optim.n_epochs_decay": 2, "optim.lr": 0.3})
+    method = method_class(cfg)(cfg, torch.device("cpu"))
+    seen = []
+    for _ in range(3):  # the loop steps every scheduler at each epoch's end
+        seen.append([opt.param_groups[0]["lr"] for opt in method.optimizers().values()])
+        for sched in method.schedulers().values():
+            sched.step()
+    expected = [0.3 * (1 - max(0, e + 1 - 1) / 3) for e in (1, 2, 3)]
+    assert [row[0] for row in seen] == pytest.approx(expected) and expected[-1] == 0
+    assert all(len(set(row)) == 1 for row in seen)  # G, D and E alike
+
+
 def test_bad_configs_are_refused(pairs_dir, tmp_path):
     cls = method_class(tiny_tdkstain(pairs_dir))
     for key, value in (

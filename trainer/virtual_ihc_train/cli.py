@@ -101,6 +101,11 @@ def cmd_mil(args: argparse.Namespace) -> int:
         lr=args.lr,
         width=args.width,
         imagenet=Path(args.imagenet) if args.imagenet else None,
+        k=args.k,
+        batch_size=args.batch_size,
+        min_tissue=args.min_tissue,
+        seed=args.seed,
+        resume=args.resume,
     )
     print(f"wrote {out}")
     return 0

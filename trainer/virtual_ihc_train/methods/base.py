@@ -81,9 +81,17 @@ def make_adam(params: nn.Module | list[nn.Module], lr: float, betas: tuple[float
         return torch.optim.Adam(plist, lr=lr, betas=betas)
 
 
-def linear_decay_scheduler(opt: torch.optim.Optimizer, cfg: Config) -> torch.optim.lr_scheduler.LambdaLR:
+def linear_decay_scheduler(
+    opt: torch.optim.Optimizer, cfg: Config, step_at_epoch_start: bool = False
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """junyanz's linear decay, stepped by the loop at the end of each epoch. ``step_at_epoch_start``: the
+    reference steps it at the start of each epoch instead (TDKstain's ``train.py``), so 0-based epoch e runs
+    at ``lambda_rule(e + 1)``: the decay starts one epoch earlier and the last epoch runs at 0."""
     oc = cfg.optim
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda e: lr_factor(e, oc.n_epochs, oc.n_epochs_decay))
+    shift = 1 if step_at_epoch_start else 0
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda e: lr_factor(e + shift, oc.n_epochs, oc.n_epochs_decay)
+    )
 
 
 def paired_datasets(cfg: Config) -> tuple[ImagePairDataset, list[Pair]]:

@@ -161,9 +161,9 @@ class TDKstain(Method):
         self.opt_G = make_adam(netG, oc.lr, betas)
         self.opt_D = make_adam(netD, oc.lr, betas)
         self.opt_E = make_adam(netE, oc.lr, betas)
-        self.sched_G = linear_decay_scheduler(self.opt_G, cfg)
-        self.sched_D = linear_decay_scheduler(self.opt_D, cfg)
-        self.sched_E = linear_decay_scheduler(self.opt_E, cfg)
+        self.sched_G = linear_decay_scheduler(self.opt_G, cfg, step_at_epoch_start=True)
+        self.sched_D = linear_decay_scheduler(self.opt_D, cfg, step_at_epoch_start=True)
+        self.sched_E = linear_decay_scheduler(self.opt_E, cfg, step_at_epoch_start=True)
         self.knowledge = knowledge_identity(cfg)
 
     def wrap_ddp(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
