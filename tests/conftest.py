@@ -9,6 +9,10 @@ import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "xcb")  # pytest-xvfb gives us a real X server
 os.environ.setdefault("NAPARI_ASYNC", "0")
+# pytest-qt and napari (through qtpy) must drive the same Qt binding. With PyQt5 and PyQt6 both installed (an
+# old venv after ``pip install .[all,test]``), pytest-qt would take PyQt6 and qtpy PyQt5; follow qtpy's choice
+# (``QT_API``, else its own order).
+os.environ.setdefault("PYTEST_QT_API", __import__("qtpy").API)
 
 DATA = Path(__file__).parent / "data"
 
