@@ -66,7 +66,7 @@ def test_nuclear_dab_is_found_where_the_previous_path_lost_it():
 
 SPLIT_POSITIVES = pytest.mark.xfail(
     strict=True,
-    reason="29 % found vs 21 % marked (issue 32; not yet explained: split positives or unmarked weak ones)",
+    reason="29 % found vs 21 % marked: most of the 17 positives matching no mark are brown nuclei the masks omit",
 )
 
 

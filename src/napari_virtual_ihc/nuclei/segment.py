@@ -92,8 +92,10 @@ class NucleiSegmenter:
         if self.cellpose is not None:
             return
         self.threshold = otsu_threshold(nuclear_od(hematoxylin_overview, dab_overview, dab_compartment))
-        resolved = diameter_px is not None and diameter_px >= 4
-        self.contrast_od = contrast_cut(hematoxylin_overview, diameter_px) if resolved else MIN_CONTRAST_OD
+        if diameter_px is not None and diameter_px >= 4:
+            self.contrast_od = contrast_cut(hematoxylin_overview, diameter_px)
+        else:
+            self.contrast_od = MIN_CONTRAST_OD
 
 
 def make_segmenter(
