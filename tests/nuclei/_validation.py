@@ -19,7 +19,9 @@ from skimage.io import imread
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 SET = DATA / "nuclei-any-stain"
-DEEPLIIF_MPP = 0.32  # nucleus diameter ~22 px at 7 µm, read off the tune images' masks (40x, rescaled by the authors)
+DEEPLIIF_MPP = (
+    0.32  # nucleus diameter ~22 px at 7 µm, read off the tune images' masks (40x, rescaled by the authors)
+)
 SKIMAGE_BOXES = {  # tests/data/ihc-nuclei-marks.md
     "g1": (255, 325, 360, 400),
     "e6": (60, 280, 120, 370),
@@ -93,6 +95,7 @@ CASES: tuple[Case, ...] = (
     _skimage("e5", "held"),
     _skimage("s1", "held"),
     _skimage("s3", "held"),
+    Case("openslide-he-2", "openslide", "he", "none", 0.454, "tune"),
     Case("openslide-he", "openslide", "he", "none", 0.454, "held"),
 )
 
@@ -132,8 +135,11 @@ class Score:
     n_detections: int
 
 
-def detect(case: Case, method: str = "blobs", diameter_um: float = 7.0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Labels of ``method`` ("blobs": the offline detector; "today": the classical path with DAB as membrane, as before) and the stains."""
+def detect(
+    case: Case, method: str = "blobs", diameter_um: float = 7.0
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Labels of ``method`` (a ``make_segmenter`` method, or "today": the classical path with DAB treated as
+    membrane whatever the marker, as before issue 32) and the stains."""
     from napari_virtual_ihc.nuclei import make_segmenter
     from napari_virtual_ihc.stain import calibrate, deconvolve
 
@@ -142,7 +148,7 @@ def detect(case: Case, method: str = "blobs", diameter_um: float = 7.0) -> tuple
     seg = make_segmenter("classical" if method == "today" else method)
     dab = stains["dab"] if case.stain == "ihc" else None
     compartment = case.compartment if case.stain == "ihc" and method != "today" else "membrane"
-    seg.calibrate(stains["hematoxylin"], dab, compartment)
+    seg.calibrate(stains["hematoxylin"], dab, compartment, diameter_um / case.mpp)
     return seg(stains["hematoxylin"], diameter_um / case.mpp, dab, compartment), stains
 
 

@@ -92,9 +92,9 @@ def test_real_he_high_nuclei_denser_than_medium(data_dir):
     assert counts["high"] > 1.3 * counts["medium"]
 
 
-def test_auto_without_weights_says_classical_and_why():
+def test_auto_without_weights_says_offline_and_why():
     seg = make_segmenter("auto", cellpose_model="/nonexistent/model")
-    assert seg.method == "classical"
+    assert seg.method == "offline"  # blobs for nuclear DAB, classical otherwise (issue 32)
     assert "nonexistent" in seg.fallback_reason
     with pytest.raises(Exception, match="nonexistent"):
         make_segmenter("cellpose", cellpose_model="/nonexistent/model")

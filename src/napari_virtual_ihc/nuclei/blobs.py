@@ -22,8 +22,10 @@ from .classical import check_compartment, nuclear_od
 
 RADIUS_FACTORS = (0.8, 1.0, 1.3)  # LoG radii tried, as shares of the expected radius
 SEED_LOG_OD = 0.02  # a seed's LoG response (OD) must reach this (tuned on the "tune" half)
-MIN_CONTRAST_OD = 0.05  # a nucleus stands this much OD above its surroundings (tuned on the "tune" half)
-HALF_MAX = 0.4  # a nucleus' mask: contrast above this share of its seed's contrast
+MIN_CONTRAST_OD = 0.08  # a nucleus stands this much OD above its surroundings (no overview calibration)
+CONTRAST_PERCENTILE = 90.0  # the overview's typical nuclear contrast: this percentile of its H contrast
+CONTRAST_SHARE = 0.4  # a nucleus stands this share of the typical contrast above its surroundings (tuned)
+HALF_MAX = 0.5  # a nucleus' mask: contrast above this share of its seed's contrast
 SEED_SPACING = 1.0  # seeds at least this many radii apart
 MEMBRANE_WEIGHT = 0.5  # membrane/cytoplasm DAB subtracted (with this weight) from the seeds' signal
 
@@ -46,8 +48,19 @@ def log_response(signal: np.ndarray, radius_px: float) -> np.ndarray:
 
 def local_contrast(smooth: np.ndarray, radius_px: float) -> np.ndarray:
     """Signal above its surroundings (white top-hat, window ~ five radii): eosin or DAB backgrounds drop out."""
-    size = max(int(round(5 * radius_px)), 3)
+    size = max(round(5 * radius_px), 3)
     return smooth - ndi.grey_opening(smooth, size=(size, size))
+
+
+def contrast_cut(hematoxylin_overview: np.ndarray, diameter_px: float) -> float:
+    """The contrast a nucleus needs, from an overview of the whole area (so every tile cuts the same way): a
+    share of the typical hematoxylin contrast, so faint (pale, out-of-focus) and dark slides both work."""
+    h = hematoxylin_overview.astype(np.float32)
+    if h.size == 0:
+        return MIN_CONTRAST_OD
+    radius = max(diameter_px / 2.0, 1.5)
+    contrast = local_contrast(ndi.gaussian_filter(h, max(radius / 4.0, 0.5)), radius)
+    return max(CONTRAST_SHARE * float(np.percentile(contrast, CONTRAST_PERCENTILE)), 0.01)
 
 
 def segment_blobs(
@@ -73,7 +86,7 @@ def segment_blobs(
     contrast = local_contrast(smooth, radius)
     peaks = peak_local_max(
         response,
-        min_distance=max(int(round(radius * SEED_SPACING)), 2),
+        min_distance=max(round(radius * SEED_SPACING), 2),
         threshold_abs=seed_log_od,
         exclude_border=False,
     )

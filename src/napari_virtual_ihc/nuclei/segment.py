@@ -1,7 +1,8 @@
 """One entry point for nuclei: Cellpose when its weights can be had, an offline method otherwise.
 
 Offline methods: "blobs" (multi-scale LoG seeds + watershed on the stain's nuclear optical density, see
-``blobs``; the default fallback) and "classical" (Otsu + distance-transform watershed, the earlier path).
+``blobs``), "classical" (Otsu + distance-transform watershed) and "offline", the fallback: blobs where DAB
+is nuclear, classical otherwise (what scored higher on the validation set for each kind of stain).
 """
 
 from __future__ import annotations
@@ -12,24 +13,32 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .blobs import segment_blobs
+from .blobs import MIN_CONTRAST_OD, contrast_cut, segment_blobs
 from .cellpose_adapter import CellposeNuclei, CellposeUnavailable, load_cellpose
 from .classical import check_compartment, nuclear_od, nuclear_signal, otsu_threshold, segment_classical
 
 log = logging.getLogger(__name__)
 
-OFFLINE_METHODS = ("blobs", "classical")
+OFFLINE_METHODS = ("offline", "blobs", "classical")
+
+
+def offline_method_for(dab_od: np.ndarray | None, dab_compartment: str) -> str:
+    """What "offline" runs: the blob detector where DAB is nuclear (the classical path loses DAB-positive
+    nuclei there), the classical path on H&E and membrane/cytoplasm DAB (it scored higher there on the
+    validation set, docs/analysis.md "Nuclei on any stain")."""
+    return "blobs" if dab_od is not None and dab_compartment == "nuclear" else "classical"
 
 
 @dataclass
 class NucleiSegmenter:
-    """Segments a hematoxylin OD map; ``method`` names what really ran ("cellpose:<model>", "blobs" or
-    "classical")."""
+    """Segments a hematoxylin OD map; ``method`` names what runs ("cellpose:<model>", "blobs", "classical" or
+    "offline": blobs for nuclear DAB, classical otherwise, see :func:`offline_method_for`)."""
 
     cellpose: CellposeNuclei | None
     fallback_reason: str = ""
-    threshold: float | None = None  # classical only: one Otsu cut for every tile (see calibrate)
-    offline: str = "blobs"  # the method used when there is no Cellpose model
+    threshold: float | None = None  # classical: one Otsu cut for every tile (see calibrate)
+    contrast_od: float | None = None  # blobs: one contrast cut for every tile (see calibrate)
+    offline: str = "offline"  # the method used when there is no Cellpose model
 
     def __post_init__(self) -> None:
         if self.offline not in OFFLINE_METHODS:
@@ -57,36 +66,45 @@ class NucleiSegmenter:
             else:
                 signal = nuclear_signal(hematoxylin_od, dab_od)
             return self.cellpose.segment(signal, diameter_px)
-        if self.offline == "blobs":
-            return segment_blobs(hematoxylin_od, diameter_px, dab_od=dab_od, dab_compartment=dab_compartment)
+        method = offline_method_for(dab_od, dab_compartment) if self.offline == "offline" else self.offline
+        if method == "blobs":
+            cut = {} if self.contrast_od is None else {"min_contrast_od": self.contrast_od}
+            return segment_blobs(hematoxylin_od, diameter_px, dab_od, dab_compartment, **cut)
         return segment_classical(
             hematoxylin_od, diameter_px, self.threshold, dab_od=dab_od, dab_compartment=dab_compartment
         )
 
     @property
     def needs_calibration(self) -> bool:
-        """Only the classical method needs an overview: the blob detector cuts at fixed optical densities."""
-        return self.cellpose is None and self.offline == "classical" and self.threshold is None
+        return self.cellpose is None and self.threshold is None and self.contrast_od is None
 
     def calibrate(
         self,
         hematoxylin_overview: np.ndarray,
         dab_overview: np.ndarray | None = None,
         dab_compartment: str = "membrane",
+        diameter_px: float | None = None,
     ) -> None:
-        """Fix the classical threshold from an overview of the whole area, so tiles cut the same way (on the
-        same signal the tiles are segmented on: H + DAB for a nuclear marker)."""
-        if self.cellpose is None and self.offline == "classical":
-            self.threshold = otsu_threshold(nuclear_od(hematoxylin_overview, dab_overview, dab_compartment))
+        """Fix the cuts from an overview of the whole area, so tiles cut the same way. Classical: Otsu on the
+        signal the tiles are segmented on (H + DAB for a nuclear marker). Blobs: the contrast a nucleus
+        needs, from the hematoxylin (every nucleus' counterstain) when the overview resolves nuclei
+        (``diameter_px``: their size in overview pixels, >= 4), else the fixed default."""
+        if self.cellpose is not None:
+            return
+        self.threshold = otsu_threshold(nuclear_od(hematoxylin_overview, dab_overview, dab_compartment))
+        if diameter_px is not None and diameter_px >= 4:
+            self.contrast_od = contrast_cut(hematoxylin_overview, diameter_px)
+        else:
+            self.contrast_od = MIN_CONTRAST_OD
 
 
 def make_segmenter(
     method: str = "auto", cellpose_model: str | os.PathLike[str] = "nuclei", gpu: bool = False
 ) -> NucleiSegmenter:
-    """``method``: "auto" (Cellpose, the "blobs" detector when weights cannot be had), "cellpose" (error if
-    unavailable), "blobs" or "classical"."""
+    """``method``: "auto" (Cellpose, "offline" when weights cannot be had), "cellpose" (error if
+    unavailable), "offline", "blobs" or "classical"."""
     if method not in ("auto", "cellpose", *OFFLINE_METHODS):
-        raise ValueError(f"unknown nuclei method {method!r} (auto, cellpose, blobs, classical)")
+        raise ValueError(f"unknown nuclei method {method!r} (auto, cellpose, offline, blobs, classical)")
     if method in OFFLINE_METHODS:
         return NucleiSegmenter(None, f"{method} chosen", offline=method)
     try:
@@ -94,5 +112,5 @@ def make_segmenter(
     except CellposeUnavailable as e:
         if method == "cellpose":
             raise
-        log.warning("Cellpose unavailable, using the offline blob detector: %s", e)
+        log.warning("Cellpose unavailable, using the offline methods: %s", e)
         return NucleiSegmenter(None, str(e))

@@ -1,0 +1,87 @@
+"""Benchmark the offline nuclei paths against the path before issue 32, on one real IHC image tiled to a
+larger field, in one process: "previous" (classical Otsu + watershed, DAB treated as membrane whatever the
+marker), "blobs" (the LoG blob detector) and "offline" (the fallback now: blobs for nuclear DAB, classical
+otherwise), each with the marker's DAB compartment.
+
+Prints seconds per megapixel and peak memory (tracemalloc, numpy allocations) of each and their ratios to
+"previous", and the CPU. Not a timed test. Nuclear DAB reads a DeepLIIF Ki-67 tile, membrane DAB the
+scikit-image IHC.
+
+Run:  python benchmarks/bench_nuclei.py [--size 1024] [--repeats 3] [--compartment nuclear]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+from skimage import data
+from skimage.io import imread
+
+from napari_virtual_ihc.nuclei import make_segmenter
+from napari_virtual_ihc.stain import calibrate, deconvolve
+
+DEEPLIIF = Path(__file__).resolve().parents[1] / "tests/data/nuclei-any-stain/deepliif-ki67-Bladder1.jpg"
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def measure(method: str, h: np.ndarray, dab: np.ndarray, diameter_px: float, compartment: str, repeats: int):
+    """(median seconds, peak MiB, nuclei found) of one segmentation of the whole field."""
+    if method == "previous":
+        method, compartment = "classical", "membrane"
+    seg = make_segmenter(method)
+    seg.calibrate(h, dab, compartment, diameter_px)
+    times, n = [], 0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        n = int(seg(h, diameter_px, dab, compartment).max())
+        times.append(time.perf_counter() - t0)
+    tracemalloc.start()
+    seg(h, diameter_px, dab, compartment)
+    peak = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    return statistics.median(times), peak, n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=1024, help="field side in pixels (the image is tiled to it)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--compartment", default="membrane", choices=("membrane", "nuclear", "cytoplasm"))
+    a = ap.parse_args()
+    if a.compartment == "nuclear":
+        rgb, mpp = imread(DEEPLIIF)[..., :3], 0.32
+    else:
+        rgb, mpp = data.immunohistochemistry(), 0.5
+    reps = -(-a.size // rgb.shape[0])
+    field = np.tile(rgb, (reps, reps, 1))[: a.size, : a.size]
+    stains = deconvolve(field, calibrate(field).stains)
+    h, dab = stains["hematoxylin"], stains["dab"]
+    mpx = a.size * a.size / 1e6
+    print(
+        f"CPU: {cpu_name()}; field {a.size} x {a.size} px ({mpx:.2f} Mpx), {a.compartment} DAB, {mpp} µm/px"
+    )
+    res = {
+        m: measure(m, h, dab, 7.0 / mpp, a.compartment, a.repeats) for m in ("previous", "blobs", "offline")
+    }
+    t0, p0, _ = res["previous"]
+    for m, (t, peak, n) in res.items():
+        print(
+            f"{m:9s} {t / mpx:6.2f} s/Mpx  peak {peak:6.1f} MiB  {n:5d} nuclei   "
+            f"vs previous: time {t / t0:.2f}x, memory {peak / p0:.2f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()
