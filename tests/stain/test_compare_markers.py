@@ -17,8 +17,8 @@ from ._ihc_images import nuclear_marker_image
 
 def test_compare_reports_the_positive_cell_ratio_per_tile(tmp_path, capsys):
     rgb = data.immunohistochemistry()
-    virtual, vmarks = nuclear_marker_image(rgb, every=2)  # half the marked nuclei positive
-    real, rmarks = nuclear_marker_image(rgb, every=5)  # a fifth positive: the same cells, fewer stained
+    virtual, _ = nuclear_marker_image(rgb, every=2)  # half the marked nuclei positive
+    real, _ = nuclear_marker_image(rgb, every=5)  # a fifth positive: the same cells, fewer stained
     imsave(tmp_path / "virtual.png", virtual)
     imsave(tmp_path / "real.png", real)
     out = tmp_path / "cmp"

@@ -17,6 +17,8 @@ HER2_COLORS = {
     3: (1.0, 0.55, 0.0, 0.5),  # 2+
     4: (0.85, 0.0, 0.0, 0.55),  # 3+
 }
+# the tile map: HER2 categories, or a nuclear marker's positive share binned at < 1 / 1-10 / 10-30 / > 30 %
+TILE_NAMES = {"her2": "HER2", "ki67": "Ki-67", "er": "ER", "pr": "PR"}
 DAB_LEGEND = (("weak", "#ffe633"), ("moderate", "#ff8c00"), ("strong", "#d90000"))
 HER2_LEGEND = (("0", "#4d80ff"), ("1+", "#ffe633"), ("2+", "#ff8c00"), ("3+", "#d90000"))
 
@@ -53,7 +55,7 @@ def result_layers(
             (
                 tiles,
                 {
-                    "name": f"{source_name} HER2 tiles (estimate)",
+                    "name": f"{source_name} {TILE_NAMES.get(result.marker, 'HER2')} tiles (estimate)",
                     **tp,
                     "opacity": 0.6,
                     "colormap": _direct(HER2_COLORS),

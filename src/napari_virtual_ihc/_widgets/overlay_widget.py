@@ -151,7 +151,7 @@ class StainOverlayWidget(QWidget):
         legend = " ".join(f"<span style='color:{c}'>■</span> {n}" for n, c in DAB_LEGEND)
         her2 = " ".join(f"<span style='color:{c}'>■</span> {n}" for n, c in HER2_LEGEND)
         self.legend = QLabel(
-            f"DAB bins: {legend}<br>Marker tiles: {her2}<br>*uncalibrated defaults unless a calibration is "
+            f"DAB bins: {legend}<br>Marker tiles: {her2} (HER2; Ki-67/ER/PR: < 1, 1-10, 10-30, > 30 % positive)<br>*uncalibrated defaults unless a calibration is "
             "loaded; estimate, not a diagnosis. "
             "Keys: D nuclei, C density, M membrane"
         )
