@@ -7,7 +7,7 @@ diagonal) is what a smooth transform interpolating the true displacements reache
 sees the images does well to come near it. Also prints the best single affine map (least squares on all
 landmarks) for comparison.
 
-Run:  python benchmarks/landmark_oracle.py   (reads tests/data: the two ANHIR pairs, BSD-3-Clause)
+Run:  python benchmarks/landmark_oracle.py   (reads tests/data: the four ANHIR pairs, BSD-3-Clause)
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
 PAIRS = {
     "kidney": ("Rat-Kidney_HE", "Rat-Kidney_PanCytokeratin"),
     "lesion": ("Izd2-29-041-w35_HE", "Izd2-29-041-w35_proSPC"),
+    "cd31": ("lesion3_HE", "lesion3_CD31"),
+    "cc10": ("lesion3_HE", "lesion3_Cc10"),
 }
 
 

@@ -6,9 +6,10 @@ Stages, each on SimpleITK (Mattes mutual information on hematoxylin optical dens
 2. rigid: the best few coarse starts refined (Euler 2-D), the lowest metric wins;
 3. affine: the rigid result refined with shear and anisotropic scale;
 4. non-rigid (optional): a cubic B-spline on a coarse mesh (LBFGS-B), stored as a displacement grid.
-Quality (correlation of the densities over both tissue masks or over their overlap, and the masks' Dice,
-after warping) decides whether the result counts as converged; a poor one is returned with
-``converged=False`` and its figures, never applied silently (callers refuse it unless told otherwise).
+Quality (``quality.agreement_figures``: the alignment must be a peak of hematoxylin agreement among its
+shifted and rotated perturbations) decides whether the result counts as converged; when the first start fails
+it, further distinct starts are tried and the best kept. A poor result is returned with ``converged=False``
+and its figures, never applied silently (callers refuse it unless told otherwise).
 """
 
 from __future__ import annotations
