@@ -35,6 +35,10 @@ DEFAULT_LEASE_S = 120.0
 STATES = ("done", "failed", "claimed", "pending")
 
 
+class CohortMismatchError(Exception):
+    """A worker was started on a folder whose cohort uses another model or other output settings."""
+
+
 @dataclass
 class SlideRecord:
     """One row of ``cohort.csv``: a slide and what became of it."""
@@ -109,6 +113,25 @@ class Cohort:
         return self.dir / f"{key}.{kind}"
 
     # --- the list and the states ------------------------------------------------------------------------
+    def join(self, identity: dict[str, object]) -> None:
+        """Join the cohort of this folder: the first worker records what it stains with (model, settings
+        that shape the output); a worker started with anything else is refused (CohortMismatchError)
+        before it claims a slide, so one folder never mixes two models."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / "identity.json"
+        text = json.dumps(identity, sort_keys=True, default=str)
+        if _write_exclusive(path, text):
+            return
+        recorded = json.loads(_read(path) or "{}")
+        mine = json.loads(text)
+        differ = sorted(k for k in set(recorded) | set(mine) if recorded.get(k) != mine.get(k))
+        if differ:
+            detail = "; ".join(f"{k}: {recorded.get(k)!r} there, {mine.get(k)!r} here" for k in differ)
+            raise CohortMismatchError(
+                f"{self.out} holds a cohort started with other settings ({detail}); use another --out, or "
+                f"delete {self.dir} to start it again"
+            )
+
     def register(self, slides: list[tuple[str, str]]) -> None:
         """Name every (key, slide) of this cohort, so ``cohort status`` lists the ones nobody took yet."""
         self.dir.mkdir(parents=True, exist_ok=True)

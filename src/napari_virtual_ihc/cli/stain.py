@@ -151,7 +151,7 @@ def rank_and_world() -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cohort import Cohort, largest_first, wait_interval, worker_name
+    from ..cohort import Cohort, CohortMismatchError, largest_first, wait_interval, worker_name
     from ..ihc_store import StoreError, check_output_outside, check_writable_folder, store_paths_for
     from ..inference import EngineSettings
     from ..inference.devices import DeviceError, resolve_device
@@ -206,10 +206,19 @@ def run(args: argparse.Namespace) -> int:
     slides = largest_first([(stores[a].name, a) for a in args.slides])
     keys = [k for k, _ in slides]
     by_key = dict(slides)
+    identity = {
+        "model_sha256": model.sha256,
+        **{k: getattr(args, k) for k in ("tile", "halo", "model_mpp", "bn_stats", "dropout", "dropout_seed")},
+        **{k: getattr(args, k) for k in ("region", "no_skip_background", "tumour_class")},
+    }
     try:
+        cohort.join(identity)
         cohort.register(slides)
         if args.retry_failed:
             cohort.retry_failed(keys)
+    except CohortMismatchError as e:
+        print(f"virtual-ihc stain: {tag}{e}", file=sys.stderr)
+        return 2
     except OSError as e:
         print(
             f"virtual-ihc stain: cannot write the cohort's claims in {cohort.dir}: {e.strerror or e}",
