@@ -277,6 +277,8 @@ def run_status(args: argparse.Namespace) -> int:
     except StudyError as exc:
         return _fail(exc)
     folder = args.answers_dir or bundle.root / "answers"
+    if folder.exists() and not folder.is_dir():
+        return _fail(StudyError(f"--answers-dir {folder} is a file, not a folder of answer stores"))
     failed = 0
     for reader, plans in bundle.readers.items():
         path = folder / store_filename(reader)

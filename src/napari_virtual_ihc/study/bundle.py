@@ -164,7 +164,10 @@ def build_study(
         # another study's key: overwriting it would make that study's answers impossible to unblind
         raise StudyError(f"the key {key} already exists (another study's key?); it is never overwritten")
     created = not out.exists()
-    (out / "images").mkdir(parents=True, exist_ok=True)
+    try:
+        (out / "images").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # read-only, or a parent that is a file
+        raise StudyError(f"cannot create the bundle folder {out} ({exc.strerror or exc})") from exc
     try:
         return _build_into(cases, out, key, options, progress)
     except BaseException:

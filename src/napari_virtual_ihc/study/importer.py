@@ -24,8 +24,8 @@ def import_answers_csv(
     csv_path = Path(csv_path)
     try:
         text = csv_path.read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise AnswerImportError(f"cannot read {csv_path}: {exc}") from exc
+    except (OSError, UnicodeDecodeError) as exc:  # UnicodeDecodeError: not a text file
+        raise AnswerImportError(f"cannot read {csv_path} as a CSV of answers: {exc}") from exc
     delimiter = "\t" if "\t" in (text.splitlines() or [""])[0] else ","
     reader = csv.DictReader(text.splitlines(), delimiter=delimiter)
     fields = set(reader.fieldnames or [])
