@@ -74,7 +74,7 @@ def test_a_tumour_nest_drawn_as_region_reads_3plus_where_all_cells_read_1plus_or
     assert r.marker_estimate(empty, marker="ki67")["label"] == NO_CELLS
 
 
-@pytest.mark.parametrize("every", [3, 5])
+@pytest.mark.parametrize("every", [3])
 def test_ki67_index_of_a_marked_image_is_within_5_points_of_the_marks(every):
     """scikit-image's IHC, its DAB removed and put into every ``every``-th marked nucleus; the index over
     the marked boxes against the marks' share."""
