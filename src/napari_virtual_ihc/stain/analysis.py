@@ -37,7 +37,7 @@ from .membrane import BIN_NAMES, DabBins, calibration_note, dab_bins, tdkstain_m
 from .regions import TumourRegion
 
 ASSUMED_MPP = 0.5
-PROBE_PX = 1024  # side of the overview crop on which the DAB's compartment is measured
+PROBE_PX = 640  # side of the central overview crop on which the DAB's compartment is measured (a fixed cost)
 
 Progress = Callable[[int, int], None]
 
