@@ -201,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
     )
     failures = 0
     cohort = Cohort(out, worker_name(rank if world > 1 else None), args.lease)
-    slides = largest_first([(store_path_for(out, Path(a)).name, a) for a in args.slides])
+    slides = largest_first([(store_path_for(out, Path(a)).name, os.path.abspath(a)) for a in args.slides])
     keys = [k for k, _ in slides]
     by_key = dict(slides)
     identity = {
