@@ -307,6 +307,8 @@ def _stain_one(
         if bar is not None:
             bar.close()
         slide.close()
+    if rep.cancelled:  # this worker's claim was taken over: the new holder finishes the slide
+        return SlideRecord(str(path), "pending", tiles=rep.tiles_done + rep.tiles_skipped)
     _annotate_run_json(store, rank, world, str(path))
     print(
         f"{tag}done {path.name}: {rep.tiles_done} tiles stained, {rep.tiles_skipped} background, "
@@ -318,7 +320,7 @@ def _stain_one(
         print(f"{tag}warning: {path.name}: {warning}", file=sys.stderr, flush=True)
     return SlideRecord(
         str(path),
-        "done" if not rep.cancelled else "pending",
+        "done",
         tiles=rep.tiles_done + rep.tiles_skipped,
         seconds=round(rep.seconds, 3),
         mp_per_s=round(rep.mp_per_s, 4),
