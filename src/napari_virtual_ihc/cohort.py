@@ -99,6 +99,13 @@ def _read(path: Path) -> str | None:
         return None
 
 
+def _slide_of(text: str | None) -> str | None:
+    try:
+        return str(json.loads(text or "{}").get("slide"))
+    except (ValueError, AttributeError):
+        return None
+
+
 class Cohort:
     """The claim board of one output folder, as seen by one worker."""
 
@@ -108,6 +115,7 @@ class Cohort:
         self.worker = worker
         self.lease_s = default_lease() if lease_s is None else float(lease_s)
         self._seen: dict[str, tuple[str, float]] = {}  # key -> (claim content, when it last changed here)
+        self._slides: dict[str, str] = {}  # key -> this worker's slide of that store name
 
     def _path(self, key: str, kind: str) -> Path:
         return self.dir / f"{key}.{kind}"
@@ -135,19 +143,26 @@ class Cohort:
     def register(self, slides: list[tuple[str, str]]) -> None:
         """Name every (key, slide) of this cohort, so ``cohort status`` lists the ones nobody took yet."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._slides.update(slides)
         for key, slide in slides:
             path = self._path(key, "slide")
             if not path.exists():
                 _write_exclusive(path, json.dumps({"slide": slide}))
 
     def state(self, key: str) -> str:
-        done = self._path(key, "done.json")
-        if done.exists():
-            if (self.out / key).exists():
-                return "done"
-            done.unlink(missing_ok=True)  # the store was deleted since: stain it again
-        if self._path(key, "failed.json").exists():
-            return "failed"
+        """done | failed | claimed | pending. A record of another slide under the same store name (a slide
+        of that name from another folder, or this one moved) does not count: the engine then decides
+        (refused by the store's identity check, or resumed)."""
+        mine = self._slides.get(key)
+        for kind in ("done", "failed"):
+            path = self._path(key, f"{kind}.json")
+            text = _read(path)
+            if text is None or (mine is not None and _slide_of(text) != mine):
+                continue
+            if kind == "done" and not (self.out / key).exists():
+                path.unlink(missing_ok=True)  # the store was deleted since: stain it again
+                continue
+            return kind
         return "claimed" if self._path(key, "claim").exists() else "pending"
 
     def settled(self, key: str) -> bool:
@@ -235,7 +250,13 @@ class Cohort:
 
     def finish(self, key: str, record: SlideRecord) -> bool:
         """Record the outcome and let the claim go; False if another worker recorded this slide first."""
-        recorded = _write_exclusive(self._path(key, f"{record.state}.json"), json.dumps(asdict(record)))
+        path = self._path(key, f"{record.state}.json")
+        recorded = _write_exclusive(path, json.dumps(asdict(record)))
+        if not recorded and _slide_of(_read(path)) != record.slide:  # an old record of another slide
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(asdict(record)))
+            os.replace(tmp, path)
+            recorded = True
         text = _read(self._path(key, "claim"))
         if text is not None and json.loads(text or "{}").get("worker") == self.worker:
             self._path(key, "claim").unlink(missing_ok=True)

@@ -202,8 +202,9 @@ def run(args: argparse.Namespace) -> int:
     )
     failures = 0
     cohort = Cohort(out, worker_name(rank if world > 1 else None), args.lease)
-    stores = dict(zip(args.slides, store_paths_for(out, list(args.slides)), strict=True))
-    slides = largest_first([(stores[a].name, a) for a in args.slides])
+    absolute = [os.path.abspath(a) for a in args.slides]
+    stores = dict(zip(absolute, store_paths_for(out, list(args.slides)), strict=True))
+    slides = largest_first([(stores[a].name, a) for a in absolute])
     keys = [k for k, _ in slides]
     by_key = dict(slides)
     identity = {
@@ -309,6 +310,8 @@ def _stain_one(
         if bar is not None:
             bar.close()
         slide.close()
+    if rep.cancelled:  # this worker's claim was taken over: the new holder finishes the slide
+        return SlideRecord(str(path), "pending", tiles=rep.tiles_done + rep.tiles_skipped)
     _annotate_run_json(store, rank, world, str(path))
     print(
         f"{tag}done {path.name}: {rep.tiles_done} tiles stained, {rep.tiles_skipped} background, "
@@ -320,7 +323,7 @@ def _stain_one(
         print(f"{tag}warning: {path.name}: {warning}", file=sys.stderr, flush=True)
     return SlideRecord(
         str(path),
-        "done" if not rep.cancelled else "pending",
+        "done",
         tiles=rep.tiles_done + rep.tiles_skipped,
         seconds=round(rep.seconds, 3),
         mp_per_s=round(rep.mp_per_s, 4),
