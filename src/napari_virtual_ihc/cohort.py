@@ -50,6 +50,23 @@ class SlideRecord:
     seconds: float = 0.0
     mp_per_s: float = 0.0
     error: str = ""
+    signature: str = ""  # the slide file's size and mtime when it was stained (see slide_signature)
+
+
+def slide_signature(slide: str | os.PathLike[str]) -> str:
+    """Size and modification time of a slide (summed and latest over a folder such as an OME-Zarr).
+
+    A ``done`` record counts only while the slide still has this signature: a slide replaced at the same
+    path goes back to the engine, whose content identity check refuses or resumes its store (issue 29)."""
+    p = Path(slide)
+    try:
+        if p.is_dir():
+            stats = [f.stat() for f in p.rglob("*") if f.is_file()]
+            return f"{sum(st.st_size for st in stats)}:{max((st.st_mtime_ns for st in stats), default=0)}"
+        st = p.stat()
+        return f"{st.st_size}:{st.st_mtime_ns}"
+    except OSError:
+        return ""
 
 
 def default_lease() -> float:
@@ -159,11 +176,23 @@ class Cohort:
             text = _read(path)
             if text is None or (mine is not None and _slide_of(text) != mine):
                 continue
+            if kind == "done" and not self._current(text):
+                continue  # the slide changed since it was stained: the engine decides again
             if kind == "done" and not (self.out / key).exists():
                 path.unlink(missing_ok=True)  # the store was deleted since: stain it again
                 continue
             return kind
         return "claimed" if self._path(key, "claim").exists() else "pending"
+
+    @staticmethod
+    def _current(record_text: str) -> bool:
+        """True when a record's slide still has the signature recorded with it."""
+        try:
+            data = json.loads(record_text or "{}")
+        except ValueError:
+            return False
+        recorded = data.get("signature", "")
+        return recorded == slide_signature(str(data.get("slide", "")))
 
     def settled(self, key: str) -> bool:
         return self.state(key) in ("done", "failed")
@@ -251,8 +280,12 @@ class Cohort:
     def finish(self, key: str, record: SlideRecord) -> bool:
         """Record the outcome and let the claim go; False if another worker recorded this slide first."""
         path = self._path(key, f"{record.state}.json")
+        if record.state == "done" and not record.signature:
+            record.signature = slide_signature(record.slide)
         recorded = _write_exclusive(path, json.dumps(asdict(record)))
-        if not recorded and _slide_of(_read(path)) != record.slide:  # an old record of another slide
+        old = _read(path)
+        stale = _slide_of(old) != record.slide or (record.state == "done" and not self._current(old or ""))
+        if not recorded and stale:  # an old record of another slide, or of this slide before it changed
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             tmp.write_text(json.dumps(asdict(record)))
             os.replace(tmp, path)

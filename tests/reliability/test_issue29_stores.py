@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,7 @@ def test_a_store_of_the_old_identity_is_refused_with_a_clear_message(tmp_path, c
     old = {"size": slide.stat().st_size, "sha256": "0" * 64}  # what the head+tail identity recorded
     attrs[PROVENANCE_KEY]["run_key"]["source"] = old
     (store / ".zattrs").write_text(json.dumps(attrs))
+    shutil.rmtree(out / ".cohort")  # an older version kept no cohort board beside its stores
     before = tree(store)
     capsys.readouterr()
     assert stain(slide, checkpoint, out) == 1
@@ -87,6 +89,21 @@ def test_a_store_of_the_old_identity_is_refused_with_a_clear_message(tmp_path, c
     assert "older version" in err and "cannot be verified" in err
     assert tree(store) == before
     assert zarr.open_group(str(store), mode="r")["0"].shape[1:] == (200, 200)  # old stores stay readable
+
+
+def test_a_slide_replaced_at_the_same_path_is_checked_again_not_skipped(tmp_path, checkpoint, he, capsys):
+    """The cohort board's ``done`` record holds only while the slide keeps its size and mtime: a slide
+    replaced in place goes back to the engine, whose content identity refuses the old store."""
+    slide = tmp_path / "s.tif"
+    tifffile.imwrite(slide, he[:200, :200], photometric="rgb")
+    out = tmp_path / "o"
+    assert stain(slide, checkpoint, out) == 0
+    before = tree(out / "s.ome.zarr")
+    tifffile.imwrite(slide, he[200:400, :200], photometric="rgb")  # same size, other tissue
+    capsys.readouterr()
+    assert stain(slide, checkpoint, out) == 1
+    assert "already settled" not in capsys.readouterr().out
+    assert tree(out / "s.ome.zarr") == before
 
 
 # --- 2. a refused run writes nothing ------------------------------------------------------------------------
@@ -101,7 +118,9 @@ def test_a_refused_run_leaves_the_other_slides_record_alone(tmp_path, checkpoint
     assert "another slide with the same name" in capsys.readouterr().err
     assert (out / "slide.run.json").read_bytes() == record
     assert sorted(p.name for p in out.iterdir()) == [
+        ".cohort",  # the cohort board (claims and outcomes, cli/stain.py) and its summary
         ".slide.ome.zarr.lock",
+        "cohort.csv",
         "slide.ome.zarr",
         "slide.run.json",
     ]
@@ -219,6 +238,7 @@ def test_a_run_refused_while_another_writes_leaves_its_record_alone(tmp_path, ch
     out = tmp_path / "o"
     assert stain(tmp_path / "slide.tif", checkpoint, out) == 0
     record = (out / "slide.run.json").read_bytes()
+    shutil.rmtree(out / ".cohort")  # past the cohort board (which would skip a done slide): the engine's lock
     with StoreLock(lock_path(out / "slide.ome.zarr"), "the store"):  # another run writing it now
         assert stain(tmp_path / "slide.tif", checkpoint, out) == 1
     assert "being written by another run" in capsys.readouterr().err
