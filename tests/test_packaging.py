@@ -1,7 +1,9 @@
 """The plugin is installable and discoverable: manifest valid, editable install and built wheel both found.
 
-npe2 only reads a manifest inside the import package, so the one manifest is the real file
-``src/napari_virtual_ihc/napari.yaml`` (no symlink: those break on Windows clones).
+npe2 only reads a manifest inside the import package, so the manifest napari uses is the real file
+``src/napari_virtual_ihc/napari.yaml`` (no symlink: those break on Windows clones). The design card keeps a
+``napari.yaml`` at the top level too, where a reader of the repository looks first: a copy that must stay
+byte-identical (tested here).
 """
 
 from __future__ import annotations
@@ -34,6 +36,13 @@ print(json.dumps({"package": napari_virtual_ihc.__file__, "manifest": str(m._sou
 def _discover(python: str) -> dict:
     out = subprocess.run([python, "-c", _DISCOVER], capture_output=True, text=True, timeout=60, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_top_level_manifest_is_the_package_manifest():
+    top = ROOT / "napari.yaml"
+    assert not top.is_symlink() and top.read_bytes() == MANIFEST.read_bytes(), (
+        "napari.yaml (top level) and src/napari_virtual_ihc/napari.yaml differ: copy the package's over it"
+    )
 
 
 def test_manifest_validates_and_editable_install_is_discovered():
