@@ -85,7 +85,9 @@ def test_wheel_holds_real_manifest_and_installs_into_fresh_venv(tmp_path):
         assert "napari_virtual_ihc/samples/CMU-1-region.tif" in names
         assert "napari_virtual_ihc/samples/LICENSE.md" in names
         assert "napari_virtual_ihc/samples/Rat-Kidney_PanCytokeratin.jpg" in names
-        assert any(n.endswith(".dist-info/licenses/LICENSE") or n.endswith(".dist-info/LICENSE") for n in names)
+        assert any(
+            n.endswith(".dist-info/licenses/LICENSE") or n.endswith(".dist-info/LICENSE") for n in names
+        )
         meta = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
         assert "Requires-Dist: torch>=2.4" in meta and "magicgui" not in meta
         assert "Requires-Dist: napari[all]; extra == 'all'" in meta
