@@ -535,6 +535,15 @@ def make_matrix_inputs(root: Path) -> None:
             for fname, data in files.items():
                 (inp / name / side / fname).write_bytes(data)
     (inp / "labels.csv").write_text("file,class\na.png,tumour\nb.png,non-tumour\n")
+    (inp / "tiny.yaml").write_text(
+        "model:\n  arch_kwargs: {n_blocks: 1, ngf: 4, norm: batch, use_dropout: false}\n  ndf: 4\n"
+        "data:\n  preprocess: none\n  num_workers: 0\n"
+        "train:\n  batch_size: 2\n  max_steps: 1\n  checkpoint_every: 0\n  checkpoint_each_epoch: false\n"
+        "  grid_every_epoch: false\n  log_every: 1\n  progress: false\n  tensorboard: false\n"
+    )
+    for name in ("pairs", "trunc_pairs", "huge_pairs", f"{NON_LATIN}_pairs"):  # MIST layout too
+        for side, dst in (("HE", "trainA"), ("IHC", "trainB"), ("HE", "valA"), ("IHC", "valB")):
+            shutil.copytree(inp / name / side, inp / name / dst)
     for p in inp.rglob("*"):
         assert not p.is_file() or p.stat().st_size < 1 << 20, p
 
@@ -624,20 +633,7 @@ INPUTS: dict[str, dict[str, str]] = {
     },
     "none": {"good": ""},
 }
-TINY_FIT = [
-    "--set",
-    "train.max_steps=1",
-    "--set",
-    "model.arch_kwargs.ngf=4",
-    "--set",
-    "model.arch_kwargs.n_blocks=1",
-    "--set",
-    "data.preprocess=none",
-    "--set",
-    "data.num_workers=0",
-    "--set",
-    "train.progress=false",
-]
+TINY_FIT = ["--config", "in/tiny.yaml"]  # a CPU-sized model, one step
 # (command, prog, input kind, argv; "{IN}" the varied input, "{OUT}" the output, "{PAIRED}" a paired root)
 COMMANDS: list[tuple[str, str, str, list[str]]] = [
     (
@@ -701,7 +697,7 @@ COMMANDS: list[tuple[str, str, str, list[str]]] = [
         [
             "fit",
             "--preset",
-            "pix2pix",
+            "pyramid-pix2pix",
             "--paired",
             "{IN}/HE",
             "{IN}/IHC",
