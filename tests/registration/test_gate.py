@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from napari_virtual_ihc.registration import quality
-from napari_virtual_ihc.registration.register import gate_figures
+from napari_virtual_ihc.registration.register import gate_planes
 
 from .conftest import Pair, registered
 
@@ -52,10 +52,11 @@ def test_gate_accepts_the_registered_pair_and_refuses_it_broken(which, request):
     )
     assert np.median(errors) <= BOUND[which]
     assert t.converged, t.notes
+    planes = gate_planes(pair.fixed(), pair.moving(), t)
     cases = [("shift_x", 0.05), ("shift_x", -0.05), ("shift_y", 0.05), ("shift_y", -0.05)]
     for kind, amount in [*cases, ("rotate", 10.0), ("rotate", -10.0)]:
         bad = broken(t, pair, kind, amount)
-        f = gate_figures(pair.fixed(), pair.moving(), bad)
+        f = quality.agreement_figures(*planes, bad.fixed_to_moving)
         print(
             f"  broken {kind} {amount:+}: margin {f['peak_margin']:+.3f} contrast {f['peak_contrast']:+.3f}"
         )

@@ -238,12 +238,13 @@ def _gate_plane(slide: Slide, side: int, unit: tuple[float, float]) -> quality.P
     return quality.Plane(sitk.GetArrayFromImage(v.structure), v.mask, v.ov.downsample)
 
 
-def gate_figures(fixed: Slide, moving: Slide, transform: SlideTransform, side: int = 512) -> dict[str, float]:
-    """:func:`quality.agreement_figures` of ``transform`` on ``side`` px hematoxylin views of both slides."""
-    return quality.agreement_figures(
+def gate_planes(
+    fixed: Slide, moving: Slide, transform: SlideTransform, side: int = 512
+) -> tuple[quality.Plane, quality.Plane]:
+    """The ``side`` px hematoxylin views the gate compares, in ``transform``'s physical units."""
+    return (
         _gate_plane(fixed, side, transform.fixed.unit_per_px),
         _gate_plane(moving, side, transform.moving.unit_per_px),
-        transform.fixed_to_moving,
     )
 
 
@@ -393,7 +394,7 @@ def iter_registration(
         done += 1
         yield done, total, STAGES[4]
 
-    planes = (_gate_plane(fixed, s.gate_side, uf), _gate_plane(moving, s.gate_side, um))
+    planes = gate_planes(fixed, moving, result, s.gate_side)
     figures = measure_quality(fixed_w, moving_w, result) | quality.agreement_figures(
         *planes, result.fixed_to_moving
     )
