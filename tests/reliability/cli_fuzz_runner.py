@@ -118,7 +118,7 @@ def main() -> None:
         "napari_virtual_ihc.registration.pairs",
         "virtual_ihc_train.loop",
         "virtual_ihc_train.mil",
-        "virtual_ihc_train.evaluate",
+        "virtual_ihc_train.evaluation.evaluate",
         "tqdm",
         "matplotlib.pyplot",
     ):

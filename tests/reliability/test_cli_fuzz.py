@@ -759,12 +759,7 @@ NOT_RUN: dict[tuple[str, str], str] = {
     },
 }
 # Cells that fail because of a defect in another helper's area (issue 29): (command, case) -> defect
-KNOWN_DEFECTS: dict[tuple[str, str], str] = {
-    ("mil", "ro-out"): "trainer (helper i30): mil trains first, then a SafetensorError traceback on the "
-    "read-only --out",
-    ("mil", "out-is-file"): "trainer (helper i30): mil trains, then writes over the file given as --out "
-    "(a file outside the output folder changed), exit 0",
-}
+KNOWN_DEFECTS: dict[tuple[str, str], str] = {}
 # Cells whose documented outcome differs from the rule: status only reads its --answers-dir
 EXPECTED_EXITS: dict[tuple[str, str], set[int]] = {("study-status", "ro-out"): {0}}
 

@@ -106,6 +106,7 @@ def cmd_mil(args: argparse.Namespace) -> int:
         min_tissue=args.min_tissue,
         seed=args.seed,
         resume=args.resume,
+        overwrite=args.overwrite,
     )
     print(f"wrote {out}")
     return 0

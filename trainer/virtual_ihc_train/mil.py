@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,6 +128,21 @@ def read_bags(images_dir: Path, labels_csv: Path, tile: int, min_tissue: float) 
     return bags
 
 
+def check_output_file(out: Path, may_replace: bool) -> None:
+    """Refuse, before any training, an ``--out`` that is a folder, an existing file (unless resuming or
+    ``--overwrite``: nothing outside what the user named is replaced) or one whose folder cannot be written."""
+    if out.is_dir():
+        raise DatasetError(f"--out {out} is a folder: give the classifier's file name (.safetensors)")
+    if (out.exists() or out.is_symlink()) and not may_replace:
+        raise DatasetError(f"{out} exists: choose another --out, or add --overwrite to replace it")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except OSError as e:
+        raise DatasetError(f"cannot write the classifier in {out.parent}: {e.strerror or e}") from None
+
+
 def state_path(out: Path) -> Path:
     return out.with_name(out.name + ".mil_state.pt")
 
@@ -146,9 +162,11 @@ def train_mil(
     batch_size: int = 16,
     min_tissue: float = 0.25,
     resume: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """Train ``epochs`` rounds (score, select top-k per bag, one epoch on the selection); writes the classifier
     and, beside it, the per-round log, the selections and the resume state."""
+    check_output_file(Path(out), resume or overwrite)
     if k < 1 or batch_size < 1 or epochs < 1:
         raise ValueError("--k, --batch-size and --epochs must be >= 1")
     if not 0 <= min_tissue <= 1:
@@ -248,6 +266,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT.mil_state.pt, bit-exactly")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--width", type=int, default=64, help="ResNet-34 base width (64 = torchvision)")
     p.add_argument("--imagenet", help="local torchvision resnet34 ImageNet weights to start from")
