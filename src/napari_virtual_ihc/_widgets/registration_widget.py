@@ -40,6 +40,7 @@ from ..registration import (
 )
 from ..registration.compare import Comparison, ComparisonSettings, iter_comparison
 from ..registration.lazy import resampled_levels
+from ..registration.quality import describe as describe_quality
 from ..registration.register import STAGES
 from ._activity import pause_spinner, resume_spinner
 from ._layer_source import combo_layer, fill_layer_combo, slide_for_layer
@@ -202,7 +203,7 @@ class RegistrationWidget(QWidget):
             self._on_aborted()
             return
         q = transform.quality
-        figures = f"hematoxylin correlation {q.get('correlation', 0):.3f}, tissue overlap {q.get('tissue_dice', 0):.3f}"
+        figures = describe_quality(q)
         self.table.show_rows([(k, f"{v:.4g}") for k, v in q.items()] + [("note", n) for n in transform.notes])
         if not transform.converged and not self.accept_poor.isChecked():
             self.transform = None

@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from ..ihc_store.errors import OutputNotWritableError
     from ..ihc_store.writer import check_writable_folder
     from ..registration import RegistrationError, RegistrationSettings, read_points, register, write_points
+    from ..registration.quality import describe as describe_quality
     from ..slides import open_slide
     from ..slides.errors import SlideError
 
@@ -113,11 +114,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as e:  # e.g. the disk filled up during the registration
         print(f"virtual-ihc register: cannot write to {out}: {e.strerror or e}", file=sys.stderr)
         return 1
-    print(
-        f"{'converged' if transform.converged else 'NOT CONVERGED'}: hematoxylin correlation "
-        f"{q['correlation']:.3f} ({q.get('overlap_correlation', 0.0):.3f} where the sections overlap), "
-        f"tissue overlap {q['tissue_dice']:.3f}; wrote {out}"
-    )
+    print(f"{'converged' if transform.converged else 'NOT CONVERGED'}: {describe_quality(q)}; wrote {out}")
     if not transform.converged:
         print(
             "virtual-ihc register: the alignment is poor (see the figures above); the transform is saved "

@@ -116,3 +116,13 @@ def passes(
 ) -> bool:
     """The alignment beats every perturbation (a peak) and stands clear of their median (not a flat floor)."""
     return figures["peak_margin"] > min_margin and figures["peak_contrast"] >= min_contrast
+
+
+def describe(figures: dict[str, float]) -> str:
+    """The figures that decide acceptance, in one line (CLI and widget say the same)."""
+    return (
+        f"agreement peak {figures.get('peak_correlation', 0.0):.3f}, "
+        f"{figures.get('peak_margin', 0.0):+.3f} over its best perturbation, "
+        f"{figures.get('peak_contrast', 0.0):+.3f} over their median; "
+        f"tissue overlap {figures.get('tissue_dice', 0.0):.3f}"
+    )
