@@ -70,6 +70,7 @@ def _rows(source: str, image: str, box: str | None) -> list[dict[str, str]]:
     if source == "skimage":
         return [r for r in _csv(DATA / "ihc-nuclei-marks.csv") if r["box"] == box]
     path = SET / ("deepliif-ki67-truth.csv" if source == "deepliif" else "openslide-marks.csv")
+    image = image.replace("deepliif-hema-", "deepliif-ki67-")  # the hematoxylin panel shows the same cells
     return [r for r in _csv(path) if r["image"] == image]
 
 
@@ -81,13 +82,18 @@ def _deepliif(tile: str, split: str) -> Case:
     return Case(f"deepliif-ki67-{tile}", "deepliif", "ihc", "nuclear", DEEPLIIF_MPP, split)
 
 
+def _deepliif_hematoxylin(tile: str, split: str) -> Case:
+    """The hematoxylin-only panel of a DeepLIIF tile: the same cells as its Ki-67 panel, so the same truth."""
+    return Case(f"deepliif-hema-{tile}", "deepliif", "he", "none", DEEPLIIF_MPP, split)
+
+
+# Four DeepLIIF test tiles (22_2, 6_2, 34_3, 799_2) were in an earlier draft of this set; they are the tiles
+# issue 32 measured as held-out data, so they were taken out again (they stay outside the project).
 CASES: tuple[Case, ...] = (
-    _deepliif("22_2", "tune"),
-    _deepliif("6_2", "tune"),
     _deepliif("Bladder1", "tune"),
-    _deepliif("34_3", "held"),
-    _deepliif("799_2", "held"),
     _deepliif("Lung1", "held"),
+    _deepliif_hematoxylin("Bladder1", "tune"),
+    _deepliif_hematoxylin("Lung1", "held"),
     Case("openslide-ki67-vsi", "openslide", "ihc", "nuclear", 0.346, "tune"),
     Case("openslide-ki67-ndpi", "openslide", "ihc", "nuclear", 0.454, "held"),
     _skimage("g1", "tune"),
