@@ -214,7 +214,7 @@ def test_missing_cellpose_weights_fall_back_with_a_label(tmp_path):
     segs = load_segmenters(
         KnowledgeParams(nuclei_method="auto", nuclei_model=str(tmp_path / "x"), membrane_nuclei=False)
     )
-    assert segs.label == "classical" and segs.fallback_reasons
+    assert segs.label == "offline" and segs.fallback_reasons  # the offline detector stands in for Cellpose
     with pytest.raises(Exception, match="not a built-in model"):
         load_segmenters(KnowledgeParams(nuclei_method="cellpose", nuclei_model=params.nuclei_model))
 
@@ -241,7 +241,7 @@ def test_metric_nuclei_counter_is_the_cores_segmenter(tmp_path, data_dir):
     )
     assert count(rgb) == len(np.unique(labels)) - 1 > 0
     _, auto_label = tdkstain_errors.default_nuclei_counter("auto", tmp_path / "absent-model")
-    assert auto_label.startswith("classical (fallback:")
+    assert auto_label.startswith("offline (fallback:")
 
 
 def test_flips_apply_to_he_ihc_and_every_map_alike(tmp_path, ihc_crops):
