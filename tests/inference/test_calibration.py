@@ -119,7 +119,9 @@ def test_decision_is_cached_per_device_torch_and_model_and_others_are_ignored(wi
         return cal.decide_compute(CPU, "auto", None, variants.winograd_convs, sha, prepare, lambda: window)
 
     first = decide("sha-a")
-    assert first.how == "measured" and first.precision == "fp32" and calls
+    # fp32, or bf16 where the CPU has it and it measured fastest within the quality gate (AMD Zen 4 does)
+    assert first.how == "measured" and first.precision in ("fp32", "bf16" if cal.cpu_has_bf16() else "fp32")
+    assert calls
     calls.clear()
     again = decide("sha-a")
     assert again.how == "cached" and (again.precision, again.winograd) == (first.precision, first.winograd)
