@@ -149,7 +149,7 @@ def test_washout_date_and_days_are_enforced(source_table: Path, tmp_path: Path) 
         tmp_path / "b",
         BuildOptions(readers=("r1",), sessions=True, washout_days=14, second_session_opens=opens),
     )
-    t0 = dt.datetime(2031, 1, 1, 9, tzinfo=dt.timezone.utc)
+    t0 = dt.datetime(2031, 1, 1, 9, tzinfo=dt.UTC)
     s = ReaderSession(bundle_dir, "r1", answers_dir=tmp_path / "a", now=lambda: t0)
     assert s.session_number == 1 and s.n == 40
     for _ in range(40):
@@ -159,11 +159,11 @@ def test_washout_date_and_days_are_enforced(source_table: Path, tmp_path: Path) 
     assert s.is_complete()
     s.close()
     for when, message in (
-        (dt.datetime(2031, 1, 10, tzinfo=dt.timezone.utc), "opens on 2031-03-01"),  # before the date
+        (dt.datetime(2031, 1, 10, tzinfo=dt.UTC), "opens on 2031-03-01"),  # before the date
     ):
         with pytest.raises(WashoutError, match=message):
             ReaderSession(bundle_dir, "r1", answers_dir=tmp_path / "a", now=lambda when=when: when)
-    later = dt.datetime(2031, 3, 2, tzinfo=dt.timezone.utc)
+    later = dt.datetime(2031, 3, 2, tzinfo=dt.UTC)
     s2 = ReaderSession(bundle_dir, "r1", answers_dir=tmp_path / "a", now=lambda: later)
     assert s2.session_number == 2 and s2.position == 0 and s2.answered_count() == 0
 
@@ -178,10 +178,10 @@ def test_washout_days_after_completion(source_table: Path, tmp_path: Path) -> No
         s.answer("0", 5)
         s.next()
     s.close()
-    soon = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=27)
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(days=27)
     with pytest.raises(WashoutError, match="28 days after session 1"):
         ReaderSession(bundle_dir, "r1", answers_dir=tmp_path / "a", now=lambda: soon)
-    late = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=29)
+    late = dt.datetime.now(dt.UTC) + dt.timedelta(days=29)
     assert ReaderSession(bundle_dir, "r1", answers_dir=tmp_path / "a", now=lambda: late).session_number == 2
 
 

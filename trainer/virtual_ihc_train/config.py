@@ -7,11 +7,11 @@ result is written to ``RUN_DIR/config.yaml`` and is all ``resume`` needs.
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
 import yaml
 
 

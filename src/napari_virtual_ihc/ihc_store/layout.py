@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from .naming import PROVENANCE_KEY
@@ -34,7 +34,7 @@ def ngff_attrs(
     provenance = dict(
         provenance,
         store_format=STORE_FORMAT,
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     return {
         "multiscales": [{"version": "0.4", "name": "virtual IHC", "axes": axes, "datasets": datasets}],

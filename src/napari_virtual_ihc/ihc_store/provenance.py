@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ def layer_provenance(stored: dict[str, Any], store: Path, **extra: Any) -> dict[
     (the source layer's name, the device, the report of the run that just ended)."""
     prov = dict(stored)
     prov["store"] = str(Path(store).resolve())
-    prov.setdefault("time", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    prov.setdefault("time", datetime.now(UTC).isoformat(timespec="seconds"))
     prov["complete"] = bool(prov.get("complete", False))
     prov.update({k: v for k, v in extra.items() if v is not None})
     return prov

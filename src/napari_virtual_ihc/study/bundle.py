@@ -223,7 +223,7 @@ def _build_into(
         "study_id": study_id,
         "seed": options.seed,
         "ultralow": options.ultralow,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "bundle": str(out),
         "images": {
             i: {

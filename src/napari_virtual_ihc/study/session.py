@@ -28,7 +28,7 @@ def store_filename(reader_id: str) -> str:
 
 
 def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 class ReaderSession:
