@@ -742,7 +742,8 @@ NOT_RUN: dict[tuple[str, str], str] = {
     },
     ("resume", "non-latin"): "resume trains the run on (minutes)",
     ("resume", "huge-claim"): "no size-claiming run format",
-    # a complete run with good inputs costs seconds to minutes: covered by each command's own tests
+    # a complete run with good inputs costs seconds to minutes: covered by each command's own tests, and run
+    # for the table by hand with VIRTUAL_IHC_FUZZ_FULL=1 (tests/reliability/README.md)
     **{
         (c, k): "a full run (covered by the command's own tests)"
         for c in (
@@ -756,6 +757,7 @@ NOT_RUN: dict[tuple[str, str], str] = {
             "fit",
         )
         for k in ("symlink-out", "non-latin")
+        if not os.environ.get("VIRTUAL_IHC_FUZZ_FULL")
     },
 }
 # Cells that fail because of a defect in another helper's area (issue 29): (command, case) -> defect
