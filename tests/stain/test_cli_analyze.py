@@ -140,3 +140,10 @@ def test_analyze_bad_regions_and_calibrations(tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
         assert not (out / "summary.json").exists()
+
+
+def test_the_nuclei_choices_of_the_clis_are_the_segmenters_methods():
+    from napari_virtual_ihc.cli.argtypes import NUCLEI_CHOICES
+    from napari_virtual_ihc.nuclei import NUCLEI_METHODS
+
+    assert NUCLEI_CHOICES == NUCLEI_METHODS

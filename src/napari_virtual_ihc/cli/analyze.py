@@ -14,7 +14,7 @@ import numpy as np
 from ..export.geojson import cell_features, write_geojson
 from ..slides.tiff_backend import PLAUSIBLE_MPP
 from ..stain.markers import MARKER_CHOICES
-from .argtypes import float_in, int_in
+from .argtypes import NUCLEI_CHOICES, float_in, int_in
 
 if TYPE_CHECKING:
     from ..slides.base import Slide
@@ -41,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="µm/px when the image carries none (else 0.5 assumed)",
     )
     p.add_argument("--cellpose-model", default="nuclei", help="Cellpose built-in name or local model path")
-    p.add_argument("--nuclei", choices=("auto", "cellpose", "blobs", "classical"), default="auto")
+    p.add_argument("--nuclei", choices=NUCLEI_CHOICES, default="auto")
     p.add_argument("--he", action="store_true", help="H&E input: nuclei and density only")
     p.add_argument("--gpu", action="store_true", help="run Cellpose on CUDA")
     p.add_argument("--diameter-um", type=float_in(1.0, 100.0, unit="µm"), default=7.0)

@@ -44,3 +44,8 @@ def float_in(lo: float, hi: float, unit: str = "") -> Callable[[str], float]:
 
     parse.__name__ = "number"
     return parse
+
+
+# ``nuclei.NUCLEI_METHODS``, spelled out so parsing a command line does not import the nuclei package
+# (tests/stain/test_cli_analyze.py checks that the two agree)
+NUCLEI_CHOICES = ("auto", "cellpose", "offline", "blobs", "classical")

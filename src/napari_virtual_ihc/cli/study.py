@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..slides.tiff_backend import PLAUSIBLE_MPP
-from .argtypes import float_in, int_in
+from .argtypes import NUCLEI_CHOICES, float_in, int_in
 
 if TYPE_CHECKING:
     from napari_virtual_ihc.study.analysis import Estimate
@@ -110,7 +110,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--nuclei",
         default="auto",
-        choices=("auto", "cellpose", "classical"),
+        choices=NUCLEI_CHOICES,
         help="nuclei method (default auto)",
     )
     g.add_argument(

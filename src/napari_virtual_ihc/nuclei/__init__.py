@@ -5,10 +5,11 @@ from .cellpose_adapter import CellposeNuclei, CellposeUnavailable, load_cellpose
 from .classical import segment_classical
 from .density import density_map, integrate
 from .positivity import NUCLEAR_DAB_CUTOFF, nuclear_dab_od, nuclear_dab_positive
-from .segment import NucleiSegmenter, make_segmenter
+from .segment import NUCLEI_METHODS, NucleiSegmenter, make_segmenter
 
 __all__ = [
     "NUCLEAR_DAB_CUTOFF",
+    "NUCLEI_METHODS",
     "CellposeNuclei",
     "CellposeUnavailable",
     "NucleiSegmenter",

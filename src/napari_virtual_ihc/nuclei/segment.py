@@ -20,6 +20,7 @@ from .classical import check_compartment, nuclear_od, nuclear_signal, otsu_thres
 log = logging.getLogger(__name__)
 
 OFFLINE_METHODS = ("offline", "blobs", "classical")
+NUCLEI_METHODS = ("auto", "cellpose", *OFFLINE_METHODS)  # what make_segmenter takes: CLIs offer these
 
 
 def offline_method_for(dab_od: np.ndarray | None, dab_compartment: str) -> str:
@@ -103,7 +104,7 @@ def make_segmenter(
 ) -> NucleiSegmenter:
     """``method``: "auto" (Cellpose, "offline" when weights cannot be had), "cellpose" (error if
     unavailable), "offline", "blobs" or "classical"."""
-    if method not in ("auto", "cellpose", *OFFLINE_METHODS):
+    if method not in NUCLEI_METHODS:
         raise ValueError(f"unknown nuclei method {method!r} (auto, cellpose, offline, blobs, classical)")
     if method in OFFLINE_METHODS:
         return NucleiSegmenter(None, f"{method} chosen", offline=method)
