@@ -97,7 +97,9 @@ def test_cells_classified_by_a_nuclear_markers_call(result, tmp_path):
     path = write_geojson(cell_features(cells, result.mpp, calls), tmp_path / "ki67.geojson")
     feats = geojson.loads(path.read_text())["features"]
     assert [f["properties"]["classification"]["name"] for f in feats] == calls
-    assert [tuple(f["properties"]["classification"]["color"]) for f in feats] == [CALL_COLORS[c] for c in calls]
+    assert [tuple(f["properties"]["classification"]["color"]) for f in feats] == [
+        CALL_COLORS[c] for c in calls
+    ]
     np.testing.assert_allclose(
         [f["properties"]["measurements"]["Nucleus DAB OD"] for f in feats], cells.nuclear_dab_od
     )

@@ -151,7 +151,9 @@ class StainOverlayWidget(QWidget):
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
         self.export_cells_button = QPushButton("Export cells (GeoJSON)…")
-        self.export_cells_button.setToolTip("the last run's cells as QuPath detections with the marker's call")
+        self.export_cells_button.setToolTip(
+            "the last run's cells as QuPath detections with the marker's call"
+        )
         self.export_cells_button.setEnabled(False)
         self.import_region_button = QPushButton("Import region (GeoJSON)…")
         self.import_region_button.setToolTip(
@@ -293,7 +295,9 @@ class StainOverlayWidget(QWidget):
         """
         layer = combo_layer(self.source)
         if layer is None or layer not in self.viewer.layers:
-            self._fail("add the RGB image the GeoJSON belongs to first (its coordinates are its level-0 pixels)")
+            self._fail(
+                "add the RGB image the GeoJSON belongs to first (its coordinates are its level-0 pixels)"
+            )
             return None
         try:
             region = read_geojson(path, *slide_for_layer(layer).dimensions)
@@ -324,14 +328,14 @@ class StainOverlayWidget(QWidget):
         return shapes
 
     def _ask_export_cells(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Export the cells", "cells.geojson", "GeoJSON (*.geojson)")
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Export the cells", "cells.geojson", "GeoJSON (*.geojson)"
+        )
         if path:
             self.export_cells(path)
 
     def _ask_import_region(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(
-            self, "Import a region", "", "GeoJSON (*.geojson *.json)"
-        )
+        path, _ = QFileDialog.getOpenFileName(self, "Import a region", "", "GeoJSON (*.geojson *.json)")
         if path:
             self.import_region(path)
 
