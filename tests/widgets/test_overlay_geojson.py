@@ -96,11 +96,24 @@ def test_imported_annotation_is_the_region_analyze_counts(make_napari_viewer, qt
     assert 10 < len(core) < w.result.n_nuclei / 2
     assert "tumour region: 1 polygon" in w.summary["cells_counted"]
 
-    # holes: said, not drawn; another image's coordinates and a file without polygons: refused
-    hole = [[90, 100], [120, 100], [120, 130], [90, 130], [90, 100]]
-    path.write_text(json.dumps(_annotation([outer, hole])))
-    w.import_region(str(path))
-    assert "1 hole(s) not shown and not used" in w.status.text()
+    # a hole: not drawn (napari Shapes have none) but excluded by Analyze, as the core does
+    hole = [[90, 95], [130, 95], [130, 135], [90, 135], [90, 95]]
+    holed = tmp_path / "holed.geojson"
+    holed.write_text(json.dumps(_annotation([outer, hole])))
+    shapes = w.import_region(str(holed))
+    assert "1 hole(s) not drawn" in w.status.text() and len(shapes.data) == 1
+    src = viewer.layers["ihc"]
+    region = w.tumour_region(src, (220, 262))  # what Analyze uses (the run above holds the same cells)
+    core_holed = w.result.tumour_cells(read_geojson(holed, 220, 262))
+    assert len(w.result.tumour_cells(region)) == len(core_holed) < len(core)
+    assert "1 hole(s)" in region.describe()
+    # once edited, the drawn outer rings are the region (what the user sees is what is counted)
+    shapes.add_polygons([np.array([[10.0, 10.0], [10.0, 30.0], [30.0, 30.0]])])
+    region = w.tumour_region(src, (220, 262))
+    assert "hole(s)" not in region.describe() and len(region.polygons) == 2
+    assert len(w.result.tumour_cells(region)) >= len(core)
+
+    # another image's coordinates and a file without polygons: refused, no layer added
     far = tmp_path / "far.geojson"
     far.write_text(json.dumps(_annotation([[[5000, 5000], [5100, 5000], [5100, 5100], [5000, 5000]]])))
     n_layers = len(viewer.layers)

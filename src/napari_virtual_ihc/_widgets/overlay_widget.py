@@ -291,7 +291,8 @@ class StainOverlayWidget(QWidget):
     def import_region(self, path: str) -> Any:
         """A QuPath annotation GeoJSON as a Shapes layer on the chosen image, chosen as the tumour region.
 
-        napari Shapes have no holes: each polygon's outer ring is drawn and used; holes are reported, not used.
+        napari Shapes have no holes: each polygon's outer ring is drawn; Analyze uses the file's polygons, holes
+        included, while the drawn shapes are as imported, and the drawn outer rings once they are edited.
         """
         layer = combo_layer(self.source)
         if layer is None or layer not in self.viewer.layers:
@@ -306,14 +307,14 @@ class StainOverlayWidget(QWidget):
             return None
         holes = sum(len(p.holes) for p in region.polygons)
         note = (
-            f"; {holes} hole(s) not shown and not used (napari Shapes have no holes: "
-            "`virtual-ihc analyze --region FILE` honours them)"
+            f"; {holes} hole(s) not drawn (napari Shapes have none) but excluded by Analyze until the shapes "
+            "are edited"
             if holes
             else ""
         )
         shapes = self.viewer.add_shapes(
             # (row, col) level-0 px placed on the image by its scale; napari closes a ring itself
-            [p.outer[:-1] if np.array_equal(p.outer[0], p.outer[-1]) else p.outer for p in region.polygons],
+            [_open_ring(p.outer) for p in region.polygons],
             shape_type="polygon",
             name=Path(path).stem,
             scale=tuple(layer.scale[-2:]),
@@ -321,7 +322,7 @@ class StainOverlayWidget(QWidget):
             units=tuple(layer.units)[-2:],
             edge_color="lime",
             face_color="transparent",
-            metadata={"geojson": str(path), "holes_not_used": holes},
+            metadata={"geojson": str(path), "tumour_region": region},
         )
         self.region_shapes.setCurrentText(shapes.name)
         self.status.setText(f"imported {region.describe()} as the tumour region {shapes.name!r}{note}")
@@ -452,7 +453,12 @@ class StainOverlayWidget(QWidget):
                 (float(scale[0]), float(scale[1])),
                 (float(origin[0]), float(origin[1])),
             )
-        return polygon_region(shapes_polygons(chosen, layer), f"Shapes {chosen.name!r}", w, h)
+        polygons = shapes_polygons(chosen, layer)
+        imported = chosen.metadata.get("tumour_region")
+        if isinstance(imported, TumourRegion) and _drawn_as_imported(polygons, imported):
+            imported.check_bounds(w, h)
+            return imported  # the GeoJSON's polygons, holes kept
+        return polygon_region(polygons, f"Shapes {chosen.name!r}", w, h)
 
     def _on_started(self) -> None:
         self._spinner_paused = pause_spinner(self.viewer)
@@ -523,6 +529,19 @@ class StainOverlayWidget(QWidget):
     def _fail(self, message: str) -> None:
         self.error = message
         self.status.setText(f"error: {message}")
+
+
+def _open_ring(ring: np.ndarray) -> np.ndarray:
+    """A GeoJSON ring repeats its first vertex at the end; napari closes a polygon itself."""
+    return ring[:-1] if len(ring) > 3 and np.array_equal(ring[0], ring[-1]) else ring
+
+
+def _drawn_as_imported(polygons: list[np.ndarray], region: TumourRegion) -> bool:
+    """Whether a Shapes layer's polygons (level-0 px) are still the imported region's outer rings."""
+    rings = [_open_ring(p.outer) for p in region.polygons]
+    return len(polygons) == len(rings) and all(
+        a.shape == b.shape and np.allclose(a, b, atol=1e-3) for a, b in zip(polygons, rings, strict=True)
+    )
 
 
 def _spin(value: float, lo: float, hi: float, suffix: str, decimals: int = 1) -> QDoubleSpinBox:
