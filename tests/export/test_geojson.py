@@ -83,3 +83,29 @@ def test_analyze_cli_writes_cells_geojson(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     fc = json.loads((out / summary["cells_geojson"]).read_text())
     assert len(fc["features"]) == summary["nuclei_count"] > 10
+
+
+def test_cells_classified_by_a_nuclear_markers_call(result, tmp_path):
+    """Ki-67/ER/PR: each detection carries the marker's positive/negative call (QuPath's own class names)."""
+    from napari_virtual_ihc.export.errors import ExportError
+    from napari_virtual_ihc.export.geojson import CALL_COLORS, result_cell_features
+    from napari_virtual_ihc.stain.markers import marker_calls
+
+    cells = result.cells
+    calls = marker_calls("ki67", cells, result.bins)
+    assert {"positive", "negative"} <= set(calls)
+    path = write_geojson(cell_features(cells, result.mpp, calls), tmp_path / "ki67.geojson")
+    feats = geojson.loads(path.read_text())["features"]
+    assert [f["properties"]["classification"]["name"] for f in feats] == calls
+    assert [tuple(f["properties"]["classification"]["color"]) for f in feats] == [
+        CALL_COLORS[c] for c in calls
+    ]
+    np.testing.assert_allclose(
+        [f["properties"]["measurements"]["Nucleus DAB OD"] for f in feats], cells.nuclear_dab_od
+    )
+    # a result exports with its own marker's calls (HER2 here: the membrane classes)
+    assert [f["properties"]["classification"]["name"] for f in result_cell_features(result)] == [
+        CELL_CLASSES[c] for c in cells.cell_class
+    ]
+    with pytest.raises(ExportError, match="calls for"):
+        cell_features(cells, result.mpp, calls[:-1])

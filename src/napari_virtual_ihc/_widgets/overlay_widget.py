@@ -4,12 +4,14 @@ Parameters are collected here; the work is ``stain.analysis.analyze_slide`` in a
 (progress bar with cancel). The marker (HER2, Ki-67, ER, PR or auto) is chosen in a combo; the estimate
 counts the cells inside the tumour region chosen in another (a Shapes or Labels layer: draw the tumour,
 press Analyze). A calibration (white point, vectors, cut-offs) can be saved from one slide and loaded for
-the next. Keys D / C / M toggle the nuclei, density and membrane (DAB bins) layers.
+the next. QuPath: the cells go out as GeoJSON detections, an annotation GeoJSON comes in as the region.
+Keys D / C / M toggle the nuclei, density and membrane (DAB bins) layers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Generator
+from pathlib import Path
 from typing import Any
 
 import napari
@@ -30,6 +32,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..export.errors import ExportError
+from ..export.geojson import result_cell_features, write_geojson
 from ..stain.analysis import AnalysisResult, AnalysisSettings, iter_analysis, tile_count
 from ..stain.calibration import StainCalibration
 from ..stain.calibration_file import load_calibration, save_calibration
@@ -37,7 +41,7 @@ from ..stain.deconvolution import QUPATH_DAB, QUPATH_HEMATOXYLIN, hdab_matrix
 from ..stain.her2 import Her2Rules
 from ..stain.markers import MARKER_CHOICES, NO_REGION
 from ..stain.membrane import DabBins
-from ..stain.regions import TumourRegion, mask_region, polygon_region
+from ..stain.regions import TumourRegion, mask_region, polygon_region, read_geojson
 from ._activity import pause_spinner, resume_spinner
 from ._layer_source import combo_layer, fill_layer_combo, layer_mpp, slide_for_layer
 from ._overlay_layers import DAB_LEGEND, HER2_LEGEND, result_layers, summary_rows
@@ -146,6 +150,18 @@ class StainOverlayWidget(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
+        self.export_cells_button = QPushButton("Export cells (GeoJSON)…")
+        self.export_cells_button.setToolTip(
+            "the last run's cells as QuPath detections with the marker's call"
+        )
+        self.export_cells_button.setEnabled(False)
+        self.import_region_button = QPushButton("Import region (GeoJSON)…")
+        self.import_region_button.setToolTip(
+            "a QuPath annotation GeoJSON (level-0 pixels of this image) as a Shapes layer: the tumour region"
+        )
+        qupath = QHBoxLayout()
+        qupath.addWidget(self.export_cells_button)
+        qupath.addWidget(self.import_region_button)
         self.status = QLabel("")
         self.status.setWordWrap(True)
         legend = " ".join(f"<span style='color:{c}'>■</span> {n}" for n, c in DAB_LEGEND)
@@ -160,6 +176,7 @@ class StainOverlayWidget(QWidget):
         lay = QVBoxLayout(self)
         lay.addLayout(form)
         lay.addLayout(buttons)
+        lay.addLayout(qupath)
         lay.addWidget(self.status)
         lay.addWidget(self.legend)
         lay.addWidget(self.table)
@@ -168,6 +185,8 @@ class StainOverlayWidget(QWidget):
         self.cancel_button.clicked.connect(self.cancel)
         self.load_calibration_button.clicked.connect(self._ask_load_calibration)
         self.save_calibration_button.clicked.connect(self._ask_save_calibration)
+        self.export_cells_button.clicked.connect(self._ask_export_cells)
+        self.import_region_button.clicked.connect(self._ask_import_region)
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
         self._refresh_layers()
@@ -235,8 +254,6 @@ class StainOverlayWidget(QWidget):
         if self.result is None:
             self._fail("analyze an image first: a calibration is what a run used")
             return
-        from pathlib import Path
-
         try:
             p = save_calibration(
                 path, Path(path).stem, self.result.calibration, self._bins(), self._source_name
@@ -257,6 +274,71 @@ class StainOverlayWidget(QWidget):
         )
         if path:
             self.save_calibration(path)
+
+    # --- QuPath: cells out, regions in ---------------------------------------------------------------
+    def export_cells(self, path: str) -> None:
+        """The last run's cells as QuPath Point detections (level-0 px), classified by the marker's call."""
+        if self.result is None:
+            self._fail("analyze an image first: the export writes the cells a run found")
+            return
+        try:
+            p = write_geojson(result_cell_features(self.result), path)
+        except (OSError, ExportError) as e:
+            self._fail(f"cannot export the cells: {e}")
+            return
+        self.status.setText(f"exported {self.result.n_nuclei} cells to {p} (QuPath: File > Import objects)")
+
+    def import_region(self, path: str) -> Any:
+        """A QuPath annotation GeoJSON as a Shapes layer on the chosen image, chosen as the tumour region.
+
+        napari Shapes have no holes: each polygon's outer ring is drawn; Analyze uses the file's polygons, holes
+        included, while the drawn shapes are as imported, and the drawn outer rings once they are edited.
+        """
+        layer = combo_layer(self.source)
+        if layer is None or layer not in self.viewer.layers:
+            self._fail(
+                "add the RGB image the GeoJSON belongs to first (its coordinates are its level-0 pixels)"
+            )
+            return None
+        try:
+            region = read_geojson(path, *slide_for_layer(layer).dimensions)
+        except (ValueError, KeyError) as e:  # RegionError is a ValueError
+            self._fail(str(e))
+            return None
+        holes = sum(len(p.holes) for p in region.polygons)
+        note = (
+            f"; {holes} hole(s) not drawn (napari Shapes have none) but excluded by Analyze until the shapes "
+            "are edited"
+            if holes
+            else ""
+        )
+        shapes = self.viewer.add_shapes(
+            # (row, col) level-0 px placed on the image by its scale; napari closes a ring itself
+            [_open_ring(p.outer) for p in region.polygons],
+            shape_type="polygon",
+            name=Path(path).stem,
+            scale=tuple(layer.scale[-2:]),
+            translate=tuple(layer.translate[-2:]),
+            units=tuple(layer.units)[-2:],
+            edge_color="lime",
+            face_color="transparent",
+            metadata={"geojson": str(path), "tumour_region": region},
+        )
+        self.region_shapes.setCurrentText(shapes.name)
+        self.status.setText(f"imported {region.describe()} as the tumour region {shapes.name!r}{note}")
+        return shapes
+
+    def _ask_export_cells(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Export the cells", "cells.geojson", "GeoJSON (*.geojson)"
+        )
+        if path:
+            self.export_cells(path)
+
+    def _ask_import_region(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Import a region", "", "GeoJSON (*.geojson *.json)")
+        if path:
+            self.import_region(path)
 
     def settings(self, layer: Any) -> AnalysisSettings:
         bins = self._bins()
@@ -371,7 +453,12 @@ class StainOverlayWidget(QWidget):
                 (float(scale[0]), float(scale[1])),
                 (float(origin[0]), float(origin[1])),
             )
-        return polygon_region(shapes_polygons(chosen, layer), f"Shapes {chosen.name!r}", w, h)
+        polygons = shapes_polygons(chosen, layer)
+        imported = chosen.metadata.get("tumour_region")
+        if isinstance(imported, TumourRegion) and _drawn_as_imported(polygons, imported):
+            imported.check_bounds(w, h)
+            return imported  # the GeoJSON's polygons, holes kept
+        return polygon_region(polygons, f"Shapes {chosen.name!r}", w, h)
 
     def _on_started(self) -> None:
         self._spinner_paused = pause_spinner(self.viewer)
@@ -414,6 +501,7 @@ class StainOverlayWidget(QWidget):
         self.table.show_rows(rows)
         self.result = result
         self.save_calibration_button.setEnabled(True)
+        self.export_cells_button.setEnabled(True)
         self.show_calibration(result.calibration)
         notes = list(result.calibration.notes)
         est = self.summary.get(result.marker, {})
@@ -441,6 +529,19 @@ class StainOverlayWidget(QWidget):
     def _fail(self, message: str) -> None:
         self.error = message
         self.status.setText(f"error: {message}")
+
+
+def _open_ring(ring: np.ndarray) -> np.ndarray:
+    """A GeoJSON ring repeats its first vertex at the end; napari closes a polygon itself."""
+    return ring[:-1] if len(ring) > 3 and np.array_equal(ring[0], ring[-1]) else ring
+
+
+def _drawn_as_imported(polygons: list[np.ndarray], region: TumourRegion) -> bool:
+    """Whether a Shapes layer's polygons (level-0 px) are still the imported region's outer rings."""
+    rings = [_open_ring(p.outer) for p in region.polygons]
+    return len(polygons) == len(rings) and all(
+        a.shape == b.shape and np.allclose(a, b, atol=1e-3) for a, b in zip(polygons, rings, strict=True)
+    )
 
 
 def _spin(value: float, lo: float, hi: float, suffix: str, decimals: int = 1) -> QDoubleSpinBox:

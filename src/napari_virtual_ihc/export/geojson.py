@@ -21,36 +21,53 @@ import cv2
 import numpy as np
 import tifffile
 
+from ..stain.analysis import AnalysisResult
 from ..stain.her2 import CELL_CLASSES, CellTable
+from ..stain.markers import COMPARTMENT, marker_calls
 from .errors import ExportError
 
 #: QuPath display colours of the HER2 cell classes (none, incomplete, complete weak/moderate, strong).
 CELL_CLASS_COLORS = ((112, 112, 225), (250, 200, 60), (240, 130, 30), (200, 20, 20))
+#: QuPath's own colours of its "Positive" / "Negative" classes (nuclear markers' calls)
+CALL_COLORS = {"positive": (200, 50, 50), "negative": (112, 112, 225)}
 
 Feature = dict[str, Any]
 
 
-def cell_features(cells: CellTable, mpp: float) -> list[Feature]:
-    """One Point detection per cell, its HER2 class and measurements (µm units from ``mpp``)."""
+def cell_features(cells: CellTable, mpp: float, calls: list[str] | None = None) -> list[Feature]:
+    """One Point detection per cell with its measurements (µm units from ``mpp``), classified by ``calls``
+    (the marker's call per cell, e.g. "positive"/"negative" for Ki-67) or, without them, the HER2 class."""
+    if calls is not None and len(calls) != len(cells):
+        raise ExportError(f"{len(calls)} calls for {len(cells)} cells")
     features = []
     for i in range(len(cells)):
         cls = int(cells.cell_class[i])
+        name, color = CELL_CLASSES[cls], CELL_CLASS_COLORS[cls]
+        if calls is not None and calls[i] in CALL_COLORS:
+            name, color = calls[i], CALL_COLORS[calls[i]]
         measurements = {
             "Area µm^2": float(cells.area_px[i]) * mpp * mpp,
             "Membrane DAB OD": float(cells.ring_dab_od[i]),
             "Membrane completeness": float(cells.completeness[i]),
             "DAB intensity bin": int(cells.intensity_bin[i]),
+            "Nucleus DAB OD": float(cells.nuclear_dab_od[i]),
         }
         features.append(
             _feature(
                 {"type": "Point", "coordinates": [float(cells.x[i]), float(cells.y[i])]},
                 "detection",
-                CELL_CLASSES[cls],
-                CELL_CLASS_COLORS[cls],
+                name,
+                color,
                 measurements,
             )
         )
     return features
+
+
+def result_cell_features(result: AnalysisResult) -> list[Feature]:
+    """The cells of an analysis, each classified by the marker's call (HER2 class, nuclear positive/negative)."""
+    calls = marker_calls(result.marker, result.cells, result.bins) if result.marker in COMPARTMENT else None
+    return cell_features(result.cells, result.mpp, calls)
 
 
 def mask_features(
