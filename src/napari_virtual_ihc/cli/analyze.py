@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..export.geojson import cell_features, write_geojson
+from ..export.geojson import result_cell_features, write_geojson
 from ..slides.tiff_backend import PLAUSIBLE_MPP
 from ..stain.markers import MARKER_CHOICES
 from .argtypes import NUCLEI_CHOICES, float_in, int_in
@@ -103,7 +103,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--cells-geojson",
         action="store_true",
-        help="also write cells.geojson (QuPath detections: centroid, HER2 class, measurements)",
+        help="also write cells.geojson (QuPath detections: centroid, the marker's call, measurements)",
     )
     p.set_defaults(func=run)
 
@@ -236,9 +236,7 @@ def _analyze_and_write(
         _write_cells(out / "cells.csv", result, region)
         summary["cells_csv"] = "cells.csv"
     if args.cells_geojson:
-        summary["cells_geojson"] = write_geojson(
-            cell_features(result.cells, result.mpp), out / "cells.geojson"
-        ).name
+        summary["cells_geojson"] = write_geojson(result_cell_features(result), out / "cells.geojson").name
     if args.save_calibration:
         name = Path(args.save_calibration).stem
         save_calibration(
