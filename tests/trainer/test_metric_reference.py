@@ -21,7 +21,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-
 from virtual_ihc_train.evaluation.distribution import fid_from_features, kid_from_features
 from virtual_ihc_train.evaluation.perceptual import DISTS, LPIPS, load_dists, load_lpips
 
@@ -70,7 +69,9 @@ ALEX_LAYOUT += [("c", 10, 1, 1)]
 ALEX_TAPS = {0, 2, 4, 5, 6}
 
 
-def _backbone_taps(x: torch.Tensor, sd: dict[str, torch.Tensor], layout: list, taps: set[int], pool: str) -> list:
+def _backbone_taps(
+    x: torch.Tensor, sd: dict[str, torch.Tensor], layout: list, taps: set[int], pool: str
+) -> list:
     out = []
     for pos, step in enumerate(layout):
         if step[0] == "c":
@@ -144,7 +145,10 @@ def test_dists_matches_reference_formula_with_the_wheels_weights(tmp_path: Path)
     for k in range(len(chns)):  # DISTS_pt.DISTS.forward
         xm, ym = fa[k].mean([2, 3], keepdim=True), fb[k].mean([2, 3], keepdim=True)
         d1 = d1 + (alpha[k] * (2 * xm * ym + 1e-6) / (xm**2 + ym**2 + 1e-6)).sum(1, keepdim=True)
-        xv, yv = ((fa[k] - xm) ** 2).mean([2, 3], keepdim=True), ((fb[k] - ym) ** 2).mean([2, 3], keepdim=True)
+        xv, yv = (
+            ((fa[k] - xm) ** 2).mean([2, 3], keepdim=True),
+            ((fb[k] - ym) ** 2).mean([2, 3], keepdim=True),
+        )
         cov = (fa[k] * fb[k]).mean([2, 3], keepdim=True) - xm * ym
         d2 = d2 + (beta[k] * (2 * cov + 1e-6) / (xv + yv + 1e-6)).sum(1, keepdim=True)
     want = (1 - (d1 + d2)).flatten()
@@ -218,6 +222,24 @@ def test_kid_matches_torch_fidelity() -> None:
     real, fake = _features(7)
     n = 50
     want = kid_features_to_metric(
-        torch.from_numpy(real[:n]), torch.from_numpy(fake[:n]), kid_subsets=1, kid_subset_size=n, verbose=False
+        torch.from_numpy(real[:n]),
+        torch.from_numpy(fake[:n]),
+        kid_subsets=1,
+        kid_subset_size=n,
+        verbose=False,
     )[KEY_METRIC_KID_MEAN]
     assert abs(kid_from_features(real[:n], fake[:n], subsets=1, subset_size=n)[0] - want) < 1e-12
+
+
+def test_evaluate_loads_alexnet_lpips_from_its_flags(tmp_path: Path) -> None:
+    from argparse import Namespace
+
+    from virtual_ihc_train.evaluation.evaluate import load_backends
+    from virtual_ihc_train.evaluation.inception import MissingWeightsError
+
+    _random_backbone(LPIPS("alex").features, tmp_path / "alexnet.pth", seed=8)
+    args = Namespace(lpips_net="alex", alexnet=tmp_path / "alexnet.pth", lpips_lin=LPIPS_HEADS["alex"])
+    lp = load_backends({"lpips"}, args).lpips
+    assert isinstance(lp, LPIPS) and lp.net == "alex"
+    with pytest.raises(MissingWeightsError, match="AlexNet backbone"):
+        load_backends({"lpips"}, Namespace(lpips_net="alex", alexnet=tmp_path / "no.pth", lpips_lin=None))

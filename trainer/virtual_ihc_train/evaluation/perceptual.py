@@ -143,9 +143,7 @@ class LPIPS(nn.Module):
         ).flatten()
 
 
-def load_lpips(
-    backbone: str | Path | None = None, lin: str | Path | None = None, net: str = "vgg"
-) -> LPIPS:
+def load_lpips(backbone: str | Path | None = None, lin: str | Path | None = None, net: str = "vgg") -> LPIPS:
     """LPIPS with ``net``'s backbone file (torchvision's VGG16 or AlexNet) and the lpips package's v0.1 heads."""
     model = LPIPS(net)
     if net == "vgg":
