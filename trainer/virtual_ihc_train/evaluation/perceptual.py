@@ -112,6 +112,8 @@ class LPIPS(nn.Module):
     shift: torch.Tensor  # registered buffers
     scale: torch.Tensor
 
+    taps, chns = LPIPS_NETS["vgg"]  # the default's; an instance holds its own backbone's
+
     def __init__(self, net: str = "vgg") -> None:
         super().__init__()
         if net not in LPIPS_NETS:
