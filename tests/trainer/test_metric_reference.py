@@ -243,3 +243,31 @@ def test_evaluate_loads_alexnet_lpips_from_its_flags(tmp_path: Path) -> None:
     assert isinstance(lp, LPIPS) and lp.net == "alex"
     with pytest.raises(MissingWeightsError, match="AlexNet backbone"):
         load_backends({"lpips"}, Namespace(lpips_net="alex", alexnet=tmp_path / "no.pth", lpips_lin=None))
+
+
+@_skip_without("DISTS_pytorch")
+def test_dists_matches_the_dists_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from DISTS_pytorch import DISTS_pt
+
+    a, b = _real_pairs()
+    sd = _random_backbone(DISTS().features, tmp_path / "vgg.pth", seed=9)
+    ours = load_dists(tmp_path / "vgg.pth", DISTS_WEIGHTS)
+    vgg16 = (
+        DISTS_pt.models.vgg16
+    )  # its constructor asks for the pretrained VGG16 (a download): a bare one will do
+    monkeypatch.setattr(DISTS_pt.models, "vgg16", lambda pretrained: vgg16(weights=None))
+    ref = DISTS_pt.DISTS(load_weights=False).eval()
+    w = torch.load(DISTS_WEIGHTS, map_location="cpu", weights_only=True)  # the wheel's weights.pt
+    ref.alpha.data, ref.beta.data = w["alpha"], w["beta"]
+    # stageK.N.weight <- features.N.weight (torchvision's indices); its L2-pooling filters stay its own
+    own = ref.state_dict()
+    ref.load_state_dict(
+        {
+            k: sd[k.split(".", 1)[1]] if k.startswith("stage") and "filter" not in k else v
+            for k, v in own.items()
+        }
+    )
+    to_ref = lambda x: x.permute(0, 3, 1, 2).float() / 255.0  # noqa: E731
+    with torch.no_grad():
+        got, want = ours(a, b), ref(to_ref(a), to_ref(b)).flatten()
+    assert (got - want).abs().max().item() < TOL
