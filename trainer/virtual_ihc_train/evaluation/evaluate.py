@@ -80,7 +80,9 @@ def load_backends(wanted: set[str], args: Any) -> Backends:
     if "lpips" in wanted:
         from .perceptual import load_lpips
 
-        b.lpips = load_lpips(getattr(args, "vgg16", None), getattr(args, "lpips_lin", None))
+        net = getattr(args, "lpips_net", "vgg")
+        backbone = getattr(args, "vgg16" if net == "vgg" else "alexnet", None)
+        b.lpips = load_lpips(backbone, getattr(args, "lpips_lin", None), net=net)
     if "dists" in wanted:
         from .perceptual import load_dists
 
@@ -323,7 +325,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vgg16", help="torchvision vgg16-397923af.pth (LPIPS, DISTS)")
     p.add_argument("--inception-torchvision", help="inception_v3_google-0cc3c7bd.pth (kid_asp)")
     p.add_argument("--resnet50", help="torchvision resnet50-0676ba61.pth (phv)")
-    p.add_argument("--lpips-lin", help="lpips v0.1 vgg.pth")
+    p.add_argument(
+        "--lpips-net",
+        choices=("vgg", "alex"),
+        default="vgg",
+        help="LPIPS backbone: vgg (this project's default) or alex (the lpips package's default)",
+    )
+    p.add_argument("--alexnet", help="torchvision alexnet-owt-7be5be79.pth (LPIPS with --lpips-net alex)")
+    p.add_argument("--lpips-lin", help="lpips v0.1 vgg.pth (or alex.pth with --lpips-net alex)")
     p.add_argument("--dists-weights", help="DISTS weights.pt")
     p.add_argument(
         "--nuclei-method",

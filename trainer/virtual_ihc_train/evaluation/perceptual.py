@@ -1,8 +1,11 @@
-"""LPIPS (VGG variant, v0.1) and DISTS, from local weight files, without torchvision or the lpips package.
+"""LPIPS (v0.1, VGG or AlexNet backbone) and DISTS, from local weight files, without torchvision or the
+lpips package.
 
-Both use torchvision's VGG16 (``vgg16-397923af.pth``, keys ``features.N.*``) plus their own small heads:
-LPIPS's linear layers (``vgg.pth`` from the lpips package, keys ``linN.model.1.weight``) and DISTS's
-alpha/beta (``weights.pt`` from the DISTS repository, keys ``alpha``, ``beta``).
+Both use a torchvision backbone (``vgg16-397923af.pth`` or, for LPIPS-Alex, ``alexnet-owt-7be5be79.pth``;
+keys ``features.N.*``) plus their own small heads: LPIPS's linear layers (``vgg.pth`` / ``alex.pth`` from
+the lpips package, keys ``linN.model.1.weight``) and DISTS's alpha/beta (``weights.pt`` from the DISTS
+repository, keys ``alpha``, ``beta``). ``tests/trainer/test_metric_reference.py`` checks both against the
+reference formulas with the heads the lpips and DISTS-pytorch wheels ship.
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ from .inception import find_weights
 
 VGG_FILE = "vgg16-397923af.pth"
 VGG_URL = "https://download.pytorch.org/models/" + VGG_FILE
+ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
+ALEXNET_URL = "https://download.pytorch.org/models/" + ALEXNET_FILE
 LPIPS_FILE = "vgg.pth"
-LPIPS_URL = "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/vgg.pth"
+LPIPS_ALEX_FILE = "alex.pth"
+LPIPS_URL = "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/"
 DISTS_FILE = "weights.pt"
 DISTS_URL = "https://github.com/dingkeyan93/DISTS/raw/master/DISTS_pytorch/weights.pt"
 
@@ -41,8 +47,30 @@ def vgg16_features(pool: str = "max") -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def alexnet_features() -> nn.Sequential:
+    """torchvision's ``alexnet().features`` layout (same indices), minus the last max-pool."""
+    return nn.Sequential(
+        nn.Conv2d(3, 64, 11, stride=4, padding=2),
+        nn.ReLU(inplace=False),
+        nn.MaxPool2d(3, 2),
+        nn.Conv2d(64, 192, 5, padding=2),
+        nn.ReLU(inplace=False),
+        nn.MaxPool2d(3, 2),
+        nn.Conv2d(192, 384, 3, padding=1),
+        nn.ReLU(inplace=False),
+        nn.Conv2d(384, 256, 3, padding=1),
+        nn.ReLU(inplace=False),
+        nn.Conv2d(256, 256, 3, padding=1),
+        nn.ReLU(inplace=False),
+    )
+
+
 def load_vgg(features: nn.Sequential, path: str | Path | None) -> None:
     p = find_weights(path, [VGG_FILE], "LPIPS/DISTS (VGG16 backbone)", "--vgg16", VGG_URL)
+    _load_features(features, p)
+
+
+def _load_features(features: nn.Sequential, p: Path) -> None:
     sd = torch.load(p, map_location="cpu", weights_only=True)
     own = {k: v for k, v in features.state_dict().items()}
     features.load_state_dict({k: sd[f"features.{k}"] for k in own}, strict=True)
@@ -70,18 +98,29 @@ def _to_unit(images_uint8: torch.Tensor) -> torch.Tensor:
     return images_uint8.permute(0, 3, 1, 2).float() / 255.0
 
 
+# per backbone: feature taps (indices into ``features``) and their channel counts, as the lpips package slices them
+LPIPS_NETS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "vgg": ((3, 8, 15, 22, 29), (64, 128, 256, 512, 512)),  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
+    "alex": ((1, 4, 7, 9, 11), (64, 192, 384, 256, 256)),  # relu1 .. relu5
+}
+
+
 class LPIPS(nn.Module):
-    """LPIPS-VGG v0.1 (Zhang et al. 2018): distance between unit-normalised VGG features, linearly weighted."""
+    """LPIPS v0.1 (Zhang et al. 2018): distance between unit-normalised VGG16 or AlexNet features, linearly
+    weighted. ``net="alex"`` is the lpips package's default (and most papers' LPIPS)."""
 
     shift: torch.Tensor  # registered buffers
     scale: torch.Tensor
 
-    taps = (3, 8, 15, 22, 29)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
-    chns = (64, 128, 256, 512, 512)
+    taps, chns = LPIPS_NETS["vgg"]  # the default's; an instance holds its own backbone's
 
-    def __init__(self) -> None:
+    def __init__(self, net: str = "vgg") -> None:
         super().__init__()
-        self.features = vgg16_features("max")
+        if net not in LPIPS_NETS:
+            raise ValueError(f"LPIPS backbone {net!r}: choose one of {', '.join(LPIPS_NETS)}")
+        self.net = net
+        self.taps, self.chns = LPIPS_NETS[net]
+        self.features = vgg16_features("max") if net == "vgg" else alexnet_features()
         self.lins = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in self.chns)
         self.register_buffer(
             "shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1), persistent=False
@@ -106,15 +145,21 @@ class LPIPS(nn.Module):
         ).flatten()
 
 
-def load_lpips(vgg16: str | Path | None = None, lin: str | Path | None = None) -> LPIPS:
-    net = LPIPS()
-    load_vgg(net.features, vgg16)
-    p = find_weights(lin, [LPIPS_FILE], "LPIPS (linear heads)", "--lpips-lin", LPIPS_URL)
+def load_lpips(backbone: str | Path | None = None, lin: str | Path | None = None, net: str = "vgg") -> LPIPS:
+    """LPIPS with ``net``'s backbone file (torchvision's VGG16 or AlexNet) and the lpips package's v0.1 heads."""
+    model = LPIPS(net)
+    if net == "vgg":
+        load_vgg(model.features, backbone)
+    else:
+        p = find_weights(backbone, [ALEXNET_FILE], "LPIPS-Alex (AlexNet backbone)", "--alexnet", ALEXNET_URL)
+        _load_features(model.features, p)
+    lin_file = LPIPS_FILE if net == "vgg" else LPIPS_ALEX_FILE
+    p = find_weights(lin, [lin_file], f"LPIPS-{net} (linear heads)", "--lpips-lin", LPIPS_URL + lin_file)
     sd = torch.load(p, map_location="cpu", weights_only=True)
-    for i, conv in enumerate(net.lins):
+    for i, conv in enumerate(model.lins):
         weight: Any = conv.weight
         weight.data.copy_(sd[f"lin{i}.model.1.weight"])
-    return net.eval()
+    return model.eval()
 
 
 class DISTS(nn.Module):
