@@ -146,7 +146,9 @@ def test_torchrun_two_ranks_stain_three_slides_each_once(checkpoint, slides, tmp
     assert r.returncode == 0, r.stdout + r.stderr
     started = re.findall(r"\[rank (\d)/2\] stain (\S+)", r.stdout)
     assert sorted(Path(s).name for _, s in started) == ["case0.png", "case1.png", "case2.png"]  # each once
-    assert {rank for rank, _ in started} == {"0", "1"}  # both ranks worked
+    # which rank takes which slide is dynamic (claims, largest first): a rank that starts late may find them
+    # all taken. Balance over processes is tests/inference/test_cohort.py's.
+    assert {rank for rank, _ in started} <= {"0", "1"}
     for p in slides:
         run = json.loads((out / f"{p.stem}.run.json").read_text())
         assert run["world_size"] == 2 and run["tiles_resumed"] == 0

@@ -126,6 +126,20 @@ def test_a_refused_run_leaves_the_other_slides_record_alone(tmp_path, checkpoint
     ]
 
 
+def test_a_run_record_that_is_a_symlink_is_replaced_not_followed(tmp_path, checkpoint, he):
+    """Like the lock file (14): ``o/s.run.json -> ../victim.txt`` must not carry the record outside ``--out``."""
+    tifffile.imwrite(tmp_path / "s.tif", he[:200, :200], photometric="rgb")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "s.run.json").symlink_to(victim)
+    assert stain(tmp_path / "s.tif", checkpoint, out) == 0
+    assert victim.read_text() == "keep me"
+    record = out / "s.run.json"
+    assert not record.is_symlink() and json.loads(record.read_text())["tiles_total"] > 0
+
+
 # --- 14. a lock file is never followed through a link ------------------------------------------------------
 @pytest.mark.parametrize("link", ["symlink", "hardlink"])
 def test_a_linked_lock_file_is_refused_and_its_target_untouched(tmp_path, checkpoint, he, capsys, link):

@@ -331,13 +331,13 @@ def _stain_one(
 
 
 def _annotate_run_json(store: Path, rank: int, world: int, slide: str) -> None:
-    from ..ihc_store import run_json_path
+    from ..ihc_store import replace_text, run_json_path
 
     p = run_json_path(store)
     try:
         data = json.loads(p.read_text())
         data.update(rank=rank, world_size=world, slide=slide, status="done", error=None)
-        p.write_text(json.dumps(data, indent=2, default=str))
+        replace_text(p, json.dumps(data, indent=2, default=str))
     except (OSError, ValueError):
         pass
 
@@ -365,7 +365,13 @@ def _report_failure(
     A refused run (another slide's store, a store of other settings, one another run holds, an output
     that cannot be written) writes nothing: the record there is the other run's. Nor is a record that
     names another slide overwritten (issue 29)."""
-    from ..ihc_store import OutputNotWritableError, StoreLockedError, StoreMismatchError, run_json_path
+    from ..ihc_store import (
+        OutputNotWritableError,
+        StoreLockedError,
+        StoreMismatchError,
+        replace_text,
+        run_json_path,
+    )
 
     print(f"{tag}error: {message}", file=sys.stderr, flush=True)
     if isinstance(e, StoreMismatchError | StoreLockedError | OutputNotWritableError):
@@ -387,7 +393,7 @@ def _report_failure(
         traceback="".join(traceback.format_exception(e))[-4000:],
     )
     try:
-        p.write_text(json.dumps(data, indent=2, default=str))
+        replace_text(p, json.dumps(data, indent=2, default=str))
     except OSError as write_error:
         print(f"{tag}error: cannot record the failure in {p}: {write_error.strerror}", file=sys.stderr)
 

@@ -16,7 +16,15 @@ from .errors import (
 )
 from .identity import same_source, source_identity
 from .layout import DONE_FILE, NORM_STATS_FILE
-from .naming import PROVENANCE_KEY, STORE_SUFFIX, run_json_path, slide_stem, store_path_for, store_paths_for
+from .naming import (
+    PROVENANCE_KEY,
+    STORE_SUFFIX,
+    replace_text,
+    run_json_path,
+    slide_stem,
+    store_path_for,
+    store_paths_for,
+)
 from .provenance import build_provenance, layer_provenance, model_name
 from .reader import (
     CachedStoreLevel,
@@ -54,6 +62,7 @@ __all__ = [
     "model_name",
     "open_store",
     "read_store_provenance",
+    "replace_text",
     "run_json_path",
     "same_source",
     "slide_stem",

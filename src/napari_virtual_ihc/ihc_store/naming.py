@@ -67,6 +67,17 @@ def store_paths_for(output_dir: str | Path, sources: list[str | Path]) -> list[P
     return stores
 
 
+def replace_text(path: Path, text: str) -> None:
+    """Write ``path`` through a temporary file and a rename: a symbolic link at ``path`` is replaced, never
+    followed, so a record can't be written outside its folder (issue 29: lock files and records alike)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def run_json_path(store: str | Path) -> Path:
     """``DIR/<name>.run.json`` beside ``DIR/<name>.ome.zarr``."""
     p = Path(store)

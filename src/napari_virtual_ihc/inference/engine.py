@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..geometry import Box
-from ..ihc_store import TileStore, check_writable_folder, run_json_path
+from ..ihc_store import TileStore, check_writable_folder, replace_text, run_json_path
 from ..models.spec import LoadedGenerator
 from ..slides.base import Slide
 from .allocator import keep_freed_memory
@@ -728,5 +728,5 @@ def _positioned(module: Any, batches: list[Any], origins: list[list[tuple[int, i
 
 def write_run_json(rep: RunReport) -> Path:
     path = run_json_path(rep.store)
-    path.write_text(json.dumps(rep.__dict__, indent=2, default=str))
+    replace_text(path, json.dumps(rep.__dict__, indent=2, default=str))
     return path
