@@ -140,6 +140,24 @@ def test_a_run_record_that_is_a_symlink_is_replaced_not_followed(tmp_path, check
     assert not record.is_symlink() and json.loads(record.read_text())["tiles_total"] > 0
 
 
+def test_the_engine_refuses_a_store_inside_its_input_ome_zarr(tmp_path, checkpoint, he):
+    """Every caller (widget, API), not only ``stain``: a store inside the input slide's folder is refused
+    before anything is written there."""
+    from napari_virtual_ihc.ihc_store import ForeignPathError
+    from napari_virtual_ihc.inference import EngineSettings, stain_slide
+    from napari_virtual_ihc.models import load_generator
+
+    tifffile.imwrite(tmp_path / "s.tif", he[:200, :200], photometric="rgb")
+    assert stain(tmp_path / "s.tif", checkpoint, tmp_path / "o") == 0
+    source = tmp_path / "o" / "s.ome.zarr"  # a stained store is a slide like any other
+    before = tree(source)
+    with open_slide(source) as slide, pytest.raises(ForeignPathError, match="inside the input slide"):
+        stain_slide(
+            slide, load_generator(checkpoint), source / "again" / "t.ome.zarr", EngineSettings(tile=128)
+        )
+    assert tree(source) == before
+
+
 # --- 14. a lock file is never followed through a link ------------------------------------------------------
 @pytest.mark.parametrize("link", ["symlink", "hardlink"])
 def test_a_linked_lock_file_is_refused_and_its_target_untouched(tmp_path, checkpoint, he, capsys, link):

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..geometry import Box
-from ..ihc_store import TileStore, check_writable_folder, replace_text, run_json_path
+from ..ihc_store import TileStore, check_output_outside, check_writable_folder, replace_text, run_json_path
 from ..models.spec import LoadedGenerator
 from ..slides.base import Slide
 from .allocator import keep_freed_memory
@@ -166,6 +166,8 @@ def iter_stain_slide(
     in a napari ``thread_worker``); ``cancel`` stops it after the current batch."""
     t_start = time.perf_counter()
     store_path = Path(store)
+    if slide.path is not None:  # a store inside an input OME-Zarr would write into the input (issue 29)
+        check_output_outside(store_path.parent, [Path(slide.path)])
     check_writable_folder(store_path.parent)
     plan = plan_run(slide, model, settings or EngineSettings(), region, interactive=priority is not None)
     tstore = TileStore.open(
