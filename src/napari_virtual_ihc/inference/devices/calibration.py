@@ -252,16 +252,28 @@ def cache_key(
     }
 
 
-def load_cached(key: dict[str, Any], path: Path | None = None) -> ComputeChoice | None:
-    """The cached decision for exactly this key; entries from another device or torch version are ignored."""
-    path = path or cache_path()
+def _read_entries(path: Path) -> list[Any]:
+    """The cache's entries; a missing, unreadable or malformed cache reads as empty."""
     try:
         entries = json.loads(path.read_text())
     except (OSError, ValueError):
-        return None
-    if not isinstance(entries, list):
-        return None
-    for entry in entries:
+        return []
+    return entries if isinstance(entries, list) else []
+
+
+def _write_entries(path: Path, entries: list[Any]) -> None:
+    """Replace the cache atomically (newest 200 entries); a cache that cannot be written only costs a
+    recalibration later."""
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(entries[-200:], indent=1))
+        os.replace(tmp, path)
+
+
+def load_cached(key: dict[str, Any], path: Path | None = None) -> ComputeChoice | None:
+    """The cached decision for exactly this key; entries from another device or torch version are ignored."""
+    for entry in _read_entries(path or cache_path()):
         if isinstance(entry, dict) and entry.get("key") == key:
             with contextlib.suppress(KeyError, TypeError):
                 c = entry["choice"]
@@ -279,19 +291,9 @@ def load_cached(key: dict[str, Any], path: Path | None = None) -> ComputeChoice 
 def store_cached(key: dict[str, Any], choice: ComputeChoice, path: Path | None = None) -> None:
     """Add or replace this key's entry; a cache that cannot be written only costs a recalibration later."""
     path = path or cache_path()
-    try:
-        entries = json.loads(path.read_text())
-        if not isinstance(entries, list):
-            entries = []
-    except (OSError, ValueError):
-        entries = []
-    entries = [e for e in entries if not (isinstance(e, dict) and e.get("key") == key)]
+    entries = [e for e in _read_entries(path) if not (isinstance(e, dict) and e.get("key") == key)]
     entries.append({"key": key, "choice": choice.to_dict(), "when": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    with contextlib.suppress(OSError):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(entries[-200:], indent=1))
-        os.replace(tmp, path)
+    _write_entries(path, entries)
 
 
 def _overflow_key(device: torch.device, model_sha256: str) -> dict[str, Any]:
@@ -300,12 +302,8 @@ def _overflow_key(device: torch.device, model_sha256: str) -> dict[str, Any]:
 
 def fp16_dropped(device: torch.device, model_sha256: str, path: Path | None = None) -> str | None:
     """Why fp16 is no longer a candidate for this model here (its runs overflowed), None while it is."""
-    try:
-        entries = json.loads((path or cache_path()).read_text())
-    except (OSError, ValueError):
-        return None
     key = _overflow_key(device, model_sha256)
-    for entry in entries if isinstance(entries, list) else []:
+    for entry in _read_entries(path or cache_path()):
         if isinstance(entry, dict) and entry.get("fp16_overflow") == key:
             return str(entry.get("why", "fp16 overflowed"))
     return None
@@ -319,27 +317,17 @@ def record_fp16_overflow(
     if fallbacks == 0 or fallbacks < FP16_DROP_SHARE * batches or fp16_dropped(device, model_sha256, path):
         return False
     path = path or cache_path()
-    try:
-        entries = json.loads(path.read_text())
-        if not isinstance(entries, list):
-            entries = []
-    except (OSError, ValueError):
-        entries = []
     sha = model_sha256
     entries = [
         e
-        for e in entries
+        for e in _read_entries(path)
         if not (
             isinstance(e, dict) and isinstance(e.get("key"), dict) and e["key"].get("model_sha256") == sha
         )
     ]
     why = f"fp16 overflowed in {fallbacks} of {batches} batches of a run (re-run in a wider precision)"
     entries.append({"fp16_overflow": _overflow_key(device, sha), "why": why})
-    with contextlib.suppress(OSError):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(entries[-200:], indent=1))
-        os.replace(tmp, path)
+    _write_entries(path, entries)
     return True
 
 
