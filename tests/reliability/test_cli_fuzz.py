@@ -26,6 +26,7 @@ from skimage.io import imread, imsave
 
 from napari_virtual_ihc.models import HEADER_KEY, ModelSpec, build_generator, save_generator
 
+from .read_only import read_only_tmpfs
 from .test_slide_limits import png_claiming, tiff_claiming
 
 HERE = Path(__file__).parent
@@ -794,15 +795,11 @@ def matrix(fuzz: dict, tmp_path_factory: pytest.TempPathFactory) -> dict[str, An
     """Run every cell of the table in one warm process (the fuzz fixture's inputs, plus the table's)."""
     root = fuzz["root"]
     make_matrix_inputs(root)
-    ro = root / "ro"
-    ro.mkdir()
-    mounted = (
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "ro,size=64k", f"vihc-{uuid.uuid4().hex[:8]}", str(ro)],
-            capture_output=True,
-        ).returncode
-        == 0
-    )
+    with read_only_tmpfs(root / "ro") as mounted:
+        return _run_matrix(root, mounted)
+
+
+def _run_matrix(root: Path, mounted: bool) -> dict[str, Any]:
     specs = {c[0]: c for c in COMMANDS}
     cases = []
     for command, case in MATRIX:
@@ -827,22 +824,18 @@ def matrix(fuzz: dict, tmp_path_factory: pytest.TempPathFactory) -> dict[str, An
     (root / "matrix.json").write_text(json.dumps(cases))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT / "trainer"), env.get("PYTHONPATH", "")])
-    try:
-        proc = subprocess.run(
-            [
-                sys.executable,
-                str(HERE / "cli_fuzz_runner.py"),
-                str(root / "matrix.json"),
-                str(root / "mresults.json"),
-            ],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=1200,
-        )
-    finally:
-        if mounted:
-            subprocess.run(["umount", str(ro)], check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(HERE / "cli_fuzz_runner.py"),
+            str(root / "matrix.json"),
+            str(root / "mresults.json"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1200,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((root / "mresults.json").read_text())
     return {"mounted": mounted, "results": {r["id"]: r for r in data["results"]}}

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import resource
 import shutil
-import subprocess
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,8 @@ from napari_virtual_ihc.cli import main
 from napari_virtual_ihc.registration import RegistrationError, SlideTransform
 from napari_virtual_ihc.registration.transform import SlideRecord
 from napari_virtual_ihc.slides import open_slide
+
+from .read_only import read_only_tmpfs
 
 FIXED, MOVING = "Rat-Kidney_HE.jpg", "Rat-Kidney_PanCytokeratin.jpg"
 
@@ -125,20 +125,13 @@ def test_8_read_only_out_is_refused_before_any_work(
 ) -> None:
     he, ihc, t = pair
     mnt = tmp_path / "ro"
-    mnt.mkdir()
-    r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=64k", f"vihc-{uuid.uuid4().hex[:8]}", str(mnt)],
-        capture_output=True,
-    )
-    if r.returncode != 0:
-        pytest.skip("needs permission to mount a read-only tmpfs (root ignores file modes)")
-    calls = _fake_work(monkeypatch)
-    try:
+    with read_only_tmpfs(mnt) as mounted:
+        if not mounted:
+            pytest.skip("needs permission to mount a read-only tmpfs (root ignores file modes)")
+        calls = _fake_work(monkeypatch)
         for argv in _commands(he, ihc, t, mnt):
             code, err = run(argv, capsys)
             assert code == 2 and "Read-only" in err and "output folder" in err, (argv[0], err)
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
     assert calls == []
 
 
