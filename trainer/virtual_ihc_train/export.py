@@ -12,9 +12,10 @@ from typing import Any
 
 import torch
 
-from napari_virtual_ihc.models import build_generator, read_checkpoint, reference_test_mode, save_generator
+from napari_virtual_ihc.models import build_generator, read_checkpoint, save_generator
 
 from .config import Config, read_config_file
+from .evaluation.protocol import reference_mode
 from .run_state import ResumeError, latest_checkpoint, net_file
 
 
@@ -70,7 +71,7 @@ def export_run(
         "metrics": metrics,
     }
     spec = dataclasses.replace(
-        reference_test_mode(spec),  # runs written before the header carried the mode get their script's
+        reference_mode(spec, module),  # runs written before the header carried the mode get their script's
         mpp=mpp if mpp is not None else cfg.data.mpp,
         name=name or (spec.name if net != "G" else f"{cfg.preset} on {cfg.data.kind}"),
         provenance=provenance,

@@ -16,6 +16,7 @@ from ..models.spec import UNKNOWN_MPP_NOTE, ModelSpec
 from .api import EngineSettings
 from .dropout import DropoutMode, dropout_layers
 from .errors import EngineError
+from .normalization import batch_norm_names
 
 BN_STATS_MODES = ("running", "slide")
 
@@ -73,7 +74,9 @@ def resolve_run_mode(module: nn.Module, spec: ModelSpec, settings: EngineSetting
     except ValueError as e:
         raise RunModeError(str(e)) from e
     warnings: list[str] = []
-    if bn == "slide" and norm != "batch":
+    # ``slide`` applies to every BatchNorm layer, also in a model that is otherwise instance-norm (AMMFI's
+    # attention): the reference test scripts run those layers in train mode too.
+    if bn == "slide" and not batch_norm_names(module):
         if source["bn_stats"] == "settings":
             warnings.append(f"bn_stats 'slide' ignored: the model has no BatchNorm layers (norm: {norm})")
         bn = "running"

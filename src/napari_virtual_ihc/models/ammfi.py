@@ -15,6 +15,11 @@ The encoder is one ``nn.Sequential`` laid out index for index like ASP's (``enco
 conv, ... ``encoder.12..17`` residual blocks), so CUT's NCE layers ``0,4,8,12,16`` name the same places.
 Channel attention pools over the whole image; it does so through :class:`GlobalPool2d`, which the tile
 engine freezes to slide-level values (as it freezes InstanceNorm), so tiled staining stays seam-free.
+
+The attention's BatchNorms are the model's only batch-norm layers. ASP's ``test.py`` (no ``--eval``) would run
+them in train mode: each image normalised by its own statistics. The trainer's exports record that
+(``bn_stats: slide``) and the run mode applies it to these layers (frozen per slide, as InstanceNorm);
+``bn_stats: running`` runs them on their running statistics (eval mode) instead.
 """
 
 from __future__ import annotations

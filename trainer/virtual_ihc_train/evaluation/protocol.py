@@ -8,10 +8,15 @@ is the core's (:func:`napari_virtual_ihc.inference.run_mode.resolve_run_mode`) a
 batch norm on one whole image is the core's pooled-statistics pass over that image, which equals the train-mode
 forward; dropout masks are the core's positional ones (seeded: a dropout figure is repeatable, one sample as
 ``test.py`` draws one, but not the same draw as torch's RNG would give).
+
+``slide`` applies to every BatchNorm layer of a model, also where the rest is instance norm: AMMFI's attention
+module holds BatchNorm, and ASP's ``test.py`` (whose code AMMFI builds on) runs without ``--eval``, so after
+batch-1 training those layers normalise each test image by its own statistics, not by running statistics.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -19,9 +24,19 @@ from torch import nn
 
 from napari_virtual_ihc.inference.api import EngineSettings
 from napari_virtual_ihc.inference.dropout import set_positions, with_positional_dropout
-from napari_virtual_ihc.inference.normalization import estimate_instance_stats
+from napari_virtual_ihc.inference.normalization import batch_norm_names, estimate_instance_stats
 from napari_virtual_ihc.inference.run_mode import RunMode, resolve_run_mode
-from napari_virtual_ihc.models import ModelSpec, norm_kind
+from napari_virtual_ihc.models import ModelSpec, norm_kind, reference_test_mode
+
+
+def reference_mode(spec: ModelSpec, module: nn.Module) -> ModelSpec:
+    """``spec`` with the mode its reference test script runs ``module`` in, where the header has none: the
+    core's rule (batch-norm or dropout arch arguments), and ``slide`` for any BatchNorm layer of an otherwise
+    instance-norm model (AMMFI's attention), which the scripts leave in train mode as well."""
+    spec = reference_test_mode(spec)
+    if spec.bn_stats is None and batch_norm_names(module):
+        spec = dataclasses.replace(spec, bn_stats="slide")
+    return spec
 
 
 def resolve_protocol(
@@ -35,7 +50,7 @@ def resolve_protocol(
 def describe(mode: RunMode) -> str:
     """One line for reports: how the generator ran."""
     bn = (
-        "batch norm with each image's own statistics (train mode, batch 1, as test.py without --eval)"
+        "batch norm layers with each image's own statistics (train mode, batch 1, as test.py without --eval)"
         if mode.slide_batch_norm
         else "eval mode (batch norm with running statistics; instance norm per image)"
     )

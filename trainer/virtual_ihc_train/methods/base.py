@@ -17,10 +17,11 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from napari_virtual_ihc.models import ModelSpec, reference_test_mode
+from napari_virtual_ihc.models import ModelSpec
 
 from ..config import Config
 from ..data import Augment, DatasetError, ImagePairDataset, Pair, find_pairs, image_size
+from ..evaluation.protocol import reference_mode
 
 
 @dataclass
@@ -183,7 +184,8 @@ class Method:
     # ---- the generator people use
     def generator_spec(self) -> ModelSpec:
         """The header of ``nets["G"]``'s checkpoint and export, with the mode its reference test script runs it
-        in (none calls ``model.eval()`` without ``--eval``: batch norm per image, dropout on when present)."""
+        in (none calls ``model.eval()`` without ``--eval``: every batch norm layer per image, dropout on when
+        present)."""
         cfg = self.cfg
         spec = ModelSpec(
             arch=cfg.model.arch,
@@ -192,7 +194,7 @@ class Method:
             name=f"{cfg.preset} ({cfg.data.kind})",
             provenance={"preset": cfg.preset, "method": self.name},
         )
-        return reference_test_mode(spec)
+        return reference_mode(spec, self.nets["G"])
 
     def generator_specs(self) -> dict[str, ModelSpec]:
         """Every net saved as a loadable generator (with a header); the rest are saved as plain weights."""
