@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from virtual_ihc_train.evaluation.protocol import ProtocolForward, reference_mode, resolve_protocol
 
 from napari_virtual_ihc.inference import EngineSettings, stain_slide
 from napari_virtual_ihc.inference.runner import to_input, to_uint8
 from napari_virtual_ihc.models import ModelSpec, build_generator, load_generator, save_generator
 from napari_virtual_ihc.slides.base import ArraySlide
-from virtual_ihc_train.evaluation.protocol import ProtocolForward, reference_mode, resolve_protocol
 
 from .conftest import he_crops
 
