@@ -1,20 +1,31 @@
-"""Metric values against the reference packages' formulas, on identical seeded random backbones.
+"""Metric values against the reference packages, on identical seeded random backbones.
 
-Pretrained backbones cannot be downloaded here, so every comparison loads the same seeded random VGG16/AlexNet
-weights (in torchvision's ``features.N.*`` layout) into both sides. The LPIPS heads and DISTS alpha/beta are the
-real ones, copied unchanged from the ``lpips`` 0.1.4 and ``DISTS-pytorch`` 0.1 wheels into
-``tests/data/metric-heads``.
+Pretrained backbones cannot be downloaded here, so every comparison loads the same seeded random weights into
+both sides. The LPIPS heads and DISTS alpha/beta are the real ones, copied unchanged from the ``lpips`` 0.1.4
+and ``DISTS-pytorch`` 0.1 wheels into ``tests/data/metric-heads``.
 
-The reference packages themselves (``lpips``, ``DISTS_pytorch``, ``pytorch_fid``, ``torch_fidelity``) all import
-torchvision, which does not run beside this project's torch build, so the package comparisons skip here (the skip
-reason says so) and run where they import. The always-on tests compare against a re-computation written from
-the reference code, functional ops only, independent of the trainer's modules.
+Two kinds of test:
+- always on: a re-computation written from the reference code, functional ops only, independent of the
+  trainer's modules;
+- against the packages themselves (``lpips``, ``DISTS_pytorch``, ``pytorch_fid``, ``torch_fidelity``, with
+  the real ``torchvision`` 0.28.0 that matches torch 2.13), each building its own network through its own
+  loading code: the seeded random weights are written under the real file names into a fresh
+  ``$TORCH_HOME/hub/checkpoints``, where ``torch.hub.load_state_dict_from_url`` finds them without a download.
+  torchvision's PyPI wheel is built against CUDA torch, so its C++ ops (``torchvision/_C.so``, which links
+  ``libtorch_cuda.so``) cannot load beside the CPU build of torch; torchvision handles that
+  (``extension._has_ops()`` is False) except that 0.28.0's ``_meta_registrations`` registers fake kernels for
+  ``torchvision::nms`` and ``::qnms`` unconditionally and the import fails ("operator torchvision::nms does not
+  exist"). :func:`_import_torchvision` then declares those two operators' schemas (never called: no feature
+  network uses torchvision's C++ ops) and imports again; every model, layer and weight loader is torchvision's
+  own. Where a package is not installed the test skips, naming it.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -31,12 +42,43 @@ DISTS_WEIGHTS = HEADS / "dists-weights.pt"
 TOL = 1e-5  # float32 on CPU; the measured differences are in docs/training.md
 
 
-def _skip_without(module: str) -> pytest.MarkDecorator:
-    return pytest.mark.skipif(
-        importlib.util.find_spec(module) is None,
-        reason=f"reference package {module!r} is not installed: it imports torchvision, which has no build "
-        "that runs beside this project's torch (2.13.0+cpu) here",
-    )
+REFERENCE_INSTALL = (
+    "pip install torchvision==0.28.0 lpips==0.1.4 pytorch-fid==0.3.0 torch-fidelity==0.4.0 DISTS-pytorch==0.1 "
+    "(the test extras)"
+)
+
+
+def _import_torchvision() -> ModuleType:
+    """The real torchvision, also where its C++ ops cannot load (see the module docstring)."""
+    if importlib.util.find_spec("torchvision") is None:
+        pytest.skip(f"torchvision is not installed: {REFERENCE_INSTALL}")
+    try:
+        return importlib.import_module("torchvision")
+    except RuntimeError as e:
+        if "torchvision::nms does not exist" not in str(e):
+            raise
+    for op in ("nms", "qnms"):  # what _meta_registrations registers fake kernels for without checking _C
+        torch.library.define(
+            f"torchvision::{op}", "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"
+        )
+    return importlib.import_module("torchvision")
+
+
+def _reference(module: str) -> ModuleType:
+    """Reference package ``module`` imported (beside the real torchvision), or the test skips, naming it."""
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"reference package {module!r} is not installed: {REFERENCE_INSTALL}")
+    _import_torchvision()
+    return importlib.import_module(module)
+
+
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh ``$TORCH_HOME/hub/checkpoints``: the packages' ``load_state_dict_from_url`` reads from it."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    d = tmp_path / "torch" / "hub" / "checkpoints"
+    d.mkdir(parents=True)
+    return d
 
 
 def _real_pairs() -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,25 +229,180 @@ def test_kid_matches_torch_fidelitys_unbiased_mmd2() -> None:
     assert abs(mean - want) < 1e-12 and std == 0.0
 
 
-@_skip_without("lpips")
-@pytest.mark.parametrize("net", ["vgg", "alex"])
-def test_lpips_matches_the_lpips_package(tmp_path: Path, net: str) -> None:
-    import lpips
+# ---------------------------------------------------------------- against the packages themselves
+TORCHVISION_FILES = {"vgg": "vgg16-397923af.pth", "alex": "alexnet-owt-7be5be79.pth"}
 
+
+def _torchvision_file(hub: Path, net: str, seed: int) -> dict[str, torch.Tensor]:
+    """torchvision's whole ``vgg16``/``alexnet`` state dict, features seeded random, saved under the real file
+    name (what ``weights=IMAGENET1K_V1`` loads); returns the ``features`` part as ``N.weight`` keys. The
+    classifier (unused by LPIPS/DISTS, 120 M values for VGG16) is one zero broadcast to its shape: a few bytes
+    on disk, loaded by the strict load all the same."""
+    tv = _import_torchvision()
+    with torch.device("meta"):
+        shapes = (tv.models.vgg16() if net == "vgg" else tv.models.alexnet()).state_dict()
+    features = LPIPS(net).features  # our torchvision-layout copy gives the same shapes (checked by the load)
+    sd = _random_backbone(features, hub / "features.pth", seed=seed)
+    whole = {k: torch.zeros(1).expand(v.shape) for k, v in shapes.items() if not k.startswith("features.")}
+    torch.save({**{f"features.{k}": v for k, v in sd.items()}, **whole}, hub / TORCHVISION_FILES[net])
+    return sd
+
+
+@pytest.mark.parametrize("net", ["vgg", "alex"])
+def test_lpips_matches_the_lpips_package(hub: Path, net: str) -> None:
+    lpips = _reference("lpips")
     a, b = _real_pairs()
-    sd = _random_backbone(LPIPS(net).features, tmp_path / "backbone.pth", seed=5)
-    ours = load_lpips(tmp_path / "backbone.pth", LPIPS_HEADS[net], net=net)
-    ref = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False).eval()  # the wheel's heads
-    # the package's backbone slices keep torchvision's indices: sliceK.N.weight <- features.N.weight
-    ref.net.load_state_dict({k: sd[k.split(".", 1)[1]] for k in ref.net.state_dict()})
+    _torchvision_file(hub, net, seed=5)
+    ours = load_lpips(hub / TORCHVISION_FILES[net], LPIPS_HEADS[net], net=net)
+    # the package as its README runs it: torchvision's pretrained backbone (here our seeded file), its own heads
+    ref = lpips.LPIPS(net=net, verbose=False).eval()
     to_ref = lambda x: x.permute(0, 3, 1, 2).float() / 255.0  # noqa: E731
     with torch.no_grad():
         got, want = ours(a, b), ref(to_ref(a), to_ref(b), normalize=True).flatten()
-    assert (got - want).abs().max().item() < TOL
+    diff = (got - want).abs().max().item()
+    print(f"LPIPS-{net} vs the lpips package: {want.tolist()} max {diff:.1e}")
+    assert (got > 0).all() and diff < TOL
 
 
-@_skip_without("pytorch_fid")
-def test_fid_matches_pytorch_fid() -> None:
+def test_dists_matches_the_dists_package(hub: Path) -> None:
+    dists_pt = _reference("DISTS_pytorch.DISTS_pt")
+    a, b = _real_pairs()
+    _torchvision_file(hub, "vgg", seed=9)
+    ours = load_dists(hub / TORCHVISION_FILES["vgg"], DISTS_WEIGHTS)
+    # vgg16(pretrained=True) from the hub folder; alpha/beta: the wheel's weights.pt (installed under
+    # sys.prefix, copied unchanged into tests/data/metric-heads)
+    ref = dists_pt.DISTS(load_weights=False).eval()
+    w = torch.load(DISTS_WEIGHTS, map_location="cpu", weights_only=True)
+    ref.alpha.data, ref.beta.data = w["alpha"], w["beta"]
+    to_ref = lambda x: x.permute(0, 3, 1, 2).float() / 255.0  # noqa: E731
+    with torch.no_grad():
+        got, want = ours(a, b), ref(to_ref(a), to_ref(b)).flatten()
+    diff = (got - want).abs().max().item()
+    print(f"DISTS vs DISTS_pytorch: {want.tolist()} max {diff:.1e}")
+    assert (got > 0).all() and diff < TOL
+
+
+def _random_like(sd: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    """Seeded random weights for an Inception state dict: He-scaled convs, BN near identity, so that 2048-d
+    pool features stay in a sane range through the 94 layers."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for k, v in sd.items():
+        if not v.dtype.is_floating_point:
+            out[k] = v.clone()
+        elif k.endswith("running_var"):
+            out[k] = torch.rand(v.shape, generator=g) * 0.5 + 0.75
+        elif k.endswith("running_mean") or k.endswith("bias"):
+            out[k] = torch.randn(v.shape, generator=g) * 0.05
+        elif v.dim() > 1:
+            out[k] = torch.randn(v.shape, generator=g) * (2.0 / v[0].numel()) ** 0.5
+        else:  # BN weight
+            out[k] = 1 + torch.randn(v.shape, generator=g) * 0.05
+    return out
+
+
+def _he_images(n: int, size: int) -> torch.Tensor:
+    """``n`` real H&E crops (two sources), uint8 NHWC."""
+    lung = np.asarray(Image.open(DATA / "histolab-tcga-lung.png").convert("RGB"))
+    tia = np.asarray(Image.open(DATA / "tiatoolbox-target-image.png").convert("RGB"))
+    crops = [(lung if i % 2 else tia)[20 * i : 20 * i + size, 30 * i : 30 * i + size] for i in range(n)]
+    return torch.from_numpy(np.stack(crops).copy())
+
+
+def test_inception_pool_features_and_fid_match_pytorch_fid(hub: Path) -> None:
+    from virtual_ihc_train.evaluation.inception import PYTORCH_FID_FILE, InceptionPool3, load_inception
+
+    pf_inception = _reference("pytorch_fid.inception")
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    sd = InceptionPool3(fid_variant=True).state_dict()
+    sd["fc.weight"], sd["fc.bias"] = (
+        torch.zeros(1008, 2048),
+        torch.zeros(1008),
+    )  # the FID graph's 1008 classes
+    torch.save(_random_like(sd, seed=11), hub / PYTORCH_FID_FILE)
+    ours = load_inception(hub / PYTORCH_FID_FILE)
+    ref = pf_inception.InceptionV3([pf_inception.InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()  # its loader
+    real, fake = _he_images(4, 64), _he_images(4, 96)[:, 16:80, 16:80]
+    with torch.no_grad():
+        mine = [ours(x).double().numpy() for x in (real, fake)]
+        theirs = [
+            ref(x.permute(0, 3, 1, 2).float() / 255.0)[0].flatten(1).double().numpy() for x in (real, fake)
+        ]
+    diff = max(np.abs(m - t).max() for m, t in zip(mine, theirs, strict=True))
+    scale = max(np.abs(t).max() for t in theirs)
+    # FID on the first 3 feature dimensions: 4 images cannot span 2048 (sqrtm of a singular 2048 x 2048 product
+    # takes minutes); the formula itself is checked on other features in test_fid_formula_matches_pytorch_fid
+    m8, t8 = [m[:, :3] for m in mine], [t[:, :3] for t in theirs]
+    fid_ours = fid_from_features(*m8)
+    fid_ref = calculate_frechet_distance(
+        t8[0].mean(0), np.cov(t8[0], rowvar=False), t8[1].mean(0), np.cov(t8[1], rowvar=False)
+    )
+    print(
+        f"Inception pool3 vs pytorch-fid: max abs {diff:.1e} (features up to {scale:.2f}); FID {fid_ours:.6f} vs {fid_ref:.6f}"
+    )
+    assert diff < 1e-4 * max(1.0, scale)
+    assert abs(fid_ours - fid_ref) < 1e-4 * max(1.0, fid_ref)
+
+
+def test_inception_pool_features_against_torch_fidelity(hub: Path) -> None:
+    """torch-fidelity's own Inception (ported from the same TF graph, same file layout) on 299 px input, where
+    neither side resizes. Its input scaling is (x - 128) / 128, pytorch-fid's (and ours) x / 127.5 - 1: fed
+    the same scaled tensor the networks agree; the scaling difference alone is measured and bounded."""
+    from virtual_ihc_train.evaluation.inception import PYTORCH_FID_FILE, InceptionPool3, load_inception
+
+    fe = _reference("torch_fidelity.feature_extractor_inceptionv3")
+    sd = InceptionPool3(fid_variant=True).state_dict()
+    sd["fc.weight"], sd["fc.bias"] = torch.zeros(1008, 2048), torch.zeros(1008)
+    torch.save(_random_like(sd, seed=12), hub / PYTORCH_FID_FILE)
+    ours = load_inception(hub / PYTORCH_FID_FILE)
+    ref = fe.FeatureExtractorInceptionV3(
+        "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(hub / PYTORCH_FID_FILE)
+    )
+    x = _he_images(2, 299)
+    with torch.no_grad():
+        mine = ours(x)
+        theirs = ref(x.permute(0, 3, 1, 2).contiguous())[0]
+        # the same network input on our side: torch-fidelity's scaling fed to our first layer
+        hook = ours.Conv2d_1a_3x3.register_forward_pre_hook(
+            lambda m, args: ((x.permute(0, 3, 1, 2).float() - 128) / 128,)
+        )
+        same_input = ours(x)
+        hook.remove()
+    net_diff = (same_input - theirs).abs().max().item()
+    scaling = (mine - theirs).abs().max().item()
+    top = theirs.abs().max().item()
+    print(
+        f"Inception pool3 vs torch-fidelity: same input max abs {net_diff:.1e}; with each side's own scaling "
+        f"(x/127.5-1 vs (x-128)/128) {scaling:.1e}, features up to {top:.2f}"
+    )
+    assert net_diff < 1e-4 * max(1.0, top)
+    assert scaling < 0.02 * top
+
+
+def test_asp_kid_inception_matches_torchvision(hub: Path) -> None:
+    """ASP's KID network is torchvision's ``inception_v3`` up to its average pool: the real one, same weights."""
+    from virtual_ihc_train.evaluation.inception import TORCHVISION_FILE
+    from virtual_ihc_train.evaluation.mist_metrics import load_asp_inception
+
+    tv = _import_torchvision()
+    model = tv.models.inception_v3(weights=None, aux_logits=False, init_weights=False, transform_input=False)
+    model.load_state_dict(_random_like(model.state_dict(), seed=13))
+    torch.save(model.state_dict(), hub / TORCHVISION_FILE)
+    ours = load_asp_inception(hub / TORCHVISION_FILE)
+    x = _he_images(2, 299)  # 299 px: no resize on either side
+    feats: list[torch.Tensor] = []
+    model.avgpool.register_forward_hook(lambda m, i, o: feats.append(o.flatten(1)))
+    with torch.no_grad():
+        mine = ours(x)
+        model.eval()(x.permute(0, 3, 1, 2).float() / 127.5 - 1)
+    diff = (mine - feats[0]).abs().max().item()
+    print(f"ASP KID Inception vs torchvision inception_v3: max abs {diff:.1e} of {feats[0].abs().max():.2f}")
+    assert diff < 1e-4 * max(1.0, feats[0].abs().max().item())
+
+
+def test_fid_formula_matches_pytorch_fid() -> None:
+    _reference("pytorch_fid")
     from pytorch_fid.fid_score import calculate_frechet_distance
 
     real, fake = _features(6)
@@ -215,19 +412,17 @@ def test_fid_matches_pytorch_fid() -> None:
     assert abs(fid_from_features(real, fake) - want) < 1e-9 * max(1.0, want)
 
 
-@_skip_without("torch_fidelity")
 def test_kid_matches_torch_fidelity() -> None:
-    from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, kid_features_to_metric
-
+    metric_kid = _reference("torch_fidelity.metric_kid")
     real, fake = _features(7)
     n = 50
-    want = kid_features_to_metric(
+    want = metric_kid.kid_features_to_metric(
         torch.from_numpy(real[:n]),
         torch.from_numpy(fake[:n]),
         kid_subsets=1,
         kid_subset_size=n,
         verbose=False,
-    )[KEY_METRIC_KID_MEAN]
+    )[metric_kid.KEY_METRIC_KID_MEAN]
     assert abs(kid_from_features(real[:n], fake[:n], subsets=1, subset_size=n)[0] - want) < 1e-12
 
 
@@ -243,31 +438,3 @@ def test_evaluate_loads_alexnet_lpips_from_its_flags(tmp_path: Path) -> None:
     assert isinstance(lp, LPIPS) and lp.net == "alex"
     with pytest.raises(MissingWeightsError, match="AlexNet backbone"):
         load_backends({"lpips"}, Namespace(lpips_net="alex", alexnet=tmp_path / "no.pth", lpips_lin=None))
-
-
-@_skip_without("DISTS_pytorch")
-def test_dists_matches_the_dists_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from DISTS_pytorch import DISTS_pt
-
-    a, b = _real_pairs()
-    sd = _random_backbone(DISTS().features, tmp_path / "vgg.pth", seed=9)
-    ours = load_dists(tmp_path / "vgg.pth", DISTS_WEIGHTS)
-    vgg16 = (
-        DISTS_pt.models.vgg16
-    )  # its constructor asks for the pretrained VGG16 (a download): a bare one will do
-    monkeypatch.setattr(DISTS_pt.models, "vgg16", lambda pretrained: vgg16(weights=None))
-    ref = DISTS_pt.DISTS(load_weights=False).eval()
-    w = torch.load(DISTS_WEIGHTS, map_location="cpu", weights_only=True)  # the wheel's weights.pt
-    ref.alpha.data, ref.beta.data = w["alpha"], w["beta"]
-    # stageK.N.weight <- features.N.weight (torchvision's indices); its L2-pooling filters stay its own
-    own = ref.state_dict()
-    ref.load_state_dict(
-        {
-            k: sd[k.split(".", 1)[1]] if k.startswith("stage") and "filter" not in k else v
-            for k, v in own.items()
-        }
-    )
-    to_ref = lambda x: x.permute(0, 3, 1, 2).float() / 255.0  # noqa: E731
-    with torch.no_grad():
-        got, want = ours(a, b), ref(to_ref(a), to_ref(b)).flatten()
-    assert (got - want).abs().max().item() < TOL
