@@ -438,3 +438,30 @@ def test_evaluate_loads_alexnet_lpips_from_its_flags(tmp_path: Path) -> None:
     assert isinstance(lp, LPIPS) and lp.net == "alex"
     with pytest.raises(MissingWeightsError, match="AlexNet backbone"):
         load_backends({"lpips"}, Namespace(lpips_net="alex", alexnet=tmp_path / "no.pth", lpips_lin=None))
+
+
+def test_evaluate_report_names_conventions_networks_and_weights_checksums(tmp_path: Path) -> None:
+    """metrics.md / metrics.json state the PSNR/SSIM convention, the LPIPS backbone and the SHA-256 of every
+    weights file a figure came from."""
+    import hashlib
+    import json
+
+    from virtual_ihc_train.cli import main
+
+    _random_backbone(LPIPS("alex").features, tmp_path / "alexnet.pth", seed=8)
+    a, b = _real_pairs()
+    for sub, imgs in (("gen", a), ("real", b)):
+        (tmp_path / sub).mkdir()
+        for i, img in enumerate(imgs.numpy()):
+            Image.fromarray(img).save(tmp_path / sub / f"{i}.png")
+    args = ["evaluate", "--generated", str(tmp_path / "gen"), "--real", str(tmp_path / "real")]
+    args += ["--out", str(tmp_path / "ev"), "--metrics", "psnr,ssim,lpips", "--no-progress"]
+    args += ["--lpips-net", "alex", "--alexnet", str(tmp_path / "alexnet.pth")]
+    assert main([*args, "--lpips-lin", str(LPIPS_HEADS["alex"])]) == 0
+    result = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    md = (tmp_path / "ev" / "metrics.md").read_text()
+    for f in (tmp_path / "alexnet.pth", LPIPS_HEADS["alex"]):
+        digest = hashlib.sha256(f.read_bytes()).hexdigest()
+        assert digest in result["networks"]["lpips"] and digest in md
+    assert "AlexNet backbone" in md and "data_range=255" in md and "no crop, no colour-space change" in md
+    assert "how the generator ran is not known" in md  # images given: no protocol claimed

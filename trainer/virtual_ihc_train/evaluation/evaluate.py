@@ -12,7 +12,7 @@ import json
 import math
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from ..data import HER2_CLASSES, Pair, find_pairs, paired_folders, read_rgb, to_
 from ..reporting import to_uint8
 from . import metrics, mist_metrics, tdkstain_errors
 from .distribution import fid_from_features, kid_from_features
-from .inception import MissingWeightsError, load_inception
+from .inception import MissingWeightsError, describe_weights, load_inception
 from .protocol import ProtocolForward, describe, resolve_protocol
 
 __all__ = ["MissingWeightsError", "add_arguments", "evaluate_cli", "evaluate_folders"]
@@ -70,31 +70,57 @@ class Backends:
     nuclei_method: str = ""
     asp_features: FeatureExtractor | None = None  # KID, ASP convention (mist_metrics)
     phv: torch.nn.Module | None = None  # ResNet-50 features for PHV (mist_metrics)
+    # per metric: the network, its input convention and the weights files with their SHA-256 (the report's)
+    networks: dict[str, str] = field(default_factory=dict)
 
 
 def load_backends(wanted: set[str], args: Any) -> Backends:
     """Load every network the metrics need *before* any work, so a missing file fails fast."""
     b = Backends()
     if wanted & {"fid", "kid"}:
-        b.features = load_inception(getattr(args, "inception", None))
+        inception = load_inception(getattr(args, "inception", None))
+        b.features = inception
+        b.networks["fid/kid"] = (
+            f"Inception-v3 2048-d pool, {'pytorch-fid FID' if inception.fid_variant else 'torchvision'} "
+            f"variant, RGB resized bilinear to 299 px, [-1, 1]; FID pytorch-fid's formula; KID unbiased cubic-kernel "
+            f"MMD^2, mean of 100 seeded subsets of min(n, 1000); weights {describe_weights(inception.weights_files)}"
+        )
     if "lpips" in wanted:
         from .perceptual import load_lpips
 
         net = getattr(args, "lpips_net", "vgg")
         backbone = getattr(args, "vgg16" if net == "vgg" else "alexnet", None)
-        b.lpips = load_lpips(backbone, getattr(args, "lpips_lin", None), net=net)
+        lp = load_lpips(backbone, getattr(args, "lpips_lin", None), net=net)
+        b.lpips = lp
+        b.networks["lpips"] = (
+            f"LPIPS v0.1, {'VGG16' if net == 'vgg' else 'AlexNet'} backbone, RGB in [-1, 1], full resolution; "
+            f"weights {describe_weights(lp.weights_files)}"
+        )
     if "dists" in wanted:
         from .perceptual import load_dists
 
-        b.dists = load_dists(getattr(args, "vgg16", None), getattr(args, "dists_weights", None))
+        dists = load_dists(getattr(args, "vgg16", None), getattr(args, "dists_weights", None))
+        b.dists = dists
+        b.networks["dists"] = (
+            f"DISTS, L2-pooled VGG16, RGB in [0, 1], full resolution; weights {describe_weights(dists.weights_files)}"
+        )
     if "nuclei" in wanted:
         b.nuclei_counter, b.nuclei_method = tdkstain_errors.default_nuclei_counter(
             getattr(args, "nuclei_method", "auto"), getattr(args, "cellpose_model", None) or "nuclei"
         )
     if "kid_asp" in wanted:
-        b.asp_features = mist_metrics.load_asp_inception(getattr(args, "inception_torchvision", None))
+        asp = mist_metrics.load_asp_inception(getattr(args, "inception_torchvision", None))
+        b.asp_features = asp
+        b.networks["kid_asp"] = (
+            "torchvision Inception-v3 2048-d pool (ASP's kid_score.py), RGB resized bilinear to 299 px, [-1, 1]; "
+            f"weights {describe_weights(asp.weights_files)}"
+        )
     if "phv" in wanted:
-        b.phv = mist_metrics.load_resnet50(getattr(args, "resnet50", None))
+        phv = mist_metrics.load_resnet50(getattr(args, "resnet50", None))
+        b.phv = phv
+        b.networks["phv"] = (
+            f"torchvision ResNet-50 layers 1-4 (ASP's perceptual.py); weights {describe_weights(phv.weights_files)}"
+        )
     return b
 
 
@@ -169,6 +195,7 @@ def evaluate_items(
         "convention": metrics.CONVENTION,
         "protocol": protocol or {"description": GIVEN_IMAGES},
         "deviations": list(DEVIATIONS) if protocol else [],
+        "networks": dict(backends.networks),
         "n_images": len(rows),
         "metrics": sorted(wanted),
         "nuclei_counter": backends.nuclei_method or None,
@@ -230,6 +257,8 @@ def markdown_table(result: dict[str, Any]) -> str:
     note += f"Generator ran: {result['protocol']['description']}.\n"
     for d in result.get("deviations", []):
         note += f"Deviation from the reference script: {d}.\n"
+    for metric, network in result.get("networks", {}).items():
+        note += f"Network for {metric}: {network}.\n"
     if result.get("nuclei_counter"):
         note += f"Nuclei counted with: {result['nuclei_counter']}.\n"
     return "\n".join(lines) + "\n" + note

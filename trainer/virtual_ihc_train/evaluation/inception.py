@@ -12,6 +12,7 @@ Input: uint8 RGB images; they are resized to 299x299 (bilinear) and scaled to [-
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -57,6 +58,18 @@ def find_weights(
         f"Download it ({url_hint}) and put it in {default} (or in $VIRTUAL_IHC_WEIGHTS, or in "
         f"~/.cache/torch/hub/checkpoints), or pass {flag} PATH. To skip this metric, leave it out of --metrics."
     )
+
+
+def describe_weights(files: list[Path]) -> str:
+    """The weights files a figure came from, as the report names them: path and SHA-256 of each."""
+    parts = []
+    for f in files:
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        parts.append(f"{f} (sha256 {h.hexdigest()})")
+    return ", ".join(parts)
 
 
 class BasicConv2d(nn.Module):
@@ -180,6 +193,8 @@ class InceptionPool3(nn.Module):
     def __init__(self, fid_variant: bool = True) -> None:
         super().__init__()
         f = fid_variant
+        self.fid_variant = fid_variant
+        self.weights_files: list[Path] = []  # what the loader read (the report names them)
         self.Conv2d_1a_3x3 = BasicConv2d(3, 32, kernel_size=3, stride=2)
         self.Conv2d_2a_3x3 = BasicConv2d(32, 32, kernel_size=3)
         self.Conv2d_2b_3x3 = BasicConv2d(32, 64, kernel_size=3, padding=1)
@@ -228,4 +243,5 @@ def load_inception(path: str | Path | None = None, device: str | torch.device = 
     if missing:
         raise MissingWeightsError(f"{p} is not an Inception-v3 state dict (missing {missing[:3]}...)")
     net.load_state_dict({k: sd[k] for k in wanted}, strict=True)
+    net.weights_files = [p]
     return net.eval().to(device)

@@ -62,6 +62,7 @@ def load_asp_inception(path: str | Path | None = None, device: str | torch.devic
     if missing:
         raise MissingWeightsError(f"{p} is not an Inception-v3 state dict (missing {missing[:3]}...)")
     net.load_state_dict({k: sd[k] for k in net.state_dict()}, strict=True)
+    net.weights_files = [p]
     return net.eval().to(device)
 
 
@@ -100,6 +101,7 @@ class ResNet50Features(nn.Module):
         self, widths: tuple[int, int, int, int] = (64, 128, 256, 512), blocks=(3, 4, 6, 3), stem: int = 64
     ):
         super().__init__()
+        self.weights_files: list[Path] = []  # what the loader read (the report names them)
         self.conv1 = nn.Conv2d(3, stem, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(stem)
         self.relu = nn.ReLU(inplace=True)
@@ -140,6 +142,7 @@ def load_resnet50(path: str | Path | None = None, device: str | torch.device = "
             f"{p} is not a torchvision ResNet-50 state dict ({(missing + shapes)[:3]}...)"
         )
     net.load_state_dict({k: sd[k] for k in wanted}, strict=True)
+    net.weights_files = [p]
     return net.eval().to(device)
 
 

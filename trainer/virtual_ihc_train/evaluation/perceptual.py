@@ -65,9 +65,11 @@ def alexnet_features() -> nn.Sequential:
     )
 
 
-def load_vgg(features: nn.Sequential, path: str | Path | None) -> None:
+def load_vgg(features: nn.Sequential, path: str | Path | None) -> Path:
+    """Load torchvision's VGG16 features; returns the file read."""
     p = find_weights(path, [VGG_FILE], "LPIPS/DISTS (VGG16 backbone)", "--vgg16", VGG_URL)
     _load_features(features, p)
+    return p
 
 
 def _load_features(features: nn.Sequential, p: Path) -> None:
@@ -118,6 +120,7 @@ class LPIPS(nn.Module):
         super().__init__()
         if net not in LPIPS_NETS:
             raise ValueError(f"LPIPS backbone {net!r}: choose one of {', '.join(LPIPS_NETS)}")
+        self.weights_files: list[Path] = []  # what the loader read (the report names them)
         self.net = net
         self.taps, self.chns = LPIPS_NETS[net]
         self.features = vgg16_features("max") if net == "vgg" else alexnet_features()
@@ -149,12 +152,15 @@ def load_lpips(backbone: str | Path | None = None, lin: str | Path | None = None
     """LPIPS with ``net``'s backbone file (torchvision's VGG16 or AlexNet) and the lpips package's v0.1 heads."""
     model = LPIPS(net)
     if net == "vgg":
-        load_vgg(model.features, backbone)
+        backbone_file = load_vgg(model.features, backbone)
     else:
-        p = find_weights(backbone, [ALEXNET_FILE], "LPIPS-Alex (AlexNet backbone)", "--alexnet", ALEXNET_URL)
-        _load_features(model.features, p)
+        backbone_file = find_weights(
+            backbone, [ALEXNET_FILE], "LPIPS-Alex (AlexNet backbone)", "--alexnet", ALEXNET_URL
+        )
+        _load_features(model.features, backbone_file)
     lin_file = LPIPS_FILE if net == "vgg" else LPIPS_ALEX_FILE
     p = find_weights(lin, [lin_file], f"LPIPS-{net} (linear heads)", "--lpips-lin", LPIPS_URL + lin_file)
+    model.weights_files = [backbone_file, p]
     sd = torch.load(p, map_location="cpu", weights_only=True)
     for i, conv in enumerate(model.lins):
         weight: Any = conv.weight
@@ -173,6 +179,7 @@ class DISTS(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
+        self.weights_files: list[Path] = []  # what the loader read (the report names them)
         self.features = vgg16_features("l2")
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
@@ -215,8 +222,9 @@ class DISTS(nn.Module):
 
 def load_dists(vgg16: str | Path | None = None, weights: str | Path | None = None) -> DISTS:
     net = DISTS()
-    load_vgg(net.features, vgg16)
+    backbone_file = load_vgg(net.features, vgg16)
     p = find_weights(weights, [DISTS_FILE], "DISTS (alpha/beta)", "--dists-weights", DISTS_URL)
+    net.weights_files = [backbone_file, p]
     sd = torch.load(p, map_location="cpu", weights_only=True)
     net.alpha.data.copy_(sd["alpha"].reshape(net.alpha.shape))
     net.beta.data.copy_(sd["beta"].reshape(net.beta.shape))
