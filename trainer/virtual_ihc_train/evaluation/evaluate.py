@@ -26,18 +26,13 @@ from ..reporting import to_uint8
 from . import metrics, mist_metrics, tdkstain_errors
 from .distribution import fid_from_features, kid_from_features
 from .inception import MissingWeightsError, describe_weights, load_inception
-from .protocol import ProtocolForward, describe, resolve_protocol
+from .protocol import ProtocolForward, describe, deviations, resolve_protocol
 
 __all__ = ["MissingWeightsError", "add_arguments", "evaluate_cli", "evaluate_folders"]
 
 ALL_METRICS = ("psnr", "ssim", "fid", "kid", "lpips", "dists", "nuclei", "membrane", "kid_asp", "phv")
 DEFAULT_METRICS = "psnr,ssim,fid,kid,nuclei,membrane"
 GIVEN_IMAGES = "images given with --generated: how the generator ran is not known here"
-DEVIATIONS = (
-    "batch norm with each image's own statistics is the core's pooled-statistics pass over the whole image "
-    "(equal to test.py's train-mode forward to float rounding; running statistics are not updated)",
-    "dropout masks are position-hashed and seeded (repeatable; one sample as test.py draws, not torch's draw)",
-)
 FeatureExtractor = Callable[[torch.Tensor], torch.Tensor]  # (N, H, W, 3) uint8 -> (N, D)
 
 
@@ -194,7 +189,7 @@ def evaluate_items(
     result = {
         "convention": metrics.CONVENTION,
         "protocol": protocol or {"description": GIVEN_IMAGES},
-        "deviations": list(DEVIATIONS) if protocol else [],
+        "deviations": list(protocol.get("deviations", [])) if protocol else [],
         "networks": dict(backends.networks),
         "n_images": len(rows),
         "metrics": sorted(wanted),
@@ -323,7 +318,12 @@ def generate(
         dest = out_dir / f"{p.name}.png"
         Image.fromarray(fake).save(dest)
         items.append(EvalItem(p.name, p.label or "", p.target, dest))
-    protocol = {**mode.to_dict(), "description": describe(mode), "warnings": list(mode.warnings)}
+    protocol = {
+        **mode.to_dict(),
+        "description": describe(mode),
+        "warnings": list(mode.warnings),
+        "deviations": deviations(loaded.module, mode),
+    }
     return items, protocol
 
 

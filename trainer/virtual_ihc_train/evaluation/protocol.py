@@ -64,6 +64,31 @@ def describe(mode: RunMode) -> str:
     return f"{bn}; {drop} [{origin}]"
 
 
+def deviations(module: nn.Module, mode: RunMode) -> list[str]:
+    """Where this run's forward differs from the reference test.py's (train mode, no ``--eval``), for reports."""
+    out = []
+    if mode.slide_batch_norm:
+        out.append(
+            "batch norm with each image's own statistics is the core's pooled-statistics pass over the whole "
+            "image (equal to test.py's train-mode forward to float rounding; running statistics are not updated)"
+        )
+    elif batch_norm_names(module):
+        out.append("batch norm uses its running statistics (eval mode); test.py uses each image's own")
+    if mode.dropout.active and mode.dropout_layers:
+        out.append(
+            "dropout masks are position-hashed and seeded (repeatable; one sample as test.py draws, not torch's "
+            "draw)"
+        )
+    elif mode.dropout_layers:
+        out.append("dropout off; test.py leaves it on")
+    if any(name.endswith("weight_u") for name, _ in module.named_buffers()):  # torch.nn.utils.spectral_norm
+        out.append(
+            "spectral norm uses its stored power-iteration vectors; test.py's train mode runs one more iteration "
+            "per forward (a negligible change once training has converged them)"
+        )
+    return out
+
+
 class ProtocolForward:
     """``G(x)`` for whole images (N, C, H, W) under a run mode; the module itself is never changed."""
 
