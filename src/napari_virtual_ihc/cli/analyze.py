@@ -147,6 +147,7 @@ def _check_out(out: Path) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..models.errors import CheckpointError
     from ..slides import open_slide
     from ..slides.errors import SlideError
     from ..stain.analysis import AnalysisSettings
@@ -154,7 +155,6 @@ def run(args: argparse.Namespace) -> int:
     from ..stain.deconvolution import QUPATH_DAB, QUPATH_HEMATOXYLIN, hdab_matrix
     from ..stain.her2 import Her2Rules
     from ..stain.membrane import DabBins
-    from ..models.errors import CheckpointError
     from ..stain.regions import read_region
 
     out = Path(args.out)

@@ -123,8 +123,8 @@ def tumour_map(
     import torch
 
     from ..inference.tissue import tissue_mask
-    from ..models.errors import CorruptCheckpointError
     from ..models.classifier import load_classifier, read_classifier_header, tumour_probability
+    from ..models.errors import CorruptCheckpointError
 
     if not 0.0 <= threshold <= 1.0 or not math.isfinite(threshold):
         raise ValueError(f"the MIL threshold must be between 0 and 1, not {threshold}")
@@ -150,7 +150,10 @@ def tumour_map(
     W, H = he.dimensions
     bx, by, bw, bh = bounds or (0, 0, W, H)
     c0, r0 = max(math.floor(bx / t0), 0), max(math.floor(by / t0), 0)
-    c1, r1 = min(math.ceil((bx + bw) / t0), math.ceil(W / t0)), min(math.ceil((by + bh) / t0), math.ceil(H / t0))
+    c1, r1 = (
+        min(math.ceil((bx + bw) / t0), math.ceil(W / t0)),
+        min(math.ceil((by + bh) / t0), math.ceil(H / t0)),
+    )
     rows, cols = max(r1 - r0, 0), max(c1 - c0, 0)
     prob = np.full((rows, cols), np.nan, np.float32)
     level = he.best_level_for_downsample(f)
@@ -167,9 +170,9 @@ def tumour_map(
             if side != tile:
                 from skimage.transform import resize
 
-                rgb = (resize(rgb, (tile, tile), anti_aliasing=side > tile, preserve_range=True) + 0.5).astype(
-                    np.uint8
-                )
+                rgb = (
+                    resize(rgb, (tile, tile), anti_aliasing=side > tile, preserve_range=True) + 0.5
+                ).astype(np.uint8)
             if tissue_mask(rgb).mean() >= min_tissue:
                 crops.append(rgb)
                 where.append((r, c))
@@ -252,14 +255,18 @@ def find_he(
                 f"{t.moving.dimensions[1]} px moving slide ({t.moving.name}), not this "
                 f"{ihc_dimensions[0]} x {ihc_dimensions[1]} px IHC: register this IHC onto its H&E"
             )
-        return HeSource(Path(he), transform_point_map(t), f"registration transform {Path(transform).resolve()}")
+        return HeSource(
+            Path(he), transform_point_map(t), f"registration transform {Path(transform).resolve()}"
+        )
     prov = read_store_provenance(ihc_path) if ihc_path.is_dir() else None
     if prov is not None:  # a virtual IHC: its source slide
         recorded = prov.get("source") or {}
         d = float(prov.get("level0_downsample", 1.0) or 1.0)
         where = Path(he) if he is not None else Path(str(recorded.get("path") or ""))
         if not str(recorded.get("path") or "") and he is None:
-            raise RegionError(f"the virtual IHC {ihc_path.name} records no source slide: give its H&E (--mil-he)")
+            raise RegionError(
+                f"the virtual IHC {ihc_path.name} records no source slide: give its H&E (--mil-he)"
+            )
         if not where.is_file() and not where.is_dir():
             raise RegionError(
                 f"the virtual IHC's source slide {where} is not there (moved?): give its H&E (--mil-he)"
@@ -270,7 +277,9 @@ def find_he(
                     f"{where} is not the slide the virtual IHC {ihc_path.name} was made from "
                     f"({recorded.get('path')}): give that slide"
                 )
-        return HeSource(where, scaled_point_map(d) if d != 1 else None, f"virtual IHC of its source (x {d:g})")
+        return HeSource(
+            where, scaled_point_map(d) if d != 1 else None, f"virtual IHC of its source (x {d:g})"
+        )
     if he is None:
         raise RegionError(
             "a real IHC needs the H&E it was cut next to (--mil-he) and the registration transform "
