@@ -100,12 +100,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--mil-threshold",
         type=float_in(0.0, 1.0),
         default=0.5,
+        metavar="P",
         help="P(tumour) from which a classifier tile is tumour (recorded in summary.json)",
     )
     p.add_argument(
         "--mil-mpp",
         type=float_in(*PLAUSIBLE_MPP, unit="µm/px"),
         default=None,
+        metavar="X",
         help="µm/px the classifier was trained at, when its file does not record it",
     )
     p.add_argument(
@@ -227,19 +229,28 @@ def run(args: argparse.Namespace) -> int:
 
 def _mil_region(args: argparse.Namespace, dimensions: tuple[int, int]) -> TumourRegion:
     """The tumour map of the MIL classifier on the IHC's H&E, as the region (stain.tumour_map)."""
+    from tqdm import tqdm
+
     from ..stain.tumour_map import mil_region
 
-    print(f"virtual-ihc analyze: tumour map from {Path(args.region_mil).name} ...", file=sys.stderr)
-    return mil_region(
-        args.image,
-        dimensions,
-        args.region_mil,
-        he=args.mil_he,
-        transform=args.mil_transform,
-        threshold=args.mil_threshold,
-        classifier_mpp=args.mil_mpp,
-        device="cuda" if args.gpu else "cpu",
-    )
+    with tqdm(total=1, desc=f"tumour map ({Path(args.region_mil).name})", unit="tile") as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        return mil_region(
+            args.image,
+            dimensions,
+            args.region_mil,
+            he=args.mil_he,
+            transform=args.mil_transform,
+            threshold=args.mil_threshold,
+            classifier_mpp=args.mil_mpp,
+            device="cuda" if args.gpu else "cpu",
+            progress=progress,
+        )
 
 
 def _analyze_and_write(
