@@ -7,12 +7,16 @@ mask, density, the marker's figures) with the offline nuclei path against the cl
 - "offline": ``nuclei_method="offline"``, what ``auto`` runs without Cellpose weights (the blob detector
   where DAB is nuclear, the classical path on membrane DAB and H&E).
 
-Prints seconds per megapixel (median of ``--repeats``) and peak memory (tracemalloc: numpy and Python
+Prints wall-clock and CPU seconds per megapixel (medians of ``--repeats``; on a shared machine the CPU
+seconds of this process are the steadier figure) and peak memory (tracemalloc: numpy and Python
 allocations during one more run) of each, their ratio to "classical", the nuclei found, the marker read
 and the CPU. Nuclear DAB reads a DeepLIIF Ki-67 tile (0.32 µm/px), membrane DAB scikit-image's IHC
 (0.5 µm/px). Not a timed test.
 
-Run:  python benchmarks/bench_analyze.py [--size 1024] [--repeats 1] [--compartment nuclear|membrane|both]
+With ``--mil``, also the tumour map of ``--region-mil`` on the same field taken as the H&E: a full-width
+ResNet-34 (random weights, the trainer's default width 64, 224 px tiles, read at the field's µm/px).
+
+Run:  python benchmarks/bench_analyze.py [--size 1024] [--repeats 1] [--compartment nuclear|membrane|both] [--mil]
 """
 
 from __future__ import annotations
@@ -49,21 +53,40 @@ def field_of(compartment: str, size: int) -> tuple[np.ndarray, float]:
     return np.ascontiguousarray(tile[:size, :size]), mpp
 
 
-def measure(rgb: np.ndarray, mpp: float, method: str, repeats: int) -> tuple[float, float, int, str]:
-    """(median seconds, peak MiB, nuclei, marker) of the whole analysis."""
+def measure(rgb: np.ndarray, mpp: float, method: str, repeats: int) -> tuple[float, float, float, int, str]:
+    """(median wall seconds, median CPU seconds, peak MiB, nuclei, marker) of the whole analysis."""
     settings = AnalysisSettings(nuclei_method=method, mpp=mpp, marker="auto")
-    times, n, marker = [], 0, ""
+    times, cpu, n, marker = [], [], 0, ""
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         res = analyze_image(rgb, settings)
         res.summary()  # the marker's figures are part of the reading
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
         n, marker = res.n_nuclei, res.marker
     tracemalloc.start()
     analyze_image(rgb, settings).summary()
     peak = tracemalloc.get_traced_memory()[1] / 2**20
     tracemalloc.stop()
-    return statistics.median(times), peak, n, marker
+    return statistics.median(times), statistics.median(cpu), peak, n, marker
+
+
+def measure_mil(rgb: np.ndarray, mpp: float) -> tuple[float, float]:
+    """(wall, CPU seconds) of the tumour map over the whole field."""
+    import tempfile
+
+    import torch
+
+    from napari_virtual_ihc.models.classifier import ResNet34, save_classifier
+    from napari_virtual_ihc.slides.base import ArraySlide
+    from napari_virtual_ihc.stain.tumour_map import tumour_map
+
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as d:
+        clf = save_classifier(Path(d) / "clf.safetensors", ResNet34(2, 64).eval(), {"tile": 224, "mpp": mpp})
+        t0, c0 = time.perf_counter(), time.process_time()
+        tumour_map(ArraySlide(rgb, mpp=mpp), clf)
+        return time.perf_counter() - t0, time.process_time() - c0
 
 
 def main() -> None:
@@ -73,17 +96,25 @@ def main() -> None:
     )
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--compartment", default="both", choices=("membrane", "nuclear", "both"))
+    ap.add_argument("--mil", action="store_true", help="also time the MIL tumour map (--region-mil)")
     a = ap.parse_args()
     mpx = a.size * a.size / 1e6
     print(f"CPU: {cpu_name()}; field {a.size} x {a.size} px ({mpx:.2f} Mpx), full analyze, marker auto")
     for compartment in ("nuclear", "membrane") if a.compartment == "both" else (a.compartment,):
         rgb, mpp = field_of(compartment, a.size)
         res = {m: measure(rgb, mpp, m, a.repeats) for m in ("classical", "offline")}
-        t0, p0, _, _ = res["classical"]
-        for m, (t, peak, n, marker) in res.items():
+        t0, c0, p0, _, _ = res["classical"]
+        for m, (t, c, peak, n, marker) in res.items():
             print(
-                f"{compartment:8s} DAB  {m:9s} {t / mpx:6.2f} s/Mpx  peak {peak:6.1f} MiB  {n:5d} nuclei  "
-                f"read as {marker:5s}  vs classical: time {t / t0:.2f}x, memory {peak / p0:.2f}x",
+                f"{compartment:8s} DAB  {m:9s} wall {t / mpx:6.2f} s/Mpx  CPU {c / mpx:6.2f} s/Mpx  "
+                f"peak {peak:6.1f} MiB  {n:5d} nuclei  read as {marker:5s}  vs classical: wall {t / t0:.2f}x, "
+                f"CPU {c / c0:.2f}x, memory {peak / p0:.2f}x",
+                flush=True,
+            )
+        if a.mil:
+            t, c = measure_mil(rgb, mpp)
+            print(
+                f"{compartment:8s} H&E  MIL map   wall {t / mpx:6.2f} s/Mpx  CPU {c / mpx:6.2f} s/Mpx",
                 flush=True,
             )
 
