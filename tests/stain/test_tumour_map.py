@@ -191,3 +191,23 @@ def test_bad_mil_inputs_are_refused_with_a_message(tmp_path, capsys):
     assert not (out / "summary.json").exists()
     with pytest.raises(SystemExit):
         main([*base, "--region-mil", str(not_a_model), "--mil-threshold", "1.5"])
+
+
+def test_the_trainers_mil_file_records_its_scale_and_the_core_reads_it(tmp_path, data_dir):
+    """`virtual-ihc-train mil --mpp 0.5` writes the file the core loads (the trainer depends on the core, never
+    the other way): the map reads a 0.25 µm/px H&E at 64 level-0 px per 32 px tile."""
+    from PIL import Image
+    from virtual_ihc_train.cli import main as train_main
+
+    bags = tmp_path / "bags"
+    bags.mkdir()
+    canvas = _he_canvas(data_dir, 128, 64, 64)
+    Image.fromarray(np.ascontiguousarray(canvas[:, :64])).save(bags / "t.png")
+    Image.fromarray(np.ascontiguousarray(canvas[:, 64:])).save(bags / "n.png")
+    (tmp_path / "labels.csv").write_text("t,tumour\nn,non-tumour\n")
+    clf = tmp_path / "clf.safetensors"
+    argv = ["mil", str(bags), str(tmp_path / "labels.csv"), "--out", str(clf), "--tile", "32"]
+    assert train_main([*argv, "--epochs", "1", "--width", "4", "--mpp", "0.5"]) == 0
+    m = tumour_map(ArraySlide(_he_canvas(data_dir, 256, 128, 128), mpp=0.25), clf)
+    assert m.read_mpp == 0.5 and m.tile_level0 == 64 and m.probability.shape == (2, 4) and not m.notes
+    assert m.as_dict()["model_sha256"] and m.threshold == 0.5
