@@ -94,6 +94,8 @@ def test_the_registration_transform_maps_the_map_onto_a_shifted_ihc(tmp_path, da
     rows = list(csv.DictReader((out / "cells.csv").open()))
     assert rows and all(r["in_tumour_region"] == str(int(float(r["x_px"]) < 128)) for r in rows)
     assert s["tumour_cells"] == sum(r["in_tumour_region"] == "1" for r in rows) < len(rows)
+    drawn = imread(out / s["maps"]["tumour_region"])  # the region the estimate used, on the IHC's grid
+    assert drawn.shape == (256, 256) and (drawn[:, :128] == 255).all() and (drawn[:, 128:] == 0).all()
     # without the transform the two sizes differ: refused, told what to give, nothing written
     capsys.readouterr()
     assert main([*args[:-2], "--out", str(tmp_path / "o2"), "--mil-he", str(he_png)]) == 2

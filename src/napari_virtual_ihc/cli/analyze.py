@@ -284,6 +284,8 @@ def _analyze_and_write(
         summary["region_model"] = str(Path(args.region_mil).resolve())
     summary["map_downsample"] = result.map_downsample
     maps = _maps(result)
+    if region is not None:  # where the estimate counted cells, on the maps' grid (255 inside)
+        maps["tumour_region"] = region.raster(result.region, result.map_downsample).astype(np.uint8) * 255
     if small:
         from skimage.io import imsave
 

@@ -84,6 +84,21 @@ class TumourRegion:
             out |= inside
         return out
 
+    def raster(
+        self, bounds: tuple[int, int, int, int], downsample: int = 1, rows_per_chunk: int = 256
+    ) -> np.ndarray:
+        """Bool map of the region over ``bounds`` (level-0 x, y, w, h of the analysed image), one value per
+        ``downsample`` px (the analysis maps' grid: level-0 pixel ``bounds origin + i * downsample``), read in
+        row chunks so a large map never holds all its points at once."""
+        bx, by, bw, bh = bounds
+        ys = by + np.arange(0, bh, downsample, dtype=np.float64)
+        xs = bx + np.arange(0, bw, downsample, dtype=np.float64)
+        out = np.zeros((len(ys), len(xs)), dtype=bool)
+        for r0 in range(0, len(ys), rows_per_chunk):
+            gy, gx = np.meshgrid(ys[r0 : r0 + rows_per_chunk], xs, indexing="ij")
+            out[r0 : r0 + gy.shape[0]] = self.contains(gy.ravel(), gx.ravel()).reshape(gy.shape)
+        return out
+
     def describe(self) -> str:
         if self.description:
             return self.description
