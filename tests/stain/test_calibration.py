@@ -24,6 +24,7 @@ from napari_virtual_ihc.stain import (
     hdab_matrix,
 )
 from napari_virtual_ihc.stain.deconvolution import stain_only_rgb
+from napari_virtual_ihc.stain.membrane import DabBins
 
 from ._ihc_images import dab_ladder
 
@@ -161,6 +162,31 @@ def test_dab_ladder_reads_monotonically(ihc_images):
     assert rows[0][3] == 0  # no DAB at all: 0
     assert rows[2][3] >= 1, rows  # x 0.3: faint staining does not vanish
     assert rows[-1][3] == 3, rows  # strong complete membranes: 3+
+
+
+@pytest.mark.parametrize(("factor", "box"), [(0.3, (40, 180, 180, 160)), (0.45, (40, 180, 180, 160))])
+def test_a_faint_area_without_glass_is_read_against_the_slides_white_and_shows_its_bins(
+    ihc_images, factor, box
+):
+    """Issue 32 item 4 end to end: a tissue-only area (no glass) of a faintly stained real IHC (DAB x 0.3,
+    x 0.45), analysed as part of its slide: the slide's glass is the white point and the summary says the
+    area had none, the bins it used are in the summary, and the faint, sparse membranes are read as HER2
+    (before: their separate faint bits were taken for nuclear DAB and HER2 was refused as a misfit)."""
+    from napari_virtual_ihc.slides.base import ArraySlide
+    from napari_virtual_ihc.stain import analyze_slide
+
+    faint = dab_ladder(ihc_images["skimage IHC"], factor)
+    x, y, w, h = box
+    assert estimate_background(faint[y : y + h, x : x + w])[1] != "glass"  # the area has no glass
+    slide_white, _ = estimate_background(faint)
+    settings = AnalysisSettings(nuclei_method="classical", marker="her2", bins=DabBins(0.2, 0.4, 0.6))
+    s = analyze_slide(ArraySlide(faint), settings, region=box).summary()
+    cal = s["stain_calibration"]
+    assert cal["background_source"] == "glass" and cal["background"] == list(slide_white)
+    assert any("no glass in the area analysed" in n for n in cal["notes"])
+    assert s["dab_cutoffs_od"] == {"weak": 0.2, "moderate": 0.4, "strong": 0.6}
+    assert s["dab_compartment"]["compartment"] == "membrane" and s["her2"]["assessable"]
+    assert s["her2"]["category"] in ("1+", "2+"), s["her2"]
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 from skimage import data
-from skimage.io import imsave
+from skimage.io import imread, imsave
 
 from napari_virtual_ihc.cli import main
 
@@ -98,6 +98,11 @@ def test_analyze_region_marker_cells_and_calibration(tmp_path, capsys):
     rows = list(csv.DictReader((out / "cells.csv").open()))
     assert sum(int(r["in_tumour_region"]) for r in rows) == s["tumour_cells"]
     assert {r["marker"] for r in rows} == {"her2"} and rows[0]["compartment"] == "membrane"
+    drawn = imread(out / s["maps"]["tumour_region"])  # the region itself, on the maps' grid
+    assert drawn.shape == (512, 512) and drawn[326:399, 256:359].min() == 255
+    outside = np.ones(drawn.shape, bool)
+    outside[324:402, 254:362] = False
+    assert drawn[outside].max() == 0
     assert "tumour region" in capsys.readouterr().out
     saved = json.loads(cal.read_text())
     assert saved["name"] == "her2-lab1" and saved["stains"]["background_source"] == "glass"

@@ -107,6 +107,7 @@ def cmd_mil(args: argparse.Namespace) -> int:
         seed=args.seed,
         resume=args.resume,
         overwrite=args.overwrite,
+        mpp=args.mpp,
     )
     print(f"wrote {out}")
     return 0

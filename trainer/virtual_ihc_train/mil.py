@@ -163,12 +163,15 @@ def train_mil(
     min_tissue: float = 0.25,
     resume: bool = False,
     overwrite: bool = False,
+    mpp: float | None = None,
 ) -> Path:
     """Train ``epochs`` rounds (score, select top-k per bag, one epoch on the selection); writes the classifier
     and, beside it, the per-round log, the selections and the resume state."""
     check_output_file(Path(out), resume or overwrite)
     if k < 1 or batch_size < 1 or epochs < 1:
         raise ValueError("--k, --batch-size and --epochs must be >= 1")
+    if mpp is not None and not (0 < mpp < 100):
+        raise ValueError(f"--mpp must be a pixel size in µm (0..100), not {mpp}")
     if not 0 <= min_tissue <= 1:
         raise ValueError(f"--min-tissue must be between 0 and 1, not {min_tissue}")
     out = Path(out)
@@ -239,6 +242,8 @@ def train_mil(
         torch.save(state, state_path(out).with_suffix(".tmp"))
         state_path(out).with_suffix(".tmp").replace(state_path(out))
     info = {"tile": tile, "epochs": epochs, "bags": len(bags), "k": k, "min_tissue": min_tissue}
+    if mpp is not None:  # the core's tumour map (stain.tumour_map) reads the H&E at this µm/px
+        info["mpp"] = float(mpp)
     return save_classifier(out, model.eval(), info)
 
 
@@ -270,3 +275,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--width", type=int, default=64, help="ResNet-34 base width (64 = torchvision)")
     p.add_argument("--imagenet", help="local torchvision resnet34 ImageNet weights to start from")
+    p.add_argument(
+        "--mpp", type=float, help="µm/px of the bag images (recorded; tumour maps read the H&E at this scale)"
+    )

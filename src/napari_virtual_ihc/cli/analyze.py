@@ -85,6 +85,32 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "the image's size; estimates count only the cells inside",
     )
     p.add_argument(
+        "--region-mil",
+        metavar="MODEL",
+        help="tumour region from the MIL tumour classifier (virtual-ihc-train mil, .safetensors) run on the H&E "
+        "the IHC came from: a virtual IHC store's own source slide, or --mil-he (+ --mil-transform for a real IHC)",
+    )
+    p.add_argument("--mil-he", metavar="SLIDE", help="the H&E the IHC came from (for --region-mil)")
+    p.add_argument(
+        "--mil-transform",
+        metavar="T.json",
+        help="registration transform of the IHC onto --mil-he (virtual-ihc register; fixed = H&E)",
+    )
+    p.add_argument(
+        "--mil-threshold",
+        type=float_in(0.0, 1.0),
+        default=0.5,
+        metavar="P",
+        help="P(tumour) from which a classifier tile is tumour (recorded in summary.json)",
+    )
+    p.add_argument(
+        "--mil-mpp",
+        type=float_in(*PLAUSIBLE_MPP, unit="µm/px"),
+        default=None,
+        metavar="X",
+        help="µm/px the classifier was trained at, when its file does not record it",
+    )
+    p.add_argument(
         "--calibration",
         metavar="FILE",
         help="a saved calibration (white point, stain vectors, DAB cut-offs) to read this image with",
@@ -123,6 +149,7 @@ def _check_out(out: Path) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..models.errors import CheckpointError
     from ..slides import open_slide
     from ..slides.errors import SlideError
     from ..stain.analysis import AnalysisSettings
@@ -164,13 +191,19 @@ def run(args: argparse.Namespace) -> int:
             tile=args.tile,
             mpp=args.mpp,
         )
+        if args.region and args.region_mil:
+            raise ValueError("give one tumour region: --region FILE or --region-mil MODEL, not both")
+        if (args.mil_he or args.mil_transform) and not args.region_mil:
+            raise ValueError("--mil-he and --mil-transform go with --region-mil MODEL")
         slide = open_slide(args.image)
         try:
             region = read_region(args.region, *slide.dimensions) if args.region else None
-        except ValueError:
+            if args.region_mil:
+                region = _mil_region(args, slide.dimensions)
+        except (ValueError, OSError, CheckpointError):
             slide.close()
             raise
-    except (ValueError, SlideError, OSError) as e:
+    except (ValueError, SlideError, OSError, CheckpointError) as e:
         print(f"virtual-ihc analyze: {e}", file=sys.stderr)
         return 2
     from ..nuclei import CellposeUnavailable
@@ -192,6 +225,32 @@ def run(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"virtual-ihc analyze: {e.filename or args.image}: {e.strerror or e}", file=sys.stderr)
         return 1
+
+
+def _mil_region(args: argparse.Namespace, dimensions: tuple[int, int]) -> TumourRegion:
+    """The tumour map of the MIL classifier on the IHC's H&E, as the region (stain.tumour_map)."""
+    from tqdm import tqdm
+
+    from ..stain.tumour_map import mil_region
+
+    with tqdm(total=1, desc=f"tumour map ({Path(args.region_mil).name})", unit="tile") as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        return mil_region(
+            args.image,
+            dimensions,
+            args.region_mil,
+            he=args.mil_he,
+            transform=args.mil_transform,
+            threshold=args.mil_threshold,
+            classifier_mpp=args.mil_mpp,
+            device="cuda" if args.gpu else "cpu",
+            progress=progress,
+        )
 
 
 def _analyze_and_write(
@@ -219,10 +278,14 @@ def _analyze_and_write(
         slide.close()
     summary = result.summary(region, rules=settings.rules)
     summary["source"] = str(Path(args.image).resolve())
-    if region is not None:
+    if args.region:
         summary["region_file"] = str(Path(args.region).resolve())
+    if args.region_mil:
+        summary["region_model"] = str(Path(args.region_mil).resolve())
     summary["map_downsample"] = result.map_downsample
     maps = _maps(result)
+    if region is not None:  # where the estimate counted cells, on the maps' grid (255 inside)
+        maps["tumour_region"] = region.raster(result.region, result.map_downsample).astype(np.uint8) * 255
     if small:
         from skimage.io import imsave
 

@@ -159,6 +159,8 @@ class AnalysisResult:
             "cells_counted": NO_REGION if region is None else region.describe(),
             "tumour_cells": len(self.tumour_cells(region)),
         }
+        if region is not None and region.record is not None:  # where the region came from (a tumour map)
+            out["tumour_region"] = region.record
         if self.dab_classes is not None:
             n = max(int(self.bin_counts.sum()), 1)
             out["dab_fractions"] = {k: float(c) / n for k, c in zip(BIN_NAMES, self.bin_counts, strict=True)}

@@ -186,6 +186,11 @@ def calibrate(
         est, est_source = estimate_background(rgb if white_from is None else white_from)
         if est_source == "glass":
             bg, bg_source = est, est_source
+            if white_from is not None and estimate_background(rgb)[1] != "glass":
+                notes.append(
+                    "no glass in the area analysed: read against the slide's glass white point "
+                    + " ".join(f"{b:.0f}" for b in bg)
+                )
         else:
             notes.append(
                 "no glass in the image: kept the slide-level white point "

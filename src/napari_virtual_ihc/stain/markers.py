@@ -44,6 +44,11 @@ ALLRED_PROPORTION_EDGES = (0.01, 0.10, 1 / 3, 2 / 3)  # proportion score 1..5 ab
 # membrane ladder rungs <= 0.26, nuclear tune images >= 0.48) and held on the other half
 NUCLEUS_LIKE_AREAS = 3.0
 NUCLEAR_EVIDENCE = 0.375
+# ... and the cell-level cue must agree: faint, sparse membrane stain breaks into separate nucleus-sized bits
+# (blob share up to 1.0 on tissue-only areas of the ladder's x 0.3 / 0.45 rungs, whose stained nuclei are
+# never darker than their rings: share <= 0.03), while stained nuclei of Ki-67 are darker than their rings
+# in >= 0.74 of stained cells (issue 32; docs/analysis.md "Faint membranes are not nuclear")
+NUCLEUS_DARKER_MIN = 0.5
 MIN_STAINED_CELLS = 5
 NO_REGION = "all cells (no tumour region given)"
 NO_CELLS = "no tumour cells found"
@@ -119,14 +124,15 @@ def dab_compartment(
     """Nuclear or membrane DAB. ``cells``: nuclei found on hematoxylin (DAB-aware membrane split), so a
     membrane's DAB lands in the rings; cue 1 is the share of stained cells (nucleus or ring >= weak) whose
     nucleus is darker than its ring, cue 2 :func:`blob_share`. Nuclear when their mean reaches
-    ``NUCLEAR_EVIDENCE``; fewer than ``MIN_STAINED_CELLS`` stained cells: "none"."""
+    ``NUCLEAR_EVIDENCE`` and cue 1 reaches ``NUCLEUS_DARKER_MIN``; fewer than ``MIN_STAINED_CELLS`` stained
+    cells: "none"."""
     stained = (cells.nuclear_dab_od >= bins.weak) | (cells.ring_dab_od >= bins.weak)
     k = int(stained.sum())
     darker = float(np.mean(cells.nuclear_dab_od[stained] > cells.ring_dab_od[stained])) if k else 0.0
     call = CompartmentCall("none", k, darker, blob_share(dab_od, bins, diameter_px))
     if k < MIN_STAINED_CELLS:
         return call
-    nuclear = call.nuclear_evidence >= NUCLEAR_EVIDENCE
+    nuclear = call.nuclear_evidence >= NUCLEAR_EVIDENCE and darker >= NUCLEUS_DARKER_MIN
     return CompartmentCall("nuclear" if nuclear else "membrane", k, darker, call.blob_share)
 
 

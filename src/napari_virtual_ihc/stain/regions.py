@@ -10,6 +10,7 @@ image's bounds) are refused with a message rather than counting nothing.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,18 @@ class Polygon:
     holes: tuple[np.ndarray, ...] = ()
 
 
+#: maps level-0 (row, col) points of the analysed image into the frame a region was drawn in
+PointMap = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
 @dataclass(frozen=True)
 class TumourRegion:
-    """Polygons or a mask (with its placement: mask index = (level-0 px - origin) / scale)."""
+    """Polygons or a mask (with its placement: mask index = (level-0 px - origin) / scale).
+
+    A region made on another image (a tumour map of the H&E the IHC came from) carries ``point_map``: the
+    analysed image's level-0 (row, col) -> that image's, applied before the lookup; ``description`` then
+    says where the region came from and ``record`` holds its figures for summary.json.
+    """
 
     source: str
     polygons: tuple[Polygon, ...] = ()
@@ -43,11 +53,16 @@ class TumourRegion:
     mask_scale: tuple[float, float] = (1.0, 1.0)
     mask_origin: tuple[float, float] = (0.0, 0.0)
     notes: tuple[str, ...] = field(default=())
+    point_map: PointMap | None = None
+    description: str = ""
+    record: dict[str, Any] | None = None
 
     def contains(self, y: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """Bool per point (level-0 row, col): inside the tumour region."""
+        """Bool per point (level-0 row, col of the analysed image): inside the tumour region."""
         y = np.asarray(y, dtype=np.float64)
         x = np.asarray(x, dtype=np.float64)
+        if self.point_map is not None and y.size:
+            y, x = self.point_map(y, x)
         if self.mask is not None:
             r = np.floor((y - self.mask_origin[0]) / self.mask_scale[0]).astype(np.int64)
             c = np.floor((x - self.mask_origin[1]) / self.mask_scale[1]).astype(np.int64)
@@ -69,7 +84,24 @@ class TumourRegion:
             out |= inside
         return out
 
+    def raster(
+        self, bounds: tuple[int, int, int, int], downsample: int = 1, rows_per_chunk: int = 256
+    ) -> np.ndarray:
+        """Bool map of the region over ``bounds`` (level-0 x, y, w, h of the analysed image), one value per
+        ``downsample`` px (the analysis maps' grid: level-0 pixel ``bounds origin + i * downsample``), read in
+        row chunks so a large map never holds all its points at once."""
+        bx, by, bw, bh = bounds
+        ys = by + np.arange(0, bh, downsample, dtype=np.float64)
+        xs = bx + np.arange(0, bw, downsample, dtype=np.float64)
+        out = np.zeros((len(ys), len(xs)), dtype=bool)
+        for r0 in range(0, len(ys), rows_per_chunk):
+            gy, gx = np.meshgrid(ys[r0 : r0 + rows_per_chunk], xs, indexing="ij")
+            out[r0 : r0 + gy.shape[0]] = self.contains(gy.ravel(), gx.ravel()).reshape(gy.shape)
+        return out
+
     def describe(self) -> str:
+        if self.description:
+            return self.description
         if self.mask is not None:
             return f"tumour region: mask ({self.source}, {int(self.mask.sum())} px)"
         holes = sum(len(p.holes) for p in self.polygons)
