@@ -68,11 +68,13 @@ def segment_blobs(
     diameter_px: float,
     dab_od: np.ndarray | None = None,
     dab_compartment: str = "membrane",
-    min_contrast_od: float = MIN_CONTRAST_OD,
-    seed_log_od: float = SEED_LOG_OD,
+    min_contrast_od: float | None = None,
+    seed_log_od: float | None = None,
 ) -> np.ndarray:
     """int32 nuclei labels. The cuts are optical-density contrasts against the surroundings (the white point is
     calibrated per slide), so every tile of a slide cuts the same way without an overview."""
+    min_contrast_od = MIN_CONTRAST_OD if min_contrast_od is None else min_contrast_od
+    seed_log_od = SEED_LOG_OD if seed_log_od is None else seed_log_od
     signal = stain_signal(hematoxylin_od, dab_od, dab_compartment)
     radius = max(diameter_px / 2.0, 1.5)
     markers = np.zeros(signal.shape, np.int32)
