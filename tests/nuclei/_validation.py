@@ -86,7 +86,7 @@ def _rows(source: str, image: str, box: str | None) -> list[dict[str, str]]:
 
 def _dapi_added(name: str) -> list[dict[str, str]]:
     image = name.replace("deepliif-hema-", "deepliif-ki67-")
-    return [r for r in _csv(SET / "deepliif-dapi-added.csv") if r["image"] == image]
+    return [r for r in _csv(SET / "deepliif-truth-added.csv") if r["image"] == image]
 
 
 def _skimage(box: str, split: str) -> Case:
