@@ -156,11 +156,13 @@ class Score:
     n_detections: int
 
 
+@cache
 def detect(
     case: Case, method: str = "blobs", diameter_um: float = 7.0
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Labels of ``method`` (a ``make_segmenter`` method, or "today": the classical path with DAB treated as
-    membrane whatever the marker, as before issue 32) and the stains."""
+    membrane whatever the marker, as before issue 32) and the stains (cached: several tests score the same
+    detections; do not modify the arrays)."""
     from napari_virtual_ihc.nuclei import make_segmenter
     from napari_virtual_ihc.stain import calibrate, deconvolve
 

@@ -21,7 +21,7 @@ from scipy.spatial import cKDTree
 from skimage.feature import peak_local_max
 from skimage.segmentation import watershed
 
-from .classical import check_compartment, nuclear_od
+from .classical import check_compartment, nuclear_od, otsu_threshold
 
 RADIUS_FACTORS = (0.8, 1.0, 1.3)  # LoG radii tried, as shares of the expected radius
 SEED_LOG_OD = 0.02  # a seed's LoG response (OD) must reach this (tuned on the "tune" half)
@@ -33,6 +33,7 @@ SEED_SPACING = 0.8  # seeds at least this many radii apart (tuned)
 MEMBRANE_WEIGHT = 0.5  # membrane/cytoplasm DAB subtracted (with this weight) from the seeds' signal
 MERGE_SADDLE = 0.9  # two seeds are one nucleus when the signal between them stays above this share of the
 # lower one (tuned)
+SIGNAL_SHARE = 0.7  # a seed's signal reaches this share of the Otsu cut of the hematoxylin OD (tuned)
 MERGE_REACH = 2.0  # seeds up to this many radii apart are compared
 
 
@@ -100,9 +101,13 @@ def segment_blobs(
     dab_compartment: str = "membrane",
     min_contrast_od: float | None = None,
     seed_log_od: float | None = None,
+    hematoxylin_cut_od: float | None = None,
 ) -> np.ndarray:
     """int32 nuclei labels. The cuts are optical-density contrasts against the surroundings (the white point is
-    calibrated per slide), so every tile of a slide cuts the same way without an overview."""
+    calibrated per slide), so every tile of a slide cuts the same way without an overview.
+    ``hematoxylin_cut_od``: the Otsu cut of the hematoxylin OD of an overview (:func:`.classical.otsu_threshold`,
+    without it that of this array); a seed's signal must reach ``SIGNAL_SHARE`` of it, so the texture of
+    eosin-rich stroma, which has local contrast but little hematoxylin, seeds no nucleus."""
     min_contrast_od = MIN_CONTRAST_OD if min_contrast_od is None else min_contrast_od
     seed_log_od = SEED_LOG_OD if seed_log_od is None else seed_log_od
     signal = stain_signal(hematoxylin_od, dab_od, dab_compartment)
@@ -122,8 +127,13 @@ def segment_blobs(
         threshold_abs=seed_log_od,
         exclude_border=False,
     )
+    if hematoxylin_cut_od is None:
+        hematoxylin_cut_od = otsu_threshold(ndi.gaussian_filter(hematoxylin_od.astype(np.float32), radius / 4.0))
     if len(peaks):
-        peaks = peaks[contrast[tuple(peaks.T)] >= min_contrast_od]
+        keep = contrast[tuple(peaks.T)] >= min_contrast_od
+        if SIGNAL_SHARE > 0:
+            keep &= smooth[tuple(peaks.T)] >= SIGNAL_SHARE * hematoxylin_cut_od
+        peaks = peaks[keep]
     peaks = merge_seeds(smooth, peaks, radius)
     if not len(peaks):
         return markers
