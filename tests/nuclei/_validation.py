@@ -50,11 +50,11 @@ class Case:
 
     def marks(self, completed: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """(n, 2) x, y of the truth and (n,) bool: DAB-positive (False for negative, H&E or unclassed).
-        ``completed``: DeepLIIF truth with the nuclei its masks leave out, found on the DAPI panel of the same
-        section (README.md); False: the authors' masks only."""
+        ``completed``: with the nuclei the original truth leaves out (DeepLIIF: from the DAPI panel of the same
+        section and a blind review; OpenSlide: the blind review; README.md); False: the original marks only."""
         rows = _rows(self.source, self.name.split("#")[0], self.name.split("#")[-1] if self.box else None)
-        if completed and self.source == "deepliif":
-            rows = rows + _dapi_added(self.name)
+        if completed and self.source in ADDED:
+            rows = rows + _added(self.source, self.name)
         xy = np.array([[float(r["x"]), float(r["y"])] for r in rows]).reshape(-1, 2)
         if self.name.startswith("deepliif-ki67-"):  # the masks' frame -> the IHC panel (README.md)
             xy = xy + DEEPLIIF_IHC_SHIFT[self.name.removeprefix("deepliif-ki67-")]
@@ -84,9 +84,14 @@ def _rows(source: str, image: str, box: str | None) -> list[dict[str, str]]:
     return [r for r in _csv(path) if r["image"] == image]
 
 
-def _dapi_added(name: str) -> list[dict[str, str]]:
+# Nuclei the original truth leaves out (README.md "Completed truth"): DeepLIIF's from the DAPI panel and a blind
+# review, OpenSlide's from the same blind review.
+ADDED = {"deepliif": "deepliif-truth-added.csv", "openslide": "openslide-marks-added.csv"}
+
+
+def _added(source: str, name: str) -> list[dict[str, str]]:
     image = name.replace("deepliif-hema-", "deepliif-ki67-")
-    return [r for r in _csv(SET / "deepliif-truth-added.csv") if r["image"] == image]
+    return [r for r in _csv(SET / ADDED[source]) if r["image"] == image]
 
 
 def _skimage(box: str, split: str) -> Case:

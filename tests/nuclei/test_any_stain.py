@@ -44,11 +44,11 @@ def test_the_set_has_eight_images_from_three_sources_split_in_halves():
 
 # The offline fallback ("offline": blobs on H&E and nuclear DAB, classical on membrane DAB) on the held half,
 # against the completed truth (docs/analysis.md "Nuclei on any stain"). Issue 32 asks >= 0.85 for both;
-# measured: nuclear DAB 0.82 / 0.70, membrane DAB 0.91 / 0.85, hematoxylin-only stains 0.87 / 0.67. The floors
+# measured: nuclear DAB 0.83 / 0.72, membrane DAB 0.91 / 0.85, hematoxylin-only stains 0.87 / 0.69. The floors
 # sit a little below the measured figures, so a regression fails; they do not claim 0.85 where it is not met.
 @pytest.mark.parametrize(
     ("compartment", "floor"),
-    [("nuclear", (0.78, 0.66)), ("membrane", (0.85, 0.80)), ("none", (0.82, 0.62))],
+    [("nuclear", (0.79, 0.68)), ("membrane", (0.86, 0.80)), ("none", (0.83, 0.65))],
 )
 def test_held_recall_and_precision(compartment, floor):
     recall, precision, n = _pooled([c for c in HELD if c.compartment == compartment], "offline")
@@ -57,9 +57,9 @@ def test_held_recall_and_precision(compartment, floor):
 
 
 def test_the_completed_truth_adds_only_unmarked_nuclei_and_raises_precision():
-    """The DeepLIIF truth completed from the DAPI panel and the blind review (README.md): every added nucleus is
-    away from the authors' marks, and the detector's precision against it is at least that against the masks."""
-    for case in [c for c in v.CASES if c.source == "deepliif"]:
+    """The truth completed from DeepLIIF's DAPI panel and the blind review (README.md): every added nucleus is
+    away from the original marks, and the detector's precision against it is at least that against them."""
+    for case in [c for c in v.CASES if c.source in v.ADDED]:
         original, _ = case.marks(completed=False)
         completed, _ = case.marks()
         added = completed[len(original) :]
