@@ -128,7 +128,9 @@ def segment_blobs(
         exclude_border=False,
     )
     if hematoxylin_cut_od is None:
-        hematoxylin_cut_od = otsu_threshold(ndi.gaussian_filter(hematoxylin_od.astype(np.float32), radius / 4.0))
+        hematoxylin_cut_od = otsu_threshold(
+            ndi.gaussian_filter(hematoxylin_od.astype(np.float32), radius / 4.0)
+        )
     if len(peaks):
         keep = contrast[tuple(peaks.T)] >= min_contrast_od
         if SIGNAL_SHARE > 0:

@@ -73,7 +73,12 @@ class NucleiSegmenter:
         method = offline_method_for(dab_od, dab_compartment) if self.offline == "offline" else self.offline
         if method == "blobs":
             return segment_blobs(
-                hematoxylin_od, diameter_px, dab_od, dab_compartment, self.contrast_od, None, self.hematoxylin_cut
+                hematoxylin_od,
+                diameter_px,
+                dab_od,
+                dab_compartment,
+                min_contrast_od=self.contrast_od,
+                hematoxylin_cut_od=self.hematoxylin_cut,
             )
         return segment_classical(
             hematoxylin_od, diameter_px, self.threshold, dab_od=dab_od, dab_compartment=dab_compartment
