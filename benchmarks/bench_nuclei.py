@@ -1,13 +1,13 @@
-"""Benchmark the offline nuclei paths against the path before issue 32, on one real IHC image tiled to a
-larger field, in one process: "previous" (classical Otsu + watershed, DAB treated as membrane whatever the
-marker), "blobs" (the LoG blob detector) and "offline" (the fallback now: blobs for nuclear DAB, classical
-otherwise), each with the marker's DAB compartment.
+"""Benchmark the offline nuclei paths against the path before issue 32, on one real image tiled to a larger
+field, in one process: "previous" (classical Otsu + watershed, DAB treated as membrane whatever the marker),
+"blobs" (the LoG blob detector) and "offline" (the fallback now: blobs on H&E and nuclear DAB, classical on
+membrane DAB), each with the marker's DAB compartment.
 
 Prints seconds per megapixel and peak memory (tracemalloc, numpy allocations) of each and their ratios to
 "previous", and the CPU. Not a timed test. Nuclear DAB reads a DeepLIIF Ki-67 tile, membrane DAB the
-scikit-image IHC.
+scikit-image IHC, "none" (H&E) the OpenSlide OS-1 H&E crop.
 
-Run:  python benchmarks/bench_nuclei.py [--size 1024] [--repeats 3] [--compartment nuclear]
+Run:  python benchmarks/bench_nuclei.py [--size 1024] [--repeats 3] [--compartment nuclear|membrane|none]
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from skimage.io import imread
 from napari_virtual_ihc.nuclei import make_segmenter
 from napari_virtual_ihc.stain import calibrate, deconvolve
 
-DEEPLIIF = Path(__file__).resolve().parents[1] / "tests/data/nuclei-any-stain/deepliif-ki67-Bladder1.jpg"
+SET = Path(__file__).resolve().parents[1] / "tests/data/nuclei-any-stain"
+DEEPLIIF = SET / "deepliif-ki67-Bladder1.jpg"
+HE = SET / "openslide-he-2.png"
 
 
 def cpu_name() -> str:
@@ -36,8 +38,12 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def measure(method: str, h: np.ndarray, dab: np.ndarray, diameter_px: float, compartment: str, repeats: int):
+def measure(
+    method: str, h: np.ndarray, dab: np.ndarray | None, diameter_px: float, compartment: str, repeats: int
+):
     """(median seconds, peak MiB, nuclei found) of one segmentation of the whole field."""
+    if compartment == "none":  # H&E: no DAB
+        dab, compartment = None, "membrane"
     if method == "previous":
         method, compartment = "classical", "membrane"
     seg = make_segmenter(method)
@@ -58,10 +64,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=1024, help="field side in pixels (the image is tiled to it)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--compartment", default="membrane", choices=("membrane", "nuclear", "cytoplasm"))
+    ap.add_argument("--compartment", default="membrane", choices=("membrane", "nuclear", "cytoplasm", "none"))
     a = ap.parse_args()
     if a.compartment == "nuclear":
         rgb, mpp = imread(DEEPLIIF)[..., :3], 0.32
+    elif a.compartment == "none":
+        rgb, mpp = imread(HE)[..., :3], 0.454
     else:
         rgb, mpp = data.immunohistochemistry(), 0.5
     reps = -(-a.size // rgb.shape[0])

@@ -42,14 +42,13 @@ def test_the_set_has_eight_images_from_three_sources_split_in_halves():
         assert {c.split for c in v.CASES if c.compartment == compartment} == {"tune", "held"}
 
 
-# The offline fallback ("offline": blobs for nuclear DAB, classical otherwise) on the held half
-# (docs/analysis.md "Nuclei on any stain"). Issue 32 asks >= 0.85 for both: membrane DAB meets it (0.91 /
-# 0.85) and hematoxylin-only stains (the DeepLIIF hematoxylin panel and an H&E crop, 0.86 / 0.87); nuclear
-# DAB reads 0.78 / 0.61 (the DeepLIIF truth leaves many visible nuclei unmarked, so precision is a lower
-# bound). The floors catch a regression below today's figures.
+# The offline fallback ("offline": blobs on H&E and nuclear DAB, classical on membrane DAB) on the held half,
+# against the completed truth (docs/analysis.md "Nuclei on any stain"). Issue 32 asks >= 0.85 for both;
+# measured: nuclear DAB 0.83 / 0.72, membrane DAB 0.91 / 0.85, hematoxylin-only stains 0.87 / 0.69. The floors
+# sit a little below the measured figures, so a regression fails; they do not claim 0.85 where it is not met.
 @pytest.mark.parametrize(
     ("compartment", "floor"),
-    [("nuclear", (0.74, 0.56)), ("membrane", (0.85, 0.80)), ("none", (0.82, 0.82))],
+    [("nuclear", (0.79, 0.68)), ("membrane", (0.86, 0.80)), ("none", (0.83, 0.65))],
 )
 def test_held_recall_and_precision(compartment, floor):
     recall, precision, n = _pooled([c for c in HELD if c.compartment == compartment], "offline")
@@ -57,11 +56,38 @@ def test_held_recall_and_precision(compartment, floor):
     assert recall >= floor[0] and precision >= floor[1]
 
 
+def test_the_completed_truth_adds_only_unmarked_nuclei_and_raises_precision():
+    """The truth completed from DeepLIIF's DAPI panel and the blind review (README.md): every added nucleus is
+    away from the original marks, and the detector's precision against it is at least that against them."""
+    for case in [c for c in v.CASES if c.source in v.ADDED]:
+        original, _ = case.marks(completed=False)
+        completed, _ = case.marks()
+        added = completed[len(original) :]
+        assert len(added) >= 1
+        gap = np.linalg.norm(added[:, None] - original[None], axis=2).min(axis=1)
+        assert gap.min() > 7.0 / case.mpp / 2
+        labels, _ = v.detect(case, "offline")
+        assert v.score(case, labels).precision >= v.score(case, labels, completed=False).precision
+
+
+def test_the_ihc_panel_offset_puts_the_truth_on_its_nuclei():
+    """DeepLIIF's IHC panels sit 6-7 px off their masks; without the shift fewer marks meet a detection."""
+    for case in [c for c in v.CASES if c.name.startswith("deepliif-ki67-")]:
+        labels, _ = v.detect(case, "blobs")
+        det = v.centroids_xy(labels)
+        truth, _ = case.marks()
+        unshifted = truth - v.DEEPLIIF_IHC_SHIFT[case.name.removeprefix("deepliif-ki67-")]
+        radius = 7.0 / case.mpp / 2
+        found, found_unshifted = len(v.match(truth, det, radius)[0]), len(v.match(unshifted, det, radius)[0])
+        print(f"{case.name}: {found} marks found with the shift, {found_unshifted} without")
+        assert found > found_unshifted
+
+
 def _positive_recall(cases: list[v.Case], method: str) -> float:
     found = total = 0
     for case in cases:
         labels, _ = v.detect(case, method)
-        truth, positive = case.marks()
+        truth, positive = case.marks(completed=False)
         matched = np.zeros(len(truth), bool)
         matched[v.match(truth, v.centroids_xy(labels), 7.0 / case.mpp / 2)[0]] = True
         found, total = found + int(matched[positive].sum()), total + int(positive.sum())
@@ -70,8 +96,7 @@ def _positive_recall(cases: list[v.Case], method: str) -> float:
 
 def test_dab_positive_nuclei_are_found_at_least_as_well_as_by_the_previous_path():
     """Ki-67-positive nuclei are brown, not blue: the previous path (DAB subtracted as membrane) lost some.
-    Held half: 14 of 16 positive nuclei found (0.88) against 13 of 16 by the previous path; all nuclei pooled,
-    the previous path's recall is higher (0.82 against 0.78 on these two images): docs/analysis.md."""
+    Held half: docs/analysis.md "Nuclei on any stain"."""
     cases = [c for c in HELD if c.compartment == "nuclear"]
     blobs, today = _positive_recall(cases, "blobs"), _positive_recall(cases, "today")
     print(f"held DAB-positive nuclei: recall {blobs:.2f} (blobs) vs {today:.2f} (previous path)")
@@ -85,7 +110,7 @@ def test_dab_positive_nuclei_are_found_at_least_as_well_as_by_the_previous_path(
 )
 def test_ki67_index_agrees_with_the_marks(case):
     labels, stains = v.detect(case)
-    truth, positive = case.marks()
+    truth, positive = case.marks(completed=False)  # the added nuclei carry no positive/negative call
     inside = v.counted(case, truth, labels.shape, 7.0 / case.mpp / 2)
     det = v.centroids_xy(labels)
     det_inside = v.counted(case, det, labels.shape, 7.0 / case.mpp / 2)
@@ -97,7 +122,8 @@ def test_ki67_index_agrees_with_the_marks(case):
 
 @pytest.mark.parametrize("tile", ["Bladder1", "Lung1"])
 def test_counts_agree_across_stains_of_the_same_cells(tile):
-    """DeepLIIF ships each Ki-67 IHC tile with a hematoxylin-only image of the same cells (co-registered)."""
+    """DeepLIIF ships each Ki-67 IHC tile with a hematoxylin-only image of the same cells (co-registered): the
+    offline fallback (what ``auto`` runs without Cellpose weights) counts them within 15 % (issue 32)."""
     from skimage.io import imread
 
     counts = {}
@@ -105,8 +131,9 @@ def test_counts_agree_across_stains_of_the_same_cells(tile):
         rgb = np.ascontiguousarray(imread(v.SET / f"deepliif-{kind}-{tile}.jpg")[..., :3])
         st = deconvolve(rgb, calibrate(rgb).stains)
         dab = st["dab"] if compartment == "nuclear" else None
-        seg = make_segmenter("blobs")
-        counts[kind] = int(seg(st["hematoxylin"], 7.0 / v.DEEPLIIF_MPP, dab, "nuclear").max())
+        seg = make_segmenter("offline")
+        seg.calibrate(st["hematoxylin"], dab, "nuclear", 7.0 / v.DEEPLIIF_MPP)
+        counts[kind] = len(np.unique(seg(st["hematoxylin"], 7.0 / v.DEEPLIIF_MPP, dab, "nuclear"))) - 1
     diff = abs(counts["ki67"] - counts["hema"]) / counts["hema"]
     print(f"{tile}: IHC {counts['ki67']}, hematoxylin {counts['hema']} nuclei ({diff:.0%} apart)")
     assert diff <= 0.15

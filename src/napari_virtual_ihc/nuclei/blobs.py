@@ -15,19 +15,50 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage as ndi
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
 from skimage.feature import peak_local_max
 from skimage.segmentation import watershed
 
-from .classical import check_compartment, nuclear_od
+from .classical import check_compartment, nuclear_od, otsu_threshold
 
 RADIUS_FACTORS = (0.8, 1.0, 1.3)  # LoG radii tried, as shares of the expected radius
 SEED_LOG_OD = 0.02  # a seed's LoG response (OD) must reach this (tuned on the "tune" half)
 MIN_CONTRAST_OD = 0.08  # a nucleus stands this much OD above its surroundings (no overview calibration)
 CONTRAST_PERCENTILE = 90.0  # the overview's typical nuclear contrast: this percentile of its H contrast
 CONTRAST_SHARE = 0.4  # a nucleus stands this share of the typical contrast above its surroundings (tuned)
-HALF_MAX = 0.5  # a nucleus' mask: contrast above this share of its seed's contrast
-SEED_SPACING = 1.0  # seeds at least this many radii apart
+HALF_MAX = 0.6  # a nucleus' mask: contrast above this share of its seed's contrast (tuned)
+SEED_SPACING = 0.8  # seeds at least this many radii apart (tuned)
 MEMBRANE_WEIGHT = 0.5  # membrane/cytoplasm DAB subtracted (with this weight) from the seeds' signal
+MERGE_SADDLE = 0.9  # two seeds are one nucleus when the signal between them stays above this share of the
+# lower one (tuned)
+SIGNAL_SHARE = 0.7  # a seed's signal reaches this share of the Otsu cut of the hematoxylin OD (tuned)
+MERGE_REACH = 2.0  # seeds up to this many radii apart are compared
+
+
+def merge_seeds(smooth: np.ndarray, peaks: np.ndarray, radius_px: float) -> np.ndarray:
+    """Seeds that lie in one nucleus: a textured or large nucleus (granular Ki-67, vesicular chromatin) has
+    several LoG maxima with no valley between them, while touching nuclei have a dimmer rim between their
+    centres. Of each group joined by straight lines that stay above ``MERGE_SADDLE`` x the lower seed's
+    signal, the brightest seed is kept."""
+    if len(peaks) < 2 or MERGE_SADDLE >= 1.0:
+        return peaks
+    pairs = cKDTree(peaks).query_pairs(MERGE_REACH * radius_px, output_type="ndarray")
+    if not len(pairs):
+        return peaks
+    values = smooth[tuple(peaks.T)]
+    steps = np.linspace(0.0, 1.0, max(int(np.ceil(MERGE_REACH * radius_px)), 3))[None, :, None]
+    a, b = peaks[pairs[:, 0]][:, None, :], peaks[pairs[:, 1]][:, None, :]
+    line = np.rint(a + steps * (b - a)).astype(np.intp)  # (pairs, steps, 2)
+    saddle = smooth[line[..., 0], line[..., 1]].min(axis=1)
+    joined = pairs[saddle >= MERGE_SADDLE * np.minimum(values[pairs[:, 0]], values[pairs[:, 1]])]
+    graph = coo_matrix((np.ones(len(joined)), (joined[:, 0], joined[:, 1])), shape=(len(peaks),) * 2)
+    _, group = connected_components(graph, directed=False)
+    brightest = np.full(group.max() + 1, -1)
+    for k in np.argsort(values):  # ascending: the brightest seed of each group is written last
+        brightest[group[k]] = k
+    return peaks[np.sort(brightest)]
 
 
 def stain_signal(hematoxylin_od: np.ndarray, dab_od: np.ndarray | None, dab_compartment: str) -> np.ndarray:
@@ -68,11 +99,17 @@ def segment_blobs(
     diameter_px: float,
     dab_od: np.ndarray | None = None,
     dab_compartment: str = "membrane",
-    min_contrast_od: float = MIN_CONTRAST_OD,
-    seed_log_od: float = SEED_LOG_OD,
+    min_contrast_od: float | None = None,
+    seed_log_od: float | None = None,
+    hematoxylin_cut_od: float | None = None,
 ) -> np.ndarray:
     """int32 nuclei labels. The cuts are optical-density contrasts against the surroundings (the white point is
-    calibrated per slide), so every tile of a slide cuts the same way without an overview."""
+    calibrated per slide), so every tile of a slide cuts the same way without an overview.
+    ``hematoxylin_cut_od``: the Otsu cut of the hematoxylin OD of an overview (:func:`.classical.otsu_threshold`,
+    without it that of this array); a seed's signal must reach ``SIGNAL_SHARE`` of it, so the texture of
+    eosin-rich stroma, which has local contrast but little hematoxylin, seeds no nucleus."""
+    min_contrast_od = MIN_CONTRAST_OD if min_contrast_od is None else min_contrast_od
+    seed_log_od = SEED_LOG_OD if seed_log_od is None else seed_log_od
     signal = stain_signal(hematoxylin_od, dab_od, dab_compartment)
     radius = max(diameter_px / 2.0, 1.5)
     markers = np.zeros(signal.shape, np.int32)
@@ -90,8 +127,16 @@ def segment_blobs(
         threshold_abs=seed_log_od,
         exclude_border=False,
     )
+    if hematoxylin_cut_od is None:
+        hematoxylin_cut_od = otsu_threshold(
+            ndi.gaussian_filter(hematoxylin_od.astype(np.float32), radius / 4.0)
+        )
     if len(peaks):
-        peaks = peaks[contrast[tuple(peaks.T)] >= min_contrast_od]
+        keep = contrast[tuple(peaks.T)] >= min_contrast_od
+        if SIGNAL_SHARE > 0:
+            keep &= smooth[tuple(peaks.T)] >= SIGNAL_SHARE * hematoxylin_cut_od
+        peaks = peaks[keep]
+    peaks = merge_seeds(smooth, peaks, radius)
     if not len(peaks):
         return markers
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1, dtype=np.int32)

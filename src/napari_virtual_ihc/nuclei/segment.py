@@ -1,8 +1,9 @@
 """One entry point for nuclei: Cellpose when its weights can be had, an offline method otherwise.
 
 Offline methods: "blobs" (multi-scale LoG seeds + watershed on the stain's nuclear optical density, see
-``blobs``), "classical" (Otsu + distance-transform watershed) and "offline", the fallback: blobs where DAB
-is nuclear, classical otherwise (what scored higher on the validation set for each kind of stain).
+``blobs``), "classical" (Otsu + distance-transform watershed) and "offline", the fallback: blobs on H&E and
+where DAB is nuclear, classical where DAB is on membranes (what scored higher on the validation set's tune half
+for each kind of stain).
 """
 
 from __future__ import annotations
@@ -24,21 +25,23 @@ NUCLEI_METHODS = ("auto", "cellpose", *OFFLINE_METHODS)  # what make_segmenter t
 
 
 def offline_method_for(dab_od: np.ndarray | None, dab_compartment: str) -> str:
-    """What "offline" runs: the blob detector where DAB is nuclear (the classical path loses DAB-positive
-    nuclei there), the classical path on H&E and membrane/cytoplasm DAB (it scored higher there on the
-    validation set, docs/analysis.md "Nuclei on any stain")."""
-    return "blobs" if dab_od is not None and dab_compartment == "nuclear" else "classical"
+    """What "offline" runs: the blob detector on H&E and where DAB is nuclear (the classical path loses
+    DAB-positive nuclei there), so an H&E and a Ki-67 IHC of the same cells are counted by one method; the
+    classical path where DAB is on membranes or in cytoplasm (its DAB-ridge watershed separates stained cells).
+    Each chosen on the tune half of the validation set, docs/analysis.md "Nuclei on any stain"."""
+    return "classical" if dab_od is not None and dab_compartment != "nuclear" else "blobs"
 
 
 @dataclass
 class NucleiSegmenter:
     """Segments a hematoxylin OD map; ``method`` names what runs ("cellpose:<model>", "blobs", "classical" or
-    "offline": blobs for nuclear DAB, classical otherwise, see :func:`offline_method_for`)."""
+    "offline": blobs on H&E and nuclear DAB, classical on membrane DAB, see :func:`offline_method_for`)."""
 
     cellpose: CellposeNuclei | None
     fallback_reason: str = ""
     threshold: float | None = None  # classical: one Otsu cut for every tile (see calibrate)
     contrast_od: float | None = None  # blobs: one contrast cut for every tile (see calibrate)
+    hematoxylin_cut: float | None = None  # blobs: the overview's Otsu cut of hematoxylin (see calibrate)
     offline: str = "offline"  # the method used when there is no Cellpose model
 
     def __post_init__(self) -> None:
@@ -69,8 +72,14 @@ class NucleiSegmenter:
             return self.cellpose.segment(signal, diameter_px)
         method = offline_method_for(dab_od, dab_compartment) if self.offline == "offline" else self.offline
         if method == "blobs":
-            cut = {} if self.contrast_od is None else {"min_contrast_od": self.contrast_od}
-            return segment_blobs(hematoxylin_od, diameter_px, dab_od, dab_compartment, **cut)
+            return segment_blobs(
+                hematoxylin_od,
+                diameter_px,
+                dab_od,
+                dab_compartment,
+                min_contrast_od=self.contrast_od,
+                hematoxylin_cut_od=self.hematoxylin_cut,
+            )
         return segment_classical(
             hematoxylin_od, diameter_px, self.threshold, dab_od=dab_od, dab_compartment=dab_compartment
         )
@@ -89,10 +98,12 @@ class NucleiSegmenter:
         """Fix the cuts from an overview of the whole area, so tiles cut the same way. Classical: Otsu on the
         signal the tiles are segmented on (H + DAB for a nuclear marker). Blobs: the contrast a nucleus
         needs, from the hematoxylin (every nucleus' counterstain) when the overview resolves nuclei
-        (``diameter_px``: their size in overview pixels, >= 4), else the fixed default."""
+        (``diameter_px``: their size in overview pixels, >= 4), else the fixed default; and the Otsu cut of the
+        hematoxylin, a share of which a nucleus' signal must reach."""
         if self.cellpose is not None:
             return
         self.threshold = otsu_threshold(nuclear_od(hematoxylin_overview, dab_overview, dab_compartment))
+        self.hematoxylin_cut = otsu_threshold(hematoxylin_overview)
         if diameter_px is not None and diameter_px >= 4:
             self.contrast_od = contrast_cut(hematoxylin_overview, diameter_px)
         else:
