@@ -251,7 +251,8 @@ def iter_analysis(
     marker, reason = resolve_marker(s.marker, call)
     compartment = COMPARTMENT.get(marker, "membrane")
     if seg.needs_calibration:
-        seg.calibrate(over["hematoxylin"], over["dab"] if ihc else None, compartment)
+        # the nucleus size in overview pixels gives the blob detector its calibrated contrast cut (as validated)
+        seg.calibrate(over["hematoxylin"], over["dab"] if ihc else None, compartment, s.diameter_um / ov_mpp)
     bx, by, bw, bh = bounds
     mh, mw = -(-bh // ds), -(-bw // ds)
     labels = np.zeros((mh, mw), np.int32)
