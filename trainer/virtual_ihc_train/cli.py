@@ -102,6 +102,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         sets=args.set or [],
         rows=[r.strip() for r in args.rows.split(",") if r.strip()] if args.rows else None,
+        metrics=[m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None,
         weights={k: getattr(args, k) for k in WEIGHTS_FLAGS},
         device=args.device,
         nuclei_method=args.nuclei_method,

@@ -24,7 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", required=True, help="one sub-folder per row, and TABLE.md/.csv/.png")
     p.add_argument("--dry-run", action="store_true", help="print every step and exit")
     p.add_argument("--iterations", type=_positive, help="stop each row after N iterations (train.max_steps)")
-    p.add_argument("--epochs", type=_positive, help="N epochs per row (constant and decay in the preset's ratio)")
+    p.add_argument(
+        "--epochs", type=_positive, help="N epochs per row (constant and decay in the preset's ratio)"
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -33,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "argument where the row's generator has it; mil.tile/width/epochs/lr/k/batch_size for the MIL step",
     )
     p.add_argument("--rows", help="comma list of the rows to run (the others show the paper's numbers only)")
+    p.add_argument("--metrics", help="comma list: measure only these of the table's metrics")
     p.add_argument("--inception", help="pt_inception-2015-12-05-6726825d.pth (FID)")
     p.add_argument("--inception-torchvision", help="inception_v3_google-0cc3c7bd.pth (KID, ASP convention)")
     p.add_argument("--resnet50", help="resnet50-0676ba61.pth (PHV)")

@@ -122,7 +122,15 @@ class WeightsFile:
     sha256: str
 
 
-WEIGHTS_FLAGS = ("inception", "inception_torchvision", "resnet50", "vgg16", "alexnet", "lpips_lin", "dists_weights")
+WEIGHTS_FLAGS = (
+    "inception",
+    "inception_torchvision",
+    "resnet50",
+    "vgg16",
+    "alexnet",
+    "lpips_lin",
+    "dists_weights",
+)
 
 
 def weights_needed(metric: str) -> list[tuple[str, list[str], str, str, str]]:
@@ -130,8 +138,24 @@ def weights_needed(metric: str) -> list[tuple[str, list[str], str, str, str]]:
     tv = "https://download.pytorch.org/models/"
     fid_url = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + PYTORCH_FID_FILE
     return {
-        "fid": [("inception", [PYTORCH_FID_FILE, TORCHVISION_FILE], "FID/KID (Inception-v3)", "--inception", fid_url)],
-        "kid": [("inception", [PYTORCH_FID_FILE, TORCHVISION_FILE], "FID/KID (Inception-v3)", "--inception", fid_url)],
+        "fid": [
+            (
+                "inception",
+                [PYTORCH_FID_FILE, TORCHVISION_FILE],
+                "FID/KID (Inception-v3)",
+                "--inception",
+                fid_url,
+            )
+        ],
+        "kid": [
+            (
+                "inception",
+                [PYTORCH_FID_FILE, TORCHVISION_FILE],
+                "FID/KID (Inception-v3)",
+                "--inception",
+                fid_url,
+            )
+        ],
         "kid_asp": [
             (
                 "inception_torchvision",
@@ -144,7 +168,13 @@ def weights_needed(metric: str) -> list[tuple[str, list[str], str, str, str]]:
         "phv": [("resnet50", RESNET50_FILES, "PHV (ResNet-50)", "--resnet50", tv + RESNET50_FILES[0])],
         "lpips": [
             ("alexnet", [ALEXNET_FILE], "LPIPS-Alex (AlexNet backbone)", "--alexnet", ALEXNET_URL),
-            ("lpips_lin", [LPIPS_ALEX_FILE], "LPIPS-alex (linear heads)", "--lpips-lin", LPIPS_URL + LPIPS_ALEX_FILE),
+            (
+                "lpips_lin",
+                [LPIPS_ALEX_FILE],
+                "LPIPS-alex (linear heads)",
+                "--lpips-lin",
+                LPIPS_URL + LPIPS_ALEX_FILE,
+            ),
         ],
         "dists": [
             ("vgg16", [VGG_FILE], "LPIPS/DISTS (VGG16 backbone)", "--vgg16", VGG_URL),
@@ -191,7 +221,9 @@ def _param_count(cfg: Config) -> int:
     with torch.device("meta"):
         g = build_generator(mc.arch, **kwargs)
         d_in = 3 if cfg.method in ("cyclegan", "asp") else 6
-        kind = mc.discriminator if mc.discriminator in ("patch", "multiscale") else "patch"  # ASP's: about a PatchGAN
+        kind = (
+            mc.discriminator if mc.discriminator in ("patch", "multiscale") else "patch"
+        )  # ASP's: about a PatchGAN
         d = build_discriminator(kind, d_in, mc.ndf, mc.n_layers_d, mc.norm_d, mc.num_d)
     n_g = sum(p.numel() for p in g.parameters())
     n_d = sum(p.numel() for p in d.parameters())
@@ -236,7 +268,9 @@ def human_bytes(n: float) -> str:
 
 def images_size(folder: Path) -> tuple[int, int] | None:
     """(width, height) of the first image in ``folder`` (for the plan), None when there is none."""
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+    files = (
+        sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+    )
     return image_size(files[0]) if files else None
 
 

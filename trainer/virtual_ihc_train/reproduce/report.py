@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .preflight import WeightsFile
-from .tables import PaperTable
+from .tables import TABLES, PaperTable
 
 # sha256 of the small published head files (the files in tests/data/metric-heads are copied unchanged from the
 # lpips 0.1.4 and DISTS-pytorch 0.1 wheels)
@@ -82,6 +82,9 @@ def write_report(
         f"Metric conventions: {table.psnr_convention}. Crop: {table.crop}. Feature extractors: {table.features}.",
         "",
     ]
+    left_out = [m for m in TABLES[table.key].metrics if m not in table.metrics]
+    if left_out:
+        md += [f"Left out with --metrics (their columns are empty for our rows): {', '.join(left_out)}.", ""]
     csv_rows: list[dict[str, Any]] = []
     for group in table.groups:
         if len(table.groups) > 1:
@@ -96,7 +99,9 @@ def write_report(
             ours = (result or {}).get("summary", {}).get(group, {})
             if result is None:
                 status = p.skip_reason or "not run"
-                md.append(f"| {row.label} | ours | " + " | ".join("" for _ in cols) + f" | not run: {status} |")
+                md.append(
+                    f"| {row.label} | ours | " + " | ".join("" for _ in cols) + f" | not run: {status} |"
+                )
             else:
                 cells = [_fmt(c.fmt, ours.get(c.key)) for c in cols]
                 where = f"{result.get('checkpoint')} (step {result.get('step')}, epoch {result.get('epoch')})"
@@ -114,7 +119,9 @@ def write_report(
                         "n_images": ours.get("n", "") if source == "ours" else "",
                         "preset": row.preset or "",
                         "checkpoint": (result or {}).get("checkpoint", "") if source == "ours" else "",
-                        "protocol": (row_protocol(table, result, wline) if source == "ours" else "as published"),
+                        "protocol": (
+                            row_protocol(table, result, wline) if source == "ours" else "as published"
+                        ),
                         "differs_from_paper": row.note,
                         "status": "" if source == "paper" or result else (p.skip_reason or "not run"),
                         "citation": table.citation,
@@ -127,7 +134,11 @@ def write_report(
             md.append(f"- {p.row.label}: {p.row.note}.")
     for note in table.notes:
         md.append(f"- {note}")
-    paths = {"md": run_dir / f"{table.key}.md", "csv": run_dir / f"{table.key}.csv", "png": run_dir / f"{table.key}.png"}
+    paths = {
+        "md": run_dir / f"{table.key}.md",
+        "csv": run_dir / f"{table.key}.csv",
+        "png": run_dir / f"{table.key}.png",
+    }
     paths["md"].write_text("\n".join(md) + "\n")
     with paths["csv"].open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(csv_rows[0]))
@@ -158,7 +169,8 @@ def bar_chart(
             ax = axes[gi][ci]
             paper = [p.row.published.get(group, {}).get(col.key, np.nan) for p in plans]
             ours = [
-                (results.get(p.row.key) or {}).get("summary", {}).get(group, {}).get(col.key, np.nan) for p in plans
+                (results.get(p.row.key) or {}).get("summary", {}).get(group, {}).get(col.key, np.nan)
+                for p in plans
             ]
             ours = [np.nan if v is None else v for v in ours]
             ax.bar(x - 0.2, paper, 0.4, label="paper", color="#888888")

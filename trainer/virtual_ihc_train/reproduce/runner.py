@@ -10,6 +10,7 @@ in ``RUN/ROW/eval`` is not run again; a row with checkpoints but no ``trained.js
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import math
@@ -40,6 +41,7 @@ class Options:
     epochs: int | None = None
     sets: list[str] = field(default_factory=list)
     rows: list[str] | None = None
+    metrics: list[str] | None = None  # a subset of the table's metrics (the others' columns stay empty)
     weights: dict[str, str | None] = field(default_factory=dict)
     device: str = "cpu"
     nuclei_method: str = "auto"
@@ -71,7 +73,9 @@ def split_sets(sets: list[str], row_keys: set[str]) -> tuple[dict[str, dict[str,
             if key.startswith("mil."):
                 name = key.removeprefix("mil.")
                 if name not in MIL_DEFAULTS:
-                    raise ConfigError(f"unknown key {key!r}; MIL keys: {', '.join('mil.' + k for k in MIL_DEFAULTS)}")
+                    raise ConfigError(
+                        f"unknown key {key!r}; MIL keys: {', '.join('mil.' + k for k in MIL_DEFAULTS)}"
+                    )
                 mil[name] = type(MIL_DEFAULTS[name])(value)
             else:
                 per_row.setdefault(row, {})[key] = value
@@ -142,7 +146,9 @@ def make_plans(table: PaperTable, opts: Options) -> tuple[list[RowPlan], dict[st
     if opts.rows:
         unknown = [r for r in opts.rows if r not in keys]
         if unknown:
-            raise ConfigError(f"--rows {','.join(unknown)}: not rows of {table.key}; rows: {', '.join(r.key for r in table.rows)}")
+            raise ConfigError(
+                f"--rows {','.join(unknown)}: not rows of {table.key}; rows: {', '.join(r.key for r in table.rows)}"
+            )
     sets, mil = split_sets(opts.sets, keys)
     plans = []
     for row in table.rows:
@@ -247,7 +253,9 @@ def checkpoints(row_dir: Path) -> list[Path]:
     return sorted(p for p in (row_dir / "checkpoints").glob("step_*") if (p / "state.pt").is_file())
 
 
-def cached_features(extractor: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+def cached_features(
+    extractor: Callable[[torch.Tensor], torch.Tensor],
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """The same features, remembered by the images' bytes: the real images are measured once per table."""
     memo: dict[str, torch.Tensor] = {}
 
@@ -278,7 +286,9 @@ def load_metric_backends(table: PaperTable, weights: dict[str, preflight.Weights
     return backends
 
 
-def evaluate_row(table: PaperTable, model: Path, row_dir: Path, backends: Any, opts: Options) -> dict[str, Any]:
+def evaluate_row(
+    table: PaperTable, model: Path, row_dir: Path, backends: Any, opts: Options
+) -> dict[str, Any]:
     from ..data import find_pairs
     from ..evaluation.evaluate import evaluate_items, generate
 
@@ -397,8 +407,17 @@ def train_mil_classifiers(opts: Options, mil: dict[str, Any]) -> None:
         out = opts.run_dir / "mil" / f"{side}.safetensors"
         if not out.is_file():
             out.parent.mkdir(parents=True, exist_ok=True)
-            train_mil(folder, csv, out, tile=mil["tile"], epochs=mil["epochs"], lr=mil["lr"], width=mil["width"],
-                      k=mil["k"], batch_size=mil["batch_size"])
+            train_mil(
+                folder,
+                csv,
+                out,
+                tile=mil["tile"],
+                epochs=mil["epochs"],
+                lr=mil["lr"],
+                width=mil["width"],
+                k=mil["k"],
+                batch_size=mil["batch_size"],
+            )
 
 
 # ------------------------------------------------------------------ the whole table
@@ -407,6 +426,13 @@ def reproduce(opts: Options) -> int:
     from .report import write_report
 
     table = TABLES[opts.target]
+    if opts.metrics:
+        unknown = [m for m in opts.metrics if m not in table.metrics]
+        if unknown:
+            raise ConfigError(
+                f"--metrics {','.join(unknown)}: {table.key} measures {', '.join(table.metrics)}"
+            )
+        table = dataclasses.replace(table, metrics=tuple(m for m in table.metrics if m in opts.metrics))
     plans, mil = make_plans(table, opts)
     dry = opts.dry_run or opts.data is None
     print("\n".join(describe_plan(table, plans, mil, opts)))
@@ -429,7 +455,10 @@ def reproduce(opts: Options) -> int:
         done = row_dir / "eval" / "metrics.json"
         if done.is_file() and (row_dir / "selected.json").is_file():
             print(f"row {p.row.key}: already evaluated in {done}")
-            results[p.row.key] = {**json.loads(done.read_text()), **json.loads((row_dir / "selected.json").read_text())}
+            results[p.row.key] = {
+                **json.loads(done.read_text()),
+                **json.loads((row_dir / "selected.json").read_text()),
+            }
             continue
         print(f"row {p.row.key}: fit preset {p.row.preset} in {row_dir}")
         summary = train_row(p.cfg, row_dir)

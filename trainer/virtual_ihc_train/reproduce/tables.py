@@ -22,7 +22,9 @@ PSNR_BCI = (
     "mean of per-image skimage PSNR/SSIM (BCI/ASP evaluate.py): data_range 255, RGB uint8, SSIM 7x7 window "
     "with channel_axis"
 )
-PSNR_UNSTATED = "not stated in the paper; BCI's evaluate.py convention used (mean of per-image values, range 255)"
+PSNR_UNSTATED = (
+    "not stated in the paper; BCI's evaluate.py convention used (mean of per-image values, range 255)"
+)
 CROP_NONE = "none: full-resolution images, never resized"
 
 
@@ -432,8 +434,15 @@ TDKSTAIN = PaperTable(
     ),
     eval_split="test",
     rows=(
-        Row("cyclegan", "CycleGAN", "cyclegan", {"data.kind": "unpaired"}, published=_tdk(0.3361, 40.91, 0.2121),
-            note="unpaired HE/train and IHC/train", bn_dropout=BN_INSTANCE),
+        Row(
+            "cyclegan",
+            "CycleGAN",
+            "cyclegan",
+            {"data.kind": "unpaired"},
+            published=_tdk(0.3361, 40.91, 0.2121),
+            note="unpaired HE/train and IHC/train",
+            bn_dropout=BN_INSTANCE,
+        ),
         Row("pix2pix", "Pix2pix", "pix2pix", dict(BCI_WHOLE), published=_tdk(0.3452, 47.77, 0.1920)),
         Row(
             "pix2pixhd",
@@ -470,7 +479,13 @@ TDKSTAIN = PaperTable(
             published=_tdk(0.3416, 37.40, 0.1830),
             bn_dropout=BN_INSTANCE,
         ),
-        Row("tdkstain", "ours (TDKstain)", "tdkstain", published=_tdk(0.3424, 33.92, 0.1744), bn_dropout=BN_INSTANCE),
+        Row(
+            "tdkstain",
+            "ours (TDKstain)",
+            "tdkstain",
+            published=_tdk(0.3424, 33.92, 0.1744),
+            bn_dropout=BN_INSTANCE,
+        ),
     ),
     notes=(
         "The paper's data (RegH2I: 1992 training, 600 test pairs of 1024 px, 4B5 antibody) is not public; "
