@@ -257,7 +257,7 @@ def test_too_little_disk_is_refused_before_training(bci_root, tmp_path, capsys):
             main(["reproduce", "bci-table3", "--data", str(bci_root), "--run-dir", str(small / "run")]) == 2
         )
         err = capsys.readouterr().err
-        assert "is needed for the runs" in err and "MB free" in err or "KB free" in err
+        assert ("is needed for the runs" in err and "MB free" in err) or "KB free" in err
         assert list(small.iterdir()) == []
     finally:
         subprocess.run(["umount", str(small)], check=True)
@@ -363,7 +363,7 @@ def test_tdkstain_end_to_end(bci_root, tmp_path, weights):
          "--set", "cyclegan:data.crop_size=64", "--set", "asp:data.crop_size=64", "--set", "asp:asp.netf_nc=8",
          "--set", "tdkstain.nuclei_method=classical",
          "--rows", "tdkstain", "--metrics", "ssim,dists,nuclei,membrane")  # fmt: skip
-    md, rows = _table(run, "tdkstain")
+    _, rows = _table(run, "tdkstain")
     for key in ("tdkstain",):
         ours = _ours(rows, key)
         for col in ("ssim", "dists", "nuclei_count_error_mae", "membrane_intensity_error"):
@@ -387,7 +387,7 @@ def test_cyclegan_ki67_end_to_end_ratio_and_selection(ki67_root, tmp_path):
         main(["reproduce", "cyclegan-ki67", "--data", str(ki67_root), "--run-dir", str(run), *TINY, *args])
         == 0
     )
-    md, rows = _table(run, "cyclegan-ki67")
+    _, rows = _table(run, "cyclegan-ki67")
     assert _paper(rows, "cyclegan-mil")["ratio_eval_synthetic"] == "0.2771"
     # the evaluation set's real ratio: pooled positive / all nuclei by the core's Ki-67 index, computed directly
     pos = cells = 0

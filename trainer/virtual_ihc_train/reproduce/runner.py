@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 
@@ -481,4 +480,4 @@ def reproduce(opts: Options) -> int:
     return 0
 
 
-__all__ = ["Options", "describe_plan", "make_plans", "reproduce", "np"]
+__all__ = ["Options", "describe_plan", "make_plans", "reproduce"]
