@@ -209,7 +209,8 @@ def _folder_bytes(folders: list[Path]) -> int:
 
 
 def _param_count(cfg: Config) -> int:
-    """Parameters of every network a checkpoint of ``cfg`` holds (built on the meta device: no memory)."""
+    """Parameters of every network a checkpoint of ``cfg`` holds (built once on the CPU; the meta device is slower
+    here: it intercepts every call of spectral norm's initial power iteration)."""
     from napari_virtual_ihc.models import build_generator
 
     from ..discriminators import build_discriminator
@@ -218,12 +219,12 @@ def _param_count(cfg: Config) -> int:
     kwargs = dict(mc.arch_kwargs)
     if cfg.cyclegan.class_channel:
         kwargs["input_nc"] = 4
-    with torch.device("meta"):
+    kind = (
+        mc.discriminator if mc.discriminator in ("patch", "multiscale") else "patch"
+    )  # ASP's: about a PatchGAN
+    with torch.no_grad():
         g = build_generator(mc.arch, **kwargs)
         d_in = 3 if cfg.method in ("cyclegan", "asp") else 6
-        kind = (
-            mc.discriminator if mc.discriminator in ("patch", "multiscale") else "patch"
-        )  # ASP's: about a PatchGAN
         d = build_discriminator(kind, d_in, mc.ndf, mc.n_layers_d, mc.norm_d, mc.num_d)
     n_g = sum(p.numel() for p in g.parameters())
     n_d = sum(p.numel() for p in d.parameters())

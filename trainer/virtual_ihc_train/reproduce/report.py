@@ -54,11 +54,18 @@ def _fmt(fmt: str, v: Any) -> str:
     return fmt.format(v)
 
 
-def row_protocol(table: PaperTable, result: dict[str, Any] | None, wline: str) -> str:
-    ran = (result or {}).get("protocol", {}).get("description", "not run")
-    counter = (result or {}).get("nuclei_counter")
+def row_protocol(table: PaperTable, result: dict[str, Any], wline: str, short: bool = False) -> str:
+    """How our figure was made: the generator's mode, the metric convention, the crops, the weights."""
+    proto = result.get("protocol", {})
+    if short and "bn_stats" in proto:
+        ran = f"bn_stats {proto['bn_stats']}, dropout {proto['dropout']} (seed {proto['dropout_seed']})"
+    else:
+        ran = proto.get("description", "")
+    counter = result.get("nuclei_counter")
     extra = f"; nuclei: {counter}" if counter else ""
-    return f"generator: {ran}; metrics: {table.psnr_convention}; crop: {table.crop}; weights: {wline}{extra}"
+    convention = table.short_convention if short else table.psnr_convention
+    crop = f"train: {result.get('train_crop', '?')}, evaluation: whole images"
+    return f"G: {ran}; {convention}; {crop}; weights: {wline}{extra}"
 
 
 def write_report(
@@ -97,15 +104,15 @@ def write_report(
             cells = [_fmt(c.fmt, paper.get(c.key)) or "-" for c in cols]
             md.append(f"| {row.label} | paper | " + " | ".join(cells) + " | as published |")
             ours = (result or {}).get("summary", {}).get(group, {})
+            empty = " | ".join("" for _ in cols)
             if result is None:
-                status = p.skip_reason or "not run"
-                md.append(
-                    f"| {row.label} | ours | " + " | ".join("" for _ in cols) + f" | not run: {status} |"
-                )
+                md.append(f"| {row.label} | ours | {empty} | not run: {p.skip_reason or 'not run'} |")
+            elif not ours:
+                md.append(f"| {row.label} | ours | {empty} | no {table.eval_split} images in this group |")
             else:
                 cells = [_fmt(c.fmt, ours.get(c.key)) for c in cols]
                 where = f"{result.get('checkpoint')} (step {result.get('step')}, epoch {result.get('epoch')})"
-                proto = row_protocol(table, result, wline)
+                proto = row_protocol(table, result, wline, short=True)
                 md.append(f"| {row.label} | ours | " + " | ".join(cells) + f" | {where}; {proto} |")
             for source, values in (("paper", paper), ("ours", ours)):
                 csv_rows.append(
@@ -120,7 +127,9 @@ def write_report(
                         "preset": row.preset or "",
                         "checkpoint": (result or {}).get("checkpoint", "") if source == "ours" else "",
                         "protocol": (
-                            row_protocol(table, result, wline) if source == "ours" else "as published"
+                            row_protocol(table, result, wline)
+                            if source == "ours" and result
+                            else ("as published" if source == "paper" else "")
                         ),
                         "differs_from_paper": row.note,
                         "status": "" if source == "paper" or result else (p.skip_reason or "not run"),
@@ -184,6 +193,9 @@ def bar_chart(
     if not all_published:
         title += " - NOT the published metric weights: not a comparison"
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.subplots_adjust(
+        left=0.06, right=0.98, top=0.92, bottom=0.12, hspace=1.1, wspace=0.35
+    )  # no tight_layout:
+    # it measures every label and costs seconds
     fig.savefig(out, dpi=90)
     plt.close(fig)

@@ -334,7 +334,9 @@ class Ki67Counter:
 
 
 @torch.no_grad()
-def synthesize(model: Path, he_files: list[Path], out_dir: Path, opts: Options) -> list[Path]:
+def synthesize(
+    model: Path, he_files: list[Path], out_dir: Path, opts: Options
+) -> tuple[list[Path], dict[str, Any]]:
     """G(H&E) for each file under its protocol; a class-channel generator gets the class its MIL classifier
     (saved beside the model by ``export``) gives the image."""
     from PIL import Image
@@ -343,7 +345,7 @@ def synthesize(model: Path, he_files: list[Path], out_dir: Path, opts: Options) 
     from napari_virtual_ihc.models.classifier import classify, load_classifier
 
     from ..data import read_rgb, to_tensor
-    from ..evaluation.protocol import ProtocolForward, resolve_protocol
+    from ..evaluation.protocol import ProtocolForward, describe, resolve_protocol
     from ..methods.cyclegan import class_plane, with_class
     from ..reporting import to_uint8
 
@@ -362,7 +364,7 @@ def synthesize(model: Path, he_files: list[Path], out_dir: Path, opts: Options) 
         dest = out_dir / f"{f.stem}.png"
         Image.fromarray(to_uint8(forward(x)[0])).save(dest)
         written.append(dest)
-    return written
+    return written, {**mode.to_dict(), "description": describe(mode)}
 
 
 def ki67_row(
@@ -377,20 +379,21 @@ def ki67_row(
     errors: list[tuple[float, str]] = []
     for ck in checkpoints(row_dir):
         model = export(ck.name, row_dir / "selection" / f"{ck.name}.safetensors")
-        synth = synthesize(model, files["val"], row_dir / "selection" / ck.name, opts)
+        synth, _ = synthesize(model, files["val"], row_dir / "selection" / ck.name, opts)
         errors.append((abs(counter.ratio(synth)[0] - real["val"]), ck.name))
     finite = [e for e in errors if not math.isnan(e[0])]
     best = min(finite)[1] if finite else checkpoints(row_dir)[-1].name
     model = export(best, row_dir / "model.safetensors")
     summary: dict[str, Any] = {"n": len(files["test"])}
+    protocol: dict[str, Any] = {}
     for split, name in (("train", "train"), ("test", "eval")):
-        synth = synthesize(model, files[split], row_dir / "eval" / f"generated_{split}", opts)
+        synth, protocol = synthesize(model, files[split], row_dir / "eval" / f"generated_{split}", opts)
         summary[f"ratio_{name}_real"] = real[split]
         summary[f"ratio_{name}_synthetic"], _ = counter.ratio(synth)
     result = {
         "summary": {"overall": summary},
         "selection": {"errors": [{"checkpoint": c, "val_ratio_error": e} for e, c in errors], "chosen": best},
-        "protocol": {"description": row.bn_dropout},
+        "protocol": protocol,
         "nuclei_counter": ", ".join(sorted(counter.methods_used)),
     }
     (row_dir / "eval").mkdir(parents=True, exist_ok=True)
@@ -471,7 +474,14 @@ def reproduce(opts: Options) -> int:
             chosen = checkpoints(row_dir)[-1].name
             model = export(chosen, row_dir / "model.safetensors")
             result = evaluate_row(table, model, row_dir, backends, opts)
-        selected = {"checkpoint": chosen, "step": summary["step"], "epoch": summary["epoch"]}
+        dc = p.cfg.data
+        crop = "whole images" if dc.preprocess == "none" else f"{dc.preprocess} {dc.crop_size} px"
+        selected = {
+            "checkpoint": chosen,
+            "step": summary["step"],
+            "epoch": summary["epoch"],
+            "train_crop": crop,
+        }
         (row_dir / "selected.json").write_text(json.dumps(selected))
         results[p.row.key] = {**result, **selected}
     paths = write_report(table, plans, results, weights, opts.run_dir)

@@ -25,6 +25,7 @@ PSNR_BCI = (
 PSNR_UNSTATED = (
     "not stated in the paper; BCI's evaluate.py convention used (mean of per-image values, range 255)"
 )
+SHORT_BCI = "PSNR/SSIM per-image mean, range 255, RGB uint8"
 CROP_NONE = "none: full-resolution images, never resized"
 
 
@@ -64,6 +65,7 @@ class PaperTable:
     selection: str  # last | best_ki67_ratio
     selection_text: str
     psnr_convention: str
+    short_convention: str  # the same, in a few words, for each row's protocol cell
     crop: str
     features: str  # the feature extractors the paper's metrics used (our weights' checksums are added at run)
     eval_split: str
@@ -117,6 +119,7 @@ BCI_TABLE1 = PaperTable(
     selection="last",
     selection_text="the last checkpoint (BCI's test.py loads --epoch latest)",
     psnr_convention=PSNR_BCI,
+    short_convention=SHORT_BCI,
     crop=CROP_NONE,
     features="none (PSNR and SSIM only)",
     eval_split="test",
@@ -167,6 +170,7 @@ BCI_TABLE3 = PaperTable(
     selection="last",
     selection_text="the last checkpoint (BCI's test.py loads --epoch latest)",
     psnr_convention=PSNR_BCI,
+    short_convention=SHORT_BCI,
     crop=CROP_NONE,
     features="none (PSNR and SSIM only)",
     eval_split="test",
@@ -224,6 +228,7 @@ VARIANCE = PaperTable(
     selection="last",
     selection_text="the last checkpoint (the paper trains 100 epochs and states no selection rule)",
     psnr_convention=PSNR_UNSTATED,
+    short_convention=SHORT_BCI + " (paper: not stated)",
     crop="training on random 256 crops (size not stated; 256 is ours); evaluation on whole images",
     features="FID: Inception-v3 (the paper does not name the weights; pytorch-fid's FID network used)",
     eval_split="test",
@@ -319,6 +324,7 @@ ASP_MIST = PaperTable(
     selection="last",
     selection_text="the last checkpoint (ASP's test.py loads --epoch latest; AMMFI states none)",
     psnr_convention=PSNR_BCI + " (ASP's evaluate.py)",
+    short_convention=SHORT_BCI,
     crop="training on random 512 crops of the 1024 px tiles; evaluation on whole images",
     features=(
         "FID: Inception-v3 (pytorch-fid network); KID x1000: torchvision Inception-v3 (ASP's kid_score.py, "
@@ -427,6 +433,7 @@ TDKSTAIN = PaperTable(
     selection="last",
     selection_text="the last checkpoint (balball/TDKstain's test.py loads --epoch latest)",
     psnr_convention="SSIM: " + PSNR_BCI,
+    short_convention="SSIM per-image mean, range 255, RGB uint8",
     crop=CROP_NONE,
     features=(
         "FID: Inception-v3 (pytorch-fid network); DISTS: VGG16 + DISTS alpha/beta; nuclei count: the core's "
@@ -519,6 +526,7 @@ CYCLEGAN_KI67 = PaperTable(
         "the best; it does not name the criterion: ours is the smallest |ratio(real) - ratio(synthetic)| over "
         "HE/val and Ki67/val)"
     ),
+    short_convention="ratio: positive / all nuclei pooled per set (core Ki-67 index)",
     psnr_convention="no PSNR: positive cells / all cells pooled over each set (Table 3), counted by the core's "
     "Ki-67 labelling index (stain.markers.ki67_estimate: a nucleus is positive at mean DAB OD >= the weak "
     "cut-off 0.2)",
