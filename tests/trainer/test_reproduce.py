@@ -221,6 +221,18 @@ def test_a_name_off_the_bci_layout_is_named_with_its_rule(bci_root, tmp_path, ca
     assert not run.exists()
 
 
+def test_a_bad_value_in_the_last_row_is_refused_before_the_first_row_trains(bci_root, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["reproduce", "bci-table3", "--data", str(bci_root), "--run-dir", str(run)]
+    assert main([*args, "--set", "pix2pix-s1-s2-s3:train.precision=fp64"]) == 2
+    assert "train.precision must be fp32, fp16 or bf16, not 'fp64'" in capsys.readouterr().err
+    assert main([*args, "--set", "nope:train.seed=1"]) == 2
+    assert (
+        "no row 'nope'; rows: pix2pix, pix2pix-s1, pix2pix-s1-s2, pix2pix-s1-s2-s3" in capsys.readouterr().err
+    )
+    assert not run.exists()
+
+
 def test_a_mist_pair_without_partner_is_named(mist_root, tmp_path, capsys):
     root = tmp_path / "mist"
     shutil.copytree(mist_root, root)

@@ -212,7 +212,12 @@ def describe_plan(table: PaperTable, plans: list[RowPlan], mil: dict[str, Any], 
 
 # ------------------------------------------------------------------ checks before training
 def preflight_all(table: PaperTable, plans: list[RowPlan], opts: Options) -> dict[str, preflight.WeightsFile]:
+    from ..loop import check_config
+
     assert opts.data is not None
+    for p in plans:  # every row's values, as fit would check them, before the first row trains
+        if p.cfg is not None:
+            check_config(p.cfg)
     preflight.check_layout(table.layout, opts.data)
     if any(p.cfg is not None and p.cfg.cyclegan.class_channel for p in plans):
         preflight.check_mil_labels(opts.data)

@@ -389,7 +389,7 @@ ASP_MIST = PaperTable(
             "ammfi",
             {"asp.multi_magnification": False},
             published=_ammfi(0.2187, 0.4527, 0.4148, 0.2867, 0.8183, 0.4918, 61.6, 23.0, 0.4478, 14.2963),
-            bn_dropout=BN_INSTANCE + "; AMMFI's attention batch norm runs in eval mode (see docs)",
+            bn_dropout=BN_INSTANCE + "; AMMFI's attention module: docs/training.md, ASP and AMMFI",
         ),
         Row(
             "ammfi",
@@ -397,7 +397,7 @@ ASP_MIST = PaperTable(
             "ammfi",
             published=_ammfi(0.2153, 0.4482, 0.4094, 0.2639, 0.8157, 0.4843, 51.4, 8.6, 0.4432, 14.3711),
             note="multi-magnification views by OpenCV resampling (the paper: BSRGAN)",
-            bn_dropout=BN_INSTANCE + "; AMMFI's attention batch norm runs in eval mode (see docs)",
+            bn_dropout=BN_INSTANCE + "; AMMFI's attention module: docs/training.md, ASP and AMMFI",
         ),
     ),
     notes=(
