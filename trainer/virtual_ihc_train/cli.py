@@ -1,4 +1,5 @@
-"""``virtual-ihc-train fit|resume|evaluate|export``: argument parsing only; the work is in the modules."""
+"""``virtual-ihc-train fit|resume|evaluate|export|reproduce|mil|mist-resplit``: argument parsing only; the work is
+in the modules."""
 
 from __future__ import annotations
 

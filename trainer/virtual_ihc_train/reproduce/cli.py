@@ -48,4 +48,4 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--mpp", type=float_in(0.05, 5.0, unit="µm/px"), default=0.5, help="µm/px of the Ki-67 images"
     )
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")

@@ -42,7 +42,7 @@ class Options:
     rows: list[str] | None = None
     metrics: list[str] | None = None  # a subset of the table's metrics (the others' columns stay empty)
     weights: dict[str, str | None] = field(default_factory=dict)
-    device: str = "cpu"
+    device: str = "auto"  # training (train.device); evaluation runs on the device it resolves to
     nuclei_method: str = "auto"
     dropout_seed: int = 0
     mpp: float = 0.5
@@ -239,6 +239,13 @@ def preflight_all(table: PaperTable, plans: list[RowPlan], opts: Options) -> dic
 
 
 # ------------------------------------------------------------------ one row
+def eval_device(opts: Options) -> str:
+    """The device ``--device`` names, as the engine resolves it (``auto``: CUDA when there is one)."""
+    from napari_virtual_ihc.inference.devices import resolve_device
+
+    return str(resolve_device(opts.device, use_mps=False))
+
+
 def train_row(cfg: Config, row_dir: Path) -> dict[str, Any]:
     from ..loop import fit
 
@@ -299,7 +306,7 @@ def evaluate_row(
     assert opts.data is not None
     pairs = find_pairs(table.layout, opts.data, table.eval_split)
     items, protocol = generate(
-        model, pairs, row_dir / "eval" / "generated", opts.device, False, seed=opts.dropout_seed
+        model, pairs, row_dir / "eval" / "generated", eval_device(opts), False, seed=opts.dropout_seed
     )
     wanted = set(table.metrics)
     return evaluate_items(items, wanted, backends, row_dir / "eval", False, protocol)
@@ -354,16 +361,17 @@ def synthesize(
     from ..methods.cyclegan import class_plane, with_class
     from ..reporting import to_uint8
 
-    loaded = load_generator(model, device=opts.device)
+    device = eval_device(opts)
+    loaded = load_generator(model, device=device)
     mode = resolve_protocol(loaded.module, loaded.spec, None, None, opts.dropout_seed)
     forward = ProtocolForward(loaded.module, mode)
     classifier = None
     if loaded.spec.class_channel is not None:
-        classifier = load_classifier(model.with_name(loaded.spec.class_channel["classifier"]), opts.device)
+        classifier = load_classifier(model.with_name(loaded.spec.class_channel["classifier"]), device)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for f in he_files:
-        x = to_tensor(read_rgb(f))[None].to(opts.device)
+        x = to_tensor(read_rgb(f))[None].to(device)
         if classifier is not None:
             x = with_class(x, class_plane(classify(classifier, x), x.shape, x.device))
         dest = out_dir / f"{f.stem}.png"
@@ -446,6 +454,12 @@ def reproduce(opts: Options) -> int:
     if dry:
         print("dry run: nothing trained or written" + ("" if opts.data else " (no --data given)"))
         return 0
+    from napari_virtual_ihc.inference.devices import DeviceError
+
+    try:
+        eval_device(opts)
+    except DeviceError as exc:
+        raise ConfigError(f"--device {opts.device}: {exc}") from None
     weights = preflight_all(table, plans, opts)  # layout, weights files, disk: before any training
     for w in weights.values():
         print(f"weights: {w.what}: {w.path} (sha256 {w.sha256[:16]}...)")
