@@ -327,6 +327,13 @@ def test_bci_table3_end_to_end_and_a_second_call_reuses_the_rows(bci_root, tmp_p
     _run("bci-table3", bci_root, run, "--rows", "pix2pix-s1-s2")
     assert "row pix2pix-s1-s2: already evaluated" in capsys.readouterr().out
     assert (run / "pix2pix-s1-s2" / "model.safetensors").stat().st_mtime_ns == before
+    # interrupted after training, before its evaluation: resumed (nothing left to train), then evaluated
+    for name in ("trained.json", "selected.json"):
+        (run / "pix2pix-s1-s2" / name).unlink()
+    shutil.rmtree(run / "pix2pix-s1-s2" / "eval")
+    _run("bci-table3", bci_root, run, "--rows", "pix2pix-s1-s2")
+    assert "pix2pix-s1-s2: resuming the interrupted run" in capsys.readouterr().out
+    assert _ours(_table(run, "bci-table3")[1], "pix2pix-s1-s2")["checkpoint"] == "step_00000002"
 
 
 def test_variance_end_to_end_per_her2_class(bci_root, tmp_path):

@@ -253,6 +253,7 @@ def train_row(cfg: Config, row_dir: Path) -> dict[str, Any]:
     if done.is_file():
         return json.loads(done.read_text())
     if (row_dir / "checkpoints" / "latest.txt").is_file():
+        print(f"{row_dir.name}: resuming the interrupted run in {row_dir} (its config.yaml)")
         summary = fit(Config.from_dict(read_config_file(row_dir / "config.yaml")), row_dir, resume=True)
     else:
         summary = fit(cfg, row_dir)
