@@ -204,6 +204,14 @@ def describe_plan(table: PaperTable, plans: list[RowPlan], mil: dict[str, Any], 
         ]
         if row.note:
             out.append(f"    differs from the paper: {row.note}")
+        if (
+            c.loss.lambda_variance > 0
+            and c.train.batch_size * c.train.grad_accum < 2
+            and c.method == "pix2pix"
+        ):
+            out.append(
+                "    warning: a batch of 1 makes the variance penalty zero (the row trains as its baseline)"
+            )
     for note in table.notes:
         out.append(f"  note: {note}")
     out.append(f"  writes: {opts.run_dir / (table.key + '.md')}, .csv and .png (paper beside ours)")
