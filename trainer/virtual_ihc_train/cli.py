@@ -1,4 +1,5 @@
-"""``virtual-ihc-train fit|resume|evaluate|export``: argument parsing only; the work is in the modules."""
+"""``virtual-ihc-train fit|resume|evaluate|export|reproduce|mil|mist-resplit``: argument parsing only; the work is
+in the modules."""
 
 from __future__ import annotations
 
@@ -87,6 +88,29 @@ def cmd_export(args: argparse.Namespace) -> int:
     )
     print(f"wrote {out}")
     return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .reproduce import Options, reproduce
+    from .reproduce.preflight import WEIGHTS_FLAGS
+
+    opts = Options(
+        target=args.target,
+        data=Path(args.data) if args.data else None,
+        run_dir=Path(args.run_dir),
+        dry_run=args.dry_run,
+        iterations=args.iterations,
+        epochs=args.epochs,
+        sets=args.set or [],
+        rows=[r.strip() for r in args.rows.split(",") if r.strip()] if args.rows else None,
+        metrics=[m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None,
+        weights={k: getattr(args, k) for k in WEIGHTS_FLAGS},
+        device=args.device,
+        nuclei_method=args.nuclei_method,
+        dropout_seed=args.dropout_seed,
+        mpp=args.mpp,
+    )
+    return reproduce(opts)
 
 
 def cmd_mil(args: argparse.Namespace) -> int:
@@ -187,6 +211,15 @@ def make_parser() -> argparse.ArgumentParser:
         "--net", default="G", help="which generator: G (H&E -> IHC, default) or G_B (CycleGAN's IHC -> H&E)"
     )
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "reproduce",
+        help="one paper table: fit each row's preset, select, export, evaluate as the paper, table beside ours",
+    )
+    from .reproduce.cli import add_arguments as add_reproduce_arguments
+
+    add_reproduce_arguments(p)
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser(
         "mil", help="train the tumour classifier of the class channel (MIL, ResNet-34) from weak labels"
