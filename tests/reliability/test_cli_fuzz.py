@@ -732,6 +732,25 @@ COMMANDS: list[tuple[str, str, str, list[str]]] = [
         ["mil", "{IN}/HE", "in/labels.csv", "--epochs", "1", "--width", "4", "--out", "{OUT}"],
     ),
     ("mist-resplit", "virtual-ihc-train", "pairs", ["mist-resplit", "{IN}", "--out", "{OUT}"]),
+    (
+        "reproduce",
+        "virtual-ihc-train",
+        "pairs",
+        [
+            "reproduce",
+            "bci-table3",
+            "--data",
+            "{IN}",
+            "--rows",
+            "pix2pix-s1-s2",
+            "--iterations",
+            "1",
+            "--metrics",
+            "psnr",
+            "--run-dir",
+            "{OUT}",
+        ],
+    ),
 ]
 # Cells not run: (command, case) -> why (shown in the table)
 NOT_RUN: dict[tuple[str, str], str] = {
@@ -756,6 +775,7 @@ NOT_RUN: dict[tuple[str, str], str] = {
             "evaluate",
             "mil",
             "fit",
+            "reproduce",
         )
         for k in ("symlink-out", "non-latin")
         if not os.environ.get("VIRTUAL_IHC_FUZZ_FULL")
