@@ -1,7 +1,7 @@
 """Stain overlays dock widget: DAB bins, membrane, nuclei, density and a marker estimate for one layer.
 
-Parameters are collected here; the work is ``stain.analysis.analyze_slide`` in a napari ``thread_worker``
-(progress bar with cancel). The marker (HER2, Ki-67, ER, PR or auto) is chosen in a combo; the estimate
+Parameters are collected here; the work is ``stain.analysis.iter_analysis`` as a ``WidgetTask`` (the
+plugin's progress bar with cancel). The marker (HER2, Ki-67, ER, PR or auto) is chosen in a combo; the estimate
 counts the cells inside the tumour region chosen in another (a Shapes or Labels layer: draw the tumour,
 press Analyze). A calibration (white point, vectors, cut-offs) can be saved from one slide and loaded for
 the next. QuPath: the cells go out as GeoJSON detections, an annotation GeoJSON comes in as the region.
@@ -10,13 +10,13 @@ Keys D / C / M toggle the nuclei, density and membrane (DAB bins) layers.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
 import napari
 import numpy as np
-from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_info
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -34,7 +34,8 @@ from qtpy.QtWidgets import (
 
 from ..export.errors import ExportError
 from ..export.geojson import result_cell_features, write_geojson
-from ..stain.analysis import AnalysisResult, AnalysisSettings, iter_analysis, tile_count
+from ..slides.base import Slide
+from ..stain.analysis import AnalysisCancelled, AnalysisResult, AnalysisSettings, iter_analysis, tile_count
 from ..stain.calibration import StainCalibration
 from ..stain.calibration_file import load_calibration, save_calibration
 from ..stain.deconvolution import QUPATH_DAB, QUPATH_HEMATOXYLIN, hdab_matrix
@@ -42,11 +43,11 @@ from ..stain.her2 import Her2Rules
 from ..stain.markers import MARKER_CHOICES, NO_REGION
 from ..stain.membrane import DabBins
 from ..stain.regions import TumourRegion, mask_region, polygon_region, read_geojson
-from ._activity import pause_spinner, resume_spinner
 from ._layer_source import combo_layer, fill_layer_combo, layer_mpp, slide_for_layer
 from ._overlay_layers import DAB_LEGEND, HER2_LEGEND, result_layers, summary_rows
-from ._stain_view import shapes_polygons, visible_region
+from ._tasks import WidgetTask
 from ._value_table import ValueTable
+from ._viewport import shapes_polygons, visible_region
 
 MODES = {"IHC (virtual or real): DAB, nuclei, marker": "ihc", "H&E: nuclei only": "he"}
 MARKER_LABELS = {
@@ -73,9 +74,8 @@ class StainOverlayWidget(QWidget):
         self.result: AnalysisResult | None = None
         self.summary: dict[str, Any] | None = None
         self.error: str | None = None
-        self._spinner_paused = False
         self.overlay_layers: dict[str, Any] = {}
-        self._worker: Any = None
+        self.task: WidgetTask | None = None
         self._source_name = ""
 
         form = QFormLayout()
@@ -412,22 +412,20 @@ class StainOverlayWidget(QWidget):
         self._source_name = layer.name
         meta = (tumour, layer.name, tuple(layer.scale[-2:]), tuple(layer.translate[-2:]))
 
-        # napari's progress bar advances one step per yield; its cancel button (and ours) quit the worker
-        # between tiles.
-        @thread_worker(progress={"total": total, "desc": "stain overlays"})
-        def work() -> Generator[tuple[int, int], None, Any]:
-            result = yield from iter_analysis(slide, settings, region=region)
-            return (result, *meta)
-
-        worker = work()
-        worker.returned.connect(self._on_done)
-        worker.errored.connect(self._on_error)
-        worker.aborted.connect(self._on_aborted)
-        worker.finished.connect(self._on_finished)
-        # napari shows its progress bar (and starts the spinner) on ``started``; this slot runs after it.
-        worker.started.connect(self._on_started)
-        self._worker = worker
-        worker.start()
+        cancel = threading.Event()  # iter_analysis stops between tiles once it is set
+        self.task = WidgetTask(
+            self.viewer,
+            _analysis,
+            slide,
+            settings,
+            region,
+            cancel,
+            desc=f"Stain overlays: {layer.name}",
+            total=total,
+            cancel_event=cancel,
+            cancelled_errors=(AnalysisCancelled,),
+            on_end=lambda task: self._on_end(task, meta),
+        ).start()
 
     def tumour_region(self, layer: Any, dimensions: tuple[int, int]) -> TumourRegion | None:
         """The chosen Shapes/Labels layer as a region in the source's level-0 pixels (None: all cells)."""
@@ -460,20 +458,22 @@ class StainOverlayWidget(QWidget):
             return imported  # the GeoJSON's polygons, holes kept
         return polygon_region(polygons, f"Shapes {chosen.name!r}", w, h)
 
-    def _on_started(self) -> None:
-        self._spinner_paused = pause_spinner(self.viewer)
-
     def cancel(self) -> None:
-        if self._worker is not None:
-            self._worker.quit()
+        if self.task is not None:
+            self.task.cancel()
         self.status.setText("cancelling after the current tile…")
 
-    def _on_aborted(self) -> None:
-        self.status.setText("cancelled")
-
-    def _on_done(self, value: Any) -> None:
-        result, tumour, name, scale, translate = value
-        self._show(result, tumour, name, scale, translate)
+    def _on_end(self, task: WidgetTask, meta: tuple[Any, ...]) -> None:
+        if task is self.task:
+            self.task = None
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        if task.state == "done":
+            self._show(task.result, *meta)
+        elif task.state == "cancelled":
+            self.status.setText("cancelled")
+        else:
+            self._fail(f"{type(task.error).__name__}: {task.error}")
 
     def _show(
         self, result: AnalysisResult, tumour: TumourRegion | None, name: str, scale: Any, translate: Any
@@ -515,20 +515,19 @@ class StainOverlayWidget(QWidget):
             + ("; " + "; ".join(notes) if notes else "")
         )
 
-    def _on_error(self, exc: BaseException) -> None:
-        self._fail(f"{type(exc).__name__}: {exc}")
-
-    def _on_finished(self) -> None:
-        self._worker = None
-        if self._spinner_paused:
-            resume_spinner(self.viewer)
-            self._spinner_paused = False
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-
     def _fail(self, message: str) -> None:
         self.error = message
         self.status.setText(f"error: {message}")
+
+
+def _analysis(
+    slide: Slide,
+    settings: AnalysisSettings,
+    region: tuple[int, int, int, int] | None,
+    cancel: threading.Event,
+) -> Generator[tuple[int, int], None, AnalysisResult]:
+    """Worker thread: the analysis, yielding (done, total) per tile (AnalysisCancelled once cancelled)."""
+    return (yield from iter_analysis(slide, settings, region=region, cancel=cancel))
 
 
 def _open_ring(ring: np.ndarray) -> np.ndarray:
