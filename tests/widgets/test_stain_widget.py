@@ -8,6 +8,7 @@ known per-pixel function of the input (a negative image), so every written pixel
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from pathlib import Path
 from typing import Any

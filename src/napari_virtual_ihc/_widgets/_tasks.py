@@ -10,9 +10,11 @@ pending -> running (-> cancelling) -> done | cancelled | failed.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from typing import Any
 
 from napari.qt.threading import create_worker
@@ -102,6 +104,24 @@ def _progress_of(value: Any) -> tuple[int, int] | None:
     return None
 
 
+@dataclass(frozen=True)
+class _Raised:
+    """What a generator raised, handed back as its return value (see ``_guarded``)."""
+
+    error: BaseException
+
+
+def _guarded(func: Callable[..., Generator[Any, Any, Any]], *args: Any) -> Generator[Any, Any, Any]:
+    """``func(*args)``'s generator, unchanged, except that a RuntimeError it raises comes back as ``_Raised``:
+    superqt's generator worker takes a RuntimeError for a deleted Qt object and ends without its
+    ``finished`` signal, and cancellations (``AnalysisCancelled``, ``RegistrationCancelled``) are
+    RuntimeErrors."""
+    try:
+        return (yield from func(*args))
+    except RuntimeError as exc:
+        return _Raised(exc)
+
+
 class WidgetTask:
     """``func(*args)`` on napari's worker pool, its progress in one ``TaskProgress``.
 
@@ -146,7 +166,10 @@ class WidgetTask:
     def start(self) -> WidgetTask:
         _ACTIVE.add(self)
         self.state = "running"
-        worker = create_worker(self.func, *self.args, _ignore_errors=True)
+        if inspect.isgeneratorfunction(self.func):
+            worker = create_worker(_guarded, self.func, *self.args, _ignore_errors=True)
+        else:
+            worker = create_worker(self.func, *self.args, _ignore_errors=True)
         if hasattr(worker, "yielded"):
             worker.yielded.connect(self._on_yielded)
         worker.returned.connect(self._on_returned)
@@ -170,6 +193,8 @@ class WidgetTask:
 
     # --- the worker's reports (GUI thread) ---------------------------------------------------------
     def _on_yielded(self, value: Any) -> None:
+        if not self.running:  # a report Qt delivers after the end (stale: the widget has moved on)
+            return
         done_total = _progress_of(value)
         if done_total is not None:
             self.progress.update(*done_total)
@@ -177,6 +202,9 @@ class WidgetTask:
             self.on_yield(value)
 
     def _on_returned(self, value: Any) -> None:
+        if isinstance(value, _Raised):
+            self._on_errored(value.error)
+            return
         self.result, self.returned = value, True
 
     def _on_errored(self, exc: BaseException) -> None:
