@@ -99,7 +99,11 @@ def test_the_registration_widget_runs_as_a_task_and_its_bar_cancels_it(
     task = w.task
     assert isinstance(task, WidgetTask)
     _cancel_from_the_bar(qtbot, task)
-    assert w.task is None and w.registered_layer is None and "cancelled" in w.status.text(), (task.state, task.error, task.returned)
+    assert w.task is None and w.registered_layer is None and "cancelled" in w.status.text(), (
+        task.state,
+        task.error,
+        task.returned,
+    )
     assert [layer.name for layer in viewer.layers] == ["he", "ihc"]
 
 
