@@ -19,7 +19,8 @@ from qtpy.QtWidgets import QApplication, QDockWidget, QFileDialog, QLineEdit, QT
 
 from ...study import ActiveTimer, ReaderSession, StudyError
 from ...study.coordinator import iter_answers_report
-from ...study.scores import NOT_ASSESSABLE, ULTRALOW, ordinal_categories
+from ...study.reading import accepts_score, case_after_answer, saved_message
+from ...study.scores import ULTRALOW
 from ...study.timing import DEFAULT_IDLE_SECONDS
 from .._napari_private import layer_chrome, main_menubar, main_window
 from .._tasks import WidgetTask
@@ -210,9 +211,7 @@ class ReaderStudyWidget(ReaderForm):
     def set_score(self, score: str) -> None:
         if self.session is None or self.session.shown_image is None:
             return
-        if score == ULTRALOW and not self.session.bundle.ultralow:
-            return
-        if score != NOT_ASSESSABLE and score not in ordinal_categories(True):
+        if not accepts_score(score, self.session.bundle.ultralow):
             return
         self._score = score
         self._sync_buttons()
@@ -240,17 +239,11 @@ class ReaderStudyWidget(ReaderForm):
         except StudyError as exc:  # e.g. disk full: the answer stays in the form, to Save again
             self.status_label.setText(f"Not saved: {s.label()} — {exc}. Your answer is still in the form.")
             return False
-        if s.is_complete() and s.answered_count() == s.n and s.position + 1 >= s.n:
-            self.status_label.setText(f"Session {s.session_number} complete: all {s.n} cases answered.")
-        else:
-            self.status_label.setText(f"Saved {s.label()}.")
+        self.status_label.setText(saved_message(s))
         try:
-            if s.position + 1 < s.n:
-                s.next()
-            else:
-                nxt = s.next_unanswered()
-                if nxt is not None:
-                    s.go_to(nxt)
+            nxt = case_after_answer(s)
+            if nxt is not None:
+                s.go_to(nxt)
         except StudyError as exc:  # the answer is stored; only the log of opening the next case is not
             self.status_label.setText(f"{self.status_label.text()} The next case was not logged: {exc}.")
         self._show_case()

@@ -40,18 +40,6 @@ from .worker import RunRequest
 
 log = logging.getLogger(__name__)
 
-MODEL_FILTER = "Generator checkpoints (*.safetensors *.pth *.pt *.ckpt);;All files (*)"
-
-
-def _demo_model_path() -> str | None:
-    """The embedded demo model (None when a broken install lacks it: the widget still works)."""
-    from ... import models
-
-    try:
-        return str(models.demo_model_path())
-    except models.CheckpointError:
-        return None
-
 
 def _widget_closed(
     run_box: list[StainRun | None],
