@@ -67,7 +67,7 @@ def _cancel_from_the_bar(qtbot: Any, task: WidgetTask, after_updates: int = 0) -
 def test_the_overlay_widget_runs_as_a_task_and_its_bar_cancels_it(make_napari_viewer, qtbot) -> None:
     from skimage import data
 
-    from napari_virtual_ihc._widgets.overlay_widget import StainOverlayWidget
+    from napari_virtual_ihc._widgets.overlay import StainOverlayWidget
 
     viewer = make_napari_viewer()
     wide = np.tile(data.immunohistochemistry()[:256], (1, 3, 1))  # 1536 x 256: two 1024-px tiles
