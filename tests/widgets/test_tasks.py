@@ -53,6 +53,21 @@ def test_a_task_reports_progress_returns_and_fails_through_the_one_type(make_nap
     assert failed.state == "failed" and isinstance(failed.error, ValueError) and not failed.progress.shown
 
 
+def _out_of_memory() -> Generator[tuple[int, int], None, None]:
+    yield 1, 2
+    raise RuntimeError("CUDA out of memory")  # what torch raises
+
+
+def test_a_runtime_error_in_a_generator_ends_the_task_as_failed(make_napari_viewer, qtbot) -> None:
+    """superqt ends a generator worker that raised a RuntimeError without its ``finished`` signal (it takes
+    it for a deleted Qt object): a run whose model ran out of memory stayed "running" for ever."""
+    viewer = make_napari_viewer()
+    ended: list[WidgetTask] = []
+    task = WidgetTask(viewer, _out_of_memory, desc="oom", total=2, on_end=ended.append).start()
+    qtbot.waitUntil(lambda: bool(ended), timeout=5000)
+    assert task.state == "failed" and "out of memory" in str(task.error) and not task.progress.shown
+
+
 def _cancel_from_the_bar(qtbot: Any, task: WidgetTask, after_updates: int = 0) -> None:
     """Press the progress bar's Cancel (the button napari shows), once the task has reported enough."""
     qtbot.waitUntil(lambda: task.progress.shown and task.progress.updates >= after_updates, timeout=20_000)

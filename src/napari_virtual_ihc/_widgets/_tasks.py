@@ -195,11 +195,13 @@ class WidgetTask:
     def _on_yielded(self, value: Any) -> None:
         if not self.running:  # a report Qt delivers after the end (stale: the widget has moved on)
             return
-        done_total = _progress_of(value)
-        if done_total is not None:
-            self.progress.update(*done_total)
         if self.on_yield is not None:
             self.on_yield(value)
+        # The widget first, then the bar: napari's bar update can process pending Qt events, the task's end
+        # among them, and what the widget shows for the end must not be overwritten by this older report.
+        done_total = _progress_of(value)
+        if done_total is not None and self.running:
+            self.progress.update(*done_total)
 
     def _on_returned(self, value: Any) -> None:
         if isinstance(value, _Raised):
