@@ -177,8 +177,9 @@ def _napari_alone_stalls(viewer: Any, app: object, source: Any, repeats: int = 3
     cancellable progress bar as a run does, and a notification toast (as at a run's end)."""
     from napari.utils.notifications import show_info
 
-    from napari_virtual_ihc._widgets._run_progress import RunProgress
-    from napari_virtual_ihc._widgets._stain_layer import ihc_layer_kwargs
+    from napari_virtual_ihc._widgets._tasks import TaskProgress
+    from napari_virtual_ihc._widgets.stain.layer import ihc_layer_kwargs
+    from napari_virtual_ihc._widgets.stain.run import progress_text
     from napari_virtual_ihc.ihc_store import blank_levels
     from napari_virtual_ihc.inference.api import TileProgress
 
@@ -192,11 +193,12 @@ def _napari_alone_stalls(viewer: Any, app: object, source: Any, repeats: int = 3
         viewer.layers.remove(layer)
         viewer.layers.selection.active = source
         _settle(app)
-        bar = RunProgress(viewer, source.name, lambda: None)
+        bar = TaskProgress(viewer, f"Virtual IHC: {source.name} with baseline")
         last = TileProgress(
             done=4, total=16, skipped=0, mp_per_s=0.21, device="cpu"
         )  # as after a first batch
-        gap, _ = _worst_gap_after(app, lambda bar=bar, last=last: bar.show("baseline", last))
+        bar.update(last.done, last.total, progress_text(source.name, last, cancelling=False))
+        gap, _ = _worst_gap_after(app, bar.show)
         out["progress bar"].append(gap)
         bar.close()
         _settle(app)

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from napari_virtual_ihc.inference.grid import TileGrid, blend_into, feather_weights, finish_blend
+from napari_virtual_ihc.inference.grid import TileGrid
 
 
 @settings(max_examples=150, deadline=None)
@@ -70,20 +70,3 @@ def test_tiles_intersecting_region():
 def test_invalid_bounds_raise():
     with pytest.raises(ValueError):
         TileGrid((100, 100), (90, 90, 20, 20), 64, 8)
-
-
-def test_feathered_blend_cross_fades_and_reproduces_constant():
-    grid = TileGrid((300, 100), (0, 0, 300, 100), 100, 24, 1)
-    acc = np.zeros((100, 300, 3))
-    wsum = np.zeros((100, 300))
-    for t in grid:
-        wts = feather_weights(t.window[2:], t.core_in_window, feather=16)
-        x, y, w, h = t.core_in_window
-        assert np.all(wts[y : y + h, x : x + w] == 1.0)
-        assert wts.min() >= 0
-        blend_into(acc, wsum, np.full((t.window[3], t.window[2], 3), 7.0 + t.index), wts, t.window)
-    out = finish_blend(acc, wsum)
-    # Far from borders each tile's own value; across a border a smooth ramp between neighbours.
-    assert np.allclose(out[:, 50], 7.0) and np.allclose(out[:, 150], 8.0)
-    ramp = out[50, 84:117, 0]
-    assert np.all(np.diff(ramp) >= -1e-9) and ramp[0] < ramp[-1]

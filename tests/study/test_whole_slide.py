@@ -140,7 +140,7 @@ def test_levels_are_lazy_and_equal_the_source(whole_slide_study, data_dir: Path)
 def test_reader_mode_shows_whole_slides_as_multiscale_layers_with_pan_and_zoom(
     make_napari_viewer, qtbot, whole_slide_study, tmp_path: Path
 ) -> None:
-    from napari_virtual_ihc._widgets.reader_widget import ReaderStudyWidget
+    from napari_virtual_ihc._widgets.reader import ReaderStudyWidget
 
     bundle, key_path, _ = whole_slide_study
     key = load_key(key_path)
@@ -201,7 +201,7 @@ WIDGET_CHILD = textwrap.dedent(
     import sys
     import napari
     from qtpy.QtWidgets import QApplication
-    from napari_virtual_ihc._widgets.reader_widget import ReaderStudyWidget
+    from napari_virtual_ihc._widgets.reader import ReaderStudyWidget
     viewer = napari.Viewer(show=False)
     widget = ReaderStudyWidget(viewer)
     assert widget.open_bundle(sys.argv[1], reader_id="bob", answers_dir=sys.argv[2])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from napari_virtual_ihc._widgets._confidence_layer import add_confidence_layer
+from napari_virtual_ihc._widgets.stain.confidence import add_confidence_layer
 from napari_virtual_ihc.inference import EngineSettings, stain_slide
 from napari_virtual_ihc.inference.confidence import confidence_store_path
 from napari_virtual_ihc.models import ModelSpec, build_generator

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from napari_virtual_ihc._widgets._model_preload import ModelPreloader
+from napari_virtual_ihc._widgets.stain.preload import ModelPreloader
 from napari_virtual_ihc.models import CheckpointError
 
 

@@ -9,7 +9,7 @@ import numpy as np
 from shapely.geometry import shape
 from skimage import data
 
-from napari_virtual_ihc._widgets.overlay_widget import StainOverlayWidget
+from napari_virtual_ihc._widgets.overlay import StainOverlayWidget
 from napari_virtual_ihc.stain.markers import marker_calls
 from napari_virtual_ihc.stain.regions import read_geojson
 

@@ -8,7 +8,7 @@ import numpy as np
 from napari.utils.key_bindings import coerce_keybinding
 from skimage import data
 
-from napari_virtual_ihc._widgets.overlay_widget import StainOverlayWidget
+from napari_virtual_ihc._widgets.overlay import StainOverlayWidget
 
 
 def test_overlays_added_with_source_scale_and_translate(make_napari_viewer, qtbot):

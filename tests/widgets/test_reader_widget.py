@@ -12,7 +12,7 @@ import pytest
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QAbstractButton, QGroupBox, QLabel, QLineEdit, QMenu, QTextEdit, QWidget
 
-from napari_virtual_ihc._widgets.reader_widget import ReaderStudyWidget
+from napari_virtual_ihc._widgets.reader import ReaderStudyWidget
 from napari_virtual_ihc.study import AnswerStore, BuildOptions, build_study, load_key
 from napari_virtual_ihc.study.errors import StudyError
 

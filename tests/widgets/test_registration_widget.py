@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
-from napari_virtual_ihc._widgets.registration_widget import RegistrationWidget
+from napari_virtual_ihc._widgets.registration import RegistrationWidget
 from napari_virtual_ihc.registration import RegistrationSettings, read_points, rtre, transform_path_for
 from napari_virtual_ihc.slides import open_slide
 from napari_virtual_ihc.slides.layers import slide_layer_data
@@ -43,7 +43,7 @@ def test_registered_ihc_overlays_the_he_within_the_landmark_figure(pair_viewer, 
     viewer, w, folder = pair_viewer
     w.start()
     qtbot.waitUntil(lambda: w.registered_layer is not None or w.error is not None, timeout=280_000)
-    qtbot.waitUntil(lambda: w._worker is None, timeout=10_000)
+    qtbot.waitUntil(lambda: w.task is None, timeout=10_000)
     assert w.error is None, w.error
     layer = w.registered_layer
     assert layer.name == f"{MOVING} (registered)" and layer in viewer.layers
@@ -86,7 +86,7 @@ def test_cancel_leaves_no_layer(pair_viewer, qtbot):
     w.reuse.setChecked(False)
     w.start()
     w.cancel()
-    qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
+    qtbot.waitUntil(lambda: w.task is None, timeout=120_000)
     assert [layer.name for layer in viewer.layers] == before
     assert w.registered_layer is None and w.transform is None
     assert "cancel" in w.status.text()

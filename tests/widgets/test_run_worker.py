@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_virtual_ihc._widgets._run_worker import LiveStoreView, _with_live_view
+from napari_virtual_ihc._widgets.stain.worker import LiveStoreView, _with_live_view
 from napari_virtual_ihc.inference import EngineSettings, iter_stain_slide
 from napari_virtual_ihc.inference.api import RunPlan, TileProgress
 from napari_virtual_ihc.inference.errors import RegionError

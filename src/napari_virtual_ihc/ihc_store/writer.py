@@ -243,10 +243,6 @@ class TileStore:
         except OSError as e:
             raise write_error(e, f"tile at {core}") from e
 
-    def read_level0(self) -> np.ndarray:
-        """The whole level 0 as (h, w, 3) (small stores / tests only)."""
-        return np.asarray(self.arrays[0][:]).transpose(1, 2, 0)
-
     # --- provenance -----------------------------------------------------------------------------------
     def provenance(self) -> dict[str, Any]:
         return dict(self.group.attrs.get(PROVENANCE_KEY, {}) or {})  # type: ignore[arg-type]

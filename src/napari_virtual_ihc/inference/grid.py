@@ -1,4 +1,4 @@
-"""Pure tile geometry: written cores, halo'd read windows clamped inside the image, blending weights.
+"""Pure tile geometry: written cores, halo'd read windows clamped inside the image.
 
 Everything here is in pixels of one image plane (the engine uses the model's resolution). No I/O, no torch,
 so the stain/nuclei overlays can reuse it for any tiled whole-slide analysis.
@@ -137,46 +137,6 @@ class TileGrid:
         c0, c1 = (x0 - bx) // self.tile, (x1 - 1 - bx) // self.tile
         r0, r1 = (y0 - by) // self.tile, (y1 - 1 - by) // self.tile
         return [r * self.cols + c for r in range(r0, r1 + 1) for c in range(c0, c1 + 1)]
-
-
-# --- blending ---------------------------------------------------------------------------------------
-def feather_weights(window: tuple[int, int], core_in_window: Rect, feather: int) -> np.ndarray:
-    """Blending weights (h, w) float32 for one window: 1 on the core, a cosine ramp to 0 over ``feather`` px
-    outside it (into the halo), 0 beyond. Weights depend only on the distance to the core, so overlapping
-    windows' weights sum to > 0 on every pixel some core covers and neighbours cross-fade in the halo.
-
-    Use with :func:`blend_into` when overlapping predictions should be averaged (e.g. analyses that are not
-    exactly translation-equivariant); cores alone need no blending.
-    """
-    ww, wh = window
-    cx, cy, cw, ch = core_in_window
-    xs = np.arange(ww, dtype=np.float32)
-    ys = np.arange(wh, dtype=np.float32)
-    dx = np.maximum(np.maximum(cx - xs, xs - (cx + cw - 1)), 0.0)
-    dy = np.maximum(np.maximum(cy - ys, ys - (cy + ch - 1)), 0.0)
-    if feather <= 0:
-        wx = (dx == 0).astype(np.float32)
-        wy = (dy == 0).astype(np.float32)
-    else:
-        wx = np.where(dx <= feather, 0.5 * (1 + np.cos(np.pi * dx / (feather + 1))), 0.0).astype(np.float32)
-        wy = np.where(dy <= feather, 0.5 * (1 + np.cos(np.pi * dy / (feather + 1))), 0.0).astype(np.float32)
-    return np.outer(wy, wx).astype(np.float32)
-
-
-def blend_into(
-    accum: np.ndarray, weight_sum: np.ndarray, values: np.ndarray, weights: np.ndarray, window: Rect
-) -> None:
-    """Accumulate ``values`` (h, w[, c]) weighted by ``weights`` (h, w) at ``window`` of the canvas."""
-    x, y, w, h = window
-    wv = weights[..., None] if values.ndim == 3 else weights
-    accum[y : y + h, x : x + w] += values * wv
-    weight_sum[y : y + h, x : x + w] += weights
-
-
-def finish_blend(accum: np.ndarray, weight_sum: np.ndarray) -> np.ndarray:
-    """Divide the accumulated sum by the weights (pixels no window covered stay 0)."""
-    ws = weight_sum[..., None] if accum.ndim == 3 else weight_sum
-    return np.where(ws > 0, accum / np.maximum(ws, 1e-12), 0.0)
 
 
 def sample_windows(

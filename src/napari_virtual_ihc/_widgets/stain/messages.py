@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..inference.api import RunReport
+    from ...inference.api import RunReport
 
 
 class ModelLoadError(RuntimeError):
@@ -15,7 +15,7 @@ class ModelLoadError(RuntimeError):
 
 
 def user_message(exc: BaseException, store: Path) -> str:
-    from ..ihc_store import (
+    from ...ihc_store import (
         ForeignPathError,
         OtherSourceError,
         OutputNotWritableError,
@@ -23,9 +23,9 @@ def user_message(exc: BaseException, store: Path) -> str:
         StoreMismatchError,
         StoreWriteError,
     )
-    from ..inference.errors import DeviceError, RegionError
-    from ..models.errors import CheckpointError
-    from ..slides.errors import SlideError
+    from ...inference.errors import DeviceError, RegionError
+    from ...models.errors import CheckpointError
+    from ...slides.errors import SlideError
 
     if isinstance(exc, CheckpointError | ModelLoadError):
         return f"Could not load the model: {exc}"

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from ..ihc_store import PROVENANCE_KEY
-from ._napari_private import forget_lowest_level
+from ...ihc_store import PROVENANCE_KEY
+from .._napari_private import forget_lowest_level
 
 
 def layer_name_for(model_name: str, target_stain: str | None = "HER2") -> str:

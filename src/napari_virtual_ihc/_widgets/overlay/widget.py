@@ -1,7 +1,7 @@
 """Stain overlays dock widget: DAB bins, membrane, nuclei, density and a marker estimate for one layer.
 
-Parameters are collected here; the work is ``stain.analysis.analyze_slide`` in a napari ``thread_worker``
-(progress bar with cancel). The marker (HER2, Ki-67, ER, PR or auto) is chosen in a combo; the estimate
+Parameters are collected here; the work is ``stain.analysis.iter_analysis`` as a ``WidgetTask`` (the
+plugin's progress bar with cancel). The marker (HER2, Ki-67, ER, PR or auto) is chosen in a combo; the estimate
 counts the cells inside the tumour region chosen in another (a Shapes or Labels layer: draw the tumour,
 press Analyze). A calibration (white point, vectors, cut-offs) can be saved from one slide and loaded for
 the next. QuPath: the cells go out as GeoJSON detections, an annotation GeoJSON comes in as the region.
@@ -10,176 +10,48 @@ Keys D / C / M toggle the nuclei, density and membrane (DAB bins) layers.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
 import napari
 import numpy as np
-from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_info
 from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QDoubleSpinBox,
     QFileDialog,
-    QFormLayout,
-    QHBoxLayout,
-    QLabel,
-    QLineEdit,
-    QPushButton,
-    QVBoxLayout,
-    QWidget,
 )
 
-from ..export.errors import ExportError
-from ..export.geojson import result_cell_features, write_geojson
-from ..stain.analysis import AnalysisResult, AnalysisSettings, iter_analysis, tile_count
-from ..stain.calibration import StainCalibration
-from ..stain.calibration_file import load_calibration, save_calibration
-from ..stain.deconvolution import QUPATH_DAB, QUPATH_HEMATOXYLIN, hdab_matrix
-from ..stain.her2 import Her2Rules
-from ..stain.markers import MARKER_CHOICES, NO_REGION
-from ..stain.membrane import DabBins
-from ..stain.regions import TumourRegion, mask_region, polygon_region, read_geojson
-from ._activity import pause_spinner, resume_spinner
-from ._layer_source import combo_layer, fill_layer_combo, layer_mpp, slide_for_layer
-from ._overlay_layers import DAB_LEGEND, HER2_LEGEND, result_layers, summary_rows
-from ._stain_view import shapes_polygons, visible_region
-from ._value_table import ValueTable
-
-MODES = {"IHC (virtual or real): DAB, nuclei, marker": "ihc", "H&E: nuclei only": "he"}
-MARKER_LABELS = {
-    "auto": "auto (from where the DAB sits)",
-    "her2": "HER2 (membrane)",
-    "ki67": "Ki-67 (nuclear)",
-    "er": "ER (nuclear)",
-    "pr": "PR (nuclear)",
-}
-NO_REGION_LABEL = "(all cells: no tumour region)"
-BACKGROUNDS = {"estimated from the slide": "auto", "255 (no estimate)": "default"}
-VECTORS = {
-    "QuPath H-DAB defaults": "default",
-    "estimated from the slide": "estimate",
-    "as typed below": "user",
-}
-KEYS = {"d": "nuclei", "c": "density", "m": "membrane"}
+from ...export.errors import ExportError
+from ...export.geojson import result_cell_features, write_geojson
+from ...slides.base import Slide
+from ...stain.analysis import AnalysisCancelled, AnalysisResult, AnalysisSettings, iter_analysis, tile_count
+from ...stain.calibration import StainCalibration
+from ...stain.calibration_file import load_calibration, save_calibration
+from ...stain.deconvolution import hdab_matrix
+from ...stain.her2 import Her2Rules
+from ...stain.markers import NO_REGION
+from ...stain.membrane import DabBins
+from ...stain.regions import TumourRegion, mask_region, polygon_region, read_geojson
+from .._layer_source import combo_layer, fill_layer_combo, layer_mpp, slide_for_layer
+from .._tasks import WidgetTask
+from .._viewport import shapes_polygons, visible_region
+from .form import BACKGROUNDS, KEYS, MODES, NO_REGION_LABEL, VECTORS, OverlayForm
+from .layers import result_layers, summary_rows
 
 
-class StainOverlayWidget(QWidget):
+class StainOverlayWidget(OverlayForm):
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
         self.result: AnalysisResult | None = None
         self.summary: dict[str, Any] | None = None
         self.error: str | None = None
-        self._spinner_paused = False
         self.overlay_layers: dict[str, Any] = {}
-        self._worker: Any = None
+        self.task: WidgetTask | None = None
         self._source_name = ""
 
-        form = QFormLayout()
-        self.source = QComboBox()
-        self.mode = QComboBox()
-        self.mode.addItems(list(MODES))
-        self.scope = QComboBox()
-        self.scope.addItems(["visible region", "whole image"])
-        self.nuclei = QComboBox()
-        self.nuclei.addItems(["auto", "cellpose", "blobs", "classical"])
-        self.model = QLineEdit("nuclei")
-        self.model.setToolTip("Cellpose built-in model name or a local model file")
-        self.gpu = QCheckBox("GPU")
-        self.diameter = _spin(7.0, 1, 50, " µm")
-        self.sigma = _spin(25.0, 1, 500, " µm")
-        self.mpp = _spin(0.0, 0, 10, " µm/px", decimals=3)
-        self.mpp.setToolTip("0 = from the layer (µm scale), else 0.5 assumed")
-        self.cuts = [_spin(v, 0, 3, "", decimals=2) for v in (0.2, 0.4, 0.6)]
-        # QuPath's habit: the white point and the stain vectors are the slide's own, shown and editable
-        self.background = QComboBox()
-        self.background.addItems(list(BACKGROUNDS))
-        self.vectors = QComboBox()
-        self.vectors.addItems(list(VECTORS))
-        self.vector_fields = {
-            name: QLineEdit(" ".join(f"{x:.3f}" for x in vec))
-            for name, vec in (("hematoxylin", QUPATH_HEMATOXYLIN), ("dab", QUPATH_DAB))
-        }
-        for name, field_ in self.vector_fields.items():
-            field_.setToolTip(f"{name} OD vector (R G B); edit and choose 'as typed below' to use it")
-        self.region_shapes = QComboBox()
-        self.region_shapes.setToolTip(
-            "a Shapes or Labels layer outlining the tumour: estimates count its cells"
-        )
-        self.marker = QComboBox()
-        for m in MARKER_CHOICES:
-            self.marker.addItem(MARKER_LABELS[m], m)
-        self.calibration_label = QLabel("none (cut-offs and vectors as set here)")
-        self.calibration_label.setWordWrap(True)
-        self.load_calibration_button = QPushButton("Load…")
-        self.save_calibration_button = QPushButton("Save…")
-        self.save_calibration_button.setEnabled(False)
         self._loaded_calibration: tuple[str, StainCalibration, DabBins] | None = None
-        form.addRow("Layer", self.source)
-        form.addRow("Stain", self.mode)
-        form.addRow("Marker", self.marker)
-        form.addRow("Area", self.scope)
-        row = QHBoxLayout()
-        row.addWidget(self.nuclei)
-        row.addWidget(self.gpu)
-        form.addRow("Nuclei", row)
-        form.addRow("Cellpose model", self.model)
-        form.addRow("Nucleus diameter", self.diameter)
-        form.addRow("Density sigma", self.sigma)
-        form.addRow("Pixel size", self.mpp)
-        cuts = QHBoxLayout()
-        for c in self.cuts:
-            cuts.addWidget(c)
-        form.addRow("DAB OD cuts*", cuts)
-        form.addRow("White point", self.background)
-        form.addRow("Stain vectors", self.vectors)
-        form.addRow("  hematoxylin", self.vector_fields["hematoxylin"])
-        form.addRow("  DAB", self.vector_fields["dab"])
-        form.addRow("Tumour region", self.region_shapes)
-        cal_row = QHBoxLayout()
-        cal_row.addWidget(self.calibration_label, 1)
-        cal_row.addWidget(self.load_calibration_button)
-        cal_row.addWidget(self.save_calibration_button)
-        form.addRow("Calibration", cal_row)
-        self.run_button = QPushButton("Analyze")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
-        self.export_cells_button = QPushButton("Export cells (GeoJSON)…")
-        self.export_cells_button.setToolTip(
-            "the last run's cells as QuPath detections with the marker's call"
-        )
-        self.export_cells_button.setEnabled(False)
-        self.import_region_button = QPushButton("Import region (GeoJSON)…")
-        self.import_region_button.setToolTip(
-            "a QuPath annotation GeoJSON (level-0 pixels of this image) as a Shapes layer: the tumour region"
-        )
-        qupath = QHBoxLayout()
-        qupath.addWidget(self.export_cells_button)
-        qupath.addWidget(self.import_region_button)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        legend = " ".join(f"<span style='color:{c}'>■</span> {n}" for n, c in DAB_LEGEND)
-        her2 = " ".join(f"<span style='color:{c}'>■</span> {n}" for n, c in HER2_LEGEND)
-        self.legend = QLabel(
-            f"DAB bins: {legend}<br>Marker tiles: {her2} (HER2; Ki-67/ER/PR: < 1, 1-10, 10-30, > 30 % positive)<br>*uncalibrated defaults unless a calibration is "
-            "loaded; estimate, not a diagnosis. "
-            "Keys: D nuclei, C density, M membrane"
-        )
-        self.legend.setWordWrap(True)
-        self.table = ValueTable()
-        lay = QVBoxLayout(self)
-        lay.addLayout(form)
-        lay.addLayout(buttons)
-        lay.addLayout(qupath)
-        lay.addWidget(self.status)
-        lay.addWidget(self.legend)
-        lay.addWidget(self.table)
 
         self.run_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel)
@@ -371,22 +243,6 @@ class StainOverlayWidget(QWidget):
             tile=1024,
         )
 
-    def _typed_vector(self, name: str) -> tuple[float, float, float]:
-        text = self.vector_fields[name].text().replace(",", " ").split()
-        try:
-            r, g, b = (float(v) for v in text)
-        except ValueError:
-            raise ValueError(
-                f"the {name} vector needs three numbers (R G B OD), not {' '.join(text)!r}"
-            ) from None
-        return (r, g, b)
-
-    def show_calibration(self, cal: StainCalibration) -> None:
-        """Put the vectors that were used in the fields, so they can be read and edited."""
-        for i, name in enumerate(cal.stains.names):
-            if name in self.vector_fields:
-                self.vector_fields[name].setText(" ".join(f"{x:.3f}" for x in cal.stains.matrix[i]))
-
     def start(self) -> None:
         self.error = None
         self.result = None
@@ -412,22 +268,20 @@ class StainOverlayWidget(QWidget):
         self._source_name = layer.name
         meta = (tumour, layer.name, tuple(layer.scale[-2:]), tuple(layer.translate[-2:]))
 
-        # napari's progress bar advances one step per yield; its cancel button (and ours) quit the worker
-        # between tiles.
-        @thread_worker(progress={"total": total, "desc": "stain overlays"})
-        def work() -> Generator[tuple[int, int], None, Any]:
-            result = yield from iter_analysis(slide, settings, region=region)
-            return (result, *meta)
-
-        worker = work()
-        worker.returned.connect(self._on_done)
-        worker.errored.connect(self._on_error)
-        worker.aborted.connect(self._on_aborted)
-        worker.finished.connect(self._on_finished)
-        # napari shows its progress bar (and starts the spinner) on ``started``; this slot runs after it.
-        worker.started.connect(self._on_started)
-        self._worker = worker
-        worker.start()
+        cancel = threading.Event()  # iter_analysis stops between tiles once it is set
+        self.task = WidgetTask(
+            self.viewer,
+            _analysis,
+            slide,
+            settings,
+            region,
+            cancel,
+            desc=f"Stain overlays: {layer.name}",
+            total=total,
+            cancel_event=cancel,
+            cancelled_errors=(AnalysisCancelled,),
+            on_end=lambda task: self._on_end(task, meta),
+        ).start()
 
     def tumour_region(self, layer: Any, dimensions: tuple[int, int]) -> TumourRegion | None:
         """The chosen Shapes/Labels layer as a region in the source's level-0 pixels (None: all cells)."""
@@ -460,20 +314,22 @@ class StainOverlayWidget(QWidget):
             return imported  # the GeoJSON's polygons, holes kept
         return polygon_region(polygons, f"Shapes {chosen.name!r}", w, h)
 
-    def _on_started(self) -> None:
-        self._spinner_paused = pause_spinner(self.viewer)
-
     def cancel(self) -> None:
-        if self._worker is not None:
-            self._worker.quit()
+        if self.task is not None:
+            self.task.cancel()
         self.status.setText("cancelling after the current tile…")
 
-    def _on_aborted(self) -> None:
-        self.status.setText("cancelled")
-
-    def _on_done(self, value: Any) -> None:
-        result, tumour, name, scale, translate = value
-        self._show(result, tumour, name, scale, translate)
+    def _on_end(self, task: WidgetTask, meta: tuple[Any, ...]) -> None:
+        if task is self.task:
+            self.task = None
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        if task.state == "done":
+            self._show(task.result, *meta)
+        elif task.state == "cancelled":
+            self.status.setText("cancelled")
+        else:
+            self._fail(f"{type(task.error).__name__}: {task.error}")
 
     def _show(
         self, result: AnalysisResult, tumour: TumourRegion | None, name: str, scale: Any, translate: Any
@@ -515,20 +371,19 @@ class StainOverlayWidget(QWidget):
             + ("; " + "; ".join(notes) if notes else "")
         )
 
-    def _on_error(self, exc: BaseException) -> None:
-        self._fail(f"{type(exc).__name__}: {exc}")
-
-    def _on_finished(self) -> None:
-        self._worker = None
-        if self._spinner_paused:
-            resume_spinner(self.viewer)
-            self._spinner_paused = False
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-
     def _fail(self, message: str) -> None:
         self.error = message
         self.status.setText(f"error: {message}")
+
+
+def _analysis(
+    slide: Slide,
+    settings: AnalysisSettings,
+    region: tuple[int, int, int, int] | None,
+    cancel: threading.Event,
+) -> Generator[tuple[int, int], None, AnalysisResult]:
+    """Worker thread: the analysis, yielding (done, total) per tile (AnalysisCancelled once cancelled)."""
+    return (yield from iter_analysis(slide, settings, region=region, cancel=cancel))
 
 
 def _open_ring(ring: np.ndarray) -> np.ndarray:
@@ -542,13 +397,3 @@ def _drawn_as_imported(polygons: list[np.ndarray], region: TumourRegion) -> bool
     return len(polygons) == len(rings) and all(
         a.shape == b.shape and np.allclose(a, b, atol=1e-3) for a, b in zip(polygons, rings, strict=True)
     )
-
-
-def _spin(value: float, lo: float, hi: float, suffix: str, decimals: int = 1) -> QDoubleSpinBox:
-    s = QDoubleSpinBox()
-    s.setRange(lo, hi)
-    s.setDecimals(decimals)
-    s.setSingleStep(10**-decimals if decimals > 1 else 1)
-    s.setValue(value)
-    s.setSuffix(suffix)
-    return s

@@ -3,47 +3,34 @@
 All state lives in ``study.ReaderSession`` (core); this widget only shows pixels as an anonymous layer
 ("Case k of n": no path, no metadata, no source), collects the score, confidence and comment, measures
 active time (input events; idle pauses excluded) and locks the layer controls while a study is open.
-A coordinator section (hidden while reading) runs the analysis in a worker thread.
+A coordinator section (hidden while reading) runs the analysis as a ``WidgetTask``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from pathlib import Path
 from typing import Any, cast
 
 from qtpy.QtCore import QEvent, QObject, Qt
 from qtpy.QtGui import QKeyEvent
-from qtpy.QtWidgets import (
-    QApplication,
-    QButtonGroup,
-    QDockWidget,
-    QFileDialog,
-    QGridLayout,
-    QGroupBox,
-    QHBoxLayout,
-    QLabel,
-    QLineEdit,
-    QProgressBar,
-    QPushButton,
-    QTextEdit,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtWidgets import QApplication, QDockWidget, QFileDialog, QLineEdit, QTextEdit, QWidget
 
-from napari_virtual_ihc.study import ActiveTimer, ReaderSession, StudyError
-from napari_virtual_ihc.study.scores import DISPLAY, NOT_ASSESSABLE, ULTRALOW, ordinal_categories
-from napari_virtual_ihc.study.timing import DEFAULT_IDLE_SECONDS
-
-from ._napari_private import layer_chrome, main_menubar, main_window
-from ._reader_keys import (
+from ...study import ActiveTimer, ReaderSession, StudyError
+from ...study.coordinator import iter_answers_report
+from ...study.reading import accepts_score, case_after_answer, saved_message
+from ...study.scores import ULTRALOW
+from ...study.timing import DEFAULT_IDLE_SECONDS
+from .._napari_private import layer_chrome, main_menubar, main_window
+from .._tasks import WidgetTask
+from .form import ReaderForm
+from .keys import (
     BACK_KEYS,
     CONFIDENCE_CTRL_DIGITS,
     CONFIDENCE_FKEYS,
     FORWARD_KEYS,
-    HELP,
     SAVE_KEYS,
-    SCORE_KEY_NAMES,
     SCORE_KEYS,
 )
 
@@ -57,7 +44,7 @@ _ACTIVITY_EVENTS = {
 }
 
 
-class ReaderStudyWidget(QWidget):
+class ReaderStudyWidget(ReaderForm):
     """Reader mode: enter an ID, open a bundle, score every case."""
 
     def __init__(self, napari_viewer: Any, idle_seconds: float = DEFAULT_IDLE_SECONDS) -> None:
@@ -70,157 +57,32 @@ class ReaderStudyWidget(QWidget):
         self._case_layers: list[Any] = []
         self._locked: list[QWidget] = []
         self._hidden_menubar: QWidget | None = None
-        self._worker: Any = None
+        self.task: WidgetTask | None = None
         self.last_report: Path | None = None
-        self.last_error: Exception | None = None
-        self._build_ui()
-        self._set_reading(False)
+        self.last_error: BaseException | None = None
+        self._connect()
         app = QApplication.instance()
         if app is not None:
             app.installEventFilter(self)
 
-    # --- UI ---------------------------------------------------------------------------------------
-    def _build_ui(self) -> None:
-        layout = QVBoxLayout(self)
-        start = QGroupBox("Reader")
-        s = QHBoxLayout(start)
-        self.reader_edit = QLineEdit()
-        self.reader_edit.setPlaceholderText("your reader ID")
-        self.open_button = QPushButton("Open study…")
+    def _connect(self) -> None:
         self.open_button.clicked.connect(self._choose_bundle)
-        s.addWidget(self.reader_edit)
-        s.addWidget(self.open_button)
-        layout.addWidget(start)
-        # where answers go (default: <study>/answers); needed when the study folder is read-only
-        self.answers_row = QWidget()
-        a = QHBoxLayout(self.answers_row)
-        a.setContentsMargins(0, 0, 0, 0)
-        self.answers_dir_edit = QLineEdit()
-        self.answers_dir_edit.setPlaceholderText("answers folder (default: inside the study folder)")
-        answers_browse = QPushButton("…")
-        answers_browse.clicked.connect(lambda _=False: self._browse(self.answers_dir_edit, "dir"))
-        a.addWidget(self.answers_dir_edit)
-        a.addWidget(answers_browse)
-        layout.addWidget(self.answers_row)
-
-        self.case_box = QGroupBox("Case")
-        c = QVBoxLayout(self.case_box)
-        self.position_label = QLabel("")
-        self.position_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        font = self.position_label.font()
-        font.setPointSize(font.pointSize() + 3)
-        font.setBold(True)
-        self.position_label.setFont(font)
-        c.addWidget(self.position_label)
-        self.progress = QProgressBar()
-        self.progress.setFormat("%v of %m answered")
-        c.addWidget(self.progress)
-
-        c.addWidget(QLabel("HER2 score"))
-        self.score_group = QButtonGroup(self)
-        self.score_buttons: dict[str, QPushButton] = {}
-        grid = QGridLayout()
-        # ordinal scores on the first row; "not assessable" then (optional) ultralow on the second,
-        # so hiding ultralow leaves no hole
-        for i, score in enumerate(("0", "1+", "2+", "3+", NOT_ASSESSABLE, ULTRALOW)):
-            b = QPushButton(DISPLAY[score])
-            b.setCheckable(True)
-            b.setToolTip(f"key {SCORE_KEY_NAMES[score]}")
-            b.clicked.connect(lambda _=False, sc=score: self.set_score(sc))
-            self.score_group.addButton(b)
-            self.score_buttons[score] = b
-            if i < 4:
-                grid.addWidget(b, 0, i)
-            else:
-                grid.addWidget(b, 1, 2 * (i - 4), 1, 2)
-        c.addLayout(grid)
-
-        c.addWidget(QLabel("Confidence (1 = guess, 5 = certain)"))
-        self.conf_group = QButtonGroup(self)
-        self.conf_buttons: dict[int, QPushButton] = {}
-        row = QHBoxLayout()
-        for k in range(1, 6):
-            b = QPushButton(str(k))
-            b.setCheckable(True)
-            b.setToolTip(f"F{k} or Ctrl+{k}")
-            b.clicked.connect(lambda _=False, kk=k: self.set_confidence(kk))
-            self.conf_group.addButton(b)
-            self.conf_buttons[k] = b
-            row.addWidget(b)
-        c.addLayout(row)
-
-        self.comment_edit = QLineEdit()
-        self.comment_edit.setPlaceholderText("comment (optional)")
-        c.addWidget(self.comment_edit)
-
-        nav = QHBoxLayout()
-        self.back_button = QPushButton("◀ Previous")
+        for score, button in self.score_buttons.items():
+            button.clicked.connect(lambda _=False, sc=score: self.set_score(sc))
+        for k, button in self.conf_buttons.items():
+            button.clicked.connect(lambda _=False, kk=k: self.set_confidence(kk))
         self.back_button.clicked.connect(self.go_back)
-        self.save_button = QPushButton("Save and next")
         self.save_button.clicked.connect(self._save_clicked)
-        self.forward_button = QPushButton("Next ▶")
         self.forward_button.clicked.connect(self.go_forward)
-        for b in (self.back_button, self.save_button, self.forward_button):
-            nav.addWidget(b)
-        c.addLayout(nav)
-        self.close_button = QPushButton("Close study (answers are saved)")
         self.close_button.clicked.connect(self.close_study)
-        c.addWidget(self.close_button)
-        self.help_label = QLabel(HELP)
-        self.help_label.setWordWrap(True)
-        c.addWidget(self.help_label)
-        layout.addWidget(self.case_box)
-
-        self.status_label = QLabel("")
-        self.status_label.setWordWrap(True)
-        layout.addWidget(self.status_label)
-
-        self.coordinator_box = QGroupBox("Coordinator: analyse answers")
-        coordinator_grid = QGridLayout(self.coordinator_box)
-        self.key_edit = QLineEdit()
-        self.key_edit.setPlaceholderText("study key (.json)")
-        self.answers_edit = QLineEdit()
-        self.answers_edit.setPlaceholderText("answers folder")
-        self.report_edit = QLineEdit()
-        self.report_edit.setPlaceholderText("report folder")
-        for r, (edit, pick) in enumerate(
-            ((self.key_edit, "file"), (self.answers_edit, "dir"), (self.report_edit, "dir"))
-        ):
-            browse = QPushButton("…")
-            browse.clicked.connect(lambda _=False, e=edit, p=pick: self._browse(e, p))
-            coordinator_grid.addWidget(edit, r, 0)
-            coordinator_grid.addWidget(browse, r, 1)
-        self.analyze_button = QPushButton("Analyse and write report")
         self.analyze_button.clicked.connect(self._analyze_clicked)
-        coordinator_grid.addWidget(self.analyze_button, 3, 0, 1, 2)
-        self.report_output = QTextEdit()
-        self.report_output.setReadOnly(True)
-        self.report_output.setMaximumHeight(120)
-        coordinator_grid.addWidget(self.report_output, 4, 0, 1, 2)
-        layout.addWidget(self.coordinator_box)
-        layout.addStretch(1)
-
-    def _set_reading(self, reading: bool) -> None:
-        self.case_box.setVisible(reading)
-        self.coordinator_box.setVisible(not reading)
-        self.reader_edit.setEnabled(not reading)
-        self.open_button.setEnabled(not reading)
-        self.answers_row.setVisible(not reading)
-
-    def _browse(self, edit: QLineEdit, kind: str) -> None:
-        if kind == "file":
-            path, _ = QFileDialog.getOpenFileName(self, "Study key", "", "JSON (*.json)")
-        else:
-            path = QFileDialog.getExistingDirectory(self, "Folder")
-        if path:
-            edit.setText(path)
 
     def _choose_bundle(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Open study folder")
         if path:
             self.open_bundle(path)
 
-    # --- opening ------------------------------------------------------------------------------------
+    # --- opening ---    # --- opening ------------------------------------------------------------------------------------
     def open_bundle(
         self, path: str | Path, reader_id: str | None = None, answers_dir: str | Path | None = None
     ) -> bool:
@@ -349,9 +211,7 @@ class ReaderStudyWidget(QWidget):
     def set_score(self, score: str) -> None:
         if self.session is None or self.session.shown_image is None:
             return
-        if score == ULTRALOW and not self.session.bundle.ultralow:
-            return
-        if score != NOT_ASSESSABLE and score not in ordinal_categories(True):
+        if not accepts_score(score, self.session.bundle.ultralow):
             return
         self._score = score
         self._sync_buttons()
@@ -379,17 +239,11 @@ class ReaderStudyWidget(QWidget):
         except StudyError as exc:  # e.g. disk full: the answer stays in the form, to Save again
             self.status_label.setText(f"Not saved: {s.label()} — {exc}. Your answer is still in the form.")
             return False
-        if s.is_complete() and s.answered_count() == s.n and s.position + 1 >= s.n:
-            self.status_label.setText(f"Session {s.session_number} complete: all {s.n} cases answered.")
-        else:
-            self.status_label.setText(f"Saved {s.label()}.")
+        self.status_label.setText(saved_message(s))
         try:
-            if s.position + 1 < s.n:
-                s.next()
-            else:
-                nxt = s.next_unanswered()
-                if nxt is not None:
-                    s.go_to(nxt)
+            nxt = case_after_answer(s)
+            if nxt is not None:
+                s.go_to(nxt)
         except StudyError as exc:  # the answer is stored; only the log of opening the next case is not
             self.status_label.setText(f"{self.status_label.text()} The next case was not logged: {exc}.")
         self._show_case()
@@ -464,47 +318,44 @@ class ReaderStudyWidget(QWidget):
     def _analyze_clicked(self) -> None:
         self.run_analysis(self.key_edit.text(), self.answers_edit.text(), self.report_edit.text())
 
-    def run_analysis(self, key: str | Path, answers: str | Path, out: str | Path, n_boot: int = 2000) -> Any:
-        """Analyse in a worker thread; the report path appears in the text box when done."""
-        from napari.qt.threading import create_worker
-
-        from napari_virtual_ihc.study import load_key
-        from napari_virtual_ihc.study.analysis import analyze
-        from napari_virtual_ihc.study.ratings import collect_ratings, key_modalities
-        from napari_virtual_ihc.study.reference import reference_from_key
-        from napari_virtual_ihc.study.report import prepare_report_dir, write_report
-
-        def work() -> Path:
-            prepare_report_dir(out)
-            k = load_key(key) if str(key) else None
-            ratings = collect_ratings(k, [answers])
-            if ratings.empty:
-                raise StudyError("no answers to analyse")
-            results = analyze(
-                ratings, n_boot=n_boot, seed=0, modalities=key_modalities(k), reference=reference_from_key(k)
-            )
-            return write_report(results, out)
-
+    def run_analysis(
+        self, key: str | Path, answers: str | Path, out: str | Path, n_boot: int = 2000
+    ) -> WidgetTask | None:
+        """Analyse as a ``WidgetTask`` (progress by stage, cancel before the report is written); the report
+        path appears in the text box when done."""
         if not str(answers) or not str(out):
             self.report_output.setPlainText("Choose the answers folder and a report folder.")
             return None
         self.analyze_button.setEnabled(False)
         self.report_output.setPlainText("Analysing…")
-        worker = create_worker(work)
-        worker.returned.connect(self._analysis_done)
-        worker.errored.connect(self._analysis_failed)
-        worker.finished.connect(lambda: self.analyze_button.setEnabled(True))
-        self._worker = worker
-        worker.start()
-        return worker
+        cancel = threading.Event()
+        self.task = WidgetTask(
+            self.viewer,
+            iter_answers_report,
+            key,
+            answers,
+            out,
+            n_boot,
+            cancel,
+            desc="Reader study: analysing answers",
+            total=4,
+            cancel_event=cancel,
+            on_end=self._analysis_ended,
+        )
+        return self.task.start()
 
-    def _analysis_done(self, report: Path) -> None:
-        self.last_report = report
-        self.report_output.setPlainText(f"Report written: {report}")
-
-    def _analysis_failed(self, exc: Exception) -> None:
-        self.last_error = exc
-        self.report_output.setPlainText(f"Analysis failed: {exc}")
+    def _analysis_ended(self, task: WidgetTask) -> None:
+        if task is self.task:
+            self.task = None
+        self.analyze_button.setEnabled(True)
+        if task.state == "done" and task.result is not None:
+            self.last_report = task.result
+            self.report_output.setPlainText(f"Report written: {task.result}")
+        elif task.state == "failed":
+            self.last_error = task.error
+            self.report_output.setPlainText(f"Analysis failed: {task.error}")
+        else:
+            self.report_output.setPlainText("Analysis cancelled: no report written.")
 
     # --- closing ----------------------------------------------------------------------------------------
     def close_study(self) -> None:

@@ -1,4 +1,4 @@
-"""One staining run from the widget: the engine's generator in a napari ``thread_worker``, shown as it goes.
+"""One staining run from the widget: the engine's generator as a ``WidgetTask``, shown as it goes.
 
 Everything a run touches is captured when it starts (``RunRequest``: source layer, slide, store path, model
 path, settings), so tiles always land in the run's own store and on the run's own layer, whatever the user
@@ -16,19 +16,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import QObject, QTimer, Signal
 
-from ..geometry import Box
-from ..ihc_store import PROVENANCE_KEY, StoreView, bind_levels, blank_levels, model_name
-from ..inference.api import RunEvent, RunPlan, RunReport, TileProgress
-from ._confidence_layer import add_confidence_layer
-from ._run_progress import RunProgress
-from ._run_worker import PLANNING_WAIT_S, LiveStoreView, RunRequest, run_events, run_provenance
-from ._stain_layer import apply_placement, find_ihc_layer, ihc_layer_kwargs, layer_name_for, refresh_layer
-from ._stain_messages import announce_run_end, user_message
-from ._stain_view import visible_box
+from ...geometry import Box
+from ...ihc_store import PROVENANCE_KEY, StoreView, bind_levels, blank_levels, model_name
+from ...inference.api import RunEvent, RunPlan, RunReport, TileProgress
+from .._tasks import TaskProgress, WidgetTask
+from .._viewport import visible_box
+from .confidence import add_confidence_layer
+from .layer import apply_placement, find_ihc_layer, ihc_layer_kwargs, layer_name_for, refresh_layer
+from .messages import announce_run_end, user_message
+from .worker import PLANNING_WAIT_S, LiveStoreView, RunRequest, run_events, run_provenance
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +35,19 @@ log = logging.getLogger(__name__)
 # tens of ms with software OpenGL, so refreshing after every batch would keep the GUI thread busy.
 REFRESH_INTERVAL_S = 0.25
 
+# napari builds its progress bar with ~150 ms of repaints (software OpenGL), so a run shows it just after the
+# first tile is on screen (or PROGRESS_LATEST_MS after the plan if that tile takes longer): the first batch
+# and the first refresh do not wait for it and no event-loop stall goes past 100 ms (docs/widget.md).
+PROGRESS_AFTER_FIRST_TILE_MS = 150
+PROGRESS_LATEST_MS = 2000
 
-# Runs stay referenced here until they end, so closing the dock widget mid-run cannot delete a run whose
-# worker is still reporting (the widget cancels it instead; finished tiles are kept).
-_ACTIVE_RUNS: set[StainRun] = set()
+
+def progress_text(name: str, tp: TileProgress, cancelling: bool) -> str:
+    """The progress bar's line while tiles come in."""
+    verb = "cancelling" if cancelling else "staining"
+    return (
+        f"Virtual IHC {verb} {name}: {tp.done}/{tp.total} tiles, {tp.mp_per_s:.2f} MP/s on {tp.device or '?'}"
+    )
 
 
 class StainRun(QObject):
@@ -55,7 +63,7 @@ class StainRun(QObject):
         self.viewer, self.request = viewer, request
         self.store = Path(request.store).resolve()
         self.cancel_event = threading.Event()
-        self.state = "pending"
+        self._end_state: str | None = None  # set once the task has ended and the run is tidied
         self.plan: RunPlan | None = None
         self.view: StoreView | None = None
         self.live = LiveStoreView()  # the worker re-reads what the viewer cached under new tiles
@@ -67,7 +75,22 @@ class StainRun(QObject):
         self.refresh_count = 0
         self.timeline: dict[str, float] = {}  # perf_counter stamps for tests and benchmarks (never read here)
         self._fov: Box | None = None  # written on the GUI thread, read by the engine's priority poll
-        self.progress_bar = RunProgress(viewer, request.source_layer.name, self.cancel)
+        # Cancelling only sets the event: the engine stops after the current batch and still reports.
+        self.task = WidgetTask(
+            viewer,
+            run_events,
+            self.request,
+            self.cancel_event,
+            lambda: self._fov,
+            self.live,
+            desc=f"Virtual IHC: {request.source_layer.name}",
+            on_yield=self._on_event,
+            on_end=self._on_task_end,
+            cancel_event=self.cancel_event,
+            quit_on_cancel=False,
+            show_progress=False,  # shown after the first tile (PROGRESS_AFTER_FIRST_TILE_MS)
+        )
+        self.progress_bar: TaskProgress = self.task.progress
         self._placeholder: Any = None  # the white layer this run added, until its store exists
         self._layer_put_up = False  # the layer is put up once (a user may remove it later)
         self._last_refresh = 0.0
@@ -83,26 +106,22 @@ class StainRun(QObject):
         ]
 
     @property
+    def state(self) -> str:
+        """pending -> running (-> cancelling) -> done | cancelled | failed."""
+        return self._end_state or self.task.state
+
+    @property
     def running(self) -> bool:
         """True from ``start`` until ``ended`` is emitted."""
         return self.state in ("running", "cancelling")
 
     # --- lifecycle (GUI thread) -----------------------------------------------------------------
     def start(self) -> None:
-        _ACTIVE_RUNS.add(self)
-        self.state = "running"
         self.timeline["started"] = time.perf_counter()
         self._update_fov()  # before the engine's first priority poll
         for emitter, slot in self._connections:
             emitter.connect(slot)
-        self.worker = create_worker(
-            run_events, self.request, self.cancel_event, lambda: self._fov, self.live, _ignore_errors=True
-        )
-        self.worker.yielded.connect(self._on_event)
-        self.worker.returned.connect(self._on_returned)
-        self.worker.errored.connect(self._on_errored)
-        self.worker.finished.connect(self._on_finished)
-        self.worker.start()
+        self.task.start()
         # The layer is built in an event of its own, once the engine has planned or after PLANNING_WAIT_S:
         # building it (~250 ms of napari here) in this handler froze the window that long at the click.
         QTimer.singleShot(int(PLANNING_WAIT_S * 1000), self._show_layer_now)
@@ -110,9 +129,8 @@ class StainRun(QObject):
     def cancel(self) -> None:
         """Stop after the current batch; finished tiles stay in the store and a new run resumes."""
         if self.state == "running":
-            self.state = "cancelling"
-            self.cancel_event.set()
-            self.progress_bar.cancelling()
+            self.task.cancel()
+            self.progress_bar.describe(f"Virtual IHC: cancelling {self.request.source_layer.name}...")
 
     @property
     def model_name(self) -> str:
@@ -157,7 +175,7 @@ class StainRun(QObject):
         if self.notes:
             self.noted.emit(self.notes)
         self._bind_to_store()
-        QTimer.singleShot(RunProgress.LATEST_MS, self._show_progress_bar)
+        QTimer.singleShot(PROGRESS_LATEST_MS, self._show_progress_bar)
 
     def _bind_to_store(self) -> None:
         layer, plan, view = self.layer, self.plan, self.view
@@ -172,12 +190,17 @@ class StainRun(QObject):
         layer.name = layer_name_for(self.model_name, plan.provenance.get("target_stain"))
 
     def _show_progress_bar(self) -> None:
-        if self.running:
-            self.progress_bar.show(self.model_name, self.last_progress)
+        if self.running and not self.progress_bar.shown:
+            if self.last_progress is None:
+                self.progress_bar.describe(
+                    f"Virtual IHC: {self.request.source_layer.name} with {self.model_name}"
+                )
+            self.progress_bar.show()
 
     def _show_progress(self, tp: TileProgress) -> None:
         self.last_progress = tp
-        self.progress_bar.update(tp, cancelling=self.state == "cancelling")
+        text = progress_text(self.request.source_layer.name, tp, self.state == "cancelling")
+        self.progress_bar.update(tp.done, tp.total, text)
         if self.view is None or not tp.new_boxes:
             return
         self.timeline.setdefault("first_tile_received", time.perf_counter())
@@ -197,7 +220,7 @@ class StainRun(QObject):
         self.refresh_count += 1
         if self.refresh_count == 1:
             self.timeline["first_tile_shown"] = time.perf_counter()
-            QTimer.singleShot(RunProgress.AFTER_FIRST_TILE_MS, self._show_progress_bar)
+            QTimer.singleShot(PROGRESS_AFTER_FIRST_TILE_MS, self._show_progress_bar)
 
     # --- the viewer (GUI thread) ----------------------------------------------------------------
     def _update_fov(self, event: Any = None) -> None:
@@ -221,15 +244,13 @@ class StainRun(QObject):
             self.cancel()
 
     # --- the end (GUI thread) -------------------------------------------------------------------
-    def _on_returned(self, report: RunReport | None) -> None:
-        self.report = report  # the state changes in ``_on_finished``, once all is tidied
-
-    def _on_errored(self, exc: BaseException) -> None:
-        self.error = exc
-        log.warning("virtual IHC run failed", exc_info=exc)
-        show_error(user_message(exc, self.store))
-
-    def _on_finished(self) -> None:
+    def _on_task_end(self, task: WidgetTask) -> None:
+        """The task has ended (its progress bar is closed): tidy up, then the run's own end state."""
+        self.report = task.result if task.returned else None
+        if task.error is not None:
+            self.error = task.error
+            log.warning("virtual IHC run failed", exc_info=task.error)
+            show_error(user_message(task.error, self.store))
         self._refresh_timer.stop()
         self.live.detach()
         for emitter, slot in self._connections:
@@ -242,14 +263,13 @@ class StainRun(QObject):
             self.layer.metadata = {**self.layer.metadata, PROVENANCE_KEY: self.provenance()}
             if self._unshown_tiles:  # a refresh with nothing new repaints the canvas at the run's busy end
                 self._refresh_layer()
-        self.progress_bar.close()
         self.timeline["ended"] = time.perf_counter()
-        _ACTIVE_RUNS.discard(self)
         rep = self.report
         if self.error is not None or (rep is None and not self.cancel_event.is_set()):
-            self.state = "failed"
+            self._end_state = "failed"
         else:
-            self.state = "cancelled" if rep is None or rep.cancelled or self.cancel_event.is_set() else "done"
+            cancelled = rep is None or rep.cancelled or self.cancel_event.is_set()
+            self._end_state = "cancelled" if cancelled else "done"
         confidence = rep.settings.get("confidence_store") if rep is not None else None
         if confidence and self.state == "done":
             add_confidence_layer(self.viewer, confidence, self.request.source_layer, self.model_name)

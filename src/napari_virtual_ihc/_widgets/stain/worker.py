@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..geometry import Box
-from ..ihc_store import StoreView, layer_provenance, open_store
-from ..inference.api import EngineSettings, RunEvent, RunPlan, RunReport, TileProgress
-from ..slides.base import Slide
-from ._model_preload import ModelPreloader
-from ._run_scope import gui_friendly_run
-from ._stain_messages import ModelLoadError
+from ...geometry import Box
+from ...ihc_store import StoreView, layer_provenance, open_store
+from ...inference.api import EngineSettings, RunEvent, RunPlan, RunReport, TileProgress
+from ...slides.base import Slide
+from .messages import ModelLoadError
+from .preload import ModelPreloader
+from .scope import gui_friendly_run
 
 
 @dataclass
@@ -90,7 +90,7 @@ def run_events(
     request: RunRequest, cancel: threading.Event, priority: Any, live: LiveStoreView
 ) -> Generator[RunEvent, None, Any]:
     """Worker thread: load the model, then the engine's own generator (plan, progress..., report)."""
-    from .. import inference, models
+    from ... import inference, models
 
     with gui_friendly_run():
         try:

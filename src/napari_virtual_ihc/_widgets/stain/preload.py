@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # torch loads with the first model, not with the plugin
-    from ..models import LoadedGenerator
+    from ...models import LoadedGenerator
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def file_key(path: str | os.PathLike[str]) -> FileKey | None:
 
 
 def _load_on_cpu(path: str) -> LoadedGenerator:
-    from ..models import load_generator
+    from ...models import load_generator
 
     return load_generator(path, device="cpu")
 

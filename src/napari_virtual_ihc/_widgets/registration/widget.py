@@ -1,10 +1,11 @@
 """ "Register real IHC to H&E": align the real IHC layer onto the H&E, check it on landmarks, compare it
 with the virtual IHC.
 
-The work is the core's ``registration.iter_registration`` / ``iter_comparison`` in napari ``thread_worker``
-generators (progress bar, cancel between stages and inside the optimiser). Nothing is added to the viewer
-until a run has finished: a cancelled or failed run leaves no layer behind. A linear result places the
-real IHC with napari's ``affine`` (its own tiles, untouched); a non-rigid one adds a lazily resampled layer.
+The work is the core's ``registration.iter_registration`` / ``iter_comparison`` as ``WidgetTask`` s (the
+plugin's progress bar, cancel between stages and inside the optimiser); the figures and placements are the
+core's (``registration.display``). Nothing is added to the viewer until a run has finished: a cancelled or
+failed run leaves no layer behind. A linear result places the real IHC with napari's ``affine`` (its own
+tiles, untouched); a non-rigid one adds a lazily resampled layer.
 """
 
 from __future__ import annotations
@@ -16,19 +17,9 @@ from typing import Any
 
 import napari
 import numpy as np
-from napari.qt.threading import thread_worker
-from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QFormLayout,
-    QHBoxLayout,
-    QLabel,
-    QPushButton,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtWidgets import QComboBox
 
-from ..registration import (
+from ...registration import (
     RegistrationCancelled,
     RegistrationError,
     RegistrationSettings,
@@ -38,32 +29,41 @@ from ..registration import (
     read_points,
     transform_path_for,
 )
-from ..registration.compare import Comparison, ComparisonSettings, iter_comparison
-from ..registration.lazy import resampled_levels
-from ..registration.quality import describe as describe_quality
-from ..registration.register import STAGES
-from ._activity import pause_spinner, resume_spinner
-from ._layer_source import combo_layer, fill_layer_combo, slide_for_layer
-from ._value_table import ValueTable
-
-VIEWS = ("overlay", "side by side")
-SIDE_GAP = 1.05  # side-by-side offset, in fixed-slide widths
-
-
-def _rc(m_xy: np.ndarray) -> np.ndarray:
-    p = np.array([[0, 1, 0], [1, 0, 0], [0, 0, 1]], float)
-    return p @ m_xy @ p
+from ...registration.compare import Comparison, ComparisonSettings, iter_comparison
+from ...registration.display import affine_rc, comparison_plan, screen_residuals, side_shift
+from ...registration.lazy import resampled_levels
+from ...registration.quality import describe as describe_quality
+from ...registration.register import STAGES
+from ...slides.base import Slide
+from .._layer_source import combo_layer, fill_layer_combo, slide_for_layer
+from .._tasks import WidgetTask
+from .form import RegistrationForm
 
 
 def napari_affine(transform: SlideTransform, fixed_layer: Any, shift_x: float = 0.0) -> np.ndarray:
     """(3, 3) (row, col) affine taking the moving slide's level-0 pixels to the fixed layer's world."""
-    sy, sx = (float(v) for v in fixed_layer.scale[-2:])
-    ty, tx = (float(v) for v in fixed_layer.translate[-2:])
-    world = np.array([[sy, 0, ty], [0, sx, tx + shift_x], [0, 0, 1]], float)
-    return world @ _rc(np.linalg.inv(transform.linear_px()))
+    return affine_rc(transform, fixed_layer.scale, fixed_layer.translate, shift_x)
 
 
-class RegistrationWidget(QWidget):
+def _register(
+    fixed: Slide, moving: Slide, settings: RegistrationSettings, cancel: threading.Event
+) -> Generator[tuple[int, int, str], None, SlideTransform]:
+    """Worker thread: the registration, yielding (done, total, stage)."""
+    return (yield from iter_registration(fixed, moving, settings, cancel))
+
+
+def _compare(
+    virtual: Slide,
+    real: Slide,
+    transform: SlideTransform,
+    settings: ComparisonSettings,
+    cancel: threading.Event,
+) -> Generator[tuple[int, int], None, Comparison]:
+    """Worker thread: the virtual vs real comparison, yielding (done, total)."""
+    return (yield from iter_comparison(virtual, real, transform, settings, cancel=cancel))
+
+
+class RegistrationWidget(RegistrationForm):
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
@@ -74,49 +74,8 @@ class RegistrationWidget(QWidget):
         self.comparison: Comparison | None = None
         self.error: str | None = None
         self.settings = RegistrationSettings()
-        self._worker: Any = None
-        self._cancel = threading.Event()
-        self._spinner_paused = False
+        self.task: WidgetTask | None = None
         self._names: tuple[str, str] = ("", "")
-
-        form = QFormLayout()
-        self.fixed = QComboBox()
-        self.moving = QComboBox()
-        self.virtual = QComboBox()
-        self.view = QComboBox()
-        self.view.addItems(list(VIEWS))
-        self.nonrigid = QCheckBox("non-rigid (B-spline) refinement")
-        self.flip = QCheckBox("try the mirror image")
-        self.flip.setChecked(True)
-        self.reuse = QCheckBox("reuse a saved transform of these files")
-        self.reuse.setChecked(True)
-        self.accept_poor = QCheckBox("show a poor (not converged) alignment anyway")
-        form.addRow("H&E (fixed)", self.fixed)
-        form.addRow("Real IHC (moving)", self.moving)
-        form.addRow("Virtual IHC", self.virtual)
-        form.addRow("View", self.view)
-        for box in (self.nonrigid, self.flip, self.reuse, self.accept_poor):
-            form.addRow(box)
-        self.run_button = QPushButton("Register real IHC to H&E")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.landmark_button = QPushButton("Landmark check")
-        self.compare_button = QPushButton("Compare virtual vs real")
-        row = QHBoxLayout()
-        row.addWidget(self.run_button)
-        row.addWidget(self.cancel_button)
-        row2 = QHBoxLayout()
-        row2.addWidget(self.landmark_button)
-        row2.addWidget(self.compare_button)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        self.table = ValueTable()
-        lay = QVBoxLayout(self)
-        lay.addLayout(form)
-        lay.addLayout(row)
-        lay.addLayout(row2)
-        lay.addWidget(self.status)
-        lay.addWidget(self.table)
 
         self.run_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel)
@@ -159,7 +118,6 @@ class RegistrationWidget(QWidget):
             self._fail(str(e))
             return
         self._names = (fixed_layer.name, moving_layer.name)
-        self._cancel = threading.Event()
         saved = self._saved_path(fixed, moving)
         if saved is not None and self.reuse.isChecked() and saved.is_file():
             try:
@@ -175,33 +133,36 @@ class RegistrationWidget(QWidget):
                 "allow_flip": self.flip.isChecked(),
             }
         )
-        cancel = self._cancel
         total = len(STAGES) - (0 if settings.nonrigid else 1)
-
-        @thread_worker(progress={"total": total, "desc": "register IHC to H&E"})
-        def work() -> Generator[tuple[int, int, str], None, SlideTransform]:
-            return (yield from iter_registration(fixed, moving, settings, cancel))
-
-        worker = work()
-        worker.yielded.connect(lambda v: self.status.setText(f"registering: {v[2]} done ({v[0]}/{v[1]})"))
-        worker.returned.connect(self._on_done)
-        worker.errored.connect(self._on_error)
-        worker.aborted.connect(self._on_aborted)
-        worker.finished.connect(self._on_finished)
-        worker.started.connect(self._on_started)
-        self._begin("registering…")
-        self._worker = worker
-        worker.start()
+        cancel = threading.Event()  # also stops the optimiser inside a stage
+        self.task = WidgetTask(
+            self.viewer,
+            _register,
+            fixed,
+            moving,
+            settings,
+            cancel,
+            desc="Register IHC to H&E",
+            total=total,
+            cancel_event=cancel,
+            cancelled_errors=(RegistrationCancelled,),
+            on_yield=lambda v: self.status.setText(f"registering: {v[2]} done ({v[0]}/{v[1]})"),
+            on_end=self._on_registered,
+        )
+        self.set_busy(True, "registering…")
+        self.task.start()
 
     def _saved_path(self, fixed: Any, moving: Any) -> Path | None:
         if fixed.path is None or moving.path is None:
             return None
         return transform_path_for(fixed.path, moving.path)
 
+    def _on_registered(self, task: WidgetTask) -> None:
+        """Shown only when the task is done: cancelled just as it finished, the user asked for nothing."""
+        if self._task_ended(task):
+            self._on_done(task.result)
+
     def _on_done(self, transform: SlideTransform) -> None:
-        if self._cancel.is_set():  # finished just as cancel was pressed: the user asked for nothing
-            self._on_aborted()
-            return
         q = transform.quality
         figures = describe_quality(q)
         self.table.show_rows([(k, f"{v:.4g}") for k, v in q.items()] + [("note", n) for n in transform.notes])
@@ -247,8 +208,8 @@ class RegistrationWidget(QWidget):
         if layer is None or t is None or layer not in self.viewer.layers:
             return
         fixed_layer = self.viewer.layers[self._names[0]]
-        side = self.view.currentText() == "side by side"
-        shift = SIDE_GAP * t.fixed.dimensions[0] * float(fixed_layer.scale[-1]) if side else 0.0
+        side = self.side_by_side()
+        shift = side_shift(t, float(fixed_layer.scale[-1])) if side else 0.0
         layer.opacity = 1.0 if side else 0.5
         if t.is_linear:
             layer.scale = (1.0, 1.0)
@@ -336,12 +297,10 @@ class RegistrationWidget(QWidget):
         fw = np.array([fixed_pts.data_to_world(p) for p in fixed_pts.data[:n]]).reshape(-1, 2)
         mw = np.array([moving_pts.data_to_world(p) for p in moving_pts.data[:n]]).reshape(-1, 2)
         fixed_layer = self.viewer.layers[self._names[0]]
-        if self.view.currentText() == "side by side" and n:
-            mw = mw - [0.0, SIDE_GAP * self.transform.fixed.dimensions[0] * float(fixed_layer.scale[-1])]
-        scale = np.asarray(fixed_layer.scale[-2:], float)
-        dist_px = np.linalg.norm((fw - mw) / scale, axis=1) if n else np.zeros(0)
+        if self.side_by_side() and n:
+            mw = mw - [0.0, side_shift(self.transform, float(fixed_layer.scale[-1]))]
         diag = float(np.hypot(*self.transform.fixed.dimensions))
-        self.residuals = dist_px / diag
+        dist_px, self.residuals = screen_residuals(fw, mw, fixed_layer.scale, diag)
         lines = [np.stack([a, b]) for a, b in zip(fw, mw, strict=True)]
         name = "landmark residuals"
         if name in self.viewer.layers:
@@ -376,32 +335,28 @@ class RegistrationWidget(QWidget):
         if tuple(virtual.dimensions) != tuple(self.transform.fixed.dimensions):
             self._fail("the virtual IHC layer is not the size of the H&E: it must be in the H&E's frame")
             return
-        w, h = virtual.dimensions
-        ds = float(max(1, int(np.ceil(max(w, h) / 4096))))
-        settings = ComparisonSettings(tile_px=256, downsample=ds)
-        transform = self.transform
-        total = int(np.ceil(w / (256 * ds)) * np.ceil(h / (256 * ds)))
-        self._cancel = threading.Event()
-        cancel = self._cancel
+        settings, total = comparison_plan(virtual.dimensions)
+        cancel = threading.Event()
+        self.task = WidgetTask(
+            self.viewer,
+            _compare,
+            virtual,
+            real,
+            self.transform,
+            settings,
+            cancel,
+            desc="Virtual vs real IHC",
+            total=total,
+            cancel_event=cancel,
+            on_end=lambda task: self._on_compared(task, virtual_layer),
+        )
+        self.set_busy(True, "comparing…")
+        self.task.start()
 
-        @thread_worker(progress={"total": total, "desc": "virtual vs real"})
-        def work() -> Generator[tuple[int, int], None, Comparison]:
-            return (yield from iter_comparison(virtual, real, transform, settings, cancel=cancel))
-
-        worker = work()
-        worker.returned.connect(lambda c: self._on_compared(c, virtual_layer))
-        worker.errored.connect(self._on_error)
-        worker.aborted.connect(self._on_aborted)
-        worker.finished.connect(self._on_finished)
-        worker.started.connect(self._on_started)
-        self._begin("comparing…")
-        self._worker = worker
-        worker.start()
-
-    def _on_compared(self, comparison: Comparison, virtual_layer: Any) -> None:
-        if self._cancel.is_set():
-            self._on_aborted()
+    def _on_compared(self, task: WidgetTask, virtual_layer: Any) -> None:
+        if not self._task_ended(task):
             return
+        comparison: Comparison = task.result
         self.comparison = comparison
         step = comparison.settings.tile_px * comparison.settings.downsample
         name = "DAB fraction virtual - real"
@@ -425,39 +380,22 @@ class RegistrationWidget(QWidget):
         self.table.show_rows(rows)
         self.status.setText(f"virtual vs real: DAB Dice {comparison.dice:.3f}, IoU {comparison.iou:.3f}")
 
-    # --- worker plumbing ------------------------------------------------------------------------------
-    def _begin(self, text: str) -> None:
-        self.run_button.setEnabled(False)
-        self.compare_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.status.setText(text)
-
-    def _on_started(self) -> None:
-        self._spinner_paused = pause_spinner(self.viewer)
-
+    # --- tasks --------------------------------------------------------------------------------------
     def cancel(self) -> None:
-        self._cancel.set()
-        if self._worker is not None:
-            self._worker.quit()
+        if self.task is not None:
+            self.task.cancel()
         self.status.setText("cancelling…")
 
-    def _on_aborted(self) -> None:
-        self.status.setText("cancelled: nothing was added")
-
-    def _on_error(self, exc: BaseException) -> None:
-        if isinstance(exc, RegistrationCancelled):
-            self._on_aborted()
-            return
-        self._fail(f"{type(exc).__name__}: {exc}")
-
-    def _on_finished(self) -> None:
-        self._worker = None
-        if self._spinner_paused:
-            resume_spinner(self.viewer)
-            self._spinner_paused = False
-        self.run_button.setEnabled(True)
-        self.compare_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
+    def _task_ended(self, task: WidgetTask) -> bool:
+        """The form is free again; True when the task is done (its result is to be shown)."""
+        if task is self.task:
+            self.task = None
+        self.set_busy(False)
+        if task.state == "cancelled":
+            self.status.setText("cancelled: nothing was added")
+        elif task.state == "failed":
+            self._fail(f"{type(task.error).__name__}: {task.error}")
+        return task.state == "done"
 
     def _fail(self, message: str) -> None:
         self.error = message

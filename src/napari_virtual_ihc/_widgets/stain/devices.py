@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..inference.devices import DeviceError, available_devices, describe_device
-from ..inference.devices import resolve_device as _resolve_device
+from ...inference.devices import DeviceError, available_devices, describe_device
+from ...inference.devices import resolve_device as _resolve_device
 
 __all__ = ["DeviceError", "available_devices", "describe_device", "resolve_device"]
 

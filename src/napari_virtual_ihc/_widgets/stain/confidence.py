@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import zarr
 
-from ..ihc_store import PROVENANCE_KEY
-from ._stain_layer import placement_over
+from ...ihc_store import PROVENANCE_KEY
+from .layer import placement_over
 
 
 def add_confidence_layer(viewer: Any, store: str | Path, source_layer: Any, name: str) -> Any | None:

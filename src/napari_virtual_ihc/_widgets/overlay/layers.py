@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..stain.analysis import AnalysisResult
+from ...stain.analysis import AnalysisResult
 
 DAB_COLORS = {0: (0, 0, 0, 0), 1: (1.0, 0.9, 0.2, 0.6), 2: (1.0, 0.55, 0.0, 0.7), 3: (0.85, 0.0, 0.0, 0.8)}
 HER2_COLORS = {

@@ -1,0 +1,51 @@
+"""What a study coordinator runs from the reader widget: answers -> analysis -> report, in stages.
+
+A generator, so a GUI shows each stage and can stop between them (the bootstrap is the long one); the
+report folder is checked first, so a read-only or file ``out`` fails before any work.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Generator
+from pathlib import Path
+
+from .errors import StudyError
+
+STAGES = ("report folder checked", "answers read", "analysed", "report written")
+
+
+def iter_answers_report(
+    key: str | Path | None,
+    answers: str | Path,
+    out: str | Path,
+    n_boot: int = 2000,
+    cancel: threading.Event | None = None,
+) -> Generator[tuple[int, int, str], None, Path | None]:
+    """Yields ``(done, total, stage)`` after each stage; returns report.html, or None once ``cancel`` is set
+    (then no report is written)."""
+    from .analysis import analyze
+    from .bundle import load_key
+    from .ratings import collect_ratings, key_modalities
+    from .reference import reference_from_key
+    from .report import prepare_report_dir, write_report
+
+    total = len(STAGES)
+    prepare_report_dir(out)
+    yield 1, total, STAGES[0]
+    k = load_key(key) if key is not None and str(key) else None
+    ratings = collect_ratings(k, [answers])
+    if ratings.empty:
+        raise StudyError("no answers to analyse")
+    yield 2, total, STAGES[1]
+    if cancel is not None and cancel.is_set():
+        return None
+    results = analyze(
+        ratings, n_boot=n_boot, seed=0, modalities=key_modalities(k), reference=reference_from_key(k)
+    )
+    yield 3, total, STAGES[2]
+    if cancel is not None and cancel.is_set():
+        return None
+    report = write_report(results, out)
+    yield 4, total, STAGES[3]
+    return report
