@@ -23,6 +23,11 @@ pytestmark = pytest.mark.slow
 BOUND = {"kidney": 0.004, "lesion": 0.006, "cd31": 0.0075, "cc10": 0.0100}
 
 
+#: The deliberate misalignments: shifts by 5 % of the fixed diagonal, rotations by 10 degrees.
+BROKEN = [("shift_x", 0.05), ("shift_x", -0.05), ("shift_y", 0.05), ("shift_y", -0.05)]
+BROKEN += [("rotate", 10.0), ("rotate", -10.0)]
+
+
 def broken(t, pair: Pair, kind: str, amount: float):  # type: ignore[no-untyped-def]
     """``t`` composed, on the fixed side, with a shift (share of the diagonal) or a rotation (degrees)."""
     w, h = pair.fixed().dimensions
@@ -53,8 +58,7 @@ def test_gate_accepts_the_registered_pair_and_refuses_it_broken(which, request):
     assert np.median(errors) <= BOUND[which]
     assert t.converged, t.notes
     planes = gate_planes(pair.fixed(), pair.moving(), t)
-    cases = [("shift_x", 0.05), ("shift_x", -0.05), ("shift_y", 0.05), ("shift_y", -0.05)]
-    for kind, amount in [*cases, ("rotate", 10.0), ("rotate", -10.0)]:
+    for kind, amount in BROKEN:
         bad = broken(t, pair, kind, amount)
         f = quality.agreement_figures(*planes, bad.fixed_to_moving)
         print(
