@@ -18,9 +18,9 @@ from napari_virtual_ihc.registration.register import gate_planes
 from .conftest import Pair, registered
 
 pytestmark = pytest.mark.slow
-#: rTRE medians measured (docs/registration.md) plus a margin; CD31 and Cc10 sit at the best *any* affine
-#: map reaches through their landmarks (0.0064, 0.0088), not at the issue's 0.004.
-BOUND = {"kidney": 0.004, "lesion": 0.006, "cd31": 0.0075, "cc10": 0.0100}
+#: rTRE medians measured with the flow stage (docs/registration.md) plus a margin: kidney 0.0025, lesion
+#: 0.0047, CD31 0.0036; Cc10 stays above the issue's 0.004 (its landmarks ask for a field that is not smooth).
+BOUND = {"kidney": 0.004, "lesion": 0.0055, "cd31": 0.0045, "cc10": 0.0085}
 
 
 #: The deliberate misalignments: shifts by 5 % of the fixed diagonal, rotations by 10 degrees.
