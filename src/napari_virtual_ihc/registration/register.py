@@ -183,7 +183,11 @@ def _flow_stage(fixed: _View, moving: _View, linear: np.ndarray) -> Displacement
     coords = [(src[:, 1] - moy) / msy, (src[:, 0] - mox) / msx]
     plane = sitk.GetArrayViewFromImage(moving.structure)
     warped = ndi.map_coordinates(plane, coords, order=1, cval=0.0).reshape(h, w)
-    d = flow.dense_flow(sitk.GetArrayFromImage(fixed.structure), warped) * np.array([sx, sy])
+    warped_mask = ndi.map_coordinates(moving.mask.astype(np.float32), coords, order=1, cval=0.0) > 0.5
+    # the flow means something only where both sections have tissue: elsewhere (a torn-off part, glass) it
+    # would drag tissue onto what is not there, so it fades to the affine outside the common tissue
+    common = fixed.mask & warped_mask.reshape(h, w)
+    d = flow.dense_flow(sitk.GetArrayFromImage(fixed.structure), warped, common) * np.array([sx, sy])
     return Displacement(d.astype(np.float32), (float(ox), float(oy)), (float(sx), float(sy)))
 
 
