@@ -32,10 +32,12 @@ def _rss_mib() -> float:
 
 
 def _one(name: str, variant: str) -> dict[str, object]:
-    sys.path.insert(0, str(ROOT))
+    # tests/ is no package (a site-packages "tests" would shadow it): import the pair helpers by path
+    sys.path.insert(0, str(ROOT / "tests" / "registration"))
+    from conftest import BROKEN, broken, load_pair, reoriented_slide
+
     from napari_virtual_ihc.registration import register
     from napari_virtual_ihc.registration.landmarks import rtre
-    from tests.registration.conftest import load_pair, reoriented_slide
 
     pair = load_pair(ROOT / "tests" / "data", name)
     angle, flip = VARIANTS[variant]
@@ -53,7 +55,6 @@ def _one(name: str, variant: str) -> dict[str, object]:
     if variant == "scanned":  # the gate's figures for the same transform deliberately broken
         from napari_virtual_ihc.registration import quality
         from napari_virtual_ihc.registration.register import gate_planes
-        from tests.registration.test_gate import BROKEN, broken
 
         planes = gate_planes(fixed, moving, transform)
         for kind, amount in BROKEN:
@@ -101,8 +102,10 @@ def main() -> None:
             # a fresh process per row (its peak memory is the row's); a plain one, like the CLI's: a
             # multiprocessing worker gave Cc10 a different optimiser path (median 0.0115 against 0.0090)
             done = subprocess.run(
-                [sys.executable, __file__, "--one", name, variant], capture_output=True, text=True, check=True
+                [sys.executable, __file__, "--one", name, variant], capture_output=True, text=True
             )
+            if done.returncode:
+                raise SystemExit(f"{name} {variant} failed:\n{done.stderr[-3000:]}")
             r = json.loads(done.stdout.strip().splitlines()[-1])
             if r["unregistered"] is not None:
                 print(f"| {r['pair']} | unregistered | {r['unregistered']:.4f} | | | | | |")
