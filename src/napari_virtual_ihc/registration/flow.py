@@ -38,17 +38,12 @@ def ranks(image: np.ndarray) -> np.ndarray:
     return (r * (255.0 / max(flat.size - 1, 1))).reshape(image.shape).astype(np.uint8)
 
 
-def dense_flow(fixed: np.ndarray, warped: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
+def dense_flow(fixed: np.ndarray, warped: np.ndarray) -> np.ndarray:
     """(h, w, 2) displacement (dx, dy) in px such that ``warped`` at ``x + d(x)`` shows what ``fixed``
-    shows at ``x``; both are same-shaped planes (the moving one already through the affine). With ``where``
-    (bool, same shape) the flow is kept there only and fades to 0 outside within the smoothing."""
+    shows at ``x``; both are same-shaped planes (the moving one already through the affine)."""
     if fixed.shape != warped.shape:
         raise ValueError(f"planes differ in shape: {fixed.shape} and {warped.shape}")
     flow = cv2.calcOpticalFlowFarneback(
         ranks(fixed), ranks(warped), None, PYR_SCALE, LEVELS, WINDOW_PX, ITERATIONS, POLY_N, POLY_SIGMA, 0
     )
-    if where is not None:
-        if where.shape != fixed.shape:
-            raise ValueError(f"mask shape {where.shape} differs from the planes' {fixed.shape}")
-        flow = flow * where[..., None]
     return np.stack([ndi.gaussian_filter(flow[..., k], SMOOTH_PX) for k in (0, 1)], axis=-1)
