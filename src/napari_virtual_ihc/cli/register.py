@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from ..ihc_store.writer import check_writable_folder
     from ..registration import RegistrationError, RegistrationSettings, read_points, register, write_points
     from ..registration.quality import describe as describe_quality
+    from ..registration.register import STAGES
     from ..slides import open_slide
     from ..slides.errors import SlideError
 
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.out)
     try:
-        with tqdm(total=5, desc="register", unit="stage") as bar:
+        with tqdm(total=len(STAGES) - (0 if args.nonrigid else 1), desc="register", unit="stage") as bar:
 
             def progress(done: int, total: int, stage: str) -> None:
                 bar.total = total
