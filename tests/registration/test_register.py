@@ -133,7 +133,7 @@ def test_rigid_fit_recovers_a_rotation_and_a_mirror():
 def test_nonrigid_flow_is_kept_only_when_it_holds_and_saves(kidney, tmp_path):
     """The flow stage on smaller views: kept only with the gate passed and the outlines no worse (the note
     says why otherwise); the saved transform with its displacement maps the points the same after loading."""
-    settings = RegistrationSettings(nonrigid_side=256, working_side=512, iterations=30, candidates=1)
+    settings = RegistrationSettings(nonrigid_side=512, working_side=512, iterations=30, candidates=1)
     t = register(kidney.fixed(), kidney.moving(), settings)
     errors = rtre(t.moving_to_fixed(kidney.moving_points), kidney.fixed_points, kidney.fixed().dimensions)
     kept = "flow" in t.stages
