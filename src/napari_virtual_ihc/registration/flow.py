@@ -5,9 +5,10 @@ follows: on the ANHIR lung pairs the best affine fitted to the landmarks themsel
 0.0064 (CD31) and 0.0088 (Cc10). A B-spline on Mattes MI drifted on three of four pairs (docs); what held was
 OpenCV's Farneback flow (polynomial expansion, coarse-to-fine) on the hematoxylin optical density, each
 image replaced by its ranks (so the pale counterstain of an IHC and the dark nuclei of an H&E compare as
-orders, not as levels), the flow smoothed so it stays a smooth, invertible field. Measured on the four
-ANHIR pairs (docs/registration.md): kidney 0.0027 -> 0.0021, CD31 0.0064 -> 0.0037, and on the pairs not
-used to choose the settings, lesion 0.0050 -> 0.0042, Cc10 0.0090 -> 0.0067.
+orders, not as levels), the flow smoothed so it stays a smooth, invertible field. Median rTRE as scanned,
+affine -> affine + flow (benchmarks/bench_registration.py, docs/registration.md): kidney 0.0027 -> 0.0025,
+CD31 0.0064 -> 0.0036, and on the pairs not used to choose the settings, lesion 0.0049 -> 0.0047, Cc10
+0.0090 -> 0.0060.
 """
 
 from __future__ import annotations
