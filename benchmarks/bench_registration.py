@@ -32,10 +32,12 @@ def _rss_mib() -> float:
 
 
 def _one(name: str, variant: str) -> dict[str, object]:
-    sys.path.insert(0, str(ROOT))
+    # tests/ is no package (a site-packages "tests" would shadow it): import the pair helpers by path
+    sys.path.insert(0, str(ROOT / "tests" / "registration"))
+    from conftest import BROKEN, broken, load_pair, reoriented_slide
+
     from napari_virtual_ihc.registration import register
     from napari_virtual_ihc.registration.landmarks import rtre
-    from tests.registration.conftest import load_pair, reoriented_slide
 
     pair = load_pair(ROOT / "tests" / "data", name)
     angle, flip = VARIANTS[variant]
@@ -49,7 +51,24 @@ def _one(name: str, variant: str) -> dict[str, object]:
     seconds = time.perf_counter() - t0
     errors = rtre(transform.moving_to_fixed(points), pair.fixed_points, fixed.dimensions)
     q = transform.quality
+    gate: dict[str, str] = {}
+    if variant == "scanned":  # the gate's figures for the same transform deliberately broken
+        from napari_virtual_ihc.registration import quality
+        from napari_virtual_ihc.registration.register import gate_planes
+
+        planes = gate_planes(fixed, moving, transform)
+        for kind, amount in BROKEN:
+            f = quality.agreement_figures(*planes, broken(transform, pair, kind, amount).fixed_to_moving)
+            gate[f"{kind} {amount:+g}"] = (
+                f"{f['peak_correlation']:.2f} / {f['peak_margin']:+.2f} / {f['peak_contrast']:+.2f} "
+                f"{'**yes**' if quality.passes(f) else 'no'}"
+            )
     return {
+        "broken": gate,
+        "unregistered": float(np.median(rtre(points, pair.fixed_points, fixed.dimensions)))
+        if variant == "scanned"
+        else None,
+        "stages": "+".join(transform.stages),
         "pair": name,
         "variant": variant,
         "median": float(np.median(errors)),
@@ -76,20 +95,40 @@ def main() -> None:
         "| accepted | seconds | peak RSS MiB (after load) |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    broken_rows: list[str] = []
+    header: list[str] = []
     for name in args.pairs:
         for variant in args.variants:
             # a fresh process per row (its peak memory is the row's); a plain one, like the CLI's: a
             # multiprocessing worker gave Cc10 a different optimiser path (median 0.0115 against 0.0090)
             done = subprocess.run(
-                [sys.executable, __file__, "--one", name, variant], capture_output=True, text=True, check=True
+                [sys.executable, __file__, "--one", name, variant], capture_output=True, text=True
             )
+            if done.returncode:
+                raise SystemExit(f"{name} {variant} failed:\n{done.stderr[-3000:]}")
             r = json.loads(done.stdout.strip().splitlines()[-1])
+            if r["unregistered"] is not None:
+                print(f"| {r['pair']} | unregistered | {r['unregistered']:.4f} | | | | | |")
+            if r["broken"]:
+                broken_rows.append(
+                    f"| {r['pair']} | {r['gate']} {'**yes**' if r['converged'] else 'no'} | "
+                    + " | ".join(r["broken"].values())
+                    + " |"
+                )
+                header = list(r["broken"])
             print(
-                f"| {r['pair']} | {r['variant']} | {r['median']:.4f} | {r['p90']:.4f} | {r['gate']} "
+                f"| {r['pair']} | {r['variant']} ({r['stages']}) | {r['median']:.4f} | {r['p90']:.4f} | {r['gate']} "
                 f"| {'yes' if r['converged'] else 'no'} | {r['seconds']:.1f} | {r['peak']:.0f} "
                 f"(+{r['after_load']:.0f}) |",
                 flush=True,
             )
+    if broken_rows:
+        print(
+            "\nGate (correlation / margin / contrast, accepted?) of the registered transform and of it broken:\n"
+        )
+        print("| pair | registered | " + " | ".join(header) + " |")
+        print("|" + " --- |" * (len(header) + 2))
+        print("\n".join(broken_rows))
 
 
 if __name__ == "__main__":

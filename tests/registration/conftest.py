@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,3 +137,25 @@ def registered(pair: Pair, angle: float = 0.0, flip: bool = False, **settings): 
         errors = rtre(transform.moving_to_fixed(pts), pair.fixed_points, fixed.dimensions)
         _REGISTERED[key] = (transform, errors, seconds, peak)
     return _REGISTERED[key]
+
+
+#: The deliberate misalignments: shifts by 5 % of the fixed diagonal, rotations by 10 degrees.
+BROKEN = [("shift_x", 0.05), ("shift_x", -0.05), ("shift_y", 0.05), ("shift_y", -0.05)]
+BROKEN += [("rotate", 10.0), ("rotate", -10.0)]
+
+
+def broken(t, pair: Pair, kind: str, amount: float):  # type: ignore[no-untyped-def]
+    """``t`` composed, on the fixed side, with a shift (share of the diagonal) or a rotation (degrees)."""
+    w, h = pair.fixed().dimensions
+    d = np.eye(3)
+    if kind == "shift_x":
+        d[0, 2] = amount * float(np.hypot(w, h))
+    elif kind == "shift_y":
+        d[1, 2] = amount * float(np.hypot(w, h))
+    else:
+        a = np.radians(amount)
+        c = np.array([(w - 1) / 2, (h - 1) / 2])
+        d[:2, :2] = [[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]
+        d[:2, 2] = c - d[:2, :2] @ c
+    u = np.diag([*t.fixed.unit_per_px, 1.0])
+    return dataclasses.replace(t, matrix=t.matrix @ u @ d @ np.linalg.inv(u))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 
 import numpy as np
@@ -16,20 +18,26 @@ FIXED, MOVING = "Rat-Kidney_HE", "Rat-Kidney_PanCytokeratin"
 pytestmark = pytest.mark.slow
 
 
+_STDOUT: list[str] = []  # what `register` printed (a module fixture cannot take capsys)
+
+
 @pytest.fixture(scope="module")
 def registered_dir(tmp_path_factory, data_dir):  # type: ignore[no-untyped-def]
     out = tmp_path_factory.mktemp("register")
-    code = main(
-        [
-            "register",
-            str(data_dir / f"{FIXED}.jpg"),
-            str(data_dir / f"{MOVING}.jpg"),
-            "--out",
-            str(out),
-            "--points",
-            str(data_dir / f"{MOVING}.landmarks.csv"),
-        ]
-    )
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(
+            [
+                "register",
+                str(data_dir / f"{FIXED}.jpg"),
+                str(data_dir / f"{MOVING}.jpg"),
+                "--out",
+                str(out),
+                "--points",
+                str(data_dir / f"{MOVING}.landmarks.csv"),
+            ]
+        )
+    _STDOUT.append(printed.getvalue())
     assert code == 0
     return out
 
@@ -49,6 +57,13 @@ def test_register_writes_transform_and_points_in_fixed(registered_dir, data_dir)
     assert np.median(errors) <= 0.004
     report = json.loads((registered_dir / "registration.json").read_text())
     assert report["converged"] and report["points_in_fixed"] == "points_in_fixed.csv"
+    # the summary line gives the gate's figures (what decided), not the old correlation / Dice rule
+    summary = _STDOUT[-1]
+    print(summary)
+    assert summary.startswith("converged (coarse + rigid + affine")
+    q = report["quality"]
+    assert f"{q['peak_margin']:+.3f} over its best perturbation" in summary
+    assert f"{q['peak_contrast']:+.3f} over their median" in summary
 
 
 def test_register_refuses_swapped_inputs(tmp_path, data_dir, capsys):

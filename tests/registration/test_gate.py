@@ -7,37 +7,18 @@ alone (quality.py): the alignment must be a peak of hematoxylin agreement among 
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 
 from napari_virtual_ihc.registration import quality
 from napari_virtual_ihc.registration.register import gate_planes
 
-from .conftest import Pair, registered
+from .conftest import BROKEN, broken, registered
 
 pytestmark = pytest.mark.slow
-#: rTRE medians measured (docs/registration.md) plus a margin; CD31 and Cc10 sit at the best *any* affine
-#: map reaches through their landmarks (0.0064, 0.0088), not at the issue's 0.004.
-BOUND = {"kidney": 0.004, "lesion": 0.006, "cd31": 0.0075, "cc10": 0.0100}
-
-
-def broken(t, pair: Pair, kind: str, amount: float):  # type: ignore[no-untyped-def]
-    """``t`` composed, on the fixed side, with a shift (share of the diagonal) or a rotation (degrees)."""
-    w, h = pair.fixed().dimensions
-    d = np.eye(3)
-    if kind == "shift_x":
-        d[0, 2] = amount * float(np.hypot(w, h))
-    elif kind == "shift_y":
-        d[1, 2] = amount * float(np.hypot(w, h))
-    else:
-        a = np.radians(amount)
-        c = np.array([(w - 1) / 2, (h - 1) / 2])
-        d[:2, :2] = [[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]
-        d[:2, 2] = c - d[:2, :2] @ c
-    u = np.diag([*t.fixed.unit_per_px, 1.0])
-    return dataclasses.replace(t, matrix=t.matrix @ u @ d @ np.linalg.inv(u))
+#: rTRE medians measured with the flow stage (docs/registration.md) plus a margin: kidney 0.0025, lesion
+#: 0.0047, CD31 0.0036; Cc10 stays above the issue's 0.004 (its landmarks ask for a field that is not smooth).
+BOUND = {"kidney": 0.004, "lesion": 0.0055, "cd31": 0.0045, "cc10": 0.0085}
 
 
 @pytest.mark.parametrize("which", ["kidney", "lesion", "cd31", "cc10"])
@@ -53,8 +34,7 @@ def test_gate_accepts_the_registered_pair_and_refuses_it_broken(which, request):
     assert np.median(errors) <= BOUND[which]
     assert t.converged, t.notes
     planes = gate_planes(pair.fixed(), pair.moving(), t)
-    cases = [("shift_x", 0.05), ("shift_x", -0.05), ("shift_y", 0.05), ("shift_y", -0.05)]
-    for kind, amount in [*cases, ("rotate", 10.0), ("rotate", -10.0)]:
+    for kind, amount in BROKEN:
         bad = broken(t, pair, kind, amount)
         f = quality.agreement_figures(*planes, bad.fixed_to_moving)
         print(

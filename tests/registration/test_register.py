@@ -67,6 +67,8 @@ def test_unrelated_sections_are_reported_not_converged(kidney, lesion):
     print("unrelated pair quality:", t.quality)
     assert not t.converged
     assert any("poor alignment" in n for n in t.notes)
+    # no flow is fitted to a wrong alignment (it would raise the agreement of anything)
+    assert t.is_linear and any("non-rigid refinement skipped" in n for n in t.notes)
     assert not quality.passes(t.quality)
 
 
@@ -101,6 +103,8 @@ def test_a_torn_section_is_found_by_keypoint_matches(kidney):
     assert np.median(errors) <= 0.004
     # the gate judges the fixed tissue that is covered: a third of it is not, and the result is still a peak
     assert t.quality["peak_covered"] < 0.8
+    # no flow on a partial section: it dragged tissue into the gap (0.0031 -> 0.0074 when it ran)
+    assert t.is_linear and any("partial section" in n for n in t.notes), t.notes
 
 
 def test_without_the_keypoint_start_a_torn_section_is_reported_not_applied(kidney):
@@ -126,17 +130,17 @@ def test_rigid_fit_recovers_a_rotation_and_a_mirror():
         np.testing.assert_allclose(m[:2, 2], [5.0, -7.0], atol=1e-9)
 
 
-def test_nonrigid_refinement_is_kept_only_when_it_helps_and_saves(kidney, tmp_path):
-    settings = RegistrationSettings(
-        nonrigid=True, nonrigid_side=256, working_side=512, iterations=30, candidates=1
-    )
+def test_nonrigid_flow_is_kept_only_when_it_holds_and_saves(kidney, tmp_path):
+    """The flow stage on smaller views: kept only with the gate passed and the outlines no worse (the note
+    says why otherwise); the saved transform with its displacement maps the points the same after loading."""
+    settings = RegistrationSettings(nonrigid_side=512, working_side=512, iterations=30, candidates=1)
     t = register(kidney.fixed(), kidney.moving(), settings)
     errors = rtre(t.moving_to_fixed(kidney.moving_points), kidney.fixed_points, kidney.fixed().dimensions)
-    kept = "bspline" in t.stages
+    kept = "flow" in t.stages
     print(f"non-rigid {'kept' if kept else 'dropped'}: rTRE median {np.median(errors):.4f}", t.notes)
     assert kept != any("non-rigid refinement dropped" in n for n in t.notes)
-    # no accuracy claim: on these pairs the B-spline does not improve rTRE (docs/registration.md); sane only
-    assert np.median(errors) < 0.5 * np.median(
+    assert t.converged
+    assert np.median(errors) < 0.2 * np.median(
         rtre(kidney.moving_points, kidney.fixed_points, kidney.fixed().dimensions)
     )
     if kept:
@@ -144,3 +148,7 @@ def test_nonrigid_refinement_is_kept_only_when_it_helps_and_saves(kidney, tmp_pa
         np.testing.assert_allclose(
             back.moving_to_fixed(kidney.moving_points), t.moving_to_fixed(kidney.moving_points)
         )
+    linear = register(
+        kidney.fixed(), kidney.moving(), RegistrationSettings(nonrigid=False, working_side=512, candidates=1)
+    )
+    assert linear.is_linear and "flow" not in linear.stages

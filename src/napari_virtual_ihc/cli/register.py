@@ -18,14 +18,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "register",
         help="register a moving slide (real IHC) to a fixed slide (H&E) of consecutive sections",
-        description="Coarse rotation/flip search, rigid, affine (and optional B-spline) registration. Writes "
+        description="Coarse rotation/flip search, rigid, affine and optical-flow registration. Writes "
         "DIR/transform.json (with both files' fingerprints) and, with --points, DIR/points_in_fixed.csv.",
     )
     p.add_argument("fixed", help="the reference slide (H&E)")
     p.add_argument("moving", help="the slide to align (real IHC)")
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument("--points", help="ANHIR-style CSV (X, Y columns) in the moving slide's level-0 pixels")
-    p.add_argument("--nonrigid", action="store_true", help="add a B-spline refinement after the affine")
+    p.add_argument(
+        "--nonrigid",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="optical-flow refinement after the affine, kept only when it holds (default: on; "
+        "--no-nonrigid for the affine alone)",
+    )
     p.add_argument("--no-flip", action="store_true", help="do not try the mirror image of the moving slide")
     p.add_argument(
         "--working-side", type=int_in(64, 16384), default=1024, help="px of the affine stage's views"
@@ -36,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--accept-poor",
         action="store_true",
-        help="write the points even when the alignment quality is below the thresholds",
+        help="write the points even when the alignment fails the quality gate (not a peak of agreement)",
     )
     p.set_defaults(func=run)
 
@@ -48,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from ..ihc_store.writer import check_writable_folder
     from ..registration import RegistrationError, RegistrationSettings, read_points, register, write_points
     from ..registration.quality import describe as describe_quality
+    from ..registration.register import STAGES
     from ..slides import open_slide
     from ..slides.errors import SlideError
 
@@ -72,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.out)
     try:
-        with tqdm(total=5, desc="register", unit="stage") as bar:
+        with tqdm(total=len(STAGES) - (0 if args.nonrigid else 1), desc="register", unit="stage") as bar:
 
             def progress(done: int, total: int, stage: str) -> None:
                 bar.total = total
@@ -114,7 +121,10 @@ def run(args: argparse.Namespace) -> int:
     except OSError as e:  # e.g. the disk filled up during the registration
         print(f"virtual-ihc register: cannot write to {out}: {e.strerror or e}", file=sys.stderr)
         return 1
-    print(f"{'converged' if transform.converged else 'NOT CONVERGED'}: {describe_quality(q)}; wrote {out}")
+    print(
+        f"{'converged' if transform.converged else 'NOT CONVERGED'} ({' + '.join(transform.stages)}): "
+        f"{describe_quality(q)}; wrote {out}"
+    )
     if not transform.converged:
         print(
             "virtual-ihc register: the alignment is poor (see the figures above); the transform is saved "
