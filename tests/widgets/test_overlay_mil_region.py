@@ -21,8 +21,8 @@ from napari_virtual_ihc.slides import open_slide
 from napari_virtual_ihc.stain.tumour_map import mil_region
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from stain._mil import darkness_classifier  # noqa: E402
-from stain.test_tumour_map import _he_canvas, _near_identity_generator  # noqa: E402
+from stain._mil import darkness_classifier
+from stain.test_tumour_map import _he_canvas, _near_identity_generator
 
 T = 32  # the classifier's tile
 
