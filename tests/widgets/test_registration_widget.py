@@ -127,3 +127,37 @@ def test_nonrigid_result_is_a_lazy_layer_and_compare_adds_a_map(pair_viewer, qtb
     assert w.comparison.dice == pytest.approx(1.0, abs=1e-9)
     assert "DAB fraction virtual - real" in viewer.layers
     assert w.table.rowCount() > 5
+
+
+def test_the_status_line_gives_the_stages_and_the_gates_figures_as_the_cli(pair_viewer):
+    """The status names the stages and the figures the quality gate decides on, in the CLI's words
+    (``quality.describe``); here for a saved transform that is reused, and one marked poor."""
+    from napari_virtual_ihc.registration.quality import describe
+    from napari_virtual_ihc.registration.transform import SlideRecord, SlideTransform
+
+    _, w, folder = pair_viewer
+    fixed, moving = folder / f"{FIXED}.jpg", folder / f"{MOVING}.jpg"
+    figures = {"peak_correlation": 0.61, "peak_margin": 0.04, "peak_contrast": 0.21, "tissue_dice": 0.93}
+    with open_slide(fixed) as f, open_slide(moving) as m:
+        t = SlideTransform(
+            np.eye(3),
+            SlideRecord.of(f, (1.0, 1.0)),
+            SlideRecord.of(m, (1.0, 1.0)),
+            quality=figures,
+            stages=["coarse", "rigid", "affine"],
+        )
+    t.save(transform_path_for(fixed, moving))
+    w.reuse.setChecked(True)
+    w.start()
+    assert w.error is None, w.error
+    assert w.status.text().startswith(f"registered (coarse + rigid + affine): {describe(figures)}")
+    assert (
+        "agreement peak 0.610, +0.040 over its best perturbation, +0.210 over their median" in w.status.text()
+    )
+    assert "reused" in w.status.text()
+    t.converged = False
+    t.save(transform_path_for(fixed, moving))
+    w.start()
+    assert w.error is not None and w.error.startswith(
+        f"poor alignment, not applied (coarse + rigid + affine): {describe(figures)}"
+    )

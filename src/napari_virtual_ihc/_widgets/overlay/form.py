@@ -22,6 +22,7 @@ from qtpy.QtWidgets import (
 from ...stain.calibration import StainCalibration
 from ...stain.deconvolution import QUPATH_DAB, QUPATH_HEMATOXYLIN
 from ...stain.markers import MARKER_CHOICES
+from ...stain.tumour_map import MIL_THRESHOLD
 from .._value_table import ValueTable
 from .layers import DAB_LEGEND, HER2_LEGEND
 
@@ -34,6 +35,9 @@ MARKER_LABELS = {
     "pr": "PR (nuclear)",
 }
 NO_REGION_LABEL = "(all cells: no tumour region)"
+MIL_REGION = "mil"  # the Tumour region combo's item data for the MIL tumour map (layers are the others)
+MIL_LABEL = "MIL tumour map…"
+MIL_HE_OWN_SOURCE = "(a virtual IHC: its own source slide)"
 BACKGROUNDS = {"estimated from the slide": "auto", "255 (no estimate)": "default"}
 VECTORS = {
     "QuPath H-DAB defaults": "default",
@@ -79,6 +83,7 @@ class OverlayForm(QWidget):
         self.region_shapes.setToolTip(
             "a Shapes or Labels layer outlining the tumour: estimates count its cells"
         )
+        self._mil_controls()
         self.marker = QComboBox()
         for m in MARKER_CHOICES:
             self.marker.addItem(MARKER_LABELS[m], m)
@@ -108,6 +113,7 @@ class OverlayForm(QWidget):
         form.addRow("  hematoxylin", self.vector_fields["hematoxylin"])
         form.addRow("  DAB", self.vector_fields["dab"])
         form.addRow("Tumour region", self.region_shapes)
+        form.addRow(self.mil_box)
         cal_row = QHBoxLayout()
         cal_row.addWidget(self.calibration_label, 1)
         cal_row.addWidget(self.load_calibration_button)
@@ -149,6 +155,42 @@ class OverlayForm(QWidget):
         lay.addWidget(self.status)
         lay.addWidget(self.legend)
         lay.addWidget(self.table)
+
+    def _mil_controls(self) -> None:
+        """The MIL tumour map's inputs, shown while "MIL tumour map…" is the Tumour region."""
+        self.mil_box = QWidget()
+        self.mil_classifier = QLineEdit()
+        self.mil_classifier.setPlaceholderText("tumour classifier (.safetensors from virtual-ihc-train mil)")
+        self.mil_classifier_button = QPushButton("…")
+        self.mil_threshold = _spin(MIL_THRESHOLD, 0, 1, "", decimals=2)
+        self.mil_threshold.setToolTip("P(tumour) from which a classifier tile is tumour")
+        self.mil_he = QComboBox()
+        self.mil_he.setToolTip(
+            "the H&E a real IHC was cut next to (a layer opened from a file, or a file); "
+            "a virtual IHC finds its source slide in its store"
+        )
+        self.mil_he_button = QPushButton("File…")
+        self.mil_transform = QLineEdit()
+        self.mil_transform.setPlaceholderText("default: the Register action's transform of this pair")
+        self.mil_transform.setToolTip(
+            "the registration transform (H&E fixed, IHC moving); empty: the one next to the IHC if there, "
+            "else the H&E and the IHC are taken as the same pixels"
+        )
+        self.mil_transform_button = QPushButton("…")
+        lay = QFormLayout(self.mil_box)
+        lay.setContentsMargins(0, 0, 0, 0)
+        for label, field_, button in (
+            ("  MIL classifier", self.mil_classifier, self.mil_classifier_button),
+            ("  H&E", self.mil_he, self.mil_he_button),
+            ("  transform", self.mil_transform, self.mil_transform_button),
+        ):
+            row = QHBoxLayout()
+            row.addWidget(field_, 1)
+            row.addWidget(button)
+            lay.addRow(label, row)
+            if label == "  MIL classifier":
+                lay.addRow("  threshold", self.mil_threshold)
+        self.mil_box.setVisible(False)
 
     def _typed_vector(self, name: str) -> tuple[float, float, float]:
         text = self.vector_fields[name].text().replace(",", " ").split()

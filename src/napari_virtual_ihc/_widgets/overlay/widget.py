@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Generator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ from qtpy.QtWidgets import (
 
 from ...export.errors import ExportError
 from ...export.geojson import result_cell_features, write_geojson
+from ...ihc_store import PROVENANCE_KEY
+from ...registration import transform_path_for
 from ...slides.base import Slide
 from ...stain.analysis import AnalysisCancelled, AnalysisResult, AnalysisSettings, iter_analysis, tile_count
 from ...stain.calibration import StainCalibration
@@ -33,10 +36,21 @@ from ...stain.her2 import Her2Rules
 from ...stain.markers import NO_REGION
 from ...stain.membrane import DabBins
 from ...stain.regions import TumourRegion, mask_region, polygon_region, read_geojson
-from .._layer_source import combo_layer, fill_layer_combo, layer_mpp, slide_for_layer
+from ...stain.tumour_map import mil_region
+from .._layer_source import combo_layer, fill_layer_combo, layer_mpp, layer_source_path, slide_for_layer
 from .._tasks import WidgetTask
 from .._viewport import shapes_polygons, visible_region
-from .form import BACKGROUNDS, KEYS, MODES, NO_REGION_LABEL, VECTORS, OverlayForm
+from .form import (
+    BACKGROUNDS,
+    KEYS,
+    MIL_HE_OWN_SOURCE,
+    MIL_LABEL,
+    MIL_REGION,
+    MODES,
+    NO_REGION_LABEL,
+    VECTORS,
+    OverlayForm,
+)
 from .layers import result_layers, summary_rows
 
 
@@ -50,6 +64,7 @@ class StainOverlayWidget(OverlayForm):
         self.overlay_layers: dict[str, Any] = {}
         self.task: WidgetTask | None = None
         self._source_name = ""
+        self._mil_he_files: list[Path] = []  # H&E files chosen with "File…", kept in the H&E combo
 
         self._loaded_calibration: tuple[str, StainCalibration, DabBins] | None = None
 
@@ -59,6 +74,11 @@ class StainOverlayWidget(OverlayForm):
         self.save_calibration_button.clicked.connect(self._ask_save_calibration)
         self.export_cells_button.clicked.connect(self._ask_export_cells)
         self.import_region_button.clicked.connect(self._ask_import_region)
+        self.region_shapes.currentIndexChanged.connect(self._show_mil_controls)
+        self.source.currentIndexChanged.connect(self._show_mil_controls)
+        self.mil_classifier_button.clicked.connect(self._ask_mil_classifier)
+        self.mil_he_button.clicked.connect(self._ask_mil_he)
+        self.mil_transform_button.clicked.connect(self._ask_mil_transform)
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
         self._refresh_layers()
@@ -79,7 +99,105 @@ class StainOverlayWidget(OverlayForm):
             for x in layers
             if isinstance(x, napari.layers.Shapes | napari.layers.Labels) and id(x) not in own
         ]
+        mil_chosen = self.region_shapes.currentData() == MIL_REGION
         fill_layer_combo(self.region_shapes, regions, none_label=NO_REGION_LABEL)
+        self.region_shapes.blockSignals(True)
+        self.region_shapes.addItem(MIL_LABEL, MIL_REGION)
+        if mil_chosen:
+            self.region_shapes.setCurrentIndex(self.region_shapes.count() - 1)
+        self.region_shapes.blockSignals(False)
+        self._fill_mil_he([x for x in images if layer_source_path(x) is not None])
+        self._show_mil_controls()
+
+    # --- the MIL tumour map as the region -------------------------------------------------------------
+    def _fill_mil_he(self, layers: list[Any]) -> None:
+        """H&E choices: image layers opened from a file, then the files chosen with "File…"."""
+        before = self.mil_he.currentData()
+        self.mil_he.blockSignals(True)
+        self.mil_he.clear()
+        self.mil_he.addItem(MIL_HE_OWN_SOURCE, None)
+        for layer in layers:
+            self.mil_he.addItem(layer.name, layer)
+        for path in self._mil_he_files:
+            self.mil_he.addItem(str(path), path)
+        index = next(
+            (
+                i
+                for i in range(self.mil_he.count())
+                if before is not None
+                and (
+                    self.mil_he.itemData(i) is before
+                    or (isinstance(before, Path) and self.mil_he.itemData(i) == before)
+                )
+            ),
+            0,
+        )
+        self.mil_he.setCurrentIndex(index)
+        self.mil_he.blockSignals(False)
+
+    def choose_mil_he(self, path: str | Path) -> None:
+        """An H&E file (not open in the viewer) as the MIL map's H&E."""
+        p = Path(path)
+        if p not in self._mil_he_files:
+            self._mil_he_files.append(p)
+            self.mil_he.addItem(str(p), p)
+        self.mil_he.setCurrentIndex(self.mil_he.findText(str(p)))
+
+    def _show_mil_controls(self, *_: Any) -> None:
+        mil = self.region_shapes.currentData() == MIL_REGION
+        self.mil_box.setVisible(mil)
+        layer = combo_layer(self.source)
+        real = layer is None or _virtual_ihc_store(layer) is None
+        for w in (self.mil_he, self.mil_he_button, self.mil_transform, self.mil_transform_button):
+            w.setEnabled(real)  # a virtual IHC's store says which slide it came from
+
+    def mil_request(self, layer: Any, dimensions: tuple[int, int]) -> MilRequest:
+        """What the worker needs to make the MIL tumour map of ``layer`` (checked here, on the GUI thread)."""
+        text = self.mil_classifier.text().strip()
+        if not text:
+            raise ValueError("choose the MIL tumour classifier file (.safetensors) for the MIL tumour map")
+        classifier = Path(text)
+        if not classifier.is_file():
+            raise ValueError(f"the MIL classifier {classifier} is not there")
+        threshold = float(self.mil_threshold.value())
+        store = _virtual_ihc_store(layer)
+        if store is not None:
+            return MilRequest(store, dimensions, classifier, threshold)
+        ihc = layer_source_path(layer)
+        if ihc is None:
+            raise ValueError(
+                f"the layer {layer.name!r} was not opened from a file: the MIL map needs the IHC's file "
+                "(to check it against the H&E and the transform)"
+            )
+        chosen = self.mil_he.currentData()
+        he = layer_source_path(chosen) if chosen is not None and not isinstance(chosen, Path) else chosen
+        if he is None:
+            raise ValueError(
+                f"{layer.name!r} is a real IHC: choose the H&E it was cut next to (a layer or a file) "
+                "for the MIL tumour map"
+            )
+        typed = self.mil_transform.text().strip()
+        transform: Path | None = Path(typed) if typed else transform_path_for(he, ihc)
+        if typed and not transform.is_file():  # type: ignore[union-attr]
+            raise ValueError(f"the transform file {typed} is not there")
+        if not typed and not transform.is_file():  # type: ignore[union-attr]
+            transform = None  # no registration saved: find_he takes them as the same pixels, or says why not
+        return MilRequest(ihc, dimensions, classifier, threshold, he=Path(he), transform=transform)
+
+    def _ask_mil_classifier(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "MIL tumour classifier", "", "Classifier (*.safetensors)")
+        if path:
+            self.mil_classifier.setText(path)
+
+    def _ask_mil_he(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "The H&E of this IHC", "", "Slides (*)")
+        if path:
+            self.choose_mil_he(path)
+
+    def _ask_mil_transform(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Registration transform", "", "Transform (*.json)")
+        if path:
+            self.mil_transform.setText(path)
 
     def _toggler(self, which: str) -> Any:
         def toggle(viewer: Any = None) -> None:
@@ -254,7 +372,11 @@ class StainOverlayWidget(OverlayForm):
             slide = slide_for_layer(layer)
             settings = self.settings(layer)
             region = visible_region(self.viewer, layer, slide) if self.scope.currentIndex() == 0 else None
-            tumour = self.tumour_region(layer, slide.dimensions)
+            mil = None
+            if self.region_shapes.currentData() == MIL_REGION:
+                mil, tumour = self.mil_request(layer, slide.dimensions), None
+            else:
+                tumour = self.tumour_region(layer, slide.dimensions)
         except (ValueError, KeyError) as e:  # StainVectorError and RegionError are ValueErrors
             self._fail(str(e))
             return
@@ -266,7 +388,7 @@ class StainOverlayWidget(OverlayForm):
         self.cancel_button.setEnabled(True)
         self.status.setText(f"computing {total} tile(s)…")
         self._source_name = layer.name
-        meta = (tumour, layer.name, tuple(layer.scale[-2:]), tuple(layer.translate[-2:]))
+        meta = (layer.name, tuple(layer.scale[-2:]), tuple(layer.translate[-2:]))
 
         cancel = threading.Event()  # iter_analysis stops between tiles once it is set
         self.task = WidgetTask(
@@ -276,17 +398,20 @@ class StainOverlayWidget(OverlayForm):
             settings,
             region,
             cancel,
+            tumour,
+            mil,
             desc=f"Stain overlays: {layer.name}",
             total=total,
             cancel_event=cancel,
-            cancelled_errors=(AnalysisCancelled,),
+            cancelled_errors=(AnalysisCancelled, MilCancelled),
+            on_yield=self._on_report,
             on_end=lambda task: self._on_end(task, meta),
         ).start()
 
     def tumour_region(self, layer: Any, dimensions: tuple[int, int]) -> TumourRegion | None:
         """The chosen Shapes/Labels layer as a region in the source's level-0 pixels (None: all cells)."""
         chosen = combo_layer(self.region_shapes)
-        if chosen is None:
+        if chosen is None or chosen == MIL_REGION:
             return None
         if chosen not in self.viewer.layers:
             raise ValueError(f"the region layer {chosen.name!r} was removed: choose another")
@@ -319,13 +444,17 @@ class StainOverlayWidget(OverlayForm):
             self.task.cancel()
         self.status.setText("cancelling after the current tile…")
 
+    def _on_report(self, value: Any) -> None:
+        if isinstance(value, tuple) and len(value) > 2 and self.task is not None:
+            self.status.setText(str(value[2]))
+
     def _on_end(self, task: WidgetTask, meta: tuple[Any, ...]) -> None:
         if task is self.task:
             self.task = None
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         if task.state == "done":
-            self._show(task.result, *meta)
+            self._show(*task.result, *meta)
         elif task.state == "cancelled":
             self.status.setText("cancelled")
         else:
@@ -365,6 +494,8 @@ class StainOverlayWidget(OverlayForm):
             notes.append(est["note"])
         if result.marker_reason != "chosen":
             notes.append(result.marker_reason)
+        if tumour is not None and tumour.record is not None:  # the MIL map's: read at which scale, empty...
+            notes.extend(str(n) for n in tumour.record.get("notes", ()))
         self.status.setText(
             f"done: {result.n_nuclei} nuclei ({result.nuclei_method}); "
             + (f"{self.summary.get('cells_counted', NO_REGION)}" if est else "")
@@ -376,14 +507,61 @@ class StainOverlayWidget(OverlayForm):
         self.status.setText(f"error: {message}")
 
 
+class MilCancelled(RuntimeError):
+    """Cancel pressed while the MIL tumour map was being scored (before any tile was analysed)."""
+
+
+@dataclass(frozen=True)
+class MilRequest:
+    """The inputs of ``stain.tumour_map.mil_region`` as the form gives them (see ``mil_request``)."""
+
+    ihc: Path  # the IHC's file, or a virtual IHC's store
+    dimensions: tuple[int, int]
+    classifier: Path
+    threshold: float
+    he: Path | None = None  # None: a virtual IHC's own source slide
+    transform: Path | None = None
+
+    def region(self, bounds: tuple[int, int, int, int] | None, cancel: threading.Event) -> TumourRegion:
+        def stop_if_cancelled(done: int, total: int) -> None:
+            if cancel.is_set():
+                raise MilCancelled("cancelled while scoring the MIL tumour map")
+
+        return mil_region(
+            self.ihc,
+            self.dimensions,
+            self.classifier,
+            he=self.he,
+            transform=self.transform,
+            threshold=self.threshold,
+            ihc_bounds=bounds,
+            progress=stop_if_cancelled,
+        )
+
+
+def _virtual_ihc_store(layer: Any) -> Path | None:
+    """The store a virtual IHC layer shows (None: a real image)."""
+    prov = layer.metadata.get(PROVENANCE_KEY) if isinstance(layer.metadata, dict) else None
+    store = prov.get("store") if isinstance(prov, dict) else None
+    return Path(store) if store else None
+
+
 def _analysis(
     slide: Slide,
     settings: AnalysisSettings,
     region: tuple[int, int, int, int] | None,
     cancel: threading.Event,
-) -> Generator[tuple[int, int], None, AnalysisResult]:
-    """Worker thread: the analysis, yielding (done, total) per tile (AnalysisCancelled once cancelled)."""
-    return (yield from iter_analysis(slide, settings, region=region, cancel=cancel))
+    tumour: TumourRegion | None,
+    mil: MilRequest | None,
+) -> Generator[tuple[Any, ...], None, tuple[AnalysisResult, TumourRegion | None]]:
+    """Worker thread: the MIL tumour map when asked for, then the analysis, yielding (done, total) per tile
+    (AnalysisCancelled once cancelled); returns the result and the tumour region it is summarised in."""
+    if mil is not None:
+        yield (0, 0, f"scoring the MIL tumour map ({mil.classifier.name}) on the H&E…")
+        tumour = mil.region(region, cancel)
+        yield (0, 0, f"computing the tiles; tumour region: {tumour.describe()}")
+    result = yield from iter_analysis(slide, settings, region=region, cancel=cancel)
+    return result, tumour
 
 
 def _open_ring(ring: np.ndarray) -> np.ndarray:

@@ -164,12 +164,12 @@ class RegistrationWidget(RegistrationForm):
 
     def _on_done(self, transform: SlideTransform) -> None:
         q = transform.quality
-        figures = describe_quality(q)
+        figures = _summary(transform)
         self.table.show_rows([(k, f"{v:.4g}") for k, v in q.items()] + [("note", n) for n in transform.notes])
         if not transform.converged and not self.accept_poor.isChecked():
             self.transform = None
             self._fail(
-                f"poor alignment, not applied ({figures}); tick 'show a poor alignment anyway' to see it"
+                f"poor alignment, not applied {figures}; tick 'show a poor alignment anyway' to see it"
             )
             return
         self.transform = transform
@@ -197,10 +197,7 @@ class RegistrationWidget(RegistrationForm):
         self.registered_layer = layer
         moving_layer.visible = False
         self._place()
-        self.status.setText(
-            f"{'registered' if transform.converged else 'POOR alignment shown'}: {figures}"
-            + (" (non-rigid)" if not transform.is_linear else "")
-        )
+        self.status.setText(f"{'registered' if transform.converged else 'POOR alignment shown'} {figures}")
 
     def _place(self) -> None:
         """Overlay: on the H&E; side by side: one H&E width to the right (beside it or the virtual IHC)."""
@@ -400,3 +397,9 @@ class RegistrationWidget(RegistrationForm):
     def _fail(self, message: str) -> None:
         self.error = message
         self.status.setText(f"error: {message}")
+
+
+def _summary(transform: SlideTransform) -> str:
+    """What ``virtual-ihc register`` prints: the stages run, then the figures the quality gate decides on."""
+    stages = " + ".join(transform.stages) or ("non-rigid" if not transform.is_linear else "affine")
+    return f"({stages}): {describe_quality(transform.quality)}"

@@ -140,8 +140,9 @@ class StainForm(QWidget):
         ):
             self.bn_stats_combo.addItem(label, value)
         self.bn_stats_combo.setToolTip(
-            "BatchNorm models: running statistics (eval mode) or statistics of this slide, frozen (what the "
-            "papers' test.py does without --eval)"
+            "Every BatchNorm layer of the model, also those inside an instance-norm model (AMMFI's "
+            "attention): running statistics (eval mode) or statistics of this slide, frozen (what the "
+            "papers' test.py does without --eval); a model without BatchNorm layers ignores it"
         )
         adv.addRow("BatchNorm", self.bn_stats_combo)
         self.dropout_edit = QLineEdit()
