@@ -47,7 +47,10 @@ def test_registered_ihc_overlays_the_he_within_the_landmark_figure(pair_viewer, 
     assert w.error is None, w.error
     layer = w.registered_layer
     assert layer.name == f"{MOVING} (registered)" and layer in viewer.layers
-    assert not np.allclose(layer.affine.affine_matrix, np.eye(3))
+    if w.transform.displacement is None:  # affine alone: the layer is placed by its affine
+        assert not np.allclose(layer.affine.affine_matrix, np.eye(3))
+    else:  # the flow kept: the real IHC resampled lazily into the H&E frame
+        assert layer.multiscale and layer.data[0].shape[:2] == viewer.layers[FIXED].data.shape[:2]
     assert not viewer.layers[MOVING].visible
     # on-screen landmark residuals: points placed on the registered layer (its affine), H&E points on the H&E
     w.load_landmarks(data_dir / f"{FIXED}.landmarks.csv", data_dir / f"{MOVING}.landmarks.csv")
@@ -65,7 +68,8 @@ def test_registered_ihc_overlays_the_he_within_the_landmark_figure(pair_viewer, 
     assert "landmark residuals" in viewer.layers
     # side by side: the layer moves one H&E width right; the residuals stay what they are
     w.view.setCurrentText("side by side")
-    assert layer.affine.affine_matrix[1, 2] > 1.0 * w.transform.fixed.dimensions[0] * 0.9
+    moved = layer.affine.affine_matrix[1, 2] if w.transform.is_linear else layer.translate[-1]
+    assert moved > 1.0 * w.transform.fixed.dimensions[0] * 0.9
     np.testing.assert_allclose(w.update_residuals(), core, rtol=1e-6, atol=1e-9)
     # saved next to the moving slide and reused (no second registration) while the files are unchanged
     saved = transform_path_for(folder / f"{FIXED}.jpg", folder / f"{MOVING}.jpg")
@@ -78,6 +82,13 @@ def test_registered_ihc_overlays_the_he_within_the_landmark_figure(pair_viewer, 
     (folder / f"{MOVING}.jpg").write_bytes(bytes(raw))
     w.start()
     assert w.error is not None and "not the moving file" in w.error
+
+
+def test_the_form_offers_the_cores_defaults(pair_viewer):
+    """The widget registers as the CLI does: the optical-flow stage is on unless the user unticks it."""
+    _, w, _ = pair_viewer
+    assert w.nonrigid.isChecked() is RegistrationSettings().nonrigid is True
+    assert "optical flow" in w.nonrigid.text()
 
 
 def test_cancel_leaves_no_layer(pair_viewer, qtbot):

@@ -94,7 +94,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--bn-stats",
         choices=["running", "slide"],
         default=None,
-        help="BatchNorm models: running statistics (eval mode) or the slide's own, frozen (what the papers' "
+        help="BatchNorm layers (also those inside instance-norm models, AMMFI's attention): running statistics (eval mode) or the slide's own, frozen (what the papers' "
         "test.py does without --eval; default: what the checkpoint records, imported .pth: slide)",
     )
     p.add_argument(

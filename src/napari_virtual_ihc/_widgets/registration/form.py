@@ -16,6 +16,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ...registration.register import RegistrationSettings
 from .._value_table import ValueTable
 
 VIEWS = ("overlay", "side by side")
@@ -32,7 +33,8 @@ class RegistrationForm(QWidget):
         self.virtual = QComboBox()
         self.view = QComboBox()
         self.view.addItems(list(VIEWS))
-        self.nonrigid = QCheckBox("non-rigid (B-spline) refinement")
+        self.nonrigid = QCheckBox("non-rigid (optical flow) refinement")
+        self.nonrigid.setChecked(RegistrationSettings().nonrigid)  # on, as in the core and the CLI
         self.flip = QCheckBox("try the mirror image")
         self.flip.setChecked(True)
         self.reuse = QCheckBox("reuse a saved transform of these files")
