@@ -82,7 +82,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bioformats-jar", type=Path)
     args = ap.parse_args()
-    print(f"{'image':28s} {'setting':17s} {'max':>4s} {'p99':>4s} {'p99.9':>5s} {'MAE':>6s} {'bias':>6s} {'size':>5s} BF")
+    print(
+        f"{'image':28s} {'setting':17s} {'max':>4s} {'p99':>4s} {'p99.9':>5s} {'MAE':>6s} {'bias':>6s} {'size':>5s} BF"
+    )
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         for half, names in (("tuning", TUNING), ("validation", VALIDATION)):
@@ -97,7 +99,11 @@ def main() -> None:
                         got = np.asarray(o.read_region((0, 0), 0, (w, h)))[..., :3].astype(int)
                     err = np.abs(got - rgb)
                     bias = np.abs((got - rgb).reshape(-1, 3).mean(0)).max()
-                    bf = "-" if args.bioformats_jar is None else str(bioformats_agrees(args.bioformats_jar, out, tmp))
+                    bf = (
+                        "-"
+                        if args.bioformats_jar is None
+                        else str(bioformats_agrees(args.bioformats_jar, out, tmp))
+                    )
                     print(
                         f"{name[:28]:28s} {label:17s} {err.max():4d} {np.percentile(err, 99):4.0f} "
                         f"{np.percentile(err, 99.9):5.0f} {err.mean():6.3f} {bias:6.3f} "
