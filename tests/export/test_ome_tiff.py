@@ -127,3 +127,4 @@ def test_writer_in_napari_saves_layer_with_its_scale(make_napari_viewer, ihc_sto
     assert written == [str(out)]
     with openslide.OpenSlide(str(out)) as o:
         assert o.properties["openslide.mpp-x"] == "0.5" and o.dimensions == (900, 700)
+        assert o.level_dimensions == ((900, 700), (450, 350))  # the pyramid, as OpenSlide sees it
