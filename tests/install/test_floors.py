@@ -19,7 +19,9 @@ def _floor(req: Requirement) -> str | None:
 def test_every_dependency_has_a_floor_and_the_floors_file_pins_it():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     declared = [Requirement(r) for r in project["dependencies"]]
-    declared += [Requirement(r) for r in project["optional-dependencies"]["all"] if not r.startswith("napari[")]
+    declared += [
+        Requirement(r) for r in project["optional-dependencies"]["all"] if not r.startswith("napari[")
+    ]
     pins = {}
     for line in (ROOT / ".ci" / "floors.txt").read_text().splitlines():
         if line.strip() and not line.startswith("#"):
