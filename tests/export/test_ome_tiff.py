@@ -20,25 +20,58 @@ def _openslide_pixels(path, size):
         return np.asarray(o.read_region((0, 0), 0, size))[..., :3]
 
 
-def test_cli_export_lossless_and_jpeg_read_back_by_openslide(ihc_store, ihc_rgb, tmp_path, capsys):
-    h, w = ihc_rgb.shape[:2]
-    lossless = tmp_path / "kidney.ome.tif"
-    assert main(["export", str(ihc_store), str(lossless), "--compression", "deflate"]) == 0
-    np.testing.assert_array_equal(_openslide_pixels(lossless, (w, h)), ihc_rgb)
+def test_openslide_sees_the_pyramid_with_the_stores_pixels(ihc_store, ihc_rgb, tmp_path):
+    """OpenSlide (generic-tiff) opens every level, lossless pixels equal the store's level by level."""
+    out = tmp_path / "kidney.ome.tif"
+    assert main(["export", str(ihc_store), str(out), "--compression", "deflate"]) == 0
+    with open_slide(ihc_store) as store, openslide.OpenSlide(str(out)) as o:
+        assert o.properties["openslide.vendor"] == "generic-tiff"
+        assert o.level_count == 2 and o.level_dimensions == ((900, 700), (450, 350))
+        assert o.level_downsamples == pytest.approx((1.0, 2.0))
+        assert o.properties["openslide.mpp-x"] == "0.5" and o.properties["openslide.mpp-y"] == "0.5"
+        for level, (w, h) in enumerate(o.level_dimensions):
+            got = np.asarray(o.read_region((0, 0), level, (w, h)))[..., :3]
+            # level 1 of the export is made from the store's level 1 (the same factor): equal, not resampled
+            np.testing.assert_array_equal(got, store.read_region((0, 0), level, (w, h)))
+    with tifffile.TiffFile(out) as tif:
+        tif.pages.useframes = False  # whole pages with their tags, before the series parse caches frames
+        copy, subifd = tif.pages[1], tif.pages.first.pages[0]
+        # OME readers still see one image whose levels are its SubIFDs
+        assert len(tif.series) == 1
+        assert [lv.shape for lv in tif.series[0].levels] == [(700, 900, 3), (350, 450, 3)]
+        assert copy.subfiletype == 1  # the main-chain copy of level 1 is marked reduced-resolution
+        assert copy.dataoffsets == subifd.dataoffsets  # ... and shares the SubIFD's tiles (no second copy)
 
+
+def test_jpeg_export_keeps_the_mean_colour_within_one_grey_level(ihc_store, ihc_rgb, tmp_path):
+    """JPEG q90 (RGB, no chroma subsampling): the per-channel mean within one grey level; pixels are not.
+
+    Measured on this image through OpenSlide: bias <= 0.01, per-pixel MAE 1.5, p99 7, max 18
+    (benchmarks/bench_export_jpeg.py has the figures on other images and the settings compared).
+    """
+    h, w = ihc_rgb.shape[:2]
     jpeg = tmp_path / "kidney-jpeg.ome.tif"
     assert main(["export", str(ihc_store), str(jpeg)]) == 0
+    with tifffile.TiffFile(jpeg) as tif:
+        page = tif.pages[0]
+        assert page.compression == tifffile.COMPRESSION.JPEG and page.photometric == tifffile.PHOTOMETRIC.RGB
     diff = _openslide_pixels(jpeg, (w, h)).astype(int) - ihc_rgb.astype(int)
     bias = np.abs(diff.reshape(-1, 3).mean(0))
-    print("jpeg q90: per-channel mean bias", bias, "mean abs error", np.abs(diff).mean())
-    assert bias.max() <= 1.0  # the colour a reader sees is kept within one grey level on average
-    assert np.abs(diff).mean() < 3.0  # per pixel: JPEG's block noise (measured 1.63 on this IHC image)
+    err = np.abs(diff)
+    print("jpeg q90: bias", bias, "MAE", err.mean(), "p99", np.percentile(err, 99), "max", err.max())
+    assert bias.max() <= 1.0  # the acceptance's "<= 1 grey level" holds for the mean colour
+    assert err.mean() < 2.0 and np.percentile(err, 99) <= 10 and err.max() <= 25  # not per pixel
 
+
+def test_cli_export_read_back_by_tifffile_and_our_reader(ihc_store, ihc_rgb, tmp_path):
+    lossless = tmp_path / "kidney.ome.tif"
+    assert main(["export", str(ihc_store), str(lossless), "--compression", "deflate"]) == 0
     with tifffile.TiffFile(lossless) as tif:
         series = tif.series[0]
         assert tif.is_ome and series.is_pyramidal
         assert [lv.shape for lv in series.levels] == [(700, 900, 3), (350, 450, 3)]  # halved until one tile
         assert tif.pages[0].tilewidth == 512
+        np.testing.assert_array_equal(series.asarray(), ihc_rgb)
         ome = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]
         assert ome["Pixels"]["PhysicalSizeX"] == 0.5 and ome["Pixels"]["PhysicalSizeXUnit"] == "µm"
         provenance = json.loads(ome["Description"])
@@ -94,3 +127,4 @@ def test_writer_in_napari_saves_layer_with_its_scale(make_napari_viewer, ihc_sto
     assert written == [str(out)]
     with openslide.OpenSlide(str(out)) as o:
         assert o.properties["openslide.mpp-x"] == "0.5" and o.dimensions == (900, 700)
+        assert o.level_dimensions == ((900, 700), (450, 350))  # the pyramid, as OpenSlide sees it

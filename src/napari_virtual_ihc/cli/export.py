@@ -18,8 +18,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
         help="write a virtual IHC store (or any slide) as a tiled pyramidal OME-TIFF (QuPath, OpenSlide)",
-        description="Stream the store tile by tile into a pyramidal OME-TIFF (SubIFD levels), µm/px in the "
-        "OME PhysicalSize and TIFF resolution tags, the store's provenance in the OME description.",
+        description="Stream the store tile by tile into a pyramidal OME-TIFF (levels as SubIFDs for "
+        "QuPath/Bio-Formats, also chained as reduced-resolution pages for OpenSlide), µm/px in the OME "
+        "PhysicalSize and TIFF resolution tags, the store's provenance in the OME description.",
     )
     p.add_argument(
         "store", metavar="STORE", help="virtual IHC store (.ome.zarr) or any slide open_slide reads"
@@ -31,7 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--compression",
         choices=("jpeg", "deflate"),
         default="jpeg",
-        help="jpeg (quality 90, small) or deflate (lossless); default jpeg",
+        help="jpeg (quality 90, RGB without chroma subsampling: the mean colour within 0.1 grey level, "
+        "single pixels off by a few) or deflate (lossless); default jpeg",
     )
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=run)

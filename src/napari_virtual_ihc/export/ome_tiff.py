@@ -1,10 +1,18 @@
 """A slide or store to a tiled pyramidal OME-TIFF, streamed tile by tile (memory flat whatever the size).
 
-Level 0 is copied tile by tile from the source's level 0; each reduced level (a SubIFD, as OME-TIFF
-pyramids are: QuPath/Bio-Formats read them) is made per tile from the source's nearest finer level
-(``best_level_for_downsample``), so the source's own pyramid keeps every read small. µm/px goes in the OME
-``PhysicalSizeX/Y`` and the TIFF resolution tags (OpenSlide's ``openslide.mpp-x``); the source's provenance
-goes, as JSON, in the OME image ``Description``.
+Level 0 is copied tile by tile from the source's level 0; each reduced level is made per tile from the
+source's nearest finer level (``best_level_for_downsample``), so the source's own pyramid keeps every read
+small. The reduced levels are SubIFDs, as OME-TIFF pyramids are (QuPath/Bio-Formats, OMERO, tifffile read
+them), and are also linked into the main IFD chain as reduced-resolution directories sharing the same tiles
+(``main_chain``), which is where OpenSlide looks for a pyramid. µm/px goes in the OME ``PhysicalSizeX/Y``
+and the TIFF resolution tags of every level (OpenSlide's ``openslide.mpp-x``); the source's provenance goes,
+as JSON, in the OME image ``Description``.
+
+JPEG tiles are coded in RGB (no YCbCr transform, no chroma subsampling; PhotometricInterpretation RGB, as
+many Aperio slides are) at quality 90. Against the usual YCbCr 4:2:0 it lowers the per-pixel error on
+stained tissue (the largest error by a third or more, the mean by 10-50 %) for about 2.5x the bytes;
+YCbCr 4:4:4 would be smaller, but Bio-Formats (QuPath's OME-TIFF reader) decodes it to wrong colours. No
+setting at quality 90 keeps every pixel within one grey level: the mean colour does (docs/slides.md).
 """
 
 from __future__ import annotations
@@ -22,9 +30,10 @@ import tifffile
 
 from ..slides.base import Slide
 from .errors import ExportError
+from .main_chain import link_reduced_levels
 
 Compression = Literal["jpeg", "deflate"]
-#: JPEG quality: at 90 the mean absolute error on stained tissue is below 1 grey level (docs/slides.md).
+#: JPEG quality: at 90 the mean colour stays within 0.1 grey level, single pixels not (docs/slides.md).
 JPEG_QUALITY = 90
 TILE = 512
 
@@ -61,7 +70,11 @@ def write_ome_tiff(
     width, height = slide.dimensions
     sizes = level_sizes(width, height, tile)
     codec: dict[str, Any] = (
-        {"compression": "jpeg", "compressionargs": {"level": JPEG_QUALITY}}
+        {
+            "compression": "jpeg",
+            "compressionargs": {"level": JPEG_QUALITY, "outcolorspace": "rgb"},
+            "subsampling": (1, 1),
+        }
         if compression == "jpeg"
         else {"compression": "zlib"}
     )
@@ -98,6 +111,7 @@ def write_ome_tiff(
                     **_scaled(resolution, 2**k),
                     **common,
                 )
+        link_reduced_levels(partial)
         os.replace(partial, out)
     finally:
         partial.unlink(missing_ok=True)
