@@ -44,7 +44,7 @@ TOL = 1e-5  # float32 on CPU; the measured differences are in docs/training.md
 
 REFERENCE_INSTALL = (
     "pip install torchvision==0.28.0 lpips==0.1.4 pytorch-fid==0.3.0 torch-fidelity==0.4.0 DISTS-pytorch==0.1 "
-    "(the test extras)"
+    "(pip install -e '.[metric-reference]')"
 )
 
 
