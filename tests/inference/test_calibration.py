@@ -38,13 +38,31 @@ def window(he_1024) -> np.ndarray:
 
 @pytest.mark.parametrize("fastest", range(len(ALL)))
 def test_rule_keeps_the_fastest_candidate_that_passes(fastest):
-    ms = [Measurement(c, seconds=1.0 + k, psnr_db=50.0, max_error=2) for k, c in enumerate(ALL)]
+    ms = [
+        Measurement(c, seconds=1.0 + k, psnr_db=50.0, max_error=2, p999_error=1.0) for k, c in enumerate(ALL)
+    ]
     ms[fastest].seconds = 0.1
     assert cal.choose(ms).candidate == ALL[fastest]
     ms[fastest].psnr_db = 39.9  # below the gate: the next fastest that passes is kept
     assert cal.choose(ms).candidate == min((m for m in ms if m.passed), key=lambda m: m.seconds).candidate
-    ms[fastest].psnr_db, ms[fastest].max_error = 60.0, 9  # one pixel 9 grey levels off: dropped too
+    ms[fastest].psnr_db, ms[fastest].max_error = 60.0, 10  # one pixel 10 grey levels off: still kept
+    assert cal.choose(ms).candidate == ALL[fastest]
+    ms[fastest].p999_error = 5.0  # one pixel in a thousand 5+ grey levels off: dropped
     assert cal.choose(ms).candidate != ALL[fastest]
+
+
+def test_gate_is_robust_to_single_pixel_outliers_but_not_to_broad_error(he_1024):
+    ref = np.ascontiguousarray(he_1024[:512, :512])
+    outliers = ref.copy()
+    outliers[7, 11] = np.clip(outliers[7, 11].astype(int) + 60, 0, 255)  # a few pixels far off
+    outliers[300, 200:203] = 255 - outliers[300, 200:203]
+    p, p999, worst = cal.agreement(outliers, ref)
+    assert worst >= 60 and p999 <= cal.MAX_PERCENTILE_ERROR and p >= cal.MIN_PSNR
+    assert Measurement(ALL[2], seconds=1.0, psnr_db=p, max_error=worst, p999_error=p999).passed
+    rng = np.random.default_rng(0)
+    noisy = np.clip(ref.astype(int) + rng.integers(-6, 7, ref.shape), 0, 255).astype(np.uint8)
+    p, p999, worst = cal.agreement(noisy, ref)  # every pixel up to 6 off: PSNR ~37 dB, p99.9 6
+    assert not Measurement(ALL[2], seconds=1.0, psnr_db=p, max_error=worst, p999_error=p999).passed
 
 
 @pytest.mark.parametrize("fastest", range(len(ALL)))
