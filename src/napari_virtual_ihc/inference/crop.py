@@ -98,8 +98,8 @@ def _is_blocked(m: nn.Module) -> bool:
         nn.ReLU,
         nn.InstanceNorm2d,
         FrozenNorm,
+        *BATCH_NORMS,
     )
-    plain += BATCH_NORMS
     return isinstance(m, ResnetBlock) and all(isinstance(s, plain) for s in m.conv_block)
 
 
@@ -119,7 +119,9 @@ def trunk_plan(module: nn.Module, halo: int) -> tuple[int, int] | None:
             stride *= m.stride[0]
     decoder_margin = math.ceil(receptive_field(nn.Sequential(*list(seq)[at[-1] + 1 :])) / 2) + 1
     spare = halo // stride - decoder_margin  # trunk px of context the core does not need
-    convs = CroppedResnetBlock(seq[at[0]], CropContext()).convs
+    first = seq[at[0]]
+    assert isinstance(first, ResnetBlock)
+    convs = CroppedResnetBlock(first, CropContext()).convs
     blocks = min(len(at), max(0, spare // max(1, convs)))
     if blocks == 0:
         return None
@@ -137,7 +139,9 @@ def use_cropping(module: nn.Module, halo: int, ctx: CropContext) -> tuple[nn.Mod
     seq = module.model
     at = [i for i, m in enumerate(seq) if isinstance(m, ResnetBlock)]
     for i in at[:blocks]:  # the first ones: every block after them runs on the smaller map
-        seq[i] = CroppedResnetBlock(seq[i], ctx)
+        block = seq[i]
+        assert isinstance(block, ResnetBlock)
+        seq[i] = CroppedResnetBlock(block, ctx)
     return CroppedGenerator(module, ctx, shed), blocks
 
 
