@@ -158,30 +158,31 @@ def pooled_pass_fits(req: StatsRequest) -> bool:
 
 
 def plan_windows(req: StatsRequest) -> tuple[str, list[GridTile]]:
-    """Which windows the sampled pass runs: ``("tiles", tile windows)`` when enough of them fit the budget's
-    memory in one batch (their outputs are reused), else ``("windows", smaller windows)`` spread over the
-    tissue, their pixels within ``stats_share`` of the job."""
+    """Which windows the sampled pass runs: ``("tiles", tile windows)`` (their outputs are reused: pixels
+    pooled at no extra cost) or ``("windows", smaller windows)`` spread over the tissue, their pixels within
+    ``stats_share`` of the job. Tile windows are taken when as many as wanted (or 8) fit one batch in
+    memory, or when those that fit pool at least 4x the core pixels the budget's small windows would."""
     tiles, tissue = req.tiles, req.tissue
     want = max(1, min(req.stats_windows, len(tissue)))
     ww, wh = req.window_size
     win_mp = ww * wh / 1e6
-    job_mp = len(tissue) * win_mp
-    fit = int(req.memory_mp // win_mp)  # tile windows one lock-step batch may hold
-    if req.stats_tile is None and fit >= want:
-        return "tiles", [tiles[i] for i in _spread(tissue, want)]
-    budget = max(req.stats_share * job_mp, 0.0)
-    cores = (req.stats_tile,) if req.stats_tile else STATS_CORES
-    spread_over = [tiles[i] for i in tissue]
-    tile_core = max(tiles[tissue[0]].core[2], tiles[tissue[0]].core[3])
-    for core in cores:
-        side = core + 2 * req.halo
-        n = min(req.stats_windows, int(min(budget, req.memory_mp) // (side * side / 1e6)))
-        if core < tile_core and n >= min(req.stats_windows, 4):
-            wins = sample_windows(req.plane.size, spread_over, n, core, req.halo, req.align)
-            return "windows", _even(wins, n)
-    # Nothing smaller fits the budget: the fewest tile windows that do (at least one).
-    n = max(1, min(want, fit, int(budget // win_mp)))
-    return "tiles", [tiles[i] for i in _spread(tissue, n)]
+    fit = min(want, int(req.memory_mp // win_mp))  # tile windows one lock-step batch may hold
+    tile_core_mp = tiles[tissue[0]].core[2] * tiles[tissue[0]].core[3] / 1e6
+    small: list[GridTile] = []
+    if req.stats_tile is not None or fit < min(want, 8):
+        budget = req.stats_share * len(tissue) * win_mp
+        spread_over = [tiles[i] for i in tissue]
+        tile_side = max(tiles[tissue[0]].core[2], tiles[tissue[0]].core[3])
+        for core in (req.stats_tile,) if req.stats_tile else STATS_CORES:
+            side = core + 2 * req.halo
+            n = min(req.stats_windows, int(min(budget, req.memory_mp) // (side * side / 1e6)))
+            if core < tile_side and n >= min(req.stats_windows, 4):
+                small = _even(sample_windows(req.plane.size, spread_over, n, core, req.halo, req.align), n)
+                break
+    small_core_mp = sum(t.core[2] * t.core[3] for t in small) / 1e6
+    if small and (req.stats_tile is not None or fit * tile_core_mp < 4 * small_core_mp):
+        return "windows", small
+    return "tiles", [tiles[i] for i in _spread(tissue, max(1, fit))]
 
 
 def _even(wins: list[GridTile], n: int) -> list[GridTile]:

@@ -10,7 +10,7 @@ the fastest. The decision is cached per (device name, torch
 version, model sha256, what was asked), so later runs of that model on that machine skip it.
 
 Candidates: CPU fp32 direct, fp32 Winograd (when the model has wide 3x3 convolutions), bf16 autocast (only
-when the CPU has bf16 instructions); CUDA fp32, fp16, bf16 (when supported); MPS fp32, fp16.
+when the CPU has bf16 instructions; bf16 Winograd, its GEMMs in bf16, only when asked for); CUDA fp32, fp16, bf16 (when supported); MPS fp32, fp16.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ FP16_DROP_SHARE = (
 
 @dataclass(frozen=True)
 class Candidate:
-    """One way to run the model: a precision and, for CPU fp32, direct or Winograd 3x3 convolutions."""
+    """One way to run the model: a precision and, on the CPU, direct or Winograd 3x3 convolutions."""
 
     precision: str  # fp32 | fp16 | bf16
     winograd: bool = False
@@ -141,7 +141,13 @@ def candidates(
         wanted = [precision]
     out: list[Candidate] = []
     for p in wanted:
-        can_winograd = device.type == "cpu" and p == "fp32" and winograd_convs > 0
+        # bf16 Winograd (bf16 GEMMs) only when asked for: F(4x4, 3x3)'s transforms amplify bf16's rounding to
+        # ~2 % mean relative error per convolution, and it ran slower than bf16 direct on AMD Zen 4 (docs).
+        can_winograd = (
+            device.type == "cpu"
+            and winograd_convs > 0
+            and (p == "fp32" or (p == "bf16" and winograd is True))
+        )
         if not (can_winograd and winograd is True):  # direct, unless Winograd was asked for and applies
             out.append(Candidate(p, False))
         if can_winograd and winograd is not False:
