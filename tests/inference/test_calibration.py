@@ -124,8 +124,16 @@ def test_decision_is_cached_per_device_torch_and_model_and_others_are_ignored(wi
     variants = _variants()
     key = cal.cache_key(CPU, "sha-a", "auto", None)
     stale = dict(key, torch="1.0.0")  # another torch version: must be ignored, not reused
+    old_gate = {
+        k: v for k, v in key.items() if k != "gate"
+    }  # decided under the max-error gate: measured again
     (tmp_path / cal.CACHE_FILE).write_text(
-        json.dumps([{"key": stale, "choice": {"precision": "bf16", "winograd": False, "speedup": 9.0}}])
+        json.dumps(
+            [
+                {"key": stale, "choice": {"precision": "bf16", "winograd": False, "speedup": 9.0}},
+                {"key": old_gate, "choice": {"precision": "fp32", "winograd": False, "speedup": 1.0}},
+            ]
+        )
     )
     calls = []
 
@@ -146,7 +154,7 @@ def test_decision_is_cached_per_device_torch_and_model_and_others_are_ignored(wi
     assert not calls  # skipped the measurement
     assert decide("sha-b").how == "measured"  # another model is measured again
     entries = json.loads((tmp_path / cal.CACHE_FILE).read_text())
-    assert any(e["key"] == stale for e in entries) and len(entries) == 3
+    assert any(e["key"] == stale for e in entries) and len(entries) == 4
 
 
 def test_bf16_on_a_cpu_without_bf16_is_refused_with_the_reason():
@@ -182,3 +190,9 @@ def test_engine_measures_reports_caches_and_resumes_with_the_choice(he_1024, tmp
     # A resumed store keeps the choice it was started with (its tiles must match).
     rep3 = stain_slide(ArraySlide(img, 0.5), model, tmp_path / "a.ome.zarr", settings)
     assert rep3.settings["compute"]["how"] == "resumed" and rep3.tiles_resumed == rep.tiles_total
+
+
+def test_bf16_winograd_is_a_candidate_only_when_asked_for():
+    assert Candidate("bf16", True) not in cal.candidates(CPU, "auto", None, 18)
+    assert cal.candidates(CPU, "bf16", True, 18) == [Candidate("bf16", True)]
+    assert cal.candidates(CPU, "fp32", None, 18) == [Candidate("fp32"), Candidate("fp32", True)]
