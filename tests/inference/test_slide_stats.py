@@ -40,6 +40,7 @@ def _request(side: int, tile: int, memory_mp: float, **kw: Any) -> StatsRequest:
         memory_mp=memory_mp,
         device=torch.device("cpu"),
         winograd=False,
+        precision="fp32",
         batch_norms=False,
         input_norm="minus_one_one",
         output_norm="minus_one_one",
@@ -90,3 +91,18 @@ def test_one_lockstep_forward_gives_statistics_whose_sampled_tiles_are_the_froze
         whole = to_uint8(frozen(to_input(img[None], "minus_one_one")), "minus_one_one")[0]
     out = level0(tmp_path / "s.ome.zarr")
     assert psnr(out, whole) >= 60.0 and int(np.abs(out.astype(int) - whole).max()) <= 1
+
+
+def test_statistics_in_bf16_agree_with_fp32(he_1024):
+    """The pass runs in the tile pass's bf16 where that was measured best; its moments are still summed in
+    fp32/fp64, so the statistics stay those of the fp32 model to bf16's rounding (any CPU: emulated here)."""
+    from napari_virtual_ihc.inference.normalization import estimate_instance_stats
+
+    model = small_generator("instance", ngf=8, n_blocks=3)
+    x = to_input(np.stack([he_1024[:96, :96], he_1024[200:296, 300:396]]), "minus_one_one")
+    fp32 = estimate_instance_stats(model.module, [x])
+    bf16 = estimate_instance_stats(model.module, [x], precision="bf16")
+    for name, (mean, var) in fp32.items():
+        m16, v16 = bf16[name]
+        assert np.abs(m16 - mean).max() <= 0.05 * np.sqrt(var).max() + 1e-3, name
+        assert np.abs(v16 - var).max() <= 0.05 * var.max() + 1e-4, name

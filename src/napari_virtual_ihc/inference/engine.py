@@ -37,7 +37,7 @@ from .api import (
 )
 from .confidence import ConfidenceWriter
 from .crop import NO_SIDES, CropContext, Sides, spare_sides
-from .devices.calibration import calibration_window, decide_compute, record_fp16_overflow
+from .devices.calibration import cached_choice, calibration_window, decide_compute, record_fp16_overflow
 from .devices.probes import describe_device
 from .dropout import with_positional_dropout
 from .errors import RegionError, TileReadError
@@ -287,6 +287,10 @@ class _StainJob:
         limit = settings.pooled_pass_mp
         if limit is None:
             limit = pooled_pass_limit_mp(self.base, plan.device, interactive=self.priority is not None)
+        # The tile pass's choice, when this model was measured here before: bf16 (direct) or fp32 kernels.
+        cached = cached_choice(plan.device, plan.asked_precision, settings.winograd, self.model.sha256)
+        stats_bf16 = cached is not None and cached.precision == "bf16"
+        stats_winograd = plan.winograd and (cached is None or cached.winograd)
         result = slide_statistics(
             StatsRequest(
                 module=self.base,
@@ -305,7 +309,8 @@ class _StainJob:
                 pooled_limit_mp=limit,
                 memory_mp=pooled_pass_limit_mp(self.base, plan.device, interactive=False),
                 device=plan.device,
-                winograd=plan.winograd,
+                winograd=stats_winograd,
+                precision="bf16" if stats_bf16 else "fp32",
                 batch_norms=mode.slide_batch_norm,
                 input_norm=spec.input_norm,
                 output_norm=spec.output_norm,

@@ -99,6 +99,9 @@ class StatsRequest:
     memory_mp: float  # the largest batch of windows (sum of megapixels) memory allows
     device: torch.device
     winograd: bool
+    precision: (
+        str  # fp32 | bf16: the tile pass's cached choice where there is one (reused windows cost as tiles)
+    )
     batch_norms: bool
     input_norm: str
     output_norm: str
@@ -216,6 +219,7 @@ def _run_windows(
         winograd=req.winograd,
         device=req.device,
         batch_norms=req.batch_norms,
+        precision=req.precision,
     )
 
 
@@ -260,6 +264,7 @@ def _pooled_pass(req: StatsRequest, counters: StatsCounters) -> SlideStatistics 
             winograd=req.winograd,
             device=req.device,
             batch_norms=req.batch_norms,
+            precision=req.precision,
         )
     except (RuntimeError, MemoryError) as e:
         if not is_out_of_memory(e):
