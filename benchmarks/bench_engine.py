@@ -293,7 +293,13 @@ class _NormBench:
             args.precision == "auto"
         ):  # the calibration once per machine and model, as a user's first run (cached)
             with tempfile.TemporaryDirectory() as d:
-                cal = EngineSettings(tile=512, skip_background=False, calibration_min_mp=0.0)
+                cal = EngineSettings(  # one sampled tile, so three are left for the calibration to run on
+                    tile=512,
+                    skip_background=False,
+                    calibration_min_mp=0.0,
+                    pooled_pass_mp=0.0,
+                    stats_windows=1,
+                )
                 rep = stain_slide(ArraySlide(img[:688, :688], 0.5), self.model, Path(d) / "c.ome.zarr", cal)
             c = rep.settings["compute"]
             print(

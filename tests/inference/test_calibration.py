@@ -76,7 +76,7 @@ def test_real_calibration_picks_each_candidate_when_it_is_fastest(fastest, windo
         t = time.perf_counter()
         forced(window)
         spent.append(time.perf_counter() - t)
-    delay = 0.3 + 4 * max(spent)
+    delay = 0.6 + 8 * max(spent)  # bf16 passes the gate now and is close: a loaded CPU needs the margin
 
     def prepare(c: Candidate):
         run = variants.prepare(c)

@@ -96,7 +96,10 @@ def test_a_store_from_before_the_mark_resumes_by_the_rule_it_was_written_with(he
     assert resumed.tiles_resumed == 5 and resumed.settings["pooled_pass"] is True
     assert np.array_equal(level0(store), level0(tmp_path / "ref.ome.zarr"))
 
-    sampled = EngineSettings(tile=192, batch=2, skip_background=False, pooled_pass_mp=0.0)
+    # statistics from small windows (none of them a tile: every tile from the tile pass, as before the mark)
+    sampled = EngineSettings(
+        tile=192, batch=2, skip_background=False, pooled_pass_mp=0.0, stats_tile=64, stats_share=1.0
+    )
     stain_slide(ArraySlide(img, 0.5), model, tmp_path / "ref_s.ome.zarr", sampled)
     old_sampled = tmp_path / "old_s.ome.zarr"
     stain_slide(ArraySlide(img, 0.5), model, old_sampled, sampled)

@@ -179,7 +179,7 @@ def plan_windows(req: StatsRequest) -> tuple[str, list[GridTile]]:
         for core in (req.stats_tile,) if req.stats_tile else STATS_CORES:
             side = core + 2 * req.halo
             n = min(req.stats_windows, int(min(budget, req.memory_mp) // (side * side / 1e6)))
-            if core < tile_side and n >= min(req.stats_windows, 4):
+            if core < tile_side and n >= (1 if req.stats_tile else min(req.stats_windows, 4)):
                 small = _even(sample_windows(req.plane.size, spread_over, n, core, req.halo, req.align), n)
                 break
     small_core_mp = sum(t.core[2] * t.core[3] for t in small) / 1e6
