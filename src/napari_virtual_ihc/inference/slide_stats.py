@@ -264,7 +264,7 @@ def _pooled_pass(req: StatsRequest, counters: StatsCounters) -> SlideStatistics 
             winograd=req.winograd,
             device=req.device,
             batch_norms=req.batch_norms,
-            precision=req.precision,
+            # fp32 whatever the tile pass runs: a resumed small job reruns this pass and must get its pixels
         )
     except (RuntimeError, MemoryError) as e:
         if not is_out_of_memory(e):
