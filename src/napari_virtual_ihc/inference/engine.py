@@ -310,6 +310,7 @@ class _StainJob:
                 memory_mp=pooled_pass_limit_mp(self.base, plan.device, interactive=False),
                 device=plan.device,
                 winograd=stats_winograd,
+                exact_winograd=plan.winograd,
                 precision="bf16" if stats_bf16 else "fp32",
                 batch_norms=mode.slide_batch_norm,
                 input_norm=spec.input_norm,

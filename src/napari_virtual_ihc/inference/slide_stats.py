@@ -261,7 +261,7 @@ def _pooled_pass(req: StatsRequest, counters: StatsCounters) -> SlideStatistics 
             _positioned(req.module, [batch], [[(ux, uy)]]),
             [[core_box]],
             outputs=outputs,
-            winograd=req.winograd,
+            winograd=req.exact_winograd,
             device=req.device,
             batch_norms=req.batch_norms,
             # fp32 whatever the tile pass runs: a resumed small job reruns this pass and must get its pixels
