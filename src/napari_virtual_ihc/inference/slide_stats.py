@@ -98,7 +98,8 @@ class StatsRequest:
     pooled_limit_mp: float  # the largest window union (megapixels) the one exact pass may run
     memory_mp: float  # the largest batch of windows (sum of megapixels) memory allows
     device: torch.device
-    winograd: bool
+    winograd: bool  # for the sampled windows (the tile pass's cached choice where there is one)
+    exact_winograd: bool  # for the one exact pass: the plan's, whatever is cached (a resume must match)
     precision: (
         str  # fp32 | bf16: the tile pass's cached choice where there is one (reused windows cost as tiles)
     )
