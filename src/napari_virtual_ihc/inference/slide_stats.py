@@ -100,9 +100,8 @@ class StatsRequest:
     device: torch.device
     winograd: bool  # for the sampled windows (the tile pass's cached choice where there is one)
     exact_winograd: bool  # for the one exact pass: the plan's, whatever is cached (a resume must match)
-    precision: (
-        str  # fp32 | bf16: the tile pass's cached choice where there is one (reused windows cost as tiles)
-    )
+    # fp32 | bf16 for the sampled windows: the tile pass's cached choice (reused windows cost what tiles cost)
+    precision: str
     batch_norms: bool
     input_norm: str
     output_norm: str
