@@ -4,7 +4,8 @@
 (``plan``: geometry, compute, run key), the store opened (``ihc_store``), then ``_StainJob``: tissue or
 glass, slide statistics, the compute choice, the field of view first, background, the pooled pass, the
 model's tiles, the report. The steps' tools live in small modules beside it: ``grid``, ``resample``,
-``tissue``, ``normalization``, ``calibration``, ``runner``, ``dropout`` and ``confidence``.
+``tissue``, ``normalization``, ``slide_stats`` (the statistics pass), ``devices.calibration``, ``crop``,
+``runner``, ``dropout``, ``confidence`` and ``report`` (the typed run settings).
 """
 
 from __future__ import annotations
