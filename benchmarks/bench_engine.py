@@ -10,7 +10,8 @@ gradient across tile borders / elsewhere).
     python benchmarks/bench_engine.py                      # ResNet-9, ngf 64, 2048 x 2048 from the TCGA slide
     python benchmarks/bench_engine.py --size 1024 --ngf 16 # quick look
     python benchmarks/bench_engine.py --whole-slide        # 4096 x 4096 all-tissue job, BN and IN ResNet-9,
-                                                           # engine vs naive / sliding window / whole pass, ABBA
+                                                           # engine vs MONAI's sliding window (fp32, bf16), the
+                                                           # no-halo limit (fp32, bf16), whole pass, ABBA
 """
 
 from __future__ import annotations
@@ -51,16 +52,18 @@ def read_region(path: Path, size: int) -> np.ndarray:
     return rgb
 
 
-def forward(module: torch.nn.Module, img: np.ndarray) -> np.ndarray:
-    with torch.inference_mode():
+def forward(module: torch.nn.Module, img: np.ndarray, bf16: bool = False) -> np.ndarray:
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         return to_uint8(module(to_input(img[None], "minus_one_one")), "minus_one_one")[0]
 
 
-def naive_loop(module: torch.nn.Module, img: np.ndarray, tile: int = 1024) -> np.ndarray:
+def naive_loop(module: torch.nn.Module, img: np.ndarray, tile: int = 1024, bf16: bool = False) -> np.ndarray:
+    """Non-overlapping tiles, no halo (the papers' loop; with 512 px tiles and bf16 the CPU's compute limit:
+    every pixel computed once, in the fastest kernel, no statistics or halo)."""
     out = np.zeros_like(img)
     for y in range(0, img.shape[0], tile):
         for x in range(0, img.shape[1], tile):
-            out[y : y + tile, x : x + tile] = forward(module, img[y : y + tile, x : x + tile])
+            out[y : y + tile, x : x + tile] = forward(module, img[y : y + tile, x : x + tile], bf16)
     return out
 
 
@@ -93,7 +96,14 @@ def main() -> None:
         help="whole-slide mode: a --size (default 4096) all-tissue job on BatchNorm and InstanceNorm ResNet-9, "
         "engine vs (a) naive 1024 tiles, (b) Gaussian-blended sliding window 25%% overlap, (c) one whole pass",
     )
+    ap.add_argument("--ws-size", type=int, default=4096, help="whole-slide mode: the job's side (px)")
     ap.add_argument("--norms", default="batch,instance", help="whole-slide mode: which ResNet-9 norms")
+    ap.add_argument(
+        "--methods",
+        default="engine,sliding,sliding_bf16,nohalo,nohalo_bf16,whole",
+        help="whole-slide mode: which runs (engine, naive, sliding[_bf16] = MONAI's sliding window, "
+        "nohalo[_bf16] = 512 px tiles without halo: the compute limit, whole = the fp32 reference)",
+    )
     ap.add_argument("--no-whole", action="store_true", help="skip the whole-image reference pass")
     ap.add_argument(
         "--one-half",
@@ -199,10 +209,11 @@ def gaussian_importance(roi: int, sigma_scale: float = 0.125) -> np.ndarray:
 
 
 def sliding_window(
-    module: torch.nn.Module, img: np.ndarray, roi: int = 1024, overlap: float = 0.25
+    module: torch.nn.Module, img: np.ndarray, roi: int = 1024, overlap: float = 0.25, bf16: bool = False
 ) -> np.ndarray:
-    """What a MONAI user runs: windows of ``roi`` at stride roi * (1 - overlap), batch 1, fp32, per-window
-    statistics, outputs blended with Gaussian weights."""
+    """What a MONAI user runs (MONAI itself is not installed here): ``sliding_window_inference`` with windows of
+    ``roi`` at stride roi * (1 - overlap), batch 1, fp32 (or bf16 autocast), per-window statistics, outputs
+    blended with Gaussian weights."""
     h, w = img.shape[:2]
     stride = int(roi * (1 - overlap))
     ys = sorted({min(y, h - roi) for y in range(0, max(1, h - roi + stride), stride)})
@@ -212,8 +223,8 @@ def sliding_window(
     g = gaussian_importance(roi)[..., None]
     for y in ys:
         for x in xs:
-            with torch.inference_mode():
-                out = module(to_input(img[None, y : y + roi, x : x + roi], "minus_one_one"))[0]
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out = module(to_input(img[None, y : y + roi, x : x + roi], "minus_one_one"))[0].float()
             acc[y : y + roi, x : x + roi] += (out.permute(1, 2, 0).numpy() + 1.0) * 127.5 * g
             wsum[y : y + roi, x : x + roi] += g
     return np.clip(np.rint(acc / wsum), 0, 255).astype(np.uint8)
@@ -237,9 +248,8 @@ def whole_slide_benchmark(args: argparse.Namespace) -> None:
     import os
     import platform
 
-    size = args.size if args.size != 2048 else 4096
+    size = args.ws_size
     img = all_tissue_image(args.slide, size)
-    mp = img.shape[0] * img.shape[1] / 1e6
     cpu = next(
         (
             ln.split(":", 1)[1].strip()
@@ -260,24 +270,15 @@ def whole_slide_benchmark(args: argparse.Namespace) -> None:
     )
     benches = [_NormBench(n.strip(), args, img) for n in args.norms.split(",") if n.strip()]
     # ABBA across methods, both norms in each half: a first figure for every norm comes early.
-    halves = (["engine", "naive", "sliding", "whole"], ["whole", "sliding", "naive", "engine"])
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    halves = (methods, methods[::-1])
     for half in halves[:1] if args.one_half else halves:
         for b in benches:
             for name in half:
                 b.run(name)
             b.summary()
-    rows = [b.summary() for b in benches]
-    print(
-        "\n| norm | engine MP/s | (a) naive | (b) sliding 25 % | (c) whole pass | engine vs whole: PSNR, max error |"
-    )
-    print("|---|---|---|---|---|---|")
-    runs = 1 if args.one_half else 2
-    for norm, t, q, _rep in rows:
-        e = q["engine"]
-        print(
-            f"| {norm} | {mp * runs / t['engine']:.4f} | {t['naive'] / t['engine']:.2f}x | {t['sliding'] / t['engine']:.2f}x "
-            f"| {t['whole'] / t['engine']:.2f}x | {e[0]:.1f} dB, {e[1]} |"
-        )
+    for b in benches:
+        b.summary()
 
 
 class _NormBench:
@@ -288,8 +289,30 @@ class _NormBench:
         self.mp = img.shape[0] * img.shape[1] / 1e6
         self.model = seeded_resnet9(norm, args.ngf)
         forward(self.model.module, img[:256, :256])
+        if (
+            args.precision == "auto"
+        ):  # the calibration once per machine and model, as a user's first run (cached)
+            with tempfile.TemporaryDirectory() as d:
+                cal = EngineSettings(  # one sampled tile, so three are left for the calibration to run on
+                    tile=512,
+                    skip_background=False,
+                    calibration_min_mp=0.0,
+                    pooled_pass_mp=0.0,
+                    stats_windows=1,
+                )
+                rep = stain_slide(ArraySlide(img[:688, :688], 0.5), self.model, Path(d) / "c.ome.zarr", cal)
+            c = rep.settings["compute"]
+            print(
+                f"  {norm}: calibration chose {c['described']}: "
+                + "; ".join(
+                    f"{m['candidate']} {m['seconds'] or 0:.2f} s {m['psnr_db']} dB p99.9 {m['p999_error']} max "
+                    f"{m['max_error']}{'' if m['passed'] else ' (failed)'}"
+                    for m in c["measurements"]
+                ),
+                flush=True,
+            )
         self.roi = min(1024, img.shape[0])
-        self.times: dict[str, list[float]] = {"engine": [], "naive": [], "sliding": [], "whole": []}
+        self.times: dict[str, list[float]] = {}
         self.outs: dict[str, np.ndarray] = {}
         self.reps: list[Any] = []
 
@@ -310,38 +333,57 @@ class _NormBench:
             "engine": self._engine,
             "naive": lambda: naive_loop(module, img, self.roi),
             "sliding": lambda: sliding_window(module, img, self.roi),
+            "sliding_bf16": lambda: sliding_window(module, img, self.roi, bf16=True),
+            "nohalo": lambda: naive_loop(module, img, 512),
+            "nohalo_bf16": lambda: naive_loop(module, img, 512, bf16=True),
             "whole": lambda: forward(module, img),
         }[name]
         t = time.perf_counter()
         out = fn()
-        self.times[name].append(time.perf_counter() - t)
+        self.times.setdefault(name, []).append(time.perf_counter() - t)
         self.outs.setdefault(name, out)
         extra = ""
         if name == "engine":
             r = self.reps[-1].settings
+            st = r["stats"]
             extra = (
                 f"  (tile {r['tile']}, halo {r['halo']}, {r['compute']['described']}, {r['winograd_convs']} "
-                f"Winograd convs, {r['norms_folded']} norms folded, stats {r['stats_seconds']:.1f} s)"
+                f"Winograd convs, {r['cropped_blocks']} blocks cropped, {r['norms_folded']} norms folded; "
+                f"statistics {st['seconds']:.1f} s = {100 * st['seconds'] / self.times['engine'][-1]:.1f} % of the "
+                f"job: {st['source']}, {st['windows']} windows in {st['forwards']} forward(s), "
+                f"{st['window_mp']:.2f} of {st['job_mp']:.1f} window MP, {st['reused_tiles']} tiles reused)"
             )
         dt = self.times[name][-1]
         print(f"  {self.norm:8s} {name:8s} {dt:7.1f} s  {self.mp / dt:.4f} MP/s{extra}", flush=True)
 
-    def summary(self) -> tuple[str, dict[str, float], dict[str, Any], Any]:
+    def summary(self) -> None:
         n = min(len(v) for v in self.times.values())
         total = {k: sum(v[:n]) for k, v in self.times.items()}
-        whole = self.outs["whole"]
-        q = {}
-        for name in ("engine", "naive", "sliding"):
-            diff = np.abs(self.outs[name].astype(np.int16) - whole.astype(np.int16))
-            q[name] = (psnr(self.outs[name], whole), int(diff.max()), float(np.percentile(diff, 99.99)))
-        print(
-            f"  {self.norm} ({n} run(s) each): engine is {total['naive'] / total['engine']:.2f}x (a) naive, "
-            f"{total['sliding'] / total['engine']:.2f}x (b) sliding window, {total['whole'] / total['engine']:.2f}x "
-            "(c) whole pass; vs the fp32 whole pass: "
-            + ", ".join(f"{k} {v[0]:.1f} dB max {v[1]} p99.99 {v[2]:.0f}" for k, v in q.items()),
-            flush=True,
-        )
-        return self.norm, total, q, self.reps[-1]
+        mps = {k: self.mp * n / t for k, t in total.items()}
+        print(f"  {self.norm} ({n} run(s) each): " + ", ".join(f"{k} {v:.4f} MP/s" for k, v in mps.items()))
+        if "engine" in mps:
+            monai = [mps[k] for k in ("sliding", "sliding_bf16") if k in mps]
+            limit = [mps[k] for k in ("nohalo_bf16", "nohalo") if k in mps]
+            if monai:
+                print(
+                    f"    engine / MONAI's best (sliding window fp32 or bf16): {mps['engine'] / max(monai):.2f}x"
+                )
+            if limit:
+                print(
+                    f"    engine / the no-halo limit (512 px, no halo, fastest kernel): {mps['engine'] / max(limit):.2f}x"
+                )
+        whole = self.outs.get("whole")
+        if whole is None:
+            return
+        for name, out in self.outs.items():
+            if name == "whole":
+                continue
+            diff = np.abs(out.astype(np.int16) - whole.astype(np.int16))
+            print(
+                f"    {name} vs the fp32 whole pass: {psnr(out, whole):.1f} dB, p99.9 {np.percentile(diff, 99.9):.0f}, "
+                f"max {int(diff.max())}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -47,3 +47,13 @@ def test_this_machine_resolves_without_arguments():
     assert dev.type in ("cpu", "cuda", "mps")
     if dev.type == "cuda":
         assert dev.index is not None
+
+
+def test_device_choice_is_the_widgets_one_call():
+    from napari_virtual_ihc.inference.devices import DeviceError, device_choice
+
+    assert device_choice("cpu") == "cpu"
+    assert device_choice("auto") in ("cpu", "mps") or device_choice("auto").startswith("cuda:")
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="CUDA is not available"):
+            device_choice("cuda")

@@ -126,16 +126,16 @@ def test_priority_region_first_and_progress_after_every_batch(he_1024, tmp_path)
 
 def test_slide_statistics_are_sampled_on_the_runs_device(tmp_path, monkeypatch):
     """On a GPU machine the statistics pass must run there too, not on the CPU the model was loaded on."""
-    import napari_virtual_ihc.inference.engine as engine
+    import napari_virtual_ihc.inference.slide_stats as slide_stats
 
     seen = []
-    real = engine.estimate_instance_stats
+    real = slide_stats.estimate_instance_stats
 
     def recording(*args, **kwargs):
         seen.append(kwargs.get("device"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "estimate_instance_stats", recording)
+    monkeypatch.setattr(slide_stats, "estimate_instance_stats", recording)
     rgb = np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)
     rep = stain_slide(
         ArraySlide(rgb, mpp=0.5),

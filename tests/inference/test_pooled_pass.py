@@ -38,9 +38,11 @@ def test_a_batch_job_above_the_interactive_limit_is_one_exact_pass_when_memory_a
 def test_a_job_whose_statistics_were_sampled_resumes_with_them(he_1024, tmp_path):
     model = small_generator("instance", ngf=4, n_blocks=3)
     img = he_1024[:768, :768]
-    sampled = EngineSettings(tile=192, batch=2, skip_background=False, pooled_pass_mp=0.0)
+    # 4 of the 16 tiles sampled (lock-step, their outputs kept as tiles), the other 12 run with those statistics
+    sampled = EngineSettings(tile=192, batch=2, skip_background=False, pooled_pass_mp=0.0, stats_windows=4)
     reference = stain_slide(ArraySlide(img, 0.5), model, tmp_path / "ref.ome.zarr", sampled)
     assert reference.settings["pooled_pass"] is False and reference.tiles_done == 16
+    assert reference.settings["stats"]["reused_tiles"] == 4 and reference.settings["stats"]["forwards"] == 1
 
     cancel = threading.Event()
     store = tmp_path / "resumed.ome.zarr"
@@ -66,7 +68,7 @@ def test_a_job_whose_statistics_were_sampled_resumes_with_them(he_1024, tmp_path
 def _as_before_the_mark(store, keep_tiles: int) -> None:
     """A store written before the statistics recorded their origin, its run killed after ``keep_tiles``."""
     from napari_virtual_ihc.ihc_store.layout import DONE_FILE, NORM_STATS_FILE
-    from napari_virtual_ihc.inference.engine import POOLED_MARK
+    from napari_virtual_ihc.inference.slide_stats import POOLED_MARK
 
     with np.load(store / NORM_STATS_FILE) as z:
         arrays = {k: z[k] for k in z.files if k != POOLED_MARK}
@@ -79,7 +81,7 @@ def _as_before_the_mark(store, keep_tiles: int) -> None:
 def test_a_store_from_before_the_mark_resumes_by_the_rule_it_was_written_with(he_1024, tmp_path, monkeypatch):
     """Small jobs were one pooled pass when their windows summed to at most 8 MP: such a store resumes with
     that pass (the same pixels as uninterrupted); above it, its statistics were sampled and are kept."""
-    import napari_virtual_ihc.inference.engine as engine
+    import napari_virtual_ihc.inference.slide_stats as slide_stats
 
     model = small_generator("instance", ngf=4, n_blocks=3)
     img = he_1024[:768, :768]
@@ -94,12 +96,17 @@ def test_a_store_from_before_the_mark_resumes_by_the_rule_it_was_written_with(he
     assert resumed.tiles_resumed == 5 and resumed.settings["pooled_pass"] is True
     assert np.array_equal(level0(store), level0(tmp_path / "ref.ome.zarr"))
 
-    sampled = EngineSettings(tile=192, batch=2, skip_background=False, pooled_pass_mp=0.0)
+    # statistics from small windows (none of them a tile: every tile from the tile pass, as before the mark)
+    sampled = EngineSettings(
+        tile=192, batch=2, skip_background=False, pooled_pass_mp=0.0, stats_tile=64, stats_share=1.0
+    )
     stain_slide(ArraySlide(img, 0.5), model, tmp_path / "ref_s.ome.zarr", sampled)
     old_sampled = tmp_path / "old_s.ome.zarr"
     stain_slide(ArraySlide(img, 0.5), model, old_sampled, sampled)
     _as_before_the_mark(old_sampled, keep_tiles=5)
-    monkeypatch.setattr(engine, "LEGACY_POOLED_MP", 0.0)  # this job's windows were above the old rule's limit
+    monkeypatch.setattr(
+        slide_stats, "LEGACY_POOLED_MP", 0.0
+    )  # this job's windows were above the old rule's limit
     resumed = stain_slide(ArraySlide(img, 0.5), model, old_sampled, pooled)
     assert resumed.tiles_resumed == 5 and resumed.settings["pooled_pass"] is False
     assert np.array_equal(level0(old_sampled), level0(tmp_path / "ref_s.ome.zarr"))

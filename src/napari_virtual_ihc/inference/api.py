@@ -8,9 +8,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ..geometry import Box
+from .report import RunSettings
 
 
 @dataclass
@@ -32,7 +33,10 @@ class EngineSettings:
     # may move).
     workers: int | None = None
     read_ahead: int | None = None
-    stats_windows: int = 16  # tissue windows sampled for slide-level InstanceNorm statistics
+    stats_windows: int = 16  # windows sampled for slide-level InstanceNorm statistics (at most)
+    # The statistics pass's windows may hold at most this share of the job's window pixels (inference.slide_stats):
+    # a job of few large tiles samples smaller windows spread over its tissue instead of whole tiles.
+    stats_share: float = 0.06
     # Core px of those windows when tiles are larger (batch jobs): cheaper than sampling whole 2048 px tiles,
     # but less exact: 256 px cores gave 29.8 dB against the whole pass on a 4096 px job (ngf 16 InstanceNorm
     # ResNet-9, docs/inference.md), below the 35 dB target, so the default (None) samples the tiles' windows.
@@ -46,6 +50,9 @@ class EngineSettings:
     # differs from direct convolution by fp32 rounding, far below one grey level). None: measured (with
     # ``precision="auto"``, see inference.devices.calibration), on when there is nothing to measure; True/False: forced.
     winograd: bool | None = None
+    # CPU: crop the residual trunk's activations, block by block, to what the tile's core still needs
+    # (inference.crop; exact). None: on wherever it applies; False: off.
+    crop_activations: bool | None = None
     # Jobs with fewer window megapixels of tissue to run than this use the default precision and kernels
     # instead of measuring them (the calibration costs a few window passes); 0 always measures.
     calibration_min_mp: float = 16.0
@@ -106,7 +113,7 @@ class RunReport:
     seconds: float
     mp_per_s: float
     cancelled: bool = False
-    settings: dict[str, Any] = field(default_factory=dict)
+    settings: RunSettings = field(default_factory=lambda: cast(RunSettings, {}))
     model: dict[str, Any] = field(default_factory=dict)
     store_complete: bool = False  # every tile of the whole store is finished (not only this run's region)
     warnings: list[str] = field(default_factory=list)  # what the run assumed or could not do, in words

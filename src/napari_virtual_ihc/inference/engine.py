@@ -4,7 +4,8 @@
 (``plan``: geometry, compute, run key), the store opened (``ihc_store``), then ``_StainJob``: tissue or
 glass, slide statistics, the compute choice, the field of view first, background, the pooled pass, the
 model's tiles, the report. The steps' tools live in small modules beside it: ``grid``, ``resample``,
-``tissue``, ``normalization``, ``calibration``, ``runner``, ``dropout`` and ``confidence``.
+``tissue``, ``normalization``, ``slide_stats`` (the statistics pass), ``devices.calibration``, ``crop``,
+``runner``, ``dropout``, ``confidence`` and ``report`` (the typed run settings).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -36,22 +37,17 @@ from .api import (
     TileProgress,
 )
 from .confidence import ConfidenceWriter
-from .devices.calibration import calibration_window, decide_compute, record_fp16_overflow
+from .crop import NO_SIDES, CropContext, Sides, spare_sides
+from .devices.calibration import cached_choice, calibration_window, decide_compute, record_fp16_overflow
 from .devices.probes import describe_device
-from .devices.rules import is_out_of_memory, release_device_memory
-from .dropout import set_positions, with_positional_dropout
+from .dropout import with_positional_dropout
 from .errors import RegionError, TileReadError
-from .grid import GridTile, sample_windows
-from .normalization import (
-    estimate_instance_stats,
-    fold_frozen_norms,
-    freeze_normalization,
-    stats_from_arrays,
-    stats_to_arrays,
-)
+from .grid import GridTile
+from .normalization import NormStats, fold_frozen_norms, freeze_normalization, stats_to_arrays
 from .plan import StainPlan, plan_halo, plan_run, pyramid_factors, region_to_plane
-from .resample import WorkingPlane, low_resolution_view
-from .runner import to_input, to_uint8
+from .report import RunSettings
+from .resample import low_resolution_view
+from .slide_stats import POOLED_MARK, StatsCounters, StatsRequest, slide_statistics
 from .tiling import pipeline_defaults, pooled_pass_limit_mp
 from .tissue import rect_has_tissue, tissue_mask
 from .variants import ModelVariants
@@ -60,8 +56,6 @@ from .workspace import release_workspace
 __all__ = ["iter_stain_slide", "plan_halo", "pyramid_factors", "stain_slide", "write_run_json"]
 
 BACKGROUND_GROUP = 64  # background tiles written between two progress reports
-POOLED_MARK = "pooled_pass"  # in the saved statistics: whether they came from the one exact pooled pass
-LEGACY_POOLED_MP = 8.0  # the fixed pooled-pass limit (sum of window megapixels) of stores without the mark
 
 
 @dataclass
@@ -92,28 +86,6 @@ def _fill(pattern: np.ndarray, x: int, y: int, w: int, h: int) -> np.ndarray:
     reps = (-(-(h + ph) // ph), -(-(w + pw) // pw), 1)
     big = np.tile(pattern, reps)
     return big[y % ph : y % ph + h, x % pw : x % pw + w]
-
-
-def _union(rects: list[tuple[int, int, int, int]]) -> tuple[int, int, int, int]:
-    x0, y0 = min(r[0] for r in rects), min(r[1] for r in rects)
-    x1, y1 = max(r[0] + r[2] for r in rects), max(r[1] + r[3] for r in rects)
-    return (x0, y0, x1 - x0, y1 - y0)
-
-
-def _stats_batches(
-    plane: WorkingPlane, picks: list[GridTile], window_size: tuple[int, int], batch: int, input_norm: str
-) -> tuple[list[Any], list[list[tuple[float, float, float, float]]]]:
-    """The sampled windows in batches, each with its core as fractions of the window (for the statistics)."""
-    ww, wh = window_size
-    fractions = []
-    for t in picks:
-        cx, cy, cw, ch = t.core_in_window
-        fractions.append((cx / ww, cy / wh, (cx + cw) / ww, (cy + ch) / wh))
-    batches, cores = [], []
-    for k in range(0, len(picks), batch):
-        batches.append(to_input(np.stack([plane.read(t.window) for t in picks[k : k + batch]]), input_norm))
-        cores.append(fractions[k : k + batch])
-    return batches, cores
 
 
 def _crop(out: np.ndarray, tile: GridTile) -> np.ndarray:
@@ -296,129 +268,64 @@ class _StainJob:
 
     # --- step 2: slide-level statistics ---------------------------------------------------------------
     def slide_statistics(self) -> None:
-        """InstanceNorm (and BatchNorm in "slide" mode): sampled once, saved in the store so a resumed run
-        reuses them. A small job runs as one pooled pass whose output is the tiles themselves."""
+        """InstanceNorm (and BatchNorm in "slide" mode): ``slide_stats.slide_statistics`` (a bounded sampled
+        pass, or one exact pooled pass for a small job), saved in the store so a resumed run reuses them; the
+        tiles it computed on the way are written as they are."""
         plan, tiles, grid, spec = self.plan, self.tiles, self.grid, self.model.spec
-        settings, mode, batch = plan.settings, plan.mode, plan.batch
+        settings, mode = plan.settings, plan.mode
         # Dropout as a function of slide position (inference.dropout): a copy of the model with positional masks.
         self.base, self.dropout_ctx = with_positional_dropout(self.model.module, mode.dropout, mode.seed)
-        base = self.base
-        stats = None
+        self.stats: NormStats | None = None
         self.pooled: tuple[list[int], list[np.ndarray]] | None = None
         self.from_pooled_pass = False  # the statistics (and tiles) came from one exact pooled pass
-        t_stats = time.perf_counter()
-        if plan.norm == "instance" or mode.slide_batch_norm:
-            saved = self.tstore.load_norm_stats()
-            ww0, wh0 = grid.window_size
-            flags = self.flags
-            assert flags is not None or saved is not None  # computed before the statistics
-            tissue_all = [i for i in tiles if flags[i]] if flags is not None else []
-            candidates = tissue_all or list(tiles)
-            # Every tissue tile in one pooled pass: whole-image statistics, and the output itself. A resumed
-            # small job runs that same pass again (same input, same arithmetic: the same pixels) and writes
-            # only the tiles still missing, so it ends identical to an uninterrupted run (issue 20, item 15);
-            # a job whose statistics were sampled resumes with them, whatever the memory allows now.
-            small = len(self.tissue) > 0 and len(tissue_all) == len(candidates) <= settings.stats_windows
-            exact = False
-            if small and saved is not None and POOLED_MARK not in saved:  # written before the mark existed
-                exact = len(tissue_all) * ww0 * wh0 / 1e6 <= LEGACY_POOLED_MP
-            elif small and (saved is None or bool(saved[POOLED_MARK])):
-                union = _union([tiles[i].window for i in tissue_all])
-                limit = settings.pooled_pass_mp
-                if limit is None:
-                    limit = pooled_pass_limit_mp(base, plan.device, interactive=self.priority is not None)
-                exact = union[2] * union[3] / 1e6 <= limit
-            if saved is not None and not exact:
-                stats = stats_from_arrays(saved)
-            else:
-                ux = uy = 0
-                if exact:
-                    picks = list(tissue_all)
-                else:
-                    n_picks = min(max(1, settings.stats_windows), len(candidates))
-                    picks = sorted(
-                        {candidates[round(j)] for j in np.linspace(0, len(candidates) - 1, n_picks)}
-                    )
-
-                def sampled(picks: list[int] = picks) -> tuple[Any, list[Any]]:
-                    wins = [tiles[i] for i in picks]
-                    if settings.stats_tile and settings.stats_tile < grid.tile:  # smaller windows over tiles
-                        wins = sample_windows(
-                            plan.plane.size,
-                            wins,
-                            max(1, settings.stats_windows),
-                            settings.stats_tile,
-                            grid.halo,
-                            grid.align,
-                        )
-                    batches, cores = _stats_batches(
-                        plan.plane, wins, wins[0].window[2:], batch, spec.input_norm
-                    )
-                    origins = [
-                        [t.window[:2] for t in wins[k : k + batch]] for k in range(0, len(wins), batch)
-                    ]
-                    return _positioned(base, batches, origins), cores
-
-                if exact:
-                    # One window over all of them: the windows' union costs at most their sum, usually much
-                    # less (no overlapping halos), and its output is the same.
-                    union = _union([tiles[i].window for i in picks])
-                    ux, uy, uw, uh = union
-                    cx0, cy0, cw0, ch0 = _union([tiles[i].core for i in picks])
-                    core_box = (
-                        (cx0 - ux) / uw,
-                        (cy0 - uy) / uh,
-                        (cx0 + cw0 - ux) / uw,
-                        (cy0 + ch0 - uy) / uh,
-                    )
-                    whole_in = [to_input(plan.plane.read(union)[None], spec.input_norm)]
-                    batches, cores = _positioned(base, whole_in, [[(ux, uy)]]), [[core_box]]
-                else:
-                    batches, cores = sampled()
-                # The pooled pass's output is one dropout sample: with mean:N the tiles are run afterwards.
-                outputs: list[Any] | None = [] if exact and mode.samples == 1 else None
-                slide_bn = mode.slide_batch_norm
-                from_pooled_pass = exact
-                try:
-                    stats = estimate_instance_stats(
-                        base,
-                        batches,
-                        cores,
-                        outputs=outputs,
-                        winograd=plan.winograd,
-                        device=plan.device,
-                        batch_norms=slide_bn,
-                    )
-                except (RuntimeError, MemoryError) as e:
-                    if not (exact and is_out_of_memory(e)):
-                        raise
-                    outputs = None  # too big for one pass here: sample in batches, run tiles afterwards
-                    from_pooled_pass = False
-                    del batches
-                    release_device_memory(plan.device)
-                    stats = (
-                        stats_from_arrays(saved)
-                        if saved is not None
-                        else estimate_instance_stats(
-                            base, *sampled(), winograd=plan.winograd, device=plan.device, batch_norms=slide_bn
-                        )
-                    )
-                if outputs:
-                    whole = to_uint8(outputs[0], spec.output_norm)[0]
-                    crops = []
-                    missing = [i for i in picks if i not in self.finished]
-                    for i in missing:
-                        x, y, w, h = tiles[i].core
-                        crops.append(whole[y - uy : y - uy + h, x - ux : x - ux + w])
-                    self.pooled = (missing, crops)
-                del outputs
-                self.from_pooled_pass = from_pooled_pass
-                if saved is None:
-                    arrays = stats_to_arrays(stats)
-                    arrays[POOLED_MARK] = np.array(from_pooled_pass)
-                    self.tstore.save_norm_stats(arrays)
-        self.stats = stats
-        self.stats_seconds = time.perf_counter() - t_stats
+        self.stats_counters = StatsCounters()
+        if not (plan.norm == "instance" or mode.slide_batch_norm):
+            return
+        saved = self.tstore.load_norm_stats()
+        flags = self.flags
+        assert flags is not None or saved is not None  # computed before the statistics
+        tissue_all = [i for i in tiles if flags[i]] if flags is not None else []
+        limit = settings.pooled_pass_mp
+        if limit is None:
+            limit = pooled_pass_limit_mp(self.base, plan.device, interactive=self.priority is not None)
+        # The tile pass's choice, when this model was measured here before: bf16 (direct) or fp32 kernels.
+        cached = cached_choice(plan.device, plan.asked_precision, settings.winograd, self.model.sha256)
+        stats_bf16 = cached is not None and cached.precision == "bf16"
+        stats_winograd = plan.winograd and (cached is None or cached.winograd)
+        result = slide_statistics(
+            StatsRequest(
+                module=self.base,
+                plane=plan.plane,
+                tiles=tiles,
+                tissue=tissue_all or list(tiles),
+                todo=len(self.tissue) if tissue_all else 0,
+                finished=set(self.finished),
+                saved=saved,
+                window_size=grid.window_size,
+                halo=grid.halo,
+                align=grid.align,
+                stats_windows=settings.stats_windows,
+                stats_tile=settings.stats_tile,
+                stats_share=settings.stats_share,
+                pooled_limit_mp=limit,
+                memory_mp=pooled_pass_limit_mp(self.base, plan.device, interactive=False),
+                device=plan.device,
+                winograd=stats_winograd,
+                exact_winograd=plan.winograd,
+                precision="bf16" if stats_bf16 else "fp32",
+                batch_norms=mode.slide_batch_norm,
+                input_norm=spec.input_norm,
+                output_norm=spec.output_norm,
+                dropout_samples=mode.samples,
+            )
+        )
+        self.stats, self.stats_counters, self.from_pooled_pass = result.stats, result.counters, result.exact
+        if result.tiles:
+            self.pooled = (list(result.tiles), list(result.tiles.values()))
+        if saved is None:
+            arrays = stats_to_arrays(result.stats)
+            arrays[POOLED_MARK] = np.array(result.exact)
+            self.tstore.save_norm_stats(arrays)
 
     # --- step 3: precision and kernels ------------------------------------------------------------------
     def choose_compute(self) -> None:
@@ -428,7 +335,16 @@ class _StainJob:
         plan, grid = self.plan, self.grid
         frozen = freeze_normalization(self.base, self.stats)
         self.folded = fold_frozen_norms(frozen)
-        variants = ModelVariants(frozen, plan.device, self.model.spec.input_norm, self.model.spec.output_norm)
+        asked = plan.settings.crop_activations
+        crop = asked is True or (asked is None and plan.device.type == "cpu")
+        self.crop_ctx = CropContext() if crop and self.dropout_ctx is None else None
+        variants = ModelVariants(
+            frozen,
+            plan.device,
+            self.model.spec.input_norm,
+            self.model.spec.output_norm,
+            crop=(self.crop_ctx, plan.halo) if self.crop_ctx is not None else None,
+        )
         pooled = set(self.pooled[0]) if self.pooled is not None else set()
         to_run = [i for i in self.tissue if i not in pooled]
         worth = (
@@ -452,6 +368,7 @@ class _StainJob:
             self.choice.candidate, plan.batch, dropout=self.dropout_ctx, samples=plan.mode.samples
         )
         self.winograd_convs = variants.converted if self.choice.winograd else 0
+        self.cropped_blocks = variants.cropped_blocks
         self.tstore.update_provenance(compute=self.choice.to_dict())
 
     # --- writing tiles ------------------------------------------------------------------------------------
@@ -503,7 +420,17 @@ class _StainJob:
             ) from e
 
     def run_batch(self, indices: list[int], windows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        return self.runner.run(windows, [self.tiles[i].window[:2] for i in indices])
+        if self.crop_ctx is not None:  # the sides every window of the batch has context to spare on
+            sides = [
+                spare_sides(self.tiles[i].core_in_window, self.grid.window_size, self.plan.halo)
+                for i in indices
+            ]
+            self.crop_ctx.sides = cast(Sides, tuple(all(s[k] for s in sides) for k in range(4)))
+        try:
+            return self.runner.run(windows, [self.tiles[i].window[:2] for i in indices])
+        finally:
+            if self.crop_ctx is not None:
+                self.crop_ctx.sides = NO_SIDES
 
     def write_model_tiles(self, indices: list[int], outs: Any, spreads: Any = None) -> None:
         tiles = self.tiles
@@ -686,27 +613,7 @@ class _StainJob:
             mp_per_s=self.count.pixels / 1e6 / max(1e-9, seconds),
             cancelled=self.cancelled,
             store_complete=store_complete,
-            settings={
-                **plan.settings.__dict__,
-                **plan.info(),
-                "batch": plan.batch,
-                "device_described": describe_device(str(plan.device)),
-                "batch_final": self.runner.batch,
-                "batches": self.runner.batches,
-                "pipeline": self.pipeline,
-                "fp16_fallbacks": self.runner.fallbacks,  # batches re-run wider after fp16 overflowed
-                "fp16_dropped": self.fp16_dropped,
-                "winograd_convs": self.winograd_convs,
-                "compute": self.choice.to_dict(),
-                "run_mode": plan.mode.to_dict(),
-                "confidence_store": self.confidence.path if self.confidence is not None else None,
-                "level0_downsample": self.d,
-                "norms_folded": self.folded,
-                "stats_seconds": round(self.stats_seconds, 3),
-                "pooled_pass": self.from_pooled_pass,
-                "region": region,
-                "complete": complete,
-            },
+            settings=self.run_settings(region, complete),
             model={
                 "name": spec.name,
                 "arch": spec.arch,
@@ -720,12 +627,50 @@ class _StainJob:
         write_run_json(rep)
         return rep
 
-
-def _positioned(module: Any, batches: list[Any], origins: list[list[tuple[int, int]]]) -> Any:
-    """Yield ``batches``, telling the model's positional dropouts where each lies on the plane first."""
-    for b, where in zip(batches, origins, strict=True):
-        set_positions(module, where, (b.shape[2], b.shape[3]))
-        yield b
+    def run_settings(self, region: list[int] | None, complete: bool) -> RunSettings:
+        plan, asked = self.plan, self.plan.settings
+        stats = self.stats_counters.to_report()
+        return RunSettings(
+            device=asked.device,
+            precision=asked.precision,
+            model_mpp=plan.model_mpp,
+            skip_background=asked.skip_background,
+            workers=asked.workers,
+            read_ahead=asked.read_ahead,
+            stats_windows=asked.stats_windows,
+            stats_tile=asked.stats_tile,
+            stats_share=asked.stats_share,
+            pooled_pass_mp=asked.pooled_pass_mp,
+            winograd=asked.winograd,
+            crop_activations=asked.crop_activations,
+            calibration_min_mp=asked.calibration_min_mp,
+            bn_stats=asked.bn_stats,
+            dropout=asked.dropout,
+            dropout_seed=asked.dropout_seed,
+            tile=plan.tile,
+            halo=plan.halo,
+            align=plan.align,
+            receptive_field=plan.receptive_field,
+            level0_downsample=self.d,
+            region=region,
+            batch=plan.batch,
+            batch_final=self.runner.batch,
+            batches=self.runner.batches,
+            device_described=describe_device(str(plan.device)),
+            pipeline=self.pipeline,
+            fp16_fallbacks=self.runner.fallbacks,
+            fp16_dropped=self.fp16_dropped,
+            winograd_convs=self.winograd_convs,
+            cropped_blocks=self.cropped_blocks,
+            compute=self.choice.to_dict(),
+            run_mode=plan.mode.to_dict(),
+            confidence_store=self.confidence.path if self.confidence is not None else None,
+            norms_folded=self.folded,
+            stats=stats,
+            stats_seconds=stats["seconds"],
+            pooled_pass=self.from_pooled_pass,
+            complete=complete,
+        )
 
 
 def write_run_json(rep: RunReport) -> Path:

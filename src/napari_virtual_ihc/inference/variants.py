@@ -7,6 +7,7 @@ import copy
 import torch
 from torch import nn
 
+from .crop import CropContext, use_cropping
 from .devices.calibration import Candidate, Runner
 from .dropout import DropoutContext
 from .runner import BatchRunner
@@ -17,10 +18,20 @@ class ModelVariants:
     """The frozen model as each candidate runs it (direct or Winograd), built once and shared by the
     calibration and the tile pass."""
 
-    def __init__(self, frozen: nn.Module, device: torch.device, input_norm: str, output_norm: str) -> None:
+    def __init__(
+        self,
+        frozen: nn.Module,
+        device: torch.device,
+        input_norm: str,
+        output_norm: str,
+        crop: tuple[CropContext, int] | None = None,
+    ) -> None:
         self.device = device
+        self.crop = crop  # (the batches' crop sides, halo): the trunk cropped to what the cores need
+        self.cropped_blocks = 0
         self.input_norm, self.output_norm = input_norm, output_norm
-        self._modules: dict[bool, nn.Module] = {False: frozen}
+        self._base = frozen
+        self._modules: dict[bool, nn.Module] = {}
         self.winograd_convs = (
             sum(1 for m in frozen.modules() if is_eligible(m)) if device.type == "cpu" else 0
         )
@@ -28,9 +39,12 @@ class ModelVariants:
 
     def module(self, winograd: bool) -> nn.Module:
         if winograd not in self._modules:
-            wmod = copy.deepcopy(self._modules[False])
-            self.converted = use_winograd(wmod)
-            self._modules[True] = wmod
+            wmod = copy.deepcopy(self._base)
+            if winograd:
+                self.converted = use_winograd(wmod)
+            if self.crop is not None:
+                wmod, self.cropped_blocks = use_cropping(wmod, self.crop[1], self.crop[0])
+            self._modules[winograd] = wmod
         return self._modules[winograd]
 
     def runner(

@@ -28,7 +28,7 @@ from qtpy.QtWidgets import (
 )
 
 from ...inference.api import EngineSettings
-from .devices import DeviceError, available_devices, describe_device, resolve_device
+from ...inference.devices import DeviceError, available_devices, describe_device, device_choice
 from .settings import StainWidgetSettings
 
 MODEL_FILTER = "Generator checkpoints (*.safetensors *.pth *.pt *.ckpt);;All files (*)"
@@ -275,7 +275,7 @@ class StainForm(QWidget):
 
     def _update_device_label(self, *_: Any) -> None:
         try:
-            text = f"running on {describe_device(resolve_device(self.device()))}"
+            text = f"running on {describe_device(device_choice(self.device()))}"
         except DeviceError as exc:
             text = f"not available: {exc}"
         self.device_label.setText(text)

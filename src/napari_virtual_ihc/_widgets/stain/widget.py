@@ -31,7 +31,7 @@ from .._layer_source import (
 from .._napari_private import unwrap_viewer
 from .._tasks import WidgetTask
 from .._viewport import show_side_by_side
-from .devices import DeviceError, describe_device, resolve_device
+from ...inference.devices import DeviceError, describe_device, device_choice
 from .form import StainForm
 from .layer import find_ihc_layer, ihc_layer_kwargs, layer_name_for
 from .preload import ModelPreloader
@@ -299,7 +299,7 @@ class VirtualIHCWidget(StainForm):
             show_error(f"Virtual IHC: model file not found: {model_path}")
             return None
         try:
-            resolve_device(self.device())
+            device_choice(self.device())
         except DeviceError as exc:
             show_error(f"Virtual IHC: {exc}")
             return None

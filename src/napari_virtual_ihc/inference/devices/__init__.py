@@ -6,6 +6,7 @@ from .probes import available_devices, cpu_has_bf16, describe_device, device_has
 from .rules import (
     autocast_dtype,
     check_precision_supported,
+    device_choice,
     is_out_of_memory,
     local_rank,
     release_device_memory,
@@ -21,6 +22,7 @@ __all__ = [
     "check_precision_supported",
     "cpu_has_bf16",
     "describe_device",
+    "device_choice",
     "device_has_bf16",
     "device_name",
     "is_out_of_memory",

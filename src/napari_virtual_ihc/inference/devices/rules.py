@@ -96,6 +96,13 @@ def resolve_device(
     return dev
 
 
+def device_choice(value: str) -> str:
+    """A device menu's ``value`` (``auto``, ``cuda``, ``cuda:1``, ``mps``, ``cpu``) as the concrete device this
+    process would run on, with its index (``cuda:0``): what the stain widget shows and passes to the engine.
+    Raises DeviceError, with what to do, for a device that is not present."""
+    return str(resolve_device(value))
+
+
 def check_precision_supported(precision: str, device: torch.device) -> None:
     """Refuse, with the reason, a precision this device has no instructions for."""
     if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():

@@ -1,0 +1,315 @@
+"""The slide-statistics pass: slide-level normalisation statistics at a cost bounded by a share of the job.
+
+InstanceNorm models (and BatchNorm ones in ``slide`` mode) need per-layer statistics of the whole slide
+(``normalization``). They are estimated from sampled windows, and three rules keep that cheap and exact:
+
+- **One forward for all layers, all windows in lock-step.** The sampled windows run as one batch: every
+  layer normalises with the statistics pooled over all the windows' cores, so each layer sees inputs made
+  with the same statistics the frozen model will use (running windows one by one makes each window's later
+  layers see its *own* earlier statistics, a bias that grew to 30 dB on small windows).
+- **A budget.** The windows' pixels are at most ``stats_share`` of the job's window pixels: a job of few
+  large tiles samples many small windows spread over its tissue instead of whole tiles (that was a whole
+  second pass, 56 % of a 4096 px job); a job of many small tiles samples tile windows.
+- **Reuse.** When the sampled windows are tile windows run in one batch, their outputs are exactly the frozen
+  model's: they are returned as finished tiles, not computed again.
+
+A small job whose windows' union fits memory still runs as one exact pass over that union (whole-image
+statistics, its output is the tiles). ``slide_statistics`` is a pure function of its request: it reads the
+plane and runs the model, and returns the statistics, the finished tiles and its counters; the engine saves
+and writes them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from .devices.rules import is_out_of_memory, release_device_memory
+from .dropout import set_positions
+from .grid import GridTile, sample_windows
+from .normalization import NormStats, estimate_instance_stats, stats_from_arrays
+from .report import StatsReport
+from .resample import WorkingPlane
+from .runner import to_input, to_uint8
+
+POOLED_MARK = "pooled_pass"  # in the saved statistics: whether they came from the one exact pooled pass
+LEGACY_POOLED_MP = 8.0  # the fixed pooled-pass limit (sum of window megapixels) of stores without the mark
+STATS_CORES = (
+    512,
+    384,
+    256,
+    192,
+    128,
+)  # core sides tried for sampled windows smaller than tiles, largest first
+
+Rect = tuple[int, int, int, int]
+
+
+@dataclass
+class StatsCounters:
+    """What the statistics pass did and cost (``run.json``'s ``settings.stats``)."""
+
+    source: str = "none"  # none | saved | pooled (one exact pass) | tiles (tile windows) | windows (smaller)
+    seconds: float = 0.0
+    windows: int = 0  # windows run
+    forwards: int = 0  # forward passes (batches); 1 = every layer's statistics from one lock-step pass
+    window_mp: float = 0.0  # input megapixels run
+    core_mp: float = 0.0  # megapixels pooled (the windows' cores)
+    job_mp: float = 0.0  # window megapixels of the job's tissue tiles (what the budget is a share of)
+    budget_mp: float = 0.0  # the share of ``job_mp`` the pass may run (0: no sampling needed)
+    reused_tiles: int = 0  # tiles whose output is this pass's output (written, not run again)
+
+    def to_report(self) -> StatsReport:
+        return StatsReport(
+            source=self.source,
+            seconds=round(self.seconds, 3),
+            windows=self.windows,
+            forwards=self.forwards,
+            window_mp=round(self.window_mp, 3),
+            core_mp=round(self.core_mp, 3),
+            job_mp=round(self.job_mp, 3),
+            budget_mp=round(self.budget_mp, 3),
+            reused_tiles=self.reused_tiles,
+        )
+
+
+@dataclass
+class StatsRequest:
+    """Everything the pass needs; nothing here is changed by it."""
+
+    module: nn.Module  # the model as the run uses it (positional dropout already applied)
+    plane: WorkingPlane
+    tiles: dict[int, GridTile]  # the run's tiles
+    tissue: list[int]  # tiles with tissue, in order (all tiles when unknown or none has tissue)
+    todo: int  # tissue tiles still to run in this job
+    finished: set[int]  # tiles finished by an earlier run
+    saved: dict[str, np.ndarray] | None  # the store's statistics (a resumed run)
+    window_size: tuple[int, int]  # the tiles' window (w, h)
+    halo: int
+    align: int
+    stats_windows: int
+    stats_tile: int | None
+    stats_share: float
+    pooled_limit_mp: float  # the largest window union (megapixels) the one exact pass may run
+    memory_mp: float  # the largest batch of windows (sum of megapixels) memory allows
+    device: torch.device
+    winograd: bool  # for the sampled windows (the tile pass's cached choice where there is one)
+    exact_winograd: bool  # for the one exact pass: the plan's, whatever is cached (a resume must match)
+    # fp32 | bf16 for the sampled windows: the tile pass's cached choice (reused windows cost what tiles cost)
+    precision: str
+    batch_norms: bool
+    input_norm: str
+    output_norm: str
+    dropout_samples: int = 1
+
+
+@dataclass
+class SlideStatistics:
+    """The pass's result: the statistics, tiles it finished (index -> core pixels) and its counters."""
+
+    stats: NormStats
+    tiles: dict[int, np.ndarray] = field(default_factory=dict)
+    exact: bool = False  # from one pass over every tissue tile (whole-image statistics)
+    counters: StatsCounters = field(default_factory=StatsCounters)
+
+
+def _union(rects: list[Rect]) -> Rect:
+    x0, y0 = min(r[0] for r in rects), min(r[1] for r in rects)
+    x1, y1 = max(r[0] + r[2] for r in rects), max(r[1] + r[3] for r in rects)
+    return (x0, y0, x1 - x0, y1 - y0)
+
+
+def _spread(items: list[int], n: int) -> list[int]:
+    """``n`` of ``items`` evenly spread over the list (slide order: rows of tiles)."""
+    if n >= len(items):
+        return list(items)
+    return sorted({items[round(j)] for j in np.linspace(0, len(items) - 1, n)})
+
+
+def _positioned(
+    module: nn.Module, batches: list[torch.Tensor], origins: list[list[tuple[int, int]]]
+) -> Iterator[torch.Tensor]:
+    """Yield ``batches``, telling the model's positional dropouts where each window lies first."""
+    for b, where in zip(batches, origins, strict=True):
+        set_positions(module, where, (b.shape[2], b.shape[3]))
+        yield b
+
+
+def _core_fraction(t: GridTile) -> tuple[float, float, float, float]:
+    cx, cy, cw, ch = t.core_in_window
+    ww, wh = t.window[2], t.window[3]
+    return (cx / ww, cy / wh, (cx + cw) / ww, (cy + ch) / wh)
+
+
+def pooled_pass_fits(req: StatsRequest) -> bool:
+    """Whether this job runs as one exact pass over all its tissue tiles (see the module's docstring)."""
+    saved, tissue, tiles = req.saved, req.tissue, req.tiles
+    small = req.todo > 0 and len(tissue) <= req.stats_windows
+    if not small:
+        return False
+    if saved is not None and POOLED_MARK not in saved:  # written before the mark existed
+        return len(tissue) * req.window_size[0] * req.window_size[1] / 1e6 <= LEGACY_POOLED_MP
+    if saved is not None and not bool(saved[POOLED_MARK]):
+        return False
+    union = _union([tiles[i].window for i in tissue])
+    return union[2] * union[3] / 1e6 <= req.pooled_limit_mp
+
+
+def plan_windows(req: StatsRequest) -> tuple[str, list[GridTile]]:
+    """Which windows the sampled pass runs: ``("tiles", tile windows)`` (their outputs are reused: pixels
+    pooled at no extra cost) or ``("windows", smaller windows)`` spread over the tissue, their pixels within
+    ``stats_share`` of the job. Tile windows are taken when as many as wanted (or 8) fit one batch in
+    memory, or when those that fit pool at least 4x the core pixels the budget's small windows would."""
+    tiles, tissue = req.tiles, req.tissue
+    want = max(1, min(req.stats_windows, len(tissue)))
+    ww, wh = req.window_size
+    win_mp = ww * wh / 1e6
+    fit = min(want, int(req.memory_mp // win_mp))  # tile windows one lock-step batch may hold
+    tile_core_mp = tiles[tissue[0]].core[2] * tiles[tissue[0]].core[3] / 1e6
+    small: list[GridTile] = []
+    if req.stats_tile is not None or fit < min(want, 8):
+        budget = req.stats_share * len(tissue) * win_mp
+        spread_over = [tiles[i] for i in tissue]
+        tile_side = max(tiles[tissue[0]].core[2], tiles[tissue[0]].core[3])
+        for core in (req.stats_tile,) if req.stats_tile else STATS_CORES:
+            side = core + 2 * req.halo
+            n = min(req.stats_windows, int(min(budget, req.memory_mp) // (side * side / 1e6)))
+            if core < tile_side and n >= (1 if req.stats_tile else min(req.stats_windows, 4)):
+                small = _even(sample_windows(req.plane.size, spread_over, n, core, req.halo, req.align), n)
+                break
+    small_core_mp = sum(t.core[2] * t.core[3] for t in small) / 1e6
+    if small and (req.stats_tile is not None or fit * tile_core_mp < 4 * small_core_mp):
+        return "windows", small
+    return "tiles", [tiles[i] for i in _spread(tissue, max(1, fit))]
+
+
+def _even(wins: list[GridTile], n: int) -> list[GridTile]:
+    """``n`` of the windows, spread (``sample_windows`` gives at least one per tile)."""
+    if len(wins) <= n:
+        return wins
+    keep = sorted({round(j) for j in np.linspace(0, len(wins) - 1, n)})
+    return [wins[k] for k in keep]
+
+
+def _lockstep_groups(wins: list[GridTile], limit_mp: float) -> list[list[GridTile]]:
+    """The windows in as few batches as memory allows (one batch: every layer's statistics consistent)."""
+    win_mp = wins[0].window[2] * wins[0].window[3] / 1e6
+    per = max(1, int(limit_mp // win_mp)) if win_mp > 0 else len(wins)
+    return [wins[k : k + per] for k in range(0, len(wins), per)]
+
+
+def _run_windows(
+    req: StatsRequest, groups: list[list[GridTile]], outputs: list[torch.Tensor] | None
+) -> NormStats:
+    batches = [
+        to_input(np.stack([req.plane.read(t.window) for t in g]), req.input_norm, req.device) for g in groups
+    ]
+    cores = [[_core_fraction(t) for t in g] for g in groups]
+    origins = [[(t.window[0], t.window[1]) for t in g] for g in groups]
+    return estimate_instance_stats(
+        req.module,
+        _positioned(req.module, batches, origins),
+        cores,
+        outputs=outputs,
+        winograd=req.winograd,
+        device=req.device,
+        batch_norms=req.batch_norms,
+        precision=req.precision,
+    )
+
+
+def slide_statistics(req: StatsRequest) -> SlideStatistics:
+    """The slide's normalisation statistics and the tiles computed on the way (see the module docstring).
+
+    In order: the one exact pooled pass when the job is small and fits memory; the statistics saved in the
+    store (a resumed run keeps them); else sampled windows (``plan_windows``) in lock-step.
+    """
+    t0 = time.perf_counter()
+    counters = StatsCounters()
+    tissue = req.tissue
+    ww, wh = req.window_size
+    counters.job_mp = len(tissue) * ww * wh / 1e6
+    result: SlideStatistics | None = None
+    if pooled_pass_fits(req):
+        result = _pooled_pass(req, counters)
+    if result is None and req.saved is not None:
+        counters.source = "saved"
+        result = SlideStatistics(stats_from_arrays(req.saved), counters=counters)
+    if result is None:
+        result = _sampled_pass(req, counters)
+    counters.seconds = time.perf_counter() - t0
+    return result
+
+
+def _pooled_pass(req: StatsRequest, counters: StatsCounters) -> SlideStatistics | None:
+    """One pass over the union of every tissue tile's window; None when it runs out of memory."""
+    tiles, picks = req.tiles, list(req.tissue)
+    ux, uy, uw, uh = union = _union([tiles[i].window for i in picks])
+    cx0, cy0, cw0, ch0 = _union([tiles[i].core for i in picks])
+    core_box = ((cx0 - ux) / uw, (cy0 - uy) / uh, (cx0 + cw0 - ux) / uw, (cy0 + ch0 - uy) / uh)
+    # The pooled pass's output is one dropout sample: with mean:N the tiles are run afterwards.
+    outputs: list[torch.Tensor] | None = [] if req.dropout_samples == 1 else None
+    try:
+        batch = to_input(req.plane.read(union)[None], req.input_norm)
+        stats = estimate_instance_stats(
+            req.module,
+            _positioned(req.module, [batch], [[(ux, uy)]]),
+            [[core_box]],
+            outputs=outputs,
+            winograd=req.exact_winograd,
+            device=req.device,
+            batch_norms=req.batch_norms,
+            # fp32 whatever the tile pass runs: a resumed small job reruns this pass and must get its pixels
+        )
+    except (RuntimeError, MemoryError) as e:
+        if not is_out_of_memory(e):
+            raise
+        release_device_memory(req.device)
+        return None  # too big for one pass here: sampled windows, tiles run afterwards
+    counters.source, counters.windows, counters.forwards = "pooled", 1, 1
+    counters.window_mp = uw * uh / 1e6
+    counters.core_mp = sum(tiles[i].core[2] * tiles[i].core[3] for i in picks) / 1e6
+    done: dict[int, np.ndarray] = {}
+    if outputs:
+        whole = to_uint8(outputs[0], req.output_norm)[0]
+        for i in picks:
+            if i not in req.finished:
+                x, y, w, h = tiles[i].core
+                done[i] = whole[y - uy : y - uy + h, x - ux : x - ux + w]
+    counters.reused_tiles = len(done)
+    return SlideStatistics(stats, done, exact=True, counters=counters)
+
+
+def _sampled_pass(req: StatsRequest, counters: StatsCounters) -> SlideStatistics:
+    kind, wins = plan_windows(req)
+    groups = _lockstep_groups(wins, req.memory_mp)
+    # Tile windows in one batch come out exactly as the frozen model makes them: keep them as tiles.
+    reuse = kind == "tiles" and len(groups) == 1 and req.dropout_samples == 1
+    outputs: list[torch.Tensor] | None = [] if reuse else None
+    try:
+        stats = _run_windows(req, groups, outputs)
+    except (RuntimeError, MemoryError) as e:
+        if not is_out_of_memory(e) or len(groups[0]) == 1:
+            raise
+        release_device_memory(req.device)  # smaller batches: statistics chained per batch, no reuse
+        groups, outputs, reuse = [[t] for t in wins], None, False
+        stats = _run_windows(req, groups, None)
+    counters.source = kind
+    counters.windows, counters.forwards = len(wins), len(groups)
+    counters.window_mp = sum(t.window[2] * t.window[3] for t in wins) / 1e6
+    counters.core_mp = sum(t.core[2] * t.core[3] for t in wins) / 1e6
+    counters.budget_mp = req.stats_share * counters.job_mp
+    done: dict[int, np.ndarray] = {}
+    if reuse and outputs:
+        out = to_uint8(outputs[0], req.output_norm)
+        for k, t in enumerate(wins):
+            if t.index not in req.finished:
+                x, y, w, h = t.core_in_window
+                done[t.index] = out[k, y : y + h, x : x + w]
+    counters.reused_tiles = len(done)
+    return SlideStatistics(stats, done, exact=False, counters=counters)
