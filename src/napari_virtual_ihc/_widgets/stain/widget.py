@@ -19,6 +19,7 @@ from qtpy.QtCore import Signal
 
 from ...ihc_store import PROVENANCE_KEY, StoreNotReadyError, layer_provenance, model_name, open_store
 from ...ihc_store.existing import ExistingResult, existing_result
+from ...inference.devices import DeviceError, describe_device, device_choice
 from ...inference.dropout import DropoutMode, DropoutModeError
 from .._layer_source import (
     SourceLayerError,
@@ -31,7 +32,6 @@ from .._layer_source import (
 from .._napari_private import unwrap_viewer
 from .._tasks import WidgetTask
 from .._viewport import show_side_by_side
-from ...inference.devices import DeviceError, describe_device, device_choice
 from .form import StainForm
 from .layer import find_ihc_layer, ihc_layer_kwargs, layer_name_for
 from .preload import ModelPreloader
