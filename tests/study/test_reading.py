@@ -51,6 +51,16 @@ def test_the_coordinator_stops_between_stages_and_writes_no_report(
     with pytest.raises(StopIteration) as stop:
         next(steps)
     assert stop.value.value is None and not (tmp_path / "report" / "report.html").exists()
+    # a cancel at the last stage: nothing written; once writing has started there is no stage left to stop at
+    late = threading.Event()
+    steps = iter_answers_report(key_path, tmp_path / "answers", tmp_path / "late", n_boot=20, cancel=late)
+    assert [next(steps)[2] for _ in STAGES] == list(STAGES)
+    late.set()
+    with pytest.raises(StopIteration) as stop:
+        next(steps)
+    assert stop.value.value is None and not (tmp_path / "late" / "report.html").exists()
+    done = list(iter_answers_report(key_path, tmp_path / "answers", tmp_path / "whole", n_boot=20))
+    assert [d[2] for d in done] == list(STAGES) and (tmp_path / "whole" / "report.html").is_file()
     (tmp_path / "empty").mkdir()
     with pytest.raises(StudyError, match="no answer"):
         list(iter_answers_report(key_path, tmp_path / "empty", tmp_path / "report2"))

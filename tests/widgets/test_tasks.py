@@ -123,7 +123,7 @@ def test_the_registration_widget_runs_as_a_task_and_its_bar_cancels_it(
 
 
 def test_the_reader_analysis_runs_as_a_task_and_its_bar_cancels_it(
-    make_napari_viewer, qtbot, data_dir: Path, tmp_path: Path
+    make_napari_viewer, qtbot, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from napari_virtual_ihc._widgets.reader import ReaderStudyWidget
     from napari_virtual_ihc.study import AnswerStore, BuildOptions, build_study, load_key
@@ -143,11 +143,28 @@ def test_the_reader_analysis_runs_as_a_task_and_its_bar_cancels_it(
         for image_id in key["images"]:
             store.record_answer(image_id=image_id, score="2+", confidence=3)
 
+    # hold the analysis until the bar's Cancel has been pressed (on a fast machine it would otherwise finish
+    # first); the real analysis then runs, and the cancel takes effect at the next stage
+    from napari_virtual_ihc.study import analysis
+
+    real_analyze, started, release = analysis.analyze, threading.Event(), threading.Event()
+
+    def held_analyze(*args: Any, **kwargs: Any) -> Any:
+        started.set()
+        release.wait(60)
+        return real_analyze(*args, **kwargs)
+
+    monkeypatch.setattr(analysis, "analyze", held_analyze)
     viewer = make_napari_viewer()
     widget = ReaderStudyWidget(viewer)
-    task = widget.run_analysis(key_path, tmp_path / "answers", tmp_path / "report", n_boot=2000)
+    task = widget.run_analysis(key_path, tmp_path / "answers", tmp_path / "report", n_boot=200)
     assert isinstance(task, WidgetTask) and task.progress.total == 4
-    _cancel_from_the_bar(qtbot, task, after_updates=1)  # the report folder is checked: stop before the rest
+    qtbot.waitUntil(lambda: started.is_set() and task.progress.shown, timeout=20_000)
+    assert task.running and task.progress.bar is not None
+    task.progress.bar.cancel()
+    release.set()
+    qtbot.waitUntil(lambda: not task.running, timeout=60_000)
+    assert task.state == "cancelled" and not task.progress.shown
     assert widget.task is None and widget.last_report is None and widget.last_error is None
     assert not (tmp_path / "report" / "report.html").exists()
     assert "cancelled" in widget.report_output.toPlainText()

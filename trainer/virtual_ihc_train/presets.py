@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from .config import Config, ConfigError, merge
@@ -181,7 +182,8 @@ def preset_config(name: str, multiscale_discriminator: bool = False) -> Config:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
     cfg = Config(preset=name)
-    merge(cfg, PRESETS[name])
+    # copies: a config is changed by overrides, and must never change the preset tables themselves
+    merge(cfg, copy.deepcopy(PRESETS[name]))
     if multiscale_discriminator:
-        merge(cfg, MULTISCALE_DISCRIMINATOR)
+        merge(cfg, copy.deepcopy(MULTISCALE_DISCRIMINATOR))
     return cfg

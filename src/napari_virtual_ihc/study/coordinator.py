@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .errors import StudyError
 
-STAGES = ("report folder checked", "answers read", "analysed", "report written")
+STAGES = ("report folder checked", "answers read", "analysed", "writing the report")
 
 
 def iter_answers_report(
@@ -46,6 +46,9 @@ def iter_answers_report(
     yield 3, total, STAGES[2]
     if cancel is not None and cancel.is_set():
         return None
-    report = write_report(results, out)
+    # the last point a cancel stops at: once writing starts there is no yield, so a report is either written
+    # whole and returned, or not written (a cancel that arrived during the write must not say "no report")
     yield 4, total, STAGES[3]
-    return report
+    if cancel is not None and cancel.is_set():
+        return None
+    return write_report(results, out)

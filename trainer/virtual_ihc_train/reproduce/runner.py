@@ -87,7 +87,11 @@ def apply(cfg: Config, key: str, value: Any) -> None:
     if key.startswith("model.arch_kwargs."):
         name = key.removeprefix("model.arch_kwargs.")
         if name in cfg.model.arch_kwargs:
-            cfg.model.arch_kwargs[name] = yaml.safe_load(value) if isinstance(value, str) else value
+            # a new dict: the row's may be a preset's or a table's shared one (mutating it leaked into later runs)
+            cfg.model.arch_kwargs = {
+                **cfg.model.arch_kwargs,
+                name: yaml.safe_load(value) if isinstance(value, str) else value,
+            }
         return
     set_value(cfg, key, value)
 
