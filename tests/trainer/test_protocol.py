@@ -146,3 +146,18 @@ def test_exports_record_their_presets_test_mode_and_validation_uses_it(bci_small
     val = list(csv.DictReader((tmp_path / "run" / "val.csv").open()))[-1]
     result = _evaluate(model, bci_small / "HE" / "test", bci_small / "IHC" / "test", tmp_path / "ev")
     assert float(val["psnr"]) == pytest.approx(result["summary"]["overall"]["psnr"], abs=1e-9)
+
+
+def test_a_checkpoint_without_a_mode_is_run_by_the_default_and_the_report_names_it(tmp_path, paired):
+    """An instance-norm state dict carries no bn_stats/dropout header: the report says the mode came from the
+    default."""
+    he_dir, ihc_dir = paired
+    torch.manual_seed(0)
+    net = build_generator("resnet", ngf=8, n_blocks=2, norm="instance", use_dropout=False)
+    ckpt = tmp_path / "latest_net_G.pth"
+    torch.save(net.state_dict(), ckpt)
+    result = _evaluate(ckpt, he_dir, ihc_dir, tmp_path / "ev")
+    protocol = result["protocol"]
+    assert protocol["source"]["bn_stats"] == "default" and protocol["source"]["dropout"] == "default"
+    md = (tmp_path / "ev" / "metrics.md").read_text()
+    assert "bn_stats from default" in md and "dropout from default" in md
