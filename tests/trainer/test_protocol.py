@@ -161,3 +161,6 @@ def test_a_checkpoint_without_a_mode_is_run_by_the_default_and_the_report_names_
     assert protocol["source"]["bn_stats"] == "default" and protocol["source"]["dropout"] == "default"
     md = (tmp_path / "ev" / "metrics.md").read_text()
     assert "bn_stats from default" in md and "dropout from default" in md
+    # --dropout sample on a model without dropout: run, with the reason in the report, not silently
+    result = _evaluate(ckpt, he_dir, ihc_dir, tmp_path / "ev_drop", "--dropout", "sample")
+    assert any("no dropout layers" in w for w in result["protocol"]["warnings"])
