@@ -61,6 +61,8 @@ def test_the_coordinator_stops_between_stages_and_writes_no_report(
     assert stop.value.value is None and not (tmp_path / "late" / "report.html").exists()
     done = list(iter_answers_report(key_path, tmp_path / "answers", tmp_path / "whole", n_boot=20))
     assert [d[2] for d in done] == list(STAGES) and (tmp_path / "whole" / "report.html").is_file()
+    # as `study analyze` reports it: answered *of* the key's scored cases (6 answered here, so incomplete)
+    assert "<th>answered</th><th>of</th>" in (tmp_path / "whole" / "report.html").read_text()
     (tmp_path / "empty").mkdir()
     with pytest.raises(StudyError, match="no answer"):
         list(iter_answers_report(key_path, tmp_path / "empty", tmp_path / "report2"))

@@ -191,8 +191,8 @@ def run_import(args: argparse.Namespace) -> int:
 
 def run_analyze(args: argparse.Namespace) -> int:
     from napari_virtual_ihc.study import StudyError, load_key
-    from napari_virtual_ihc.study.analysis import analyze
-    from napari_virtual_ihc.study.ratings import collect_ratings, key_modalities
+    from napari_virtual_ihc.study.coordinator import analyze_answers
+    from napari_virtual_ihc.study.ratings import collect_ratings
     from napari_virtual_ihc.study.reference import read_reference_csv, reference_from_key
     from napari_virtual_ihc.study.report import prepare_report_dir, write_report
 
@@ -206,15 +206,13 @@ def run_analyze(args: argparse.Namespace) -> int:
         ratings = collect_ratings(key, args.answers, include_algorithm=args.include_algorithm)
         if ratings.empty:
             raise StudyError("no answers to analyse")
-        expected = sum(1 for v in (key or {}).get("images", {}).values() if v.get("role") == "score") or None
-        results = analyze(
+        results = analyze_answers(
             ratings,
-            ultralow=True if args.ultralow else None,
-            n_boot=args.bootstrap,
-            seed=args.seed,
-            expected_per_reader=expected,
-            modalities=key_modalities(key),
+            key,
             reference=reference,
+            n_boot=args.bootstrap,
+            ultralow=True if args.ultralow else None,
+            seed=args.seed,
         )
         report = write_report(results, args.out)
     except StudyError as exc:

@@ -9,8 +9,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Generator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .errors import StudyError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .analysis import StudyResults
+    from .reference import Reference
 
 STAGES = ("report folder checked", "answers read", "analysed", "writing the report")
 
@@ -24,9 +31,8 @@ def iter_answers_report(
 ) -> Generator[tuple[int, int, str], None, Path | None]:
     """Yields ``(done, total, stage)`` after each stage; returns report.html, or None once ``cancel`` is set
     (then no report is written)."""
-    from .analysis import analyze
     from .bundle import load_key
-    from .ratings import collect_ratings, key_modalities
+    from .ratings import collect_ratings
     from .reference import reference_from_key
     from .report import prepare_report_dir, write_report
 
@@ -40,9 +46,7 @@ def iter_answers_report(
     yield 2, total, STAGES[1]
     if cancel is not None and cancel.is_set():
         return None
-    results = analyze(
-        ratings, n_boot=n_boot, seed=0, modalities=key_modalities(k), reference=reference_from_key(k)
-    )
+    results = analyze_answers(ratings, k, reference=reference_from_key(k), n_boot=n_boot)
     yield 3, total, STAGES[2]
     if cancel is not None and cancel.is_set():
         return None
@@ -52,3 +56,29 @@ def iter_answers_report(
     if cancel is not None and cancel.is_set():
         return None
     return write_report(results, out)
+
+
+def analyze_answers(
+    ratings: pd.DataFrame,
+    key: dict[str, Any] | None,
+    *,
+    reference: Reference | None,
+    n_boot: int,
+    ultralow: bool | None = None,
+    seed: int = 0,
+) -> StudyResults:
+    """The study's statistics as the CLI and the reader widget both compute them: the key's modalities and
+    its number of scored cases per reader (so a reader who skipped cases shows as incomplete)."""
+    from .analysis import analyze
+    from .ratings import key_modalities
+
+    expected = sum(1 for v in (key or {}).get("images", {}).values() if v.get("role") == "score") or None
+    return analyze(
+        ratings,
+        ultralow=ultralow,
+        n_boot=n_boot,
+        seed=seed,
+        expected_per_reader=expected,
+        modalities=key_modalities(key),
+        reference=reference,
+    )
