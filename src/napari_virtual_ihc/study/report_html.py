@@ -170,19 +170,8 @@ def reference_section(results: StudyResults, figures: dict[str, bytes]) -> list[
             "Cohen κ linear",
             "Cohen κ quadratic",
         ]
-        rows = [
-            [
-                c.reader_id,
-                c.modality,
-                str(c.n_pairs),
-                str(c.n_not_assessable),
-                percent(c.accuracy),
-                percent(c.within_one),
-                estimate_text(c.kappa_linear),
-                estimate_text(c.kappa_quadratic),
-            ]
-            for c in results.vs_reference
-        ]
+        # the comparison table's columns without its paired tests (no second reading against a reference)
+        rows = [row[: len(headers)] for row in comparison_rows(results.vs_reference)]
         parts.append(_table(headers, rows))
     if results.vs_truth:
         parts.append(_table(BINARY_HEADERS, binary_rows(results.vs_truth)))
