@@ -22,13 +22,12 @@ import tempfile
 from pathlib import Path
 
 import cv2
-import imagecodecs
 import numpy as np
 import openslide
 import tifffile
 
 from napari_virtual_ihc.export import write_ome_tiff
-from napari_virtual_ihc.export.ome_tiff import JPEG_QUALITY, TILE
+from napari_virtual_ihc.export.ome_tiff import jpeg_round_trip
 from napari_virtual_ihc.slides import ArraySlide, open_slide
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
@@ -66,20 +65,6 @@ def write(rgb: np.ndarray, out: Path, label: str, kw: dict) -> None:
         return
     with tifffile.TiffWriter(out, bigtiff=True, ome=True) as tw:
         tw.write(rgb, tile=(256, 256), photometric="rgb", compression="jpeg", metadata={"axes": "YXS"}, **kw)
-
-
-def codec_round_trip(rgb: np.ndarray, tile: int = TILE) -> np.ndarray:
-    """What JPEG alone gives: each export tile padded white, coded RGB at the export's quality, decoded."""
-    h, w = rgb.shape[:2]
-    out = np.empty_like(rgb)
-    for y in range(0, h, tile):
-        for x in range(0, w, tile):
-            block = rgb[y : y + tile, x : x + tile]
-            padded = np.full((tile, tile, 3), 255, np.uint8)
-            padded[: block.shape[0], : block.shape[1]] = block
-            coded = imagecodecs.jpeg_encode(padded, level=JPEG_QUALITY, outcolorspace="rgb")
-            out[y : y + tile, x : x + tile] = imagecodecs.jpeg_decode(coded)[: block.shape[0], : block.shape[1]]
-    return out
 
 
 def bioformats_agrees(jar: Path, path: Path, tmp: Path) -> bool:
@@ -123,7 +108,9 @@ def main() -> None:
                         else str(bioformats_agrees(args.bioformats_jar, out, tmp))
                     )
                     own = (
-                        f"{np.abs(got - codec_round_trip(rgb)).max():4d}" if label.endswith("(export)") else "   -"
+                        f"{np.abs(got - jpeg_round_trip(rgb)).max():4d}"
+                        if label.endswith("(export)")
+                        else "   -"
                     )
                     print(
                         f"{name[:28]:28s} {label:17s} {err.max():4d} {np.percentile(err, 99):4.0f} "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import imagecodecs
 import numpy as np
 import openslide
 import pytest
@@ -12,6 +11,7 @@ import tifffile
 
 from napari_virtual_ihc.cli import main
 from napari_virtual_ihc.export import ExportError, write_ome_tiff
+from napari_virtual_ihc.export.ome_tiff import jpeg_round_trip
 from napari_virtual_ihc.slides import open_slide
 
 
@@ -64,20 +64,6 @@ def test_jpeg_export_keeps_the_mean_colour_within_one_grey_level(ihc_store, ihc_
     assert err.mean() < 2.0 and np.percentile(err, 99) <= 10 and err.max() <= 25  # not per pixel
 
 
-def _q90_codec_round_trip(rgb: np.ndarray, tile: int) -> np.ndarray:
-    """The store's pixels as JPEG at quality 90 alone gives them: each tile padded white, coded RGB, decoded."""
-    h, w = rgb.shape[:2]
-    out = np.empty_like(rgb)
-    for y in range(0, h, tile):
-        for x in range(0, w, tile):
-            block = rgb[y : y + tile, x : x + tile]
-            padded = np.full((tile, tile, 3), 255, np.uint8)
-            padded[: block.shape[0], : block.shape[1]] = block
-            coded = imagecodecs.jpeg_encode(padded, level=90, outcolorspace="rgb")
-            out[y : y + tile, x : x + tile] = imagecodecs.jpeg_decode(coded)[: block.shape[0], : block.shape[1]]
-    return out
-
-
 def test_jpeg_export_adds_no_error_beyond_the_q90_codec(ihc_store, ihc_rgb, tmp_path):
     """OpenSlide reads back, pixel for pixel within one grey level, what JPEG q90 of the store's tiles decodes to.
 
@@ -90,7 +76,7 @@ def test_jpeg_export_adds_no_error_beyond_the_q90_codec(ihc_store, ihc_rgb, tmp_
     assert main(["export", str(ihc_store), str(jpeg)]) == 0
     with tifffile.TiffFile(jpeg) as tif:
         tile = tif.pages[0].tilewidth
-    reference = _q90_codec_round_trip(ihc_rgb, tile)
+    reference = jpeg_round_trip(ihc_rgb, tile)
     err = np.abs(_openslide_pixels(jpeg, (w, h)).astype(int) - reference)
     assert err.max() <= 1, f"export differs from the q90 codec by {err.max()} grey levels"
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import cv2
+import imagecodecs
 import numpy as np
 import tifffile
 
@@ -123,6 +124,25 @@ def _scaled(resolution: dict[str, Any], factor: int) -> dict[str, Any]:
         return {}
     rx, ry = resolution["resolution"]
     return {"resolution": (rx / factor, ry / factor), "resolutionunit": resolution["resolutionunit"]}
+
+
+def jpeg_round_trip(rgb: np.ndarray, tile: int = TILE) -> np.ndarray:
+    """What a JPEG export of ``rgb`` holds: each tile padded white, coded as the export codes it, decoded.
+
+    The reference a client's read-back is checked against: any difference from it is the export's own error,
+    the rest of the loss is the codec's at ``JPEG_QUALITY``.
+    """
+    h, w = rgb.shape[:2]
+    out = np.empty_like(rgb)
+    for y in range(0, h, tile):
+        for x in range(0, w, tile):
+            block = rgb[y : y + tile, x : x + tile]
+            padded = np.full((tile, tile, 3), 255, np.uint8)
+            padded[: block.shape[0], : block.shape[1]] = block
+            coded = imagecodecs.jpeg_encode(padded, level=JPEG_QUALITY, outcolorspace="rgb")
+            decoded = imagecodecs.jpeg_decode(coded)
+            out[y : y + tile, x : x + tile] = decoded[: block.shape[0], : block.shape[1]]
+    return out
 
 
 def _tiles(slide: Slide, k: int, sizes: list[tuple[int, int]], tile: int) -> Iterator[np.ndarray]:
