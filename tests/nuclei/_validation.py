@@ -151,10 +151,14 @@ def counted(case: Case, xy: np.ndarray, shape: tuple[int, int], margin: float) -
 
 
 def match(truth_xy: np.ndarray, det_xy: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
-    """Optimal one-to-one assignment within ``radius``: (truth index, detection index) of the matched pairs."""
+    """Optimal one-to-one assignment within ``radius``: (truth index, detection index) of the matched pairs.
+    Most pairs first, then the shortest: a pair farther than ``radius`` costs more than all near pairs together
+    (a plain least-distance assignment pairs every point, and far pairs it is forced into can displace near
+    ones, so adding a mark far from every detection could lose matches)."""
     if not len(truth_xy) or not len(det_xy):
         return np.zeros(0, int), np.zeros(0, int)
     cost = np.linalg.norm(truth_xy[:, None] - det_xy[None], axis=2)
+    cost[cost > radius] = radius * (min(cost.shape) + 1)
     r, c = linear_sum_assignment(cost)
     ok = cost[r, c] <= radius
     return r[ok], c[ok]
