@@ -32,9 +32,9 @@ CONTRAST_SHARE = 0.2  # a nucleus stands this share of the typical contrast abov
 HALF_MAX = 0.6  # a nucleus' mask: contrast above this share of its seed's contrast (tuned)
 SEED_SPACING = 0.8  # seeds at least this many radii apart (tuned)
 MEMBRANE_WEIGHT = 0.5  # membrane/cytoplasm DAB subtracted (with this weight) from the seeds' signal
-MERGE_SADDLE = 0.9  # two seeds are one nucleus when the signal between them stays above this share of the
+MERGE_SADDLE = 0.95  # two seeds are one nucleus when the signal between them stays above this share of the
 # lower one (tuned)
-NUCLEAR_CLASS_SHARE = 0.7  # a seed's signal reaches this share of the overview's nuclear class OD (tuned)
+NUCLEAR_CLASS_SHARE = 0.75  # a seed's signal reaches this share of the overview's nuclear class OD (tuned)
 MERGE_REACH = 2.0  # seeds up to this many radii apart are compared
 
 
