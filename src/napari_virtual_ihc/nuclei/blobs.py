@@ -34,7 +34,8 @@ SEED_SPACING = 0.8  # seeds at least this many radii apart (tuned)
 MEMBRANE_WEIGHT = 0.5  # membrane/cytoplasm DAB subtracted (with this weight) from the seeds' signal
 MERGE_SADDLE = 0.95  # two seeds are one nucleus when the signal between them stays above this share of the
 # lower one (tuned)
-NUCLEAR_CLASS_SHARE = 0.75  # a seed's signal reaches this share of the overview's nuclear class OD (tuned)
+NUCLEAR_CLASS_SHARE = 0.65  # a seed's signal reaches this share of the overview's nuclear class OD (tuned;
+# the largest share that keeps the tune images' Ki-67 index within 4.5 points: the floor drops pale negative nuclei)
 MERGE_REACH = 2.0  # seeds up to this many radii apart are compared
 
 
