@@ -59,11 +59,46 @@ class CroppedResnetBlock(nn.Module):
             out = self.conv_block(x)
             return out.add_(x)
         out = x
+        padded_by_side = False
         for m in self.conv_block:
+            if isinstance(m, nn.ReflectionPad2d):
+                # pad only the sides that keep their border; on a shedding side the convolution's valid output
+                # is exactly what padding and then cropping one pixel gave, without the copy or the crop
+                out = _pad_kept_sides(out, m, sides)
+                padded_by_side = True
+                continue
             out = m(out)
             if _is_conv(m):
-                out = _crop(out, 1, sides)
+                if not padded_by_side:  # the convolution's own zero padding: crop what it added
+                    out = _crop(out, 1, sides)
+                padded_by_side = False
         return out.add_(_crop(x, self.convs, sides))
+
+
+def _pad_kept_sides(x: Tensor, pad: nn.ReflectionPad2d, sides: Sides) -> Tensor:
+    """``pad`` applied only where ``sides`` says the window has no context to spare."""
+    left, right, top, bottom = pad.padding
+    amounts = (
+        0 if sides[0] else left,
+        0 if sides[2] else right,
+        0 if sides[1] else top,
+        0 if sides[3] else bottom,
+    )
+    return F.pad(x, amounts, mode="reflect") if any(amounts) else x
+
+
+class SidePad(nn.Module):
+    """The decoder's last reflection pad, skipped on the sides with context to spare: at full resolution
+    and ``ngf`` channels it is the largest copy of a tile's pass, and the pixels it makes there lie in the
+    halo, which the engine never writes (an interior tile, context on all four sides, copies nothing)."""
+
+    def __init__(self, pad: nn.ReflectionPad2d, ctx: CropContext) -> None:
+        super().__init__()
+        self.pad = pad
+        self.ctx = ctx
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _pad_kept_sides(x, self.pad, self.ctx.sides)
 
 
 def _is_conv(m: nn.Module) -> bool:
@@ -77,7 +112,7 @@ class CroppedGenerator(nn.Module):
         super().__init__()
         self.inner = inner
         self.ctx = ctx
-        self.shed = shed  # input pixels dropped per side where the context allows
+        self.shed = shed  # output pixels missing per side where the context allows (trunk and last pad)
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.inner(x)
@@ -142,6 +177,16 @@ def use_cropping(module: nn.Module, halo: int, ctx: CropContext) -> tuple[nn.Mod
         block = seq[i]
         assert isinstance(block, ResnetBlock)
         seq[i] = CroppedResnetBlock(block, ctx)
+    last = (
+        len(seq)
+        - 1
+        - next((k for k, m in enumerate(reversed(seq)) if isinstance(m, nn.ReflectionPad2d)), len(seq))
+    )
+    if last > at[-1] and _is_conv(seq[last + 1]):  # the output layer's pad (its margin is in the decoder's)
+        pad = seq[last]
+        assert isinstance(pad, nn.ReflectionPad2d)
+        seq[last] = SidePad(pad, ctx)
+        shed += pad.padding[0]
     return CroppedGenerator(module, ctx, shed), blocks
 
 
