@@ -89,3 +89,15 @@ def test_pipeline_defaults_follow_the_device():
     workers, ahead = pipeline_defaults(None, None, "cuda")
     assert 2 <= workers <= 8 and ahead == 2 * workers
     assert pipeline_defaults(3, 7, "cuda") == (3, 7)
+
+
+def test_batch_tile_on_the_cpu_is_at_most_1024():
+    """The CPU's batch tile stops at 1024 px (faster there than 2048, docs/inference.md); interactive runs 512."""
+    from napari_virtual_ihc.inference.tiling import CPU_BATCH_TILE, choose_tile
+    from napari_virtual_ihc.models import build_generator
+
+    module = build_generator("resnet", n_blocks=2, ngf=8, norm="batch")
+    cpu = torch.device("cpu")
+    assert choose_tile(module, cpu, 88, 1, False, (8192, 8192)) == CPU_BATCH_TILE == 1024
+    assert choose_tile(module, cpu, 88, 1, True, (8192, 8192)) == 512
+    assert choose_tile(module, cpu, 88, 1, False, (600, 400)) == 512  # no tile larger than the job
