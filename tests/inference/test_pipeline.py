@@ -91,13 +91,18 @@ def test_pipeline_defaults_follow_the_device():
     assert pipeline_defaults(3, 7, "cuda") == (3, 7)
 
 
-def test_batch_tile_on_the_cpu_is_at_most_1024():
-    """The CPU's batch tile stops at 1024 px (faster there than 2048, docs/inference.md); interactive runs 512."""
-    from napari_virtual_ihc.inference.tiling import CPU_BATCH_TILE, choose_tile
+def test_batch_tile_stops_at_1024_on_cpus_with_bf16():
+    """Batch tiles are as large as memory allows up to the device's largest (1024 px on a bf16 CPU, where it
+    ran faster than 2048: docs/inference.md); interactive runs 512; never a tile larger than the job."""
+    from napari_virtual_ihc.inference.devices import cpu_has_bf16
+    from napari_virtual_ihc.inference.tiling import choose_tile, largest_batch_tile
     from napari_virtual_ihc.models import build_generator
 
     module = build_generator("resnet", n_blocks=2, ngf=8, norm="batch")
     cpu = torch.device("cpu")
-    assert choose_tile(module, cpu, 88, 1, False, (8192, 8192)) == CPU_BATCH_TILE == 1024
+    assert largest_batch_tile(cpu) == (1024 if cpu_has_bf16() else 2048)
+    assert largest_batch_tile(torch.device("cuda")) == 2048
+    assert choose_tile(module, cpu, 88, 1, False, (8192, 8192), largest=1024) == 1024
+    assert choose_tile(module, cpu, 88, 1, False, (8192, 8192), largest=2048) == 2048  # ngf 8: fits
     assert choose_tile(module, cpu, 88, 1, True, (8192, 8192)) == 512
     assert choose_tile(module, cpu, 88, 1, False, (600, 400)) == 512  # no tile larger than the job
