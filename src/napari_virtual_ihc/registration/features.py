@@ -88,7 +88,7 @@ def tissue(density_od: np.ndarray) -> np.ndarray:
     labels, n = ndi.label(mask)
     if n:
         sizes = np.bincount(labels.ravel())
-        keep = sizes >= max(16, int(0.0005 * mask.size))
+        keep = sizes >= max(16, int(0.0005 * recorded.sum()))  # specks: a share of the recorded area
         keep[0] = False
         mask = keep[labels]
     return ndi.binary_fill_holes(mask)
