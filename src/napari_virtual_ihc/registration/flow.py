@@ -3,12 +3,13 @@
 Consecutive sections deform locally (cut, stretched, folded differently), by more than any affine map
 follows: on the ANHIR lung pairs the best affine fitted to the landmarks themselves leaves a median rTRE of
 0.0064 (CD31) and 0.0088 (Cc10). A B-spline on Mattes MI drifted on three of four pairs (docs); what held was
-OpenCV's Farneback flow (polynomial expansion, coarse-to-fine) on the hematoxylin optical density, each
+three dense flows on the hematoxylin optical density (OpenCV's Farneback with 15 and 21 px windows, DIS), each
 image replaced by its ranks (so the pale counterstain of an IHC and the dark nuclei of an H&E compare as
-orders, not as levels), the flow smoothed so it stays a smooth, invertible field. Median rTRE as scanned,
-affine -> affine + flow (benchmarks/bench_registration.py, docs/registration.md): kidney 0.0027 -> 0.0025,
-CD31 0.0064 -> 0.0036, and on the pairs not used to choose the settings, lesion 0.0049 -> 0.0047, Cc10
-0.0090 -> 0.0060.
+orders, not as levels), each flow smoothed, and their per-pixel median kept: a smooth, invertible field that
+no single flow's wrong match drags. Median rTRE as scanned, affine -> affine + flow
+(benchmarks/bench_registration.py, docs/registration.md): kidney 0.0027 -> 0.0026 (p90 0.0058 -> 0.0071),
+CD31 0.0062 -> 0.0036, and on the pairs not used to choose the settings, lesion 0.0050 -> 0.0043, Cc10
+0.0090 -> 0.0063 (its landmarks ask for a field that is not smooth).
 """
 
 from __future__ import annotations
