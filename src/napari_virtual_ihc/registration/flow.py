@@ -62,7 +62,8 @@ def dis(fixed_ranks: np.ndarray, warped_ranks: np.ndarray) -> np.ndarray:
     d = cv2.DISOpticalFlow.create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
     d.setPatchSize(DIS_PATCH_PX)
     d.setPatchStride(DIS_STRIDE_PX)
-    return _smoothed(d.calc(fixed_ranks, warped_ranks, None))
+    start = np.zeros((*fixed_ranks.shape, 2), dtype=np.float32)  # unused: no initial flow is set
+    return _smoothed(np.asarray(d.calc(fixed_ranks, warped_ranks, start)))
 
 
 def dense_flow(fixed: np.ndarray, warped: np.ndarray) -> np.ndarray:
