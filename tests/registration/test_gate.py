@@ -16,9 +16,10 @@ from napari_virtual_ihc.registration.register import gate_planes
 from .conftest import BROKEN, broken, registered
 
 pytestmark = pytest.mark.slow
-#: rTRE medians measured with the flow stage (docs/registration.md) plus a margin: kidney 0.0025, lesion
-#: 0.0047, CD31 0.0036; Cc10 stays above the issue's 0.004 (its landmarks ask for a field that is not smooth).
-BOUND = {"kidney": 0.004, "lesion": 0.0055, "cd31": 0.0045, "cc10": 0.0085}
+#: rTRE medians measured with the flow stage (docs/registration.md) plus a margin: kidney 0.0026, lesion
+#: 0.0043, CD31 0.0036; Cc10 stays above the issue's 0.004 (0.0063: its landmarks ask for a field that is
+#: not smooth).
+BOUND = {"kidney": 0.004, "lesion": 0.005, "cd31": 0.0045, "cc10": 0.0085}
 
 
 @pytest.mark.parametrize("which", ["kidney", "lesion", "cd31", "cc10"])
