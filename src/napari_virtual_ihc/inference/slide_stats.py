@@ -32,7 +32,7 @@ from torch import nn
 from .devices.rules import is_out_of_memory, release_device_memory
 from .dropout import set_positions
 from .grid import GridTile, sample_windows
-from .normalization import NormStats, estimate_instance_stats, stats_from_arrays
+from .normalization import NormStats, WindowInterior, estimate_instance_stats, stats_from_arrays
 from .report import StatsReport
 from .resample import WorkingPlane
 from .runner import to_input, to_uint8
@@ -140,12 +140,6 @@ def _positioned(
         yield b
 
 
-def _core_fraction(t: GridTile) -> tuple[float, float, float, float]:
-    cx, cy, cw, ch = t.core_in_window
-    ww, wh = t.window[2], t.window[3]
-    return (cx / ww, cy / wh, (cx + cw) / ww, (cy + ch) / wh)
-
-
 def pooled_pass_fits(req: StatsRequest) -> bool:
     """Whether this job runs as one exact pass over all its tissue tiles (see the module's docstring)."""
     saved, tissue, tiles = req.saved, req.tissue, req.tiles
@@ -196,6 +190,78 @@ def _even(wins: list[GridTile], n: int) -> list[GridTile]:
     return [wins[k] for k in keep]
 
 
+def window_interiors(
+    wins: list[GridTile], plane: tuple[int, int], tissue: list[GridTile] | None = None
+) -> list[WindowInterior]:
+    """Each window's :class:`WindowInterior` (each layer pools its exact interior, not only the core).
+
+    A pixel is pooled by one window at most (two windows whose reach overlaps split it at the midline
+    between their cores, so windows that cover an image pool each pixel once: whole-image statistics), never
+    outside the plane, and not into a neighbouring tile that is not ``tissue`` (all tiles when None).
+    """
+    pw, ph = plane
+    reach = [
+        [
+            max(0, t.window[0]),
+            max(0, t.window[1]),
+            min(pw, t.window[0] + t.window[2]),
+            min(ph, t.window[1] + t.window[3]),
+        ]
+        for t in wins
+    ]
+    cores = [(t.core[0], t.core[1], t.core[0] + t.core[2], t.core[1] + t.core[3]) for t in wins]
+    if tissue:
+        _clip_to_tissue(reach, cores, tissue)
+    for a in range(len(wins)):
+        for b in range(a + 1, len(wins)):
+            ra, rb = reach[a], reach[b]
+            if ra[0] >= rb[2] or rb[0] >= ra[2] or ra[1] >= rb[3] or rb[1] >= ra[3]:
+                continue  # their reaches do not overlap
+            ca, cb = cores[a], cores[b]
+            gap_x = max(cb[0] - ca[2], ca[0] - cb[2])
+            gap_y = max(cb[1] - ca[3], ca[1] - cb[3])
+            axis = 0 if gap_x >= gap_y else 1
+            lo, hi = (a, b) if ca[axis] < cb[axis] else (b, a)
+            mid = (cores[lo][axis + 2] + cores[hi][axis]) // 2
+            reach[lo][axis + 2] = min(reach[lo][axis + 2], mid)
+            reach[hi][axis] = max(reach[hi][axis], mid)
+    out = []
+    for t, r, c in zip(wins, reach, cores, strict=True):
+        wx, wy, ww, wh = t.window
+        out.append(
+            WindowInterior(
+                size=(ww, wh),
+                core=(c[0] - wx, c[1] - wy, c[2] - wx, c[3] - wy),
+                reach=(r[0] - wx, r[1] - wy, r[2] - wx, r[3] - wy),
+                context=(wx > 0, wy > 0, wx + ww < pw, wy + wh < ph),
+            )
+        )
+    return out
+
+
+def _clip_to_tissue(
+    reach: list[list[int]], cores: list[tuple[int, int, int, int]], tissue: list[GridTile]
+) -> None:
+    """Stop each reach at the core's edge where the tile beyond that edge is not tissue (tiles: one grid)."""
+    side = max(max(t.core[2], t.core[3]) for t in tissue)
+    bx, by = min(t.core[0] for t in tissue), min(t.core[1] for t in tissue)
+    cells = {((t.core[1] - by) // side, (t.core[0] - bx) // side) for t in tissue}
+
+    def is_tissue(x: float, y: float) -> bool:
+        return (int((y - by) // side), int((x - bx) // side)) in cells
+
+    for r, (x0, y0, x1, y1) in zip(reach, cores, strict=True):
+        mx, my = (x0 + x1) / 2, (y0 + y1) / 2
+        if not is_tissue(x0 - 1, my):
+            r[0] = max(r[0], x0)
+        if not is_tissue(mx, y0 - 1):
+            r[1] = max(r[1], y0)
+        if not is_tissue(x1, my):
+            r[2] = min(r[2], x1)
+        if not is_tissue(mx, y1):
+            r[3] = min(r[3], y1)
+
+
 def _lockstep_groups(wins: list[GridTile], limit_mp: float) -> list[list[GridTile]]:
     """The windows in as few batches as memory allows (one batch: every layer's statistics consistent)."""
     win_mp = wins[0].window[2] * wins[0].window[3] / 1e6
@@ -209,7 +275,11 @@ def _run_windows(
     batches = [
         to_input(np.stack([req.plane.read(t.window) for t in g]), req.input_norm, req.device) for g in groups
     ]
-    cores = [[_core_fraction(t) for t in g] for g in groups]
+    # interiors of all windows at once: a pixel is pooled once even when its windows run in two batches
+    every = iter(
+        window_interiors([t for g in groups for t in g], req.plane.size, [req.tiles[i] for i in req.tissue])
+    )
+    cores = [[next(every) for _ in g] for g in groups]
     origins = [[(t.window[0], t.window[1]) for t in g] for g in groups]
     return estimate_instance_stats(
         req.module,
