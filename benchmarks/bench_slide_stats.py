@@ -57,6 +57,7 @@ def main() -> None:
     ap.add_argument("--y", type=int, default=1000)
     ap.add_argument("--tile", type=int, default=2048, help="the job's tile (what the budget is a share of)")
     ap.add_argument("--share", type=float, default=0.06)
+    ap.add_argument("--stats-windows", default="16", help="comma-separated: one engine-rule candidate each")
     ap.add_argument("--samples", default="", help="extra fixed samples, e.g. 16x128,64x64 (windows x core)")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -74,9 +75,8 @@ def main() -> None:
         module = ResnetGenerator(ngf=args.ngf, n_blocks=args.blocks, norm=args.norm)
     module.eval()
     bn = args.norm == "batch"
-    print(
-        f"image {w}x{h}, model {args.model} ngf {args.ngf} blocks {args.blocks} norm {args.norm}", flush=True
-    )
+    what = "the demo model" if args.model == "demo" else f"random ResNet ngf {args.ngf}, {args.blocks} blocks"
+    print(f"image {w}x{h}, {what}, norm {args.norm}", flush=True)
     x = to_input(img[None].copy(), "minus_one_one")
     t0 = time.perf_counter()
     outputs: list[torch.Tensor] = []
@@ -116,7 +116,28 @@ def main() -> None:
 
     grid = TileGrid((w, h), (0, 0, w, h), args.tile, 88, 4)
     tiles = {i: grid.tile_at(i) for i in range(len(grid))}
-    req = StatsRequest(
+    for n_stats in (int(v) for v in args.stats_windows.split(",")):
+        req = _request(module, (w, h), tiles, grid, n_stats, args.share, bn)
+        kind, wins = plan_windows(req)
+        run(f"engine rule ({kind}, tile {args.tile}, {n_stats}, {args.share:.0%})", wins)
+    whole_tile = TileGrid((w, h), (0, 0, w, h), max(w, h), 88, 4).tile_at(0)
+    for spec in filter(None, args.samples.split(",")):
+        n, core = (int(v) for v in spec.split("x"))
+        picks = sample_windows((w, h), [whole_tile], n, core, 88, 4)
+        run(f"{len(picks)} windows of {core} px cores", picks)
+
+
+def _request(
+    module: nn.Module,
+    size: tuple[int, int],
+    tiles: dict[int, GridTile],
+    grid: TileGrid,
+    stats_windows: int,
+    share: float,
+    bn: bool,
+) -> StatsRequest:
+    w, h = size
+    return StatsRequest(
         module=module,
         plane=cast(Any, SimpleNamespace(size=(w, h))),
         tiles=tiles,
@@ -127,9 +148,9 @@ def main() -> None:
         window_size=grid.window_size,
         halo=88,
         align=4,
-        stats_windows=16,
+        stats_windows=stats_windows,
         stats_tile=None,
-        stats_share=args.share,
+        stats_share=share,
         pooled_limit_mp=0.0,
         memory_mp=6.0,
         device=torch.device("cpu"),
@@ -140,13 +161,6 @@ def main() -> None:
         input_norm="minus_one_one",
         output_norm="minus_one_one",
     )
-    kind, wins = plan_windows(req)
-    run(f"engine rule ({kind}, tile {args.tile}, {args.share:.0%})", wins)
-    whole_tile = TileGrid((w, h), (0, 0, w, h), max(w, h), 88, 4).tile_at(0)
-    for spec in filter(None, args.samples.split(",")):
-        n, core = (int(v) for v in spec.split("x"))
-        picks = sample_windows((w, h), [whole_tile], n, core, 88, 4)
-        run(f"{len(picks)} windows of {core} px cores", picks)
 
 
 if __name__ == "__main__":
