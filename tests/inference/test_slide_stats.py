@@ -64,9 +64,12 @@ def test_the_pass_stays_within_its_share_of_a_large_job_and_spreads_its_windows(
     # the same slide in 512 px tiles: tile windows fit one batch, so tiles are sampled (and reused)
     kind, wins = plan_windows(_request(16384, 512, memory_mp=8.0))
     assert kind == "tiles" and len(wins) == 16
-    # few large tiles (a 4096 px job): the one tile window that fits pools more than the budget's windows
+    # few large tiles (a 4096 px job): the one tile window that fits would be a quarter of the job at one
+    # place; as many small windows as the share allows are spread over it instead
     kind, wins = plan_windows(_request(4096, 2048, memory_mp=6.1))
-    assert kind == "tiles" and len(wins) == 1
+    window_mp = sum(w.window[2] * w.window[3] for w in wins) / 1e6
+    assert kind == "windows" and len(wins) >= 8 and window_mp <= 0.06 * 4 * 2224 * 2224 / 1e6
+    assert len({(w.core[0] // 2048, w.core[1] // 2048) for w in wins}) == 4  # from every tile
 
 
 def test_one_lockstep_forward_gives_statistics_whose_sampled_tiles_are_the_frozen_models_output(

@@ -158,27 +158,33 @@ def plan_windows(req: StatsRequest) -> tuple[str, list[GridTile]]:
     """Which windows the sampled pass runs: ``("tiles", tile windows)`` (their outputs are reused: pixels
     pooled at no extra cost) or ``("windows", smaller windows)`` spread over the tissue, their pixels within
     ``stats_share`` of the job. Tile windows are taken when as many as wanted (or 8) fit one batch in
-    memory, or when those that fit pool at least 4x the core pixels the budget's small windows would."""
+    memory; else as many small windows as the budget allows (up to ``stats_windows``, the largest core that
+    gives them all): the sampling error falls with the number of places sampled, and each layer pools a
+    window's whole exact interior (``window_interiors``), so a small window's halo counts too. One or two
+    tile windows of a job of few large tiles would cost a quarter or more of the job for one place."""
     tiles, tissue = req.tiles, req.tissue
     want = max(1, min(req.stats_windows, len(tissue)))
     ww, wh = req.window_size
     win_mp = ww * wh / 1e6
     fit = min(want, int(req.memory_mp // win_mp))  # tile windows one lock-step batch may hold
-    tile_core_mp = tiles[tissue[0]].core[2] * tiles[tissue[0]].core[3] / 1e6
-    small: list[GridTile] = []
     if req.stats_tile is not None or fit < min(want, 8):
-        budget = req.stats_share * len(tissue) * win_mp
-        spread_over = [tiles[i] for i in tissue]
+        budget = min(req.stats_share * len(tissue) * win_mp, req.memory_mp)
         tile_side = max(tiles[tissue[0]].core[2], tiles[tissue[0]].core[3])
+        best: tuple[int, int] | None = None  # (core, windows)
         for core in (req.stats_tile,) if req.stats_tile else STATS_CORES:
             side = core + 2 * req.halo
-            n = min(req.stats_windows, int(min(budget, req.memory_mp) // (side * side / 1e6)))
+            n = min(req.stats_windows, int(budget // (side * side / 1e6)))
             if core < tile_side and n >= (1 if req.stats_tile else min(req.stats_windows, 4)):
-                small = _even(sample_windows(req.plane.size, spread_over, n, core, req.halo, req.align), n)
-                break
-    small_core_mp = sum(t.core[2] * t.core[3] for t in small) / 1e6
-    if small and (req.stats_tile is not None or fit * tile_core_mp < 4 * small_core_mp):
-        return "windows", small
+                if best is None or n > best[1]:
+                    best = (core, n)
+                if n >= req.stats_windows:
+                    break
+        if best is not None:
+            core, n = best
+            spread_over = [tiles[i] for i in tissue]
+            return "windows", _even(
+                sample_windows(req.plane.size, spread_over, n, core, req.halo, req.align), n
+            )
     return "tiles", [tiles[i] for i in _spread(tissue, max(1, fit))]
 
 
