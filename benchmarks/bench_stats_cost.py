@@ -52,6 +52,7 @@ def main() -> None:
     ap.add_argument("--norm", choices=["instance", "batch"], default="instance")
     ap.add_argument("--stats-windows", type=int, default=16)
     ap.add_argument("--stats-share", type=float, default=0.06)
+    ap.add_argument("--stats-tile", type=int, default=None, help="force small windows of this core (px)")
     args = ap.parse_args()
     torch.manual_seed(0)
     module = build_generator("resnet", ngf=args.ngf, n_blocks=9, norm=args.norm).eval()
@@ -66,6 +67,7 @@ def main() -> None:
         pooled_pass_mp=0.0,
         stats_windows=args.stats_windows,
         stats_share=args.stats_share,
+        stats_tile=args.stats_tile,
         bn_stats=bn_stats,
     )
     img = region(args.size)
