@@ -1,12 +1,17 @@
 """The slide-statistics pass: slide-level normalisation statistics at a cost bounded by a share of the job.
 
 InstanceNorm models (and BatchNorm ones in ``slide`` mode) need per-layer statistics of the whole slide
-(``normalization``). They are estimated from sampled windows, and three rules keep that cheap and exact:
+(``normalization``). They are estimated from sampled windows, and four rules keep that cheap and close:
 
 - **One forward for all layers, all windows in lock-step.** The sampled windows run as one batch: every
-  layer normalises with the statistics pooled over all the windows' cores, so each layer sees inputs made
+  layer normalises with the statistics pooled over all the windows, so each layer sees inputs made
   with the same statistics the frozen model will use (running windows one by one makes each window's later
   layers see its *own* earlier statistics, a bias that grew to 30 dB on small windows).
+- **Each layer pools its own exact interior** (``window_interiors``): a layer's values are shaped by a
+  window's edge only within that layer's receptive-field margin, so early layers pool nearly the whole
+  window, the last ones about its core; overlaps are split, so windows covering an image give its
+  whole-image statistics exactly. What is left is sampling error (docs/inference.md: 30-47 dB against the
+  whole-image reference at the budgets measured, not the <= 1 grey level of the exact paths).
 - **A budget.** The windows' pixels are at most ``stats_share`` of the job's window pixels: a job of few
   large tiles samples many small windows spread over its tissue instead of whole tiles (that was a whole
   second pass, 56 % of a 4096 px job); a job of many small tiles samples tile windows.
@@ -59,7 +64,7 @@ class StatsCounters:
     windows: int = 0  # windows run
     forwards: int = 0  # forward passes (batches); 1 = every layer's statistics from one lock-step pass
     window_mp: float = 0.0  # input megapixels run
-    core_mp: float = 0.0  # megapixels pooled (the windows' cores)
+    core_mp: float = 0.0  # megapixels of the windows' cores (the last layers pool about these; earlier more)
     job_mp: float = 0.0  # window megapixels of the job's tissue tiles (what the budget is a share of)
     budget_mp: float = 0.0  # the share of ``job_mp`` the pass may run (0: no sampling needed)
     reused_tiles: int = 0  # tiles whose output is this pass's output (written, not run again)
