@@ -79,14 +79,10 @@ def interior_margins(module: nn.Module) -> dict[str, int]:
     margins: dict[str, int] = {}
     reach, jump = 0.0, 1.0
     for name, m in module.named_modules():
-        if isinstance(m, nn.ConvTranspose2d):
-            k, d, s = m.kernel_size[0], m.dilation[0], m.stride[0]
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):  # the larger axis: one margin for both
+            k, d, s = max(m.kernel_size), max(m.dilation), max(m.stride)
             reach += d * (k - 1) / 2 * jump
-            jump /= s
-        elif isinstance(m, nn.Conv2d):
-            k, d, s = m.kernel_size[0], m.dilation[0], m.stride[0]
-            reach += d * (k - 1) / 2 * jump
-            jump *= s
+            jump = jump / s if isinstance(m, nn.ConvTranspose2d) else jump * s
         elif isinstance(m, (nn.InstanceNorm2d, GlobalPool2d, *BATCH_NORMS)):
             margins[name] = math.ceil(reach + jump)
     return margins
