@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--share", type=float, default=0.06)
     ap.add_argument("--stats-windows", default="16", help="comma-separated: one engine-rule candidate each")
     ap.add_argument("--samples", default="", help="extra fixed samples, e.g. 16x128,64x64 (windows x core)")
+    ap.add_argument("--placements", type=int, default=1, help="samples at random places: this many each")
     args = ap.parse_args()
     torch.set_num_threads(1)
     slide = openslide.OpenSlide(str(SLIDE))
@@ -123,8 +124,24 @@ def main() -> None:
     whole_tile = TileGrid((w, h), (0, 0, w, h), max(w, h), 88, 4).tile_at(0)
     for spec in filter(None, args.samples.split(",")):
         n, core = (int(v) for v in spec.split("x"))
-        picks = sample_windows((w, h), [whole_tile], n, core, 88, 4)
-        run(f"{len(picks)} windows of {core} px cores", picks)
+        if args.placements == 1:  # evenly spread, as the engine samples
+            picks = sample_windows((w, h), [whole_tile], n, core, 88, 4)
+            run(f"{len(picks)} windows of {core} px cores", picks)
+            continue
+        for seed in range(args.placements):
+            run(f"{n} x {core} px cores, random places {seed}", _random_windows((w, h), n, core, 88, seed))
+
+
+def _random_windows(size: tuple[int, int], n: int, core: int, halo: int, seed: int) -> list[GridTile]:
+    """``n`` windows at random places (aligned to 4 px; they may overlap), each core centred in its window."""
+    rng = np.random.default_rng(100 + seed)
+    side = core + 2 * halo
+    out = []
+    for i in range(n):
+        wx = int(rng.integers(0, (size[0] - side) // 4 + 1)) * 4
+        wy = int(rng.integers(0, (size[1] - side) // 4 + 1)) * 4
+        out.append(GridTile(i, 0, i, (wx + halo, wy + halo, core, core), (wx, wy, side, side)))
+    return out
 
 
 def _request(
