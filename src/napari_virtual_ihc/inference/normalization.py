@@ -297,8 +297,8 @@ def estimate_instance_stats(
     ``cores`` gives, per batch, each window's core as fractions (x0, y0, x1, y1) of its width/height: only
     those pixels are pooled at every layer (the halo is there to give context, its statistics are distorted
     by padding); or each window's :class:`WindowInterior`: every layer pools its own exact interior (early
-    layers nearly the whole window, the last ones about the core). Within a batch every layer normalises with the batch's pooled statistics, so later layers
-    see inputs consistent with frozen earlier layers; several batches are pooled by their sums. With a single
+    layers nearly the whole window, the last ones about the core). Within a batch every layer normalises
+    with the batch's pooled statistics, so later layers see inputs consistent with frozen earlier layers; several batches are pooled by their sums. With a single
     batch its outputs (appended to ``outputs`` if given) are exactly those of the frozen model.
     ``winograd`` runs the wide 3x3 convolutions as Winograd F(4x4, 3x3) (CPU fp32; same result to rounding).
     ``device`` is where the probe runs (the run's device: on a GPU machine the statistics pass would otherwise
