@@ -187,18 +187,8 @@ def plan_windows(req: StatsRequest) -> tuple[str, list[GridTile]]:
         if best is not None:
             core, n = best
             spread_over = [tiles[i] for i in tissue]
-            return "windows", _even(
-                sample_windows(req.plane.size, spread_over, n, core, req.halo, req.align), n
-            )
+            return "windows", sample_windows(req.plane.size, spread_over, n, core, req.halo, req.align)
     return "tiles", [tiles[i] for i in _spread(tissue, max(1, fit))]
-
-
-def _even(wins: list[GridTile], n: int) -> list[GridTile]:
-    """``n`` of the windows, spread (``sample_windows`` gives at least one per tile)."""
-    if len(wins) <= n:
-        return wins
-    keep = sorted({round(j) for j in np.linspace(0, len(wins) - 1, n)})
-    return [wins[k] for k in keep]
 
 
 def window_interiors(
@@ -253,24 +243,24 @@ def window_interiors(
 def _clip_to_tissue(
     reach: list[list[int]], cores: list[tuple[int, int, int, int]], tissue: list[GridTile]
 ) -> None:
-    """Stop each reach at the core's edge where the tile beyond that edge is not tissue (tiles: one grid)."""
+    """Stop each reach, on each side, where the run of tissue tiles through its core ends (tiles: one grid)."""
     side = max(max(t.core[2], t.core[3]) for t in tissue)
     bx, by = min(t.core[0] for t in tissue), min(t.core[1] for t in tissue)
     cells = {((t.core[1] - by) // side, (t.core[0] - bx) // side) for t in tissue}
 
-    def is_tissue(x: float, y: float) -> bool:
-        return (int((y - by) // side), int((x - bx) // side)) in cells
+    def tissue_until(row: int, col: int, step: int, horizontal: bool) -> int:
+        """The last tissue cell from (row, col) on, stepping by ``step`` along one axis."""
+        while ((row, col + step) if horizontal else (row + step, col)) in cells:
+            row, col = (row, col + step) if horizontal else (row + step, col)
+        return col if horizontal else row
 
     for r, (x0, y0, x1, y1) in zip(reach, cores, strict=True):
-        mx, my = (x0 + x1) / 2, (y0 + y1) / 2
-        if not is_tissue(x0 - 1, my):
-            r[0] = max(r[0], x0)
-        if not is_tissue(mx, y0 - 1):
-            r[1] = max(r[1], y0)
-        if not is_tissue(x1, my):
-            r[2] = min(r[2], x1)
-        if not is_tissue(mx, y1):
-            r[3] = min(r[3], y1)
+        row = int(((y0 + y1) / 2 - by) // side)
+        col = int(((x0 + x1) / 2 - bx) // side)
+        r[0] = max(r[0], bx + tissue_until(row, col, -1, True) * side)
+        r[2] = min(r[2], bx + (tissue_until(row, col, 1, True) + 1) * side)
+        r[1] = max(r[1], by + tissue_until(row, col, -1, False) * side)
+        r[3] = min(r[3], by + (tissue_until(row, col, 1, False) + 1) * side)
 
 
 def _lockstep_groups(wins: list[GridTile], limit_mp: float) -> list[list[GridTile]]:
