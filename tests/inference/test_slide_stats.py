@@ -199,3 +199,17 @@ def test_sampled_windows_interiors_never_overlap_and_stay_in_tissue():
         for b in range(a + 1, len(boxes)):
             p, q = boxes[a], boxes[b]
             assert p[2] <= q[0] or q[2] <= p[0] or p[3] <= q[1] or q[3] <= p[1]
+
+
+def test_sampled_places_spread_evenly_in_2d_not_at_tile_corners():
+    """16 places over one 1024 px tile: every quadrant and the centre get some (first/middle/last windows of
+    a tile in row order put them at its corners, where a slide's glass is)."""
+    from napari_virtual_ihc.inference.grid import sample_windows
+
+    tile = TileGrid((1024, 1024), (0, 0, 1024, 1024), 1024, 88, 4).tile_at(0)
+    wins = sample_windows((1024, 1024), [tile], 16, 64, 88, 4)
+    centres = np.array([(w.core[0] + 32, w.core[1] + 32) for w in wins])
+    assert len({w.core for w in wins}) == 16
+    quadrants = np.bincount((centres[:, 0] >= 512) * 2 + (centres[:, 1] >= 512), minlength=4)
+    assert quadrants.min() >= 2
+    assert (np.abs(centres - 512).max(1) < 256).sum() >= 3  # the middle is sampled too
