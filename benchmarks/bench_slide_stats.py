@@ -117,7 +117,7 @@ def main() -> None:
 
     grid = TileGrid((w, h), (0, 0, w, h), args.tile, 88, 4)
     tiles = {i: grid.tile_at(i) for i in range(len(grid))}
-    for n_stats in (int(v) for v in args.stats_windows.split(",")):
+    for n_stats in (int(v) for v in filter(None, args.stats_windows.split(","))):
         req = _request(module, (w, h), tiles, grid, n_stats, args.share, bn)
         kind, wins = plan_windows(req)
         run(f"engine rule ({kind}, tile {args.tile}, {n_stats}, {args.share:.0%})", wins)
