@@ -37,9 +37,9 @@ class EngineSettings:
     # The statistics pass's windows may hold at most this share of the job's window pixels (inference.slide_stats):
     # a job of few large tiles samples smaller windows spread over its tissue instead of whole tiles.
     stats_share: float = 0.06
-    # Core px of those windows when tiles are larger (batch jobs): cheaper than sampling whole 2048 px tiles,
-    # but less exact: 256 px cores gave 29.8 dB against the whole pass on a 4096 px job (ngf 16 InstanceNorm
-    # ResNet-9, docs/inference.md), below the 35 dB target, so the default (None) samples the tiles' windows.
+    # Core px of sampled windows smaller than tiles. None: chosen by inference.slide_stats.plan_windows (tile
+    # windows when enough fit one batch, else as many small windows as stats_share allows); N: windows with N px
+    # cores. Sampled statistics are not the whole image's: 30-47 dB against it (docs/inference.md).
     stats_tile: int | None = None
     # Small jobs (<= stats_windows tiles, their windows' union <= this many megapixels): one pooled pass over
     # all tiles gives the exact whole-image statistics and the output at once (memory ~ this many MP of

@@ -142,15 +142,30 @@ class TileGrid:
 def sample_windows(
     plane: tuple[int, int], tiles: list[GridTile], count: int, core: int, halo: int, align: int = 1
 ) -> list[GridTile]:
-    """About ``count`` windows with ``core`` px cores (plus ``halo``), spread over the cores of ``tiles``.
+    """``count`` windows with ``core`` px cores (plus ``halo``), spread evenly in 2D over the cores of ``tiles``.
 
     Slide statistics need pixels from all over the slide, not whole large tiles: with batch-sized tiles
     (2048 px) a handful of sampled tiles would cost as much as staining them. All windows have one size.
+    The places follow a 2D low-discrepancy sequence (R2) over the tiles' extent, each taking the nearest
+    unused window of the tiles' sub-grids: evenly spread over the tissue, never clustered at tile corners
+    (taking the first, middle and last window of each tile did that, and at a slide's corners lies glass).
     """
-    per = max(1, -(-count // max(1, len(tiles))))
-    out: list[GridTile] = []
+    cands: list[GridTile] = []
     for t in tiles:
         sub = TileGrid(plane, t.core, core, halo, align)
-        picks = sorted({round(j) for j in np.linspace(0, len(sub) - 1, min(per, len(sub)))})
-        out += [sub.tile_at(i) for i in picks]
-    return out
+        cands += list(sub)
+    if count >= len(cands):
+        return cands
+    centres = np.array([(c.core[0] + c.core[2] / 2, c.core[1] + c.core[3] / 2) for c in cands])
+    lo, hi = centres.min(0), centres.max(0)
+    g = 1.32471795724474602596  # the plastic number: R2's generator
+    used = np.zeros(len(cands), dtype=bool)
+    picks: list[int] = []
+    for i in range(count):
+        u = np.array([(0.5 + i / g) % 1.0, (0.5 + i / g**2) % 1.0])
+        d = ((centres - (lo + u * (hi - lo))) ** 2).sum(1)
+        d[used] = np.inf
+        k = int(np.argmin(d))
+        used[k] = True
+        picks.append(k)
+    return [cands[k] for k in sorted(picks)]

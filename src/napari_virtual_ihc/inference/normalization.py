@@ -19,7 +19,9 @@ enough to run whole this equals the reference train-mode forward; on a slide it 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -35,6 +37,55 @@ from .workspace import scratch
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 NormStats = dict[str, tuple[np.ndarray, np.ndarray]]  # module name -> (mean, var), float64 per channel
+Box = tuple[float, float, float, float]  # (x0, y0, x1, y1) as fractions of a window's width/height
+
+
+@dataclass(frozen=True)
+class WindowInterior:
+    """Where a sampled window's pixels are the slide's, layer by layer (``estimate_instance_stats``).
+
+    A layer's values are shaped by the window's edge (padding) only within its receptive-field margin of
+    that edge, so an early layer is exact over nearly the whole window while the last ones are exact only
+    near the core: pooling each layer over its own exact interior gives the early layers many times the
+    core's pixels at no cost. ``reach`` bounds it (a neighbouring window's share, the tissue), and a side
+    where the window meets the slide's edge needs no margin (the whole-image pass pads there too).
+    All in the window's input pixels.
+    """
+
+    size: tuple[int, int]  # window (w, h)
+    core: tuple[int, int, int, int]  # (x0, y0, x1, y1): always pooled (exact at every layer)
+    reach: tuple[int, int, int, int]  # (x0, y0, x1, y1): the most any layer may pool
+    context: tuple[bool, bool, bool, bool]  # left, top, right, bottom: the slide goes on beyond that edge
+
+    def box(self, margin: int) -> Box:
+        """This window's exact interior for a layer ``margin`` input px deep, as fractions."""
+        w, h = self.size
+        left, top, right, bottom = (margin if c else 0 for c in self.context)
+        x0 = min(self.core[0], max(self.reach[0], left))
+        y0 = min(self.core[1], max(self.reach[1], top))
+        x1 = max(self.core[2], min(self.reach[2], w - right))
+        y1 = max(self.core[3], min(self.reach[3], h - bottom))
+        return (x0 / w, y0 / h, x1 / w, y1 / h)
+
+
+def interior_margins(module: nn.Module) -> dict[str, int]:
+    """Input px from a window's edge within which each normalisation's (and global pooling's) input depends
+    on the padding at that edge: the reach of every convolution met before it, in module order.
+
+    Module order is forward order for the sequential generators; skip connections and concatenations only
+    make this over-count (a smaller, still exact interior). One feature pixel of slack covers the rounding of
+    boxes to each layer's grid.
+    """
+    margins: dict[str, int] = {}
+    reach, jump = 0.0, 1.0
+    for name, m in module.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):  # the larger axis: one margin for both
+            k, d, s = max(m.kernel_size), max(m.dilation), max(m.stride)
+            reach += d * (k - 1) / 2 * jump
+            jump = jump / s if isinstance(m, nn.ConvTranspose2d) else jump * s
+        elif isinstance(m, (nn.InstanceNorm2d, GlobalPool2d, *BATCH_NORMS)):
+            margins[name] = math.ceil(reach + jump)
+    return margins
 
 
 class FrozenNorm(nn.Module):
@@ -71,7 +122,7 @@ class _PooledStatsNorm(nn.Module):
         self.count = 0
         self.mean: Tensor | None = None  # running pooled mean / sum of squared deviations (float64)
         self.m2: Tensor | None = None
-        self.boxes: list[tuple[float, float, float, float]] | None = None  # per sample, fractions of w/h
+        self.boxes: list[Box] | None = None  # per sample, fractions of w/h
 
     def forward(self, x: Tensor) -> Tensor:
         h, w = x.shape[2], x.shape[3]
@@ -133,7 +184,7 @@ class _PooledGlobalPool(nn.Module):
         self.mode = pool.mode
         self.count = 0
         self.value: Tensor | None = None  # running sum (avg) or maximum (max), float64
-        self.boxes: list[tuple[float, float, float, float]] | None = None
+        self.boxes: list[Box] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         h, w = x.shape[2], x.shape[3]
@@ -233,7 +284,7 @@ def batch_norm_names(module: nn.Module) -> list[str]:
 def estimate_instance_stats(
     module: nn.Module,
     batches: Iterable[Tensor],
-    cores: Iterable[list[tuple[float, float, float, float]]] | None = None,
+    cores: Iterable[list[Box] | list[WindowInterior]] | None = None,
     outputs: list[Tensor] | None = None,
     winograd: bool = False,
     device: torch.device | str | None = None,
@@ -245,8 +296,9 @@ def estimate_instance_stats(
 
     ``cores`` gives, per batch, each window's core as fractions (x0, y0, x1, y1) of its width/height: only
     those pixels are pooled at every layer (the halo is there to give context, its statistics are distorted
-    by padding). Within a batch every layer normalises with the batch's pooled statistics, so later layers
-    see inputs consistent with frozen earlier layers; several batches are pooled by their sums. With a single
+    by padding); or each window's :class:`WindowInterior`: every layer pools its own exact interior (early
+    layers nearly the whole window, the last ones about the core). Within a batch every layer normalises
+    with the batch's pooled statistics, so later layers see inputs consistent with frozen earlier layers; several batches are pooled by their sums. With a single
     batch its outputs (appended to ``outputs`` if given) are exactly those of the frozen model.
     ``winograd`` runs the wide 3x3 convolutions as Winograd F(4x4, 3x3) (CPU fp32; same result to rounding).
     ``device`` is where the probe runs (the run's device: on a GPU machine the statistics pass would otherwise
@@ -254,6 +306,7 @@ def estimate_instance_stats(
     choice, so the windows reused as tiles cost what tiles cost), the moments still summed in fp32/fp64;
     anything else runs fp32.
     """
+    margins = interior_margins(module)  # before Winograd replaces the convolutions
     probe = copy.deepcopy(module).float().eval()
     if device is not None:
         probe = probe.to(device)
@@ -281,8 +334,8 @@ def estimate_instance_stats(
     core_iter = iter(cores) if cores is not None else None
     for batch in batches:
         boxes = next(core_iter) if core_iter is not None else None
-        for c in collectors.values():
-            c.boxes = boxes
+        for name, c in collectors.items():
+            c.boxes = _layer_boxes(boxes, margins[name])
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
             x = batch.to(device).float() if device is not None else batch.float()
             out = probe(x.contiguous(memory_format=torch.channels_last) if last else x)
@@ -292,6 +345,12 @@ def estimate_instance_stats(
     if not ran:
         raise ValueError("no tissue windows to estimate normalisation statistics from")
     return {name: c.stats() for name, c in collectors.items()}
+
+
+def _layer_boxes(windows: list[Box] | list[WindowInterior] | None, margin: int) -> list[Box] | None:
+    if windows is None:
+        return None
+    return [w.box(margin) if isinstance(w, WindowInterior) else w for w in windows]
 
 
 def freeze_normalization(module: nn.Module, stats: NormStats | None = None) -> nn.Module:
