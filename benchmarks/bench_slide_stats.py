@@ -15,8 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import openslide
@@ -25,11 +24,13 @@ from torch import nn
 
 from napari_virtual_ihc.inference.grid import GridTile, TileGrid, sample_windows
 from napari_virtual_ihc.inference.normalization import Box, estimate_instance_stats, freeze_normalization
+from napari_virtual_ihc.inference.resample import WorkingPlane
 from napari_virtual_ihc.inference.runner import to_input, to_uint8
 from napari_virtual_ihc.inference.slide_stats import StatsRequest, plan_windows, window_interiors
 from napari_virtual_ihc.models.checkpoint import load_generator
 from napari_virtual_ihc.models.demo_model import demo_model_path
 from napari_virtual_ihc.models.resnet import ResnetGenerator
+from napari_virtual_ihc.slides.base import ArraySlide
 
 SLIDE = Path(__file__).resolve().parents[1] / "tests" / "data" / "tcga-cr-7395-01a-01-ts1.svs"
 
@@ -87,18 +88,14 @@ def main() -> None:
     print(f"reference: one whole-image forward {whole_s:.1f} s", flush=True)
     del outputs
 
-    def read(r: tuple[int, int, int, int]) -> np.ndarray:
-        x0, y0, ww, wh = r
-        inner = img[max(0, y0) : min(h, y0 + wh), max(0, x0) : min(w, x0 + ww)]
-        pad = ((max(0, -y0), max(0, y0 + wh - h)), (max(0, -x0), max(0, x0 + ww - w)), (0, 0))
-        return np.pad(inner, pad, mode="reflect")
+    plane = WorkingPlane(ArraySlide(img, 0.5))  # reads windows as the engine does (mirrored past the edge)
 
     def core_box(t: GridTile) -> Box:
         cx, cy, cw, ch = t.core_in_window
         return (cx / t.window[2], cy / t.window[3], (cx + cw) / t.window[2], (cy + ch) / t.window[3])
 
     def run(name: str, wins: list[GridTile]) -> None:
-        batch = to_input(np.stack([read(t.window) for t in wins]), "minus_one_one")
+        batch = to_input(np.stack([plane.read(t.window) for t in wins]), "minus_one_one")
         win_mp = sum(t.window[2] * t.window[3] for t in wins) / 1e6
         for how in ("cores", "interiors"):
             t1 = time.perf_counter()
@@ -118,7 +115,7 @@ def main() -> None:
     grid = TileGrid((w, h), (0, 0, w, h), args.tile, 88, 4)
     tiles = {i: grid.tile_at(i) for i in range(len(grid))}
     for n_stats in (int(v) for v in filter(None, args.stats_windows.split(","))):
-        req = _request(module, (w, h), tiles, grid, n_stats, args.share, bn)
+        req = _request(module, plane, tiles, grid, n_stats, args.share, bn)
         kind, wins = plan_windows(req)
         run(f"engine rule ({kind}, tile {args.tile}, {n_stats}, {args.share:.0%})", wins)
     whole_tile = TileGrid((w, h), (0, 0, w, h), max(w, h), 88, 4).tile_at(0)
@@ -146,17 +143,16 @@ def _random_windows(size: tuple[int, int], n: int, core: int, halo: int, seed: i
 
 def _request(
     module: nn.Module,
-    size: tuple[int, int],
+    plane: WorkingPlane,
     tiles: dict[int, GridTile],
     grid: TileGrid,
     stats_windows: int,
     share: float,
     bn: bool,
 ) -> StatsRequest:
-    w, h = size
     return StatsRequest(
         module=module,
-        plane=cast(Any, SimpleNamespace(size=(w, h))),
+        plane=plane,
         tiles=tiles,
         tissue=list(tiles),
         todo=len(tiles),
