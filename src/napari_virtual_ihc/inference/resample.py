@@ -95,14 +95,18 @@ class WorkingPlane:
         return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
+def view_downsample(dimensions: tuple[int, int], max_size: int) -> int:
+    """The whole-number level-0 downsample ``low_resolution_view`` reads a slide of ``dimensions`` at."""
+    return max(1, math.ceil(max(dimensions) / max_size))
+
+
 def low_resolution_view(slide: Slide, max_size: int = 2048) -> tuple[np.ndarray, float]:
     """The whole slide with its longest side <= ``max_size``, and its level-0 px per pixel.
 
     Read strip by strip from the best level, so memory stays bounded even for single-level gigapixel files
     (``Slide.thumbnail`` reads a whole level at once).
     """
-    w0, h0 = slide.dimensions
-    target = max(1, math.ceil(max(w0, h0) / max_size))
+    target = view_downsample(slide.dimensions, max_size)
     level = slide.best_level_for_downsample(target)
     lds = float(slide.level_downsamples[level])
     k = max(1, round(target / lds))

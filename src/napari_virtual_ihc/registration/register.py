@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import SimpleITK as sitk
 
+from ..inference.resample import view_downsample
 from ..slides.base import Slide
 from . import coarse, flow, matching, quality
 from .errors import RegistrationCancelled, RegistrationError, SwappedInputError
@@ -335,8 +336,7 @@ def iter_registration(
     # canvas read at working_side came coarser); the linear stages keep working_side (at the matched size the
     # affine of Cc10 mirrored + 37 degrees fell into a worse optimum: 0.0124 against 0.008)
     side_q = _matched_side(fixed_w, moving, um, s.working_side)
-    longest = max(moving.dimensions)
-    same = math.ceil(longest / side_q) == math.ceil(longest / s.working_side)  # the same downsample
+    same = view_downsample(moving.dimensions, side_q) == view_downsample(moving.dimensions, s.working_side)
     moving_q = moving_w if same else _View.of(moving, side_q, um)
     kinds = (stain_kind(fixed_w.ov.rgb, fixed_w.mask), stain_kind(moving_w.ov.rgb, moving_w.mask))
     if kinds == ("ihc", "he"):
