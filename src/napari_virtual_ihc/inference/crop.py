@@ -177,12 +177,10 @@ def use_cropping(module: nn.Module, halo: int, ctx: CropContext) -> tuple[nn.Mod
         block = seq[i]
         assert isinstance(block, ResnetBlock)
         seq[i] = CroppedResnetBlock(block, ctx)
-    last = (
-        len(seq)
-        - 1
-        - next((k for k, m in enumerate(reversed(seq)) if isinstance(m, nn.ReflectionPad2d)), len(seq))
-    )
-    if last > at[-1] and _is_conv(seq[last + 1]):  # the output layer's pad (its margin is in the decoder's)
+    pads = [k for k, m in enumerate(seq) if isinstance(m, nn.ReflectionPad2d)]
+    last = pads[-1] if pads else -1
+    # the output layer's pad (its margin is in the decoder's): skipped on the sides with context to spare
+    if at[-1] < last < len(seq) - 1 and _is_conv(seq[last + 1]):
         pad = seq[last]
         assert isinstance(pad, nn.ReflectionPad2d)
         seq[last] = SidePad(pad, ctx)
