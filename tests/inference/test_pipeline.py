@@ -91,18 +91,14 @@ def test_pipeline_defaults_follow_the_device():
     assert pipeline_defaults(3, 7, "cuda") == (3, 7)
 
 
-def test_batch_tile_stops_at_1024_on_cpus_with_bf16():
-    """Batch tiles are as large as memory allows up to the device's largest (1024 px on a bf16 CPU, where it
-    ran faster than 2048: docs/inference.md); interactive runs 512; never a tile larger than the job."""
-    from napari_virtual_ihc.inference.devices import cpu_has_bf16
-    from napari_virtual_ihc.inference.tiling import choose_tile, largest_batch_tile
+def test_batch_tile_is_the_largest_that_fits_up_to_2048_and_interactive_runs_512():
+    """Batch tiles are as large as memory allows up to 2048 px (bf16 CPUs too, now that their pads stay in
+    bf16: docs/inference.md); interactive runs 512; never a tile larger than the job."""
+    from napari_virtual_ihc.inference.tiling import choose_tile
     from napari_virtual_ihc.models import build_generator
 
     module = build_generator("resnet", n_blocks=2, ngf=8, norm="batch")
     cpu = torch.device("cpu")
-    assert largest_batch_tile(cpu) == (1024 if cpu_has_bf16() else 2048)
-    assert largest_batch_tile(torch.device("cuda")) == 2048
-    assert choose_tile(module, cpu, 88, 1, False, (8192, 8192), largest=1024) == 1024
-    assert choose_tile(module, cpu, 88, 1, False, (8192, 8192), largest=2048) == 2048  # ngf 8: fits
+    assert choose_tile(module, cpu, 88, 1, False, (8192, 8192)) == 2048  # ngf 8: fits
     assert choose_tile(module, cpu, 88, 1, True, (8192, 8192)) == 512
     assert choose_tile(module, cpu, 88, 1, False, (600, 400)) == 512  # no tile larger than the job

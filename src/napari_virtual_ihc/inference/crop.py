@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from ..models.describe import receptive_field
 from ..models.resnet import ResnetBlock, ResnetGenerator
 from .normalization import BATCH_NORMS, FrozenNorm
+from .pads import pad_keeping_dtype
 from .winograd import WinogradConv2d
 
 Sides = tuple[bool, bool, bool, bool]  # left, top, right, bottom
@@ -84,7 +85,7 @@ def _pad_kept_sides(x: Tensor, pad: nn.ReflectionPad2d, sides: Sides) -> Tensor:
         0 if sides[1] else top,
         0 if sides[3] else bottom,
     )
-    return F.pad(x, amounts, mode="reflect") if any(amounts) else x
+    return pad_keeping_dtype(x, amounts, "reflect") if any(amounts) else x
 
 
 class SidePad(nn.Module):

@@ -23,7 +23,7 @@ from .errors import ImageTooSmallError, ModelInputError, RegionError, Resolution
 from .grid import GridTile, TileGrid, round_up
 from .resample import WorkingPlane, model_downsample
 from .run_mode import RunMode, resolution_warning, resolve_run_mode
-from .tiling import choose_tile, largest_batch_tile
+from .tiling import choose_tile
 
 MAX_HALO = 256  # px at the model's resolution: beyond this the halo costs more than any seam it could fix
 MAX_UPSAMPLING = 8  # working plane px per slide px along a side: beyond, the model's mpp is wrong
@@ -135,9 +135,7 @@ def plan_run(
         )
     plane = WorkingPlane(slide, d)
     # batch jobs: the largest tile the memory allows (less halo per pixel); interactive runs: small tiles
-    wanted_tile = settings.tile or choose_tile(
-        module, device, halo, batch, interactive, plane.size, largest_batch_tile(device)
-    )
+    wanted_tile = settings.tile or choose_tile(module, device, halo, batch, interactive, plane.size)
     tile = round_up(max(int(wanted_tile), align), align)
     grid = TileGrid(plane.size, (0, 0, *plane.size), tile, halo, align)
     need = min_input_side(module)

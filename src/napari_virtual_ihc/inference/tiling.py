@@ -3,11 +3,10 @@
 Every window carries a halo of about half the receptive field (88 px for ResNet-9) on each side, computed
 and thrown away: at a 512 px core that is (688/512)^2 = 1.8x the work of the core, at 2048 px only 1.18x. An
 interactive run wants the first tiles on screen soon (small tiles); a batch job has the memory for large
-ones, so its tile is the largest whose activations fit a share of the memory available now, up to 2048 px,
-except on CPUs with bf16 instructions (where the calibration runs bf16), whose larger windows fall out of the
-caches: on a 4096 x 4096 job (ResNet-9 ngf 64, bf16, AMD EPYC Zen 4, one thread) 1024 px tiles ran at 0.105
-MP/s, 2048 px at 0.099 and 512 px at 0.091, where on an AVX2 CPU in fp32 2048 px stayed the fastest per core
-pixel (docs/inference.md, "Tile size by mode and memory").
+ones, so its tile is the largest whose activations fit a share of the memory available now, up to 2048 px.
+On CPUs with bf16 instructions 1024 px tiles once ran faster than 2048: autocast had every reflection pad of the
+large maps upcast to fp32 (``inference.pads``). With the pads kept in bf16 the 2048 px tile is the fastest there
+too (docs/inference.md, "Tile size by mode and memory").
 """
 
 from __future__ import annotations
@@ -17,11 +16,8 @@ import os
 import torch
 from torch import nn
 
-from .devices import cpu_has_bf16
-
 INTERACTIVE_TILE = 512
 BATCH_TILES = (2048, 1024, 512)  # tried largest first
-BF16_CPU_BATCH_TILE = 1024  # the largest batch tile on a CPU with bf16 instructions (measured, see above)
 MEMORY_SHARE = 0.3  # of the memory available now (other programs, the reader's prefetch, the store's cache)
 LIVE_ACTIVATIONS = 4  # full-resolution activations alive at once in a ResNet/U-Net forward (measured peak)
 
@@ -56,11 +52,6 @@ def window_bytes(side: int, width: int, batch: int, dtype_bytes: int = 4) -> int
     return side * side * width * dtype_bytes * LIVE_ACTIVATIONS * batch
 
 
-def largest_batch_tile(device: torch.device) -> int:
-    """``BF16_CPU_BATCH_TILE`` on a CPU with bf16 instructions, else the largest of ``BATCH_TILES``."""
-    return BF16_CPU_BATCH_TILE if device.type == "cpu" and cpu_has_bf16() else BATCH_TILES[0]
-
-
 def choose_tile(
     module: nn.Module,
     device: torch.device,
@@ -68,10 +59,9 @@ def choose_tile(
     batch: int,
     interactive: bool,
     plane: tuple[int, int],
-    largest: int = BATCH_TILES[0],
 ) -> int:
     """The written core size: ``INTERACTIVE_TILE`` for interactive runs, else the largest of ``BATCH_TILES``
-    up to ``largest`` whose window fits ``MEMORY_SHARE`` of the available memory (never larger than the job
+    whose window fits ``MEMORY_SHARE`` of the available memory (never larger than the job
     needs)."""
     if interactive:
         return INTERACTIVE_TILE
@@ -79,8 +69,6 @@ def choose_tile(
     width = full_resolution_width(module)
     longest = max(plane)
     for tile in BATCH_TILES:
-        if tile > largest:
-            continue
         if tile > longest and tile != BATCH_TILES[-1]:
             continue  # a tile larger than the job only adds halo-free padding work
         if window_bytes(tile + 2 * halo, width, batch) <= budget:

@@ -10,6 +10,8 @@ from torch import nn
 from .crop import CropContext, use_cropping
 from .devices.calibration import Candidate, Runner
 from .dropout import DropoutContext
+from .pads import keep_pads_in_input_dtype
+from .row_conv import use_row_split
 from .runner import BatchRunner
 from .winograd import is_eligible, use_winograd
 
@@ -40,6 +42,9 @@ class ModelVariants:
     def module(self, winograd: bool) -> nn.Module:
         if winograd not in self._modules:
             wmod = copy.deepcopy(self._base)
+            keep_pads_in_input_dtype(wmod)  # bf16 activations padded in bf16, not upcast by autocast
+            if self.device.type == "cpu":
+                use_row_split(wmod)  # the RGB output layer: a row convolution, not 16-channel blocks
             if winograd:
                 self.converted = use_winograd(wmod)
             if self.crop is not None:
