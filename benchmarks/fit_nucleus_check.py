@@ -46,7 +46,7 @@ def candidates(case: v.Case) -> Candidates:
     diameter = 7.0 / case.mpp
     seg = make_segmenter("blobs")
     seg.calibrate(stains["hematoxylin"], dab, compartment, diameter)
-    labels, features = blobs.blob_candidates(
+    labels, _ = blobs.blob_candidates(
         stains["hematoxylin"],
         diameter,
         dab,
@@ -54,6 +54,8 @@ def candidates(case: v.Case) -> Candidates:
         min_contrast_od=seg.contrast_od,
         nuclear_class_od=seg.nuclear_class_od,
     )
+    signal = blobs.stain_signal(stains["hematoxylin"], dab, compartment)
+    features = blobs.blob_features(labels, signal, diameter / 2, seg.nuclear_class_od, every_solidity=True)
     truth, _ = case.marks()
     truth = truth[v.counted(case, truth, labels.shape, diameter / 2)]
     det = v.centroids_xy(labels)
