@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ..models.ammfi import GlobalPool2d
+from .pads import keep_pads_in_input_dtype
 from .winograd import WinogradConv2d, use_winograd
 from .workspace import scratch
 
@@ -308,6 +309,7 @@ def estimate_instance_stats(
     """
     margins = interior_margins(module)  # before Winograd replaces the convolutions
     probe = copy.deepcopy(module).float().eval()
+    keep_pads_in_input_dtype(probe)  # under bf16 autocast, pads in bf16 (not an fp32 copy of each map)
     if device is not None:
         probe = probe.to(device)
     dev = torch.device(device) if device is not None else torch.device("cpu")
