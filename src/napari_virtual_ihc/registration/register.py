@@ -6,7 +6,8 @@ Stages, each on SimpleITK (Mattes mutual information on hematoxylin optical dens
 2. rigid: the best few coarse starts refined (Euler 2-D), the lowest metric wins;
 3. affine: the rigid result refined with shear and anisotropic scale;
 4. non-rigid (on by default): dense optical flow between the hematoxylin views (``flow``), smoothed, stored
-   as a displacement grid; kept only when the tissue outlines agree no worse than under the affine.
+   as a displacement grid; its affine part is moved into the affine and the flow rerun (``flow_refits``);
+   kept only when the tissue outlines agree no worse than under the affine.
 Quality (``quality.agreement_figures``: the alignment must be a peak of hematoxylin agreement among its
 shifted and rotated perturbations) decides whether the result counts as converged; when the first start fails
 it, further distinct starts are tried and the best kept. A poor result is returned with ``converged=False``
