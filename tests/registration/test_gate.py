@@ -17,9 +17,9 @@ from .conftest import BROKEN, broken, registered
 
 pytestmark = pytest.mark.slow
 #: rTRE medians measured with the flow stage (docs/registration.md) plus a margin: kidney 0.0026, lesion
-#: 0.0043, CD31 0.0036; Cc10 stays above the issue's 0.004 (0.0063: its landmarks ask for a field that is
-#: not smooth).
-BOUND = {"kidney": 0.004, "lesion": 0.005, "cd31": 0.0045, "cc10": 0.0085}
+#: 0.0042, CD31 0.0036; Cc10 stays above the issue's 0.004 (0.0060 with the flow's affine refit, 0.0063
+#: without: its landmarks ask for a field that is not smooth).
+BOUND = {"kidney": 0.004, "lesion": 0.005, "cd31": 0.0045, "cc10": 0.0070}
 
 
 @pytest.mark.parametrize("which", ["kidney", "lesion", "cd31", "cc10"])

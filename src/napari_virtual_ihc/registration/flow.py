@@ -77,3 +77,21 @@ def dense_flow(fixed: np.ndarray, warped: np.ndarray) -> np.ndarray:
         raise ValueError(f"planes differ in shape: {fixed.shape} and {warped.shape}")
     a, b = ranks(fixed), ranks(warped)
     return np.median(np.stack([farneback(a, b), farneback(a, b, WIDE_WINDOW_PX), dis(a, b)]), axis=0)
+
+
+def affine_part(field: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The 3 x 3 affine map (view px, (x, y)) closest to ``x -> x + field(x)`` over ``mask`` (least squares).
+
+    What the flow says the affine stage missed: the linear stages optimise mutual information from a start
+    that depends on how the moving image lies (rotated, mirrored), and land in slightly different optima (Cc10
+    mirrored + 37 degrees: median rTRE 0.0102 against 0.0090 as scanned); the flow sees every part of the
+    tissue, so the affine it implies is the same whatever the start."""
+    if field.shape[:2] != mask.shape or int(mask.sum()) < 3:
+        raise ValueError("the mask must match the field's shape and hold at least 3 pixels")
+    ys, xs = np.nonzero(mask)
+    src = np.stack([xs, ys, np.ones_like(xs)], axis=1).astype(np.float64)
+    dst = src[:, :2] + field[ys, xs].astype(np.float64)
+    fit, *_ = np.linalg.lstsq(src, dst, rcond=None)
+    m = np.eye(3)
+    m[:2, :] = fit.T
+    return m

@@ -6,7 +6,8 @@ Stages, each on SimpleITK (Mattes mutual information on hematoxylin optical dens
 2. rigid: the best few coarse starts refined (Euler 2-D), the lowest metric wins;
 3. affine: the rigid result refined with shear and anisotropic scale;
 4. non-rigid (on by default): dense optical flow between the hematoxylin views (``flow``), smoothed, stored
-   as a displacement grid; kept only when the tissue outlines agree no worse than under the affine.
+   as a displacement grid; its affine part is moved into the affine and the flow rerun (``flow_refits``);
+   kept only when the tissue outlines agree no worse than under the affine.
 Quality (``quality.agreement_figures``: the alignment must be a peak of hematoxylin agreement among its
 shifted and rotated perturbations) decides whether the result counts as converged; when the first start fails
 it, further distinct starts are tried and the best kept. A poor result is returned with ``converged=False``
@@ -45,6 +46,7 @@ class RegistrationSettings:
     working_side: int = 1024  # px (longest side) of the rigid/affine views
     nonrigid: bool = True  # optical-flow refinement after the affine (flow.py; measured gains in the docs)
     nonrigid_side: int = 1024  # px (longest side) of the flow's views
+    flow_refits: int = 1  # times the flow's affine part is moved into the affine and the flow rerun
     iterations: int = 150  # optimiser iterations per resolution level
     sampling: float = 0.25  # share of the fixed view's pixels the metric samples (random)
     gate_side: int = 512  # px of the views the quality gate compares (hematoxylin, sigma 1 px)
@@ -63,6 +65,8 @@ class RegistrationSettings:
             raise ValueError("seed must be >= 1 (SimpleITK takes 0 as 'seed from the clock')")
         if self.iterations < 1 or self.candidates < 1:
             raise ValueError("iterations and candidates must be >= 1")
+        if self.flow_refits < 0:
+            raise ValueError(f"flow_refits must be >= 0, not {self.flow_refits}")
 
 
 @dataclass
@@ -182,22 +186,38 @@ def _linear_stage(
     return start @ _matrix(init), float(r.GetMetricValue())
 
 
-def _flow_stage(fixed: _View, moving: _View, linear: np.ndarray) -> Displacement:
+def _flow_stage(
+    fixed: _View, moving: _View, linear: np.ndarray, refits: int = 0
+) -> tuple[np.ndarray, Displacement]:
     """The moving hematoxylin view resampled through ``linear`` onto the fixed view, the dense flow between
-    the two (:mod:`.flow`), as a displacement in physical units on the fixed view's grid."""
+    the two (:mod:`.flow`): (the affine, the displacement in physical units on the fixed view's grid).
+
+    ``refits`` times, the affine part of the flow (``flow.affine_part`` over the fixed tissue) is moved into
+    the affine and the flow computed again from the re-warped image: the affine stage's optimum depends on
+    how the moving image lies, the flow's fit does not (Cc10 mirrored + 37 degrees: affine 0.0102 -> 0.0098,
+    with the flow 0.0078 -> 0.0061, as scanned 0.0063 -> 0.0060)."""
     from scipy import ndimage as ndi
 
     h, w = fixed.mask.shape
     ys, xs = np.mgrid[0:h, 0:w]
     (ox, oy), (sx, sy) = fixed.ov.origin, fixed.ov.spacing
     phys = np.stack([ox + xs.ravel() * sx, oy + ys.ravel() * sy], axis=1)
-    src = phys @ linear[:2, :2].T + linear[:2, 2]
     (mox, moy), (msx, msy) = moving.ov.origin, moving.ov.spacing
-    coords = [(src[:, 1] - moy) / msy, (src[:, 0] - mox) / msx]
     plane = sitk.GetArrayViewFromImage(moving.structure)
-    warped = ndi.map_coordinates(plane, coords, order=1, cval=0.0).reshape(h, w)
-    d = flow.dense_flow(sitk.GetArrayFromImage(fixed.structure), warped) * np.array([sx, sy])
-    return Displacement(d.astype(np.float32), (float(ox), float(oy)), (float(sx), float(sy)))
+    fixed_plane = sitk.GetArrayFromImage(fixed.structure)
+    # view px -> physical: x_phys = origin + spacing * x_px
+    to_phys = np.array([[sx, 0.0, ox], [0.0, sy, oy], [0.0, 0.0, 1.0]])
+    for step in range(refits + 1):
+        src = phys @ linear[:2, :2].T + linear[:2, 2]
+        coords = [(src[:, 1] - moy) / msy, (src[:, 0] - mox) / msx]
+        warped = ndi.map_coordinates(plane, coords, order=1, cval=0.0).reshape(h, w)
+        d = flow.dense_flow(fixed_plane, warped)
+        if step < refits:
+            linear = linear @ to_phys @ flow.affine_part(d, fixed.mask) @ np.linalg.inv(to_phys)
+    disp = Displacement(
+        (d * np.array([sx, sy])).astype(np.float32), (float(ox), float(oy)), (float(sx), float(sy))
+    )
+    return linear, disp
 
 
 #: Tissue-outline Dice the flow may lose and still be kept: the masks' own noise at their edges (measured
@@ -437,11 +457,12 @@ def iter_registration(
         else:
             fixed_n = _View.of(fixed, s.nonrigid_side, uf)
             moving_n = _View.of(moving, _matched_side(fixed_n, moving, um, s.nonrigid_side), um)
+        flow_linear, flow_field = _flow_stage(fixed_n, moving_n, result.matrix, s.flow_refits)
         candidate = SlideTransform(
-            result.matrix,
+            flow_linear,
             fixed_rec,
             moving_rec,
-            _flow_stage(fixed_n, moving_n, result.matrix),
+            flow_field,
             units,
             stages=[*result.stages, "flow"],
             notes=run.notes,
