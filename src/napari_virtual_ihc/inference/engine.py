@@ -46,10 +46,9 @@ from .grid import GridTile
 from .normalization import NormStats, fold_frozen_norms, freeze_normalization, stats_to_arrays
 from .plan import StainPlan, plan_halo, plan_run, pyramid_factors, region_to_plane
 from .report import RunSettings
-from .resample import low_resolution_view
 from .slide_stats import POOLED_MARK, StatsCounters, StatsRequest, slide_statistics
 from .tiling import pipeline_defaults, pooled_pass_limit_mp
-from .tissue import rect_has_tissue, tissue_mask
+from .tissue import plane_tissue_mask, tile_tissue_flags
 from .variants import ModelVariants
 from .workspace import release_workspace
 
@@ -74,10 +73,8 @@ def _to_level0(rect: tuple[int, int, int, int], d: float) -> Box:
 
 
 def _tissue_flags(slide: Slide, tiles: list[GridTile], d: float) -> dict[int, bool]:
-    view, view_ds = low_resolution_view(slide)
-    mask = tissue_mask(view)
-    scale = view_ds / d  # plane px per mask px
-    return {t.index: rect_has_tissue(mask, scale, t.core) for t in tiles}
+    mask, scale = plane_tissue_mask(slide, d)
+    return tile_tissue_flags(mask, scale, ((t.index, t.core) for t in tiles))
 
 
 def _fill(pattern: np.ndarray, x: int, y: int, w: int, h: int) -> np.ndarray:

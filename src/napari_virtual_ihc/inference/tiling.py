@@ -52,6 +52,23 @@ def window_bytes(side: int, width: int, batch: int, dtype_bytes: int = 4) -> int
     return side * side * width * dtype_bytes * LIVE_ACTIVATIONS * batch
 
 
+def fitting_tiles(
+    module: nn.Module, device: torch.device, halo: int, batch: int, plane: tuple[int, int]
+) -> list[int]:
+    """The ``BATCH_TILES`` whose window fits ``MEMORY_SHARE`` of the available memory and that are not larger
+    than the job needs, largest first (the smallest when none fits)."""
+    budget = available_memory(device) * MEMORY_SHARE
+    width = full_resolution_width(module)
+    longest = max(plane)
+    fits = [
+        tile
+        for tile in BATCH_TILES
+        if (tile <= longest or tile == BATCH_TILES[-1])  # a tile larger than the job only adds padding work
+        and window_bytes(tile + 2 * halo, width, batch) <= budget
+    ]
+    return fits or [BATCH_TILES[-1]]
+
+
 def choose_tile(
     module: nn.Module,
     device: torch.device,
@@ -60,20 +77,11 @@ def choose_tile(
     interactive: bool,
     plane: tuple[int, int],
 ) -> int:
-    """The written core size: ``INTERACTIVE_TILE`` for interactive runs, else the largest of ``BATCH_TILES``
-    whose window fits ``MEMORY_SHARE`` of the available memory (never larger than the job
-    needs)."""
+    """The written core size: ``INTERACTIVE_TILE`` for interactive runs, else the largest of
+    :func:`fitting_tiles` (the engine's plan then weighs tissue: ``plan.tile_for_tissue``)."""
     if interactive:
         return INTERACTIVE_TILE
-    budget = available_memory(device) * MEMORY_SHARE
-    width = full_resolution_width(module)
-    longest = max(plane)
-    for tile in BATCH_TILES:
-        if tile > longest and tile != BATCH_TILES[-1]:
-            continue  # a tile larger than the job only adds halo-free padding work
-        if window_bytes(tile + 2 * halo, width, batch) <= budget:
-            return tile
-    return BATCH_TILES[-1]
+    return fitting_tiles(module, device, halo, batch, plane)[0]
 
 
 # An interactive run shows nothing until a pooled pass has ended: keep it to a few seconds of compute.

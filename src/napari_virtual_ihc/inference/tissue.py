@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 from scipy import ndimage  # at import, not on the first run's path to its first tile (~0.2 s)
+
+from ..slides.base import Slide
+from .resample import low_resolution_view
 
 # Optical density -log10(I / 255) of each 8-bit intensity (0 clipped to 1, as 0 has no finite density).
 _OD_LUT = (-np.log10(np.clip(np.arange(256, dtype=np.float64), 1, 255) / 255.0)).astype(np.float32)
@@ -64,3 +69,17 @@ def rect_has_tissue(mask: np.ndarray, mask_downsample: float, rect: tuple[int, i
     if x1 <= x0 or y1 <= y0:
         return False
     return bool(mask[y0:y1, x0:x1].any())
+
+
+def plane_tissue_mask(slide: Slide, d: float) -> tuple[np.ndarray, float]:
+    """The tissue mask of the slide's low-resolution view and its scale (working-plane px per mask px, for a
+    plane at downsample ``d`` from level 0)."""
+    view, view_ds = low_resolution_view(slide)
+    return tissue_mask(view), view_ds / d
+
+
+def tile_tissue_flags(
+    mask: np.ndarray, scale: float, cores: Iterable[tuple[int, tuple[int, int, int, int]]]
+) -> dict[int, bool]:
+    """{tile index: whether its core (working-plane px) touches tissue} on :func:`plane_tissue_mask`'s mask."""
+    return {i: rect_has_tissue(mask, scale, core) for i, core in cores}
