@@ -111,11 +111,16 @@ def test_a_slide_with_glass_gets_the_tile_that_computes_the_fewest_window_pixels
     import numpy as np
 
     from napari_virtual_ihc.inference.plan import tile_for_tissue
+    from napari_virtual_ihc.inference.tissue import plane_tissue_mask
     from napari_virtual_ihc.slides import open_slide
+
+    tiles = [2048, 1024, 512]
 
     with open_slide(tcga_path) as slide:
         # no µm/px in this file: read at level 0, as bench_stats_cost stains it (4443 x 3567 px)
-        assert tile_for_tissue(slide, slide.dimensions, 1.0, [2048, 1024, 512], 88, 4, None) == 512
+        whole = (0, 0, *slide.dimensions)
+        assert tile_for_tissue(plane_tissue_mask(slide, 1.0), slide.dimensions, tiles, 88, 4, whole) == 512
     pink = np.empty((4096, 4096, 3), np.uint8)
     pink[...] = (200, 120, 170)  # eosin and hematoxylin everywhere: all tissue
-    assert tile_for_tissue(ArraySlide(pink, 0.5), (4096, 4096), 1.0, [2048, 1024, 512], 88, 4, None) == 2048
+    tissue = plane_tissue_mask(ArraySlide(pink, 0.5), 1.0)
+    assert tile_for_tissue(tissue, (4096, 4096), tiles, 88, 4, (0, 0, 4096, 4096)) == 2048

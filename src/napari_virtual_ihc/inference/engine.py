@@ -72,8 +72,11 @@ def _to_level0(rect: tuple[int, int, int, int], d: float) -> Box:
     return (round(x * d), round(y * d), round(w * d), round(h * d))
 
 
-def _tissue_flags(slide: Slide, tiles: list[GridTile], d: float) -> dict[int, bool]:
-    mask, scale = plane_tissue_mask(slide, d)
+def _tissue_flags(
+    slide: Slide, tiles: list[GridTile], d: float, tissue: tuple[np.ndarray, float] | None = None
+) -> dict[int, bool]:
+    """Tissue or glass per tile, on the plan's tissue mask when it read one (``tissue``), else a fresh one."""
+    mask, scale = tissue if tissue is not None else plane_tissue_mask(slide, d)
     return tile_tissue_flags(mask, scale, ((t.index, t.core) for t in tiles))
 
 
@@ -251,11 +254,11 @@ class _StainJob:
             stats_pending = slide_stats and (small_job or not self.tstore.has_norm_stats())
             if self.priority is not None and not stats_pending:
                 self.flags_future = self.mask_pool.submit(
-                    _tissue_flags, self.slide, list(tiles.values()), self.d
+                    _tissue_flags, self.slide, list(tiles.values()), self.d, plan.tissue
                 )
                 self.flags = None
             else:
-                self.flags = _tissue_flags(self.slide, list(tiles.values()), self.d)
+                self.flags = _tissue_flags(self.slide, list(tiles.values()), self.d, plan.tissue)
         if self.flags is not None:
             self.background = [i for i in self.todo if not self.flags[i]]
             self.tissue = [i for i in self.todo if self.flags[i]]

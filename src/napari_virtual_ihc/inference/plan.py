@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from ..geometry import Box
 from ..ihc_store import build_provenance, source_identity
 from ..models.class_channel import describe_choices, needs_class
@@ -57,6 +59,9 @@ class StainPlan:
     region: Box | None
     run_key: dict[str, Any]  # what a store must have been written with to be resumed
     provenance: dict[str, Any]  # what a new store starts with
+    tissue: tuple[np.ndarray, float] | None = (
+        None  # (mask, plane px per mask px) when the tile choice read it
+    )
 
     def info(self) -> dict[str, Any]:
         """The geometry a report lists."""
@@ -104,27 +109,28 @@ def region_to_plane(region: Box | None, slide: Slide, d: float, plane: tuple[int
 
 
 def tile_for_tissue(
-    slide: Slide,
+    tissue: tuple[np.ndarray, float],
     plane: tuple[int, int],
-    d: float,
     candidates: list[int],
     halo: int,
     align: int,
-    region: Box | None,
+    rect: Box,
 ) -> int:
-    """Of ``candidates`` (largest first), the tile whose tissue tiles' windows add up to the fewest pixels;
-    ties go to the larger tile. Why: larger tiles carry less halo per pixel, but on a slide with glass they also
-    take in more glass. The 4443 x 3567 px TCGA slide in tests/data: 29.7 MP of tissue windows at 2048 px,
-    25.9 at 1024, 23.7 at 512, and the whole job took 232, 195 and 164 s (InstanceNorm ResNet-9 ngf 64, bf16,
-    one core); an all-tissue 4096 x 4096 job: 19.8 MP at 2048 against 23.0 at 1024, and 143 s against 152 s
-    (docs/inference.md, "Tile size by mode and memory")."""
-    mask, scale = plane_tissue_mask(slide, d)
+    """Of ``candidates`` (largest first), the tile whose tissue tiles' windows inside ``rect`` (plane px) add up
+    to the fewest pixels; ties go to the larger tile. ``tissue``: :func:`.tissue.plane_tissue_mask`.
+
+    Why: larger tiles carry less halo per pixel, but on a slide with glass they also take in more glass. The
+    4443 x 3567 px TCGA slide in tests/data: 29.7 MP of tissue windows at 2048 px, 25.9 at 1024, 23.7 at 512,
+    and the whole job took 232, 195 and 164 s (InstanceNorm ResNet-9 ngf 64, bf16, one core); an all-tissue
+    4096 x 4096 job: 19.8 MP at 2048 against 23.0 at 1024, and 143 s against 152 s (docs/inference.md, "Tile
+    size by mode and memory")."""
+    mask, scale = tissue
     best: tuple[int, int] | None = None
     for tile in candidates:
-        t = round_up(max(int(tile), align), align)
-        grid = TileGrid(plane, (0, 0, *plane), t, halo, align)
-        indices = grid.tiles_intersecting(region_to_plane(region, slide, d, plane))
-        flags = tile_tissue_flags(mask, scale, ((i, grid.tile_at(i).core) for i in indices))
+        grid = TileGrid(plane, (0, 0, *plane), round_up(max(int(tile), align), align), halo, align)
+        flags = tile_tissue_flags(
+            mask, scale, ((i, grid.tile_at(i).core) for i in grid.tiles_intersecting(rect))
+        )
         window_px = sum(flags.values()) * grid.window_size[0] * grid.window_size[1]
         if best is None or window_px < best[0]:
             best = (window_px, tile)
@@ -164,12 +170,16 @@ def plan_run(
             f"(limit {MAX_UPSAMPLING}x); check --model-mpp / the checkpoint's mpp"
         )
     plane = WorkingPlane(slide, d)
-    # batch jobs: the largest tile the memory allows (less halo per pixel); interactive runs: small tiles
-    wanted_tile = settings.tile or choose_tile(module, device, halo, batch, interactive, plane.size)
-    if not settings.tile and not interactive and settings.skip_background:
+    rect = region_to_plane(region, slide, d, plane.size)
+    # interactive runs: small tiles; batch jobs: of the tiles memory allows, the largest (less halo per pixel),
+    # or, when glass is skipped, the one computing the fewest window pixels over tissue (the mask goes to the engine)
+    tissue = None
+    if settings.tile or interactive or not settings.skip_background:
+        wanted_tile = settings.tile or choose_tile(module, device, halo, batch, interactive, plane.size)
+    else:
+        tissue = plane_tissue_mask(slide, d)
         candidates = fitting_tiles(module, device, halo, batch, plane.size)
-        if len(candidates) > 1:  # on a slide with glass a smaller tile may leave out more of it
-            wanted_tile = tile_for_tissue(slide, plane.size, d, candidates, halo, align, region)
+        wanted_tile = tile_for_tissue(tissue, plane.size, candidates, halo, align, rect)
     tile = round_up(max(int(wanted_tile), align), align)
     grid = TileGrid(plane.size, (0, 0, *plane.size), tile, halo, align)
     need = min_input_side(module)
@@ -178,9 +188,7 @@ def plan_run(
             f"the image is {plane.size[0]} x {plane.size[1]} px at the model's resolution; this model needs "
             f"at least {need - align + 1} px per side"
         )
-    tiles = {
-        i: grid.tile_at(i) for i in grid.tiles_intersecting(region_to_plane(region, slide, d, plane.size))
-    }
+    tiles = {i: grid.tile_at(i) for i in grid.tiles_intersecting(rect)}
     factors = pyramid_factors(slide, d, tile, plane.size)
     smpp = slide.mpp
     store_mpp = (smpp[0] * d, smpp[1] * d) if smpp is not None else None
@@ -243,4 +251,5 @@ def plan_run(
         region=region,
         run_key=run_key,
         provenance=provenance,
+        tissue=tissue,
     )
