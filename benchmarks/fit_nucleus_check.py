@@ -29,8 +29,8 @@ from nuclei import _validation as v
 from napari_virtual_ihc.nuclei import blobs, make_segmenter
 from napari_virtual_ihc.stain import calibrate, deconvolve
 
-SOLIDITY = np.round(np.arange(0.70, 0.93, 0.02), 2)
-OD_SHARE = (0.75, 0.8, 0.9, 1.0, np.inf)
+SOLIDITY = (*np.round(np.arange(0.70, 0.99, 0.02), 2), 1.01)
+OD_SHARE = (0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0, 1.1, np.inf)
 AREA_SHARE = (0.2, 0.35, 0.5, 0.6, 0.75, 1.0, 1.35, np.inf)
 
 Candidates = tuple[np.ndarray, np.ndarray, np.ndarray, float]  # features, centres, counted marks, radius
