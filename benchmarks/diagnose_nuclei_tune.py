@@ -47,8 +47,9 @@ def stages(case: v.Case) -> dict:
     dab = st["dab"] if case.stain == "ihc" else None
     compartment = case.compartment if case.stain == "ihc" else "membrane"
     diameter = 7.0 / case.mpp
+    eosin = st["dab"] if case.stain == "he" else None  # H&E: eosin falls in the second channel
     seg = make_segmenter("blobs")
-    seg.calibrate(st["hematoxylin"], dab, compartment, diameter)
+    seg.calibrate(st["hematoxylin"], dab, compartment, diameter, eosin_overview=eosin)
     radius = max(diameter / 2, 1.5)
     signal = blobs.stain_signal(st["hematoxylin"], dab, compartment)
     response = blobs.log_response(signal, radius)
@@ -64,11 +65,12 @@ def stages(case: v.Case) -> dict:
     ok_floor = smooth[tuple(raw.T)] >= blobs.NUCLEAR_CLASS_SHARE * seg.nuclear_class_od
     passed = raw[ok_contrast & ok_floor]
     merged = blobs.merge_seeds(smooth, passed, radius)
+    kw = dict(eosin_od=eosin, nuclear_h_share=seg.nuclear_h_share)
     cand, feats = blobs.blob_candidates(
-        st["hematoxylin"], diameter, dab, compartment, seg.contrast_od, None, seg.nuclear_class_od
+        st["hematoxylin"], diameter, dab, compartment, seg.contrast_od, None, seg.nuclear_class_od, **kw
     )
     final = blobs.segment_blobs(
-        st["hematoxylin"], diameter, dab, compartment, seg.contrast_od, None, seg.nuclear_class_od
+        st["hematoxylin"], diameter, dab, compartment, seg.contrast_od, None, seg.nuclear_class_od, **kw
     )
     return dict(
         rgb=rgb, signal=signal, smooth=smooth, contrast=contrast, raw=raw, ok_contrast=ok_contrast,
