@@ -45,12 +45,12 @@ def test_the_set_has_eight_images_from_three_sources_split_in_halves():
 
 # The offline fallback ("offline": blobs on H&E and nuclear DAB, classical on membrane DAB) on the held half,
 # against the completed truth (docs/analysis.md "Nuclei on any stain"). Issue 32 asks >= 0.85 for both;
-# measured at the 5th look (after the per-candidate check and a third OS-1 crop in the tune half): nuclear DAB
-# 0.79 / 0.79, membrane DAB 0.93 / 0.87, H&E and hematoxylin-only stains 0.83 / 0.76. The floors sit a little
+# measured at the 6th look (after the colour rule of the per-candidate check, s5n32): nuclear DAB 0.79 / 0.79,
+# membrane DAB 0.93 / 0.87, H&E and hematoxylin-only stains 0.83 / 0.76 (0.826 / 0.763). The floors sit a little
 # below the measured figures, so a regression fails; they do not claim 0.85 where it is not met.
 @pytest.mark.parametrize(
     ("compartment", "floor"),
-    [("nuclear", (0.77, 0.77)), ("membrane", (0.90, 0.84)), ("none", (0.80, 0.73))],
+    [("nuclear", (0.77, 0.77)), ("membrane", (0.90, 0.84)), ("none", (0.80, 0.74))],
 )
 def test_held_recall_and_precision(compartment, floor):
     recall, precision, n = _pooled([c for c in HELD if c.compartment == compartment], "offline")
