@@ -42,21 +42,26 @@ def measure(
     method: str, h: np.ndarray, dab: np.ndarray | None, diameter_px: float, compartment: str, repeats: int
 ):
     """(median wall seconds, median CPU seconds, peak MiB, nuclei found) of one segmentation of the whole field
-    (CPU seconds compare runs on a machine shared with other work, where wall time swings)."""
-    if compartment == "none":  # H&E: no DAB
-        dab, compartment = None, "membrane"
+    (CPU seconds compare runs on a machine shared with other work, where wall time swings). On H&E the second
+    channel is passed as eosin (as ``analyze --he`` does), except for "offline-no-eosin" (the path before the
+    blob check's colour rule)."""
+    eosin = None
+    if compartment == "none":  # H&E: no DAB; the second channel holds the eosin
+        dab, eosin, compartment = None, dab, "membrane"
+    if method == "offline-no-eosin":
+        method, eosin = "offline", None
     if method == "previous":
-        method, compartment = "classical", "membrane"
+        method, compartment, eosin = "classical", "membrane", None
     seg = make_segmenter(method)
-    seg.calibrate(h, dab, compartment, diameter_px)
+    seg.calibrate(h, dab, compartment, diameter_px, eosin_overview=eosin)
     times, cpu, n = [], [], 0
     for _ in range(repeats):
         t0, c0 = time.perf_counter(), time.process_time()
-        n = int(seg(h, diameter_px, dab, compartment).max())
+        n = int(seg(h, diameter_px, dab, compartment, eosin_od=eosin).max())
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
     tracemalloc.start()
-    seg(h, diameter_px, dab, compartment)
+    seg(h, diameter_px, dab, compartment, eosin_od=eosin)
     peak = tracemalloc.get_traced_memory()[1] / 2**20
     tracemalloc.stop()
     return statistics.median(times), statistics.median(cpu), peak, n
@@ -82,13 +87,12 @@ def main() -> None:
     print(
         f"CPU: {cpu_name()}; field {a.size} x {a.size} px ({mpx:.2f} Mpx), {a.compartment} DAB, {mpp} µm/px"
     )
-    res = {
-        m: measure(m, h, dab, 7.0 / mpp, a.compartment, a.repeats) for m in ("previous", "blobs", "offline")
-    }
+    methods = ("previous", "blobs", "offline", *(("offline-no-eosin",) if a.compartment == "none" else ()))
+    res = {m: measure(m, h, dab, 7.0 / mpp, a.compartment, a.repeats) for m in methods}
     t0, c0, p0, _ = res["previous"]
     for m, (t, c, peak, n) in res.items():
         print(
-            f"{m:9s} {t / mpx:6.2f} s/Mpx (CPU {c / mpx:5.2f})  peak {peak:6.1f} MiB  {n:5d} nuclei   "
+            f"{m:16s} {t / mpx:6.2f} s/Mpx (CPU {c / mpx:5.2f})  peak {peak:6.1f} MiB  {n:5d} nuclei   "
             f"vs previous: time {t / t0:.2f}x (CPU {c / c0:.2f}x), memory {peak / p0:.2f}x"
         )
 

@@ -190,8 +190,9 @@ def detect(
     seg = make_segmenter("classical" if method == "today" else method)
     dab = stains["dab"] if case.stain == "ihc" else None
     compartment = case.compartment if case.stain == "ihc" and method != "today" else "membrane"
-    seg.calibrate(stains["hematoxylin"], dab, compartment, diameter_um / case.mpp)
-    return seg(stains["hematoxylin"], diameter_um / case.mpp, dab, compartment), stains
+    eosin = stains["dab"] if case.stain == "he" and method != "today" else None  # H&E: eosin's channel
+    seg.calibrate(stains["hematoxylin"], dab, compartment, diameter_um / case.mpp, eosin_overview=eosin)
+    return seg(stains["hematoxylin"], diameter_um / case.mpp, dab, compartment, eosin_od=eosin), stains
 
 
 def score(case: Case, labels: np.ndarray, diameter_um: float = 7.0, completed: bool = True) -> Score:

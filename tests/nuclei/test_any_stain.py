@@ -45,12 +45,12 @@ def test_the_set_has_eight_images_from_three_sources_split_in_halves():
 
 # The offline fallback ("offline": blobs on H&E and nuclear DAB, classical on membrane DAB) on the held half,
 # against the completed truth (docs/analysis.md "Nuclei on any stain"). Issue 32 asks >= 0.85 for both;
-# measured at the 5th look (after the per-candidate check and a third OS-1 crop in the tune half): nuclear DAB
-# 0.79 / 0.79, membrane DAB 0.93 / 0.87, H&E and hematoxylin-only stains 0.83 / 0.76. The floors sit a little
+# measured at the 6th look (after the colour rule of the per-candidate check, s5n32): nuclear DAB 0.79 / 0.79,
+# membrane DAB 0.93 / 0.87, H&E and hematoxylin-only stains 0.83 / 0.76 (0.826 / 0.763). The floors sit a little
 # below the measured figures, so a regression fails; they do not claim 0.85 where it is not met.
 @pytest.mark.parametrize(
     ("compartment", "floor"),
-    [("nuclear", (0.77, 0.77)), ("membrane", (0.90, 0.84)), ("none", (0.80, 0.73))],
+    [("nuclear", (0.77, 0.77)), ("membrane", (0.90, 0.84)), ("none", (0.80, 0.74))],
 )
 def test_held_recall_and_precision(compartment, floor):
     recall, precision, n = _pooled([c for c in HELD if c.compartment == compartment], "offline")
@@ -76,13 +76,57 @@ def test_only_ragged_pale_and_small_together_is_no_nucleus():
     od, area, solidity = blobs.CHECK_OD_SHARE, blobs.CHECK_AREA_SHARE, blobs.CHECK_SOLIDITY
     features = np.array(
         [
-            [od - 0.1, area - 0.1, solidity - 0.1],  # all three: dropped
-            [od + 0.1, area - 0.1, solidity - 0.1],  # dark enough
-            [od - 0.1, area + 0.1, solidity - 0.1],  # large enough
-            [od - 0.1, area - 0.1, solidity + 0.05],  # compact
+            [od - 0.1, area - 0.1, solidity - 0.1, blobs.NO_COLOUR],  # all three: dropped
+            [od + 0.1, area - 0.1, solidity - 0.1, blobs.NO_COLOUR],  # dark enough
+            [od - 0.1, area + 0.1, solidity - 0.1, blobs.NO_COLOUR],  # large enough
+            [od - 0.1, area - 0.1, solidity + 0.05, blobs.NO_COLOUR],  # compact
         ]
     )
     assert blobs.not_a_nucleus(features).tolist() == [True, False, False, False]
+
+
+def test_only_pale_and_eosin_leaning_together_is_no_nucleus():
+    """On H&E a pale nucleus keeps its hematoxylin colour and a dark nucleus may sit in pink cytoplasm; only a
+    candidate both pale and leaning to eosin (cytoplasm or stroma texture) drops. Without eosin (IHC,
+    hematoxylin only) the colour rule never fires."""
+    od, h = blobs.COLOUR_OD_SHARE, blobs.COLOUR_H_SHARE
+    big, compact = 2.0, 1.0  # neither small nor ragged: the first rule keeps them all
+    features = np.array(
+        [
+            [od - 0.1, big, compact, h - 0.05],  # pale and eosin-leaning: dropped
+            [od + 0.1, big, compact, h - 0.05],  # dark enough
+            [od - 0.1, big, compact, h + 0.05],  # hematoxylin-blue
+            [od - 0.1, big, compact, blobs.NO_COLOUR],  # no eosin given
+        ]
+    )
+    assert blobs.not_a_nucleus(features).tolist() == [True, False, False, False]
+    stripes = np.zeros((8, 8), np.float32)
+    stripes[:, :4] = 0.5
+    share = blobs.hematoxylin_share(stripes, stripes[:, ::-1])
+    assert share[0, 0] > 0.99 and share[0, -1] < 0.01
+
+
+@pytest.mark.parametrize("name", ["openslide-he-2", "openslide-he-3", "histolab-tcga-lung"])
+def test_the_colour_rule_drops_eosin_texture_and_keeps_the_nuclei(name):
+    """Tune H&E fields where pink-purple cytoplasm and stroma seeded "nuclei" (benchmarks/
+    diagnose_nuclei_tune.py): with the eosin channel the detector's precision rises and no marked nucleus is
+    lost (docs/analysis.md "Nuclei on any stain")."""
+    case = next(c for c in v.CASES if c.name == name)
+    _, stains = v.detect(case, "blobs")
+    diameter = 7.0 / case.mpp
+    h, eosin = stains["hematoxylin"], stains["dab"]  # H&E: eosin falls in the second channel
+    seg = make_segmenter("blobs")
+    seg.calibrate(h, None, "membrane", diameter, eosin_overview=eosin)
+    kw = dict(min_contrast_od=seg.contrast_od, nuclear_class_od=seg.nuclear_class_od)
+    without = v.score(case, segment_blobs(h, diameter, **kw))
+    with_colour = v.score(
+        case, segment_blobs(h, diameter, eosin_od=eosin, nuclear_h_share=seg.nuclear_h_share, **kw)
+    )
+    print(
+        f"{name}: {without.recall:.2f} / {without.precision:.2f} -> "
+        f"{with_colour.recall:.2f} / {with_colour.precision:.2f}"
+    )
+    assert with_colour.recall >= without.recall and with_colour.precision >= without.precision + 0.02
 
 
 @pytest.mark.parametrize("name", ["openslide-he-2", "openslide-he-3", "openslide-ki67-vsi"])
@@ -184,9 +228,11 @@ def test_counts_agree_across_stains_of_the_same_cells(tile):
         rgb = np.ascontiguousarray(imread(v.SET / f"deepliif-{kind}-{tile}.jpg")[..., :3])
         st = deconvolve(rgb, calibrate(rgb).stains)
         dab = st["dab"] if compartment == "nuclear" else None
+        eosin = None if compartment == "nuclear" else st["dab"]  # as analyze --he reads it
         seg = make_segmenter("offline")
-        seg.calibrate(st["hematoxylin"], dab, "nuclear", 7.0 / v.DEEPLIIF_MPP)
-        counts[kind] = len(np.unique(seg(st["hematoxylin"], 7.0 / v.DEEPLIIF_MPP, dab, "nuclear"))) - 1
+        seg.calibrate(st["hematoxylin"], dab, "nuclear", 7.0 / v.DEEPLIIF_MPP, eosin_overview=eosin)
+        labels = seg(st["hematoxylin"], 7.0 / v.DEEPLIIF_MPP, dab, "nuclear", eosin_od=eosin)
+        counts[kind] = len(np.unique(labels)) - 1
     diff = abs(counts["ki67"] - counts["hema"]) / counts["hema"]
     print(f"{tile}: IHC {counts['ki67']}, hematoxylin {counts['hema']} nuclei ({diff:.0%} apart)")
     assert diff <= 0.15

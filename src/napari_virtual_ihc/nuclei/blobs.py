@@ -48,7 +48,21 @@ MERGE_REACH = 2.0  # seeds up to this many radii apart are compared
 CHECK_SOLIDITY = 0.88  # ragged: mask area / its convex hull's area below this
 CHECK_OD_SHARE = 0.9  # pale: mean signal inside the mask below this share of the overview's nuclear-class OD
 CHECK_AREA_SHARE = 0.6  # small: mask area below this share of the expected nucleus' area (pi r²)
-FEATURES = ("od_share", "area_share", "solidity")  # what blob_features returns, in this order
+# On H&E a second rule of the check reads colour: a candidate that is pale AND leans to eosin is cytoplasm or
+# stroma texture, not a nucleus (the dominant false detection of the sparse tune fields, where pink-purple
+# cytoplasm deconvolves into some hematoxylin; benchmarks/diagnose_nuclei_tune.py). Its hematoxylin share,
+# H / (H + eosin) averaged inside it, is compared with that of the slide's nuclear-class pixels. Chosen on the
+# tune half by benchmarks/fit_nucleus_check.py (same rule: best mean F1, no image losing > 0.01 recall).
+COLOUR_OD_SHARE = 0.75  # pale: mean signal below this share of the nuclear-class OD
+COLOUR_H_SHARE = 0.88  # eosin-leaning: hematoxylin share below this share of the nuclear-class pixels'
+FEATURES = ("od_share", "area_share", "solidity", "h_share")  # what blob_features returns, in this order
+NO_COLOUR = np.inf  # the h_share feature where no eosin is given (IHC, hematoxylin-only): never eosin-leaning
+
+
+def hematoxylin_share(hematoxylin_od: np.ndarray, eosin_od: np.ndarray) -> np.ndarray:
+    """H / (H + eosin) per pixel: near 1 in a nucleus, lower in pink-purple cytoplasm and stroma."""
+    h = np.maximum(hematoxylin_od.astype(np.float32), 0.0)
+    return h / (h + np.abs(eosin_od.astype(np.float32)) + 1e-3)
 
 
 def blob_features(
@@ -57,8 +71,11 @@ def blob_features(
     radius: float,
     nuclear_class_od: float,
     every_solidity: bool = False,
+    h_share: np.ndarray | None = None,
+    nuclear_h_share: float = 1.0,
 ) -> np.ndarray:
-    """(n, len(FEATURES)) features of labels 1..n: mean signal / ``nuclear_class_od``, area / (pi r²), solidity.
+    """(n, len(FEATURES)) features of labels 1..n: mean signal / ``nuclear_class_od``, area / (pi r²), solidity,
+    mean ``h_share`` (:func:`hematoxylin_share`) / ``nuclear_h_share`` (``NO_COLOUR`` without ``h_share``).
     The solidity (a convex hull per nucleus, the slow part) is measured only for candidates pale and small
     enough for the check to ask it (1 for the others), unless ``every_solidity``."""
     ids = np.arange(1, int(labels.max()) + 1)
@@ -76,7 +93,12 @@ def blob_features(
         if boxes[k] is not None:
             mask = labels[boxes[k]] == k + 1
             solidity[k] = area[k] / max(float(convex_hull_image(mask).sum()), 1.0)
-    return np.column_stack([od_share, area_share, solidity]).astype(np.float32)
+    colour = (
+        np.full(len(ids), NO_COLOUR)
+        if h_share is None
+        else ndi.mean(h_share, labels, ids) / max(nuclear_h_share, 1e-3)
+    )
+    return np.column_stack([od_share, area_share, solidity, colour]).astype(np.float32)
 
 
 def not_a_nucleus(
@@ -84,9 +106,14 @@ def not_a_nucleus(
     solidity: float = CHECK_SOLIDITY,
     od_share: float = CHECK_OD_SHARE,
     area_share: float = CHECK_AREA_SHARE,
+    colour_od_share: float = COLOUR_OD_SHARE,
+    colour_h_share: float = COLOUR_H_SHARE,
 ) -> np.ndarray:
-    """(n,) bool: candidates that are ragged, pale and small together (see ``CHECK_SOLIDITY``)."""
-    return (features[:, 2] < solidity) & (features[:, 0] < od_share) & (features[:, 1] < area_share)
+    """(n,) bool: candidates that are ragged, pale and small together (see ``CHECK_SOLIDITY``), or, on H&E,
+    pale and eosin-leaning together (see ``COLOUR_OD_SHARE``)."""
+    ragged = (features[:, 2] < solidity) & (features[:, 0] < od_share) & (features[:, 1] < area_share)
+    eosin = (features[:, 0] < colour_od_share) & (features[:, 3] < colour_h_share)
+    return ragged | eosin
 
 
 def merge_seeds(smooth: np.ndarray, peaks: np.ndarray, radius_px: float) -> np.ndarray:
@@ -146,16 +173,33 @@ def contrast_cut(hematoxylin_overview: np.ndarray, diameter_px: float) -> float:
     return max(CONTRAST_SHARE * float(np.percentile(contrast, CONTRAST_PERCENTILE)), 0.01)
 
 
+def _nuclear_class(hematoxylin_overview: np.ndarray, diameter_px: float) -> tuple[np.ndarray, np.ndarray]:
+    """(smoothed hematoxylin, mask of its Otsu upper class: the pixels Otsu calls nuclear; empty if none)."""
+    h = ndi.gaussian_filter(hematoxylin_overview.astype(np.float32), max(diameter_px / 8.0, 0.5))
+    cut = otsu_threshold(h)
+    if not np.isfinite(cut):
+        return h, np.zeros(h.shape, bool)
+    return h, h > cut
+
+
 def nuclear_class_level(hematoxylin_overview: np.ndarray, diameter_px: float) -> float:
     """The typical hematoxylin OD of a nucleus on this slide: the mean of Otsu's upper class of the smoothed
     hematoxylin of an overview (the pixels Otsu calls nuclear). Unlike a share of the Otsu cut itself, which
     falls towards the cytoplasm in a sparse field (few nuclear pixels, much pale tissue), the class mean stays
     near the nuclei's own OD; unlike a top percentile of the overview, it does not rise in a dense field."""
-    h = ndi.gaussian_filter(hematoxylin_overview.astype(np.float32), max(diameter_px / 8.0, 0.5))
-    cut = otsu_threshold(h)
-    if not np.isfinite(cut) or not (h > cut).any():
-        return 0.0
-    return float(h[h > cut].mean())
+    h, nuclear = _nuclear_class(hematoxylin_overview, diameter_px)
+    return float(h[nuclear].mean()) if nuclear.any() else 0.0
+
+
+def nuclear_class_h_share(
+    hematoxylin_overview: np.ndarray, eosin_overview: np.ndarray, diameter_px: float
+) -> float:
+    """The typical hematoxylin share (:func:`hematoxylin_share`) of a nucleus on this H&E slide: its mean over
+    the same nuclear-class pixels as :func:`nuclear_class_level` (1 where there are none)."""
+    _, nuclear = _nuclear_class(hematoxylin_overview, diameter_px)
+    if not nuclear.any():
+        return 1.0
+    return float(hematoxylin_share(hematoxylin_overview, eosin_overview)[nuclear].mean())
 
 
 def segment_blobs(
@@ -166,16 +210,29 @@ def segment_blobs(
     min_contrast_od: float | None = None,
     seed_log_od: float | None = None,
     nuclear_class_od: float | None = None,
+    eosin_od: np.ndarray | None = None,
+    nuclear_h_share: float | None = None,
 ) -> np.ndarray:
     """int32 nuclei labels. The cuts are optical-density contrasts against the surroundings (the white point is
     calibrated per slide), so every tile of a slide cuts the same way without an overview.
     ``nuclear_class_od``: :func:`nuclear_class_level` of an overview (without it, that of this array); a seed's
     signal must reach ``NUCLEAR_CLASS_SHARE`` of it, so the texture of eosin-rich stroma or of cytoplasm, which
     has local contrast but little hematoxylin, seeds no nucleus, in dense and sparse fields alike. Candidates
-    that are ragged, pale and small together (:func:`not_a_nucleus`) are dropped.
+    that are ragged, pale and small together are dropped, and on H&E (``eosin_od``: the eosin OD, or the
+    deconvolution's second channel, into which eosin falls) those pale and eosin-leaning together, against
+    ``nuclear_h_share`` (:func:`nuclear_class_h_share` of an overview; without it, that of this array); see
+    :func:`not_a_nucleus`.
     """
     labels, features = blob_candidates(
-        hematoxylin_od, diameter_px, dab_od, dab_compartment, min_contrast_od, seed_log_od, nuclear_class_od
+        hematoxylin_od,
+        diameter_px,
+        dab_od,
+        dab_compartment,
+        min_contrast_od,
+        seed_log_od,
+        nuclear_class_od,
+        eosin_od,
+        nuclear_h_share,
     )
     if not len(features):
         return labels
@@ -193,6 +250,8 @@ def blob_candidates(
     min_contrast_od: float | None = None,
     seed_log_od: float | None = None,
     nuclear_class_od: float | None = None,
+    eosin_od: np.ndarray | None = None,
+    nuclear_h_share: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Candidate nuclei before the per-blob check: int32 labels 1..n and their (n, len(FEATURES)) features
     (:func:`blob_features`). Arguments as :func:`segment_blobs`."""
@@ -234,4 +293,11 @@ def blob_candidates(
     seed_contrast[1:] = contrast[tuple(peaks.T)]
     labels[contrast < HALF_MAX * seed_contrast[labels]] = 0
     labels = labels.astype(np.int32)
-    return labels, blob_features(labels, signal, radius, nuclear_class_od)
+    if eosin_od is None:
+        return labels, blob_features(labels, signal, radius, nuclear_class_od)
+    if nuclear_h_share is None:
+        nuclear_h_share = nuclear_class_h_share(hematoxylin_od, eosin_od, diameter_px)
+    share = hematoxylin_share(hematoxylin_od, eosin_od)
+    return labels, blob_features(
+        labels, signal, radius, nuclear_class_od, h_share=share, nuclear_h_share=nuclear_h_share
+    )

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .blobs import MIN_CONTRAST_OD, contrast_cut, nuclear_class_level, segment_blobs
+from .blobs import MIN_CONTRAST_OD, contrast_cut, nuclear_class_h_share, nuclear_class_level, segment_blobs
 from .cellpose_adapter import CellposeNuclei, CellposeUnavailable, load_cellpose
 from .classical import check_compartment, nuclear_od, nuclear_signal, otsu_threshold, segment_classical
 
@@ -42,6 +42,9 @@ class NucleiSegmenter:
     threshold: float | None = None  # classical: one Otsu cut for every tile (see calibrate)
     contrast_od: float | None = None  # blobs: one contrast cut for every tile (see calibrate)
     nuclear_class_od: float | None = None  # blobs: the overview's nuclear hematoxylin OD (see calibrate)
+    nuclear_h_share: float | None = (
+        None  # blobs on H&E: the overview's nuclear H / (H + eosin) (see calibrate)
+    )
     offline: str = "offline"  # the method used when there is no Cellpose model
 
     def __post_init__(self) -> None:
@@ -58,9 +61,12 @@ class NucleiSegmenter:
         diameter_px: float,
         dab_od: np.ndarray | None = None,
         dab_compartment: str = "membrane",
+        eosin_od: np.ndarray | None = None,
     ) -> np.ndarray:
         """Labels. On IHC pass ``dab_od`` and where the marker's DAB sits: "membrane"/"cytoplasm" (DAB
-        separates touching stained cells) or "nuclear" (Ki-67, ER, PR: nuclei are found on H + DAB)."""
+        separates touching stained cells) or "nuclear" (Ki-67, ER, PR: nuclei are found on H + DAB). On H&E
+        pass ``eosin_od`` (the deconvolution's second channel): the blob detector drops pale candidates that
+        lean to eosin (cytoplasm and stroma texture)."""
         check_compartment(dab_compartment)
         if self.cellpose is not None:
             if dab_od is None:
@@ -79,6 +85,8 @@ class NucleiSegmenter:
                 dab_compartment,
                 min_contrast_od=self.contrast_od,
                 nuclear_class_od=self.nuclear_class_od,
+                eosin_od=eosin_od,
+                nuclear_h_share=self.nuclear_h_share,
             )
         return segment_classical(
             hematoxylin_od, diameter_px, self.threshold, dab_od=dab_od, dab_compartment=dab_compartment
@@ -94,16 +102,22 @@ class NucleiSegmenter:
         dab_overview: np.ndarray | None = None,
         dab_compartment: str = "membrane",
         diameter_px: float | None = None,
+        eosin_overview: np.ndarray | None = None,
     ) -> None:
         """Fix the cuts from an overview of the whole area, so tiles cut the same way. Classical: Otsu on the
         signal the tiles are segmented on (H + DAB for a nuclear marker). Blobs: the contrast a nucleus
         needs, from the hematoxylin (every nucleus' counterstain) when the overview resolves nuclei
         (``diameter_px``: their size in overview pixels, >= 4), else the fixed default; and the mean hematoxylin
-        OD of the overview's nuclear (upper Otsu) class, a share of which a nucleus' signal must reach."""
+        OD of the overview's nuclear (upper Otsu) class, a share of which a nucleus' signal must reach; on H&E
+        (``eosin_overview``) also that class's hematoxylin share, against which pale candidates' colour is read."""
         if self.cellpose is not None:
             return
         self.threshold = otsu_threshold(nuclear_od(hematoxylin_overview, dab_overview, dab_compartment))
         self.nuclear_class_od = nuclear_class_level(hematoxylin_overview, diameter_px or 4.0)
+        if eosin_overview is not None:
+            self.nuclear_h_share = nuclear_class_h_share(
+                hematoxylin_overview, eosin_overview, diameter_px or 4.0
+            )
         if diameter_px is not None and diameter_px >= 4:
             self.contrast_od = contrast_cut(hematoxylin_overview, diameter_px)
         else:

@@ -252,7 +252,14 @@ def iter_analysis(
     compartment = COMPARTMENT.get(marker, "membrane")
     if seg.needs_calibration:
         # the nucleus size in overview pixels gives the blob detector its calibrated contrast cut (as validated)
-        seg.calibrate(over["hematoxylin"], over["dab"] if ihc else None, compartment, s.diameter_um / ov_mpp)
+        # on H&E the deconvolution's second channel holds the eosin: the blob check reads pale candidates' colour
+        seg.calibrate(
+            over["hematoxylin"],
+            over["dab"] if ihc else None,
+            compartment,
+            s.diameter_um / ov_mpp,
+            eosin_overview=None if ihc else over["dab"],
+        )
     bx, by, bw, bh = bounds
     mh, mw = -(-bh // ds), -(-bw // ds)
     labels = np.zeros((mh, mw), np.int32)
@@ -271,7 +278,10 @@ def iter_analysis(
         wx, wy, ww, wh = tile.window
         rgb = slide.read_region((wx, wy), 0, (ww, wh))
         stains = deconvolve(rgb, stain_matrix)
-        nuc = seg(stains["hematoxylin"], diameter_px, stains["dab"] if ihc else None, compartment)
+        if ihc:
+            nuc = seg(stains["hematoxylin"], diameter_px, stains["dab"], compartment)
+        else:
+            nuc = seg(stains["hematoxylin"], diameter_px, None, compartment, eosin_od=stains["dab"])
         own, _cents = keep_core_objects(nuc, tile)
         cx, cy, cw, ch = tile.core_in_window
         core = (slice(cy, cy + ch), slice(cx, cx + cw))
