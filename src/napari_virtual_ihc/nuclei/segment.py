@@ -42,9 +42,7 @@ class NucleiSegmenter:
     threshold: float | None = None  # classical: one Otsu cut for every tile (see calibrate)
     contrast_od: float | None = None  # blobs: one contrast cut for every tile (see calibrate)
     nuclear_class_od: float | None = None  # blobs: the overview's nuclear hematoxylin OD (see calibrate)
-    nuclear_h_share: float | None = (
-        None  # blobs on H&E: the overview's nuclear H / (H + eosin) (see calibrate)
-    )
+    nuclear_h_share: float | None = None  # blobs on H&E: the nuclear class's H / (H + eosin) (calibrate)
     offline: str = "offline"  # the method used when there is no Cellpose model
 
     def __post_init__(self) -> None:
