@@ -141,13 +141,9 @@ def candidates(
         wanted = [precision]
     out: list[Candidate] = []
     for p in wanted:
-        # bf16 Winograd (bf16 GEMMs) only when asked for: F(4x4, 3x3)'s transforms amplify bf16's rounding to
-        # ~2 % mean relative error per convolution, and it ran slower than bf16 direct on AMD Zen 4 (docs).
-        can_winograd = (
-            device.type == "cpu"
-            and winograd_convs > 0
-            and (p == "fp32" or (p == "bf16" and winograd is True))
-        )
+        # bf16 Winograd is F(2x2, 3x3) in bf16 with compiled transforms (winograd_f2); where torch.compile
+        # fails here the candidate's warm-up raises and the calibration drops it with the reason.
+        can_winograd = device.type == "cpu" and winograd_convs > 0 and p in ("fp32", "bf16")
         if not (can_winograd and winograd is True):  # direct, unless Winograd was asked for and applies
             out.append(Candidate(p, False))
         if can_winograd and winograd is not False:
