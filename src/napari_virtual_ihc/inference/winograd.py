@@ -184,7 +184,9 @@ class WinogradConv2d(nn.Module):
         self.register_buffer("weight", weight)
         self.register_buffer("bias", bias)
         self.register_buffer("u", filter_transform(weight))
-        self.f2: tuple[Tensor, Tensor] | None = None  # F(2x2, 3x3) bf16 filters and fp32 bias, on first bf16 use
+        self.f2: tuple[Tensor, Tensor] | None = (
+            None  # F(2x2, 3x3) bf16 filters and fp32 bias, on first bf16 use
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         p = self.padding
