@@ -17,6 +17,7 @@ gradient across tile borders / elsewhere).
 from __future__ import annotations
 
 import argparse
+import copy
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +35,7 @@ import zarr
 from napari_virtual_ihc.inference import EngineSettings, stain_slide
 from napari_virtual_ihc.inference.quality import psnr, seam_score
 from napari_virtual_ihc.inference.runner import to_input, to_uint8
+from napari_virtual_ihc.inference.winograd import use_winograd
 from napari_virtual_ihc.models import ModelSpec, build_generator
 from napari_virtual_ihc.models.spec import LoadedGenerator
 from napari_virtual_ihc.slides.base import ArraySlide
@@ -103,7 +105,8 @@ def main() -> None:
         default="engine,sliding,sliding_bf16,nohalo,nohalo_bf16,whole",
         help="whole-slide mode: which runs (engine, naive, sliding[_bf16] = MONAI's sliding window re-implemented, "
         "monai<roi>[_bf16] = MONAI's own sliding_window_inference with <roi> px windows (pip install monai), "
-        "nohalo[_bf16] = 512 px tiles without halo: the compute limit, whole = the fp32 reference)",
+        "nohalo[_bf16] = 512 px tiles without halo: the compute limit, nohalo_bf16_winograd = the same with the "
+        "wide 3x3 convolutions as bf16 Winograd F(2x2, 3x3), whole = the fp32 reference)",
     )
     ap.add_argument("--no-whole", action="store_true", help="skip the whole-image reference pass")
     ap.add_argument(
@@ -321,7 +324,7 @@ class _NormBench:
                 f"  {norm}: calibration chose {c['described']}: "
                 + "; ".join(
                     f"{m['candidate']} {m['seconds'] or 0:.2f} s {m['psnr_db']} dB p99.9 {m['p999_error']} max "
-                    f"{m['max_error']}{'' if m['passed'] else ' (failed)'}"
+                    f"{m['max_error']}{'' if m['passed'] else ' (failed: ' + str(m.get('error')) + ')'}"
                     for m in c["measurements"]
                 ),
                 flush=True,
@@ -330,6 +333,7 @@ class _NormBench:
         self.times: dict[str, list[float]] = {}
         self.outs: dict[str, np.ndarray] = {}
         self.reps: list[Any] = []
+        self._winograd: torch.nn.Module | None = None
 
     def _engine(self) -> np.ndarray:
         with tempfile.TemporaryDirectory() as d:
@@ -347,6 +351,13 @@ class _NormBench:
         roi, bf16 = int(name.removeprefix("monai").removesuffix("_bf16")), name.endswith("_bf16")
         return lambda: monai_sliding_window(self.model.module, self.img, min(roi, self.img.shape[0]), bf16)
 
+    def _winograd_module(self) -> torch.nn.Module:
+        """The model with its wide 3x3 convolutions as ``WinogradConv2d`` (under bf16: F(2x2, 3x3) in bf16)."""
+        if self._winograd is None:
+            self._winograd = copy.deepcopy(self.model.module).eval()
+            use_winograd(self._winograd)
+        return self._winograd
+
     def run(self, name: str) -> None:
         module, img = self.model.module, self.img
         fn = {
@@ -356,6 +367,7 @@ class _NormBench:
             "sliding_bf16": lambda: sliding_window(module, img, self.roi, bf16=True),
             "nohalo": lambda: naive_loop(module, img, 512),
             "nohalo_bf16": lambda: naive_loop(module, img, 512, bf16=True),
+            "nohalo_bf16_winograd": lambda: naive_loop(self._winograd_module(), img, 512, bf16=True),
             "whole": lambda: forward(module, img),
         }.get(name) or self._monai(name)
         t = time.perf_counter()
@@ -383,7 +395,7 @@ class _NormBench:
         print(f"  {self.norm} ({n} run(s) each): " + ", ".join(f"{k} {v:.4f} MP/s" for k, v in mps.items()))
         if "engine" in mps:
             monai = [v for k, v in mps.items() if k.startswith(("sliding", "monai"))]
-            limit = [mps[k] for k in ("nohalo_bf16", "nohalo") if k in mps]
+            limit = [mps[k] for k in ("nohalo_bf16", "nohalo_bf16_winograd", "nohalo") if k in mps]
             if monai:
                 print(
                     f"    engine / MONAI's best (sliding windows run, fp32 or bf16): {mps['engine'] / max(monai):.2f}x"

@@ -192,7 +192,32 @@ def test_engine_measures_reports_caches_and_resumes_with_the_choice(he_1024, tmp
     assert rep3.settings["compute"]["how"] == "resumed" and rep3.tiles_resumed == rep.tiles_total
 
 
-def test_bf16_winograd_is_a_candidate_only_when_asked_for():
-    assert Candidate("bf16", True) not in cal.candidates(CPU, "auto", None, 18)
+def test_bf16_winograd_is_a_candidate_where_bf16_is():
+    auto = cal.candidates(CPU, "auto", None, 18)
+    assert (Candidate("bf16", True) in auto) == cal.cpu_has_bf16()
+    assert Candidate("bf16", True) not in cal.candidates(CPU, "auto", None, 0)  # no wide 3x3 convolutions
+    assert Candidate("bf16", True) not in cal.candidates(CPU, "auto", False, 18)  # Winograd refused
     assert cal.candidates(CPU, "bf16", True, 18) == [Candidate("bf16", True)]
+    assert cal.candidates(CPU, "bf16", None, 18) == [Candidate("bf16"), Candidate("bf16", True)]
     assert cal.candidates(CPU, "fp32", None, 18) == [Candidate("fp32"), Candidate("fp32", True)]
+
+
+def test_a_compile_failure_drops_bf16_winograd_with_its_reason(window, monkeypatch):
+    """Forced: torch.compile failing (no C++ compiler, an inductor error) drops the candidate; the run goes on."""
+    from napari_virtual_ihc.inference import winograd_f2
+
+    def broken_compile(fn, **kw):
+        def run(*a):
+            raise RuntimeError("InductorError: no working C++ compiler found")
+
+        return run
+
+    monkeypatch.setattr(winograd_f2, "_compiled", {})
+    monkeypatch.setattr(winograd_f2.torch, "compile", broken_compile)
+    variants = _variants()
+    cands = [Candidate("fp32"), Candidate("bf16"), Candidate("bf16", True)]
+    results = cal.measure(window, cands, variants.prepare, rounds=1)
+    dropped = results[2]
+    assert not dropped.passed and "no working C++ compiler" in (dropped.error or "")
+    assert "no working C++ compiler" in str(dropped.to_dict()["error"])  # in the calibration record
+    assert cal.choose(results).candidate in cands[:2]

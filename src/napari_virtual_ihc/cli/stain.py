@@ -65,7 +65,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--no-winograd",
         dest="winograd",
         action="store_false",
-        help="CPU fp32: run 3x3 convolutions directly instead of as Winograd F(4x4,3x3) (same output to rounding)",
+        help="CPU: run 3x3 convolutions directly instead of as Winograd (fp32: F(4x4,3x3), same output to "
+        "rounding; bf16: F(2x2,3x3) with compiled transforms)",
     )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument(

@@ -318,7 +318,8 @@ def estimate_instance_stats(
     if last:
         probe = probe.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     bf16 = precision == "bf16"
-    if winograd and not bf16:  # Winograd's transforms amplify bf16 rounding (inference.winograd)
+    # under bf16: direct convolutions, as this pass's quality was measured (bf16 F(2x2) Winograd was not)
+    if winograd and not bf16:
         use_winograd(probe)
     names = instance_norm_names(probe) + (batch_norm_names(probe) if batch_norms else [])
     private = _fed_only_by_a_conv(probe)

@@ -9,7 +9,8 @@ only by fp32 rounding (~1e-5 relative), far below one grey level of the output.
 
 The transforms are written as a handful of strided add/scale operations that write into per-thread scratch
 buffers (``workspace``), because allocating fresh tens-of-megabyte buffers per call costs more in page faults
-than the arithmetic itself. GPUs keep cuDNN (which has its own Winograd kernels); only CPU fp32 inference is converted.
+than the arithmetic itself. GPUs keep cuDNN (which has its own Winograd kernels); only CPU inference is converted. Under bf16 autocast the
+same layer runs F(2x2, 3x3) in bf16 instead (``winograd_f2``): F(4x4)'s transforms amplify bf16's rounding.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .winograd_f2 import filter_transform_f2, winograd_f2_conv3x3
 from .workspace import scratch
 
 # F(4x4, 3x3) with interpolation points 0, +-1, +-2, inf: G (6x3) transforms the 3x3 filter.
@@ -117,14 +119,11 @@ def _winograd_nhwc(
     u: Tensor,
     bias: Tensor | None,
     band: int | None = None,
-    u_gemm: Tensor | None = None,
 ) -> Tensor:
     """The convolution on NHWC ``xl`` of size (N, 4*th + 2, 4*tw + 2, C); output cropped to ``ho`` x ``wo``.
 
     Works in horizontal bands of ``band`` tile rows so the transformed tiles stay in cache between the
-    transforms and the GEMMs. With ``u_gemm`` (the filters in bf16) the 36 GEMMs run in bf16 (CPUs with
-    AVX512-BF16/AMX: ~2x the fp32 rate) while both transforms stay fp32; each band's transformed tiles are cast
-    on the way in and out of the GEMMs.
+    transforms and the GEMMs.
     """
     n, h, w, c = xl.shape
     k = u.shape[2]
@@ -143,14 +142,7 @@ def _winograd_nhwc(
             _input_1d([rows[i][:, :, s : s + TILE * tw - 3 : TILE] for s in range(PATCH)], v[i])
         # 36 independent GEMMs: (tiles x C) @ (C x K).
         m = scratch("m", (PATCH * PATCH, n * bt * tw, k), xl)
-        if u_gemm is None:
-            torch.bmm(v.view(PATCH * PATCH, n * bt * tw, c), u, out=m)
-        else:
-            v16 = scratch("v16", (PATCH * PATCH, n * bt * tw, c), u_gemm)
-            v16.copy_(v.view(PATCH * PATCH, n * bt * tw, c))
-            m16 = scratch("m16", (PATCH * PATCH, n * bt * tw, k), u_gemm)
-            torch.bmm(v16, u_gemm, out=m16)
-            m.copy_(m16)
+        torch.bmm(v.view(PATCH * PATCH, n * bt * tw, c), u, out=m)
         if bias is not None:
             m[PATCH + 1].add_(bias)  # A^T e_1 = (1, 1, 1, 1): a constant in slot (1, 1) reaches every output
         # Output transform A^T m A, scattered straight into the (N, th, 4, tw, 4, K) output.
@@ -167,8 +159,8 @@ def _winograd_nhwc(
 
 
 class WinogradConv2d(nn.Module):
-    """Drop-in for a 3x3, stride-1, ungrouped ``nn.Conv2d`` at inference: Winograd on CPU fp32, the original
-    convolution anywhere else (GPU, autocast, gradients, tiny inputs).
+    """Drop-in for a 3x3, stride-1, ungrouped ``nn.Conv2d`` at inference: F(4x4, 3x3) on CPU fp32, F(2x2, 3x3)
+    in bf16 under CPU bf16 autocast, the original convolution anywhere else (GPU, fp16, gradients, tiny inputs).
 
     ``reflect=True`` absorbs a ``ReflectionPad2d(1)`` that preceded the convolution (ResNet blocks), so the
     padding and the tile alignment cost one copy.
@@ -192,7 +184,9 @@ class WinogradConv2d(nn.Module):
         self.register_buffer("weight", weight)
         self.register_buffer("bias", bias)
         self.register_buffer("u", filter_transform(weight))
-        self.u_bf16: Tensor | None = None  # the filters for bf16 GEMMs, made on first use
+        self.f2: tuple[Tensor, Tensor] | None = (
+            None  # F(2x2, 3x3) bf16 filters and fp32 bias, on first bf16 use
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         p = self.padding
@@ -203,7 +197,7 @@ class WinogradConv2d(nn.Module):
             and x.dtype in (torch.float32, torch.bfloat16)
             and (x.dtype == torch.float32 or bf16)
             and not (torch.is_grad_enabled() and x.requires_grad)
-            and (not autocast or bf16)  # under bf16 autocast: bf16 GEMMs, fp32 transforms
+            and (not autocast or bf16)  # under bf16 autocast: F(2x2, 3x3) in bf16
             and min(x.shape[2], x.shape[3]) >= 2 * p + 1  # also what reflection padding needs
         )
         if not fast:
@@ -212,19 +206,18 @@ class WinogradConv2d(nn.Module):
             bias = None if self.bias is None else self.bias.to(x.dtype)
             return F.conv2d(x, self.weight.to(x.dtype), bias, padding=0 if self.reflect else p)
         h, w = x.shape[2] + 2 * p - 2, x.shape[3] + 2 * p - 2
-        u_gemm = None
         if bf16:
-            if self.u_bf16 is None:
-                self.u_bf16 = self.u.to(torch.bfloat16)
-            u_gemm = self.u_bf16
-            x = x.float()  # the transforms in fp32 (a no-op for the fp32 output of another Winograd layer)
+            if self.f2 is None:
+                b = self.bias.float() if self.bias is not None else torch.zeros(self.out_channels)
+                self.f2 = (filter_transform_f2(self.weight), b)
+            return winograd_f2_conv3x3(x, *self.f2, p, self.reflect)
         if p == 0 and h % TILE == 0 and w % TILE == 0:
-            return _winograd_nhwc(x.permute(0, 2, 3, 1), h, w, self.u, self.bias, u_gemm=u_gemm)
-        return _winograd_nhwc(_padded_nhwc(x, p, self.reflect), h, w, self.u, self.bias, u_gemm=u_gemm)
+            return _winograd_nhwc(x.permute(0, 2, 3, 1), h, w, self.u, self.bias)
+        return _winograd_nhwc(_padded_nhwc(x, p, self.reflect), h, w, self.u, self.bias)
 
     def extra_repr(self) -> str:
         pad = "reflect 1" if self.reflect else str(self.padding)
-        return f"{self.in_channels}, {self.out_channels}, kernel_size=(3, 3), padding={pad}, F(4x4,3x3)"
+        return f"{self.in_channels}, {self.out_channels}, kernel_size=(3, 3), padding={pad}, F(4x4,3x3) / bf16 F(2x2,3x3)"
 
 
 def is_eligible(conv: nn.Module, min_channels: int = MIN_CHANNELS) -> bool:

@@ -9,8 +9,10 @@ decisive: one outlier pixel of 10 grey levels in a bf16 window used to keep a 1.
 the fastest. The decision is cached per (device name, torch
 version, model sha256, what was asked), so later runs of that model on that machine skip it.
 
-Candidates: CPU fp32 direct, fp32 Winograd (when the model has wide 3x3 convolutions), bf16 autocast (only
-when the CPU has bf16 instructions; bf16 Winograd, its GEMMs in bf16, only when asked for); CUDA fp32, fp16, bf16 (when supported); MPS fp32, fp16.
+Candidates: CPU fp32 direct, fp32 Winograd F(4x4, 3x3) (when the model has wide 3x3 convolutions), bf16 autocast
+and bf16 Winograd F(2x2, 3x3) with compiled transforms (only when the CPU has bf16 instructions; a
+``torch.compile`` failure drops the latter with its reason); CUDA fp32, fp16, bf16 (when supported); MPS fp32,
+fp16.
 """
 
 from __future__ import annotations
@@ -141,13 +143,9 @@ def candidates(
         wanted = [precision]
     out: list[Candidate] = []
     for p in wanted:
-        # bf16 Winograd (bf16 GEMMs) only when asked for: F(4x4, 3x3)'s transforms amplify bf16's rounding to
-        # ~2 % mean relative error per convolution, and it ran slower than bf16 direct on AMD Zen 4 (docs).
-        can_winograd = (
-            device.type == "cpu"
-            and winograd_convs > 0
-            and (p == "fp32" or (p == "bf16" and winograd is True))
-        )
+        # bf16 Winograd is F(2x2, 3x3) in bf16 with compiled transforms (winograd_f2); where torch.compile
+        # fails here the candidate's warm-up raises and the calibration drops it with the reason.
+        can_winograd = device.type == "cpu" and winograd_convs > 0 and p in ("fp32", "bf16")
         if not (can_winograd and winograd is True):  # direct, unless Winograd was asked for and applies
             out.append(Candidate(p, False))
         if can_winograd and winograd is not False:
