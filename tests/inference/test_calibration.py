@@ -221,3 +221,25 @@ def test_a_compile_failure_drops_bf16_winograd_with_its_reason(window, monkeypat
     assert not dropped.passed and "no working C++ compiler" in (dropped.error or "")
     assert "no working C++ compiler" in str(dropped.to_dict()["error"])  # in the calibration record
     assert cal.choose(results).candidate in cands[:2]
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_a_small_job_runs_a_cached_bf16_winograd_choice_direct_until_compiled(
+    he_1024, tmp_path, monkeypatch, compiled
+):
+    """The transforms' first compile (~5-19 s) would cost a job too small to calibrate more than it saves."""
+    from napari_virtual_ihc.inference import winograd_f2
+
+    model = small_generator("batch", ngf=32, n_blocks=2)
+    monkeypatch.setattr(winograd_f2, "_ran", [True] if compiled else [])
+    monkeypatch.setenv(cal.CACHE_ENV, str(tmp_path / "cache"))  # this test's decision only
+    cal.store_cached(
+        cal.cache_key(CPU, model.sha256, "auto", None), cal.ComputeChoice("bf16", True, "measured", 2.8)
+    )
+    settings = EngineSettings(tile=64, halo=8, skip_background=False)  # 0.04 MP: below calibration_min_mp
+    rep = stain_slide(ArraySlide(he_1024[:128, :128], 0.5), model, tmp_path / "s.ome.zarr", settings)
+    compute = rep.settings["compute"]
+    assert compute["how"] == "cached" and compute["precision"] == "bf16"
+    assert compute["winograd"] == compiled
+    assert ("first compile" in compute["note"]) != compiled
+    assert rep.settings["winograd_convs"] == (4 if compiled else 0)

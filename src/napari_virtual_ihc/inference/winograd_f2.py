@@ -64,6 +64,15 @@ def _output_transform(m: Tensor, bias: Tensor) -> Tensor:
 
 
 _compiled: dict[str, Callable[..., Tensor]] = {}
+_ran: list[bool] = []  # non-empty once a convolution ran: the transforms are compiled in this process
+COMPILE_SECONDS = (
+    19.3  # the first call's compile, cold inductor cache, one core (AMD Zen 4; docs/inference.md)
+)
+
+
+def transforms_compiled() -> bool:
+    """Whether this process has compiled the transforms (a first call pays ~5 s warm, ~19 s cold cache)."""
+    return bool(_ran)
 
 
 def _kernels() -> tuple[Callable[..., Tensor], Callable[..., Tensor]]:
@@ -117,4 +126,5 @@ def _conv(x: Tensor, u: Tensor, bias: Tensor, pad: int, reflect: bool) -> Tensor
             y = y[:ho, :wo].contiguous()  # an odd size: the next layer gets a dense channels-last map
         images.append(y)
     out = torch.stack(images) if n > 1 else images[0][None]
+    _ran[:] = [True]
     return out.permute(0, 3, 1, 2)
