@@ -324,7 +324,7 @@ class _NormBench:
                 f"  {norm}: calibration chose {c['described']}: "
                 + "; ".join(
                     f"{m['candidate']} {m['seconds'] or 0:.2f} s {m['psnr_db']} dB p99.9 {m['p999_error']} max "
-                    f"{m['max_error']}{'' if m['passed'] else ' (failed: ' + str(m.get('error')) + ')'}"
+                    f"{m['max_error']}{'' if m['passed'] else ' (failed: ' + str(m.get('error') or 'the quality gate') + ')'}"
                     for m in c["measurements"]
                 ),
                 flush=True,
