@@ -36,20 +36,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from nuclei import _validation as v
 
-from napari_virtual_ihc.nuclei import blobs, make_segmenter
-from napari_virtual_ihc.stain import calibrate, deconvolve
+from napari_virtual_ihc.nuclei import blobs
 
 
 def stages(case: v.Case) -> dict:
     """The blob detector's intermediate results on one tune image (the same calls as ``blob_candidates``)."""
     rgb = case.rgb()
-    st = deconvolve(rgb, calibrate(rgb).stains)
-    dab = st["dab"] if case.stain == "ihc" else None
-    compartment = case.compartment if case.stain == "ihc" else "membrane"
-    diameter = 7.0 / case.mpp
-    eosin = st["dab"] if case.stain == "he" else None  # H&E: eosin falls in the second channel
-    seg = make_segmenter("blobs")
-    seg.calibrate(st["hematoxylin"], dab, compartment, diameter, eosin_overview=eosin)
+    p = v.prepare(case)
+    st, seg, dab, compartment, eosin, diameter = p.stains, p.seg, p.dab, p.compartment, p.eosin, p.diameter_px
     radius = max(diameter / 2, 1.5)
     signal = blobs.stain_signal(st["hematoxylin"], dab, compartment)
     response = blobs.log_response(signal, radius)

@@ -29,8 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from nuclei import _validation as v
 
-from napari_virtual_ihc.nuclei import blobs, make_segmenter
-from napari_virtual_ihc.stain import calibrate, deconvolve
+from napari_virtual_ihc.nuclei import blobs
 
 NO_COLOUR_RULE = (0.0, 0.0)  # colour od share, colour h share: drops nothing
 COLOUR_OD = (0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.9, 1.0, 1.1, 1.2, 1.4, np.inf)
@@ -45,14 +44,15 @@ Rule = tuple[float, float, float, float, float]  # solidity, od share, area shar
 
 def candidates(case: v.Case) -> Candidates:
     """A tune image's counted candidates (features, centres), its counted marks and the matching radius."""
-    rgb = case.rgb()
-    stains = deconvolve(rgb, calibrate(rgb).stains)
-    dab = stains["dab"] if case.stain == "ihc" else None
-    compartment = case.compartment if case.stain == "ihc" else "membrane"
-    diameter = 7.0 / case.mpp
-    seg = make_segmenter("blobs")
-    eosin = stains["dab"] if case.stain == "he" else None  # H&E: eosin falls in the second channel
-    seg.calibrate(stains["hematoxylin"], dab, compartment, diameter, eosin_overview=eosin)
+    p = v.prepare(case)
+    stains, seg, dab, compartment, eosin, diameter = (
+        p.stains,
+        p.seg,
+        p.dab,
+        p.compartment,
+        p.eosin,
+        p.diameter_px,
+    )
     labels, _ = blobs.blob_candidates(
         stains["hematoxylin"],
         diameter,

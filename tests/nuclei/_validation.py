@@ -17,6 +17,8 @@ from scipy.optimize import linear_sum_assignment
 from skimage import data
 from skimage.io import imread
 
+from napari_virtual_ihc.nuclei.segment import NucleiSegmenter
+
 DATA = Path(__file__).resolve().parents[1] / "data"
 SET = DATA / "nuclei-any-stain"
 DEEPLIIF_MPP = (
@@ -175,13 +177,22 @@ class Score:
     n_detections: int
 
 
-@cache
-def detect(
-    case: Case, method: str = "blobs", diameter_um: float = 7.0
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Labels of ``method`` (a ``make_segmenter`` method, or "today": the classical path with DAB treated as
-    membrane whatever the marker, as before issue 32) and the stains (cached: several tests score the same
-    detections; do not modify the arrays)."""
+@dataclass
+class Prepared:
+    """A case as ``analyze`` hands it to the segmenter: its stains, the segmenter calibrated on the whole
+    image, and the arguments every call passes (used by ``detect`` and the tune-half benchmarks)."""
+
+    stains: dict[str, np.ndarray]
+    seg: NucleiSegmenter
+    dab: np.ndarray | None
+    compartment: str
+    eosin: np.ndarray | None  # H&E: the deconvolution's second channel, into which eosin falls
+    diameter_px: float
+
+
+def prepare(case: Case, method: str = "blobs", diameter_um: float = 7.0) -> Prepared:
+    """Deconvolve ``case`` and calibrate ``method``'s segmenter on it ("today": the classical path with DAB
+    treated as membrane whatever the marker, and no eosin, as before issue 32)."""
     from napari_virtual_ihc.nuclei import make_segmenter
     from napari_virtual_ihc.stain import calibrate, deconvolve
 
@@ -190,9 +201,21 @@ def detect(
     seg = make_segmenter("classical" if method == "today" else method)
     dab = stains["dab"] if case.stain == "ihc" else None
     compartment = case.compartment if case.stain == "ihc" and method != "today" else "membrane"
-    eosin = stains["dab"] if case.stain == "he" and method != "today" else None  # H&E: eosin's channel
-    seg.calibrate(stains["hematoxylin"], dab, compartment, diameter_um / case.mpp, eosin_overview=eosin)
-    return seg(stains["hematoxylin"], diameter_um / case.mpp, dab, compartment, eosin_od=eosin), stains
+    eosin = stains["dab"] if case.stain == "he" and method != "today" else None
+    diameter_px = diameter_um / case.mpp
+    seg.calibrate(stains["hematoxylin"], dab, compartment, diameter_px, eosin_overview=eosin)
+    return Prepared(stains, seg, dab, compartment, eosin, diameter_px)
+
+
+@cache
+def detect(
+    case: Case, method: str = "blobs", diameter_um: float = 7.0
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Labels of ``method`` (see :func:`prepare`) and the stains (cached: several tests score the same
+    detections; do not modify the arrays)."""
+    p = prepare(case, method, diameter_um)
+    labels = p.seg(p.stains["hematoxylin"], p.diameter_px, p.dab, p.compartment, eosin_od=p.eosin)
+    return labels, p.stains
 
 
 def score(case: Case, labels: np.ndarray, diameter_um: float = 7.0, completed: bool = True) -> Score:
