@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Generator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -50,7 +50,6 @@ from .slide_stats import POOLED_MARK, StatsCounters, StatsRequest, slide_statist
 from .tiling import pipeline_defaults, pooled_pass_limit_mp
 from .tissue import plane_tissue_mask, tile_tissue_flags
 from .variants import ModelVariants
-from .winograd_f2 import COMPILE_SECONDS, transforms_compiled
 from .workspace import release_workspace
 
 __all__ = ["iter_stain_slide", "plan_halo", "pyramid_factors", "stain_slide", "write_run_json"]
@@ -365,22 +364,6 @@ class _StainJob:
             else None,
             resumed=self.tstore.provenance().get("compute"),
         )
-        if (
-            self.choice.how == "cached"
-            and self.choice.precision == "bf16"
-            and self.choice.winograd
-            and not worth
-            and not transforms_compiled()
-        ):
-            # A job too small to calibrate is too small to repay the transforms' compile in a fresh process:
-            # the cached bf16 Winograd decision runs as bf16 direct (same gate, ~1.3x slower trunk).
-            self.choice = replace(
-                self.choice,
-                winograd=False,
-                speedup=None,
-                note=f"bf16 Winograd's first compile (~{COMPILE_SECONDS:.0f} s) would cost more than it saves "
-                "on a job this small",
-            )
         self.runner = variants.runner(
             self.choice.candidate, plan.batch, dropout=self.dropout_ctx, samples=plan.mode.samples
         )

@@ -23,7 +23,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ import torch
 
 from ..errors import NonFiniteOutputError
 from ..quality import psnr
+from ..winograd_f2 import COMPILE_SECONDS, transforms_compiled
 from .probes import cpu_has_bf16, device_has_bf16, device_name
 from .rules import check_precision_supported
 
@@ -391,7 +392,8 @@ def decide_compute(
 
     In order: the choice a resumed store was started with (its tiles must match); the one candidate left
     when the user fixed precision and kernels; the cached decision for this device, torch and model; a
-    measurement on ``window()`` (None: the job is too small for it to pay, use the default).
+    measurement on ``window()`` (None: the job is too small for it to pay, use the default; a cached bf16 Winograd
+    decision then runs as bf16 direct until this process has compiled its transforms).
     """
     if resumed and "precision" in resumed and "winograd" in resumed:
         return ComputeChoice(
@@ -415,6 +417,16 @@ def decide_compute(
     key = cache_key(device, model_sha256, precision, winograd)
     cached = load_cached(key)
     if cached is not None:
+        if window is None and cached.precision == "bf16" and cached.winograd and not transforms_compiled():
+            # A job too small to calibrate is too small to repay the transforms' first compile in this process:
+            # the cached bf16 Winograd decision runs as bf16 direct (same gate, ~1.3x slower trunk).
+            return replace(
+                cached,
+                winograd=False,
+                speedup=None,
+                note=f"bf16 Winograd's first compile (~{COMPILE_SECONDS:.0f} s) would cost more than it saves "
+                "on a job this small",
+            )
         return cached
     if window is None:
         choice = default_choice(device, precision, winograd, winograd_convs)
