@@ -278,10 +278,8 @@ def iter_analysis(
         wx, wy, ww, wh = tile.window
         rgb = slide.read_region((wx, wy), 0, (ww, wh))
         stains = deconvolve(rgb, stain_matrix)
-        if ihc:
-            nuc = seg(stains["hematoxylin"], diameter_px, stains["dab"], compartment)
-        else:
-            nuc = seg(stains["hematoxylin"], diameter_px, None, compartment, eosin_od=stains["dab"])
+        dab, eosin = (stains["dab"], None) if ihc else (None, stains["dab"])  # as the calibration above
+        nuc = seg(stains["hematoxylin"], diameter_px, dab, compartment, eosin_od=eosin)
         own, _cents = keep_core_objects(nuc, tile)
         cx, cy, cw, ch = tile.core_in_window
         core = (slice(cy, cy + ch), slice(cx, cx + cw))
