@@ -43,5 +43,7 @@ def _torch_threads() -> None:
 
 @pytest.fixture(autouse=True, scope="session")
 def _calibration_cache(tmp_path_factory) -> None:
-    """Measured precision decisions go to a per-session folder, never the user's cache."""
+    """Measured precision decisions and torch.compile's kernels (bf16 Winograd's transforms) go to per-session
+    folders, never the user's caches."""
     os.environ["VIRTUAL_IHC_CACHE_DIR"] = str(tmp_path_factory.mktemp("vihc-cache"))
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path_factory.mktemp("inductor-cache"))
