@@ -243,3 +243,23 @@ def test_a_small_job_runs_a_cached_bf16_winograd_choice_direct_until_compiled(
     assert compute["winograd"] == compiled
     assert ("first compile" in compute["note"]) != compiled
     assert rep.settings["winograd_convs"] == (4 if compiled else 0)
+
+
+def test_a_compile_failure_asked_for_directly_is_a_clear_device_error(monkeypatch):
+    """With bf16 Winograd asked for (no calibration to drop it), the first call names the way out."""
+    from napari_virtual_ihc.inference import winograd_f2
+
+    def broken_compile(fn, **kw):
+        def run(*a):
+            raise RuntimeError("InductorError: no working C++ compiler found")
+
+        return run
+
+    monkeypatch.setattr(winograd_f2, "_compiled", {})
+    monkeypatch.setattr(winograd_f2, "_ran", [])
+    monkeypatch.setattr(winograd_f2.torch, "compile", broken_compile)
+    w = torch.randn(8, 8, 3, 3)
+    with pytest.raises(DeviceError, match=r"no working C\+\+ compiler.*--no-winograd"):
+        winograd_f2.winograd_f2_conv3x3(
+            torch.randn(1, 8, 12, 12), winograd_f2.filter_transform_f2(w), torch.zeros(8), 1
+        )

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .errors import DeviceError
 from .workspace import scratch
 
 # F(2x2, 3x3) with interpolation points 0, +-1, inf: G (4x3) transforms the 3x3 filter.
@@ -99,7 +100,17 @@ def winograd_f2_conv3x3(x: Tensor, u: Tensor, bias: Tensor, pad: int = 0, reflec
     """3x3 convolution of NCHW ``x`` (bf16) with F(2x2, 3x3) filters ``u`` (16, C, K) and fp32 ``bias``,
     after padding by ``pad`` (reflection or zeros). Returns an NCHW view of a channels-last bf16 tensor."""
     with torch.autocast("cpu", enabled=False):  # autocast would pad in fp32 and cast the GEMM's operands
-        return _conv(x.to(torch.bfloat16), u, bias, pad, reflect)
+        if _ran:
+            return _conv(x.to(torch.bfloat16), u, bias, pad, reflect)
+        try:  # the first call compiles the transforms
+            return _conv(x.to(torch.bfloat16), u, bias, pad, reflect)
+        except MemoryError:
+            raise
+        except Exception as e:  # inductor's errors: no C++ compiler, a failed build
+            raise DeviceError(
+                f"bf16 Winograd's transforms could not be compiled here ({type(e).__name__}: {e}); "
+                "run with --no-winograd or another precision"
+            ) from e
 
 
 def _conv(x: Tensor, u: Tensor, bias: Tensor, pad: int, reflect: bool) -> Tensor:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import NonFiniteOutputError
+from ..errors import DeviceError, NonFiniteOutputError
 from ..quality import psnr
 from ..winograd_f2 import COMPILE_SECONDS, transforms_compiled
 from .probes import cpu_has_bf16, device_has_bf16, device_name
@@ -200,7 +200,14 @@ def measure(
         try:
             runners[c] = prepare(c)
             outputs[c] = runners[c](window)
-        except (RuntimeError, MemoryError, NotImplementedError, ValueError, NonFiniteOutputError) as e:
+        except (
+            RuntimeError,
+            MemoryError,
+            NotImplementedError,
+            ValueError,
+            NonFiniteOutputError,
+            DeviceError,
+        ) as e:
             results[c].error = f"{type(e).__name__}: {e}"[:300]
             runners.pop(c, None)
     if REFERENCE not in outputs:
