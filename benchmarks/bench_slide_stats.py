@@ -168,7 +168,7 @@ def _request(
         memory_mp=6.0,
         device=torch.device("cpu"),
         winograd=False,
-        exact_winograd=False,
+        legacy_winograd=False,
         precision="fp32",
         batch_norms=bn,
         input_norm="minus_one_one",

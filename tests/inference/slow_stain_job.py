@@ -14,7 +14,8 @@ from skimage.io import imread
 from napari_virtual_ihc.inference import EngineSettings, stain_slide
 from napari_virtual_ihc.slides.base import ArraySlide
 
-SETTINGS = EngineSettings(tile=128, batch=2, skip_background=False)
+# the tile pass (no pooled pass: that one writes every tile at its end), so a kill lands between tiles
+SETTINGS = EngineSettings(tile=128, batch=2, skip_background=False, pooled_pass_mp=0.0)
 
 
 def job_inputs(data_dir: Path):

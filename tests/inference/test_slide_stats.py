@@ -40,7 +40,7 @@ def _request(side: int, tile: int, memory_mp: float, **kw: Any) -> StatsRequest:
         memory_mp=memory_mp,
         device=torch.device("cpu"),
         winograd=False,
-        exact_winograd=False,
+        legacy_winograd=False,
         precision="fp32",
         batch_norms=False,
         input_norm="minus_one_one",

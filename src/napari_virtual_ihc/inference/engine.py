@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
+from torch import nn
 
 from ..geometry import Box
 from ..ihc_store import TileStore, check_output_outside, check_writable_folder, replace_text, run_json_path
@@ -38,18 +39,25 @@ from .api import (
 )
 from .confidence import ConfidenceWriter
 from .crop import NO_SIDES, CropContext, Sides, spare_sides
-from .devices.calibration import cached_choice, calibration_window, decide_compute, record_fp16_overflow
+from .devices.calibration import Candidate, Runner, calibration_window, decide_compute, record_fp16_overflow
 from .devices.probes import describe_device
 from .dropout import with_positional_dropout
 from .errors import RegionError, TileReadError
 from .grid import GridTile
-from .normalization import NormStats, fold_frozen_norms, freeze_normalization, stats_to_arrays
+from .normalization import (
+    NormStats,
+    estimate_instance_stats,
+    fold_frozen_norms,
+    freeze_normalization,
+    stats_to_arrays,
+)
 from .plan import StainPlan, plan_halo, plan_run, pyramid_factors, region_to_plane
 from .report import RunSettings
-from .slide_stats import POOLED_MARK, StatsCounters, StatsRequest, slide_statistics
+from .runner import to_input
+from .slide_stats import POOLED_MARK, POOLED_PRECISION_MARK, StatsCounters, StatsRequest, slide_statistics
 from .tiling import pipeline_defaults, pooled_pass_limit_mp
 from .tissue import plane_tissue_mask, tile_tissue_flags
-from .variants import ModelVariants
+from .variants import ModelVariants, winograd_candidates
 from .workspace import release_workspace
 
 __all__ = ["iter_stain_slide", "plan_halo", "pyramid_factors", "stain_slide", "write_run_json"]
@@ -227,8 +235,9 @@ class _StainJob:
 
     def run(self) -> Generator[TileProgress, None, RunReport]:
         self.classify_tissue()
-        self.slide_statistics()
         self.choose_compute()
+        self.slide_statistics()
+        self.build_runner()
         yield self.progress([])
         yield from self.field_of_view_first()
         yield from self.fill_background()
@@ -266,15 +275,79 @@ class _StainJob:
             self.background, self.tissue = [], list(self.todo)
         self.pending = list(self.tissue)
 
-    # --- step 2: slide-level statistics ---------------------------------------------------------------
-    def slide_statistics(self) -> None:
-        """InstanceNorm (and BatchNorm in "slide" mode): ``slide_stats.slide_statistics`` (a bounded sampled
-        pass, or one exact pooled pass for a small job), saved in the store so a resumed run reuses them; the
-        tiles it computed on the way are written as they are."""
-        plan, tiles, grid, spec = self.plan, self.tiles, self.grid, self.model.spec
-        settings, mode = plan.settings, plan.mode
+    # --- step 2: precision and kernels ------------------------------------------------------------------
+    def choose_compute(self) -> None:
+        """Pick precision and kernels (inference.devices.calibration) before the slide statistics: their pass
+        runs in them, and a pooled pass writes its output as the job's tiles. Measured, when the job is large
+        enough to repay it, on the first tissue window with the model normalised by that window's own
+        statistics (the slide's are not known yet; the timing does not depend on them, and the quality gate
+        compares the candidates of one and the same model)."""
+        plan, grid, mode = self.plan, self.grid, self.plan.mode
         # Dropout as a function of slide position (inference.dropout): a copy of the model with positional masks.
         self.base, self.dropout_ctx = with_positional_dropout(self.model.module, mode.dropout, mode.seed)
+        worth = (
+            bool(self.tissue)
+            and len(self.tissue) * grid.window_size[0] * grid.window_size[1] / 1e6
+            >= plan.settings.calibration_min_mp
+        )
+        first_window: list[np.ndarray] = []
+        measured: list[ModelVariants] = []
+
+        def window() -> np.ndarray:
+            if not first_window:
+                read = plan.plane.read(self.tiles[self.tissue[0]].window)
+                first_window.append(calibration_window(read, grid.align))
+            return first_window[0]
+
+        def prepare(c: Candidate) -> Runner:
+            if not measured:
+                measured.append(self.variants(self.window_normalised(window())))
+            return measured[0].prepare(c)
+
+        self.choice = decide_compute(
+            plan.device,
+            plan.asked_precision,
+            plan.settings.winograd,
+            winograd_candidates(self.base, plan.device),
+            self.model.sha256,
+            prepare,
+            window if worth else None,
+            resumed=self.tstore.provenance().get("compute"),
+        )
+        # recorded before any pixel: a run killed in the statistics pass resumes with the same arithmetic
+        self.tstore.update_provenance(compute=self.choice.to_dict())
+
+    def window_normalised(self, window: np.ndarray) -> nn.Module:
+        """The model frozen for the calibration: slide-level norms take this window's own statistics."""
+        stats = None
+        if self.plan.norm == "instance" or self.plan.mode.slide_batch_norm:
+            batch = to_input(window, self.model.spec.input_norm)
+            stats = estimate_instance_stats(
+                self.base, [batch], device=self.plan.device, batch_norms=self.plan.mode.slide_batch_norm
+            )
+        return freeze_normalization(self.base, stats)
+
+    def variants(self, frozen: nn.Module) -> ModelVariants:
+        plan = self.plan
+        asked = plan.settings.crop_activations
+        crop = asked is True or (asked is None and plan.device.type == "cpu")
+        self.crop_ctx = CropContext() if crop and self.dropout_ctx is None else None
+        return ModelVariants(
+            frozen,
+            plan.device,
+            self.model.spec.input_norm,
+            self.model.spec.output_norm,
+            crop=(self.crop_ctx, plan.halo) if self.crop_ctx is not None else None,
+        )
+
+    # --- step 3: slide-level statistics ---------------------------------------------------------------
+    def slide_statistics(self) -> None:
+        """InstanceNorm (and BatchNorm in "slide" mode): ``slide_stats.slide_statistics`` (one exact pooled
+        pass when the job's windows fit memory, else a bounded sampled pass), saved in the store so a resumed
+        run reuses them; the tiles it computed on the way are written as they are. Both run in the tile
+        pass's precision and kernels (``choose_compute``)."""
+        plan, tiles, grid, spec = self.plan, self.tiles, self.grid, self.model.spec
+        settings, mode = plan.settings, plan.mode
         self.stats: NormStats | None = None
         self.pooled: tuple[list[int], list[np.ndarray]] | None = None
         self.from_pooled_pass = False  # the statistics (and tiles) came from one exact pooled pass
@@ -285,13 +358,13 @@ class _StainJob:
         flags = self.flags
         assert flags is not None or saved is not None  # computed before the statistics
         tissue_all = [i for i in tiles if flags[i]] if flags is not None else []
+        # bf16 where the tile pass runs bf16 (a CUDA fp16 choice: the statistics in fp32)
+        precision = "bf16" if self.choice.precision == "bf16" and plan.device.type == "cpu" else "fp32"
         limit = settings.pooled_pass_mp
         if limit is None:
-            limit = pooled_pass_limit_mp(self.base, plan.device, interactive=self.priority is not None)
-        # The tile pass's choice, when this model was measured here before: bf16 (direct) or fp32 kernels.
-        cached = cached_choice(plan.device, plan.asked_precision, settings.winograd, self.model.sha256)
-        stats_bf16 = cached is not None and cached.precision == "bf16"
-        stats_winograd = plan.winograd and (cached is None or cached.winograd)
+            limit = pooled_pass_limit_mp(
+                self.base, plan.device, interactive=self.priority is not None, precision=precision
+            )
         result = slide_statistics(
             StatsRequest(
                 module=self.base,
@@ -308,11 +381,13 @@ class _StainJob:
                 stats_tile=settings.stats_tile,
                 stats_share=settings.stats_share,
                 pooled_limit_mp=limit,
-                memory_mp=pooled_pass_limit_mp(self.base, plan.device, interactive=False),
+                memory_mp=pooled_pass_limit_mp(
+                    self.base, plan.device, interactive=False, precision=precision
+                ),
                 device=plan.device,
-                winograd=stats_winograd,
-                exact_winograd=plan.winograd,
-                precision="bf16" if stats_bf16 else "fp32",
+                winograd=plan.winograd and self.choice.winograd,
+                legacy_winograd=plan.winograd,
+                precision=precision,
                 batch_norms=mode.slide_batch_norm,
                 input_norm=spec.input_norm,
                 output_norm=spec.output_norm,
@@ -325,51 +400,22 @@ class _StainJob:
         if saved is None:
             arrays = stats_to_arrays(result.stats)
             arrays[POOLED_MARK] = np.array(result.exact)
+            arrays[POOLED_PRECISION_MARK] = np.array(result.precision)
             self.tstore.save_norm_stats(arrays)
 
-    # --- step 3: precision and kernels ------------------------------------------------------------------
-    def choose_compute(self) -> None:
-        """Fold the frozen norms, then pick precision and kernels for the tile pass (after folding: Winograd
-        transforms the folded weights), measured on the first tissue window when the job is large enough to
-        repay it (inference.devices.calibration)."""
-        plan, grid = self.plan, self.grid
+    # --- step 4: the tile pass's model ----------------------------------------------------------------
+    def build_runner(self) -> None:
+        """Fold the frozen norms and build the tile pass's runner in the chosen precision and kernels (after
+        folding: Winograd transforms the folded weights)."""
+        plan = self.plan
         frozen = freeze_normalization(self.base, self.stats)
         self.folded = fold_frozen_norms(frozen)
-        asked = plan.settings.crop_activations
-        crop = asked is True or (asked is None and plan.device.type == "cpu")
-        self.crop_ctx = CropContext() if crop and self.dropout_ctx is None else None
-        variants = ModelVariants(
-            frozen,
-            plan.device,
-            self.model.spec.input_norm,
-            self.model.spec.output_norm,
-            crop=(self.crop_ctx, plan.halo) if self.crop_ctx is not None else None,
-        )
-        pooled = set(self.pooled[0]) if self.pooled is not None else set()
-        to_run = [i for i in self.tissue if i not in pooled]
-        worth = (
-            bool(to_run)
-            and len(to_run) * grid.window_size[0] * grid.window_size[1] / 1e6
-            >= plan.settings.calibration_min_mp
-        )
-        self.choice = decide_compute(
-            plan.device,
-            plan.asked_precision,
-            plan.settings.winograd,
-            variants.winograd_convs,
-            self.model.sha256,
-            variants.prepare,
-            (lambda: calibration_window(plan.plane.read(self.tiles[to_run[0]].window), grid.align))
-            if worth
-            else None,
-            resumed=self.tstore.provenance().get("compute"),
-        )
+        variants = self.variants(frozen)
         self.runner = variants.runner(
             self.choice.candidate, plan.batch, dropout=self.dropout_ctx, samples=plan.mode.samples
         )
         self.winograd_convs = variants.converted if self.choice.winograd else 0
         self.cropped_blocks = variants.cropped_blocks
-        self.tstore.update_provenance(compute=self.choice.to_dict())
 
     # --- writing tiles ------------------------------------------------------------------------------------
     def progress(self, new: list[int]) -> TileProgress:

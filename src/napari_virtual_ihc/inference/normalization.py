@@ -29,9 +29,9 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ..models.ammfi import GlobalPool2d
+from .moment_kernels import channel_affine, channel_moments
 from .pads import keep_pads_in_input_dtype
 from .winograd import WinogradConv2d, use_winograd
-from .workspace import scratch
 
 # torch's BatchNorm classes (their common base is private). A LazyBatchNorm*d is not one of them until its
 # first forward turns it into BatchNorm*d, which a loaded checkpoint always has had.
@@ -133,7 +133,7 @@ class _PooledStatsNorm(nn.Module):
             # Only the core of each window: its border rows are shaped by padding, not by the slide.
             x0, x1 = int(fx0 * w), max(int(fx0 * w) + 1, round(fx1 * w))
             y0, y1 = int(fy0 * h), max(int(fy0 * h) + 1, round(fy1 * h))
-            n, mean64, m2 = _moments(x[b, :, y0:y1, x0:x1])
+            n, mean64, m2 = channel_moments(x[b, :, y0:y1, x0:x1])
             if n_batch == 0:
                 n_batch, mean_batch, m2_batch = n, mean64, m2
             else:
@@ -153,10 +153,7 @@ class _PooledStatsNorm(nn.Module):
         weight, bias = getattr(norm, "weight", None), getattr(norm, "bias", None)
         if norm.affine and isinstance(weight, Tensor) and isinstance(bias, Tensor):
             scale, shift = scale * weight.float(), shift * weight.float() + bias.float()
-        shape = (1, -1, 1, 1)
-        if self.inplace:
-            return x.mul_(scale.to(x).view(shape)).add_(shift.to(x).view(shape))
-        return torch.addcmul(shift.to(x).view(shape), x, scale.to(x).view(shape))
+        return channel_affine(x, scale, shift, self.inplace)
 
     def stats(self) -> tuple[np.ndarray, np.ndarray]:
         assert self.mean is not None and self.m2 is not None and self.count > 0
@@ -219,37 +216,6 @@ def global_pool_names(module: nn.Module) -> list[str]:
     return [n for n, m in module.named_modules() if isinstance(m, GlobalPool2d)]
 
 
-_FP32 = torch.empty(0)  # what the moments' scratch is made like: float32 whatever the activations' dtype
-MOMENT_CHUNK = 4_000_000  # floats per scratch chunk (16 MB): bounded memory whatever the window size
-
-
-def _moments(part: Tensor) -> tuple[int, Tensor, Tensor]:
-    """(pixel count, per-channel mean, per-channel sum of squared deviations) of a (C, h, w) view, as float64.
-
-    Row chunks are copied into a contiguous (pixels, C) scratch buffer and reduced in two passes (exact when
-    the mean is large), then merged: reductions straight over a strided slice of a channels-last activation
-    ran ~20x slower here.
-    """
-    c, h, w = part.shape
-    rows = max(1, MOMENT_CHUNK // max(1, w * c))
-    n_all, mean_all, m2_all = 0, torch.zeros(0), torch.zeros(0)
-    for y0 in range(0, h, rows):
-        y1 = min(h, y0 + rows)
-        n = (y1 - y0) * w
-        flat = scratch("moments", (y1 - y0, w, c), _FP32.to(part.device))  # bf16 activations: summed in fp32
-        flat.copy_(part[:, y0:y1].permute(1, 2, 0))
-        flat2 = flat.view(n, c)
-        mean = flat2.sum(0) / n
-        flat2.sub_(mean).square_()
-        mean64, m2 = mean.double(), flat2.sum(0).double()
-        if n_all == 0:
-            n_all, mean_all, m2_all = n, mean64, m2
-        else:
-            mean_all, m2_all = combine_moments(n_all, mean_all, m2_all, n, mean64, m2)
-            n_all += n
-    return n_all, mean_all, m2_all
-
-
 def _fed_only_by_a_conv(module: nn.Module) -> set[str]:
     """Names of the norms that directly follow a convolution inside an ``nn.Sequential``.
 
@@ -301,7 +267,7 @@ def estimate_instance_stats(
     layers nearly the whole window, the last ones about the core). Within a batch every layer normalises
     with the batch's pooled statistics, so later layers see inputs consistent with frozen earlier layers; several batches are pooled by their sums. With a single
     batch its outputs (appended to ``outputs`` if given) are exactly those of the frozen model.
-    ``winograd`` runs the wide 3x3 convolutions as Winograd F(4x4, 3x3) (CPU fp32; same result to rounding).
+    ``winograd`` runs the wide 3x3 convolutions as Winograd (CPU: F(4x4, 3x3) in fp32, F(2x2, 3x3) under bf16).
     ``device`` is where the probe runs (the run's device: on a GPU machine the statistics pass would otherwise
     run on the CPU). ``precision`` "bf16" runs the convolutions in bf16 autocast (the tile pass's measured
     choice, so the windows reused as tiles cost what tiles cost), the moments still summed in fp32/fp64;
@@ -318,8 +284,8 @@ def estimate_instance_stats(
     if last:
         probe = probe.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     bf16 = precision == "bf16"
-    # under bf16: direct convolutions, as this pass's quality was measured (bf16 F(2x2) Winograd was not)
-    if winograd and not bf16:
+    # under bf16 autocast a WinogradConv2d runs F(2x2, 3x3) in bf16, as the tile pass's bf16 Winograd does
+    if winograd:
         use_winograd(probe)
     names = instance_norm_names(probe) + (batch_norm_names(probe) if batch_norms else [])
     private = _fed_only_by_a_conv(probe)

@@ -43,6 +43,7 @@ from .resample import WorkingPlane
 from .runner import to_input, to_uint8
 
 POOLED_MARK = "pooled_pass"  # in the saved statistics: whether they came from the one exact pooled pass
+POOLED_PRECISION_MARK = "pooled_pass_precision"  # and its precision (stores without it ran it in fp32)
 LEGACY_POOLED_MP = 8.0  # the fixed pooled-pass limit (sum of window megapixels) of stores without the mark
 STATS_CORES = (
     512,
@@ -103,10 +104,11 @@ class StatsRequest:
     pooled_limit_mp: float  # the largest window union (megapixels) the one exact pass may run
     memory_mp: float  # the largest batch of windows (sum of megapixels) memory allows
     device: torch.device
-    winograd: bool  # for the sampled windows (the tile pass's cached choice where there is one)
-    exact_winograd: bool  # for the one exact pass: the plan's, whatever is cached (a resume must match)
-    # fp32 | bf16 for the sampled windows: the tile pass's cached choice (reused windows cost what tiles cost)
+    # fp32 | bf16 and Winograd or not: the tile pass's choice (windows reused as tiles cost what tiles cost,
+    # and a pooled pass whose output is the job runs at the tile pass's speed)
+    winograd: bool
     precision: str
+    legacy_winograd: bool  # the pooled pass of a store written before its precision was saved: fp32, this
     batch_norms: bool
     input_norm: str
     output_norm: str
@@ -120,6 +122,7 @@ class SlideStatistics:
     stats: NormStats
     tiles: dict[int, np.ndarray] = field(default_factory=dict)
     exact: bool = False  # from one pass over every tissue tile (whole-image statistics)
+    precision: str = "fp32"  # what that pass ran in
     counters: StatsCounters = field(default_factory=StatsCounters)
 
 
@@ -146,17 +149,22 @@ def _positioned(
 
 
 def pooled_pass_fits(req: StatsRequest) -> bool:
-    """Whether this job runs as one exact pass over all its tissue tiles (see the module's docstring)."""
+    """Whether this job runs as one exact pass over the union of its tissue tiles' windows: when that union
+    fits memory (``pooled_limit_mp``) and the job is small (at most ``stats_windows`` tiles: sampling would
+    run all of them anyway) or the union is no more pixels than its tiles' windows (the halos the tile pass
+    would compute make up for the glass inside the union). A resumed job does what it started with."""
     saved, tissue, tiles = req.saved, req.tissue, req.tiles
-    small = req.todo > 0 and len(tissue) <= req.stats_windows
-    if not small:
+    if req.todo <= 0:
         return False
+    small = len(tissue) <= req.stats_windows
     if saved is not None and POOLED_MARK not in saved:  # written before the mark existed
-        return len(tissue) * req.window_size[0] * req.window_size[1] / 1e6 <= LEGACY_POOLED_MP
+        return small and len(tissue) * req.window_size[0] * req.window_size[1] / 1e6 <= LEGACY_POOLED_MP
     if saved is not None and not bool(saved[POOLED_MARK]):
         return False
     union = _union([tiles[i].window for i in tissue])
-    return union[2] * union[3] / 1e6 <= req.pooled_limit_mp
+    union_mp = union[2] * union[3] / 1e6
+    windows_mp = len(tissue) * req.window_size[0] * req.window_size[1] / 1e6
+    return union_mp <= req.pooled_limit_mp and (small or union_mp <= windows_mp)
 
 
 def plan_windows(req: StatsRequest) -> tuple[str, list[GridTile]]:
@@ -325,6 +333,12 @@ def _pooled_pass(req: StatsRequest, counters: StatsCounters) -> SlideStatistics 
     core_box = ((cx0 - ux) / uw, (cy0 - uy) / uh, (cx0 + cw0 - ux) / uw, (cy0 + ch0 - uy) / uh)
     # The pooled pass's output is one dropout sample: with mean:N the tiles are run afterwards.
     outputs: list[torch.Tensor] | None = [] if req.dropout_samples == 1 else None
+    # In the tile pass's precision and kernels (the pass is the job); a resumed job reruns it as it first ran.
+    precision, winograd = req.precision, req.winograd
+    if req.saved is not None and POOLED_PRECISION_MARK in req.saved:
+        precision = str(req.saved[POOLED_PRECISION_MARK])
+    elif req.saved is not None:
+        precision, winograd = "fp32", req.legacy_winograd
     try:
         batch = to_input(req.plane.read(union)[None], req.input_norm)
         stats = estimate_instance_stats(
@@ -332,10 +346,10 @@ def _pooled_pass(req: StatsRequest, counters: StatsCounters) -> SlideStatistics 
             _positioned(req.module, [batch], [[(ux, uy)]]),
             [[core_box]],
             outputs=outputs,
-            winograd=req.exact_winograd,
+            winograd=winograd,
             device=req.device,
             batch_norms=req.batch_norms,
-            # fp32 whatever the tile pass runs: a resumed small job reruns this pass and must get its pixels
+            precision=precision,
         )
     except (RuntimeError, MemoryError) as e:
         if not is_out_of_memory(e):
@@ -353,7 +367,7 @@ def _pooled_pass(req: StatsRequest, counters: StatsCounters) -> SlideStatistics 
                 x, y, w, h = tiles[i].core
                 done[i] = whole[y - uy : y - uy + h, x - ux : x - ux + w]
     counters.reused_tiles = len(done)
-    return SlideStatistics(stats, done, exact=True, counters=counters)
+    return SlideStatistics(stats, done, exact=True, precision=precision, counters=counters)
 
 
 def _sampled_pass(req: StatsRequest, counters: StatsCounters) -> SlideStatistics:

@@ -16,6 +16,11 @@ from .runner import BatchRunner
 from .winograd import is_eligible, use_winograd
 
 
+def winograd_candidates(module: nn.Module, device: torch.device) -> int:
+    """How many of ``module``'s convolutions the Winograd kernels would take on ``device`` (CPU only)."""
+    return sum(1 for m in module.modules() if is_eligible(m)) if device.type == "cpu" else 0
+
+
 class ModelVariants:
     """The frozen model as each candidate runs it (direct or Winograd), built once and shared by the
     calibration and the tile pass."""
@@ -34,9 +39,7 @@ class ModelVariants:
         self.input_norm, self.output_norm = input_norm, output_norm
         self._base = frozen
         self._modules: dict[bool, nn.Module] = {}
-        self.winograd_convs = (
-            sum(1 for m in frozen.modules() if is_eligible(m)) if device.type == "cpu" else 0
-        )
+        self.winograd_convs = winograd_candidates(frozen, device)
         self.converted = 0
 
     def module(self, winograd: bool) -> nn.Module:

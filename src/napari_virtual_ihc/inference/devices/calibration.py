@@ -378,13 +378,6 @@ def calibrate(
     )
 
 
-def cached_choice(
-    device: torch.device, precision: str, winograd: bool | None, model_sha256: str
-) -> ComputeChoice | None:
-    """The decision cached for this model here, if any (the statistics pass runs in its precision)."""
-    return load_cached(cache_key(device, model_sha256, precision, winograd))
-
-
 def decide_compute(
     device: torch.device,
     precision: str,

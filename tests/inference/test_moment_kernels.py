@@ -1,0 +1,43 @@
+"""The statistics pass's compiled moments and affine equal plain float64 arithmetic (and their eager form)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from napari_virtual_ihc.inference import moment_kernels
+from napari_virtual_ihc.inference.moment_kernels import channel_affine, channel_moments
+
+
+def _part(dtype: torch.dtype) -> torch.Tensor:
+    torch.manual_seed(5)
+    x = (torch.randn(1, 6, 40, 30) * 3 + 50).to(dtype).contiguous(memory_format=torch.channels_last)
+    return x[0, :, 3:37, 2:29]  # a strided window of a channels-last map, large mean
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("compiled", [True, False])
+def test_chunked_moments_equal_var_mean(dtype, compiled, monkeypatch):
+    if not compiled:
+        monkeypatch.setattr(moment_kernels, "_failed", ["eager asked by the test"])
+    part = _part(dtype)
+    n, mean, m2 = channel_moments(part, chunk=6 * 27 * 5)  # 5 rows per chunk, the last one ragged
+    var_ref, mean_ref = torch.var_mean(part.double(), dim=(1, 2), correction=0)
+    assert n == 34 * 27
+    assert (mean - mean_ref).abs().max() <= 1e-6 * mean_ref.abs().max()  # relative to the values' magnitude
+    assert torch.allclose(m2 / n, var_ref, rtol=1e-5)
+
+
+@pytest.mark.parametrize("inplace", [True, False])
+def test_affine_uses_an_fp32_scale_and_keeps_the_dtype(inplace):
+    x = _part(torch.bfloat16)[None].contiguous(memory_format=torch.channels_last)
+    scale, shift = torch.linspace(0.3, 1.7, 6), torch.linspace(-2, 2, 6)
+    want = (x.double() * scale.double().view(1, -1, 1, 1) + shift.double().view(1, -1, 1, 1)).to(
+        torch.bfloat16
+    )
+    before = x.clone()
+    y = channel_affine(x, scale, shift, inplace)
+    assert y.dtype == torch.bfloat16
+    assert torch.allclose(y.float(), want.float(), rtol=2**-8, atol=0)  # fp32 scale: one bf16 rounding
+    assert (y.data_ptr() == x.data_ptr()) == inplace
+    assert torch.equal(x, y if inplace else before)
