@@ -6,11 +6,13 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import pytest
 import torch
 from engine_helpers import small_generator
 from test_engine_quality import level0, whole_pass
 
 from napari_virtual_ihc.inference import EngineSettings, stain_slide
+from napari_virtual_ihc.inference.devices.probes import cpu_has_bf16
 from napari_virtual_ihc.inference.quality import psnr
 from napari_virtual_ihc.inference.tiling import INTERACTIVE_POOLED_MP, pooled_pass_limit_mp
 from napari_virtual_ihc.slides.base import ArraySlide
@@ -33,6 +35,41 @@ def test_a_batch_job_above_the_interactive_limit_is_one_exact_pass_when_memory_a
     p = psnr(level0(tmp_path / "p.ome.zarr"), whole_pass(model, img))
     print(f"one pooled pass over 9.4 MP: PSNR {p:.1f} dB against the model's whole-image forward")
     assert p >= 60.0  # the same computation, up to float rounding
+
+
+def test_a_job_of_many_small_tiles_is_one_pooled_pass_equal_to_the_whole_image_forward(he_1024, tmp_path):
+    """More tiles than the statistics pass would sample, but their windows hold more pixels than the image:
+    one pass over the image is exact and cheaper than the tile pass's halos."""
+    model = small_generator("instance", ngf=4, n_blocks=3)
+    img = he_1024[:768, :768]
+    settings = EngineSettings(tile=96, batch=2, skip_background=False, stats_windows=4)
+    rep = stain_slide(ArraySlide(img, 0.5), model, tmp_path / "p.ome.zarr", settings)
+    assert rep.tiles_done == 64 and rep.settings["pooled_pass"] is True
+    assert rep.settings["stats"]["source"] == "pooled" and rep.settings["stats"]["reused_tiles"] == 64
+    assert psnr(level0(tmp_path / "p.ome.zarr"), whole_pass(model, img)) >= 60.0
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="bf16 runs only where the CPU has bf16 instructions")
+def test_a_bf16_pooled_pass_is_saved_as_such_and_a_resume_reruns_it_to_the_same_pixels(he_1024, tmp_path):
+    from napari_virtual_ihc.ihc_store.layout import DONE_FILE, NORM_STATS_FILE
+    from napari_virtual_ihc.inference.slide_stats import POOLED_PRECISION_MARK
+
+    model = small_generator("instance", ngf=16, n_blocks=3)  # wide enough for the Winograd kernels
+    img = he_1024[:512, :512]
+    bf16 = EngineSettings(tile=128, batch=2, skip_background=False, precision="bf16", winograd=True)
+    reference = stain_slide(ArraySlide(img, 0.5), model, tmp_path / "ref.ome.zarr", bf16)
+    assert reference.settings["pooled_pass"] is True and reference.settings["compute"]["precision"] == "bf16"
+    store = tmp_path / "killed.ome.zarr"
+    stain_slide(ArraySlide(img, 0.5), model, store, bf16)
+    with np.load(store / NORM_STATS_FILE) as z:
+        assert str(z[POOLED_PRECISION_MARK]) == "bf16"
+    lines = (store / DONE_FILE).read_text().splitlines(keepends=True)
+    (store / DONE_FILE).write_text("".join(lines[:5]))  # killed while writing the pass's tiles
+    resumed = stain_slide(ArraySlide(img, 0.5), model, store, bf16)
+    assert resumed.tiles_resumed == 5 and resumed.settings["pooled_pass"] is True
+    assert np.array_equal(level0(store), level0(tmp_path / "ref.ome.zarr"))
+    # bf16 arithmetic, whole-image statistics: close to the fp32 whole-image forward
+    assert psnr(level0(store), whole_pass(model, img)) >= 40.0
 
 
 def test_a_job_whose_statistics_were_sampled_resumes_with_them(he_1024, tmp_path):
@@ -68,10 +105,10 @@ def test_a_job_whose_statistics_were_sampled_resumes_with_them(he_1024, tmp_path
 def _as_before_the_mark(store, keep_tiles: int) -> None:
     """A store written before the statistics recorded their origin, its run killed after ``keep_tiles``."""
     from napari_virtual_ihc.ihc_store.layout import DONE_FILE, NORM_STATS_FILE
-    from napari_virtual_ihc.inference.slide_stats import POOLED_MARK
+    from napari_virtual_ihc.inference.slide_stats import POOLED_MARK, POOLED_PRECISION_MARK
 
     with np.load(store / NORM_STATS_FILE) as z:
-        arrays = {k: z[k] for k in z.files if k != POOLED_MARK}
+        arrays = {k: z[k] for k in z.files if k not in (POOLED_MARK, POOLED_PRECISION_MARK)}
     assert len(arrays) > 0
     np.savez(store / NORM_STATS_FILE, **arrays)
     lines = (store / DONE_FILE).read_text().splitlines(keepends=True)

@@ -15,7 +15,7 @@ from napari_virtual_ihc.inference.grid import TileGrid
 from napari_virtual_ihc.inference.normalization import fold_frozen_norms, freeze_normalization
 from napari_virtual_ihc.inference.quality import psnr
 from napari_virtual_ihc.inference.runner import to_input, to_uint8
-from napari_virtual_ihc.inference.slide_stats import StatsRequest, plan_windows
+from napari_virtual_ihc.inference.slide_stats import StatsRequest, plan_windows, pooled_pass_fits
 from napari_virtual_ihc.slides.base import ArraySlide
 
 
@@ -70,6 +70,21 @@ def test_the_pass_stays_within_its_share_of_a_large_job_and_spreads_its_windows(
     window_mp = sum(w.window[2] * w.window[3] for w in wins) / 1e6
     assert kind == "windows" and len(wins) >= 8 and window_mp <= 0.06 * 4 * 2224 * 2224 / 1e6
     assert len({(w.core[0] // 2048, w.core[1] // 2048) for w in wins}) == 4  # from every tile
+
+
+def test_a_job_of_many_tiles_is_one_pooled_pass_when_its_union_fits_and_is_not_mostly_glass():
+    # 8 x 8 tiles of 512 px (windows of 688 px): a union of 16.8 MP against 30.3 MP of windows
+    assert pooled_pass_fits(_request(4096, 512, memory_mp=8.0, pooled_limit_mp=17.0))
+    assert not pooled_pass_fits(_request(4096, 512, memory_mp=8.0, pooled_limit_mp=16.0))  # does not fit
+    # two tissue tiles at opposite corners: the union is the whole slide, 36x their windows' pixels
+    corners = _request(
+        4096, 512, memory_mp=8.0, pooled_limit_mp=100.0, stats_windows=1, tissue=[0, 63], todo=2
+    )
+    assert not pooled_pass_fits(corners)
+    assert pooled_pass_fits(_request(4096, 512, memory_mp=8.0, pooled_limit_mp=100.0, tissue=[0, 63], todo=2))
+    # a resumed job whose statistics were sampled keeps them
+    sampled = {"pooled_pass": np.array(False)}
+    assert not pooled_pass_fits(_request(4096, 512, memory_mp=8.0, pooled_limit_mp=17.0, saved=sampled))
 
 
 def test_one_lockstep_forward_gives_statistics_whose_sampled_tiles_are_the_frozen_models_output(

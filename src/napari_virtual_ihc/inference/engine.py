@@ -44,17 +44,18 @@ from .devices.probes import describe_device
 from .dropout import with_positional_dropout
 from .errors import RegionError, TileReadError
 from .grid import GridTile
-from .normalization import (
-    NormStats,
-    estimate_instance_stats,
-    fold_frozen_norms,
-    freeze_normalization,
-    stats_to_arrays,
-)
+from .normalization import NormStats, fold_frozen_norms, freeze_normalization, stats_to_arrays
 from .plan import StainPlan, plan_halo, plan_run, pyramid_factors, region_to_plane
 from .report import RunSettings
-from .runner import to_input
-from .slide_stats import POOLED_MARK, POOLED_PRECISION_MARK, StatsCounters, StatsRequest, slide_statistics
+from .slide_stats import (
+    POOLED_MARK,
+    POOLED_PRECISION_MARK,
+    SlideStatistics,
+    StatsCounters,
+    StatsRequest,
+    pooled_pass_fits,
+    slide_statistics,
+)
 from .tiling import pipeline_defaults, pooled_pass_limit_mp
 from .tissue import plane_tissue_mask, tile_tissue_flags
 from .variants import ModelVariants, winograd_candidates
@@ -277,31 +278,29 @@ class _StainJob:
 
     # --- step 2: precision and kernels ------------------------------------------------------------------
     def choose_compute(self) -> None:
-        """Pick precision and kernels (inference.devices.calibration) before the slide statistics: their pass
-        runs in them, and a pooled pass writes its output as the job's tiles. Measured, when the job is large
-        enough to repay it, on the first tissue window with the model normalised by that window's own
-        statistics (the slide's are not known yet; the timing does not depend on them, and the quality gate
-        compares the candidates of one and the same model)."""
+        """Pick precision and kernels (inference.devices.calibration) before the slide statistics are final:
+        an exact pooled pass writes its output as the job's tiles, so it runs in them. When the choice is
+        measured (on the first tissue window, for a job large enough to repay it), the model is normalised
+        for it by the bounded sampled statistics pass (``provisional_statistics``), as the tile pass would be
+        without a pooled pass: the quality gate then judges the model the job runs."""
         plan, grid, mode = self.plan, self.grid, self.plan.mode
         # Dropout as a function of slide position (inference.dropout): a copy of the model with positional masks.
         self.base, self.dropout_ctx = with_positional_dropout(self.model.module, mode.dropout, mode.seed)
+        self.provisional: SlideStatistics | None = None
         worth = (
             bool(self.tissue)
             and len(self.tissue) * grid.window_size[0] * grid.window_size[1] / 1e6
             >= plan.settings.calibration_min_mp
         )
-        first_window: list[np.ndarray] = []
         measured: list[ModelVariants] = []
 
         def window() -> np.ndarray:
-            if not first_window:
-                read = plan.plane.read(self.tiles[self.tissue[0]].window)
-                first_window.append(calibration_window(read, grid.align))
-            return first_window[0]
+            return calibration_window(plan.plane.read(self.tiles[self.tissue[0]].window), grid.align)
 
         def prepare(c: Candidate) -> Runner:
             if not measured:
-                measured.append(self.variants(self.window_normalised(window())))
+                stats = self.provisional_statistics() if self.needs_slide_statistics() else None
+                measured.append(self.variants(freeze_normalization(self.base, stats)))
             return measured[0].prepare(c)
 
         self.choice = decide_compute(
@@ -317,16 +316,6 @@ class _StainJob:
         # recorded before any pixel: a run killed in the statistics pass resumes with the same arithmetic
         self.tstore.update_provenance(compute=self.choice.to_dict())
 
-    def window_normalised(self, window: np.ndarray) -> nn.Module:
-        """The model frozen for the calibration: slide-level norms take this window's own statistics."""
-        stats = None
-        if self.plan.norm == "instance" or self.plan.mode.slide_batch_norm:
-            batch = to_input(window, self.model.spec.input_norm)
-            stats = estimate_instance_stats(
-                self.base, [batch], device=self.plan.device, batch_norms=self.plan.mode.slide_batch_norm
-            )
-        return freeze_normalization(self.base, stats)
-
     def variants(self, frozen: nn.Module) -> ModelVariants:
         plan = self.plan
         asked = plan.settings.crop_activations
@@ -341,23 +330,67 @@ class _StainJob:
         )
 
     # --- step 3: slide-level statistics ---------------------------------------------------------------
-    def slide_statistics(self) -> None:
-        """InstanceNorm (and BatchNorm in "slide" mode): ``slide_stats.slide_statistics`` (one exact pooled
-        pass when the job's windows fit memory, else a bounded sampled pass), saved in the store so a resumed
-        run reuses them; the tiles it computed on the way are written as they are. Both run in the tile
-        pass's precision and kernels (``choose_compute``)."""
-        plan, tiles, grid, spec = self.plan, self.tiles, self.grid, self.model.spec
-        settings, mode = plan.settings, plan.mode
-        self.stats: NormStats | None = None
-        self.pooled: tuple[list[int], list[np.ndarray]] | None = None
-        self.from_pooled_pass = False  # the statistics (and tiles) came from one exact pooled pass
-        self.stats_counters = StatsCounters()
-        if not (plan.norm == "instance" or mode.slide_batch_norm):
-            return
+    def needs_slide_statistics(self) -> bool:
+        return self.plan.norm == "instance" or self.plan.mode.slide_batch_norm
+
+    def stats_request(self, precision: str, winograd: bool, pooled_limit_mp: float) -> StatsRequest:
+        plan, tiles, grid, spec, settings = (
+            self.plan,
+            self.tiles,
+            self.grid,
+            self.model.spec,
+            self.plan.settings,
+        )
         saved = self.tstore.load_norm_stats()
         flags = self.flags
         assert flags is not None or saved is not None  # computed before the statistics
         tissue_all = [i for i in tiles if flags[i]] if flags is not None else []
+        return StatsRequest(
+            module=self.base,
+            plane=plan.plane,
+            tiles=tiles,
+            tissue=tissue_all or list(tiles),
+            todo=len(self.tissue) if tissue_all else 0,
+            finished=set(self.finished),
+            saved=saved,
+            window_size=grid.window_size,
+            halo=grid.halo,
+            align=grid.align,
+            stats_windows=settings.stats_windows,
+            stats_tile=settings.stats_tile,
+            stats_share=settings.stats_share,
+            pooled_limit_mp=pooled_limit_mp,
+            memory_mp=pooled_pass_limit_mp(self.base, plan.device, interactive=False, precision=precision),
+            device=plan.device,
+            winograd=winograd,
+            legacy_winograd=plan.winograd,
+            precision=precision,
+            batch_norms=plan.mode.slide_batch_norm,
+            input_norm=spec.input_norm,
+            output_norm=spec.output_norm,
+            dropout_samples=plan.mode.samples,
+        )
+
+    def provisional_statistics(self) -> NormStats:
+        """The store's statistics, or the sampled pass's (fp32), for the calibration: what the tile pass would
+        use when the job turns out too large for one pooled pass (then they are kept, with their tiles)."""
+        self.provisional = slide_statistics(
+            self.stats_request("fp32", self.plan.winograd, pooled_limit_mp=0.0)
+        )
+        return self.provisional.stats
+
+    def slide_statistics(self) -> None:
+        """InstanceNorm (and BatchNorm in "slide" mode): ``slide_stats.slide_statistics`` (one exact pooled
+        pass when the job's windows fit memory, else a bounded sampled pass), saved in the store so a resumed
+        run reuses them; the tiles it computed on the way are written as they are. The pooled pass runs in
+        the tile pass's precision and kernels (``choose_compute``)."""
+        plan, settings = self.plan, self.plan.settings
+        self.stats: NormStats | None = None
+        self.pooled: tuple[list[int], list[np.ndarray]] | None = None
+        self.from_pooled_pass = False  # the statistics (and tiles) came from one exact pooled pass
+        self.stats_counters = StatsCounters()
+        if not self.needs_slide_statistics():
+            return
         # bf16 where the tile pass runs bf16 (a CUDA fp16 choice: the statistics in fp32)
         precision = "bf16" if self.choice.precision == "bf16" and plan.device.type == "cpu" else "fp32"
         limit = settings.pooled_pass_mp
@@ -365,39 +398,18 @@ class _StainJob:
             limit = pooled_pass_limit_mp(
                 self.base, plan.device, interactive=self.priority is not None, precision=precision
             )
-        result = slide_statistics(
-            StatsRequest(
-                module=self.base,
-                plane=plan.plane,
-                tiles=tiles,
-                tissue=tissue_all or list(tiles),
-                todo=len(self.tissue) if tissue_all else 0,
-                finished=set(self.finished),
-                saved=saved,
-                window_size=grid.window_size,
-                halo=grid.halo,
-                align=grid.align,
-                stats_windows=settings.stats_windows,
-                stats_tile=settings.stats_tile,
-                stats_share=settings.stats_share,
-                pooled_limit_mp=limit,
-                memory_mp=pooled_pass_limit_mp(
-                    self.base, plan.device, interactive=False, precision=precision
-                ),
-                device=plan.device,
-                winograd=plan.winograd and self.choice.winograd,
-                legacy_winograd=plan.winograd,
-                precision=precision,
-                batch_norms=mode.slide_batch_norm,
-                input_norm=spec.input_norm,
-                output_norm=spec.output_norm,
-                dropout_samples=mode.samples,
-            )
-        )
+        req = self.stats_request(precision, plan.winograd and self.choice.winograd, limit)
+        provisional, self.provisional = self.provisional, None
+        if provisional is not None and not pooled_pass_fits(req):
+            result = provisional  # the calibration's sampled statistics are the job's
+        else:
+            result = slide_statistics(req)
+            if provisional is not None:  # a pooled pass replaced them: their pass counts as its cost
+                result.counters.seconds += provisional.counters.seconds
         self.stats, self.stats_counters, self.from_pooled_pass = result.stats, result.counters, result.exact
         if result.tiles:
             self.pooled = (list(result.tiles), list(result.tiles.values()))
-        if saved is None:
+        if req.saved is None:
             arrays = stats_to_arrays(result.stats)
             arrays[POOLED_MARK] = np.array(result.exact)
             arrays[POOLED_PRECISION_MARK] = np.array(result.precision)
