@@ -369,6 +369,7 @@ class _StainJob:
             input_norm=spec.input_norm,
             output_norm=spec.output_norm,
             dropout_samples=plan.mode.samples,
+            batch_job=self.priority is None,
         )
 
     def provisional_statistics(self) -> NormStats:

@@ -8,8 +8,10 @@ ngf-64 ResNet-9 the pass ran 1.2-1.3x the frozen model's time (AMD Zen 4, bf16, 
 ``torch.compile`` (inductor, dynamic shapes) each step is one fused loop: the moments read the bf16 map once
 and sum in fp32 per row (then float64 over rows), the affine reads and writes it once with an fp32 scale.
 
-CPU only (elsewhere, or where inductor cannot build: no C++ compiler, the eager steps run, the same figures
-to float rounding).
+Compiling costs seconds once per process (~6 s with a cold inductor cache, ~1 s warm), so only a pass
+large enough to repay it asks for the compiled form (``slide_stats``: at least ``COMPILED_MIN_VALUES``). CPU
+only; elsewhere, or where inductor cannot build (no C++ compiler), the eager steps run: the same figures to
+float rounding.
 """
 
 from __future__ import annotations
@@ -20,9 +22,18 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .workspace import scratch
+
 log = logging.getLogger(__name__)
 
-_compiled: dict[str, Callable[..., Tensor | tuple[Tensor, Tensor]]] = {}
+# pixels x first-layer channels of a batch job's pass that repays the compile (~5.6 s once per process, inductor
+# cache warm): on the TCGA slide's ~10 MP of tissue the demo model's (16 channels) pass took ~17.5 s eager,
+# 10.8 s compiled (AMD Zen 4, one core; eager bf16 ``add_`` of a per-channel shift runs ~10x slower than
+# ``mul_`` in this torch). Interactive runs stay eager: their first view must not wait for a compile.
+COMPILED_MIN_VALUES = 8e6 * 16
+MOMENT_CHUNK = 4_000_000  # values per chunk: bounded scratch memory whatever the map's size
+
+_compiled: dict[str, Callable[..., object]] = {}
 _failed: list[str] = []  # the reason inductor could not build here (then eager from then on)
 
 
@@ -41,57 +52,99 @@ def _affine(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
     return (x.float() * scale + shift).to(x.dtype)
 
 
-def _kernel(name: str, fn: Callable[..., Tensor | tuple[Tensor, Tensor]]) -> Callable[..., object] | None:
+def _compiled_call(name: str, fn: Callable[..., object], *args: Tensor) -> object | None:
+    """``fn(*args)`` compiled (dynamic shapes); None when inductor cannot build here (then never again)."""
     if _failed:
         return None
     if name not in _compiled:
         _compiled[name] = torch.compile(fn, dynamic=True)
-    return _compiled[name]
-
-
-def _run(name: str, fn: Callable[..., Tensor | tuple[Tensor, Tensor]], *args: Tensor) -> object:
-    """``fn(*args)`` compiled on the CPU, eager elsewhere or once compiling has failed in this process."""
-    kernel = _kernel(name, fn) if args[0].device.type == "cpu" else None
-    if kernel is None:
-        return fn(*args)
     try:
-        return kernel(*args)
+        return _compiled[name](*args)
     except MemoryError:
         raise
-    except Exception as e:  # inductor's errors (no C++ compiler, a failed build): eager gives the same sums
+    except (
+        Exception
+    ) as e:  # inductor's errors (no C++ compiler, a failed build): the eager steps give the same
         _failed.append(f"{type(e).__name__}: {e}")
         log.warning("statistics kernels not compiled here, running eager (%s)", _failed[0])
-        return fn(*args)
+        return None
 
 
-def channel_moments(part: Tensor, chunk: int = 4_000_000) -> tuple[int, Tensor, Tensor]:
+def channel_moments(
+    part: Tensor, compiled: bool = False, chunk: int = MOMENT_CHUNK
+) -> tuple[int, Tensor, Tensor]:
     """(pixel count, per-channel mean, per-channel sum of squared deviations) of a (C, h, w) view, float64.
 
-    Shifted by the first row's mean so the fp32 sums of squares do not cancel; fp32 within a row (at most a
-    few thousand pixels), float64 across rows and chunks of about ``chunk`` values.
+    Compiled (CPU): one read of each chunk of rows, sums of values shifted by the first row's mean (so the
+    fp32 sums of squares do not cancel) in fp32 within a row, float64 across rows and chunks. Eager: each
+    chunk copied to an fp32 scratch buffer and reduced in two passes (reductions straight over a strided
+    slice of a channels-last map ran ~20x slower).
     """
     c, h, w = part.shape
-    shift = part[:, 0, :].float().mean(1)
-    total = torch.zeros(c, dtype=torch.float64, device=part.device)
-    total_sq = torch.zeros(c, dtype=torch.float64, device=part.device)
     rows = max(1, chunk // max(1, w * c))
+    if compiled and part.device.type == "cpu":
+        shift = part[:, 0, :].float().mean(1)
+        total = torch.zeros(c, dtype=torch.float64)
+        total_sq = torch.zeros(c, dtype=torch.float64)
+        for y0 in range(0, h, rows):
+            out = _compiled_call("row_sums", _row_sums, part[:, y0 : y0 + rows].permute(1, 2, 0), shift)
+            if out is None:
+                break
+            assert isinstance(out, tuple)
+            total += out[0].double().sum(0)
+            total_sq += out[1].double().sum(0)
+        else:
+            n = h * w
+            return n, shift.double() + total / n, (total_sq - total * total / n).clamp_min(0)
+    n_all, mean_all, m2_all = 0, torch.zeros(0), torch.zeros(0)
     for y0 in range(0, h, rows):
-        out = _run("row_sums", _row_sums, part[:, y0 : y0 + rows].permute(1, 2, 0), shift)
-        assert isinstance(out, tuple)
-        total += out[0].double().sum(0)
-        total_sq += out[1].double().sum(0)
-    n = h * w
-    mean = shift.double() + total / n
-    return n, mean.cpu(), (total_sq - total * total / n).clamp_min(0).cpu()
+        y1 = min(h, y0 + rows)
+        n = (y1 - y0) * w
+        flat = scratch("moments", (y1 - y0, w, c), _FP32.to(part.device))  # bf16 activations: summed in fp32
+        flat.copy_(part[:, y0:y1].permute(1, 2, 0))
+        flat2 = flat.view(n, c)
+        mean = flat2.sum(0) / n
+        flat2.sub_(mean).square_()
+        mean64, m2 = mean.double().cpu(), flat2.sum(0).double().cpu()
+        if n_all == 0:
+            n_all, mean_all, m2_all = n, mean64, m2
+        else:
+            mean_all, m2_all = combine_moments(n_all, mean_all, m2_all, n, mean64, m2)
+            n_all += n
+    return n_all, mean_all, m2_all
 
 
-def channel_affine(x: Tensor, scale: Tensor, shift: Tensor, inplace: bool) -> Tensor:
-    """``x * scale + shift`` per channel (fp32 ``scale``/``shift`` of shape (C,)), in place when asked."""
+def channel_affine(x: Tensor, scale: Tensor, shift: Tensor, inplace: bool, compiled: bool = False) -> Tensor:
+    """``x * scale + shift`` per channel (``scale``/``shift`` of shape (C,)), in place when asked.
+
+    Compiled (CPU): one pass in fp32. Eager: in ``x``'s dtype (under bf16 the scale is rounded to bf16, a
+    relative 0.4 % at most, as the sampled pass always ran).
+    """
     shape = (1, -1, 1, 1)
-    s, b = scale.float().view(shape).to(x.device), shift.float().view(shape).to(x.device)
-    out = _run("affine_into" if inplace else "affine", _affine_into if inplace else _affine, x, s, b)
-    assert isinstance(out, Tensor)
-    return out
+    if compiled and x.device.type == "cpu":
+        s, b = scale.float().view(shape), shift.float().view(shape)
+        out = _compiled_call(
+            "affine_into" if inplace else "affine", _affine_into if inplace else _affine, x, s, b
+        )
+        if out is not None:
+            assert isinstance(out, Tensor)
+            return out
+    s, b = scale.to(x).view(shape), shift.to(x).view(shape)
+    return x.mul_(s).add_(b) if inplace else torch.addcmul(b, x, s)
+
+
+def combine_moments(
+    n_a: int, mean_a: Tensor, m2_a: Tensor, n_b: int, mean_b: Tensor, m2_b: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Chan et al.'s parallel update of (mean, M2) for two sets of n_a and n_b values."""
+    n = n_a + n_b
+    delta = mean_b - mean_a
+    return mean_a + delta * (n_b / n), m2_a + m2_b + delta * delta * (n_a * n_b / n)
+
+
+_FP32 = torch.empty(
+    0
+)  # what the eager moments' scratch is made like: float32 whatever the activations' dtype
 
 
 def compile_failure() -> str | None:

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ..models.ammfi import GlobalPool2d
-from .moment_kernels import channel_affine, channel_moments
+from .moment_kernels import channel_affine, channel_moments, combine_moments
 from .pads import keep_pads_in_input_dtype
 from .winograd import WinogradConv2d, use_winograd
 
@@ -104,22 +104,14 @@ class FrozenNorm(nn.Module):
         return x * self.scale.view(1, -1, 1, 1).to(x.dtype) + self.shift.view(1, -1, 1, 1).to(x.dtype)
 
 
-def combine_moments(
-    n_a: int, mean_a: Tensor, m2_a: Tensor, n_b: int, mean_b: Tensor, m2_b: Tensor
-) -> tuple[Tensor, Tensor]:
-    """Chan et al.'s parallel update of (mean, M2) for two sets of n_a and n_b values."""
-    n = n_a + n_b
-    delta = mean_b - mean_a
-    return mean_a + delta * (n_b / n), m2_a + m2_b + delta * delta * (n_a * n_b / n)
-
-
 class _PooledStatsNorm(nn.Module):
     """Normalises with statistics pooled over the whole batch (window cores only), and accumulates them."""
 
-    def __init__(self, norm: nn.Module, inplace: bool = False) -> None:
+    def __init__(self, norm: nn.Module, inplace: bool = False, compiled: bool = False) -> None:
         super().__init__()
         self.norm = norm
         self.inplace = inplace  # safe only when nothing else holds the input (see _fed_only_by_a_conv)
+        self.compiled = compiled  # moments and affine as compiled single passes (``moment_kernels``)
         self.count = 0
         self.mean: Tensor | None = None  # running pooled mean / sum of squared deviations (float64)
         self.m2: Tensor | None = None
@@ -133,7 +125,7 @@ class _PooledStatsNorm(nn.Module):
             # Only the core of each window: its border rows are shaped by padding, not by the slide.
             x0, x1 = int(fx0 * w), max(int(fx0 * w) + 1, round(fx1 * w))
             y0, y1 = int(fy0 * h), max(int(fy0 * h) + 1, round(fy1 * h))
-            n, mean64, m2 = channel_moments(x[b, :, y0:y1, x0:x1])
+            n, mean64, m2 = channel_moments(x[b, :, y0:y1, x0:x1], self.compiled)
             if n_batch == 0:
                 n_batch, mean_batch, m2_batch = n, mean64, m2
             else:
@@ -153,7 +145,7 @@ class _PooledStatsNorm(nn.Module):
         weight, bias = getattr(norm, "weight", None), getattr(norm, "bias", None)
         if norm.affine and isinstance(weight, Tensor) and isinstance(bias, Tensor):
             scale, shift = scale * weight.float(), shift * weight.float() + bias.float()
-        return channel_affine(x, scale, shift, self.inplace)
+        return channel_affine(x, scale, shift, self.inplace, self.compiled)
 
     def stats(self) -> tuple[np.ndarray, np.ndarray]:
         assert self.mean is not None and self.m2 is not None and self.count > 0
@@ -257,6 +249,7 @@ def estimate_instance_stats(
     device: torch.device | str | None = None,
     batch_norms: bool = False,
     precision: str = "fp32",
+    compiled: bool = False,
 ) -> NormStats:
     """Per-layer (mean, var) of every InstanceNorm (and with ``batch_norms`` every BatchNorm: ``slide`` mode),
     pooled over all ``batches`` (NCHW fp32).
@@ -271,7 +264,7 @@ def estimate_instance_stats(
     ``device`` is where the probe runs (the run's device: on a GPU machine the statistics pass would otherwise
     run on the CPU). ``precision`` "bf16" runs the convolutions in bf16 autocast (the tile pass's measured
     choice, so the windows reused as tiles cost what tiles cost), the moments still summed in fp32/fp64;
-    anything else runs fp32.
+    anything else runs fp32. ``compiled``: the moments and affines as compiled single passes (a large pass).
     """
     margins = interior_margins(module)  # before Winograd replaces the convolutions
     probe = copy.deepcopy(module).float().eval()
@@ -292,7 +285,7 @@ def estimate_instance_stats(
     collectors: dict[str, _PooledStatsNorm | _PooledGlobalPool] = {}
     for name in names:
         norm = probe.get_submodule(name)
-        collectors[name] = _PooledStatsNorm(norm, inplace=name in private)
+        collectors[name] = _PooledStatsNorm(norm, inplace=name in private, compiled=compiled)
         _replace(probe, name, collectors[name])
     for name in global_pool_names(probe):
         pool = probe.get_submodule(name)
