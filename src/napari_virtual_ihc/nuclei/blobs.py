@@ -252,9 +252,13 @@ def blob_candidates(
     nuclear_class_od: float | None = None,
     eosin_od: np.ndarray | None = None,
     nuclear_h_share: float | None = None,
+    nuclear_class_share: float = NUCLEAR_CLASS_SHARE,
+    seed_spacing: float = SEED_SPACING,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Candidate nuclei before the per-blob check: int32 labels 1..n and their (n, len(FEATURES)) features
-    (:func:`blob_features`). Arguments as :func:`segment_blobs`."""
+    (:func:`blob_features`). Arguments as :func:`segment_blobs`; ``nuclear_class_share`` and ``seed_spacing``
+    (the seeds' floor and spacing, see ``NUCLEAR_CLASS_SHARE``, ``SEED_SPACING``) are lower for a check that
+    sorts more candidates."""
     min_contrast_od = MIN_CONTRAST_OD if min_contrast_od is None else min_contrast_od
     seed_log_od = SEED_LOG_OD if seed_log_od is None else seed_log_od
     signal = stain_signal(hematoxylin_od, dab_od, dab_compartment)
@@ -271,7 +275,7 @@ def blob_candidates(
     contrast = local_contrast(smooth, radius)
     peaks = peak_local_max(
         response,
-        min_distance=max(round(radius * SEED_SPACING), 2),
+        min_distance=max(round(radius * seed_spacing), 2),
         threshold_abs=seed_log_od,
         exclude_border=False,
     )
@@ -279,7 +283,7 @@ def blob_candidates(
         nuclear_class_od = nuclear_class_level(hematoxylin_od, diameter_px)
     if len(peaks):
         keep = contrast[tuple(peaks.T)] >= min_contrast_od
-        keep &= smooth[tuple(peaks.T)] >= NUCLEAR_CLASS_SHARE * nuclear_class_od
+        keep &= smooth[tuple(peaks.T)] >= nuclear_class_share * nuclear_class_od
         peaks = peaks[keep]
     peaks = merge_seeds(smooth, peaks, radius)
     if not len(peaks):
