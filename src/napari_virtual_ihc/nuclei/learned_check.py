@@ -13,6 +13,7 @@ only, by ``benchmarks/learned_nucleus_check.py`` (fixed seed, reproducible). Inf
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -96,37 +97,74 @@ def candidate_patches(
     return out
 
 
+def judged(centres_yx: np.ndarray, shape: tuple[int, ...], diameter_px: float) -> np.ndarray:
+    """(n,) bool: candidates whose patch lies inside the image (centre at least SPAN / 2 diameters from every
+    edge). Outside it the patch is padded, unlike anything the network was trained to judge; a tile's halo
+    keeps its core's candidates inside, so tiles and one pass agree."""
+    reach = SPAN / 2 * diameter_px
+    y, x = centres_yx[:, 0], centres_yx[:, 1]
+    return (y >= reach) & (x >= reach) & (y <= shape[0] - 1 - reach) & (x <= shape[1] - 1 - reach)
+
+
+@dataclass(frozen=True)
+class LearnedCheck:
+    """The trained networks (averaged) and how their probability decides, as chosen on the tune half:
+    candidates are seeded down to ``floor`` x the nuclear-class OD and ``spacing`` radii apart (lower than the
+    hand rules' floor and spacing, so faint nuclei of dense fields get a seed); every candidate must pass the
+    hand rules and reach ``veto``; one seeded below the hand rules' floor must also reach ``gate``."""
+
+    nets: tuple[torch.nn.Sequential, ...]
+    floor: float
+    spacing: float
+    veto: float
+    gate: float
+
+    def probability(self, patches: np.ndarray) -> np.ndarray:
+        """(n,) probability that each candidate (:func:`candidate_patches`) is a nucleus."""
+        import torch
+
+        if not len(patches):
+            return np.zeros(0, np.float32)
+        x = torch.from_numpy(np.ascontiguousarray(patches, np.float32))
+        with torch.inference_mode():
+            p = torch.stack([torch.sigmoid(net(x)[:, 0]) for net in self.nets]).mean(0)
+        return p.numpy()
+
+    def keep(
+        self, patches: np.ndarray, rules_keep: np.ndarray, above_floor: np.ndarray, inner: np.ndarray
+    ) -> np.ndarray:
+        """(n,) bool: candidates kept (``rules_keep``: the hand rules keep it; ``above_floor``: its seed
+        reaches the hand rules' floor; ``inner``: its patch lies inside the image, :func:`judged`; the others
+        are judged as without the network: hand rules and their floor)."""
+        prob = self.probability(patches)
+        learned = rules_keep & (prob >= self.veto) & (above_floor | (prob >= self.gate))
+        return np.where(inner, learned, rules_keep & above_floor)
+
+
 @cache
-def load_check(path: Path = WEIGHTS) -> tuple[torch.nn.Sequential, float]:
-    """The trained network (eval mode) and its threshold, from ``path`` (the package's weights by default)."""
+def load_check(path: Path = WEIGHTS) -> LearnedCheck:
+    """The trained check from ``path`` (the package's weights by default), networks in eval mode."""
     import torch
 
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
-        net = network()
-        net.load_state_dict(saved["state"])
-        threshold = float(saved["threshold"])
-    except (OSError, RuntimeError, KeyError, TypeError, ValueError) as e:
+        nets = []
+        for state in saved["nets"]:
+            net = network()
+            net.load_state_dict(state)
+            nets.append(net.eval())
+        check = LearnedCheck(
+            tuple(nets),
+            float(saved["floor"]),
+            float(saved["spacing"]),
+            float(saved["veto"]),
+            float(saved["gate"]),
+        )
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError) as e:
         raise NucleusCheckUnavailable(
             f"the learned nucleus check's weights at {path} are missing or unreadable ({e}); reinstall "
             "napari-virtual-ihc, or use the hand rules (check='rules')"
         ) from e
-    return net.eval(), threshold
-
-
-def nucleus_probability(patches: np.ndarray, path: Path = WEIGHTS) -> np.ndarray:
-    """(n,) probability that each candidate (:func:`candidate_patches`) is a nucleus."""
-    import torch
-
-    net, _ = load_check(path)
-    if not len(patches):
-        return np.zeros(0, np.float32)
-    with torch.inference_mode():
-        logits = net(torch.from_numpy(np.ascontiguousarray(patches)))
-    return torch.sigmoid(logits[:, 0]).numpy()
-
-
-def learned_not_a_nucleus(patches: np.ndarray, path: Path = WEIGHTS) -> np.ndarray:
-    """(n,) bool: candidates the learned check scores below its threshold."""
-    _, threshold = load_check(path)
-    return nucleus_probability(patches, path) < threshold
+    if not nets:
+        raise NucleusCheckUnavailable(f"the learned nucleus check's weights at {path} hold no network")
+    return check
