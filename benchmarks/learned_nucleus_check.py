@@ -106,7 +106,15 @@ def gather(case: v.Case, share: float, spacing: float, diameter_um: float = 7.0)
     ids = np.arange(1, int(labels.max()) + 1)
     peak = np.asarray(ndi.maximum(smooth, labels, ids)) / max(p.seg.nuclear_class_od or 0.0, 1e-3)
     return Image(
-        case.name, group, patches[inside], det[inside], nucleus, rules_keep, peak[inside], truth, radius,
+        case.name,
+        group,
+        patches[inside],
+        det[inside],
+        nucleus,
+        rules_keep,
+        peak[inside],
+        truth,
+        radius,
         learned_check.judged(det[inside][:, ::-1], labels.shape, p.diameter_px),
     )
 
@@ -202,10 +210,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--generators", nargs="*", default=["floor 0.5"])
     ap.add_argument("--epochs", nargs="*", type=int, default=[30])
-    ap.add_argument("--train-generators", nargs="*", default=["today", "floor 0.4", "floor 0.3, sp 0.6"],
-                    help="also train on these' candidates")
-    ap.add_argument("--train-scales", nargs="*", type=float, default=[5.0, 6.0, 8.0, 9.5], help="also train on the candidates "
-                    "of the detector run at these nucleus diameters (µm)")
+    ap.add_argument(
+        "--train-generators",
+        nargs="*",
+        default=["today", "floor 0.4", "floor 0.3, sp 0.6"],
+        help="also train on these' candidates",
+    )
+    ap.add_argument(
+        "--train-scales",
+        nargs="*",
+        type=float,
+        default=[5.0, 6.0, 8.0, 9.5],
+        help="also train on the candidates of the detector run at these nucleus diameters (µm)",
+    )
     ap.add_argument("--show", nargs="*", default=[], help="mode,veto,gate settings to print per image")
     ap.add_argument("--max-recall-loss", type=float, default=0.01)
     ap.add_argument("--save", action="store_true", help="train on the whole tune half, write the weights")
@@ -273,7 +290,9 @@ def main() -> None:
 
         def in_sample(r: tuple) -> bool:
             s = [score(i, decide(*r[3], i, p)) for i, p in zip(images, probs, strict=True)]
-            return all(x[0] >= base[i.name][0] - a.max_recall_loss - 1e-9 for i, x in zip(images, s, strict=True))
+            return all(
+                x[0] >= base[i.name][0] - a.max_recall_loss - 1e-9 for i, x in zip(images, s, strict=True)
+            )
 
         allowed = [r for r in allowed if r[1] == gen and r[2] == a.epochs[0] and in_sample(r)]
     if not allowed:
@@ -294,6 +313,7 @@ def main() -> None:
         saved = {"nets": states, "floor": floor, "spacing": spacing, "veto": veto, "gate": gate}
         torch.save(saved, learned_check.WEIGHTS)
         print(f"wrote {learned_check.WEIGHTS}: floor {floor}, spacing {spacing}, veto {veto}, gate {gate}")
+
 
 if __name__ == "__main__":
     main()

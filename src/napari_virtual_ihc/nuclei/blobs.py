@@ -279,11 +279,23 @@ def _learned_keep(
     peak = np.asarray(ndi.maximum(smooth, labels, ids))
     above_floor = peak >= NUCLEAR_CLASS_SHARE * nuclear_class_od
     second = dab_od if dab_od is not None else eosin_od
-    patches = candidate_patches(
-        labels, signal, hematoxylin_od, second, nuclear_class_od, diameter_px, dab_od is not None
-    )
     centres = np.asarray(ndi.center_of_mass(labels > 0, labels, ids)).reshape(-1, 2)
-    return model.keep(patches, rules_keep, above_floor, judged(centres, labels.shape, diameter_px))
+    inner = judged(centres, labels.shape, diameter_px)
+    asked = model.asked(rules_keep, inner)
+    patches = candidate_patches(
+        labels,
+        signal,
+        hematoxylin_od,
+        second,
+        nuclear_class_od,
+        diameter_px,
+        dab_od is not None,
+        ids=ids[asked],
+        centres=centres[asked],
+    )
+    keep = rules_keep & above_floor  # as without the network; the asked ones are decided by it
+    keep[asked] = model.keep(patches, rules_keep[asked], above_floor[asked], np.ones(int(asked.sum()), bool))
+    return keep
 
 
 def blob_candidates(

@@ -13,6 +13,7 @@ only, by ``benchmarks/learned_nucleus_check.py`` (fixed seed, reproducible). Inf
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -68,16 +69,20 @@ def candidate_patches(
     nuclear_class_od: float,
     diameter_px: float,
     nuclear_dab: bool,
+    ids: np.ndarray | None = None,
+    centres: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(n, CHANNELS, PATCH, PATCH) float32 inputs of labels 1..n, centred on each candidate's centre of mass.
-    ``second_od``: the DAB OD where DAB is nuclear, the eosin OD (the deconvolution's second channel) on H&E,
-    None otherwise (zeros)."""
-    n = int(labels.max())
+    """(n, CHANNELS, PATCH, PATCH) float32 inputs of labels ``ids`` (default 1..max), centred on each
+    candidate's centre of mass (``centres``, (n, 2) y, x, if known). ``second_od``: the DAB OD where DAB is
+    nuclear, the eosin OD (the deconvolution's second channel) on H&E, None otherwise (zeros)."""
+    if ids is None:
+        ids = np.arange(1, int(labels.max()) + 1)
+    n = len(ids)
     out = np.zeros((n, CHANNELS, PATCH, PATCH), np.float32)
     if n == 0:
         return out
-    ids = np.arange(1, n + 1)
-    centres = np.asarray(ndi.center_of_mass(labels > 0, labels, ids)).reshape(-1, 2)
+    if centres is None:
+        centres = np.asarray(ndi.center_of_mass(labels > 0, labels, ids)).reshape(-1, 2)
     step = SPAN * diameter_px / PATCH
     offsets = (np.arange(PATCH) + 0.5 - PATCH / 2) * step
     ys = centres[:, 0, None, None] + offsets[None, :, None] + 0 * offsets[None, None, :]
@@ -140,6 +145,11 @@ class LearnedCheck:
         learned = rules_keep & (prob >= self.veto) & (above_floor | (prob >= self.gate))
         return np.where(inner, learned, rules_keep & above_floor)
 
+    def asked(self, rules_keep: np.ndarray, inner: np.ndarray) -> np.ndarray:
+        """(n,) bool: the candidates whose decision reads the network (:meth:`keep`): the others are dropped by
+        the hand rules or judged without it, so their patches need not be made."""
+        return rules_keep & inner
+
 
 @cache
 def load_check(path: Path = WEIGHTS) -> LearnedCheck:
@@ -160,7 +170,7 @@ def load_check(path: Path = WEIGHTS) -> LearnedCheck:
             float(saved["veto"]),
             float(saved["gate"]),
         )
-    except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError) as e:
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as e:
         raise NucleusCheckUnavailable(
             f"the learned nucleus check's weights at {path} are missing or unreadable ({e}); reinstall "
             "napari-virtual-ihc, or use the hand rules (check='rules')"
