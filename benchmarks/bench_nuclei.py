@@ -44,17 +44,17 @@ def measure(
     """(median wall seconds, median CPU seconds, peak MiB, nuclei found) of one segmentation of the whole field
     (CPU seconds compare runs on a machine shared with other work, where wall time swings). On H&E the second
     channel is passed as eosin (as ``analyze --he`` does), except for "offline-no-eosin" (the path before the
-    blob check's colour rule, with the hand rules); "offline-rules": the blob detector with the hand-rule check
-    instead of the learned one. The peak is Python's (tracemalloc): torch's tensors of the learned check are
+    blob check's colour rule); "offline-learned": the blob detector with the learned check instead of the
+    hand rules. The peak is Python's (tracemalloc): torch's tensors of the learned check are
     not in it (a few MiB: patches of the candidates)."""
     eosin = None
     if compartment == "none":  # H&E: no DAB; the second channel holds the eosin
         dab, eosin, compartment = None, dab, "membrane"
-    check = "learned"
+    check = "rules"
     if method == "offline-no-eosin":
-        method, eosin, check = "offline", None, "rules"
-    if method == "offline-rules":  # the blob detector's hand-rule check (before the learned one)
-        method, check = "offline", "rules"
+        method, eosin = "offline", None
+    if method == "offline-learned":  # the blob detector with the learned check (not the default)
+        method, check = "offline", "learned"
     if method == "previous":
         method, compartment, eosin = "classical", "membrane", None
     seg = make_segmenter(method, check=check)
@@ -96,7 +96,7 @@ def main() -> None:
         "previous",
         "blobs",
         "offline",
-        "offline-rules",
+        "offline-learned",
         *(("offline-no-eosin",) if a.compartment == "none" else ()),
     )
     res = {m: measure(m, h, dab, 7.0 / mpp, a.compartment, a.repeats) for m in methods}

@@ -51,7 +51,14 @@ def test_the_learned_check_finds_faint_nuclei_of_a_dense_tune_field():
     and finds faint nuclei the hand rules' floor loses (recall up) at the same precision."""
     case = TUNE["deepliif-hema-Bladder1"]
     rules = v.score(case, _segment(case, "rules"))
-    learned = v.score(case, _segment(case, "learned"))
+    learned_labels = _segment(case, "learned")
+    learned = v.score(case, learned_labels)
+    p = v.prepare(case)  # the segmenter a user gets runs the same check when asked for it
+    assert p.seg.check == "rules"
+    p.seg.check = "learned"
+    np.testing.assert_array_equal(
+        p.seg(p.stains["hematoxylin"], p.diameter_px, eosin_od=p.eosin), learned_labels
+    )
     print(
         f"rules {rules.recall:.2f} / {rules.precision:.2f}, learned {learned.recall:.2f} / {learned.precision:.2f}"
     )

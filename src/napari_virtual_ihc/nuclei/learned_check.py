@@ -9,6 +9,8 @@ convolutional network of a few thousand weights scores it; candidates below the 
 The weights ship in the package (``nucleus_check.pt``, a plain state dict read with
 ``torch.load(weights_only=True)``, no code executed); they were trained on the TUNE half of the validation set
 only, by ``benchmarks/learned_nucleus_check.py`` (fixed seed, reproducible). Inference is deterministic.
+It is not the default check (``segment_blobs(check="learned")`` asks for it): it beat the hand rules on the
+tune half image-out, but lowered precision on the held half (docs/analysis.md "Nuclei on any stain").
 """
 
 from __future__ import annotations

@@ -51,7 +51,7 @@ class NucleiSegmenter:
     nuclear_class_od: float | None = None  # blobs: the overview's nuclear hematoxylin OD (see calibrate)
     nuclear_h_share: float | None = None  # blobs on H&E: the nuclear class's H / (H + eosin) (calibrate)
     offline: str = "offline"  # the method used when there is no Cellpose model
-    check: str = "learned"  # blobs: the per-candidate check, "learned" or the hand "rules" (blobs.CHECKS)
+    check: str = "rules"  # blobs: the per-candidate check, the hand "rules" or "learned" (blobs.CHECKS)
 
     def __post_init__(self) -> None:
         if self.offline not in OFFLINE_METHODS:
@@ -137,11 +137,11 @@ def make_segmenter(
     method: str = "auto",
     cellpose_model: str | os.PathLike[str] = "nuclei",
     gpu: bool = False,
-    check: str = "learned",
+    check: str = "rules",
 ) -> NucleiSegmenter:
     """``method``: "auto" (Cellpose, "offline" when weights cannot be had), "cellpose" (error if
     unavailable), "offline", "blobs" or "classical". ``check``: the blob detector's per-candidate check,
-    "learned" (default) or the hand "rules"."""
+    the hand "rules" (default) or "learned" (``nuclei.learned_check``)."""
     if method not in NUCLEI_METHODS:
         raise ValueError(f"unknown nuclei method {method!r} (auto, cellpose, offline, blobs, classical)")
     if method in OFFLINE_METHODS:
