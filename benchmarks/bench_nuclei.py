@@ -44,15 +44,20 @@ def measure(
     """(median wall seconds, median CPU seconds, peak MiB, nuclei found) of one segmentation of the whole field
     (CPU seconds compare runs on a machine shared with other work, where wall time swings). On H&E the second
     channel is passed as eosin (as ``analyze --he`` does), except for "offline-no-eosin" (the path before the
-    blob check's colour rule)."""
+    blob check's colour rule); "offline-learned": the blob detector with the learned check instead of the
+    hand rules. The peak is Python's (tracemalloc): torch's tensors of the learned check are
+    not in it (a few MiB: patches of the candidates)."""
     eosin = None
     if compartment == "none":  # H&E: no DAB; the second channel holds the eosin
         dab, eosin, compartment = None, dab, "membrane"
+    check = "rules"
     if method == "offline-no-eosin":
         method, eosin = "offline", None
+    if method == "offline-learned":  # the blob detector with the learned check (not the default)
+        method, check = "offline", "learned"
     if method == "previous":
         method, compartment, eosin = "classical", "membrane", None
-    seg = make_segmenter(method)
+    seg = make_segmenter(method, check=check)
     seg.calibrate(h, dab, compartment, diameter_px, eosin_overview=eosin)
     times, cpu, n = [], [], 0
     for _ in range(repeats):
@@ -87,7 +92,13 @@ def main() -> None:
     print(
         f"CPU: {cpu_name()}; field {a.size} x {a.size} px ({mpx:.2f} Mpx), {a.compartment} DAB, {mpp} µm/px"
     )
-    methods = ("previous", "blobs", "offline", *(("offline-no-eosin",) if a.compartment == "none" else ()))
+    methods = (
+        "previous",
+        "blobs",
+        "offline",
+        "offline-learned",
+        *(("offline-no-eosin",) if a.compartment == "none" else ()),
+    )
     res = {m: measure(m, h, dab, 7.0 / mpp, a.compartment, a.repeats) for m in methods}
     t0, c0, p0, _ = res["previous"]
     for m, (t, c, peak, n) in res.items():

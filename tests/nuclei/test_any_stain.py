@@ -118,9 +118,10 @@ def test_the_colour_rule_drops_eosin_texture_and_keeps_the_nuclei(name):
     seg = make_segmenter("blobs")
     seg.calibrate(h, None, "membrane", diameter, eosin_overview=eosin)
     kw = dict(min_contrast_od=seg.contrast_od, nuclear_class_od=seg.nuclear_class_od)
-    without = v.score(case, segment_blobs(h, diameter, **kw))
+    without = v.score(case, segment_blobs(h, diameter, check="rules", **kw))
     with_colour = v.score(
-        case, segment_blobs(h, diameter, eosin_od=eosin, nuclear_h_share=seg.nuclear_h_share, **kw)
+        case,
+        segment_blobs(h, diameter, eosin_od=eosin, nuclear_h_share=seg.nuclear_h_share, check="rules", **kw),
     )
     print(
         f"{name}: {without.recall:.2f} / {without.precision:.2f} -> "
@@ -142,7 +143,7 @@ def test_the_check_drops_candidates_that_are_no_nucleus_and_keeps_the_nuclei(nam
     seg.calibrate(stains["hematoxylin"], dab, compartment, diameter)
     kw = dict(min_contrast_od=seg.contrast_od, nuclear_class_od=seg.nuclear_class_od)
     candidates, _ = blobs.blob_candidates(stains["hematoxylin"], diameter, dab, compartment, **kw)
-    checked = segment_blobs(stains["hematoxylin"], diameter, dab, compartment, **kw)
+    checked = segment_blobs(stains["hematoxylin"], diameter, dab, compartment, check="rules", **kw)
     before, after = v.score(case, candidates), v.score(case, checked)
     print(
         f"{name}: {before.recall:.2f} / {before.precision:.2f} -> {after.recall:.2f} / {after.precision:.2f}"

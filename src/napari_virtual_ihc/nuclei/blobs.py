@@ -23,6 +23,7 @@ from skimage.morphology import convex_hull_image
 from skimage.segmentation import relabel_sequential, watershed
 
 from .classical import check_compartment, nuclear_od, otsu_threshold
+from .learned_check import LearnedCheck, candidate_patches, judged, load_check
 
 RADIUS_FACTORS = (0.8, 1.0, 1.3, 1.7)  # LoG radii tried, as shares of the expected radius (1.7: large
 # tumour nuclei, ~12 µm at the 7 µm default; tuned)
@@ -38,6 +39,8 @@ MERGE_SADDLE = 0.95  # two seeds are one nucleus when the signal between them st
 NUCLEAR_CLASS_SHARE = 0.65  # a seed's signal reaches this share of the overview's nuclear class OD (tuned;
 # the largest share that keeps the tune images' Ki-67 index within 4.5 points: the floor drops pale negative nuclei)
 MERGE_REACH = 2.0  # seeds up to this many radii apart are compared
+CHECKS = ("rules", "learned")  # the per-candidate check: the hand rules (default) or learned (learned_check;
+# not the default: it beat the rules on the tune half, image-out, but not on the held half, docs/analysis.md)
 
 
 # The per-candidate check (:func:`not_a_nucleus`). A candidate is dropped when it is at once ragged, pale and
@@ -212,6 +215,7 @@ def segment_blobs(
     nuclear_class_od: float | None = None,
     eosin_od: np.ndarray | None = None,
     nuclear_h_share: float | None = None,
+    check: str = "rules",
 ) -> np.ndarray:
     """int32 nuclei labels. The cuts are optical-density contrasts against the surroundings (the white point is
     calibrated per slide), so every tile of a slide cuts the same way without an overview.
@@ -222,7 +226,18 @@ def segment_blobs(
     deconvolution's second channel, into which eosin falls) those pale and eosin-leaning together, against
     ``nuclear_h_share`` (:func:`nuclear_class_h_share` of an overview; without it, that of this array); see
     :func:`not_a_nucleus`.
+    ``check``: "rules" (default): the hand rules above; "learned": on H&E, hematoxylin-only images and nuclear
+    DAB, seeds reach down to the learned check's lower floor and spacing, and its network also judges the
+    candidates (``learned_check.LearnedCheck``); with membrane or cytoplasmic DAB (which it was not trained
+    on), the hand rules alone.
     """
+    if check not in CHECKS:
+        raise ValueError(f"the nucleus check must be one of {CHECKS}, not {check!r}")
+    check_compartment(dab_compartment)
+    learned = check == "learned" and (dab_od is None or dab_compartment == "nuclear")
+    if nuclear_class_od is None:
+        nuclear_class_od = nuclear_class_level(hematoxylin_od, diameter_px)
+    model = load_check() if learned else None
     labels, features = blob_candidates(
         hematoxylin_od,
         diameter_px,
@@ -233,13 +248,56 @@ def segment_blobs(
         nuclear_class_od,
         eosin_od,
         nuclear_h_share,
+        nuclear_class_share=NUCLEAR_CLASS_SHARE if model is None else model.floor,
+        seed_spacing=SEED_SPACING if model is None else model.spacing,
     )
     if not len(features):
         return labels
     keep = np.zeros(len(features) + 1, bool)
     keep[1:] = ~not_a_nucleus(features)
+    if model is not None:
+        keep[1:] = _learned_keep(
+            model, labels, keep[1:], hematoxylin_od, dab_od, eosin_od, nuclear_class_od, diameter_px
+        )
     labels[~keep[labels]] = 0
     return relabel_sequential(labels)[0].astype(np.int32)
+
+
+def _learned_keep(
+    model: LearnedCheck,
+    labels: np.ndarray,
+    rules_keep: np.ndarray,
+    hematoxylin_od: np.ndarray,
+    dab_od: np.ndarray | None,
+    eosin_od: np.ndarray | None,
+    nuclear_class_od: float,
+    diameter_px: float,
+) -> np.ndarray:
+    """The learned check's decision on candidates 1..n (``dab_od``, if given, is nuclear)."""
+    signal = stain_signal(hematoxylin_od, dab_od, "nuclear")
+    radius = max(diameter_px / 2.0, 1.5)
+    smooth = ndi.gaussian_filter(signal, max(radius / 4.0, 0.5))
+    ids = np.arange(1, len(rules_keep) + 1)
+    peak = np.asarray(ndi.maximum(smooth, labels, ids))
+    above_floor = peak >= NUCLEAR_CLASS_SHARE * nuclear_class_od
+    second = dab_od if dab_od is not None else eosin_od
+    centres = np.asarray(ndi.center_of_mass(labels > 0, labels, ids)).reshape(-1, 2)
+    inner = judged(centres, labels.shape, diameter_px)
+    asked = model.asked(rules_keep, inner)
+    patches = candidate_patches(
+        labels,
+        signal,
+        hematoxylin_od,
+        second,
+        nuclear_class_od,
+        diameter_px,
+        dab_od is not None,
+        ids=ids[asked],
+        centres=centres[asked],
+    )
+    keep = rules_keep & above_floor  # as without the network; the asked ones are decided by it
+    keep[asked] = model.keep(patches, rules_keep[asked], above_floor[asked], np.ones(int(asked.sum()), bool))
+    return keep
 
 
 def blob_candidates(
@@ -252,9 +310,13 @@ def blob_candidates(
     nuclear_class_od: float | None = None,
     eosin_od: np.ndarray | None = None,
     nuclear_h_share: float | None = None,
+    nuclear_class_share: float = NUCLEAR_CLASS_SHARE,
+    seed_spacing: float = SEED_SPACING,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Candidate nuclei before the per-blob check: int32 labels 1..n and their (n, len(FEATURES)) features
-    (:func:`blob_features`). Arguments as :func:`segment_blobs`."""
+    (:func:`blob_features`). Arguments as :func:`segment_blobs`; ``nuclear_class_share`` and ``seed_spacing``
+    (the seeds' floor and spacing, see ``NUCLEAR_CLASS_SHARE``, ``SEED_SPACING``) are lower for a check that
+    sorts more candidates."""
     min_contrast_od = MIN_CONTRAST_OD if min_contrast_od is None else min_contrast_od
     seed_log_od = SEED_LOG_OD if seed_log_od is None else seed_log_od
     signal = stain_signal(hematoxylin_od, dab_od, dab_compartment)
@@ -271,7 +333,7 @@ def blob_candidates(
     contrast = local_contrast(smooth, radius)
     peaks = peak_local_max(
         response,
-        min_distance=max(round(radius * SEED_SPACING), 2),
+        min_distance=max(round(radius * seed_spacing), 2),
         threshold_abs=seed_log_od,
         exclude_border=False,
     )
@@ -279,7 +341,7 @@ def blob_candidates(
         nuclear_class_od = nuclear_class_level(hematoxylin_od, diameter_px)
     if len(peaks):
         keep = contrast[tuple(peaks.T)] >= min_contrast_od
-        keep &= smooth[tuple(peaks.T)] >= NUCLEAR_CLASS_SHARE * nuclear_class_od
+        keep &= smooth[tuple(peaks.T)] >= nuclear_class_share * nuclear_class_od
         peaks = peaks[keep]
     peaks = merge_seeds(smooth, peaks, radius)
     if not len(peaks):

@@ -14,7 +14,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .blobs import MIN_CONTRAST_OD, contrast_cut, nuclear_class_h_share, nuclear_class_level, segment_blobs
+from .blobs import (
+    CHECKS,
+    MIN_CONTRAST_OD,
+    contrast_cut,
+    nuclear_class_h_share,
+    nuclear_class_level,
+    segment_blobs,
+)
 from .cellpose_adapter import CellposeNuclei, CellposeUnavailable, load_cellpose
 from .classical import check_compartment, nuclear_od, nuclear_signal, otsu_threshold, segment_classical
 
@@ -44,10 +51,13 @@ class NucleiSegmenter:
     nuclear_class_od: float | None = None  # blobs: the overview's nuclear hematoxylin OD (see calibrate)
     nuclear_h_share: float | None = None  # blobs on H&E: the nuclear class's H / (H + eosin) (calibrate)
     offline: str = "offline"  # the method used when there is no Cellpose model
+    check: str = "rules"  # blobs: the per-candidate check, the hand "rules" or "learned" (blobs.CHECKS)
 
     def __post_init__(self) -> None:
         if self.offline not in OFFLINE_METHODS:
             raise ValueError(f"offline nuclei method must be one of {OFFLINE_METHODS}, not {self.offline!r}")
+        if self.check not in CHECKS:
+            raise ValueError(f"the nucleus check must be one of {CHECKS}, not {self.check!r}")
 
     @property
     def method(self) -> str:
@@ -85,6 +95,7 @@ class NucleiSegmenter:
                 nuclear_class_od=self.nuclear_class_od,
                 eosin_od=eosin_od,
                 nuclear_h_share=self.nuclear_h_share,
+                check=self.check,
             )
         return segment_classical(
             hematoxylin_od, diameter_px, self.threshold, dab_od=dab_od, dab_compartment=dab_compartment
@@ -123,18 +134,22 @@ class NucleiSegmenter:
 
 
 def make_segmenter(
-    method: str = "auto", cellpose_model: str | os.PathLike[str] = "nuclei", gpu: bool = False
+    method: str = "auto",
+    cellpose_model: str | os.PathLike[str] = "nuclei",
+    gpu: bool = False,
+    check: str = "rules",
 ) -> NucleiSegmenter:
     """``method``: "auto" (Cellpose, "offline" when weights cannot be had), "cellpose" (error if
-    unavailable), "offline", "blobs" or "classical"."""
+    unavailable), "offline", "blobs" or "classical". ``check``: the blob detector's per-candidate check,
+    the hand "rules" (default) or "learned" (``nuclei.learned_check``)."""
     if method not in NUCLEI_METHODS:
         raise ValueError(f"unknown nuclei method {method!r} (auto, cellpose, offline, blobs, classical)")
     if method in OFFLINE_METHODS:
-        return NucleiSegmenter(None, f"{method} chosen", offline=method)
+        return NucleiSegmenter(None, f"{method} chosen", offline=method, check=check)
     try:
-        return NucleiSegmenter(load_cellpose(cellpose_model, gpu=gpu))
+        return NucleiSegmenter(load_cellpose(cellpose_model, gpu=gpu), check=check)
     except CellposeUnavailable as e:
         if method == "cellpose":
             raise
         log.warning("Cellpose unavailable, using the offline methods: %s", e)
-        return NucleiSegmenter(None, str(e))
+        return NucleiSegmenter(None, str(e), check=check)
