@@ -4,6 +4,8 @@ clearly without its weights. Images: the TUNE half of tests/data/nuclei-any-stai
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -16,18 +18,10 @@ TUNE = {c.name: c for c in v.CASES if c.split == "tune"}
 
 
 def _segment(case: v.Case, check: str) -> np.ndarray:
+    """The case's calibrated blob segmenter, with the given per-candidate check."""
     p = v.prepare(case)
-    return segment_blobs(
-        p.stains["hematoxylin"],
-        p.diameter_px,
-        p.dab,
-        p.compartment,
-        min_contrast_od=p.seg.contrast_od,
-        nuclear_class_od=p.seg.nuclear_class_od,
-        eosin_od=p.eosin,
-        nuclear_h_share=p.seg.nuclear_h_share,
-        check=check,
-    )
+    seg = replace(p.seg, check=check)
+    return seg(p.stains["hematoxylin"], p.diameter_px, p.dab, p.compartment, eosin_od=p.eosin)
 
 
 def test_the_check_loads_from_the_package_and_is_deterministic():
