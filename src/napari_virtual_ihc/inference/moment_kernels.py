@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 # ``mul_`` in this torch). Interactive runs stay eager: their first view must not wait for a compile.
 COMPILED_MIN_VALUES = 8e6 * 16
 MOMENT_CHUNK = 4_000_000  # values per chunk: bounded scratch memory whatever the map's size
+_FP32 = torch.empty(0)  # what the eager moments' scratch is made like: fp32 whatever the activations' dtype
 
 _compiled: dict[str, Callable[..., object]] = {}
 _failed: list[str] = []  # the reason inductor could not build here (then eager from then on)
@@ -70,6 +71,7 @@ def _compiled_call(name: str, fn: Callable[..., object], *args: Tensor) -> objec
         return None
 
 
+@torch.inference_mode()  # the scratch buffer is an inference tensor: every use inside inference mode
 def channel_moments(
     part: Tensor, compiled: bool = False, chunk: int = MOMENT_CHUNK
 ) -> tuple[int, Tensor, Tensor]:
@@ -140,11 +142,6 @@ def combine_moments(
     n = n_a + n_b
     delta = mean_b - mean_a
     return mean_a + delta * (n_b / n), m2_a + m2_b + delta * delta * (n_a * n_b / n)
-
-
-_FP32 = torch.empty(
-    0
-)  # what the eager moments' scratch is made like: float32 whatever the activations' dtype
 
 
 def compile_failure() -> str | None:
