@@ -287,6 +287,8 @@ class _StainJob:
         # Dropout as a function of slide position (inference.dropout): a copy of the model with positional masks.
         self.base, self.dropout_ctx = with_positional_dropout(self.model.module, mode.dropout, mode.seed)
         self.provisional: SlideStatistics | None = None
+        # read once: the calibration's provisional pass and the statistics step both start from it
+        self.saved_stats = self.tstore.load_norm_stats() if self.needs_slide_statistics() else None
         worth = (
             bool(self.tissue)
             and len(self.tissue) * grid.window_size[0] * grid.window_size[1] / 1e6
@@ -341,7 +343,7 @@ class _StainJob:
             self.model.spec,
             self.plan.settings,
         )
-        saved = self.tstore.load_norm_stats()
+        saved = self.saved_stats
         flags = self.flags
         assert flags is not None or saved is not None  # computed before the statistics
         tissue_all = [i for i in tiles if flags[i]] if flags is not None else []
