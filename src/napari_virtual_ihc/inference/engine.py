@@ -53,10 +53,10 @@ from .slide_stats import (
     SlideStatistics,
     StatsCounters,
     StatsRequest,
-    pooled_pass_fits,
+    exact_pass_fits,
     slide_statistics,
 )
-from .tiling import pipeline_defaults, pooled_pass_limit_mp
+from .tiling import MEMORY_SHARE, available_memory, pipeline_defaults, pooled_pass_limit_mp
 from .tissue import plane_tissue_mask, tile_tissue_flags
 from .variants import ModelVariants, winograd_candidates
 from .workspace import release_workspace
@@ -335,7 +335,9 @@ class _StainJob:
     def needs_slide_statistics(self) -> bool:
         return self.plan.norm == "instance" or self.plan.mode.slide_batch_norm
 
-    def stats_request(self, precision: str, winograd: bool, pooled_limit_mp: float) -> StatsRequest:
+    def stats_request(
+        self, precision: str, winograd: bool, pooled_limit_mp: float, streamed_bytes: float = 0.0
+    ) -> StatsRequest:
         plan, tiles, grid, spec, settings = (
             self.plan,
             self.tiles,
@@ -362,6 +364,7 @@ class _StainJob:
             stats_tile=settings.stats_tile,
             stats_share=settings.stats_share,
             pooled_limit_mp=pooled_limit_mp,
+            streamed_bytes=streamed_bytes,
             memory_mp=pooled_pass_limit_mp(self.base, plan.device, interactive=False, precision=precision),
             device=plan.device,
             winograd=winograd,
@@ -397,13 +400,14 @@ class _StainJob:
         # bf16 where the tile pass runs bf16 (a CUDA fp16 choice: the statistics in fp32)
         precision = "bf16" if self.choice.precision == "bf16" and plan.device.type == "cpu" else "fp32"
         limit = settings.pooled_pass_mp
+        streamed = 0.0  # a batch job with the limit by memory may also take the layer-by-layer exact pass
         if limit is None:
-            limit = pooled_pass_limit_mp(
-                self.base, plan.device, interactive=self.priority is not None, precision=precision
-            )
-        req = self.stats_request(precision, plan.winograd and self.choice.winograd, limit)
+            interactive = self.priority is not None
+            limit = pooled_pass_limit_mp(self.base, plan.device, interactive=interactive, precision=precision)
+            streamed = 0.0 if interactive else available_memory(plan.device) * MEMORY_SHARE
+        req = self.stats_request(precision, plan.winograd and self.choice.winograd, limit, streamed)
         provisional, self.provisional = self.provisional, None
-        if provisional is not None and not pooled_pass_fits(req):
+        if provisional is not None and not exact_pass_fits(req):
             result = provisional  # the calibration's sampled statistics are the job's
         else:
             result = slide_statistics(req)

@@ -104,6 +104,17 @@ class FrozenNorm(nn.Module):
         return x * self.scale.view(1, -1, 1, 1).to(x.dtype) + self.shift.view(1, -1, 1, 1).to(x.dtype)
 
 
+def norm_affine(norm: nn.Module, mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
+    """The per-channel (scale, shift), fp32, that normalises with ``mean``/``var`` (float64) as ``norm`` does
+    (its eps and affine weight and bias): what every exact pass applies once a norm's moments are summed."""
+    scale = (1.0 / torch.sqrt(var + float(getattr(norm, "eps", 1e-5)))).float()
+    shift = (-mean).float() * scale
+    weight, bias = getattr(norm, "weight", None), getattr(norm, "bias", None)
+    if getattr(norm, "affine", False) and isinstance(weight, Tensor) and isinstance(bias, Tensor):
+        scale, shift = scale * weight.float(), shift * weight.float() + bias.float()
+    return scale, shift
+
+
 class _PooledStatsNorm(nn.Module):
     """Normalises with statistics pooled over the whole batch (window cores only), and accumulates them."""
 
@@ -138,13 +149,7 @@ class _PooledStatsNorm(nn.Module):
                 self.count, self.mean, self.m2, n_batch, mean_batch, m2_batch
             )
         self.count += n_batch
-        var_batch = m2_batch / n_batch
-        norm = self.norm
-        scale = (1.0 / torch.sqrt(var_batch + float(getattr(norm, "eps", 1e-5)))).float()
-        shift = (-mean_batch).float() * scale
-        weight, bias = getattr(norm, "weight", None), getattr(norm, "bias", None)
-        if norm.affine and isinstance(weight, Tensor) and isinstance(bias, Tensor):
-            scale, shift = scale * weight.float(), shift * weight.float() + bias.float()
+        scale, shift = norm_affine(self.norm, mean_batch, m2_batch / n_batch)
         return channel_affine(x, scale, shift, self.inplace, self.compiled)
 
     def stats(self) -> tuple[np.ndarray, np.ndarray]:
@@ -239,6 +244,25 @@ def batch_norm_names(module: nn.Module) -> list[str]:
     return [n for n, m in module.named_modules() if isinstance(m, BATCH_NORMS)]
 
 
+def prepare_probe(
+    module: nn.Module, device: torch.device | str | None, precision: str, winograd: bool
+) -> tuple[nn.Module, torch.device, bool]:
+    """An fp32 eval copy of ``module`` on ``device`` laid out and converted as the tile pass runs it, its
+    device, and whether it runs under bf16 autocast: what every exact statistics pass runs."""
+    probe = copy.deepcopy(module).float().eval()
+    keep_pads_in_input_dtype(probe)  # under bf16 autocast, pads in bf16 (not an fp32 copy of each map)
+    if device is not None:
+        probe = probe.to(device)
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    # channels-last, as the tile pass runs (NCHW convolutions ran 1.4-3x slower on the CPU)
+    if dev.type in ("cpu", "cuda"):
+        probe = probe.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    # under bf16 autocast a WinogradConv2d runs F(2x2, 3x3) in bf16, as the tile pass's bf16 Winograd does
+    if winograd:
+        use_winograd(probe)
+    return probe, dev, precision == "bf16"
+
+
 @torch.inference_mode()
 def estimate_instance_stats(
     module: nn.Module,
@@ -267,19 +291,8 @@ def estimate_instance_stats(
     anything else runs fp32. ``compiled``: the moments and affines as compiled single passes (a large pass).
     """
     margins = interior_margins(module)  # before Winograd replaces the convolutions
-    probe = copy.deepcopy(module).float().eval()
-    keep_pads_in_input_dtype(probe)  # under bf16 autocast, pads in bf16 (not an fp32 copy of each map)
-    if device is not None:
-        probe = probe.to(device)
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    # channels-last, as the tile pass runs (NCHW convolutions ran 1.4-3x slower on the CPU)
+    probe, dev, bf16 = prepare_probe(module, device, precision, winograd)
     last = dev.type in ("cpu", "cuda")
-    if last:
-        probe = probe.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    bf16 = precision == "bf16"
-    # under bf16 autocast a WinogradConv2d runs F(2x2, 3x3) in bf16, as the tile pass's bf16 Winograd does
-    if winograd:
-        use_winograd(probe)
     names = instance_norm_names(probe) + (batch_norm_names(probe) if batch_norms else [])
     private = _fed_only_by_a_conv(probe)
     collectors: dict[str, _PooledStatsNorm | _PooledGlobalPool] = {}

@@ -45,6 +45,7 @@ from .normalization import NormStats, WindowInterior, estimate_instance_stats, s
 from .report import StatsReport
 from .resample import WorkingPlane
 from .runner import to_input, to_uint8
+from .streamed_pass import streamed_pass, streamed_peak_bytes
 from .tiling import full_resolution_width
 
 POOLED_MARK = "pooled_pass"  # in the saved statistics: whether they came from the one exact pooled pass
@@ -119,6 +120,7 @@ class StatsRequest:
     output_norm: str
     dropout_samples: int = 1
     batch_job: bool = False  # not an interactive run: a large pooled pass may compile its kernels
+    streamed_bytes: float = 0.0  # memory the exact layer-by-layer pass (``streamed_pass``) may hold (0: never)
 
 
 @dataclass
@@ -154,23 +156,46 @@ def _positioned(
         yield b
 
 
-def pooled_pass_fits(req: StatsRequest) -> bool:
-    """Whether this job runs as one exact pass over the union of its tissue tiles' windows: when that union
-    fits memory (``pooled_limit_mp``) and the job is small (at most ``stats_windows`` tiles: sampling would
-    run all of them anyway) or the union is no more pixels than its tiles' windows (the halos the tile pass
-    would compute make up for the glass inside the union). A resumed job does what it started with."""
-    saved, tissue, tiles = req.saved, req.tissue, req.tiles
-    if req.todo <= 0:
-        return False
-    small = len(tissue) <= req.stats_windows
-    if saved is not None and POOLED_MARK not in saved:  # written before the mark existed
-        return small and len(tissue) * req.window_size[0] * req.window_size[1] / 1e6 <= LEGACY_POOLED_MP
-    if saved is not None and not bool(saved[POOLED_MARK]):
-        return False
-    union = _union([tiles[i].window for i in tissue])
-    union_mp = union[2] * union[3] / 1e6
+def _exact_union(req: StatsRequest) -> Rect | None:
+    """The union of the tissue tiles' windows when this job may run as one exact pass over it, whatever its
+    memory: the job is small (at most ``stats_windows`` tiles: sampling would run all of them anyway) or the
+    union is no more pixels than its tiles' windows (the halos the tile pass would compute make up for the
+    glass inside the union). A resumed job does what it started with."""
+    saved, tissue = req.saved, req.tissue
+    if req.todo <= 0 or (saved is not None and not bool(saved.get(POOLED_MARK, True))):
+        return None
+    union = _union([req.tiles[i].window for i in tissue])
     windows_mp = len(tissue) * req.window_size[0] * req.window_size[1] / 1e6
-    return union_mp <= req.pooled_limit_mp and (small or union_mp <= windows_mp)
+    small = len(tissue) <= req.stats_windows
+    return union if small or union[2] * union[3] / 1e6 <= windows_mp else None
+
+
+def pooled_pass_fits(req: StatsRequest) -> bool:
+    """Whether this job runs as one exact whole-image forward (``_pooled_pass``): ``_exact_union`` allows it
+    and the union fits ``pooled_limit_mp``."""
+    saved, tissue = req.saved, req.tissue
+    if req.todo > 0 and saved is not None and POOLED_MARK not in saved:  # written before the mark existed
+        small = len(tissue) <= req.stats_windows
+        return small and len(tissue) * req.window_size[0] * req.window_size[1] / 1e6 <= LEGACY_POOLED_MP
+    union = _exact_union(req)
+    return union is not None and union[2] * union[3] / 1e6 <= req.pooled_limit_mp
+
+
+def streamed_pass_fits(req: StatsRequest) -> bool:
+    """Whether this job runs as the exact layer-by-layer pass (``streamed_pass``): too large for one forward,
+    allowed (``_exact_union``), a model the pass can band, and its measured peak within ``streamed_bytes``."""
+    if req.streamed_bytes <= 0 or (req.saved is not None and POOLED_MARK not in req.saved):
+        return False
+    union = _exact_union(req)
+    if union is None:
+        return False
+    peak = streamed_peak_bytes(req.module, (union[2], union[3]), req.precision, req.batch_norms)
+    return peak is not None and peak <= req.streamed_bytes
+
+
+def exact_pass_fits(req: StatsRequest) -> bool:
+    """Whether this job gets the whole image's statistics (one of the two exact passes)."""
+    return pooled_pass_fits(req) or streamed_pass_fits(req)
 
 
 def plan_windows(req: StatsRequest) -> tuple[str, list[GridTile]]:
@@ -322,6 +347,8 @@ def slide_statistics(req: StatsRequest) -> SlideStatistics:
     result: SlideStatistics | None = None
     if pooled_pass_fits(req):
         result = _pooled_pass(req, counters)
+    elif streamed_pass_fits(req):
+        result = _streamed_pass(req, counters)
     if result is None and req.saved is not None:
         counters.source = "saved"
         result = SlideStatistics(stats_from_arrays(req.saved), counters=counters)
@@ -369,6 +396,43 @@ def _pooled_pass(req: StatsRequest, counters: StatsCounters) -> SlideStatistics 
     done: dict[int, np.ndarray] = {}
     if outputs:
         whole = to_uint8(outputs[0], req.output_norm)[0]
+        for i in picks:
+            if i not in req.finished:
+                x, y, w, h = tiles[i].core
+                done[i] = whole[y - uy : y - uy + h, x - ux : x - ux + w]
+    counters.reused_tiles = len(done)
+    return SlideStatistics(stats, done, exact=True, precision=precision, counters=counters)
+
+
+def _streamed_pass(req: StatsRequest, counters: StatsCounters) -> SlideStatistics | None:
+    """The exact layer-by-layer pass over the union of every tissue tile's window (``streamed_pass``): the
+    whole-image statistics and the job's output with a fraction of one forward's memory; None when it runs
+    out of memory all the same."""
+    tiles, picks = req.tiles, list(req.tissue)
+    ux, uy, uw, uh = union = _union([tiles[i].window for i in picks])
+    precision = req.precision if req.saved is None else str(req.saved.get(POOLED_PRECISION_MARK, "fp32"))
+    try:
+        stats, whole = streamed_pass(
+            req.module,
+            to_input(req.plane.read(union)[None], req.input_norm),
+            req.output_norm,
+            origin=(ux, uy),
+            winograd=req.winograd,
+            device=req.device,
+            batch_norms=req.batch_norms,
+            precision=precision,
+            compiled=req.batch_job and uw * uh * full_resolution_width(req.module) >= COMPILED_MIN_VALUES,
+        )
+    except (RuntimeError, MemoryError) as e:
+        if not is_out_of_memory(e):
+            raise
+        release_device_memory(req.device)
+        return None
+    counters.source, counters.windows, counters.forwards = "streamed", 1, 1
+    counters.window_mp = uw * uh / 1e6
+    counters.core_mp = sum(tiles[i].core[2] * tiles[i].core[3] for i in picks) / 1e6
+    done: dict[int, np.ndarray] = {}
+    if req.dropout_samples == 1:  # with mean:N the tiles are run afterwards
         for i in picks:
             if i not in req.finished:
                 x, y, w, h = tiles[i].core
