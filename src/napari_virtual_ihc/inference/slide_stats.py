@@ -120,7 +120,9 @@ class StatsRequest:
     output_norm: str
     dropout_samples: int = 1
     batch_job: bool = False  # not an interactive run: a large pooled pass may compile its kernels
-    streamed_bytes: float = 0.0  # memory the exact layer-by-layer pass (``streamed_pass``) may hold (0: never)
+    streamed_bytes: float = (
+        0.0  # memory the exact layer-by-layer pass (``streamed_pass``) may hold (0: never)
+    )
 
 
 @dataclass

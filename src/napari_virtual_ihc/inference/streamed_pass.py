@@ -258,13 +258,16 @@ class _Run:
 
     # --- layers ----------------------------------------------------------------------------------------
     def spatial(
-        self, op: Spatial, v: Value, moments: bool
+        self, op: Spatial, v: Value, moments: bool, then: Spatial | None
     ) -> tuple[Value, tuple[int, Tensor, Tensor] | None]:
+        """``op`` on ``v``: stored, or recomputed on every read when it expands the map (the first 7x7, the
+        last upsampling), its input is stored and the next layer (``then``) does not expand it again (of two
+        upsamplings in a row the larger map is the one recomputed)."""
         c, h, w = v.shape
-        shape = (op.out_channels, op.rows.out_size(h), op.cols.out_size(w))
+        shape = _out_shape(op, v.shape)
         virtual = Value(shape, op=op, source=v)
-        # recomputed when it expands the map (the first 7x7, an upsampling) and its input is stored
-        if shape[0] * shape[1] * shape[2] > c * h * w and v.stored:
+        expands = _values(shape) > c * h * w
+        if expands and v.stored and (then is None or _values(_out_shape(then, shape)) <= _values(shape)):
             acc = self._moments(virtual) if moments else None
             return virtual, acc
         out = Value(shape)
@@ -370,7 +373,10 @@ class _Run:
         for k, op in enumerate(ops):
             nxt = ops[k + 1] if k + 1 < len(ops) else None
             if isinstance(op, Spatial):
-                v, acc = self.spatial(op, v, moments=isinstance(nxt, Norm))
+                then = next((o for o in ops[k + 1 :] if not isinstance(o, (Norm, Pointwise))), None)
+                v, acc = self.spatial(
+                    op, v, moments=isinstance(nxt, Norm), then=then if isinstance(then, Spatial) else None
+                )
                 continue
             if isinstance(op, Norm):
                 self.norm(op, v, acc)
@@ -380,6 +386,14 @@ class _Run:
                 v = self.residual(op, v)
             acc = None
         return v
+
+
+def _out_shape(op: Spatial, shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    return (op.out_channels, op.rows.out_size(shape[1]), op.cols.out_size(shape[2]))
+
+
+def _values(shape: tuple[int, int, int]) -> int:
+    return shape[0] * shape[1] * shape[2]
 
 
 def _combine(
