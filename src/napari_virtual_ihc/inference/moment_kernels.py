@@ -53,6 +53,14 @@ def _affine(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
     return (x.float() * scale + shift).to(x.dtype)
 
 
+def _affine_relu_into(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    return x.copy_(torch.relu(x.float() * scale + shift))
+
+
+def _affine_add_into(x: Tensor, scale: Tensor, shift: Tensor, skip: Tensor) -> Tensor:
+    return x.copy_(x.float() * scale + shift + skip.float())
+
+
 def _compiled_call(name: str, fn: Callable[..., object], *args: Tensor) -> object | None:
     """``fn(*args)`` compiled (dynamic shapes); None when inductor cannot build here (then never again)."""
     if _failed:
@@ -133,6 +141,30 @@ def channel_affine(x: Tensor, scale: Tensor, shift: Tensor, inplace: bool, compi
             return out
     s, b = scale.to(x).view(shape), shift.to(x).view(shape)
     return x.mul_(s).add_(b) if inplace else torch.addcmul(b, x, s)
+
+
+def channel_affine_relu_(x: Tensor, scale: Tensor, shift: Tensor, compiled: bool = False) -> Tensor:
+    """``x = relu(x * scale + shift)`` per channel, in place: a norm and the ReLU after it in one pass over
+    the map (compiled, CPU: in fp32), where the streamed pass normalises a band."""
+    shape = (1, -1, 1, 1)
+    if compiled and x.device.type == "cpu":
+        s, b = scale.float().view(shape), shift.float().view(shape)
+        if _compiled_call("affine_relu_into", _affine_relu_into, x, s, b) is not None:
+            return x
+    return x.mul_(scale.to(x).view(shape)).add_(shift.to(x).view(shape)).relu_()
+
+
+def channel_affine_add_(
+    x: Tensor, scale: Tensor, shift: Tensor, skip: Tensor, compiled: bool = False
+) -> Tensor:
+    """``x = x * scale + shift + skip`` per channel, in place: a residual block's last norm and its sum in
+    one pass (compiled, CPU: in fp32)."""
+    shape = (1, -1, 1, 1)
+    if compiled and x.device.type == "cpu":
+        s, b = scale.float().view(shape), shift.float().view(shape)
+        if _compiled_call("affine_add_into", _affine_add_into, x, s, b, skip) is not None:
+            return x
+    return x.mul_(scale.to(x).view(shape)).add_(shift.to(x).view(shape)).add_(skip)
 
 
 def combine_moments(

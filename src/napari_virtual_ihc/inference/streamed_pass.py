@@ -23,6 +23,7 @@ else (U-Net skips, global pooling, class planes) and the job keeps the other pat
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
@@ -33,12 +34,18 @@ from torch import Tensor, nn
 
 from ..models.resnet import ResnetBlock, ResnetGenerator
 from .dropout import PositionalDropout, set_positions
-from .moment_kernels import channel_affine, channel_moments, combine_moments
+from .moment_kernels import (
+    channel_affine,
+    channel_affine_add_,
+    channel_affine_relu_,
+    channel_moments,
+    combine_moments,
+)
 from .normalization import BATCH_NORMS, NormStats, norm_affine, prepare_probe
 from .runner import to_uint8
 from .winograd import WinogradConv2d
 
-BAND_VALUES = 1 << 24  # values of one band's output (64 MB in fp32): bands large enough that halos cost ~3 %
+BAND_VALUES = 1 << 25  # values of one band's output (128 MB in fp32): bands large enough that halos cost ~3 %
 WORKSPACE_BANDS = 6  # band-sized buffers alive at once (input band, its pads, output, kernel scratch)
 POINTWISE = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.Identity, nn.Dropout, PositionalDropout)
 PADS = (nn.ReflectionPad2d, nn.ReplicationPad2d, nn.ZeroPad2d)
@@ -180,6 +187,22 @@ def layer_program(
     return None if pad is not None else ops
 
 
+@dataclass(frozen=True)
+class Affine:
+    """A norm's per-channel ``x * scale + shift`` (fp32, (C,)), applied to a map's rows as they are read."""
+
+    scale: Tensor
+    shift: Tensor
+
+
+@dataclass(frozen=True)
+class Activation:
+    """A pointwise module applied to rows ``r0``.. of a map: ``fn(band, r0)`` on a tensor it may overwrite."""
+
+    fn: Callable[[Tensor, int], Tensor]
+    relu: bool = False  # fused with the affine before it (one pass over the band instead of two)
+
+
 @dataclass(eq=False)
 class Value:
     """A map of the program, (channels, height, width): stored whole (``data``) or recomputed through ``op``
@@ -189,7 +212,7 @@ class Value:
     data: Tensor | None = None
     op: Spatial | None = None
     source: Value | None = None
-    pointwise: list[Callable[[Tensor, bool, int], Tensor]] = field(default_factory=list)
+    pointwise: list[Affine | Activation] = field(default_factory=list)
 
     @property
     def stored(self) -> bool:
@@ -228,30 +251,62 @@ class _Run:
             del self.live[id(r)]
             r.data = None
 
-    def _band_rows(self, v: Value) -> int:
-        c, _, w = v.shape
-        rows = max(8, BAND_VALUES // max(1, c * w))
-        self.band_peak = max(self.band_peak, rows * c * w * self.dtype_bytes)
+    def band_rows(self, v: Value) -> int:
+        """Output rows per band: about ``BAND_VALUES`` values in the widest map a band passes through (a
+        recomputed map's input and output, and its own input's when that is recomputed too)."""
+        per_row = _row_values(v)
+        rows = max(8, BAND_VALUES // max(1, per_row))
+        self.band_peak = max(self.band_peak, rows * per_row * self.dtype_bytes)
         return rows
 
     # --- reading bands ---------------------------------------------------------------------------------
-    def rows(self, v: Value, r0: int, r1: int) -> tuple[Tensor, bool]:
-        """Rows [r0, r1) of ``v`` with its pointwise ops applied, and whether the tensor is a fresh one."""
+    def rows(self, v: Value, r0: int, r1: int) -> Tensor:
+        """Rows [r0, r1) of ``v`` with its pointwise ops applied (a stored map's: a view, not to be written)."""
         if v.stored:
+            self.flush(v)
             assert v.data is not None
-            band, fresh = v.data[:, :, r0:r1], False
-        else:
-            band, fresh = self.compute(v, r0, r1), True
-        for fn in v.pointwise:
-            band = fn(band, fresh, r0)
-            fresh = True
-        return band, fresh
+            return v.data[:, :, r0:r1]
+        return self.apply(v.pointwise, self.compute(v, r0, r1), r0)
+
+    def apply(self, ops: list[Affine | Activation], band: Tensor, r0: int) -> Tensor:
+        """``ops`` on ``band`` (rows ``r0``.. of its map) in place: a norm's affine and the ReLU after it as
+        one pass. In place, because a new band costs its allocation and a write, ~2x the in-place pass."""
+        k = 0
+        while k < len(ops):
+            op = ops[k]
+            if isinstance(op, Affine):
+                then = ops[k + 1] if k + 1 < len(ops) else None
+                relu = isinstance(then, Activation) and then.relu
+                scale, shift = op.scale.to(band.device), op.shift.to(band.device)
+                if relu:
+                    channel_affine_relu_(band, scale, shift, self.compiled)
+                else:
+                    channel_affine(band, scale, shift, True, self.compiled)
+                k += 2 if relu else 1
+            else:
+                out = op.fn(band, r0)
+                if out is not band:
+                    band.copy_(out)
+                k += 1
+        return band
+
+    def flush(self, v: Value) -> None:
+        """Apply a stored map's pending pointwise ops to it in place, band by band (its values before them
+        are needed by nothing: a norm's input only by the norm)."""
+        if not v.pointwise or self.dry:
+            v.pointwise = []
+            return
+        assert v.data is not None
+        rows = self.band_rows(v)
+        for r0 in range(0, v.shape[1], rows):
+            self.apply(v.pointwise, v.data[:, :, r0 : r0 + rows], r0)
+        v.pointwise = []
 
     def compute(self, v: Value, o0: int, o1: int) -> Tensor:
         """Rows [o0, o1) of ``v.op`` applied to ``v.source`` (before ``v.pointwise``)."""
         assert v.op is not None and v.source is not None
         i0, i1, cut = v.op.rows.in_rows(o0, o1, v.source.shape[1])
-        x, _ = self.rows(v.source, i0, i1)
+        x = self.rows(v.source, i0, i1)
         for m in v.op.modules:
             x = m(x)
         return x[:, :, cut : cut + (o1 - o0)]
@@ -272,11 +327,10 @@ class _Run:
             return virtual, acc
         out = Value(shape)
         self.alloc(out)
-        rows = self._band_rows(out)
+        rows = self.band_rows(virtual)
         acc = None
         if not self.dry:
-            out.data = torch.empty((1, *shape), dtype=self._dtype(v)).to(memory_format=torch.channels_last)
-            out.data = out.data.to(self._device(v))
+            out.data = _empty(shape, self._dtype(v), self._device(v))
             for o0 in range(0, shape[1], rows):
                 band = self.compute(virtual, o0, min(shape[1], o0 + rows))
                 out.data[:, :, o0 : o0 + band.shape[2]] = band
@@ -286,7 +340,7 @@ class _Run:
         return out, acc
 
     def _moments(self, v: Value) -> tuple[int, Tensor, Tensor] | None:
-        rows = self._band_rows(v)
+        rows = self.band_rows(v)
         acc = None
         if not self.dry:
             for o0 in range(0, v.shape[1], rows):
@@ -307,9 +361,9 @@ class _Run:
 
     def norm(self, op: Norm, v: Value, acc: tuple[int, Tensor, Tensor] | None) -> None:
         if acc is None and not self.dry:  # not straight after a layer that summed them: a pass of its own
-            rows = self._band_rows(v)
+            rows = self.band_rows(v)
             for r0 in range(0, v.shape[1], rows):
-                band, _ = self.rows(v, r0, min(v.shape[1], r0 + rows))
+                band = self.rows(v, r0, min(v.shape[1], r0 + rows))
                 acc = _combine(acc, channel_moments(band[0], self.compiled))
         if self.dry:
             return
@@ -317,13 +371,7 @@ class _Run:
         n, mean, m2 = acc
         var = m2 / n
         self.stats[op.name] = (mean.cpu().numpy(), var.clamp_min(0).cpu().numpy())
-        scale, shift = norm_affine(op.module, mean, var)
-        compiled = self.compiled
-
-        def affine(band: Tensor, fresh: bool, r0: int) -> Tensor:
-            return channel_affine(band, scale.to(band.device), shift.to(band.device), fresh, compiled)
-
-        v.pointwise.append(affine)
+        v.pointwise.append(Affine(*norm_affine(op.module, mean, var)))
 
     def pointwise(self, op: Pointwise, v: Value) -> None:
         m = op.module
@@ -334,37 +382,45 @@ class _Run:
         sy, sx = max(1, round(in_h / h)), max(1, round(in_w / w))
         ox, oy = self.origin
 
-        def apply(band: Tensor, fresh: bool, r0: int) -> Tensor:
+        def apply(band: Tensor, r0: int) -> Tensor:
             if isinstance(m, PositionalDropout):  # the mask of these rows: they start r0 rows down this map
                 set_positions(m, [(ox, oy + r0 * sy)], (band.shape[2] * sy, band.shape[3] * sx))
-            return m(band if fresh else band.clone())
+            return m(band)
 
-        v.pointwise.append(apply)
+        v.pointwise.append(Activation(apply, relu=type(m) is nn.ReLU))
 
     def residual(self, op: Residual, x: Value) -> Value:
+        """``x + ops(x)``: the sum written over the block's stored output, band by band, with the block's last
+        norm in the same pass."""
+        if x.stored:
+            self.flush(x)  # the block and the sum read the same values
         root = x.root()
         self.held[id(root)] = self.held.get(id(root), 0) + 1
-        inner = Value(x.shape, x.data, x.op, x.source, list(x.pointwise))
-        u = self.program(op.ops, inner)
+        u = self.program(op.ops, Value(x.shape, x.data, x.op, x.source, list(x.pointwise)))
         self.held[id(root)] -= 1
-        if u.stored:
-            y = Value(u.shape, u.data)  # the sum is written over the block's output, band by band
-            self.live[id(y)] = self.live.pop(id(u), 0)
-        else:
-            y = Value(u.shape)
+        y = u if u.stored else Value(u.shape)
+        if not u.stored:
             self.alloc(y)
         if not self.dry:
             if y.data is None:
-                y.data = torch.empty((1, *u.shape), dtype=self._dtype(x), device=self._device(x))
-                y.data = y.data.to(memory_format=torch.channels_last)
-            rows = self._band_rows(y)
+                y.data = _empty(u.shape, self._dtype(x), self._device(x))
+            last = u.pointwise[0] if len(u.pointwise) == 1 and u.stored else None
+            if not isinstance(last, Affine):
+                self.flush(u)
+            rows = self.band_rows(y)
             for r0 in range(0, u.shape[1], rows):
                 r1 = min(u.shape[1], r0 + rows)
-                ub, fresh = self.rows(u, r0, r1)
-                xb, _ = self.rows(x, r0, r1)
-                if not fresh:
-                    ub = ub.clone()
-                y.data[:, :, r0:r1] = ub.add_(xb)
+                xb = self.rows(x, r0, r1)
+                if isinstance(last, Affine):  # a block's last norm: norm and sum in one pass
+                    assert u.data is not None
+                    scale, shift = last.scale.to(xb.device), last.shift.to(xb.device)
+                    channel_affine_add_(u.data[:, :, r0:r1], scale, shift, xb, self.compiled)
+                elif u.stored:
+                    assert u.data is not None
+                    u.data[:, :, r0:r1].add_(xb)
+                else:
+                    y.data[:, :, r0:r1] = self.rows(u, r0, r1).add_(xb)
+        y.pointwise = []
         self._release(x)
         return y
 
@@ -386,6 +442,19 @@ class _Run:
                 v = self.residual(op, v)
             acc = None
         return v
+
+
+def _empty(shape: tuple[int, int, int], dtype: torch.dtype, device: torch.device) -> Tensor:
+    return torch.empty((1, *shape), dtype=dtype, device=device, memory_format=torch.channels_last)
+
+
+def _row_values(v: Value) -> int:
+    """Values per output row of ``v`` in the widest map computing it passes through."""
+    c, h, w = v.shape
+    if v.source is None:
+        return c * w
+    sh = v.source.shape[1]
+    return max(c * w, math.ceil(_row_values(v.source) * sh / max(1, h)))
 
 
 def _out_shape(op: Spatial, shape: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -449,9 +518,9 @@ def streamed_pass(
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
         out = run.program(program, x)
         result = np.empty((out.shape[1], out.shape[2], 3), dtype=np.uint8)
-        rows = max(8, BAND_VALUES // max(1, out.shape[0] * out.shape[2]))
+        rows = run.band_rows(out)
         for r0 in range(0, out.shape[1], rows):
-            band, _ = run.rows(out, r0, min(out.shape[1], r0 + rows))
+            band = run.rows(out, r0, min(out.shape[1], r0 + rows))
             result[r0 : r0 + band.shape[2]] = to_uint8(band.float(), output_norm)[0]
     return run.stats, result
 
