@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from napari_virtual_ihc.inference.moment_kernels import channel_affine, channel_moments
+from napari_virtual_ihc.inference.moment_kernels import (
+    channel_affine,
+    channel_affine_add_,
+    channel_affine_relu_,
+    channel_moments,
+)
 
 
 def _part(dtype: torch.dtype) -> torch.Tensor:
@@ -58,3 +63,27 @@ def test_a_build_failure_falls_back_to_the_eager_steps(monkeypatch):
     n, mean, _ = channel_moments(part, compiled=True)
     assert n == 34 * 27 and torch.allclose(mean, part.double().mean((1, 2)), rtol=1e-6)
     assert "no C++ compiler" in (moment_kernels.compile_failure() or "")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("compiled", [True, False])
+def test_fused_norm_relu_and_norm_sum_work_in_place_on_a_band_of_a_larger_map(dtype, compiled):
+    torch.manual_seed(3)
+    whole = torch.randn(1, 6, 40, 30).to(dtype).contiguous(memory_format=torch.channels_last)
+    skip = torch.randn(1, 6, 10, 30).to(dtype).contiguous(memory_format=torch.channels_last)
+    scale, shift = torch.linspace(0.3, 1.7, 6), torch.linspace(-2, 2, 6)
+    s, b = scale.double().view(1, -1, 1, 1), shift.double().view(1, -1, 1, 1)
+    tol = 2**-6 if dtype == torch.bfloat16 else 1e-6
+    for fn, want_of in (
+        (lambda band: channel_affine_relu_(band, scale, shift, compiled), lambda x: (x * s + b).clamp_min(0)),
+        (
+            lambda band: channel_affine_add_(band, scale, shift, skip, compiled),
+            lambda x: x * s + b + skip.double(),
+        ),
+    ):
+        x = whole.clone()
+        want = want_of(x[:, :, 10:20].double())
+        out = fn(x[:, :, 10:20])  # rows of a stored map: a view, written in place
+        assert out.data_ptr() == x[:, :, 10:20].data_ptr() and x.dtype == dtype
+        assert torch.allclose(x[:, :, 10:20].double(), want, rtol=tol, atol=tol)
+        assert torch.equal(x[:, :, :10], whole[:, :, :10]) and torch.equal(x[:, :, 20:], whole[:, :, 20:])

@@ -133,3 +133,22 @@ def test_a_batch_job_too_large_for_one_forward_streams_to_the_whole_image_output
     resumed = stain_slide(ArraySlide(img, 0.5), model, store, settings)
     assert resumed.tiles_resumed == 4 and resumed.settings["stats"]["source"] == "streamed"
     assert np.array_equal(level0(store), first)
+
+
+def test_which_jobs_stream_memory_the_model_and_how_the_job_started_decide():
+    from test_slide_stats import _request
+
+    from napari_virtual_ihc.inference.slide_stats import exact_pass_fits, pooled_pass_fits, streamed_pass_fits
+
+    model = build_generator("resnet", ngf=64, n_blocks=9, norm="instance")
+    job = {"module": model, "pooled_limit_mp": 6.0}  # a 4096 px job of four 2048 px tiles: 18 MP of windows
+    assert not pooled_pass_fits(_request(4096, 2048, memory_mp=6.0, **job, streamed_bytes=5e9))
+    assert streamed_pass_fits(_request(4096, 2048, memory_mp=6.0, **job, streamed_bytes=5e9))
+    assert not exact_pass_fits(_request(4096, 2048, memory_mp=6.0, **job, streamed_bytes=2e9))  # too little
+    assert not exact_pass_fits(_request(4096, 2048, memory_mp=6.0, **job))  # interactive / asked: never
+    sampled = {"pooled_pass": np.array(False)}  # a resumed job that started with sampled statistics
+    assert not exact_pass_fits(_request(4096, 2048, memory_mp=6.0, **job, streamed_bytes=5e9, saved=sampled))
+    unet = build_generator("unet_256", norm="instance")
+    assert not streamed_pass_fits(
+        _request(4096, 2048, memory_mp=6.0, module=unet, pooled_limit_mp=6.0, streamed_bytes=5e9)
+    )

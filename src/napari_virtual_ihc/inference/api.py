@@ -44,7 +44,9 @@ class EngineSettings:
     # Small jobs (<= stats_windows tiles, their windows' union <= this many megapixels): one pooled pass over
     # all tiles gives the exact whole-image statistics and the output at once (memory ~ this many MP of
     # activations). None: by mode and memory (inference.tiling.pooled_pass_limit_mp): 8 for interactive runs,
-    # else what fits 30 % of the memory available now; 0 never.
+    # else what fits 30 % of the memory available now, and a batch job too large for that runs the same exact
+    # pass layer by layer (inference.streamed_pass, ~1/4 of the memory) when that fits; a number: that limit,
+    # never streamed; 0 never (sampled statistics).
     pooled_pass_mp: float | None = None
     # CPU fp32 only: wide 3x3 convolutions as Winograd F(4x4, 3x3) (~2x fewer multiplications; the output
     # differs from direct convolution by fp32 rounding, far below one grey level). None: measured (with

@@ -12,7 +12,7 @@ from typing import Any, TypedDict
 class StatsReport(TypedDict):
     """The slide-statistics pass (``slide_stats.StatsCounters``)."""
 
-    source: str  # none | saved | pooled | tiles | windows
+    source: str  # none | saved | pooled | streamed (the two exact passes) | tiles | windows
     seconds: float
     windows: int
     forwards: int

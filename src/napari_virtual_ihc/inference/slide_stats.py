@@ -66,7 +66,7 @@ Rect = tuple[int, int, int, int]
 class StatsCounters:
     """What the statistics pass did and cost (``run.json``'s ``settings.stats``)."""
 
-    source: str = "none"  # none | saved | pooled (one exact pass) | tiles (tile windows) | windows (smaller)
+    source: str = "none"  # none | saved | pooled, streamed (exact) | tiles (tile windows) | windows (smaller)
     seconds: float = 0.0
     windows: int = 0  # windows run
     forwards: int = 0  # forward passes (batches); 1 = every layer's statistics from one lock-step pass
