@@ -89,7 +89,15 @@ def test_truncated_files(tmp_path: Path, tiny_state_dict, fmt: str, fraction: fl
 
 
 @pytest.mark.parametrize(
-    "content", [b"", b"hello, this is a text file\n" * 20, os.urandom(4096), b"\x00" * 100], ids=str
+    "content",
+    [
+        b"",
+        b"hello, this is a text file\n" * 20,
+        os.urandom(4096),
+        b"\x93" + os.urandom(4095),  # starts with pickle's STACK_GLOBAL opcode: still garbage, not code
+        b"\x00" * 100,
+    ],
+    ids=str,
 )
 def test_garbage_files(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "junk.pth"

@@ -227,7 +227,9 @@ def _classify_refusal(path: Path, msg: str) -> Exception:
     if names is None:
         with open(path, "rb") as fh:
             head = fh.read(64 << 20)
-        names = pickle_globals(head)
+        # only a pickle (PROTO 2-5 first, as torch.save writes) names code: random bytes starting with the
+        # STACK_GLOBAL opcode (0x93) are garbage, not a pickle asking to run something
+        names = pickle_globals(head) if len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5 else []
     if names:
         shown = ", ".join(sorted(set(names) - {"?"})[:6]) or "pickled callables"
         return UnsafeCheckpointError(
