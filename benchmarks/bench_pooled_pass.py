@@ -36,6 +36,7 @@ from bench_stats_cost import region
 
 from napari_virtual_ihc.ihc_store import run_json_path
 from napari_virtual_ihc.inference import EngineSettings, stain_slide
+from napari_virtual_ihc.inference.dropout import DropoutMode, set_positions, with_positional_dropout
 from napari_virtual_ihc.inference.normalization import estimate_instance_stats
 from napari_virtual_ihc.inference.runner import to_input, to_uint8
 from napari_virtual_ihc.models.checkpoint import LoadedGenerator, load_generator
@@ -74,10 +75,13 @@ def level0(store: Path) -> np.ndarray:
     return np.moveaxis(np.asarray(zarr.open_group(str(store), mode="r")["0"][:]), 0, -1)
 
 
-def reference(image: np.ndarray, model: LoadedGenerator, precision: str) -> np.ndarray:
-    """The model run whole on ``image``, normalised by that one forward's statistics (the frozen model's output)."""
+def reference(image: np.ndarray, model: LoadedGenerator, precision: str, dropout: str) -> np.ndarray:
+    """The model run whole on ``image``, normalised by that one forward's statistics (the frozen model's output);
+    with ``dropout`` "sample" its dropouts draw the engine's positional masks (seed 0, the image at the plane's
+    origin)."""
     outs: list[torch.Tensor] = []
-    module = model.module
+    module, _ = with_positional_dropout(model.module, DropoutMode.parse(dropout), 0)
+    set_positions(module, [(0, 0)], (image.shape[0], image.shape[1]))
     estimate_instance_stats(
         module,
         [to_input(image[None], model.spec.input_norm)],
@@ -101,6 +105,12 @@ def main() -> None:
     ap.add_argument("--ngf", type=int, default=64)
     ap.add_argument("--norm", choices=["instance", "batch"], default="instance")
     ap.add_argument("--precision", default="auto")
+    ap.add_argument(
+        "--dropout",
+        choices=["off", "sample"],
+        default="off",
+        help="sample: dropout layers, one sample (BCI's test.py)",
+    )
     ap.add_argument("--reference", action="store_true", help="compare both stores with the whole-image pass")
     ap.add_argument("--reference-precision", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--order", default="pooled,sampled,pooled,sampled")
@@ -109,16 +119,18 @@ def main() -> None:
     if args.model == "demo":
         model = load_generator(demo_model_path())
     else:
-        module = build_generator("resnet", ngf=args.ngf, n_blocks=9, norm=args.norm).eval()
-        spec = ModelSpec("resnet", {"ngf": args.ngf, "n_blocks": 9, "norm": args.norm}, mpp=0.5, name="bench")
-        model = LoadedGenerator(
-            module=module, spec=spec, source="bench", sha256=f"bench-pooled-{args.norm}-{args.ngf}"
-        )
+        drop = args.dropout == "sample"
+        module = build_generator("resnet", ngf=args.ngf, n_blocks=9, norm=args.norm, use_dropout=drop).eval()
+        arch = {"ngf": args.ngf, "n_blocks": 9, "norm": args.norm, "use_dropout": drop}
+        spec = ModelSpec("resnet", arch, mpp=0.5, name="bench")
+        sha = f"bench-pooled-{args.norm}-{args.ngf}" + ("-dropout" if drop else "")
+        model = LoadedGenerator(module=module, spec=spec, source="bench", sha256=sha)
     common: dict[str, Any] = {
         "tile": args.tile or None,
         "skip_background": args.slide is not None,
         "precision": args.precision,
         "bn_stats": "slide" if args.norm == "batch" else None,
+        "dropout": args.dropout,
     }
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
@@ -139,7 +151,7 @@ def main() -> None:
             )
         if args.reference and image is not None:
             t0 = time.perf_counter()
-            ref = reference(image, model, args.reference_precision)
+            ref = reference(image, model, args.reference_precision, args.dropout)
             print(f"reference ({args.reference_precision}, whole image) {time.perf_counter() - t0:.1f} s")
             for name, store in stores.items():
                 e = errors(level0(store)[: ref.shape[0], : ref.shape[1]], ref)
@@ -150,6 +162,7 @@ def main() -> None:
                 )
     label = args.slide.name if args.slide else f"{args.size} px job"
     label += ", the demo model" if args.model == "demo" else f", random ResNet-9 {args.norm} ngf {args.ngf}"
+    label += ", dropout sample" if args.dropout == "sample" else ""
     if "pooled" in results and "sampled" in results:
         p, s = results["pooled"], results["sampled"]
         tile_pass = s["per_tile"] * s["tiles"]  # the job with no statistics, at the tile pass's rate
