@@ -18,6 +18,7 @@ from napari_virtual_ihc.inference.dropout import (
     DropoutContext,
     DropoutMode,
     DropoutModeError,
+    PositionalDropout,
     install_positional_dropout,
     keep_mask,
     set_positions,
@@ -188,3 +189,32 @@ def test_keep_mask_keeps_half_and_depends_on_every_coordinate():
     ):
         assert 0.4 < (other != m).float().mean().item() < 0.6  # seed, sample, layer: independent masks
     assert 0.4 < (m[1:] != m[:-1]).float().mean().item() < 0.6  # channels independent
+
+
+def test_the_mask_hashed_in_chunks_and_laid_out_channels_last_is_the_one_hash_of_every_unit(monkeypatch):
+    """Masks decide a store's pixels: chunking (speed) must not change a single decision, in either layout."""
+    import napari_virtual_ihc.inference.dropout as dropout
+
+    def whole(seed, sample, layer, channels, y0, x0, h, w, p):  # the hash over the whole map at once
+        mix, ar, m62 = dropout._mix, torch.arange, dropout._MASK62
+        base = mix(
+            torch.tensor((seed * dropout._MIX[0] + sample * dropout._MIX[1] + layer * dropout._MIX[2]) & m62)
+        )
+        hc = mix((ar(channels) * dropout._MIX[3] + int(base)) & m62)
+        hy = mix((ar(y0, y0 + h) * dropout._MIX[4]) & m62)
+        hx = mix(ar(x0, x0 + w) & m62)
+        v = mix(hc.view(-1, 1, 1) ^ (hy.view(1, -1, 1) * 3 & m62) ^ hx.view(1, 1, -1))
+        return (v & ((1 << 24) - 1)) >= int(p * (1 << 24))
+
+    monkeypatch.setattr(dropout, "MASK_CHUNK", 100)  # a few rows per chunk, the last one ragged
+    want = whole(3, 1, 2, 12, 40, 7, 23, 17, 0.3)
+    assert torch.equal(keep_mask(3, 1, 2, 12, 40, 7, 23, 17, 0.3, "cpu"), want)
+    last = keep_mask(3, 1, 2, 12, 40, 7, 23, 17, 0.3, "cpu", channels_last=True)
+    assert torch.equal(last, want) and last.permute(1, 2, 0).is_contiguous()
+    x = torch.randn(1, 12, 23, 17).to(torch.bfloat16)
+    ctx = DropoutContext(3)
+    ctx.sample, ctx.origins, ctx.input_hw = 1, [(7, 40)], (23, 17)
+    drop = PositionalDropout(0.3, 2, ctx)
+    expected = (x * want.to(x.dtype)) * (1 / 0.7)
+    assert torch.equal(drop(x), expected)  # NCHW
+    assert torch.equal(drop(x.contiguous(memory_format=torch.channels_last)), expected)  # channels-last

@@ -86,18 +86,48 @@ def _mix(v: Tensor) -> Tensor:
     return v ^ (v >> 31)
 
 
+# values hashed at once: the temporaries of the hash's ~15 int64 steps stay in cache (hashing a whole
+# 256-channel trunk map at once cost ~60 ns per value, most of a dropout sample's tile time)
+MASK_CHUNK = 1 << 20
+
+
 def keep_mask(
-    seed: int, sample: int, layer: int, channels: int, y0: int, x0: int, h: int, w: int, p: float, device: Any
+    seed: int,
+    sample: int,
+    layer: int,
+    channels: int,
+    y0: int,
+    x0: int,
+    h: int,
+    w: int,
+    p: float,
+    device: Any,
+    channels_last: bool = False,
 ) -> Tensor:
-    """(channels, h, w) bool: which units survive, for feature-map rows y0.. and columns x0.. (global)."""
+    """(channels, h, w) bool: which units survive, for feature-map rows y0.. and columns x0.. (global).
+
+    ``channels_last``: laid out (h, w, channels) underneath (a permuted view), as the activations it masks.
+    The same values either way, hashed in chunks of rows."""
     ar = torch.arange
     base = _mix(torch.tensor((seed * _MIX[0] + sample * _MIX[1] + layer * _MIX[2]) & _MASK62))
     hc = _mix((ar(channels, device=device) * _MIX[3] + int(base)) & _MASK62)
     hy = _mix((ar(y0, y0 + h, device=device) * _MIX[4]) & _MASK62)
     hx = _mix(ar(x0, x0 + w, device=device) & _MASK62)
-    v = _mix(hc.view(-1, 1, 1) ^ (hy.view(1, -1, 1) * 3 & _MASK62) ^ hx.view(1, 1, -1))
+    yx = (hy * 3 & _MASK62).view(-1, 1) ^ hx.view(1, -1)  # (h, w): the position's part of every unit's hash
     threshold = int(p * (1 << 24))
-    return (v & ((1 << 24) - 1)) >= threshold
+    low24 = (1 << 24) - 1
+    if channels_last:
+        out = torch.empty((h, w, channels), dtype=torch.bool, device=device)
+        rows = max(1, MASK_CHUNK // max(1, w * channels))
+        for r0 in range(0, h, rows):
+            out[r0 : r0 + rows] = (_mix(yx[r0 : r0 + rows, :, None] ^ hc.view(1, 1, -1)) & low24) >= threshold
+        return out.permute(2, 0, 1)
+    out = torch.empty((channels, h, w), dtype=torch.bool, device=device)
+    rows = max(1, MASK_CHUNK // max(1, w))
+    for c in range(channels):
+        for r0 in range(0, h, rows):
+            out[c, r0 : r0 + rows] = (_mix(hc[c] ^ yx[r0 : r0 + rows]) & low24) >= threshold
+    return out
 
 
 class PositionalDropout(nn.Module):
@@ -117,11 +147,24 @@ class PositionalDropout(nn.Module):
         origins = ctx.origins or [(0, 0)] * n
         scale = 1.0 / (1.0 - self.p)
         out = torch.empty_like(x)
+        last = x.is_contiguous(memory_format=torch.channels_last)  # the mask laid out as x: one pass
         for b in range(n):
             ox, oy = origins[b] if b < len(origins) else origins[-1]
-            keep = keep_mask(ctx.seed, ctx.sample, self.layer, c, oy // sy, ox // sx, h, w, self.p, x.device)
+            keep = keep_mask(
+                ctx.seed,
+                ctx.sample,
+                self.layer,
+                c,
+                oy // sy,
+                ox // sx,
+                h,
+                w,
+                self.p,
+                x.device,
+                channels_last=last,
+            )
             torch.mul(x[b], keep.to(x.dtype), out=out[b])
-        return out.mul_(scale)
+        return out.mul_(scale)  # after the mask (the scale rounded once, in the op's math, as it always was)
 
 
 def dropout_layers(module: nn.Module) -> list[str]:
