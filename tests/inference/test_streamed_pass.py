@@ -152,3 +152,31 @@ def test_which_jobs_stream_memory_the_model_and_how_the_job_started_decide():
     assert not streamed_pass_fits(
         _request(4096, 2048, memory_mp=6.0, module=unet, pooled_limit_mp=6.0, streamed_bytes=5e9)
     )
+
+
+def test_a_cancel_during_the_streamed_pass_stops_it_and_a_rerun_streams_to_the_same_pixels(
+    monkeypatch, he_1024, tmp_path
+):
+    import threading
+
+    model = small_generator("instance", ngf=4, n_blocks=3)
+    img = he_1024[:640, :640]
+    monkeypatch.setitem(POOLED_BYTES, "fp32", 1e9)  # one whole-image forward does not fit: the job streams
+    monkeypatch.setattr(streamed, "BAND_VALUES", 1 << 12)
+    settings = EngineSettings(tile=256, batch=1, skip_background=False, precision="fp32")
+    cancel = threading.Event()
+    moments = streamed.channel_moments
+
+    def cancel_once_under_way(*args, **kwargs):  # the user presses cancel while the pass runs
+        cancel.set()
+        return moments(*args, **kwargs)
+
+    monkeypatch.setattr(streamed, "channel_moments", cancel_once_under_way)
+    store = tmp_path / "s.ome.zarr"
+    rep = stain_slide(ArraySlide(img, 0.5), model, store, settings, cancel=cancel)
+    assert rep.cancelled and rep.tiles_done == 0 and not rep.store_complete
+    monkeypatch.setattr(streamed, "channel_moments", moments)
+    again = stain_slide(ArraySlide(img, 0.5), model, store, settings)
+    assert again.settings["stats"]["source"] == "streamed" and again.store_complete and again.tiles_done == 9
+    stain_slide(ArraySlide(img, 0.5), model, tmp_path / "ref.ome.zarr", settings)
+    assert np.array_equal(level0(store), level0(tmp_path / "ref.ome.zarr"))

@@ -47,6 +47,7 @@ from .grid import GridTile
 from .normalization import NormStats, fold_frozen_norms, freeze_normalization, stats_to_arrays
 from .plan import StainPlan, plan_halo, plan_run, pyramid_factors, region_to_plane
 from .report import RunSettings
+from .runner import BatchRunner
 from .slide_stats import (
     POOLED_MARK,
     POOLED_PRECISION_MARK,
@@ -56,6 +57,7 @@ from .slide_stats import (
     exact_pass_fits,
     slide_statistics,
 )
+from .streamed_pass import PassCancelled
 from .tiling import MEMORY_SHARE, available_memory, pipeline_defaults, pooled_pass_limit_mp
 from .tissue import plane_tissue_mask, tile_tissue_flags
 from .variants import ModelVariants, winograd_candidates
@@ -209,6 +211,8 @@ class _StainJob:
         self.todo = [i for i in self.tiles if i not in self.finished]
         self.count = JobCounters(done=len(self.resumed))
         self.pipeline: dict[str, int] = {}  # the tile pass's decode threads and batches read ahead
+        self.runner: BatchRunner | None = None  # the tile pass's model (None: cancelled before it was built)
+        self.folded = self.winograd_convs = self.cropped_blocks = 0
         self.cancelled = False
         self.t_work = time.perf_counter()
         self.blank_spread: np.ndarray | None = None
@@ -237,7 +241,11 @@ class _StainJob:
     def run(self) -> Generator[TileProgress, None, RunReport]:
         self.classify_tissue()
         self.choose_compute()
-        self.slide_statistics()
+        try:
+            self.slide_statistics()
+        except PassCancelled:  # nothing of the pass is kept: a re-run streams again
+            self.cancelled = True
+            return self.report()
         self.build_runner()
         yield self.progress([])
         yield from self.field_of_view_first()
@@ -375,6 +383,7 @@ class _StainJob:
             output_norm=spec.output_norm,
             dropout_samples=plan.mode.samples,
             batch_job=self.priority is None,
+            stop=self.stop_requested,
         )
 
     def provisional_statistics(self) -> NormStats:
@@ -491,6 +500,7 @@ class _StainJob:
                 for i in indices
             ]
             self.crop_ctx.sides = cast(Sides, tuple(all(s[k] for s in sides) for k in range(4)))
+        assert self.runner is not None  # built before any tile runs
         try:
             return self.runner.run(windows, [self.tiles[i].window[:2] for i in indices])
         finally:
@@ -540,6 +550,7 @@ class _StainJob:
         own period (its total stride), so one period tiles any background core seamlessly."""
         ww, wh = self.grid.window_size
         white = np.full((1, wh, ww, 3), 255, np.uint8)
+        assert self.runner is not None
         outs, spreads = self.runner.run(white, [(0, 0)])
         period = self.grid.align
         cy = (wh // 2 // period) * period
@@ -646,13 +657,14 @@ class _StainJob:
     # --- step 8: the report ---------------------------------------------------------------------------------
     def report(self) -> RunReport:
         plan, spec, tiles = self.plan, self.model.spec, self.tiles
-        self.fp16_dropped = record_fp16_overflow(
-            plan.device, self.model.sha256, self.runner.batches, self.runner.fallbacks
+        runner = self.runner
+        self.fp16_dropped = runner is not None and record_fp16_overflow(
+            plan.device, self.model.sha256, runner.batches, runner.fallbacks
         )
-        if self.fp16_dropped:
+        if self.fp16_dropped and runner is not None:
             plan.warnings.append(
-                f"fp16 overflowed in {self.runner.fallbacks} of {self.runner.batches} batches (each re-run at "
-                f"{self.runner.fallback_precision}); the next run of this model here calibrates without fp16"
+                f"fp16 overflowed in {runner.fallbacks} of {runner.batches} batches (each re-run at "
+                f"{runner.fallback_precision}); the next run of this model here calibrates without fp16"
             )
         seconds = time.perf_counter() - self.t_start
         complete = not self.cancelled and self.count.done == len(tiles)
@@ -719,11 +731,11 @@ class _StainJob:
             level0_downsample=self.d,
             region=region,
             batch=plan.batch,
-            batch_final=self.runner.batch,
-            batches=self.runner.batches,
+            batch_final=self.runner.batch if self.runner is not None else plan.batch,
+            batches=self.runner.batches if self.runner is not None else 0,
             device_described=describe_device(str(plan.device)),
             pipeline=self.pipeline,
-            fp16_fallbacks=self.runner.fallbacks,
+            fp16_fallbacks=self.runner.fallbacks if self.runner is not None else 0,
             fp16_dropped=self.fp16_dropped,
             winograd_convs=self.winograd_convs,
             cropped_blocks=self.cropped_blocks,

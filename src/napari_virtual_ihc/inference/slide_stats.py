@@ -30,7 +30,7 @@ and writes them.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -120,9 +120,8 @@ class StatsRequest:
     output_norm: str
     dropout_samples: int = 1
     batch_job: bool = False  # not an interactive run: a large pooled pass may compile its kernels
-    streamed_bytes: float = (
-        0.0  # memory the exact layer-by-layer pass (``streamed_pass``) may hold (0: never)
-    )
+    stop: Callable[[], bool] | None = None  # asked between the streamed pass's bands (a cancelled run)
+    streamed_bytes: float = 0.0  # memory the exact layer-by-layer pass may hold (0: never)
 
 
 @dataclass
@@ -424,6 +423,7 @@ def _streamed_pass(req: StatsRequest, counters: StatsCounters) -> SlideStatistic
             batch_norms=req.batch_norms,
             precision=precision,
             compiled=req.batch_job and uw * uh * full_resolution_width(req.module) >= COMPILED_MIN_VALUES,
+            stop=req.stop,
         )
     except (RuntimeError, MemoryError) as e:
         if not is_out_of_memory(e):

@@ -54,6 +54,10 @@ POINTWISE = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.Identity, nn.Dropout
 PADS = (nn.ReflectionPad2d, nn.ReplicationPad2d, nn.ZeroPad2d)
 
 
+class PassCancelled(Exception):
+    """The run was cancelled during the streamed pass (checked between bands: a pass can take minutes)."""
+
+
 @dataclass(frozen=True)
 class Axis:
     """One axis of a spatial layer: kernel, stride, dilation, padding before/after (its pad module's and the
@@ -229,8 +233,15 @@ class _Run:
     """One execution of a layer program (or its dry run: shapes and memory only)."""
 
     def __init__(
-        self, dtype_bytes: int, dry: bool, compiled: bool, input_hw: tuple[int, int], origin: tuple[int, int]
+        self,
+        dtype_bytes: int,
+        dry: bool,
+        compiled: bool,
+        input_hw: tuple[int, int],
+        origin: tuple[int, int],
+        stop: Callable[[], bool] | None = None,
     ) -> None:
+        self.stop = stop
         self.dtype_bytes = dtype_bytes
         self.dry = dry
         self.compiled = compiled
@@ -253,6 +264,10 @@ class _Run:
         if self.held.get(id(r), 0) == 0 and id(r) in self.live:
             del self.live[id(r)]
             r.data = None
+
+    def check(self) -> None:
+        if self.stop is not None and self.stop():
+            raise PassCancelled("cancelled during the streamed statistics pass")
 
     def band_rows(self, v: Value) -> int:
         """Output rows per band: about ``BAND_VALUES`` values in the widest map a band passes through (a
@@ -335,6 +350,7 @@ class _Run:
         if not self.dry:
             out.data = _empty(shape, self._dtype(v), self._device(v))
             for o0 in range(0, shape[1], rows):
+                self.check()
                 band = self.compute(virtual, o0, min(shape[1], o0 + rows))
                 out.data[:, :, o0 : o0 + band.shape[2]] = band
                 if moments:
@@ -347,6 +363,7 @@ class _Run:
         acc = None
         if not self.dry:
             for o0 in range(0, v.shape[1], rows):
+                self.check()
                 acc = _combine(
                     acc, channel_moments(self.compute(v, o0, min(v.shape[1], o0 + rows))[0], self.compiled)
                 )
@@ -412,6 +429,7 @@ class _Run:
                 self.flush(u)
             rows = self.band_rows(y)
             for r0 in range(0, u.shape[1], rows):
+                self.check()
                 r1 = min(u.shape[1], r0 + rows)
                 xb = self.rows(x, r0, r1)
                 if isinstance(last, Affine):  # a block's last norm: norm and sum in one pass
@@ -503,19 +521,21 @@ def streamed_pass(
     batch_norms: bool = False,
     precision: str = "fp32",
     compiled: bool = False,
+    stop: Callable[[], bool] | None = None,
 ) -> tuple[NormStats, np.ndarray]:
     """Whole-image statistics of ``module``'s norms on ``image`` (1, C, H, W) and its uint8 output (H, W, 3).
 
     The same figures as ``estimate_instance_stats`` run on the whole image with one window (to float
     rounding), with a fraction of its memory. ``origin``: the image's top-left on the plane (positional
-    dropout). Raises ValueError when the model is not a layer program (``layer_program``).
+    dropout). ``stop`` is asked between bands: True raises :class:`PassCancelled`. Raises ValueError when the
+    model is not a layer program (``layer_program``).
     """
     probe, dev, bf16 = prepare_probe(module, device, precision, winograd)
     program = layer_program(probe, batch_norms)
     if program is None:
         raise ValueError("this model is not a chain of layers the streamed pass can run in bands")
     _, _, h, w = image.shape
-    run = _Run(2 if bf16 else 4, dry=False, compiled=compiled, input_hw=(h, w), origin=origin)
+    run = _Run(2 if bf16 else 4, dry=False, compiled=compiled, input_hw=(h, w), origin=origin, stop=stop)
     x = Value((image.shape[1], h, w), image.to(dev).float().contiguous(memory_format=torch.channels_last))
     run.alloc(x)
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
