@@ -10,13 +10,15 @@ from engine_helpers import small_generator
 from test_engine_quality import level0, whole_pass
 from torch import nn
 
-from napari_virtual_ihc.ihc_store.layout import DONE_FILE
+from napari_virtual_ihc.ihc_store.layout import DONE_FILE, NORM_STATS_FILE
 from napari_virtual_ihc.inference import EngineSettings, stain_slide
 from napari_virtual_ihc.inference import streamed_pass as streamed
+from napari_virtual_ihc.inference.devices.probes import cpu_has_bf16
 from napari_virtual_ihc.inference.dropout import DropoutMode, set_positions, with_positional_dropout
 from napari_virtual_ihc.inference.normalization import estimate_instance_stats
 from napari_virtual_ihc.inference.quality import psnr
 from napari_virtual_ihc.inference.runner import to_input, to_uint8
+from napari_virtual_ihc.inference.slide_stats import POOLED_PRECISION_MARK
 from napari_virtual_ihc.inference.tiling import POOLED_BYTES
 from napari_virtual_ihc.models.registry import build_generator
 from napari_virtual_ihc.slides.base import ArraySlide
@@ -180,3 +182,19 @@ def test_a_cancel_during_the_streamed_pass_stops_it_and_a_rerun_streams_to_the_s
     assert again.settings["stats"]["source"] == "streamed" and again.store_complete and again.tiles_done == 9
     stain_slide(ArraySlide(img, 0.5), model, tmp_path / "ref.ome.zarr", settings)
     assert np.array_equal(level0(store), level0(tmp_path / "ref.ome.zarr"))
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="bf16 runs only where the CPU has bf16 instructions")
+def test_a_bf16_job_streams_in_bf16_and_stays_at_bf16s_own_distance_from_the_fp32_forward(
+    monkeypatch, he_1024, tmp_path
+):
+    model = small_generator("instance", ngf=16, n_blocks=3)  # wide enough for the Winograd kernels
+    img = he_1024[:512, :512]
+    monkeypatch.setitem(POOLED_BYTES, "bf16", 1e9)
+    monkeypatch.setattr(streamed, "BAND_VALUES", 1 << 15)
+    settings = EngineSettings(tile=256, batch=1, skip_background=False, precision="bf16", winograd=True)
+    rep = stain_slide(ArraySlide(img, 0.5), model, tmp_path / "b.ome.zarr", settings)
+    assert rep.settings["stats"]["source"] == "streamed" and rep.settings["compute"]["precision"] == "bf16"
+    with np.load(tmp_path / "b.ome.zarr" / NORM_STATS_FILE) as z:
+        assert str(z[POOLED_PRECISION_MARK]) == "bf16"
+    assert psnr(level0(tmp_path / "b.ome.zarr"), whole_pass(model, img)) >= 40.0
