@@ -382,23 +382,40 @@ def test_visible_field_goes_first(
 def test_cancel_keeps_finished_tiles_and_run_again_resumes(
     make_napari_viewer: Any,
     qtbot: Any,
+    monkeypatch: pytest.MonkeyPatch,
     he_crop: np.ndarray,
     inverting_model: Path,
     tmp_path: Path,
     expected_ihc: Any,
 ) -> None:
+    from napari_virtual_ihc.inference import engine
+
     viewer = make_napari_viewer()
     widget = dock_widget(viewer)
     add_he(viewer, he_crop)
-    # many tiles, so the cancel lands before the last one (on a loaded machine 64 px tiles once all finished first)
     configure(widget, inverting_model, tmp_path, tile=32, batch=1)
     loads_when_chosen = widget.preloader.loads
     first_boxes: list[tuple] = []
+    # The worker computes while the progress signal crosses to the main thread: on a loaded machine it once
+    # finished every tile before the cancel landed. So, in the first run, a batch after the first waits until
+    # the cancel has been pressed (a user who presses Cancel mid-run; at most 30 s, so a defect cannot hang).
+    pressed, holding = threading.Event(), [True]
+    run_batch = engine._StainJob.run_batch
+
+    def run_batch_after_the_cancel(job: Any, indices: list[int], windows: np.ndarray) -> Any:
+        if holding[0] and job.count.done > 0:
+            pressed.wait(30)
+        return run_batch(job, indices, windows)
+
+    monkeypatch.setattr(engine._StainJob, "run_batch", run_batch_after_the_cancel)
 
     def cancel_on_first_tiles(run: Any, tp: Any) -> None:
         first_boxes.extend(tp.new_boxes)
-        if first_boxes and run.progress_bar.bar is not None:
+        if first_boxes and not pressed.is_set():
+            run.progress_bar.show()  # the bar shows itself a little after the first tile; the user sees it now
+            assert run.progress_bar.bar is not None
             run.progress_bar.bar.cancel()  # what the Cancel button of napari's progress bar (activity panel) calls
+            pressed.set()
 
     widget.run_started.connect(lambda run: run.progressed.connect(lambda tp: cancel_on_first_tiles(run, tp)))
     run = run_and_wait(qtbot, widget)
@@ -416,6 +433,7 @@ def test_cancel_keeps_finished_tiles_and_run_again_resumes(
     assert run.layer.metadata["virtual_ihc"]["complete"] is False
 
     widget.run_started.disconnect()
+    holding[0] = False
     second_boxes: list[tuple] = []
     widget.run_started.connect(
         lambda run: run.progressed.connect(lambda tp: second_boxes.extend(tp.new_boxes))
