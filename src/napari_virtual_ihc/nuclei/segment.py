@@ -122,7 +122,8 @@ class NucleiSegmenter:
         if self.cellpose is not None:
             return
         self.threshold = otsu_threshold(nuclear_od(hematoxylin_overview, dab_overview, dab_compartment))
-        self.nuclear_class_od = nuclear_class_level(hematoxylin_overview, diameter_px or 4.0)
+        nuclear_dab = dab_overview if dab_compartment == "nuclear" else None
+        self.nuclear_class_od = nuclear_class_level(hematoxylin_overview, diameter_px or 4.0, nuclear_dab)
         if eosin_overview is not None:
             self.nuclear_h_share = nuclear_class_h_share(
                 hematoxylin_overview, eosin_overview, diameter_px or 4.0
