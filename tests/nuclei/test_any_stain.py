@@ -45,13 +45,13 @@ def test_the_set_has_eight_images_from_three_sources_split_in_halves():
 
 # The offline fallback ("offline": blobs on H&E and nuclear DAB, classical on membrane DAB) on the held half,
 # against the completed truth (docs/analysis.md "Nuclei on any stain"). Issue 32 asks >= 0.85 for both. Measured
-# once, at the end of session 34, with the detector frozen: nuclear DAB (fresh set 2, the only nuclear images
-# that chose nothing) 0.74 / 0.93, membrane DAB 0.93 / 0.87, H&E and hematoxylin-only (the old held half and both
-# fresh sets) 0.84 / 0.73. The floors sit a little below the measured figures, so a regression fails; they do
-# not claim 0.85 where it is not met.
+# once each, with the detector frozen (session 34): nuclear DAB on fresh set 3 (the only Ki-67 images that chose
+# nothing) 0.86 / 0.94, met; membrane DAB 0.93 / 0.87, met; H&E and hematoxylin-only (the old held half and the
+# three fresh sets) 0.82 / 0.68, not met (large vesicular nuclei split). The floors sit a little below the
+# measured figures, so a regression fails.
 @pytest.mark.parametrize(
     ("compartment", "floor"),
-    [("nuclear", (0.72, 0.90)), ("membrane", (0.90, 0.84)), ("none", (0.82, 0.71))],
+    [("nuclear", (0.85, 0.92)), ("membrane", (0.90, 0.84)), ("none", (0.80, 0.65))],
 )
 def test_held_recall_and_precision(compartment, floor):
     recall, precision, n = _pooled([c for c in HELD if c.compartment == compartment], "offline")
@@ -131,12 +131,11 @@ def test_the_colour_rule_drops_eosin_texture_and_keeps_the_nuclei(name):
     assert with_colour.recall >= without.recall and with_colour.precision >= without.precision + 0.02
 
 
-@pytest.mark.parametrize("name", ["openslide-he-2", "openslide-he-3", "fresh-ki67-vsi-a"])
+@pytest.mark.parametrize("name", ["openslide-he-2", "openslide-he-3", "histolab-tcga-lung"])
 def test_the_check_drops_candidates_that_are_no_nucleus_and_keeps_the_nuclei(name):
     """Tune crops with pale fragments and split large pale nuclei (README.md): the per-candidate check raises
-    precision and loses no marked nucleus (docs/analysis.md "Nuclei on any stain"). (On nuclear DAB, since the
-    class level is that of the DAB-negative pixels, it drops nothing on the first vsi crop, and on DeepLIIF's
-    Lung1 it loses nuclei: docs/analysis.md.)"""
+    precision and loses no marked nucleus (docs/analysis.md "Nuclei on any stain"). It runs on H&E and
+    hematoxylin-only images; on nuclear DAB it lost nuclei and is not applied (below)."""
     case = next(c for c in v.CASES if c.name == name)
     _, stains = v.detect(case, "blobs")
     diameter = 7.0 / case.mpp
@@ -152,6 +151,43 @@ def test_the_check_drops_candidates_that_are_no_nucleus_and_keeps_the_nuclei(nam
         f"{name}: {before.recall:.2f} / {before.precision:.2f} -> {after.recall:.2f} / {after.precision:.2f}"
     )
     assert after.recall >= before.recall and after.precision >= before.precision + 0.02
+
+
+def test_a_pale_nucleus_beside_a_dark_one_keeps_its_seed_on_nuclear_dab():
+    """A pale negative nucleus 2.2 radii from a dark positive one: the dark one's broad LoG response is higher on
+    the pale one's near side, so a window maximum (peak_local_max) drops the pale seed; on nuclear DAB a maximum
+    is dropped only by a stronger maximum closer than NUCLEAR_DAB_SEED_REACH radii, and both are found."""
+    from scipy import ndimage as ndi
+
+    yy, xx = np.mgrid[:96, :128].astype(np.float32)
+    r = 8.0
+
+    def disc(cx: float, value: float) -> np.ndarray:
+        return ndi.gaussian_filter(value * (np.hypot(xx - cx, yy - 48) <= r), 1.5).astype(np.float32)
+
+    h, dab = disc(60 + 2.2 * r, 0.25), disc(60, 1.2)  # a pale blue negative and a dark brown positive nucleus
+    kw = dict(min_contrast_od=0.02, nuclear_class_od=0.25)
+    found = v.centroids_xy(segment_blobs(h, 2 * r, dab, "nuclear", **kw))
+    print(f"found {len(found)} nuclei at {found.round(1).tolist()}")
+    assert len(found) == 2
+    for x in (60, 60 + 2.2 * r):
+        assert np.hypot(found[:, 0] - x, found[:, 1] - 48).min() < 3
+    window_seeds, _ = blobs.blob_candidates(h, 2 * r, dab, "nuclear", **kw)
+    assert window_seeds.max() == 1  # peak_local_max's window: the pale nucleus has no seed of its own
+
+
+def test_the_rules_check_is_not_applied_on_nuclear_dab():
+    case = next(c for c in v.CASES if c.name == "fresh-ki67-vsi-b")
+    _, st = v.detect(case, "blobs")
+    d = 7.0 / case.mpp
+    seg = make_segmenter("blobs")
+    seg.calibrate(st["hematoxylin"], st["dab"], "nuclear", d)
+    kw = dict(min_contrast_od=seg.contrast_od, nuclear_class_od=seg.nuclear_class_od)
+    candidates, _ = blobs.blob_candidates(
+        st["hematoxylin"], d, st["dab"], "nuclear", strongest_seeds=True, **kw
+    )
+    labels = segment_blobs(st["hematoxylin"], d, st["dab"], "nuclear", **kw)
+    assert labels.max() == candidates.max() > 0
 
 
 def test_the_completed_truth_adds_only_unmarked_nuclei_and_raises_precision():
@@ -217,13 +253,14 @@ def _ki67_index_difference(case: v.Case) -> float:
     return float(found - marked)
 
 
-# Issue 32 asks for the Ki-67 index within 5 points of the marks on each marked image. Measured (session 34):
-# the held Ki-67 crops -6.8, -1.6, -9.1, +0.1 points; all twelve marked nuclear images 4.6 points apart on average,
-# the worst +14.9 (fresh-ki67-ndpi-a: small brown bodies counted as positive nuclei that its marker left
-# unmarked). Not met on every image; the bounds sit just above the measured figures, so a regression fails.
+# Issue 32 asks for the Ki-67 index within 5 points of the marks on each marked image. Measured (session 34,
+# final detector): the held Ki-67 crops (fresh set 3) +0.7, -0.7, -1.8 points; all fifteen marked Ki-67 images
+# 3.9 points apart on average, the worst -14.7 (fresh-ki67-vsi-c, whose marker called grey nuclei positive) and
+# +10.8 (fresh-ki67-ndpi-a, small brown bodies its marker left unmarked as debris): not met on every image. The
+# bounds sit just above the measured figures, so a regression fails.
 @pytest.mark.parametrize("case", [c for c in HELD if c.compartment == "nuclear"], ids=lambda c: c.name)
 def test_ki67_index_agrees_with_the_marks(case):
-    assert abs(_ki67_index_difference(case)) <= 0.10
+    assert abs(_ki67_index_difference(case)) <= 0.05
 
 
 def test_ki67_index_of_every_marked_image_is_near_the_marks_on_average():
@@ -231,7 +268,7 @@ def test_ki67_index_of_every_marked_image_is_near_the_marks_on_average():
     print(
         f"mean |difference| {np.mean(np.abs(diffs)):.1%} over {len(diffs)} images, worst {max(diffs, key=abs):+.1%}"
     )
-    assert len(diffs) >= 12 and np.mean(np.abs(diffs)) <= 0.055 and max(np.abs(diffs)) <= 0.16
+    assert len(diffs) >= 15 and np.mean(np.abs(diffs)) <= 0.045 and max(np.abs(diffs)) <= 0.16
 
 
 @pytest.mark.parametrize("tile", ["Bladder1", "Lung1"])
