@@ -606,7 +606,9 @@ def test_existing_result_is_offered_when_the_slide_is_reopened(
     assert time.perf_counter() - started < 1.0, "the GUI thread waited for the slide's hash"
     assert widget.load_existing_button.isHidden()  # not known yet
     qtbot.waitUntil(lambda: not widget.load_existing_button.isHidden(), timeout=10_000)
-    assert on_gui_thread == [False]
+    # never on the GUI thread; a check the widget restarted (the combo and the layer event both ask) may have
+    # begun hashing before it was cancelled on a loaded machine, so the hash may run twice (CI saw it once)
+    assert on_gui_thread and not any(on_gui_thread)
     assert "complete" in widget.load_existing_button.text()
     started = time.perf_counter()
     layer = widget.load_existing()
