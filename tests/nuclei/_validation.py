@@ -92,8 +92,15 @@ def _rows(source: str, image: str, box: str | None) -> list[dict[str, str]]:
 
 
 # Nuclei the original truth leaves out (README.md "Completed truth"): DeepLIIF's from the DAPI panel and a blind
-# review, OpenSlide's from the same blind review.
-ADDED = {"deepliif": "deepliif-truth-added.csv", "openslide": "openslide-marks-added.csv"}
+# review, OpenSlide's from the same blind review, the fresh crops' from their own blind review (README.md).
+ADDED = {
+    "deepliif": "deepliif-truth-added.csv",
+    "openslide": "openslide-marks-added.csv",
+    **{
+        source: "fresh-marks-added.csv"
+        for source in ("fresh-openslide", "fresh-openslide-cmu1", "fresh-tiatoolbox")
+    },
+}
 
 
 def _added(source: str, name: str) -> list[dict[str, str]]:
@@ -170,6 +177,11 @@ CASES: tuple[Case, ...] = (
     Case("fresh-he-tiatoolbox-c", "fresh-tiatoolbox", "he", "none", 0.4, "held"),
     Case("fresh-he-tiatoolbox-d", "fresh-tiatoolbox", "he", "none", 0.4, "held"),
     Case("fresh-he-cmu1-c", "fresh-openslide-cmu1", "he", "none", 0.499, "held"),
+    Case("fresh-he-tiatoolbox-e", "fresh-tiatoolbox", "he", "none", 0.4, "held"),
+    Case("fresh-he-os1-c", "fresh-openslide", "he", "none", 0.454, "held"),
+    Case("fresh-he-cmu1-d", "fresh-openslide-cmu1", "he", "none", 0.499, "held"),
+    # histolab's high-nuclei tile (TCGA colorectal, no pixel size stored; 0.5 µm/px as its lung tile): dense
+    Case("fresh-he-histolab-dense", "fresh-histolab", "he", "none", 0.5, "held"),
 )
 
 
