@@ -391,18 +391,8 @@ def _pooled_pass(req: StatsRequest, counters: StatsCounters) -> SlideStatistics 
             raise
         release_device_memory(req.device)
         return None  # too big for one pass here: sampled windows, tiles run afterwards
-    counters.source, counters.windows, counters.forwards = "pooled", 1, 1
-    counters.window_mp = uw * uh / 1e6
-    counters.core_mp = sum(tiles[i].core[2] * tiles[i].core[3] for i in picks) / 1e6
-    done: dict[int, np.ndarray] = {}
-    if outputs:
-        whole = to_uint8(outputs[0], req.output_norm)[0]
-        for i in picks:
-            if i not in req.finished:
-                x, y, w, h = tiles[i].core
-                done[i] = whole[y - uy : y - uy + h, x - ux : x - ux + w]
-    counters.reused_tiles = len(done)
-    return SlideStatistics(stats, done, exact=True, precision=precision, counters=counters)
+    whole = to_uint8(outputs[0], req.output_norm)[0] if outputs else None
+    return _exact_statistics(req, counters, "pooled", union, stats, whole, precision)
 
 
 def _streamed_pass(req: StatsRequest, counters: StatsCounters) -> SlideStatistics | None:
@@ -430,11 +420,29 @@ def _streamed_pass(req: StatsRequest, counters: StatsCounters) -> SlideStatistic
             raise
         release_device_memory(req.device)
         return None
-    counters.source, counters.windows, counters.forwards = "streamed", 1, 1
+    # with mean:N dropout the output is one sample: the tiles are run afterwards
+    kept = whole if req.dropout_samples == 1 else None
+    return _exact_statistics(req, counters, "streamed", union, stats, kept, precision)
+
+
+def _exact_statistics(
+    req: StatsRequest,
+    counters: StatsCounters,
+    source: str,
+    union: tuple[int, int, int, int],
+    stats: NormStats,
+    whole: np.ndarray | None,
+    precision: str,
+) -> SlideStatistics:
+    """A one-pass result (pooled or streamed) over ``union``: exact statistics, and ``whole`` (the uint8 output
+    over the union, None when the tiles are run afterwards) cut into the unfinished tissue tiles."""
+    tiles, picks = req.tiles, list(req.tissue)
+    ux, uy, uw, uh = union
+    counters.source, counters.windows, counters.forwards = source, 1, 1
     counters.window_mp = uw * uh / 1e6
     counters.core_mp = sum(tiles[i].core[2] * tiles[i].core[3] for i in picks) / 1e6
     done: dict[int, np.ndarray] = {}
-    if req.dropout_samples == 1:  # with mean:N the tiles are run afterwards
+    if whole is not None:
         for i in picks:
             if i not in req.finished:
                 x, y, w, h = tiles[i].core
