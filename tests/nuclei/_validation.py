@@ -167,21 +167,27 @@ CASES: tuple[Case, ...] = (
             ("vsi-e", 0.346, "held"),
         )
     ),
-    Case("fresh-he-os1", "fresh-openslide", "he", "none", 0.454, "held"),
-    Case("fresh-he-cmu1-epidermis", "fresh-openslide-cmu1", "he", "none", 0.499, "held"),
-    # no pixel size is stored: 0.4 µm/px makes its lymphocyte nuclei (16-18 px) 6.5-7 µm (README.md)
-    Case("fresh-he-tiatoolbox", "fresh-tiatoolbox", "he", "none", 0.4, "held"),
-    Case("fresh-he-os1-b", "fresh-openslide", "he", "none", 0.454, "held"),
-    Case("fresh-he-cmu1-b", "fresh-openslide-cmu1", "he", "none", 0.499, "held"),
-    Case("fresh-he-tiatoolbox-b", "fresh-tiatoolbox", "he", "none", 0.4, "held"),
-    Case("fresh-he-tiatoolbox-c", "fresh-tiatoolbox", "he", "none", 0.4, "held"),
-    Case("fresh-he-tiatoolbox-d", "fresh-tiatoolbox", "he", "none", 0.4, "held"),
-    Case("fresh-he-cmu1-c", "fresh-openslide-cmu1", "he", "none", 0.499, "held"),
-    Case("fresh-he-tiatoolbox-e", "fresh-tiatoolbox", "he", "none", 0.4, "held"),
-    Case("fresh-he-os1-c", "fresh-openslide", "he", "none", 0.454, "held"),
-    Case("fresh-he-cmu1-d", "fresh-openslide-cmu1", "he", "none", 0.499, "held"),
-    # histolab's high-nuclei tile (TCGA colorectal, no pixel size stored; 0.5 µm/px as its lung tile): dense
-    Case("fresh-he-histolab-dense", "fresh-histolab", "he", "none", 0.5, "held"),
+    # Every fresh H&E crop is held. No pixel size is stored with the tiatoolbox image: 0.4 µm/px makes its
+    # lymphocyte nuclei (16-18 px) 6.5-7 µm; histolab's high-nuclei tile (TCGA colorectal, dense) is read at
+    # 0.5 µm/px as its lung tile (README.md).
+    *(
+        Case(f"fresh-he-{name}", source, "he", "none", mpp, "held")
+        for name, source, mpp in (
+            ("os1", "fresh-openslide", 0.454),
+            ("cmu1-epidermis", "fresh-openslide-cmu1", 0.499),
+            ("tiatoolbox", "fresh-tiatoolbox", 0.4),
+            ("os1-b", "fresh-openslide", 0.454),
+            ("cmu1-b", "fresh-openslide-cmu1", 0.499),
+            ("tiatoolbox-b", "fresh-tiatoolbox", 0.4),
+            ("tiatoolbox-c", "fresh-tiatoolbox", 0.4),
+            ("tiatoolbox-d", "fresh-tiatoolbox", 0.4),
+            ("cmu1-c", "fresh-openslide-cmu1", 0.499),
+            ("tiatoolbox-e", "fresh-tiatoolbox", 0.4),
+            ("os1-c", "fresh-openslide", 0.454),
+            ("cmu1-d", "fresh-openslide-cmu1", 0.499),
+            ("histolab-dense", "fresh-histolab", 0.5),
+        )
+    ),
 )
 
 
