@@ -172,8 +172,25 @@ def test_the_reader_analysis_runs_as_a_task_and_its_bar_cancels_it(
 
 
 def test_a_stain_run_is_a_task_and_its_bar_cancels_it(
-    make_napari_viewer, qtbot, he_crop: np.ndarray, inverting_model: Path, tmp_path: Path
+    make_napari_viewer,
+    qtbot,
+    he_crop: np.ndarray,
+    inverting_model: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from napari_virtual_ihc.inference import engine
+
+    # The worker computes while the bar's Cancel crosses to it: on a loaded machine every batch was done first
+    # (CI saw it once). So a batch after the first waits until the run is cancelled (at most 30 s).
+    run_batch = engine._StainJob.run_batch
+
+    def run_batch_after_the_cancel(job: Any, indices: list[int], windows: np.ndarray) -> Any:
+        if job.count.done > 0 and job.cancel is not None:
+            job.cancel.wait(30)
+        return run_batch(job, indices, windows)
+
+    monkeypatch.setattr(engine._StainJob, "run_batch", run_batch_after_the_cancel)
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-virtual-ihc", "Virtual IHC")
     viewer.add_image(he_crop, rgb=True, name="H&E")
