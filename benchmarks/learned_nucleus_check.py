@@ -64,7 +64,7 @@ class Image:
     """One tune image's counted candidates."""
 
     name: str
-    group: str  # images of the same cells share a group (left out together)
+    group: str  # the slide it was cut from (``_validation.slide_of``): a slide's images are left out together
     patches: np.ndarray  # (n, CHANNELS, PATCH, PATCH)
     centres: np.ndarray  # (n, 2) x, y
     nucleus: np.ndarray  # (n,) bool: matched to a mark
@@ -105,7 +105,7 @@ def gather(case: v.Case, share: float, spacing: float, diameter_um: float = 7.0)
     truth = truth[v.counted(case, truth, labels.shape, radius)]
     nucleus = np.zeros(int(inside.sum()), bool)
     nucleus[v.match(truth, det[inside], radius)[1]] = True
-    group = case.name.replace("deepliif-hema-", "deepliif-ki67-")
+    group = v.slide_of(case)
     rules_keep = ~blobs.not_a_nucleus(features)[inside]
     smooth = ndi.gaussian_filter(signal, max(p.diameter_px / 8.0, 0.5))
     ids = np.arange(1, int(labels.max()) + 1)
@@ -201,14 +201,17 @@ def _auc(p: np.ndarray, y: np.ndarray) -> float:
     return float((pos[:, None] > neg[None]).mean() + 0.5 * (pos[:, None] == neg[None]).mean())
 
 
-def loio(images: list[Image], epochs: int, extra: list[Image]) -> list[np.ndarray]:
-    """Each image's probabilities from a network trained on the images of the other groups (and ``extra``:
-    the same images' candidates from other generators, more training data)."""
-    out = []
-    for img in images:
-        rest = [i for i in images + extra if i.group != img.group]
-        out.append(np.mean([predict(train(rest, epochs, SEED + k), img) for k in range(ENSEMBLE)], 0))
-    return out
+def loio(images: list[Image], epochs: int, extra: list[Image], ensemble: int = ENSEMBLE) -> list[np.ndarray]:
+    """Each image's probabilities from networks trained on the images of the other slides (and ``extra``: the
+    same images' candidates from other generators, more training data); one training per slide."""
+    probs: dict[str, np.ndarray] = {}
+    for group in dict.fromkeys(i.group for i in images):
+        rest = [i for i in images + extra if i.group != group]
+        nets = [train(rest, epochs, SEED + k) for k in range(ensemble)]
+        for img in (i for i in images if i.group == group):
+            probs[img.name] = np.mean([predict(n, img) for n in nets], 0)
+        print(f"    left out {group}", flush=True)
+    return [probs[i.name] for i in images]
 
 
 def main() -> None:
@@ -230,10 +233,17 @@ def main() -> None:
     )
     ap.add_argument("--show", nargs="*", default=[], help="mode,veto,gate settings to print per image")
     ap.add_argument("--max-recall-loss", type=float, default=0.01)
+    ap.add_argument("--ensemble", type=int, default=ENSEMBLE, help="networks averaged")
+    ap.add_argument(
+        "--compartments",
+        nargs="*",
+        default=["nuclear", "none"],
+        help="which tune images: nuclear DAB, H&E (none)",
+    )
     ap.add_argument("--save", action="store_true", help="train on the whole tune half, write the weights")
     a = ap.parse_args()
     torch.set_num_threads(1)
-    cases = [c for c in v.CASES if c.split == "tune" and c.compartment in ("nuclear", "none")]
+    cases = [c for c in v.CASES if c.split == "tune" and c.compartment in a.compartments]
     base = {i.name: score(i, i.rules_keep) for i in (gather(c, *GENERATORS["today"]) for c in cases)}
     results = []  # (mean F1, generator, epochs, threshold, per-image scores, ok)
     for gen in a.generators:
@@ -244,14 +254,17 @@ def main() -> None:
               f"{' '.join(f'{c:.2f}' for c in ceiling)}", flush=True)  # fmt: skip
         for epochs in a.epochs:
             t0 = time.process_time()
-            key = f"{gen}|{epochs}|{a.train_generators}|{a.train_scales}|{ENSEMBLE}".replace(" ", "")
+            key = (
+                f"{gen}|{epochs}|{a.train_generators}|{a.train_scales}|{a.ensemble}|{[c.name for c in cases]}"
+            )
+            key = key.replace(" ", "")
             cache = CACHE / f"loio-{hashlib.sha1(key.encode()).hexdigest()[:10]}.npz"
             if cache.exists():
                 probs = list(np.load(cache).values())
             else:
                 extra = [gather(c, *GENERATORS[t]) for t in a.train_generators if t != gen for c in cases]
                 extra += [gather(c, *GENERATORS[gen], d) for d in a.train_scales for c in cases]
-                probs = loio(images, epochs, extra)
+                probs = loio(images, epochs, extra, a.ensemble)
                 CACHE.mkdir(parents=True, exist_ok=True)
                 np.savez(cache, *probs)
             for mode, thr in itertools.product(MODES, itertools.product(VETO, GATE)):
@@ -290,7 +303,7 @@ def main() -> None:
         images = [gather(c, share, spacing) for c in cases]
         train_on = images + [gather(c, *GENERATORS[t]) for t in a.train_generators if t != gen for c in cases]
         train_on += [gather(c, share, spacing, d) for d in a.train_scales for c in cases]
-        final = [train(train_on, a.epochs[0], SEED + k) for k in range(ENSEMBLE)]
+        final = [train(train_on, a.epochs[0], SEED + k) for k in range(a.ensemble)]
         probs = [np.mean([predict(n, i) for n in final], 0) for i in images]
 
         def in_sample(r: tuple) -> bool:

@@ -45,13 +45,13 @@ def test_the_set_has_eight_images_from_three_sources_split_in_halves():
 
 # The offline fallback ("offline": blobs on H&E and nuclear DAB, classical on membrane DAB) on the held half,
 # against the completed truth (docs/analysis.md "Nuclei on any stain"). Issue 32 asks >= 0.85 for both. Measured
-# once each, with the detector frozen (session 34): nuclear DAB on fresh set 3 (the only Ki-67 images that chose
-# nothing) 0.86 / 0.94, met; membrane DAB 0.93 / 0.87, met; H&E and hematoxylin-only (the old held half and
-# fresh sets 1-4) 0.82 / 0.68, not met (large vesicular nuclei split). The floors sit a little below the
-# measured figures, so a regression fails.
+# once each, with the detector frozen: nuclear DAB on fresh sets 3 (session 34: 0.86 / 0.94) and 5 (session 35:
+# 0.74 / 0.90, its faint out-of-focus negatives missed), pooled 0.81 / 0.92, not met; membrane DAB 0.93 / 0.87,
+# met; H&E on fresh set 5 (session 35, ten crops from six sources, two new) 0.83 / 0.84, not met. The floors sit a
+# little below the measured figures, so a regression fails.
 @pytest.mark.parametrize(
     ("compartment", "floor"),
-    [("nuclear", (0.85, 0.92)), ("membrane", (0.90, 0.84)), ("none", (0.80, 0.65))],
+    [("nuclear", (0.80, 0.90)), ("membrane", (0.90, 0.84)), ("none", (0.81, 0.82))],
 )
 def test_held_recall_and_precision(compartment, floor):
     recall, precision, n = _pooled([c for c in HELD if c.compartment == compartment], "offline")
@@ -256,11 +256,12 @@ def _ki67_index_difference(case: v.Case) -> float:
     return float(found - marked)
 
 
-# Issue 32 asks for the Ki-67 index within 5 points of the marks on each marked image. Measured (session 34,
-# final detector): the held Ki-67 crops (fresh set 3) +0.7, -0.7, -1.8 points; all fifteen marked Ki-67 images
-# 3.9 points apart on average, the worst -14.7 (fresh-ki67-vsi-c, whose marker called grey nuclei positive) and
-# +10.8 (fresh-ki67-ndpi-a, small brown bodies its marker left unmarked as debris): not met on every image. The
-# bounds sit just above the measured figures, so a regression fails.
+# Issue 32 asks for the Ki-67 index within 5 points of the marks on each marked image. Measured with the detector
+# frozen: the held Ki-67 crops, fresh set 3 (session 34) +0.7, -0.7, -1.8 points and fresh set 5 (session 35) -2.2,
+# +4.8, 0.0, +1.5: met on every held image. All nineteen marked Ki-67 images: 3.5 points apart on average, the worst
+# -14.7 (fresh-ki67-vsi-c, a tune crop whose marker called grey nuclei positive) and +10.8 (fresh-ki67-ndpi-a, small
+# brown bodies its marker left unmarked as debris): not met on every image. The bounds sit just above the measured
+# figures, so a regression fails.
 @pytest.mark.parametrize("case", [c for c in HELD if c.compartment == "nuclear"], ids=lambda c: c.name)
 def test_ki67_index_agrees_with_the_marks(case):
     assert abs(_ki67_index_difference(case)) <= 0.05
@@ -271,7 +272,7 @@ def test_ki67_index_of_every_marked_image_is_near_the_marks_on_average():
     print(
         f"mean |difference| {np.mean(np.abs(diffs)):.1%} over {len(diffs)} images, worst {max(diffs, key=abs):+.1%}"
     )
-    assert len(diffs) >= 15 and np.mean(np.abs(diffs)) <= 0.045 and max(np.abs(diffs)) <= 0.16
+    assert len(diffs) >= 19 and np.mean(np.abs(diffs)) <= 0.04 and max(np.abs(diffs)) <= 0.16
 
 
 @pytest.mark.parametrize("tile", ["Bladder1", "Lung1"])
