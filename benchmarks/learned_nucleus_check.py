@@ -7,9 +7,9 @@ is labelled a nucleus when the project's matching (one-to-one within half a diam
 pairs it with a truth mark. A tiny CNN (``learned_check.network``) is trained on patches around them with
 heavy augmentation (flips, 90° turns, OD gain per patch and per channel, noise).
 
-Everything (candidate permissiveness, training length, threshold) is chosen by leave-one-image-out on the tune
-half: each image is scored by a network trained on the others (the two DeepLIIF Bladder1 panels show the same
-cells, so they are left out together), with the project's rule: the best mean F1 (each image weighs the same)
+Everything (candidate permissiveness, training length, threshold) is chosen by leave-one-out on the tune half:
+each image is scored by networks trained on the other slides' images (``_validation.slide_of``: crops of one slide,
+and the two panels of a DeepLIIF tile, are left out together; one training per slide), with the project's rule: the best mean F1 (each image weighs the same)
 while no tune image loses more than 0.01 recall against today's path (the hand-rule check); with ``--save``,
 also on the final networks' own decisions on the tune half. Networks are an ensemble of three seeds; training
 data adds other generators' candidates and the detector run at other nucleus sizes (``--train-generators``,
@@ -17,7 +17,7 @@ data adds other generators' candidates and the detector run at other nucleus siz
 per generator on one core otherwise). The defaults are the setting the package's weights were made with
 (docs/analysis.md "A learned per-candidate check"; the check is not the blob detector's default).
 
-Run:  python benchmarks/learned_nucleus_check.py            (the LOIO table)
+Run:  python benchmarks/learned_nucleus_check.py            (the leave-one-slide-out (LOSO) table)
       python benchmarks/learned_nucleus_check.py --save     (also train on the whole tune half and write the
                                                              package's weights with the chosen settings)
 """
@@ -40,10 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from nuclei import _validation as v
 
-from napari_virtual_ihc.nuclei import blobs, learned_check
+from napari_virtual_ihc.nuclei import blobs, classical, learned_check
 
 SEED = 0
-CACHE = Path(__file__).resolve().parent / "_out" / "learned_check"  # LOIO probabilities, reused when rerun
+CACHE = Path(__file__).resolve().parent / "_out" / "learned_check"  # LOSO probabilities, reused when rerun
 # candidate generators: (nuclear-class share, seed spacing); "today" is the detector's own
 GENERATORS = {
     "today": (0.65, 0.8),
@@ -93,7 +93,7 @@ def gather(case: v.Case, share: float, spacing: float, diameter_um: float = 7.0)
         seed_spacing=spacing,
     )
     signal = blobs.stain_signal(h, p.dab, p.compartment)
-    nuclear_dab = p.compartment == "nuclear" and p.dab is not None
+    nuclear_dab = classical.dab_is_nuclear(p.dab, p.compartment)
     second = p.dab if nuclear_dab else p.eosin
     patches = learned_check.candidate_patches(
         labels, signal, h, second, p.seg.nuclear_class_od or 0.0, p.diameter_px, nuclear_dab
@@ -201,7 +201,9 @@ def _auc(p: np.ndarray, y: np.ndarray) -> float:
     return float((pos[:, None] > neg[None]).mean() + 0.5 * (pos[:, None] == neg[None]).mean())
 
 
-def loio(images: list[Image], epochs: int, extra: list[Image], ensemble: int = ENSEMBLE) -> list[np.ndarray]:
+def leave_slide_out(
+    images: list[Image], epochs: int, extra: list[Image], ensemble: int = ENSEMBLE
+) -> list[np.ndarray]:
     """Each image's probabilities from networks trained on the images of the other slides (and ``extra``: the
     same images' candidates from other generators, more training data); one training per slide."""
     probs: dict[str, np.ndarray] = {}
@@ -258,13 +260,13 @@ def main() -> None:
                 f"{gen}|{epochs}|{a.train_generators}|{a.train_scales}|{a.ensemble}|{[c.name for c in cases]}"
             )
             key = key.replace(" ", "")
-            cache = CACHE / f"loio-{hashlib.sha1(key.encode()).hexdigest()[:10]}.npz"
+            cache = CACHE / f"loso-{hashlib.sha1(key.encode()).hexdigest()[:10]}.npz"
             if cache.exists():
                 probs = list(np.load(cache).values())
             else:
                 extra = [gather(c, *GENERATORS[t]) for t in a.train_generators if t != gen for c in cases]
                 extra += [gather(c, *GENERATORS[gen], d) for d in a.train_scales for c in cases]
-                probs = loio(images, epochs, extra, a.ensemble)
+                probs = leave_slide_out(images, epochs, extra, a.ensemble)
                 CACHE.mkdir(parents=True, exist_ok=True)
                 np.savez(cache, *probs)
             for mode, thr in itertools.product(MODES, itertools.product(VETO, GATE)):
@@ -277,14 +279,14 @@ def main() -> None:
                 )
                 results.append((float(np.mean([f for _, _, f in s])), gen, epochs, (mode, thr), s, ok))
             auc = [_auc(p, i.nucleus) for i, p in zip(images, probs, strict=True)]
-            print(f"  epochs {epochs}: LOIO AUC per image {' '.join(f'{x:.2f}' for x in auc)}")
+            print(f"  epochs {epochs}: LOSO AUC per image {' '.join(f'{x:.2f}' for x in auc)}")
             for mode in MODES:
                 curve = [r for r in results if r[1] == gen and r[2] == epochs and r[3][0] == mode]
                 curve = sorted(curve, key=lambda r: -r[0])[:8]
                 print(f"  {mode}: " + " ".join(f"{r[3][1]}:{r[0]:.3f}{'' if r[5] else '*'}" for r in curve))
             curve = [r for r in results if r[1] == gen and r[2] == epochs]
             best = max(curve, key=lambda r: r[0])
-            print(f"  epochs {epochs}: best LOIO mean F1 {best[0]:.3f} at threshold {best[3]} "
+            print(f"  epochs {epochs}: best LOSO mean F1 {best[0]:.3f} at threshold {best[3]} "
                   f"(recall rule {'kept' if best[5] else 'broken'}), {time.process_time() - t0:.0f} CPU s",
                   flush=True)  # fmt: skip
     names = [c.name for c in cases]
@@ -317,8 +319,8 @@ def main() -> None:
         print("no setting keeps every tune image's recall within the limit")
         return
     best = max(allowed, key=lambda r: r[0])
-    print(f"chosen: generator {best[1]!r}, epochs {best[2]}, threshold {best[3]}: LOIO mean F1 {best[0]:.3f}")
-    print(f"{'image':28s} today R / P / F1        learned (LOIO) R / P / F1")
+    print(f"chosen: generator {best[1]!r}, epochs {best[2]}, threshold {best[3]}: LOSO mean F1 {best[0]:.3f}")
+    print(f"{'image':28s} today R / P / F1        learned (LOSO) R / P / F1")
     for n, s in zip(names, best[4], strict=True):
         b = base[n]
         print(f"{n:28s} {b[0]:.2f} / {b[1]:.2f} / {b[2]:.3f}    {s[0]:.2f} / {s[1]:.2f} / {s[2]:.3f}")

@@ -22,7 +22,7 @@ from skimage.feature import peak_local_max
 from skimage.morphology import convex_hull_image
 from skimage.segmentation import relabel_sequential, watershed
 
-from .classical import check_compartment, nuclear_od, otsu_threshold
+from .classical import check_compartment, dab_is_nuclear, nuclear_od, otsu_threshold
 from .learned_check import LearnedCheck, candidate_patches, judged, load_check
 from .positivity import NUCLEAR_DAB_CUTOFF
 
@@ -277,7 +277,7 @@ def segment_blobs(
         raise ValueError(f"the nucleus check must be one of {CHECKS}, not {check!r}")
     check_compartment(dab_compartment)
     learned = check == "learned" and (dab_od is None or dab_compartment == "nuclear")
-    nuclear_dab = dab_od is not None and dab_compartment == "nuclear"
+    nuclear_dab = dab_is_nuclear(dab_od, dab_compartment)
     if nuclear_class_od is None:
         nuclear_class_od = nuclear_class_level(hematoxylin_od, diameter_px, dab_od if nuclear_dab else None)
     model = load_check() if learned else None
@@ -387,7 +387,7 @@ def blob_candidates(
             exclude_border=False,
         )
     if nuclear_class_od is None:
-        nuclear_dab = dab_od is not None and dab_compartment == "nuclear"
+        nuclear_dab = dab_is_nuclear(dab_od, dab_compartment)
         nuclear_class_od = nuclear_class_level(hematoxylin_od, diameter_px, dab_od if nuclear_dab else None)
     if len(peaks):
         keep = contrast[tuple(peaks.T)] >= min_contrast_od

@@ -45,10 +45,15 @@ def check_compartment(dab_compartment: str) -> None:
         raise ValueError(f"dab_compartment must be one of {DAB_COMPARTMENTS}, not {dab_compartment!r}")
 
 
+def dab_is_nuclear(dab_od: np.ndarray | None, dab_compartment: str) -> bool:
+    """DAB is given and stains nuclei (Ki-67, ER, PR): nuclei are then found on H + DAB, not on H alone."""
+    return dab_od is not None and dab_compartment == "nuclear"
+
+
 def nuclear_od(hematoxylin_od: np.ndarray, dab_od: np.ndarray | None, dab_compartment: str) -> np.ndarray:
     """The optical density nuclei show on this stain: H + DAB when DAB is nuclear (Ki-67, ER, PR), else H."""
     check_compartment(dab_compartment)
-    if dab_od is None or dab_compartment != "nuclear":
+    if dab_od is None or not dab_is_nuclear(dab_od, dab_compartment):
         return hematoxylin_od
     if hematoxylin_od.shape != dab_od.shape:
         raise ValueError(f"hematoxylin {hematoxylin_od.shape} and DAB {dab_od.shape} differ in shape")
@@ -70,7 +75,7 @@ def segment_classical(
     "membrane" or "cytoplasm": DAB-stained membranes separate the nuclei of touching stained cells (see the
     module docstring); "nuclear": DAB is nuclear signal, nuclei are found on H + DAB.
     """
-    if dab_od is not None and dab_compartment == "nuclear":
+    if dab_is_nuclear(dab_od, dab_compartment):
         hematoxylin_od, dab_od = nuclear_od(hematoxylin_od, dab_od, dab_compartment), None
     check_compartment(dab_compartment)
     sigma = max(diameter_px / 10, 0.5)
