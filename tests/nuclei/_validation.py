@@ -102,6 +102,7 @@ ADDED = {
         source: "fresh-marks-added.csv"
         for source in ("fresh-openslide", "fresh-openslide-cmu1", "fresh-tiatoolbox")
     },
+    "fresh5-torchstain": "fresh5-marks-added.csv",  # set 5's blind review found one, on torchstain-target
 }
 
 
