@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import zarr
-from engine_helpers import OpenSlideSlide, small_generator
+from engine_helpers import OpenSlideSlide, assert_same_up_to_rounding, small_generator
 
 from napari_virtual_ihc.inference import EngineSettings, stain_slide
 from napari_virtual_ihc.inference.runner import to_input, to_uint8
@@ -138,8 +138,8 @@ def test_interactive_run_overlapping_the_tissue_mask_writes_the_same_store(cmu1_
         a = zarr.open_group(str(tmp_path / "plain.ome.zarr"), mode="r")
         b = zarr.open_group(str(tmp_path / f"{name}.ome.zarr"), mode="r")
         for level in ("0", "1"):
-            if level in a:
-                np.testing.assert_array_equal(np.asarray(a[level][:]), np.asarray(b[level][:]))
+            if level in a:  # the field of view's tiles ran beside other partners
+                assert_same_up_to_rounding(np.asarray(b[level][:]), np.asarray(a[level][:]))
         first_written = next(r.new_boxes for r in reports if r.new_boxes)
         if name == "tissue-first":  # the field of view came first
             assert first_written[0][:2] == (col * 512, row * 512), first_written

@@ -522,7 +522,9 @@ class _StainJob:
     def field_of_view_first(self) -> Generator[TileProgress, None, None]:
         """The first field-of-view batch runs while the tissue mask is computed; its tiles that turn out to be
         blank glass are filled like every other background tile (the model's output is dropped), so the store
-        does not depend on which came first."""
+        does not depend on which came first (but for float rounding: a batch's windows share one trunk crop, and
+        some CPUs' kernels round by extent, so a tile run beside another partner may differ by one grey level in
+        a value or two per million)."""
         if self.flags_future is None:
             return
         first: list[int] = []
