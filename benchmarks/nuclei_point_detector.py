@@ -8,9 +8,9 @@ Trained with flips, 90° turns, OD gain and noise (AdamW, one-cycle 2e-3, batche
 images are scored by a network trained on the other slides' (``_validation.slide_of``), and matched to the marks
 as the tests match (``_validation.match``, half a 7 µm diameter).
 
-Measured (docs/analysis.md "Fresh set 5"; AMD EPYC Zen 4, 800 steps, about 2 CPU minutes a slide): best mean F1
-0.659 (threshold 0.3) against the hand rules' 0.733. That run was this script's draft, whose heat-map centres sat up
-to 0.2 px off the marks' (a resampling offset), otherwise the same.
+Measured (docs/analysis.md "Fresh set 5"; AMD EPYC with AVX2, 800 steps, about 2 minutes a slide on 2 threads):
+best mean F1 0.659 (threshold 0.3) against the hand rules' 0.733. That run was this script's draft, whose heat-map
+centres sat up to 0.2 px off the marks' (a resampling offset), otherwise the same.
 
 Run:  python benchmarks/nuclei_point_detector.py [--steps 800]
 """
