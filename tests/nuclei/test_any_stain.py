@@ -47,11 +47,11 @@ def test_the_set_has_eight_images_from_three_sources_split_in_halves():
 # against the completed truth (docs/analysis.md "Nuclei on any stain"). Issue 32 asks >= 0.85 for both. Measured
 # once each, with the detector frozen: nuclear DAB on fresh sets 3 (session 34: 0.86 / 0.94) and 5 (session 35:
 # 0.74 / 0.90, its faint out-of-focus negatives missed), pooled 0.81 / 0.92, not met; membrane DAB 0.93 / 0.87,
-# met; H&E on fresh set 5 (session 35, ten crops from six sources, two new) 0.83 / 0.84, not met. The floors sit a
-# little below the measured figures, so a regression fails.
+# met; H&E on fresh set 6 (session 36, eight crops from five sources, one a TCGA frozen section) 0.77 / 0.56, not
+# met (set 5 had read 0.83 / 0.84). The floors sit a little below the measured figures, so a regression fails.
 @pytest.mark.parametrize(
     ("compartment", "floor"),
-    [("nuclear", (0.80, 0.90)), ("membrane", (0.90, 0.84)), ("none", (0.81, 0.82))],
+    [("nuclear", (0.80, 0.90)), ("membrane", (0.90, 0.84)), ("none", (0.75, 0.54))],
 )
 def test_held_recall_and_precision(compartment, floor):
     recall, precision, n = _pooled([c for c in HELD if c.compartment == compartment], "offline")
@@ -69,6 +69,74 @@ def test_a_sparse_field_of_large_nuclei_is_not_seeded_in_its_cytoplasm():
         f"{case.name}: recall {s.recall:.2f}, precision {s.precision:.2f}, {s.n_detections} for {s.n_marks}"
     )
     assert s.recall >= 0.78 and s.n_detections <= 2.5 * s.n_marks
+
+
+# Tune H&E fields of large vesicular tumour nuclei, and of nuclei of the usual size (dense, sparse, low and high
+# magnification), for the large-nucleus rule (blobs.LARGE_NUCLEI_FACTOR; docs/analysis.md "Fresh set 6").
+LARGE_NUCLEI = [
+    "fresh-he-tiatoolbox-b",
+    "fresh-he-tiatoolbox-c",
+    "fresh-he-tiatoolbox-d",
+    "histolab-tcga-lung",
+]
+USUAL_NUCLEI = ["fresh-he-histolab-dense", "fresh-he-torchstain-source", "fresh-he-stardist-a", "cmu1-dermis"]
+
+
+def _f1(s: v.Score) -> float:
+    return 2 * s.recall * s.precision / max(s.recall + s.precision, 1e-9)
+
+
+@pytest.mark.parametrize("name", LARGE_NUCLEI)
+def test_a_field_of_large_nuclei_is_read_at_a_larger_diameter(name):
+    """At the expected 7 µm the detector seeds the chromatin clumps of large nuclei and the dark cytoplasm between
+    them; the overview's masks at 12 µm fill the larger expected area, so the field reads at 12 µm, with the cuts
+    calibrated there, and scores higher."""
+    case = next(c for c in v.CASES if c.name == name)
+    p = v.prepare(case, "offline")
+    assert p.seg.diameter_scale == blobs.LARGE_NUCLEI_FACTOR
+    assert p.seg.large_nuclei_share is not None and p.seg.large_nuclei_share > blobs.LARGE_NUCLEI_AREA_SHARE
+    assert "large nuclei" in p.seg.diameter_note
+    h, eosin, d = p.stains["hematoxylin"], p.eosin, p.diameter_px
+    assert eosin is not None
+    at_expected = segment_blobs(
+        h,
+        d,
+        min_contrast_od=blobs.contrast_cut(h, d),
+        nuclear_class_od=blobs.nuclear_class_level(h, d),
+        eosin_od=eosin,
+        nuclear_h_share=blobs.nuclear_class_h_share(h, eosin, d),
+    )
+    before, after = v.score(case, at_expected), v.score(case, p.seg(h, d, eosin_od=eosin))
+    print(
+        f"{name}: {before.recall:.2f} / {before.precision:.2f} -> {after.recall:.2f} / {after.precision:.2f}"
+    )
+    assert _f1(after) >= _f1(before) + 0.1
+
+
+@pytest.mark.parametrize("name", USUAL_NUCLEI)
+def test_a_field_of_usual_nuclei_keeps_the_expected_diameter(name):
+    case = next(c for c in v.CASES if c.name == name)
+    seg = v.prepare(case, "offline").seg
+    print(f"{name}: median mask share at 12 µm {seg.large_nuclei_share:.2f}")
+    assert seg.diameter_scale == 1.0 and seg.diameter_note == ""
+    assert seg.large_nuclei_share is not None and seg.large_nuclei_share < blobs.LARGE_NUCLEI_AREA_SHARE
+
+
+def test_the_report_says_at_which_diameter_large_nuclei_were_read():
+    large = next(c for c in v.CASES if c.name == "fresh-he-tiatoolbox-c")
+    usual = next(c for c in v.CASES if c.name == "fresh-he-stardist-a")
+    kw = dict(mode="he", nuclei_method="offline")
+    big = analyze_image(large.rgb(), AnalysisSettings(mpp=large.mpp, **kw)).summary()
+    small = analyze_image(usual.rgb(), AnalysisSettings(mpp=usual.mpp, **kw)).summary()
+    assert big["nuclei_diameter_um"] == pytest.approx(12.0) and "large nuclei" in big["nuclei_diameter_note"]
+    assert small["nuclei_diameter_um"] == pytest.approx(7.0) and small["nuclei_diameter_note"] == ""
+
+
+def test_ihc_keeps_the_expected_diameter():
+    """The rule was chosen on H&E; IHC (nuclear or membrane DAB) is read at the expected diameter."""
+    case = next(c for c in v.CASES if c.name == "fresh-ki67-ndpi-a")
+    seg = v.prepare(case, "offline").seg
+    assert seg.diameter_scale == 1.0 and seg.large_nuclei_share is None
 
 
 def test_only_ragged_pale_and_small_together_is_no_nucleus():

@@ -68,6 +68,18 @@ CHECK_AREA_SHARE = 0.6  # small: mask area below this share of the expected nucl
 # tune half by benchmarks/fit_nucleus_check.py (same rule: best mean F1, no image losing > 0.01 recall).
 COLOUR_OD_SHARE = 0.75  # pale: mean signal below this share of the nuclear-class OD
 COLOUR_H_SHARE = 0.88  # eosin-leaning: hematoxylin share below this share of the nuclear-class pixels'
+# Large nuclei on H&E (session 36). Where a field's nuclei are much larger than the expected diameter (large
+# vesicular tumour nuclei), the detector at that diameter finds their chromatin clumps and the dark cytoplasm
+# between them. Run at LARGE_NUCLEI_FACTOR times the expected diameter, nuclei of the usual size keep their size, so
+# the median mask covers a small share of the larger expected area, while large nuclei fill it: on the 30 tune H&E
+# images the share was 0.18-0.58 where nuclei are of the usual size and 0.64-1.00 on the five images of large
+# nuclei that read better at the larger diameter (F1 0.33-0.62 -> 0.54-0.84). The cut sits in the middle of that
+# gap; the whole area then reads at the larger diameter (tune: mean F1 0.751 -> 0.794, pooled recall 0.824 ->
+# 0.823, no image lower). On the held set 6 it helped a field of large nuclei (F1 0.23 -> 0.42) and cost a dense
+# field of elongated nuclei whose share, 0.63, crossed the cut (F1 0.68 -> 0.46): mean F1 0.609 -> 0.605, pooled
+# recall 0.80 -> 0.77, precision 0.55 -> 0.56 (docs/analysis.md "Fresh set 6").
+LARGE_NUCLEI_FACTOR = 12.0 / 7.0
+LARGE_NUCLEI_AREA_SHARE = 0.61
 FEATURES = ("od_share", "area_share", "solidity", "h_share")  # what blob_features returns, in this order
 NO_COLOUR = np.inf  # the h_share feature where no eosin is given (IHC, hematoxylin-only): never eosin-leaning
 
@@ -190,6 +202,13 @@ def local_contrast(smooth: np.ndarray, radius_px: float) -> np.ndarray:
     """Signal above its surroundings (white top-hat, window ~ five radii): eosin or DAB backgrounds drop out."""
     size = max(round(5 * radius_px), 3)
     return smooth - ndi.grey_opening(smooth, size=(size, size))
+
+
+def median_area_share(labels: np.ndarray, diameter_px: float) -> float:
+    """The median object's area over the expected nucleus' area (pi r²); 0 without objects."""
+    areas = np.bincount(labels.ravel())[1:]
+    areas = areas[areas > 0]
+    return float(np.median(areas)) / (np.pi * (diameter_px / 2.0) ** 2) if areas.size else 0.0
 
 
 def contrast_cut(hematoxylin_overview: np.ndarray, diameter_px: float) -> float:

@@ -16,8 +16,11 @@ import numpy as np
 
 from .blobs import (
     CHECKS,
+    LARGE_NUCLEI_AREA_SHARE,
+    LARGE_NUCLEI_FACTOR,
     MIN_CONTRAST_OD,
     contrast_cut,
+    median_area_share,
     nuclear_class_h_share,
     nuclear_class_level,
     segment_blobs,
@@ -52,6 +55,8 @@ class NucleiSegmenter:
     nuclear_h_share: float | None = None  # blobs on H&E: the nuclear class's H / (H + eosin) (calibrate)
     offline: str = "offline"  # the method used when there is no Cellpose model
     check: str = "rules"  # blobs: the per-candidate check, the hand "rules" or "learned" (blobs.CHECKS)
+    diameter_scale: float = 1.0  # blobs on H&E: LARGE_NUCLEI_FACTOR where the overview's nuclei are large
+    large_nuclei_share: float | None = None  # blobs.median_area_share of the overview, if measured
 
     def __post_init__(self) -> None:
         if self.offline not in OFFLINE_METHODS:
@@ -88,7 +93,7 @@ class NucleiSegmenter:
         if method == "blobs":
             return segment_blobs(
                 hematoxylin_od,
-                diameter_px,
+                diameter_px * self.diameter_scale,
                 dab_od,
                 dab_compartment,
                 min_contrast_od=self.contrast_od,
@@ -118,10 +123,42 @@ class NucleiSegmenter:
         needs, from the hematoxylin (every nucleus' counterstain) when the overview resolves nuclei
         (``diameter_px``: their size in overview pixels, >= 4), else the fixed default; and the mean hematoxylin
         OD of the overview's nuclear (upper Otsu) class, a share of which a nucleus' signal must reach; on H&E
-        (``eosin_overview``) also that class's hematoxylin share, against which pale candidates' colour is read."""
+        (``eosin_overview``) also that class's hematoxylin share, against which pale candidates' colour is read, and
+        whether the area's nuclei are large (``blobs.LARGE_NUCLEI_FACTOR``): then every tile reads at the larger
+        diameter, with the cuts calibrated at it."""
         if self.cellpose is not None:
             return
         self.threshold = otsu_threshold(nuclear_od(hematoxylin_overview, dab_overview, dab_compartment))
+        self._calibrate_blobs(
+            hematoxylin_overview, dab_overview, dab_compartment, diameter_px, eosin_overview
+        )
+        self.diameter_scale, self.large_nuclei_share = 1.0, None
+        runs_blobs = self.offline == "blobs" or (self.offline == "offline" and dab_overview is None)
+        if eosin_overview is None or dab_overview is not None or not runs_blobs:
+            return
+        if diameter_px is None or diameter_px < 4:  # the overview does not resolve nuclei
+            return
+        # H&E: are this area's nuclei large? (blobs.LARGE_NUCLEI_FACTOR; one answer for every tile)
+        large_px = diameter_px * LARGE_NUCLEI_FACTOR
+        large = NucleiSegmenter(None, offline="blobs", check=self.check)
+        large._calibrate_blobs(hematoxylin_overview, None, "membrane", large_px, eosin_overview)
+        probe = large(hematoxylin_overview, large_px, eosin_od=eosin_overview)
+        self.large_nuclei_share = median_area_share(probe, large_px)
+        if self.large_nuclei_share > LARGE_NUCLEI_AREA_SHARE:
+            self.contrast_od = large.contrast_od
+            self.nuclear_class_od = large.nuclear_class_od
+            self.nuclear_h_share = large.nuclear_h_share
+            self.diameter_scale = LARGE_NUCLEI_FACTOR
+
+    def _calibrate_blobs(
+        self,
+        hematoxylin_overview: np.ndarray,
+        dab_overview: np.ndarray | None,
+        dab_compartment: str,
+        diameter_px: float | None,
+        eosin_overview: np.ndarray | None,
+    ) -> None:
+        """The blob detector's cuts at ``diameter_px`` (see :meth:`calibrate`)."""
         nuclear_dab = dab_overview if dab_compartment == "nuclear" else None
         self.nuclear_class_od = nuclear_class_level(hematoxylin_overview, diameter_px or 4.0, nuclear_dab)
         if eosin_overview is not None:
@@ -132,6 +169,16 @@ class NucleiSegmenter:
             self.contrast_od = contrast_cut(hematoxylin_overview, diameter_px)
         else:
             self.contrast_od = MIN_CONTRAST_OD
+
+    @property
+    def diameter_note(self) -> str:
+        """What the report says about the nucleus size the offline detector used."""
+        if self.diameter_scale == 1.0:
+            return ""
+        return (
+            f"large nuclei: read at {self.diameter_scale:.2f} x the expected diameter "
+            f"(median mask share {self.large_nuclei_share:.2f} > {LARGE_NUCLEI_AREA_SHARE})"
+        )
 
 
 def make_segmenter(

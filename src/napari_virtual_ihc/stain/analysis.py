@@ -110,6 +110,8 @@ class AnalysisResult:
     marker_reason: str = "chosen"
     calibration_name: str = ""
     dab_call: CompartmentCall = field(default_factory=lambda: CompartmentCall("none", 0, 0.0, 0.0))
+    nuclei_diameter_um: float = 7.0  # the diameter the nuclei were read at (larger where they are large)
+    nuclei_diameter_note: str = ""  # why, when it is not the expected one
 
     @property
     def n_nuclei(self) -> int:
@@ -152,6 +154,8 @@ class AnalysisResult:
             "nuclei_method": self.nuclei_method,
             "nuclei_fallback_reason": self.nuclei_fallback_reason,
             "nuclei_count": self.n_nuclei,
+            "nuclei_diameter_um": self.nuclei_diameter_um,
+            "nuclei_diameter_note": self.nuclei_diameter_note,
             "area_mm2": area_mm2,
             "nuclei_per_mm2": self.n_nuclei / area_mm2 if area_mm2 > 0 else 0.0,
             "complete": self.complete,
@@ -267,7 +271,7 @@ def iter_analysis(
     membrane = np.zeros((mh, mw), bool) if ihc else None
     her2_tiles = np.full((grid.rows, grid.cols), -1, np.int8) if ihc else None
     bin_counts = np.zeros(4, np.int64)
-    diameter_px = s.diameter_um / mpp
+    diameter_px = s.diameter_um / mpp  # the segmenter scales it where the area's nuclei are large
     tables: list[CellTable] = []
     next_id = 0
     complete = True
@@ -328,6 +332,8 @@ def iter_analysis(
         marker_reason=reason if ihc else "H&E: no marker",
         calibration_name=s.calibration_name,
         dab_call=call,
+        nuclei_diameter_um=s.diameter_um * seg.diameter_scale,
+        nuclei_diameter_note=seg.diameter_note,
     )
     if not complete:
         raise AnalysisCancelled(result)
