@@ -130,6 +130,8 @@ def test_the_report_says_at_which_diameter_large_nuclei_were_read():
     small = analyze_image(usual.rgb(), AnalysisSettings(mpp=usual.mpp, **kw)).summary()
     assert big["nuclei_diameter_um"] == pytest.approx(12.0) and "large nuclei" in big["nuclei_diameter_note"]
     assert small["nuclei_diameter_um"] == pytest.approx(7.0) and small["nuclei_diameter_note"] == ""
+    fixed = analyze_image(large.rgb(), AnalysisSettings(mpp=large.mpp, large_nuclei=False, **kw)).summary()
+    assert fixed["nuclei_diameter_um"] == pytest.approx(7.0) and fixed["nuclei_count"] > big["nuclei_count"]
 
 
 def test_ihc_keeps_the_expected_diameter():

@@ -34,6 +34,21 @@ def test_analyze_writes_maps_summary_and_cells(tmp_path):
     assert json.loads((tmp_path / "o2" / "summary.json").read_text())["mpp_assumed"] is False
 
 
+def test_analyze_he_reads_large_nuclei_larger_unless_the_diameter_is_fixed(tmp_path):
+    """A tiatoolbox field of large vesicular nuclei (tests/data/nuclei-any-stain): read at 12 µm, and said so;
+    ``--fixed-diameter`` keeps the 7 µm asked for."""
+    from pathlib import Path
+
+    img = Path(__file__).parents[1] / "data/nuclei-any-stain/fresh-he-tiatoolbox-c.png"
+    args = ["analyze", str(img), "--he", "--nuclei", "offline", "--mpp", "0.4"]
+    assert main([*args, "--out", str(tmp_path / "auto")]) == 0
+    assert main([*args, "--out", str(tmp_path / "fixed"), "--fixed-diameter"]) == 0
+    auto = json.loads((tmp_path / "auto" / "summary.json").read_text())
+    fixed = json.loads((tmp_path / "fixed" / "summary.json").read_text())
+    assert auto["nuclei_diameter_um"] == pytest.approx(12.0) and "large nuclei" in auto["nuclei_diameter_note"]
+    assert fixed["nuclei_diameter_um"] == pytest.approx(7.0) and fixed["nuclei_diameter_note"] == ""
+
+
 def test_analyze_bad_input(tmp_path, capsys):
     assert main(["analyze", str(tmp_path / "missing.svs"), "--out", str(tmp_path / "o")]) == 2
     assert "missing" in capsys.readouterr().err

@@ -46,6 +46,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gpu", action="store_true", help="run Cellpose on CUDA")
     p.add_argument("--diameter-um", type=float_in(1.0, 100.0, unit="µm"), default=7.0)
     p.add_argument(
+        "--fixed-diameter",
+        action="store_true",
+        help="H&E: read nuclei at --diameter-um only (by default a field of large nuclei is read at 12/7 of it)",
+    )
+    p.add_argument(
         "--sigma-um", type=float_in(1.0, 5000.0, unit="µm"), default=25.0, help="density Gaussian sigma in µm"
     )
     p.add_argument(
@@ -185,6 +190,7 @@ def run(args: argparse.Namespace) -> int:
             cellpose_model=args.cellpose_model,
             gpu=args.gpu,
             diameter_um=args.diameter_um,
+            large_nuclei=not args.fixed_diameter,
             density_sigma_um=args.sigma_um,
             bins=bins,
             rules=Her2Rules(bins=bins),

@@ -80,6 +80,7 @@ COLOUR_H_SHARE = 0.88  # eosin-leaning: hematoxylin share below this share of th
 # recall 0.80 -> 0.77, precision 0.55 -> 0.56 (docs/analysis.md "Fresh set 6").
 LARGE_NUCLEI_FACTOR = 12.0 / 7.0
 LARGE_NUCLEI_AREA_SHARE = 0.61
+LARGE_NUCLEI_PROBE_PX = 1024  # the cue is read on at most this central square of the overview (its cost)
 FEATURES = ("od_share", "area_share", "solidity", "h_share")  # what blob_features returns, in this order
 NO_COLOUR = np.inf  # the h_share feature where no eosin is given (IHC, hematoxylin-only): never eosin-leaning
 

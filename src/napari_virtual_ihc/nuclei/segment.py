@@ -18,6 +18,7 @@ from .blobs import (
     CHECKS,
     LARGE_NUCLEI_AREA_SHARE,
     LARGE_NUCLEI_FACTOR,
+    LARGE_NUCLEI_PROBE_PX,
     MIN_CONTRAST_OD,
     contrast_cut,
     median_area_share,
@@ -117,6 +118,7 @@ class NucleiSegmenter:
         dab_compartment: str = "membrane",
         diameter_px: float | None = None,
         eosin_overview: np.ndarray | None = None,
+        large_nuclei: bool = True,
     ) -> None:
         """Fix the cuts from an overview of the whole area, so tiles cut the same way. Classical: Otsu on the
         signal the tiles are segmented on (H + DAB for a nuclear marker). Blobs: the contrast a nucleus
@@ -124,8 +126,8 @@ class NucleiSegmenter:
         (``diameter_px``: their size in overview pixels, >= 4), else the fixed default; and the mean hematoxylin
         OD of the overview's nuclear (upper Otsu) class, a share of which a nucleus' signal must reach; on H&E
         (``eosin_overview``) also that class's hematoxylin share, against which pale candidates' colour is read, and
-        whether the area's nuclei are large (``blobs.LARGE_NUCLEI_FACTOR``): then every tile reads at the larger
-        diameter, with the cuts calibrated at it."""
+        whether the area's nuclei are large (``blobs.LARGE_NUCLEI_FACTOR``; ``large_nuclei=False``: never): then
+        every tile reads at the larger diameter, with the cuts calibrated at it."""
         if self.cellpose is not None:
             return
         self.threshold = otsu_threshold(nuclear_od(hematoxylin_overview, dab_overview, dab_compartment))
@@ -134,7 +136,7 @@ class NucleiSegmenter:
         )
         self.diameter_scale, self.large_nuclei_share = 1.0, None
         runs_blobs = self.offline == "blobs" or (self.offline == "offline" and dab_overview is None)
-        if eosin_overview is None or dab_overview is not None or not runs_blobs:
+        if not large_nuclei or eosin_overview is None or dab_overview is not None or not runs_blobs:
             return
         if diameter_px is None or diameter_px < 4:  # the overview does not resolve nuclei
             return
@@ -142,7 +144,8 @@ class NucleiSegmenter:
         large_px = diameter_px * LARGE_NUCLEI_FACTOR
         large = NucleiSegmenter(None, offline="blobs", check=self.check)
         large._calibrate_blobs(hematoxylin_overview, None, "membrane", large_px, eosin_overview)
-        probe = large(hematoxylin_overview, large_px, eosin_od=eosin_overview)
+        crop = _central_crop(hematoxylin_overview.shape, LARGE_NUCLEI_PROBE_PX)  # bounds the probe's cost
+        probe = large(hematoxylin_overview[crop], large_px, eosin_od=eosin_overview[crop])
         self.large_nuclei_share = median_area_share(probe, large_px)
         if self.large_nuclei_share > LARGE_NUCLEI_AREA_SHARE:
             self.contrast_od = large.contrast_od
@@ -179,6 +182,12 @@ class NucleiSegmenter:
             f"large nuclei: read at {self.diameter_scale:.2f} x the expected diameter "
             f"(median mask share {self.large_nuclei_share:.2f} > {LARGE_NUCLEI_AREA_SHARE})"
         )
+
+
+def _central_crop(shape: tuple[int, ...], side: int) -> tuple[slice, slice]:
+    h, w = shape[:2]
+    y0, x0 = max((h - side) // 2, 0), max((w - side) // 2, 0)
+    return slice(y0, y0 + side), slice(x0, x0 + side)
 
 
 def make_segmenter(

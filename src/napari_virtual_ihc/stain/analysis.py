@@ -57,6 +57,9 @@ class AnalysisSettings:
     nuclei_method: str = "auto"  # auto | cellpose | classical
     cellpose_model: str = "nuclei"
     gpu: bool = False
+    large_nuclei: bool = (
+        True  # H&E: read a field of large nuclei at a larger diameter (blobs.LARGE_NUCLEI_FACTOR)
+    )
     diameter_um: float = 7.0
     density_sigma_um: float = 25.0
     bins: DabBins = field(default_factory=DabBins)
@@ -263,6 +266,7 @@ def iter_analysis(
             compartment,
             s.diameter_um / ov_mpp,
             eosin_overview=None if ihc else over["dab"],
+            large_nuclei=s.large_nuclei,
         )
     bx, by, bw, bh = bounds
     mh, mw = -(-bh // ds), -(-bw // ds)

@@ -64,6 +64,11 @@ class OverlayForm(QWidget):
         self.model.setToolTip("Cellpose built-in model name or a local model file")
         self.gpu = QCheckBox("GPU")
         self.diameter = _spin(7.0, 1, 50, " µm")
+        self.large_nuclei = QCheckBox("larger where nuclei are large")
+        self.large_nuclei.setChecked(True)
+        self.large_nuclei.setToolTip(
+            "H&E: a field of large nuclei is read at 12/7 of the diameter (the report says when)"
+        )
         self.sigma = _spin(25.0, 1, 500, " µm")
         self.mpp = _spin(0.0, 0, 10, " µm/px", decimals=3)
         self.mpp.setToolTip("0 = from the layer (µm scale), else 0.5 assumed")
@@ -101,7 +106,10 @@ class OverlayForm(QWidget):
         row.addWidget(self.gpu)
         form.addRow("Nuclei", row)
         form.addRow("Cellpose model", self.model)
-        form.addRow("Nucleus diameter", self.diameter)
+        size = QHBoxLayout()
+        size.addWidget(self.diameter)
+        size.addWidget(self.large_nuclei)
+        form.addRow("Nucleus diameter", size)
         form.addRow("Density sigma", self.sigma)
         form.addRow("Pixel size", self.mpp)
         cuts = QHBoxLayout()

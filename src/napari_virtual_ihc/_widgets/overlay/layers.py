@@ -115,6 +115,7 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [
         ("nuclei", f"{summary['nuclei_count']} ({summary['nuclei_method']})"),
         ("nuclei / mm²", f"{summary['nuclei_per_mm2']:.0f}"),
+        ("nucleus diameter", f"{summary['nuclei_diameter_um']:.1f} µm"),
         ("µm / px", f"{summary['mpp']:.3f}" + (" (assumed)" if summary["mpp_assumed"] else "")),
     ]
     if "dab_fractions" in summary:

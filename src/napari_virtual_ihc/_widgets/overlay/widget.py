@@ -354,6 +354,7 @@ class StainOverlayWidget(OverlayForm):
             cellpose_model=self.model.text().strip() or "nuclei",
             gpu=self.gpu.isChecked(),
             diameter_um=self.diameter.value(),
+            large_nuclei=self.large_nuclei.isChecked(),
             density_sigma_um=self.sigma.value(),
             bins=bins,
             rules=Her2Rules(bins=bins),
@@ -494,6 +495,8 @@ class StainOverlayWidget(OverlayForm):
             notes.append(est["note"])
         if result.marker_reason != "chosen":
             notes.append(result.marker_reason)
+        if result.nuclei_diameter_note:  # a field of large nuclei, read at a larger diameter
+            notes.append(result.nuclei_diameter_note)
         if tumour is not None and tumour.record is not None:  # the MIL map's: read at which scale, empty...
             notes.extend(str(n) for n in tumour.record.get("notes", ()))
         self.status.setText(
