@@ -45,7 +45,9 @@ def test_analyze_he_reads_large_nuclei_larger_unless_the_diameter_is_fixed(tmp_p
     assert main([*args, "--out", str(tmp_path / "fixed"), "--fixed-diameter"]) == 0
     auto = json.loads((tmp_path / "auto" / "summary.json").read_text())
     fixed = json.loads((tmp_path / "fixed" / "summary.json").read_text())
-    assert auto["nuclei_diameter_um"] == pytest.approx(12.0) and "large nuclei" in auto["nuclei_diameter_note"]
+    assert (
+        auto["nuclei_diameter_um"] == pytest.approx(12.0) and "large nuclei" in auto["nuclei_diameter_note"]
+    )
     assert fixed["nuclei_diameter_um"] == pytest.approx(7.0) and fixed["nuclei_diameter_note"] == ""
 
 
