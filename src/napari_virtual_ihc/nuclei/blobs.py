@@ -70,16 +70,20 @@ COLOUR_OD_SHARE = 0.75  # pale: mean signal below this share of the nuclear-clas
 COLOUR_H_SHARE = 0.88  # eosin-leaning: hematoxylin share below this share of the nuclear-class pixels'
 # Large nuclei on H&E (session 36). Where a field's nuclei are much larger than the expected diameter (large
 # vesicular tumour nuclei), the detector at that diameter finds their chromatin clumps and the dark cytoplasm
-# between them. Run at LARGE_NUCLEI_FACTOR times the expected diameter, nuclei of the usual size keep their size, so
-# the median mask covers a small share of the larger expected area, while large nuclei fill it: on the 30 tune H&E
-# images the share was 0.18-0.58 where nuclei are of the usual size and 0.64-1.00 on the five images of large
-# nuclei that read better at the larger diameter (F1 0.33-0.62 -> 0.54-0.84). The cut sits in the middle of that
-# gap; the whole area then reads at the larger diameter (tune: mean F1 0.751 -> 0.794, pooled recall 0.824 ->
-# 0.823, no image lower). On the held set 6 it helped a field of large nuclei (F1 0.23 -> 0.42) and cost a dense
-# field of elongated nuclei whose share, 0.63, crossed the cut (F1 0.68 -> 0.46): mean F1 0.609 -> 0.605, pooled
-# recall 0.80 -> 0.77, precision 0.55 -> 0.56 (docs/analysis.md "Fresh set 6").
+# between them, and the field reads far better at LARGE_NUCLEI_FACTOR times the diameter. Two cues, both read on the
+# overview, must agree (docs/analysis.md "Fresh set 6" and "Fresh set 7"):
+# - at the larger diameter, nuclei of the usual size keep their size, so the median mask covers a small share of
+#   the larger expected area, while large nuclei fill it (median_area_share > LARGE_NUCLEI_AREA_SHARE);
+# - but masks also fill it where small nuclei are packed (a dense field of elongated nuclei), so the hematoxylin's
+#   blobs must be large themselves: the scale-normalised LoG responds about as strongly at LARGE_NUCLEI_LOG_FACTOR
+#   times the diameter as at the diameter (blob_scale_ratio >= LARGE_NUCLEI_LOG_RATIO; Lindeberg's scale selection).
+# Chosen on the 38 tune H&E images: mean F1 0.721 at 7 µm, 0.754 with the area cue alone (set 6's look: a dense
+# field crossed it, F1 0.68 -> 0.46), 0.763 with both; eight fields switch, none reads lower than at 7 µm, and the
+# same eight switch for ratio cuts 0.8-0.9 and share cuts 0.48-0.52.
 LARGE_NUCLEI_FACTOR = 12.0 / 7.0
-LARGE_NUCLEI_AREA_SHARE = 0.61
+LARGE_NUCLEI_AREA_SHARE = 0.5
+LARGE_NUCLEI_LOG_FACTOR = 16.0 / 7.0
+LARGE_NUCLEI_LOG_RATIO = 0.85
 LARGE_NUCLEI_PROBE_PX = 1024  # the cue is read on at most this central square of the overview (its cost)
 FEATURES = ("od_share", "area_share", "solidity", "h_share")  # what blob_features returns, in this order
 NO_COLOUR = np.inf  # the h_share feature where no eosin is given (IHC, hematoxylin-only): never eosin-leaning
@@ -210,6 +214,21 @@ def median_area_share(labels: np.ndarray, diameter_px: float) -> float:
     areas = np.bincount(labels.ravel())[1:]
     areas = areas[areas > 0]
     return float(np.median(areas)) / (np.pi * (diameter_px / 2.0) ** 2) if areas.size else 0.0
+
+
+def blob_scale_ratio(
+    signal: np.ndarray, diameter_px: float, factor: float = LARGE_NUCLEI_LOG_FACTOR
+) -> float:
+    """How strongly the image's blobs answer a LoG ``factor`` times the expected diameter, against the diameter
+    itself: the 90th percentile of the positive local maxima of the scale-normalised LoG (sigma = d / 2 sqrt 2) at
+    each, as a ratio (about 1 or above for a field of blobs that large; 0 on a blank field)."""
+    levels = []
+    for d in (diameter_px, diameter_px * factor):
+        sigma = d / (2.0 * np.sqrt(2.0))
+        response = -(sigma**2) * ndi.gaussian_laplace(signal.astype(np.float32), sigma)
+        peaks = (ndi.maximum_filter(response, size=max(3, int(2 * sigma))) == response) & (response > 0)
+        levels.append(float(np.percentile(response[peaks], 90)) if peaks.any() else 0.0)
+    return levels[1] / levels[0] if levels[0] > 0 else 0.0
 
 
 def contrast_cut(hematoxylin_overview: np.ndarray, diameter_px: float) -> float:

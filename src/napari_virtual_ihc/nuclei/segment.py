@@ -18,8 +18,10 @@ from .blobs import (
     CHECKS,
     LARGE_NUCLEI_AREA_SHARE,
     LARGE_NUCLEI_FACTOR,
+    LARGE_NUCLEI_LOG_RATIO,
     LARGE_NUCLEI_PROBE_PX,
     MIN_CONTRAST_OD,
+    blob_scale_ratio,
     contrast_cut,
     median_area_share,
     nuclear_class_h_share,
@@ -58,6 +60,7 @@ class NucleiSegmenter:
     check: str = "rules"  # blobs: the per-candidate check, the hand "rules" or "learned" (blobs.CHECKS)
     diameter_scale: float = 1.0  # blobs on H&E: LARGE_NUCLEI_FACTOR where the overview's nuclei are large
     large_nuclei_share: float | None = None  # blobs.median_area_share of the overview, if measured
+    large_nuclei_log_ratio: float | None = None  # blobs.blob_scale_ratio of the overview, if measured
 
     def __post_init__(self) -> None:
         if self.offline not in OFFLINE_METHODS:
@@ -134,7 +137,7 @@ class NucleiSegmenter:
         self._calibrate_blobs(
             hematoxylin_overview, dab_overview, dab_compartment, diameter_px, eosin_overview
         )
-        self.diameter_scale, self.large_nuclei_share = 1.0, None
+        self.diameter_scale, self.large_nuclei_share, self.large_nuclei_log_ratio = 1.0, None, None
         runs_blobs = self.offline == "blobs" or (self.offline == "offline" and dab_overview is None)
         if not large_nuclei or eosin_overview is None or dab_overview is not None or not runs_blobs:
             return
@@ -147,7 +150,9 @@ class NucleiSegmenter:
         crop = _central_crop(hematoxylin_overview.shape, LARGE_NUCLEI_PROBE_PX)  # bounds the probe's cost
         probe = large(hematoxylin_overview[crop], large_px, eosin_od=eosin_overview[crop])
         self.large_nuclei_share = median_area_share(probe, large_px)
-        if self.large_nuclei_share > LARGE_NUCLEI_AREA_SHARE:
+        self.large_nuclei_log_ratio = blob_scale_ratio(hematoxylin_overview[crop], diameter_px)
+        large_blobs = self.large_nuclei_log_ratio >= LARGE_NUCLEI_LOG_RATIO
+        if self.large_nuclei_share > LARGE_NUCLEI_AREA_SHARE and large_blobs:
             self.contrast_od = large.contrast_od
             self.nuclear_class_od = large.nuclear_class_od
             self.nuclear_h_share = large.nuclear_h_share
@@ -180,7 +185,8 @@ class NucleiSegmenter:
             return ""
         return (
             f"large nuclei: read at {self.diameter_scale:.2f} x the expected diameter "
-            f"(median mask share {self.large_nuclei_share:.2f} > {LARGE_NUCLEI_AREA_SHARE})"
+            f"(median mask share {self.large_nuclei_share:.2f} > {LARGE_NUCLEI_AREA_SHARE}, "
+            f"LoG ratio {self.large_nuclei_log_ratio:.2f} >= {LARGE_NUCLEI_LOG_RATIO})"
         )
 
 
