@@ -81,7 +81,9 @@ def _csv(path: Path) -> tuple[dict[str, str], ...]:
 def _rows(source: str, image: str, box: str | None) -> list[dict[str, str]]:
     if source == "skimage":
         return [r for r in _csv(DATA / "ihc-nuclei-marks.csv") if r["box"] == box]
-    if source.startswith("fresh6-"):
+    if source.startswith("fresh7-"):
+        path = SET / "fresh7-marks.csv"
+    elif source.startswith("fresh6-"):
         path = SET / "fresh6-marks.csv"
     elif source.startswith("fresh5-"):
         path = SET / "fresh5-marks.csv"
@@ -107,6 +109,10 @@ ADDED = {
     "fresh5-torchstain": "fresh5-marks-added.csv",  # set 5's blind review found one, on torchstain-target
     **{  # set 6's blind review found eight (README.md "Fresh set 6")
         f"fresh6-{source}": "fresh6-marks-added.csv"
+        for source in ("tiatoolbox", "histolab", "torchstain", "cmu1", "tcga")
+    },
+    **{  # set 7's blind review found seven (README.md "Fresh set 7")
+        f"fresh7-{source}": "fresh7-marks-added.csv"
         for source in ("tiatoolbox", "histolab", "torchstain", "cmu1", "tcga")
     },
 }
@@ -237,6 +243,19 @@ CASES: tuple[Case, ...] = (
             ("cmu1-g", 0.499),
             ("cmu1-h", 0.499),
             ("tcga-frozen-a", 1.1),
+        )
+    ),
+    # Fresh set 7 (session 36; README.md "Fresh set 7"): six H&E crops no earlier session saw, marked by eye before
+    # any detector ran on them; the held half for H&E, for the large-nucleus rule's two cues.
+    *(
+        Case(f"fresh-he-{name}", f"fresh7-{name.split('-')[0]}", "he", "none", mpp, "held")
+        for name, mpp in (
+            ("tiatoolbox-i", 0.4),
+            ("histolab-dense-d", 0.5),
+            ("histolab-dense-e", 0.5),
+            ("torchstain-source-c", 1.2),
+            ("cmu1-i", 0.499),
+            ("tcga-frozen-b", 1.1),
         )
     ),
 )

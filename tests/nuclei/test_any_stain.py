@@ -47,11 +47,12 @@ def test_the_set_has_eight_images_from_three_sources_split_in_halves():
 # against the completed truth (docs/analysis.md "Nuclei on any stain"). Issue 32 asks >= 0.85 for both. Measured
 # once each, with the detector frozen: nuclear DAB on fresh sets 3 (session 34: 0.86 / 0.94) and 5 (session 35:
 # 0.74 / 0.90, its faint out-of-focus negatives missed), pooled 0.81 / 0.92, not met; membrane DAB 0.93 / 0.87,
-# met; H&E on fresh set 6 (session 36, eight crops from five sources, one a TCGA frozen section) 0.77 / 0.56, not
-# met (set 5 had read 0.83 / 0.84). The floors sit a little below the measured figures, so a regression fails.
+# met; H&E on fresh set 7 (session 36, six crops from five sources, one a TCGA frozen section) 0.77 / 0.69, not met
+# (set 5 had read 0.83 / 0.84, set 6 0.77 / 0.56). The floors sit a little below the measured figures, so a
+# regression fails.
 @pytest.mark.parametrize(
     ("compartment", "floor"),
-    [("nuclear", (0.80, 0.90)), ("membrane", (0.90, 0.84)), ("none", (0.75, 0.54))],
+    [("nuclear", (0.80, 0.90)), ("membrane", (0.90, 0.84)), ("none", (0.75, 0.67))],
 )
 def test_held_recall_and_precision(compartment, floor):
     recall, precision, n = _pooled([c for c in HELD if c.compartment == compartment], "offline")
