@@ -81,12 +81,9 @@ def _csv(path: Path) -> tuple[dict[str, str], ...]:
 def _rows(source: str, image: str, box: str | None) -> list[dict[str, str]]:
     if source == "skimage":
         return [r for r in _csv(DATA / "ihc-nuclei-marks.csv") if r["box"] == box]
-    if source.startswith("fresh7-"):
-        path = SET / "fresh7-marks.csv"
-    elif source.startswith("fresh6-"):
-        path = SET / "fresh6-marks.csv"
-    elif source.startswith("fresh5-"):
-        path = SET / "fresh5-marks.csv"
+    fresh_set = source.split("-", 1)[0]  # "fresh5" .. "fresh7": a set's own marks file
+    if fresh_set in ("fresh5", "fresh6", "fresh7"):
+        path = SET / f"{fresh_set}-marks.csv"
     elif source.startswith("fresh-"):
         path = SET / "fresh-marks.csv"
     else:
@@ -107,12 +104,9 @@ ADDED = {
         for source in ("fresh-openslide", "fresh-openslide-cmu1", "fresh-tiatoolbox")
     },
     "fresh5-torchstain": "fresh5-marks-added.csv",  # set 5's blind review found one, on torchstain-target
-    **{  # set 6's blind review found eight (README.md "Fresh set 6")
-        f"fresh6-{source}": "fresh6-marks-added.csv"
-        for source in ("tiatoolbox", "histolab", "torchstain", "cmu1", "tcga")
-    },
-    **{  # set 7's blind review found seven (README.md "Fresh set 7")
-        f"fresh7-{source}": "fresh7-marks-added.csv"
+    **{  # sets 6 and 7's blind reviews found eight and seven (README.md "Fresh set 6", "Fresh set 7")
+        f"{fresh_set}-{source}": f"{fresh_set}-marks-added.csv"
+        for fresh_set in ("fresh6", "fresh7")
         for source in ("tiatoolbox", "histolab", "torchstain", "cmu1", "tcga")
     },
 }
