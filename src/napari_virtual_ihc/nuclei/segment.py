@@ -93,8 +93,7 @@ class NucleiSegmenter:
             else:
                 signal = nuclear_signal(hematoxylin_od, dab_od)
             return self.cellpose.segment(signal, diameter_px)
-        method = offline_method_for(dab_od, dab_compartment) if self.offline == "offline" else self.offline
-        if method == "blobs":
+        if self._offline_method(dab_od, dab_compartment) == "blobs":
             return segment_blobs(
                 hematoxylin_od,
                 diameter_px * self.diameter_scale,
@@ -109,6 +108,10 @@ class NucleiSegmenter:
         return segment_classical(
             hematoxylin_od, diameter_px, self.threshold, dab_od=dab_od, dab_compartment=dab_compartment
         )
+
+    def _offline_method(self, dab_od: np.ndarray | None, dab_compartment: str) -> str:
+        """What runs without Cellpose on this stain (``offline``: see :func:`offline_method_for`)."""
+        return offline_method_for(dab_od, dab_compartment) if self.offline == "offline" else self.offline
 
     @property
     def needs_calibration(self) -> bool:
@@ -138,7 +141,7 @@ class NucleiSegmenter:
             hematoxylin_overview, dab_overview, dab_compartment, diameter_px, eosin_overview
         )
         self.diameter_scale, self.large_nuclei_share, self.large_nuclei_log_ratio = 1.0, None, None
-        runs_blobs = self.offline == "blobs" or (self.offline == "offline" and dab_overview is None)
+        runs_blobs = self._offline_method(dab_overview, dab_compartment) == "blobs"
         if not large_nuclei or eosin_overview is None or dab_overview is not None or not runs_blobs:
             return
         if diameter_px is None or diameter_px < 4:  # the overview does not resolve nuclei

@@ -58,7 +58,7 @@ class AnalysisSettings:
     cellpose_model: str = "nuclei"
     gpu: bool = False
     large_nuclei: bool = (
-        True  # H&E: read a field of large nuclei at a larger diameter (blobs.LARGE_NUCLEI_FACTOR)
+        True  # H&E: a field of large nuclei reads at blobs.LARGE_NUCLEI_FACTOR x the diameter
     )
     diameter_um: float = 7.0
     density_sigma_um: float = 25.0
