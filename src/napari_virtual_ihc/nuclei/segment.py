@@ -21,6 +21,7 @@ from .blobs import (
     LARGE_NUCLEI_LOG_RATIO,
     LARGE_NUCLEI_PROBE_PX,
     MIN_CONTRAST_OD,
+    RESOLVED_DIAMETER_PX,
     blob_scale_ratio,
     contrast_cut,
     median_area_share,
@@ -144,7 +145,7 @@ class NucleiSegmenter:
         runs_blobs = self._offline_method(dab_overview, dab_compartment) == "blobs"
         if not large_nuclei or eosin_overview is None or dab_overview is not None or not runs_blobs:
             return
-        if diameter_px is None or diameter_px < 4:  # the overview does not resolve nuclei
+        if diameter_px is None or diameter_px < RESOLVED_DIAMETER_PX:  # the overview does not resolve nuclei
             return
         # H&E: are this area's nuclei large? (blobs.LARGE_NUCLEI_FACTOR; one answer for every tile)
         large_px = diameter_px * LARGE_NUCLEI_FACTOR
@@ -171,12 +172,14 @@ class NucleiSegmenter:
     ) -> None:
         """The blob detector's cuts at ``diameter_px`` (see :meth:`calibrate`)."""
         nuclear_dab = dab_overview if dab_compartment == "nuclear" else None
-        self.nuclear_class_od = nuclear_class_level(hematoxylin_overview, diameter_px or 4.0, nuclear_dab)
+        self.nuclear_class_od = nuclear_class_level(
+            hematoxylin_overview, diameter_px or RESOLVED_DIAMETER_PX, nuclear_dab
+        )
         if eosin_overview is not None:
             self.nuclear_h_share = nuclear_class_h_share(
-                hematoxylin_overview, eosin_overview, diameter_px or 4.0
+                hematoxylin_overview, eosin_overview, diameter_px or RESOLVED_DIAMETER_PX
             )
-        if diameter_px is not None and diameter_px >= 4:
+        if diameter_px is not None and diameter_px >= RESOLVED_DIAMETER_PX:
             self.contrast_od = contrast_cut(hematoxylin_overview, diameter_px)
         else:
             self.contrast_od = MIN_CONTRAST_OD

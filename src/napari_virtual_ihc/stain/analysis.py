@@ -34,6 +34,8 @@ from .markers import (
     resolve_marker,
 )
 from .membrane import BIN_NAMES, DabBins, calibration_note, dab_bins, tdkstain_membrane_mask
+from .nuclei_sample import nuclei_sample
+from .overview import glass_only, read_overview
 from .regions import TumourRegion
 
 ASSUMED_MPP = 0.5
@@ -115,6 +117,10 @@ class AnalysisResult:
     dab_call: CompartmentCall = field(default_factory=lambda: CompartmentCall("none", 0, 0.0, 0.0))
     nuclei_diameter_um: float = 7.0  # the diameter the nuclei were read at (larger where they are large)
     nuclei_diameter_note: str = ""  # why, when it is not the expected one
+    # level-0 (x, y, w, h) windows the nucleus cuts were calibrated on (empty: the area's overview), and why
+    nuclei_calibration_windows: tuple[tuple[int, int, int, int], ...] = ()
+    nuclei_calibration_note: str = ""
+    glass_tiles: int = 0  # tiles whose core holds no tissue on the overview: not read, no nuclei
 
     @property
     def n_nuclei(self) -> int:
@@ -159,6 +165,9 @@ class AnalysisResult:
             "nuclei_count": self.n_nuclei,
             "nuclei_diameter_um": self.nuclei_diameter_um,
             "nuclei_diameter_note": self.nuclei_diameter_note,
+            "nuclei_calibration_windows": [list(w) for w in self.nuclei_calibration_windows],
+            "nuclei_calibration_note": self.nuclei_calibration_note,
+            "glass_tiles": self.glass_tiles,
             "area_mm2": area_mm2,
             "nuclei_per_mm2": self.n_nuclei / area_mm2 if area_mm2 > 0 else 0.0,
             "complete": self.complete,
@@ -243,18 +252,21 @@ def iter_analysis(
     grid = TileGrid(plane=(W, H), bounds=bounds, tile=s.tile, halo=max(round(s.halo_um / mpp), 8))
     seg = segmenter or make_segmenter(s.nuclei_method, s.cellpose_model, s.gpu)
     ds = s.map_downsample
-    overview = _overview_rgb(slide, bounds)
+    overview = read_overview(slide, bounds)
     # the white point is the slide's (a tile without glass keeps it); vectors and threshold the region's
-    whole = overview if bounds == (0, 0, W, H) else _overview_rgb(slide, (0, 0, W, H))
-    cal = calibrate(overview, s.stains, background=s.background, vectors=s.stain_vectors, white_from=whole)
+    whole = overview if bounds == (0, 0, W, H) else read_overview(slide, (0, 0, W, H))
+    cal = calibrate(
+        overview.rgb, s.stains, background=s.background, vectors=s.stain_vectors, white_from=whole.rgb
+    )
     if s.calibration_name:  # a loaded calibration: its white point and vectors, named
         src = f"calibration {s.calibration_name!r}"
         cal = StainCalibration(cal.stains, src, src, cal.notes)
     stain_matrix = cal.stains
     ihc = s.mode == "ihc"
-    over = deconvolve(overview, stain_matrix)
-    ov_mpp = mpp * bounds[2] / max(overview.shape[1], 1)  # the overview may be a downsampled level
-    call = _probe_compartment(over, s, ov_mpp) if ihc else CompartmentCall("none", 0, 0.0, 0.0)
+    # nuclei are calibrated where pixels resolve them: the overview, or level-0 windows of a whole slide's tissue
+    sample = nuclei_sample(slide, bounds, overview, mpp, s.diameter_um)
+    over = deconvolve(sample.rgb, stain_matrix)
+    call = _probe_compartment(over, s, sample.mpp) if ihc else CompartmentCall("none", 0, 0.0, 0.0)
     marker, reason = resolve_marker(s.marker, call)
     compartment = COMPARTMENT.get(marker, "membrane")
     if seg.needs_calibration:
@@ -264,7 +276,7 @@ def iter_analysis(
             over["hematoxylin"],
             over["dab"] if ihc else None,
             compartment,
-            s.diameter_um / ov_mpp,
+            s.diameter_um / sample.mpp,
             eosin_overview=None if ihc else over["dab"],
             large_nuclei=s.large_nuclei,
         )
@@ -279,10 +291,18 @@ def iter_analysis(
     tables: list[CellTable] = []
     next_id = 0
     complete = True
+    glass_tiles = 0
+    tissue = overview.tissue()  # tiles of glass alone are not read (as the engine skips them)
     for k, tile in enumerate(grid):
         if cancel is not None and cancel.is_set():
             complete = False
             break
+        gx, gy, gw, gh = tile.core
+        if glass_only(tissue, overview.downsample, (gx - bx, gy - by, gw, gh)):
+            bin_counts[0] += gw * gh  # glass is DAB-negative, as the bins read it
+            glass_tiles += 1
+            yield (k + 1, len(grid))
+            continue
         wx, wy, ww, wh = tile.window
         rgb = slide.read_region((wx, wy), 0, (ww, wh))
         stains = deconvolve(rgb, stain_matrix)
@@ -338,6 +358,9 @@ def iter_analysis(
         dab_call=call,
         nuclei_diameter_um=s.diameter_um * seg.diameter_scale,
         nuclei_diameter_note=seg.diameter_note,
+        nuclei_calibration_windows=sample.windows,
+        nuclei_calibration_note=sample.note,
+        glass_tiles=glass_tiles,
     )
     if not complete:
         raise AnalysisCancelled(result)
@@ -354,7 +377,7 @@ def _tile_code(marker: str, table: CellTable, s: AnalysisSettings) -> int:
 
 
 def _probe_compartment(over: dict[str, np.ndarray], s: AnalysisSettings, mpp: float) -> CompartmentCall:
-    """Where the DAB sits, on a central crop of the overview: nuclei found on hematoxylin (the membrane
+    """Where the DAB sits, on a central crop of the nuclei sample (``nuclei_sample``): nuclei found on hematoxylin (the membrane
     split, so a membrane's DAB stays in the rings) and the stain's shapes (see ``markers.dab_compartment``)."""
     h, w = over["dab"].shape
     y0, x0 = max((h - PROBE_PX) // 2, 0), max((w - PROBE_PX) // 2, 0)
@@ -372,21 +395,6 @@ def analyze_image(rgb: np.ndarray, settings: AnalysisSettings | None = None, **k
     from ..slides.base import ArraySlide
 
     return analyze_slide(ArraySlide(np.ascontiguousarray(rgb[..., :3])), settings, **kw)
-
-
-def _overview_rgb(slide: Slide, bounds: tuple[int, int, int, int]) -> np.ndarray:
-    """RGB of the area at <= ~2048 px on a side (a pyramid level, or a central crop): enough pixels for the
-    white point, the stain vectors and one Otsu cut, read once."""
-    bx, by, bw, bh = bounds
-    level = slide.best_level_for_downsample(max(bw, bh) / 2048)
-    f = slide.level_downsamples[level]
-    w, h = max(int(bw / f), 1), max(int(bh / f), 1)
-    if w * h > 4096 * 4096:  # single-level giant: a central crop is representative enough
-        cw, ch = min(bw, 4096), min(bh, 4096)
-        rgb = slide.read_region((bx + (bw - cw) // 2, by + (bh - ch) // 2), 0, (cw, ch))
-    else:
-        rgb = slide.read_region((bx, by), level, (w, h))
-    return rgb
 
 
 def _in_core(y: np.ndarray, x: np.ndarray, core: tuple[int, int, int, int]) -> np.ndarray:

@@ -497,6 +497,10 @@ class StainOverlayWidget(OverlayForm):
             notes.append(result.marker_reason)
         if result.nuclei_diameter_note:  # a field of large nuclei, read at a larger diameter
             notes.append(result.nuclei_diameter_note)
+        if (
+            result.nuclei_calibration_note
+        ):  # a whole slide: nuclei calibrated on level-0 windows of its tissue
+            notes.append(result.nuclei_calibration_note)
         if tumour is not None and tumour.record is not None:  # the MIL map's: read at which scale, empty...
             notes.extend(str(n) for n in tumour.record.get("notes", ()))
         self.status.setText(
