@@ -15,12 +15,13 @@ from skimage import data
 
 from napari_virtual_ihc.nuclei.segment import NucleiSegmenter, make_segmenter
 from napari_virtual_ihc.slides import open_slide
+from napari_virtual_ihc.slides.base import ArraySlide
 from napari_virtual_ihc.stain import AnalysisSettings, analyze_image
 from napari_virtual_ihc.stain.analysis import _probe_compartment, iter_analysis
 from napari_virtual_ihc.stain.calibration import calibrate
 from napari_virtual_ihc.stain.deconvolution import deconvolve
 from napari_virtual_ihc.stain.nuclei_sample import nuclei_sample, tissue_windows
-from napari_virtual_ihc.stain.overview import read_overview
+from napari_virtual_ihc.stain.overview import glass_only, read_overview
 
 from .big_pyramid import MPP, he_tiles, tissue_block, write_big_pyramid
 
@@ -134,5 +135,25 @@ def test_tiles_of_glass_alone_are_not_read_and_count_as_dab_negative(he_full) ->
     assert ((result.cells.x >= 518) & (result.cells.x < 1018)).all()
     assert ((result.cells.y >= 518) & (result.cells.y < 1018)).all()
     assert result.bin_counts.sum() == 1536 * 1536
+    summary = result.summary()  # density over the tissue, not the glass (500 x 500 px at 0.5 µm/px)
+    assert summary["tissue_mm2"] == pytest.approx(0.0625, rel=0.1)
+    assert summary["nuclei_per_mm2_tissue"] == pytest.approx(result.n_nuclei / summary["tissue_mm2"])
+    assert summary["nuclei_per_mm2_tissue"] > 8 * summary["nuclei_per_mm2"]
     inside = analyze_image(np.ascontiguousarray(canvas[512:1024, 512:1024]), settings)
     assert inside.glass_tiles == 0 and abs(inside.n_nuclei - result.n_nuclei) <= 0.05 * inside.n_nuclei
+
+
+def test_a_single_level_giant_is_overviewed_by_a_level_0_crop_that_claims_nothing_of_the_rest() -> None:
+    slide = ArraySlide(np.full((4200, 4300, 3), 230, np.uint8))
+    ov = read_overview(slide, (0, 0, 4300, 4200))
+    assert ov.rgb.shape == (4096, 4096, 3) and ov.downsample == 1.0 and not ov.whole
+    assert ov.tissue() is None and not glass_only(ov.tissue(), ov.downsample, (0, 0, 64, 64))
+    small = read_overview(ArraySlide(np.full((300, 500, 3), 230, np.uint8)), (0, 0, 500, 300))
+    assert small.whole and small.downsample == 1.0 and glass_only(small.tissue(), 1.0, (0, 0, 64, 64))
+
+
+def test_a_blank_slide_reads_no_nuclei_and_no_tissue() -> None:
+    result = analyze_image(np.full((1024, 1536, 3), 242, np.uint8), AnalysisSettings(tile=512, mpp=0.5))
+    summary = result.summary()
+    assert result.glass_tiles == 6 and result.n_nuclei == 0
+    assert summary["tissue_mm2"] == 0 and summary["nuclei_per_mm2_tissue"] is None

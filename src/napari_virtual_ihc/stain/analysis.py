@@ -107,7 +107,7 @@ class AnalysisResult:
     tile_size: int
     cells: CellTable  # coordinates in level-0 pixels
     bin_counts: np.ndarray = field(default_factory=lambda: np.zeros(4, np.int64))
-    tissue_px: int = 0
+    tissue_px: int | None = None  # level-0 px of tissue (the overview's tissue mask); None: not measured
     complete: bool = True
     calibration: StainCalibration = field(default_factory=StainCalibration)
     bins: DabBins = field(default_factory=DabBins)
@@ -153,6 +153,7 @@ class AnalysisResult:
 
     def summary(self, region: TumourRegion | None = None, rules: Her2Rules | None = None) -> dict[str, Any]:
         area_mm2 = self.region[2] * self.region[3] * (self.mpp * 1e-3) ** 2
+        tissue_mm2 = None if self.tissue_px is None else self.tissue_px * (self.mpp * 1e-3) ** 2
         out: dict[str, Any] = {
             "region_level0": list(self.region),
             "mpp": self.mpp,
@@ -170,6 +171,8 @@ class AnalysisResult:
             "glass_tiles": self.glass_tiles,
             "area_mm2": area_mm2,
             "nuclei_per_mm2": self.n_nuclei / area_mm2 if area_mm2 > 0 else 0.0,
+            "tissue_mm2": tissue_mm2,
+            "nuclei_per_mm2_tissue": self.n_nuclei / tissue_mm2 if tissue_mm2 else None,
             "complete": self.complete,
             "stain_calibration": self.calibration.as_dict(),
             "cells_counted": NO_REGION if region is None else region.describe(),
@@ -361,6 +364,7 @@ def iter_analysis(
         nuclei_calibration_windows=sample.windows,
         nuclei_calibration_note=sample.note,
         glass_tiles=glass_tiles,
+        tissue_px=None if tissue is None else round(float(tissue.mean()) * bw * bh),
     )
     if not complete:
         raise AnalysisCancelled(result)

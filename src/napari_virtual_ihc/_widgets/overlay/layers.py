@@ -110,11 +110,16 @@ def _direct(colors: Mapping[int, tuple[float, ...]]) -> Any:
     return DirectLabelColormap(color_dict=color_dict)
 
 
+def _or_dash(value: float | None, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)
+
+
 def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     """Rows for the small numbers table."""
     rows = [
         ("nuclei", f"{summary['nuclei_count']} ({summary['nuclei_method']})"),
         ("nuclei / mm²", f"{summary['nuclei_per_mm2']:.0f}"),
+        ("nuclei / mm² of tissue", _or_dash(summary.get("nuclei_per_mm2_tissue"), "{:.0f}")),
         ("nucleus diameter", f"{summary['nuclei_diameter_um']:.1f} µm"),
         ("µm / px", f"{summary['mpp']:.3f}" + (" (assumed)" if summary["mpp_assumed"] else "")),
     ]
