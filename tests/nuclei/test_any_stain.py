@@ -128,14 +128,16 @@ def test_a_field_of_usual_nuclei_keeps_the_expected_diameter(name):
     case = next(c for c in v.CASES if c.name == name)
     seg = v.prepare(case, "offline").seg
     print(
-        f"{name}: median mask share at 12 µm {seg.large_nuclei_share:.2f}, LoG ratio {seg.large_nuclei_log_ratio:.2f}"
+        f"{name}: median mask share at 12 µm {seg.large_nuclei_share}, LoG ratio {seg.large_nuclei_log_ratio:.2f}"
     )
     assert seg.diameter_scale == 1.0 and seg.diameter_note == ""
-    assert seg.large_nuclei_share is not None and seg.large_nuclei_log_ratio is not None
-    assert (
-        seg.large_nuclei_share <= blobs.LARGE_NUCLEI_AREA_SHARE
-        or seg.large_nuclei_log_ratio < blobs.LARGE_NUCLEI_LOG_RATIO
-    )
+    assert seg.large_nuclei_log_ratio is not None
+    if (
+        seg.large_nuclei_log_ratio >= blobs.LARGE_NUCLEI_LOG_RATIO
+    ):  # the area share was measured, and is small
+        assert seg.large_nuclei_share is not None and seg.large_nuclei_share <= blobs.LARGE_NUCLEI_AREA_SHARE
+    else:  # the scale cue failed first: the 12 µm probe was not run
+        assert seg.large_nuclei_share is None
 
 
 def test_the_log_ratio_tells_large_blobs_from_packed_small_ones():

@@ -91,7 +91,7 @@ def test_a_whole_slide_cuts_nuclei_as_a_region_of_its_tissue_does(he_slide) -> N
     assert whole.nuclear_h_share == pytest.approx(region.nuclear_h_share, rel=0.1)
     assert whole.contrast_od == pytest.approx(region.contrast_od, rel=0.2)
     # the size probe ran on the whole slide too (it was skipped on the coarse overview)
-    assert whole.large_nuclei_share is not None and region.large_nuclei_share is not None
+    assert whole.large_nuclei_log_ratio is not None and region.large_nuclei_log_ratio is not None
     assert whole.diameter_scale == region.diameter_scale
 
 

@@ -60,7 +60,9 @@ class NucleiSegmenter:
     offline: str = "offline"  # the method used when there is no Cellpose model
     check: str = "rules"  # blobs: the per-candidate check, the hand "rules" or "learned" (blobs.CHECKS)
     diameter_scale: float = 1.0  # blobs on H&E: LARGE_NUCLEI_FACTOR where the overview's nuclei are large
-    large_nuclei_share: float | None = None  # blobs.median_area_share of the overview, if measured
+    large_nuclei_share: float | None = (
+        None  # blobs.median_area_share of the overview (only where the LoG cue holds)
+    )
     large_nuclei_log_ratio: float | None = None  # blobs.blob_scale_ratio of the overview, if measured
 
     def __post_init__(self) -> None:
@@ -148,15 +150,16 @@ class NucleiSegmenter:
         if diameter_px is None or diameter_px < RESOLVED_DIAMETER_PX:  # the overview does not resolve nuclei
             return
         # H&E: are this area's nuclei large? (blobs.LARGE_NUCLEI_FACTOR; one answer for every tile)
+        crop = _central_crop(hematoxylin_overview.shape, LARGE_NUCLEI_PROBE_PX)  # bounds the probe's cost
+        self.large_nuclei_log_ratio = blob_scale_ratio(hematoxylin_overview[crop], diameter_px)
+        if self.large_nuclei_log_ratio < LARGE_NUCLEI_LOG_RATIO:
+            return  # the scale cue fails, so no area share can switch: the costlier probe is not run
         large_px = diameter_px * LARGE_NUCLEI_FACTOR
         large = NucleiSegmenter(None, offline="blobs", check=self.check)
         large._calibrate_blobs(hematoxylin_overview, None, "membrane", large_px, eosin_overview)
-        crop = _central_crop(hematoxylin_overview.shape, LARGE_NUCLEI_PROBE_PX)  # bounds the probe's cost
         probe = large(hematoxylin_overview[crop], large_px, eosin_od=eosin_overview[crop])
         self.large_nuclei_share = median_area_share(probe, large_px)
-        self.large_nuclei_log_ratio = blob_scale_ratio(hematoxylin_overview[crop], diameter_px)
-        large_blobs = self.large_nuclei_log_ratio >= LARGE_NUCLEI_LOG_RATIO
-        if self.large_nuclei_share > LARGE_NUCLEI_AREA_SHARE and large_blobs:
+        if self.large_nuclei_share > LARGE_NUCLEI_AREA_SHARE:
             self.contrast_od = large.contrast_od
             self.nuclear_class_od = large.nuclear_class_od
             self.nuclear_h_share = large.nuclear_h_share
