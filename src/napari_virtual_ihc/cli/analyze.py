@@ -127,6 +127,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--tile", type=int_in(128, 8192), default=1024)
     p.add_argument(
+        "--workers",
+        type=int_in(1, 64),
+        default=None,
+        help="threads reading tiles, 1..64 (default: one per CPU core, up to 4; 1 with Cellpose)",
+    )
+    p.add_argument(
         "--cells-csv",
         action="store_true",
         help="also write cells.csv (one row per nucleus: compartment DAB OD, class, the marker's call)",
@@ -196,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
             rules=Her2Rules(bins=bins),
             tile=args.tile,
             mpp=args.mpp,
+            workers=args.workers or 0,
         )
         if args.region and args.region_mil:
             raise ValueError("give one tumour region: --region FILE or --region-mil MODEL, not both")

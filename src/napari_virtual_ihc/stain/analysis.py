@@ -9,14 +9,17 @@ cells the core owns. A per-tile HER2 category gives the tile map.
 from __future__ import annotations
 
 import math
+import os
 import threading
+from collections import deque
 from collections.abc import Callable, Generator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..inference.grid import TileGrid
+from ..inference.grid import GridTile, TileGrid
 from ..nuclei.density import density_map
 from ..nuclei.segment import NucleiSegmenter, make_segmenter
 from ..nuclei.tiled import keep_core_objects, paste_labels
@@ -39,6 +42,7 @@ from .overview import glass_only, read_overview
 from .regions import TumourRegion
 
 ASSUMED_MPP = 0.5
+MAX_WORKERS = 4  # tile-reading threads by default (each holds a window's maps: ~50 MiB at 1024 px)
 PROBE_PX = 640  # side of the central overview crop on which the DAB's compartment is measured (a fixed cost)
 
 Progress = Callable[[int, int], None]
@@ -78,11 +82,14 @@ class AnalysisSettings:
     map_downsample: int = 1
     mpp: float | None = None  # override; else the slide's, else ASSUMED_MPP
     calibration_name: str = ""  # name of a loaded calibration file (stain.calibration_file)
+    workers: int = 0  # threads reading tiles; 0: one per CPU core up to MAX_WORKERS (see analysis_workers)
 
     def __post_init__(self) -> None:
         check_marker(self.marker)
         if self.mode not in ("ihc", "he"):
             raise ValueError(f"mode must be 'ihc' or 'he', not {self.mode!r}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0 (0: one per CPU core), not {self.workers}")
         if self.diameter_um <= 0 or self.density_sigma_um <= 0 or self.tile < 64 or self.map_downsample < 1:
             raise ValueError("diameter, sigma must be > 0, tile >= 64, map_downsample >= 1")
         if self.background not in ("auto", "default"):
@@ -290,51 +297,48 @@ def iter_analysis(
     membrane = np.zeros((mh, mw), bool) if ihc else None
     her2_tiles = np.full((grid.rows, grid.cols), -1, np.int8) if ihc else None
     bin_counts = np.zeros(4, np.int64)
-    diameter_px = s.diameter_um / mpp  # the segmenter scales it where the area's nuclei are large
+    # the segmenter scales the diameter where the area's nuclei are large
+    read = TileReader(slide, stain_matrix, seg, s.diameter_um / mpp, compartment, ihc, mpp, s)
     tables: list[CellTable] = []
     next_id = 0
     complete = True
     glass_tiles = 0
     tissue = overview.tissue()  # tiles of glass alone are not read (as the engine skips them)
-    for k, tile in enumerate(grid):
-        if cancel is not None and cancel.is_set():
-            complete = False
-            break
+
+    def is_glass(tile: GridTile) -> bool:
         gx, gy, gw, gh = tile.core
-        if glass_only(tissue, overview.downsample, (gx - bx, gy - by, gw, gh)):
-            bin_counts[0] += gw * gh  # glass is DAB-negative, as the bins read it
-            glass_tiles += 1
+        return glass_only(tissue, overview.downsample, (gx - bx, gy - by, gw, gh))
+
+    readings = read_tiles(grid, read, is_glass, analysis_workers(s, seg))
+    try:
+        for k in range(len(grid)):
+            if cancel is not None and cancel.is_set():  # before the next tile is waited for
+                complete = False
+                break
+            tile, reading = next(readings)
+            if reading is None:
+                bin_counts[0] += tile.core[2] * tile.core[3]  # glass is DAB-negative, as the bins read it
+                glass_tiles += 1
+                yield (k + 1, len(grid))
+                continue
+            wx, wy, _ww, _wh = tile.window
+            reading.cells.label = reading.cells.label + next_id
+            tables.append(reading.cells)
+            if reading.dab_classes is not None and reading.membrane is not None:
+                cx, cy, cw, ch = tile.core_in_window
+                bin_counts += np.bincount(
+                    reading.dab_classes[cy : cy + ch, cx : cx + cw].ravel(), minlength=4
+                )[:4]
+                _paste_core(classes, reading.dab_classes, tile.core, bx, by, wx, wy, ds)  # type: ignore[arg-type]
+                _paste_core(membrane, reading.membrane, tile.core, bx, by, wx, wy, ds)  # type: ignore[arg-type]
+                if her2_tiles is not None and len(reading.cells):
+                    her2_tiles[tile.row, tile.col] = _tile_code(marker, reading.cells, s)
+            # window labels that the core owns, written at map resolution (objects may cross into neighbours)
+            _paste_labels_ds(labels, reading.own, wy - by, wx - bx, next_id, ds)
+            next_id += int(reading.own.max())
             yield (k + 1, len(grid))
-            continue
-        wx, wy, ww, wh = tile.window
-        rgb = slide.read_region((wx, wy), 0, (ww, wh))
-        stains = deconvolve(rgb, stain_matrix)
-        dab, eosin = (stains["dab"], None) if ihc else (None, stains["dab"])  # as the calibration above
-        nuc = seg(stains["hematoxylin"], diameter_px, dab, compartment, eosin_od=eosin)
-        own, _cents = keep_core_objects(nuc, tile)
-        cx, cy, cw, ch = tile.core_in_window
-        core = (slice(cy, cy + ch), slice(cx, cx + cw))
-        # window labels that the core owns, written at map resolution (objects may cross into neighbours)
-        oy, ox = wy - by, wx - bx
-        if ihc:
-            # rings grow among ALL window nuclei (neighbours limit them); keep the cells the core owns
-            table = measure_cells(nuc, stains["dab"], mpp, s.rules)
-            table = table.select(_in_core(table.y, table.x, tile.core_in_window))
-            table.y, table.x = table.y + wy, table.x + wx
-            table.label = np.arange(1, len(table) + 1, dtype=np.int64) + next_id
-            tables.append(table)
-            cls_win = dab_bins(stains["dab"], s.bins)
-            bin_counts += np.bincount(cls_win[core].ravel(), minlength=4)[:4]
-            mem_win = tdkstain_membrane_mask(rgb, s.saturation_threshold, s.membrane_blur_px, stain_matrix)
-            _paste_core(classes, cls_win, tile.core, bx, by, wx, wy, ds)  # type: ignore[arg-type]
-            _paste_core(membrane, mem_win, tile.core, bx, by, wx, wy, ds)  # type: ignore[arg-type]
-            if her2_tiles is not None and len(table):
-                her2_tiles[tile.row, tile.col] = _tile_code(marker, table, s)
-        else:
-            tables.append(_centroid_table(own, wx, wy, next_id))
-        _paste_labels_ds(labels, own, oy, ox, next_id, ds)
-        next_id += int(own.max())
-        yield (k + 1, len(grid))
+    finally:
+        readings.close()  # cancels the tiles read ahead
     cells = CellTable.concat(tables)
     dens = density_map(np.stack([cells.y - by, cells.x - bx], axis=1), (bh, bw), mpp, s.density_sigma_um, ds)
     result = AnalysisResult(
@@ -369,6 +373,88 @@ def iter_analysis(
     if not complete:
         raise AnalysisCancelled(result)
     return result
+
+
+def analysis_workers(s: AnalysisSettings, seg: NucleiSegmenter) -> int:
+    """Threads that read tiles: ``s.workers``, or (0) one per CPU core up to ``MAX_WORKERS``; one with Cellpose
+    (one model, often on one GPU). The offline detector's scipy and numpy work releases the GIL for much of a tile
+    (two threads: 1.5x on H&E, 1.1-1.35x on IHC, 2-core AVX2 EPYC, docs/analysis.md "Whole slides")."""
+    if seg.cellpose is not None:
+        return 1
+    return s.workers or max(1, min(MAX_WORKERS, os.cpu_count() or 1))
+
+
+@dataclass
+class TileReading:
+    """One tile's share of the result: the labels its core owns (window px) and their cells (level-0 px, labels
+    from 1); on IHC also the window's DAB bins and membrane mask."""
+
+    own: np.ndarray
+    cells: CellTable
+    dab_classes: np.ndarray | None = None
+    membrane: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class TileReader:
+    """Reads one tile with what every tile shares (read-only after calibration, so threads can share it)."""
+
+    slide: Slide
+    stain_matrix: StainMatrix
+    seg: NucleiSegmenter
+    diameter_px: float
+    compartment: str
+    ihc: bool
+    mpp: float
+    settings: AnalysisSettings
+
+    def __call__(self, tile: GridTile) -> TileReading:
+        s = self.settings
+        wx, wy, ww, wh = tile.window
+        rgb = self.slide.read_region((wx, wy), 0, (ww, wh))
+        stains = deconvolve(rgb, self.stain_matrix)
+        dab, eosin = (stains["dab"], None) if self.ihc else (None, stains["dab"])  # as the calibration reads
+        nuc = self.seg(stains["hematoxylin"], self.diameter_px, dab, self.compartment, eosin_od=eosin)
+        own, _cents = keep_core_objects(nuc, tile)
+        if not self.ihc:
+            return TileReading(own, _centroid_table(own, wx, wy, 0))
+        # rings grow among ALL window nuclei (neighbours limit them); keep the cells the core owns
+        table = measure_cells(nuc, stains["dab"], self.mpp, s.rules)
+        table = table.select(_in_core(table.y, table.x, tile.core_in_window))
+        table.y, table.x = table.y + wy, table.x + wx
+        table.label = np.arange(1, len(table) + 1, dtype=np.int64)
+        membrane = tdkstain_membrane_mask(rgb, s.saturation_threshold, s.membrane_blur_px, self.stain_matrix)
+        return TileReading(own, table, dab_bins(stains["dab"], s.bins), membrane)
+
+
+def read_tiles(
+    grid: TileGrid,
+    read: Callable[[GridTile], TileReading],
+    is_glass: Callable[[GridTile], bool],
+    workers: int,
+) -> Generator[tuple[GridTile, TileReading | None], None, None]:
+    """Each tile with its reading (None: glass, not read), in grid order; ``workers`` > 1 threads read up to
+    twice as many tiles ahead. Closing the generator cancels what was read ahead and waits for what runs."""
+    if workers <= 1:
+        for tile in grid:
+            yield tile, None if is_glass(tile) else read(tile)
+        return
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vihc-analysis")
+    ahead: deque[tuple[GridTile, Future[TileReading] | None]] = deque()
+    tiles = iter(grid)
+    try:
+        while True:
+            while len(ahead) < 2 * workers:
+                upcoming = next(tiles, None)
+                if upcoming is None:
+                    break
+                ahead.append((upcoming, None if is_glass(upcoming) else pool.submit(read, upcoming)))
+            if not ahead:
+                return
+            tile, future = ahead.popleft()
+            yield tile, None if future is None else future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _tile_code(marker: str, table: CellTable, s: AnalysisSettings) -> int:
