@@ -16,7 +16,11 @@ and the CPU. Nuclear DAB reads a DeepLIIF Ki-67 tile (0.32 µm/px), membrane DAB
 With ``--mil``, also the tumour map of ``--region-mil`` on the same field taken as the H&E: a full-width
 ResNet-34 (random weights, the trainer's default width 64, 224 px tiles, read at the field's µm/px).
 
+With ``--workers N`` (N > 1), also the offline path with its 1024 px tiles read by N threads, against one thread
+(the rows above): pass ``--size`` of several tiles (e.g. 3072).
+
 Run:  python benchmarks/bench_analyze.py [--size 1024] [--repeats 1] [--compartment nuclear|membrane|both] [--mil]
+      [--workers N]
 """
 
 from __future__ import annotations
@@ -53,9 +57,12 @@ def field_of(compartment: str, size: int) -> tuple[np.ndarray, float]:
     return np.ascontiguousarray(tile[:size, :size]), mpp
 
 
-def measure(rgb: np.ndarray, mpp: float, method: str, repeats: int) -> tuple[float, float, float, int, str]:
-    """(median wall seconds, median CPU seconds, peak MiB, nuclei, marker) of the whole analysis."""
-    settings = AnalysisSettings(nuclei_method=method, mpp=mpp, marker="auto")
+def measure(
+    rgb: np.ndarray, mpp: float, method: str, repeats: int, workers: int = 1
+) -> tuple[float, float, float, int, str]:
+    """(median wall seconds, median CPU seconds, peak MiB, nuclei, marker) of the whole analysis, its tiles read
+    by ``workers`` threads."""
+    settings = AnalysisSettings(nuclei_method=method, mpp=mpp, marker="auto", workers=workers)
     times, cpu, n, marker = [], [], 0, ""
     for _ in range(repeats):
         t0, c0 = time.perf_counter(), time.process_time()
@@ -97,6 +104,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--compartment", default="both", choices=("membrane", "nuclear", "both"))
     ap.add_argument("--mil", action="store_true", help="also time the MIL tumour map (--region-mil)")
+    ap.add_argument(
+        "--workers", type=int, default=1, help="also time the offline path with this many threads"
+    )
     a = ap.parse_args()
     mpx = a.size * a.size / 1e6
     print(f"CPU: {cpu_name()}; field {a.size} x {a.size} px ({mpx:.2f} Mpx), full analyze, marker auto")
@@ -109,6 +119,15 @@ def main() -> None:
                 f"{compartment:8s} DAB  {m:9s} wall {t / mpx:6.2f} s/Mpx  CPU {c / mpx:6.2f} s/Mpx  "
                 f"peak {peak:6.1f} MiB  {n:5d} nuclei  read as {marker:5s}  vs classical: wall {t / t0:.2f}x, "
                 f"CPU {c / c0:.2f}x, memory {peak / p0:.2f}x",
+                flush=True,
+            )
+        if a.workers > 1:
+            t1, _c1, p1, n1, _ = res["offline"]
+            t, c, peak, n, _marker = measure(rgb, mpp, "offline", a.repeats, a.workers)
+            print(
+                f"{compartment:8s} DAB  offline, {a.workers} threads: wall {t / mpx:6.2f} s/Mpx  CPU {c / mpx:6.2f} "
+                f"s/Mpx  peak {peak:6.1f} MiB  {n:5d} nuclei (1 thread: {n1})  vs 1 thread: {t1 / t:.2f}x faster, "
+                f"memory {peak / p1:.2f}x",
                 flush=True,
             )
         if a.mil:
