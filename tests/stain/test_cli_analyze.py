@@ -34,6 +34,20 @@ def test_analyze_writes_maps_summary_and_cells(tmp_path):
     assert json.loads((tmp_path / "o2" / "summary.json").read_text())["mpp_assumed"] is False
 
 
+def test_analyze_workers_give_the_same_summary_and_are_checked(tmp_path, capsys):
+    img = tmp_path / "ihc.png"
+    imsave(img, data.immunohistochemistry()[:384, :384])
+    args = ["analyze", str(img), "--nuclei", "offline", "--tile", "128"]
+    assert main([*args, "--out", str(tmp_path / "one"), "--workers", "1"]) == 0
+    assert main([*args, "--out", str(tmp_path / "two"), "--workers", "2"]) == 0
+    one = json.loads((tmp_path / "one" / "summary.json").read_text())
+    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert one == two and one["glass_tiles"] == 0 and one["tissue_mm2"] > 0
+    with pytest.raises(SystemExit):
+        main([*args, "--out", str(tmp_path / "bad"), "--workers", "0"])
+    assert "--workers" in capsys.readouterr().err
+
+
 def test_analyze_he_reads_large_nuclei_larger_unless_the_diameter_is_fixed(tmp_path):
     """A tiatoolbox field of large vesicular nuclei (tests/data/nuclei-any-stain): read at 12 µm, and said so;
     ``--fixed-diameter`` keeps the 7 µm asked for."""
