@@ -3,7 +3,9 @@
 Tiles come from ``inference.grid.TileGrid`` (cores written, halo'd windows read), so a slide never has to
 fit in memory at full resolution: maps are assembled at ``map_downsample``; nuclei are de-duplicated by
 centroid ownership; HER2 rings are measured inside each window (the halo covers the ring) and kept for the
-cells the core owns. A per-tile HER2 category gives the tile map.
+cells the core owns. A per-tile HER2 category gives the tile map. Tiles are read by worker threads
+(``read_tiles``) and assembled in grid order, so the result does not depend on how many; tiles of glass alone
+are not read; on a whole slide the nuclei are calibrated on level-0 windows of the tissue (``nuclei_sample``).
 """
 
 from __future__ import annotations
