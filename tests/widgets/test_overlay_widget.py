@@ -190,3 +190,39 @@ def test_bad_regions_are_refused_in_the_widget(make_napari_viewer, qtbot):
     assert w.settings(viewer.layers["ihc"]).marker == "ki67"
     w.load_calibration("/nonexistent/cal.json")
     assert "cannot read" in w.error
+
+
+def test_the_nuclei_calibration_windows_of_a_whole_slide_are_shown_where_they_were_read(
+    make_napari_viewer, qtbot
+):
+    """A whole slide's nuclei are calibrated on level-0 windows of its tissue (stain.nuclei_sample); the widget
+    draws them as rectangles on the source, so the pathologist sees what the cuts were read on."""
+    import dataclasses
+
+    from napari_virtual_ihc.stain import AnalysisSettings, analyze_image
+
+    viewer = make_napari_viewer()
+    rgb = data.immunohistochemistry()[:256, :320]
+    src = viewer.add_image(rgb, rgb=True, name="ihc", scale=(0.5, 0.5), translate=(100.0, 40.0))
+    result = analyze_image(rgb, AnalysisSettings(nuclei_method="classical", mpp=0.5))
+    windows = (
+        (10, 20, 64, 64),
+        (100, 20, 64, 64),
+        (10, 150, 64, 64),
+        (100, 150, 64, 64),
+    )  # level-0 x, y, w, h
+    result = dataclasses.replace(
+        result, nuclei_calibration_windows=windows, nuclei_calibration_note="four windows"
+    )
+    w = StainOverlayWidget(viewer)
+    w._show(result, None, "ihc", src.scale, src.translate)
+    shapes = w.overlay_layers["calibration windows"]
+    assert shapes.name in [layer.name for layer in viewer.layers] and len(shapes.data) == 4
+    np.testing.assert_allclose(shapes.scale, src.scale)
+    np.testing.assert_allclose(shapes.translate, src.translate)
+    assert np.allclose(shapes.data[1].min(axis=0), (20, 100)) and np.allclose(
+        shapes.data[1].max(axis=0), (84, 164)
+    )
+    assert "four windows" in w.status.text()
+    offered = [w.region_shapes.itemText(i) for i in range(w.region_shapes.count())]
+    assert not any(layer.name in offered for layer in w.overlay_layers.values())  # overlays are not regions

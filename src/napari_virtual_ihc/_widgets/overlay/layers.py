@@ -98,6 +98,27 @@ def result_layers(
             "labels",
         )
     )
+    if result.nuclei_calibration_windows:  # a whole slide: where its nuclei were calibrated (level-0 windows)
+        x0, y0 = result.region[0], result.region[1]
+        boxes = [
+            np.array([[y - y0, x - x0], [y - y0, x - x0 + w], [y - y0 + h, x - x0 + w], [y - y0 + h, x - x0]])
+            for x, y, w, h in result.nuclei_calibration_windows
+        ]
+        layers.append(
+            (
+                boxes,
+                {
+                    "name": f"{source_name} nuclei calibration windows",
+                    **placement(source_scale, source_translate, result, 1),
+                    "shape_type": "rectangle",
+                    "edge_color": "cyan",
+                    "face_color": "transparent",
+                    "edge_width": 8,
+                    "metadata": {**meta, "note": result.nuclei_calibration_note},
+                },
+                "shapes",
+            )
+        )
     return layers
 
 

@@ -478,10 +478,13 @@ class StainOverlayWidget(OverlayForm):
                 self.overlay_layers["nuclei"] = layer
             elif kind == "image":
                 self.overlay_layers["density"] = layer
+            elif kind == "shapes":
+                self.overlay_layers["calibration windows"] = layer
             elif "DAB" in kwargs["name"]:
                 self.overlay_layers["membrane"] = layer
             else:
                 self.overlay_layers["her2"] = layer
+        self._refresh_layers()  # the overlays are not offered as a source or a tumour region
         self.summary = result.summary(tumour, Her2Rules(bins=result.bins))
         rows = summary_rows(self.summary)
         self.table.show_rows(rows)
@@ -497,9 +500,8 @@ class StainOverlayWidget(OverlayForm):
             notes.append(result.marker_reason)
         if result.nuclei_diameter_note:  # a field of large nuclei, read at a larger diameter
             notes.append(result.nuclei_diameter_note)
-        if (
-            result.nuclei_calibration_note
-        ):  # a whole slide: nuclei calibrated on level-0 windows of its tissue
+        # a whole slide: nuclei calibrated on level-0 windows of its tissue (drawn as a Shapes layer)
+        if result.nuclei_calibration_note:
             notes.append(result.nuclei_calibration_note)
         if tumour is not None and tumour.record is not None:  # the MIL map's: read at which scale, empty...
             notes.extend(str(n) for n in tumour.record.get("notes", ()))
