@@ -139,6 +139,14 @@ def test_tiles_of_glass_alone_are_not_read_and_count_as_dab_negative(he_full) ->
     assert summary["tissue_mm2"] == pytest.approx(0.0625, rel=0.1)
     assert summary["nuclei_per_mm2_tissue"] == pytest.approx(result.n_nuclei / summary["tissue_mm2"])
     assert summary["nuclei_per_mm2_tissue"] > 8 * summary["nuclei_per_mm2"]
+    # the DAB bins over tissue pixels alone: the field's, without the glass around it (nor the field's white gaps)
+    on_tissue = int(result.tissue_bin_counts.sum())
+    assert 0.7 * 500 * 500 < on_tissue <= 500 * 500
+    assert sum(summary["dab_fractions_tissue"].values()) == pytest.approx(1.0)
+    positive = 1 - summary["dab_fractions"]["negative"]
+    assert 1 - summary["dab_fractions_tissue"]["negative"] == pytest.approx(
+        positive * 1536**2 / on_tissue, rel=0.01
+    )
     inside = analyze_image(np.ascontiguousarray(canvas[512:1024, 512:1024]), settings)
     assert inside.glass_tiles == 0 and abs(inside.n_nuclei - result.n_nuclei) <= 0.05 * inside.n_nuclei
 
@@ -157,3 +165,4 @@ def test_a_blank_slide_reads_no_nuclei_and_no_tissue() -> None:
     summary = result.summary()
     assert result.glass_tiles == 6 and result.n_nuclei == 0
     assert summary["tissue_mm2"] == 0 and summary["nuclei_per_mm2_tissue"] is None
+    assert summary["dab_fractions_tissue"] is None and summary["dab_fractions"]["negative"] == 1.0

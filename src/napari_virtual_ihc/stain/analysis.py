@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..inference.grid import GridTile, TileGrid
+from ..inference.tissue import tissue_mask
 from ..nuclei.density import density_map
 from ..nuclei.segment import NucleiSegmenter, make_segmenter
 from ..nuclei.tiled import keep_core_objects, paste_labels
@@ -116,6 +117,7 @@ class AnalysisResult:
     tile_size: int
     cells: CellTable  # coordinates in level-0 pixels
     bin_counts: np.ndarray = field(default_factory=lambda: np.zeros(4, np.int64))
+    tissue_bin_counts: np.ndarray = field(default_factory=lambda: np.zeros(4, np.int64))  # tissue pixels only
     tissue_px: int | None = None  # level-0 px of tissue (the overview's tissue mask); None: not measured
     complete: bool = True
     calibration: StainCalibration = field(default_factory=StainCalibration)
@@ -192,6 +194,14 @@ class AnalysisResult:
         if self.dab_classes is not None:
             n = max(int(self.bin_counts.sum()), 1)
             out["dab_fractions"] = {k: float(c) / n for k, c in zip(BIN_NAMES, self.bin_counts, strict=True)}
+            on_tissue = int(
+                self.tissue_bin_counts.sum()
+            )  # the same over tissue pixels (not glass, lumens, fat)
+            out["dab_fractions_tissue"] = (
+                {k: float(c) / on_tissue for k, c in zip(BIN_NAMES, self.tissue_bin_counts, strict=True)}
+                if on_tissue
+                else None
+            )
             out["dab_cutoffs_od"] = {
                 "weak": self.bins.weak,
                 "moderate": self.bins.moderate,
@@ -299,6 +309,7 @@ def iter_analysis(
     membrane = np.zeros((mh, mw), bool) if ihc else None
     her2_tiles = np.full((grid.rows, grid.cols), -1, np.int8) if ihc else None
     bin_counts = np.zeros(4, np.int64)
+    tissue_bin_counts = np.zeros(4, np.int64)
     # the segmenter scales the diameter where the area's nuclei are large
     read = TileReader(slide, stain_matrix, seg, s.diameter_um / mpp, compartment, ihc, mpp, s)
     tables: list[CellTable] = []
@@ -326,6 +337,8 @@ def iter_analysis(
             wx, wy, _ww, _wh = tile.window
             reading.cells.label = reading.cells.label + next_id
             tables.append(reading.cells)
+            if reading.tissue_bin_counts is not None:
+                tissue_bin_counts += reading.tissue_bin_counts
             if reading.dab_classes is not None and reading.membrane is not None:
                 cx, cy, cw, ch = tile.core_in_window
                 bin_counts += np.bincount(
@@ -358,6 +371,7 @@ def iter_analysis(
         tile_size=s.tile,
         cells=cells,
         bin_counts=bin_counts,
+        tissue_bin_counts=tissue_bin_counts,
         complete=complete,
         calibration=cal,
         bins=s.bins,
@@ -395,6 +409,7 @@ class TileReading:
     cells: CellTable
     dab_classes: np.ndarray | None = None
     membrane: np.ndarray | None = None
+    tissue_bin_counts: np.ndarray | None = None  # IHC: the core's DAB bins over its tissue pixels only
 
 
 @dataclass(frozen=True)
@@ -426,7 +441,12 @@ class TileReader:
         table.y, table.x = table.y + wy, table.x + wx
         table.label = np.arange(1, len(table) + 1, dtype=np.int64)
         membrane = tdkstain_membrane_mask(rgb, s.saturation_threshold, s.membrane_blur_px, self.stain_matrix)
-        return TileReading(own, table, dab_bins(stains["dab"], s.bins), membrane)
+        classes = dab_bins(stains["dab"], s.bins)
+        cx, cy, cw, ch = tile.core_in_window
+        core = (slice(cy, cy + ch), slice(cx, cx + cw))
+        on_tissue = classes[core][tissue_mask(np.ascontiguousarray(rgb[core]))]  # not glass, lumens or fat
+        tissue_bins = np.bincount(on_tissue.ravel(), minlength=4)[:4]
+        return TileReading(own, table, classes, membrane, tissue_bins)
 
 
 def read_tiles(

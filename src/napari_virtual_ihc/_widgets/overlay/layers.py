@@ -147,6 +147,9 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     if "dab_fractions" in summary:
         f = summary["dab_fractions"]
         rows.append(("DAB weak/mod/strong", f"{f['weak']:.1%} / {f['moderate']:.1%} / {f['strong']:.1%}"))
+        if summary.get("dab_fractions_tissue"):  # the same over tissue pixels, without the glass
+            f = summary["dab_fractions_tissue"]
+            rows.append(("… of tissue", f"{f['weak']:.1%} / {f['moderate']:.1%} / {f['strong']:.1%}"))
         c = summary["dab_cutoffs_od"]
         rows.append(
             (
