@@ -155,9 +155,9 @@ def test_a_single_level_giant_is_overviewed_by_a_level_0_crop_that_claims_nothin
     slide = ArraySlide(np.full((4200, 4300, 3), 230, np.uint8))
     ov = read_overview(slide, (0, 0, 4300, 4200))
     assert ov.rgb.shape == (4096, 4096, 3) and ov.downsample == 1.0 and not ov.whole
-    assert ov.tissue() is None and not glass_only(ov.tissue(), ov.downsample, (0, 0, 64, 64))
+    assert ov.tissue is None and not glass_only(ov.tissue, ov.downsample, (0, 0, 64, 64))
     small = read_overview(ArraySlide(np.full((300, 500, 3), 230, np.uint8)), (0, 0, 500, 300))
-    assert small.whole and small.downsample == 1.0 and glass_only(small.tissue(), 1.0, (0, 0, 64, 64))
+    assert small.whole and small.downsample == 1.0 and glass_only(small.tissue, 1.0, (0, 0, 64, 64))
 
 
 def test_a_blank_slide_reads_no_nuclei_and_no_tissue() -> None:

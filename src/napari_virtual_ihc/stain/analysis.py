@@ -316,7 +316,7 @@ def iter_analysis(
     next_id = 0
     complete = True
     glass_tiles = 0
-    tissue = overview.tissue()  # tiles of glass alone are not read (as the engine skips them)
+    tissue = overview.tissue  # tiles of glass alone are not read (as the engine skips them)
 
     def is_glass(tile: GridTile) -> bool:
         gx, gy, gw, gh = tile.core

@@ -47,9 +47,11 @@ def nuclei_sample(
     (:func:`tissue_windows`). ``mpp``: level 0's µm/px; ``bounds``: the analysed area (level-0 x, y, w, h)."""
     bx, by, bw, bh = bounds
     ov_mpp = overview.mpp(mpp)
-    tissue = overview.tissue()
-    if resolves_nuclei(diameter_um, ov_mpp) or not resolves_nuclei(diameter_um, mpp) or tissue is None:
-        return NucleiSample(overview.rgb, ov_mpp)  # level 0 does not resolve them either: nothing better
+    tissue = None if resolves_nuclei(diameter_um, ov_mpp) else overview.tissue
+    if tissue is None or not resolves_nuclei(diameter_um, mpp):
+        return NucleiSample(
+            overview.rgb, ov_mpp
+        )  # resolved; or a crop; or level 0 does not resolve them either
     side_x, side_y = min(SAMPLE_WINDOW_PX, bw), min(SAMPLE_WINDOW_PX, bh)
     corners = tissue_windows(tissue, overview.downsample, (side_x, side_y), (bw, bh))
     windows = tuple((bx + x, by + y, side_x, side_y) for x, y in corners)

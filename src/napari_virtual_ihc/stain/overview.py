@@ -4,6 +4,7 @@ the nucleus cuts come from it, read once."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -26,8 +27,9 @@ class Overview:
     def mpp(self, level0_mpp: float) -> float:
         return level0_mpp * self.downsample
 
+    @cached_property
     def tissue(self) -> np.ndarray | None:
-        """Tissue (not glass) per overview pixel (``inference.tissue.tissue_mask``); None for a crop."""
+        """Tissue (not glass) per overview pixel (``inference.tissue.tissue_mask``, computed once); None for a crop."""
         return tissue_mask(self.rgb) if self.whole else None
 
 
