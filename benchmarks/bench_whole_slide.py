@@ -26,8 +26,8 @@ from napari_virtual_ihc.stain import AnalysisSettings, analyze_slide
 from napari_virtual_ihc.stain.analysis import tile_count
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "slides"))
-from big_pyramid import he_tiles, write_big_pyramid  # noqa: E402
+sys.path.insert(0, str(ROOT / "tests"))
+from slides.big_pyramid import he_tiles, write_big_pyramid  # noqa: E402
 
 
 def cpu_name() -> str:

@@ -30,9 +30,8 @@ RADIUS_FACTORS = (0.8, 1.0, 1.3, 1.7)  # LoG radii tried, as shares of the expec
 # tumour nuclei, ~12 µm at the 7 µm default; tuned)
 SEED_LOG_OD = 0.02  # a seed's LoG response (OD) must reach this (tuned on the "tune" half)
 MIN_CONTRAST_OD = 0.08  # a nucleus stands this much OD above its surroundings (no overview calibration)
-RESOLVED_DIAMETER_PX = (
-    4.0  # an overview resolves nuclei (calibration reads them) at this diameter in its pixels
-)
+# an overview resolves nuclei (calibration reads them) at this diameter in its pixels
+RESOLVED_DIAMETER_PX = 4.0
 CONTRAST_PERCENTILE = 90.0  # the overview's typical nuclear contrast: this percentile of its H contrast
 CONTRAST_SHARE = 0.2  # a nucleus stands this share of the typical contrast above its surroundings (tuned)
 HALF_MAX = 0.6  # a nucleus' mask: contrast above this share of its seed's contrast (tuned)
