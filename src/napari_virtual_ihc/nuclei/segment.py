@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..geometry import central_crop
 from .blobs import (
     CHECKS,
     LARGE_NUCLEI_AREA_SHARE,
@@ -150,7 +151,7 @@ class NucleiSegmenter:
         if diameter_px is None or diameter_px < RESOLVED_DIAMETER_PX:  # the overview does not resolve nuclei
             return
         # H&E: are this area's nuclei large? (blobs.LARGE_NUCLEI_FACTOR; one answer for every tile)
-        crop = _central_crop(hematoxylin_overview.shape, LARGE_NUCLEI_PROBE_PX)  # bounds the probe's cost
+        crop = central_crop(hematoxylin_overview.shape, LARGE_NUCLEI_PROBE_PX)  # bounds the probe's cost
         self.large_nuclei_log_ratio = blob_scale_ratio(hematoxylin_overview[crop], diameter_px)
         if self.large_nuclei_log_ratio < LARGE_NUCLEI_LOG_RATIO:
             return  # the scale cue fails, so no area share can switch: the costlier probe is not run
@@ -197,12 +198,6 @@ class NucleiSegmenter:
             f"(median mask share {self.large_nuclei_share:.2f} > {LARGE_NUCLEI_AREA_SHARE}, "
             f"LoG ratio {self.large_nuclei_log_ratio:.2f} >= {LARGE_NUCLEI_LOG_RATIO})"
         )
-
-
-def _central_crop(shape: tuple[int, ...], side: int) -> tuple[slice, slice]:
-    h, w = shape[:2]
-    y0, x0 = max((h - side) // 2, 0), max((w - side) // 2, 0)
-    return slice(y0, y0 + side), slice(x0, x0 + side)
 
 
 def make_segmenter(

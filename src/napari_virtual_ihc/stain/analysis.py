@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..geometry import central_crop
 from ..inference.grid import GridTile, TileGrid
 from ..inference.tissue import tissue_mask
 from ..nuclei.density import density_map
@@ -491,9 +492,7 @@ def _tile_code(marker: str, table: CellTable, s: AnalysisSettings) -> int:
 def _probe_compartment(over: dict[str, np.ndarray], s: AnalysisSettings, mpp: float) -> CompartmentCall:
     """Where the DAB sits, on a central crop of the nuclei sample (``nuclei_sample``): nuclei found on hematoxylin (the membrane
     split, so a membrane's DAB stays in the rings) and the stain's shapes (see ``markers.dab_compartment``)."""
-    h, w = over["dab"].shape
-    y0, x0 = max((h - PROBE_PX) // 2, 0), max((w - PROBE_PX) // 2, 0)
-    crop = (slice(y0, y0 + PROBE_PX), slice(x0, x0 + PROBE_PX))
+    crop = central_crop(over["dab"].shape, PROBE_PX)
     hem, dab = over["hematoxylin"][crop], over["dab"][crop]
     probe = make_segmenter("classical")
     probe.calibrate(hem, dab, "membrane")
