@@ -49,7 +49,8 @@ def _calibrated(path: Path, region: tuple[int, int, int, int] | None) -> NucleiS
     seg = make_segmenter("offline")
     with open_slide(path) as slide:
         steps = iter_analysis(slide, AnalysisSettings(mode="he"), region=region, segmenter=seg)
-        next(steps)
+        while seg.needs_calibration:  # the stages it reports while calibrating, up to the first tile
+            next(steps)
         steps.close()
     return seg
 
@@ -93,6 +94,24 @@ def test_a_whole_slide_cuts_nuclei_as_a_region_of_its_tissue_does(he_slide) -> N
     # the size probe ran on the whole slide too (it was skipped on the coarse overview)
     assert whole.large_nuclei_log_ratio is not None and region.large_nuclei_log_ratio is not None
     assert whole.diameter_scale == region.diameter_scale
+
+
+def test_a_whole_slide_says_what_it_calibrates_before_its_first_tile(he_slide) -> None:
+    """The calibration of a whole slide takes seconds (it reads level-0 windows): the progress bar gets its total
+    and the stage at once, not only with the first tile."""
+    seg = make_segmenter("offline")
+    with open_slide(he_slide) as slide:
+        steps = iter_analysis(slide, AnalysisSettings(mode="he"), segmenter=seg)
+        stages = []
+        while seg.needs_calibration or not stages or len(stages[-1]) == 3:
+            stages.append(next(steps))
+            if len(stages[-1]) == 2:
+                break
+        steps.close()
+    total = stages[0][1]
+    assert total > 1 and all(report[:2] == (0, total) for report in stages[:-1])
+    assert [report[2].split(" ")[0] for report in stages[:-1]] == ["calibrating"] * 2 + ["computing"]
+    assert "4 level-0 windows" in stages[1][2] and stages[-1] == (1, total)
 
 
 def test_a_whole_membrane_ihc_slide_reads_its_dab_where_a_region_does(ihc_slide) -> None:

@@ -239,13 +239,13 @@ def analyze_slide(
 ) -> AnalysisResult:
     """Analyse ``region`` (level-0 x, y, w, h; whole slide by default) at level 0, tile by tile.
 
-    ``progress(done, total)`` is called after each tile; setting ``cancel`` stops between tiles and raises
-    :class:`AnalysisCancelled` carrying the partial result.
+    ``progress(done, total)`` is called after each tile (and with done 0 while calibrating); setting ``cancel``
+    stops between tiles and raises :class:`AnalysisCancelled` carrying the partial result.
     """
     steps = iter_analysis(slide, settings, region=region, segmenter=segmenter, cancel=cancel)
     while True:
         try:
-            done, total = next(steps)
+            done, total = next(steps)[:2]
         except StopIteration as stop:
             return stop.value
         if progress is not None:
@@ -265,9 +265,11 @@ def iter_analysis(
     region: tuple[int, int, int, int] | None = None,
     segmenter: NucleiSegmenter | None = None,
     cancel: threading.Event | None = None,
-) -> Generator[tuple[int, int], None, AnalysisResult]:
+) -> Generator[tuple[int, int] | tuple[int, int, str], None, AnalysisResult]:
     """Generator form of :func:`analyze_slide`: yields (done, total) per tile, returns the result (for
-    napari ``thread_worker`` generators, whose quit() stops it between tiles)."""
+    napari ``thread_worker`` generators, whose quit() stops it between tiles). Before the first tile it yields
+    (0, total, stage) while it calibrates (seconds on a whole slide, which reads level-0 tissue windows), so a
+    progress bar shows its total and what is being done at once."""
     s = settings or AnalysisSettings()
     mpp, assumed = resolve_mpp(slide, s.mpp)
     W, H = slide.dimensions
@@ -275,6 +277,7 @@ def iter_analysis(
     grid = TileGrid(plane=(W, H), bounds=bounds, tile=s.tile, halo=max(round(s.halo_um / mpp), 8))
     seg = segmenter or make_segmenter(s.nuclei_method, s.cellpose_model, s.gpu)
     ds = s.map_downsample
+    yield (0, len(grid), "calibrating the stains on an overview…")
     overview = read_overview(slide, bounds)
     # the white point is the slide's (a tile without glass keeps it); vectors and threshold the region's
     whole = overview if bounds == (0, 0, W, H) else read_overview(slide, (0, 0, W, H))
@@ -288,6 +291,8 @@ def iter_analysis(
     ihc = s.mode == "ihc"
     # nuclei are calibrated where pixels resolve them: the overview, or level-0 windows of a whole slide's tissue
     sample = nuclei_sample(slide, bounds, overview, mpp, s.diameter_um)
+    if sample.windows:
+        yield (0, len(grid), f"calibrating nuclei on {len(sample.windows)} level-0 windows of the tissue…")
     over = deconvolve(sample.rgb, stain_matrix)
     call = _probe_compartment(over, s, sample.mpp) if ihc else CompartmentCall("none", 0, 0.0, 0.0)
     marker, reason = resolve_marker(s.marker, call)
@@ -303,6 +308,7 @@ def iter_analysis(
             eosin_overview=None if ihc else over["dab"],
             large_nuclei=s.large_nuclei,
         )
+    yield (0, len(grid), f"computing {len(grid)} tile(s)…")
     bx, by, bw, bh = bounds
     mh, mw = -(-bh // ds), -(-bw // ds)
     labels = np.zeros((mh, mw), np.int32)
