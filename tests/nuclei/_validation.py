@@ -81,8 +81,8 @@ def _csv(path: Path) -> tuple[dict[str, str], ...]:
 def _rows(source: str, image: str, box: str | None) -> list[dict[str, str]]:
     if source == "skimage":
         return [r for r in _csv(DATA / "ihc-nuclei-marks.csv") if r["box"] == box]
-    fresh_set = source.split("-", 1)[0]  # "fresh5" .. "fresh7": a set's own marks file
-    if fresh_set in ("fresh5", "fresh6", "fresh7"):
+    fresh_set = source.split("-", 1)[0]  # "fresh5" .. "fresh8": a set's own marks file
+    if fresh_set in ("fresh5", "fresh6", "fresh7", "fresh8"):
         path = SET / f"{fresh_set}-marks.csv"
     elif source.startswith("fresh-"):
         path = SET / "fresh-marks.csv"
@@ -261,6 +261,29 @@ CASES: tuple[Case, ...] = (
             ("cmu1-i", 0.499),
             ("tcga-frozen-b", 1.1),
         ),
+    ),
+    # Fresh set 8 (session 38; README.md "Fresh set 8"): ten H&E crops (one from a histolab tile no crop had used)
+    # and three Ki-67 crops of OS-2 where no crop lay, marked by eye before any detector ran on them; the detector
+    # was not changed in session 38, so set 8 joins sets 3, 5 and 7 as held.
+    *_fresh_he(
+        8,
+        "held",
+        (
+            ("histolab-dense-f", 0.5),
+            ("histolab-dense-g", 0.5),
+            ("histolab-medium-a", 0.5),
+            ("torchstain-target-c", 1.2),
+            ("torchstain-source-d", 1.2),
+            ("tcga-frozen-c", 1.1),
+            ("tcga-frozen-d", 1.1),
+            ("cmu1-j", 0.499),
+            ("cmu1-k", 0.499),
+            ("tiatoolbox-j", 0.4),
+        ),
+    ),
+    *(
+        Case(f"fresh-ki67-{name}", "fresh8-openslide", "ihc", "nuclear", mpp, "held")
+        for name, mpp in (("ndpi-i", 0.454), ("vsi-h", 0.346), ("vsi-i", 0.346))
     ),
 )
 
