@@ -112,6 +112,21 @@ ADDED = {
 }
 
 
+def ki67_reread(case: Case) -> np.ndarray:
+    """(n, 4) bool, one row per original mark of ``case`` (``marks(completed=False)``): DAB-positive as called by
+    its marker, then by the three readers of the blind re-read (README.md "Ki-67 positivity, re-read blind")."""
+    rows = {
+        (round(float(r["x"]), 2), round(float(r["y"]), 2)): r
+        for r in _csv(SET / "ki67-positivity-reread.csv")
+        if r["image"] == case.name
+    }
+    xy, _ = case.marks(completed=False)
+    cols = ("marker", "reader_1", "reader_2", "reader_3")
+    return np.array(
+        [[rows[(round(x, 2), round(y, 2))][c] == "positive" for c in cols] for x, y in xy], bool
+    ).reshape(-1, 4)
+
+
 def _added(source: str, name: str) -> list[dict[str, str]]:
     image = name.replace("deepliif-hema-", "deepliif-ki67-")
     return [r for r in _csv(SET / ADDED[source]) if r["image"] == image]

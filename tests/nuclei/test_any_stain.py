@@ -351,10 +351,12 @@ def test_dab_positive_nuclei_are_found_at_least_as_well_as_by_the_previous_path(
     assert blobs >= max(today, 0.8)
 
 
-def _ki67_index_difference(case: v.Case) -> float:
-    """Found minus marked Ki-67 index (fractions), over the nuclei away from the border."""
+def _ki67_index_difference(case: v.Case, positive: np.ndarray | None = None) -> float:
+    """Found minus marked Ki-67 index (fractions), over the nuclei away from the border. ``positive``: the calls
+    of the original marks to compare with (default: their marker's)."""
     labels, stains = v.detect(case)
-    truth, positive = case.marks(completed=False)  # the added nuclei carry no positive/negative call
+    truth, marker = case.marks(completed=False)  # the added nuclei carry no positive/negative call
+    positive = marker if positive is None else positive
     inside = v.counted(case, truth, labels.shape, 7.0 / case.mpp / 2)
     det = v.centroids_xy(labels)
     det_inside = v.counted(case, det, labels.shape, 7.0 / case.mpp / 2)
@@ -385,6 +387,46 @@ def test_ki67_index_of_every_marked_image_is_near_the_marks_on_average():
         f"mean |difference| {np.mean(np.abs(diffs)):.1%} over {len(diffs)} images, worst {max(diffs, key=abs):+.1%}"
     )
     assert len(diffs) >= 22 and np.mean(np.abs(diffs)) <= 0.04 and max(np.abs(diffs)) <= 0.16
+
+
+REREAD = [c for c in v.CASES if c.compartment == "nuclear" and not c.name.startswith("deepliif")]
+
+
+def test_the_blind_reread_calls_every_marked_ki67_nucleus_three_times():
+    for case in REREAD:
+        calls = v.ki67_reread(case)
+        assert len(calls) == len(case.marks(completed=False)[0]) > 0
+        assert np.array_equal(calls[:, 0], case.marks(completed=False)[1])  # the marker's own calls
+    pooled = np.concatenate([v.ki67_reread(c) for c in REREAD])
+    agree = (pooled[:, 1:] == pooled[:, :1]).mean()
+    print(f"{len(pooled)} nuclei; the readers agree with the markers on {agree:.1%} of the calls")
+    assert len(pooled) >= 990 and agree >= 0.95
+
+
+# Against the majority of three blind readers (README.md "Ki-67 positivity, re-read blind"), the index is within 5
+# points on 17 of the 20 by-eye Ki-67 crops (against the markers' own calls: 16), every held crop included; the
+# three beyond are tune crops: fresh-ki67-ndpi-a +7.1 (small brown bodies counted), fresh-ki67-vsi-c -10.5 and
+# fresh-ki67-vsi-d +8.9 (grey-olive nuclei on either side of the 0.15 OD cut-off). The readers' own indices differ by
+# up to 13 points on one crop (fresh-ki67-vsi-i), by 5 or more on eight. Measured; the bounds sit just above.
+KI67_BEYOND_5_POINTS_OF_THE_MAJORITY = {
+    "fresh-ki67-ndpi-a": 0.08,
+    "fresh-ki67-vsi-c": 0.11,
+    "fresh-ki67-vsi-d": 0.095,
+}
+
+
+def test_ki67_index_against_the_majority_of_three_blind_readers():
+    diffs = {}
+    for case in REREAD:
+        majority = v.ki67_reread(case)[:, 1:].sum(axis=1) >= 2
+        diffs[case.name] = _ki67_index_difference(case, majority)
+    within = [name for name, d in diffs.items() if abs(d) <= 0.05]
+    print(
+        f"within 5 points of the majority on {len(within)} of {len(diffs)}; mean |d| {np.mean(np.abs(list(diffs.values()))):.1%}"
+    )
+    for name, d in diffs.items():
+        assert abs(d) <= KI67_BEYOND_5_POINTS_OF_THE_MAJORITY.get(name, 0.05), name
+    assert len(within) >= 17 and np.mean(np.abs(list(diffs.values()))) <= 0.033
 
 
 @pytest.mark.parametrize("tile", ["Bladder1", "Lung1"])
