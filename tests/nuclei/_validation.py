@@ -104,10 +104,10 @@ ADDED = {
         for source in ("fresh-openslide", "fresh-openslide-cmu1", "fresh-tiatoolbox")
     },
     "fresh5-torchstain": "fresh5-marks-added.csv",  # set 5's blind review found one, on torchstain-target
-    **{  # sets 6 and 7's blind reviews found eight and seven (README.md "Fresh set 6", "Fresh set 7")
+    **{  # sets 6, 7 and 8's blind reviews found eight, seven and one (README.md "Fresh set 6" .. "Fresh set 8")
         f"{fresh_set}-{source}": f"{fresh_set}-marks-added.csv"
-        for fresh_set in ("fresh6", "fresh7")
-        for source in ("tiatoolbox", "histolab", "torchstain", "cmu1", "tcga")
+        for fresh_set in ("fresh6", "fresh7", "fresh8")
+        for source in ("tiatoolbox", "histolab", "torchstain", "cmu1", "tcga", "openslide")
     },
 }
 
