@@ -127,6 +127,13 @@ def ki67_reread(case: Case) -> np.ndarray:
     ).reshape(-1, 4)
 
 
+def second_marks(case: Case) -> np.ndarray:
+    """(n, 2) x, y of a second marker's nuclei on ``case``, marked without seeing the first marks (README.md "A
+    second marker"); empty where none was made."""
+    rows = [r for r in _csv(SET / "second-marks.csv") if r["image"] == case.name]
+    return np.array([[float(r["x"]), float(r["y"])] for r in rows]).reshape(-1, 2)
+
+
 def _added(source: str, name: str) -> list[dict[str, str]]:
     image = name.replace("deepliif-hema-", "deepliif-ki67-")
     return [r for r in _csv(SET / ADDED[source]) if r["image"] == image]

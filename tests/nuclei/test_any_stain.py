@@ -389,6 +389,33 @@ def test_ki67_index_of_every_marked_image_is_near_the_marks_on_average():
     assert len(diffs) >= 22 and np.mean(np.abs(diffs)) <= 0.04 and max(np.abs(diffs)) <= 0.16
 
 
+def _agreement(cases: list[v.Case]) -> tuple[float, float]:
+    """Pooled recall and precision of the second marker against the first marker's own marks."""
+    tp = n_first = n_second = 0
+    for case in cases:
+        first, _ = case.marks(completed=False)
+        second = v.second_marks(case)
+        shape, radius = case.rgb().shape[:2], 7.0 / case.mpp / 2
+        first, second = (xy[v.counted(case, xy, shape, radius)] for xy in (first, second))
+        tp += len(v.match(first, second, radius)[0])
+        n_first, n_second = n_first + len(first), n_second + len(second)
+    return tp / n_first, tp / n_second
+
+
+# Ten held crops were marked again by other helpers who saw neither the first marks nor a detector (README.md "A
+# second marker"). Scored as the detector is, the second marker reads 0.82 / 0.86 against the first on the eight
+# H&E crops (0.85 / 0.84 without the frozen section) and 0.97 / 0.92 on the two Ki-67 crops: on H&E marked by eye,
+# issue 32's 0.85 / 0.85 is about what a second human reaches. Measured; the bounds sit around the figures.
+def test_a_second_marker_agrees_with_the_first_as_measured():
+    marked = [c for c in v.CASES if len(v.second_marks(c))]
+    assert len(marked) == 10
+    he = _agreement([c for c in marked if c.stain == "he"])
+    ki67 = _agreement([c for c in marked if c.compartment == "nuclear"])
+    print(f"second vs first marker: H&E {he[0]:.3f} / {he[1]:.3f}, Ki-67 {ki67[0]:.3f} / {ki67[1]:.3f}")
+    assert 0.80 <= he[0] <= 0.84 and 0.84 <= he[1] <= 0.88
+    assert ki67[0] >= 0.95 and ki67[1] >= 0.90
+
+
 REREAD = [c for c in v.CASES if c.compartment == "nuclear" and not c.name.startswith("deepliif")]
 
 
