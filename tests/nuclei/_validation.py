@@ -152,10 +152,22 @@ def _deepliif_hematoxylin(tile: str, split: str) -> Case:
     return Case(f"deepliif-hema-{tile}", "deepliif", "he", "none", DEEPLIIF_MPP, split)
 
 
+# The TCGA frozen section's fields of sets 7 and 8 chose the floor for a pale, eosin-leaning nuclear class
+# (blobs.EOSIN_LEANING_CLASS_SHARE, session 38), so they are tune from then on; set 9's fields are its held half.
+CHOSE_THE_EOSIN_LEANING_FLOOR = {"tcga-frozen-b", "tcga-frozen-c", "tcga-frozen-d"}
+
+
 def _fresh_he(number: int, split: str, crops: tuple[tuple[str, float], ...]) -> tuple[Case, ...]:
     """A fresh set's H&E crops, (name without "fresh-he-", µm/px) each; the source is named after its image."""
     return tuple(
-        Case(f"fresh-he-{name}", f"fresh{number}-{name.split('-')[0]}", "he", "none", mpp, split)
+        Case(
+            f"fresh-he-{name}",
+            f"fresh{number}-{name.split('-')[0]}",
+            "he",
+            "none",
+            mpp,
+            "tune" if name in CHOSE_THE_EOSIN_LEANING_FLOOR else split,
+        )
         for name, mpp in crops
     )
 

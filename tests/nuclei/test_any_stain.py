@@ -53,7 +53,7 @@ def test_the_set_has_eight_images_from_three_sources_split_in_halves():
 # a regression fails.
 @pytest.mark.parametrize(
     ("compartment", "floor"),
-    [("nuclear", (0.79, 0.89)), ("membrane", (0.90, 0.84)), ("none", (0.74, 0.63))],
+    [("nuclear", (0.79, 0.89)), ("membrane", (0.90, 0.84)), ("none", (0.74, 0.77))],
 )
 def test_held_recall_and_precision(compartment, floor):
     recall, precision, n = _pooled([c for c in HELD if c.compartment == compartment], "offline")
@@ -170,6 +170,49 @@ def test_the_report_says_at_which_diameter_large_nuclei_were_read():
     assert small["nuclei_diameter_um"] == pytest.approx(7.0) and small["nuclei_diameter_note"] == ""
     fixed = analyze_image(large.rgb(), AnalysisSettings(mpp=large.mpp, large_nuclei=False, **kw)).summary()
     assert fixed["nuclei_diameter_um"] == pytest.approx(7.0) and fixed["nuclei_count"] > big["nuclei_count"]
+
+
+def test_a_higher_floor_only_where_the_nuclear_class_is_pale_and_leans_to_eosin():
+    lean, pale = blobs.EOSIN_LEANING_CLASS_H_SHARE, blobs.EOSIN_LEANING_CLASS_OD
+    assert blobs.seed_floor_share(lean - 0.05, pale - 0.05) == blobs.EOSIN_LEANING_CLASS_SHARE
+    assert blobs.seed_floor_share(lean + 0.05, pale - 0.05) == blobs.NUCLEAR_CLASS_SHARE  # hematoxylin-blue
+    assert (
+        blobs.seed_floor_share(lean - 0.05, pale + 0.05) == blobs.NUCLEAR_CLASS_SHARE
+    )  # dark nuclei (collagen)
+    assert blobs.seed_floor_share(None, pale - 0.05) == blobs.NUCLEAR_CLASS_SHARE  # IHC: no eosin given
+
+
+@pytest.mark.parametrize("name", ["fresh-he-tcga-frozen-a", "fresh-he-tcga-frozen-c"])
+def test_a_frozen_section_s_cytoplasm_no_longer_seeds_nuclei(name):
+    """A blurred, eosin-dominated frozen section (tune crops): with the usual floor its cytoplasm texture seeded
+    three detections per marked nucleus (precision 0.26-0.29); the floor for a pale, eosin-leaning nuclear class
+    (blobs.EOSIN_LEANING_CLASS_SHARE) keeps most nuclei and drops most of the texture."""
+    case = next(c for c in v.CASES if c.name == name)
+    p = v.prepare(case, "offline")
+    h = p.stains["hematoxylin"]
+    raised = v.score(case, p.seg(h, p.diameter_px, eosin_od=p.eosin))
+    usual = v.score(
+        case,
+        blobs.segment_blobs(
+            h, p.diameter_px, min_contrast_od=p.seg.contrast_od, nuclear_class_od=p.seg.nuclear_class_od
+        ),
+    )
+    assert "poor stain separation" in p.seg.floor_note
+    assert raised.precision >= usual.precision + 0.2 and raised.recall >= 0.78
+
+
+def test_the_report_says_when_nuclei_needed_a_higher_floor():
+    frozen = next(c for c in v.CASES if c.name == "fresh-he-tcga-frozen-a")
+    usual = next(c for c in v.CASES if c.name == "fresh-he-histolab-medium-a")  # eosin-rich, dark nuclei
+    kw = dict(mode="he", nuclei_method="offline")
+    raised = analyze_image(frozen.rgb(), AnalysisSettings(mpp=frozen.mpp, **kw)).summary()
+    kept = analyze_image(usual.rgb(), AnalysisSettings(mpp=usual.mpp, **kw)).summary()
+    assert "poor stain separation" in raised["nuclei_floor_note"] and kept["nuclei_floor_note"] == ""
+
+
+def test_no_other_h_and_e_image_of_the_set_reads_as_poorly_separated():
+    for case in (c for c in v.CASES if c.stain == "he" and "frozen" not in c.name):
+        assert v.prepare(case, "offline").seg.floor_note == "", case.name
 
 
 def test_ihc_keeps_the_expected_diameter():

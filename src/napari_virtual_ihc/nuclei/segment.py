@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..geometry import central_crop
+from . import blobs
 from .blobs import (
     CHECKS,
     LARGE_NUCLEI_AREA_SHARE,
@@ -187,6 +188,22 @@ class NucleiSegmenter:
             self.contrast_od = contrast_cut(hematoxylin_overview, diameter_px)
         else:
             self.contrast_od = MIN_CONTRAST_OD
+
+    @property
+    def floor_note(self) -> str:
+        """What the report says when the blob detector's seeds needed more than the usual share of the nuclear class
+        (an H&E slide whose stains deconvolution did not separate, ``blobs.seed_floor_share``)."""
+        if self.cellpose is not None or self.nuclear_class_od is None:
+            return ""
+        share = blobs.seed_floor_share(self.nuclear_h_share, self.nuclear_class_od)
+        if share == blobs.NUCLEAR_CLASS_SHARE:
+            return ""
+        return (
+            f"poor stain separation: the nuclear class is pale ({self.nuclear_class_od:.2f} OD < "
+            f"{blobs.EOSIN_LEANING_CLASS_OD}) and leans to eosin (hematoxylin share {self.nuclear_h_share:.2f} < "
+            f"{blobs.EOSIN_LEANING_CLASS_H_SHARE}), so nuclei must reach {share} x its OD (not "
+            f"{blobs.NUCLEAR_CLASS_SHARE}): cytoplasm texture would seed nuclei"
+        )
 
     @property
     def diameter_note(self) -> str:

@@ -129,6 +129,9 @@ class AnalysisResult:
     dab_call: CompartmentCall = field(default_factory=lambda: CompartmentCall("none", 0, 0.0, 0.0))
     nuclei_diameter_um: float = 7.0  # the diameter the nuclei were read at (larger where they are large)
     nuclei_diameter_note: str = ""  # why, when it is not the expected one
+    nuclei_floor_note: str = (
+        ""  # why nuclei needed a higher floor (an H&E slide whose stains did not separate)
+    )
     # level-0 (x, y, w, h) windows the nucleus cuts were calibrated on (empty: the area's overview), and why
     nuclei_calibration_windows: tuple[tuple[int, int, int, int], ...] = ()
     nuclei_calibration_note: str = ""
@@ -178,6 +181,7 @@ class AnalysisResult:
             "nuclei_count": self.n_nuclei,
             "nuclei_diameter_um": self.nuclei_diameter_um,
             "nuclei_diameter_note": self.nuclei_diameter_note,
+            "nuclei_floor_note": self.nuclei_floor_note,
             "nuclei_calibration_windows": [list(w) for w in self.nuclei_calibration_windows],
             "nuclei_calibration_note": self.nuclei_calibration_note,
             "glass_tiles": self.glass_tiles,
@@ -388,6 +392,7 @@ def iter_analysis(
         dab_call=call,
         nuclei_diameter_um=s.diameter_um * seg.diameter_scale,
         nuclei_diameter_note=seg.diameter_note,
+        nuclei_floor_note=seg.floor_note,
         nuclei_calibration_windows=sample.windows,
         nuclei_calibration_note=sample.note,
         glass_tiles=glass_tiles,

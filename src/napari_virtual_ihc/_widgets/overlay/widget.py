@@ -500,6 +500,8 @@ class StainOverlayWidget(OverlayForm):
             notes.append(result.marker_reason)
         if result.nuclei_diameter_note:  # a field of large nuclei, read at a larger diameter
             notes.append(result.nuclei_diameter_note)
+        if result.nuclei_floor_note:  # stains not separated: a higher floor for nuclei
+            notes.append(result.nuclei_floor_note)
         # a whole slide: nuclei calibrated on level-0 windows of its tissue (drawn as a Shapes layer)
         if result.nuclei_calibration_note:
             notes.append(result.nuclei_calibration_note)
