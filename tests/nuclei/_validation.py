@@ -81,8 +81,8 @@ def _csv(path: Path) -> tuple[dict[str, str], ...]:
 def _rows(source: str, image: str, box: str | None) -> list[dict[str, str]]:
     if source == "skimage":
         return [r for r in _csv(DATA / "ihc-nuclei-marks.csv") if r["box"] == box]
-    fresh_set = source.split("-", 1)[0]  # "fresh5" .. "fresh8": a set's own marks file
-    if fresh_set in ("fresh5", "fresh6", "fresh7", "fresh8"):
+    fresh_set = source.split("-", 1)[0]  # "fresh5" .. "fresh9": a set's own marks file
+    if fresh_set in ("fresh5", "fresh6", "fresh7", "fresh8", "fresh9"):
         path = SET / f"{fresh_set}-marks.csv"
     elif source.startswith("fresh-"):
         path = SET / "fresh-marks.csv"
@@ -319,6 +319,10 @@ CASES: tuple[Case, ...] = (
         Case(f"fresh-ki67-{name}", "fresh8-openslide", "ihc", "nuclear", mpp, "held")
         for name, mpp in (("ndpi-i", 0.454), ("vsi-h", 0.346), ("vsi-i", 0.346))
     ),
+    # Fresh set 9 (session 38; README.md "Fresh set 9"): four fields of the TCGA frozen section where no crop lay,
+    # marked by eye before any detector ran on them; the held half of the floor for a pale, eosin-leaning nuclear
+    # class, which the frozen fields of sets 6-8 chose.
+    *_fresh_he(9, "held", tuple((f"tcga-frozen-{k}", 1.1) for k in "efgh")),
 )
 
 
