@@ -129,9 +129,8 @@ class AnalysisResult:
     dab_call: CompartmentCall = field(default_factory=lambda: CompartmentCall("none", 0, 0.0, 0.0))
     nuclei_diameter_um: float = 7.0  # the diameter the nuclei were read at (larger where they are large)
     nuclei_diameter_note: str = ""  # why, when it is not the expected one
-    nuclei_floor_note: str = (
-        ""  # why nuclei needed a higher floor (an H&E slide whose stains did not separate)
-    )
+    # why nuclei needed a higher floor than usual (an H&E slide whose stains did not separate)
+    nuclei_floor_note: str = ""
     # level-0 (x, y, w, h) windows the nucleus cuts were calibrated on (empty: the area's overview), and why
     nuclei_calibration_windows: tuple[tuple[int, int, int, int], ...] = ()
     nuclei_calibration_note: str = ""
