@@ -193,8 +193,8 @@ class NucleiSegmenter:
     def floor_note(self) -> str:
         """What the report says when the blob detector's seeds needed more than the usual share of the nuclear class
         (an H&E slide whose stains deconvolution did not separate, ``blobs.seed_floor_share``)."""
-        if self.cellpose is not None or self.nuclear_class_od is None:
-            return ""
+        if self.cellpose is not None or self.check == "learned" or self.nuclear_class_od is None:
+            return ""  # Cellpose has no floor; the learned check seeds at its own (blobs.segment_blobs)
         share = blobs.seed_floor_share(self.nuclear_h_share, self.nuclear_class_od)
         if share == blobs.NUCLEAR_CLASS_SHARE:
             return ""
