@@ -198,9 +198,8 @@ class AnalysisResult:
         if self.dab_classes is not None:
             n = max(int(self.bin_counts.sum()), 1)
             out["dab_fractions"] = {k: float(c) / n for k, c in zip(BIN_NAMES, self.bin_counts, strict=True)}
-            on_tissue = int(
-                self.tissue_bin_counts.sum()
-            )  # the same over tissue pixels (not glass, lumens, fat)
+            # the same over tissue pixels (not glass, lumens, fat)
+            on_tissue = int(self.tissue_bin_counts.sum())
             out["dab_fractions_tissue"] = (
                 {k: float(c) / on_tissue for k, c in zip(BIN_NAMES, self.tissue_bin_counts, strict=True)}
                 if on_tissue

@@ -49,9 +49,8 @@ def nuclei_sample(
     ov_mpp = overview.mpp(mpp)
     tissue = None if resolves_nuclei(diameter_um, ov_mpp) else overview.tissue
     if tissue is None or not resolves_nuclei(diameter_um, mpp):
-        return NucleiSample(
-            overview.rgb, ov_mpp
-        )  # resolved; or a crop; or level 0 does not resolve them either
+        # the overview resolves nuclei; or it is a crop; or level 0 does not resolve them either
+        return NucleiSample(overview.rgb, ov_mpp)
     side_x, side_y = min(SAMPLE_WINDOW_PX, bw), min(SAMPLE_WINDOW_PX, bh)
     corners = tissue_windows(tissue, overview.downsample, (side_x, side_y), (bw, bh))
     windows = tuple((bx + x, by + y, side_x, side_y) for x, y in corners)
