@@ -49,9 +49,11 @@ def test_the_set_has_eight_images_from_three_sources_split_in_halves():
 # 0.74 / 0.90, its faint out-of-focus negatives missed) and 8 (session 38: 0.80 / 0.86), pooled 0.81 / 0.91, not
 # met; membrane DAB 0.93 / 0.87, met; H&E: the non-frozen crops of sets 7 and 8 (sessions 36 and 38) 0.75 / 0.79,
 # and set 9 (session 38, four fields of the TCGA frozen section, the held half of the floor for a pale,
-# eosin-leaning nuclear class) 0.58 / 0.63 (0.71 / 0.42 without that floor): pooled 0.71 / 0.75, not met. Set 9's
-# field h sits on that floor's cut (class OD 0.3595 against 0.36): read either way, the pooled figures stay above
-# the floors. The floors sit a little below the measured figures, so a regression fails.
+# eosin-leaning nuclear class) 0.58 / 0.63 (0.71 / 0.42 without that floor): pooled 0.71 / 0.75, not met. Session
+# 39's stand-down of the size rule on such slides (prompted by set 9's field e, so not held evidence) moves set 9 to
+# 0.65 / 0.64 and the pooled H&E to 0.73 / 0.75. Set 9's field h sits on that floor's cut (class OD 0.3595 against
+# 0.36): read either way, the pooled figures stay above the floors. The floors sit a little below the measured
+# figures, so a regression fails.
 @pytest.mark.parametrize(
     ("compartment", "floor"),
     [("nuclear", (0.79, 0.89)), ("membrane", (0.90, 0.84)), ("none", (0.69, 0.72))],
@@ -214,6 +216,45 @@ def test_the_report_says_when_nuclei_needed_a_higher_floor():
 def test_no_other_h_and_e_image_of_the_set_reads_as_poorly_separated():
     for case in (c for c in v.CASES if c.stain == "he" and "frozen" not in c.name):
         assert v.prepare(case, "offline").seg.floor_note == "", case.name
+
+
+FROZEN_TUNE = [
+    "fresh-he-tcga-frozen-a",
+    "fresh-he-tcga-frozen-b",
+    "fresh-he-tcga-frozen-c",
+    "fresh-he-tcga-frozen-d",
+]
+
+
+def _f1_at(case: v.Case, diameter_um: float) -> float:
+    """F1 of the offline detector calibrated and run at ``diameter_um`` (the size rule off), scored as usual."""
+    p = v.prepare(case, "offline")
+    d = diameter_um / case.mpp
+    seg = make_segmenter("offline")
+    seg.calibrate(p.stains["hematoxylin"], None, "membrane", d, eosin_overview=p.eosin, large_nuclei=False)
+    return _f1(v.score(case, seg(p.stains["hematoxylin"], d, eosin_od=p.eosin)))
+
+
+@pytest.mark.parametrize("name", FROZEN_TUNE)
+def test_a_frozen_field_reads_worse_at_the_large_diameter(name):
+    """Why the size rule stands down where the stains did not separate: on every tune frozen-section field, reading
+    at 12 µm scores lower than at 7 µm (F1 0.70 -> 0.66, 0.71 -> 0.54, 0.64 -> 0.63, 0.70 -> 0.41, measured)."""
+    case = next(c for c in v.CASES if c.name == name)
+    assert _f1_at(case, 12.0) < _f1_at(case, 7.0)
+
+
+def test_the_size_rule_stands_down_where_the_stains_did_not_separate():
+    """Held frozen field e: its hematoxylin, which holds cytoplasm, answered the LoG scale cue (ratio 0.92) and its
+    12 µm masks filled (0.67), so it read at 12 µm: F1 0.29. With the stand-down it reads at 7 µm: F1 0.54."""
+    case = next(c for c in v.CASES if c.name == "fresh-he-tcga-frozen-e")
+    p = v.prepare(case, "offline")
+    assert p.seg.stains_not_separated and p.seg.diameter_scale == 1.0
+    assert p.seg.large_nuclei_log_ratio is None and p.seg.large_nuclei_share is None
+    assert "large-nucleus rule does not run" in p.seg.floor_note
+    h = p.stains["hematoxylin"]
+    at_seven = _f1(v.score(case, p.seg(h, p.diameter_px, eosin_od=p.eosin)))
+    print(f"{case.name}: F1 {at_seven:.2f} at 7 µm, {_f1_at(case, 12.0):.2f} at 12 µm")
+    assert at_seven >= _f1_at(case, 12.0) + 0.2
 
 
 def test_ihc_keeps_the_expected_diameter():

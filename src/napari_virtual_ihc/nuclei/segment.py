@@ -137,7 +137,8 @@ class NucleiSegmenter:
         (``diameter_px``: their size in overview pixels, >= 4), else the fixed default; and the mean hematoxylin
         OD of the overview's nuclear (upper Otsu) class, a share of which a nucleus' signal must reach; on H&E
         (``eosin_overview``) also that class's hematoxylin share, against which pale candidates' colour is read, and
-        whether the area's nuclei are large (``blobs.LARGE_NUCLEI_FACTOR``; ``large_nuclei=False``: never): then
+        whether the area's nuclei are large (``blobs.LARGE_NUCLEI_FACTOR``; ``large_nuclei=False``: never, nor where
+        the stains did not separate, :attr:`stains_not_separated`): then
         every tile reads at the larger diameter, with the cuts calibrated at it."""
         if self.cellpose is not None:
             return
@@ -150,6 +151,10 @@ class NucleiSegmenter:
         if not large_nuclei or eosin_overview is None or dab_overview is not None or not runs_blobs:
             return
         if diameter_px is None or diameter_px < RESOLVED_DIAMETER_PX:  # the overview does not resolve nuclei
+            return
+        if (
+            self.stains_not_separated
+        ):  # the hematoxylin's blobs are partly cytoplasm: its LoG scale cue misreads
             return
         # H&E: are this area's nuclei large? (blobs.LARGE_NUCLEI_FACTOR; one answer for every tile)
         crop = central_crop(hematoxylin_overview.shape, LARGE_NUCLEI_PROBE_PX)  # bounds the probe's cost
@@ -190,19 +195,30 @@ class NucleiSegmenter:
             self.contrast_od = MIN_CONTRAST_OD
 
     @property
+    def stains_not_separated(self) -> bool:
+        """The blob detector's seeds need the higher floor of an H&E slide whose stains deconvolution did not
+        separate (``blobs.seed_floor_share``). Such a slide also keeps the expected diameter: its hematoxylin holds
+        cytoplasm, whose smears answer the large-nucleus rule's LoG cue (``blobs.LARGE_NUCLEI_LOG_RATIO``), and on
+        every frozen-section field of the validation set reading at 12 µm scored lower (docs/analysis.md "The size
+        rule stands down on poorly separated stains")."""
+        if self.cellpose is not None or self.check == "learned" or self.nuclear_class_od is None:
+            return False  # Cellpose has no floor; the learned check seeds at its own (blobs.segment_blobs)
+        share = blobs.seed_floor_share(self.nuclear_h_share, self.nuclear_class_od)
+        return share != blobs.NUCLEAR_CLASS_SHARE
+
+    @property
     def floor_note(self) -> str:
         """What the report says when the blob detector's seeds needed more than the usual share of the nuclear class
         (an H&E slide whose stains deconvolution did not separate, ``blobs.seed_floor_share``)."""
-        if self.cellpose is not None or self.check == "learned" or self.nuclear_class_od is None:
-            return ""  # Cellpose has no floor; the learned check seeds at its own (blobs.segment_blobs)
-        share = blobs.seed_floor_share(self.nuclear_h_share, self.nuclear_class_od)
-        if share == blobs.NUCLEAR_CLASS_SHARE:
+        if not self.stains_not_separated or self.nuclear_class_od is None:
             return ""
+        share = blobs.seed_floor_share(self.nuclear_h_share, self.nuclear_class_od)
         return (
             f"poor stain separation: the nuclear class is pale ({self.nuclear_class_od:.2f} OD < "
             f"{blobs.EOSIN_LEANING_CLASS_OD}) and leans to eosin (hematoxylin share {self.nuclear_h_share:.2f} < "
             f"{blobs.EOSIN_LEANING_CLASS_H_SHARE}), so nuclei must reach {share} x its OD (not "
-            f"{blobs.NUCLEAR_CLASS_SHARE}): cytoplasm texture would seed nuclei"
+            f"{blobs.NUCLEAR_CLASS_SHARE}): cytoplasm texture would seed nuclei; read at the expected diameter "
+            "(the large-nucleus rule does not run)"
         )
 
     @property
