@@ -134,6 +134,13 @@ def second_marks(case: Case) -> np.ndarray:
     return np.array([[float(r["x"]), float(r["y"])] for r in rows]).reshape(-1, 2)
 
 
+def second_positive(case: Case) -> np.ndarray:
+    """(n,) bool: the second marker's Ki-67 call (any brown: positive) of each of :func:`second_marks`' nuclei."""
+    return np.array(
+        [r["cell"] == "positive" for r in _csv(SET / "second-marks.csv") if r["image"] == case.name], bool
+    )
+
+
 def _added(source: str, name: str) -> list[dict[str, str]]:
     image = name.replace("deepliif-hema-", "deepliif-ki67-")
     return [r for r in _csv(SET / ADDED[source]) if r["image"] == image]

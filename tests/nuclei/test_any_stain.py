@@ -487,18 +487,42 @@ def _agreement(cases: list[v.Case]) -> tuple[float, float]:
     return tp / n_first, tp / n_second
 
 
-# Ten held crops were marked again by other helpers who saw neither the first marks nor a detector (README.md "A
-# second marker"). Scored as the detector is, the second marker reads 0.82 / 0.86 against the first on the eight
-# H&E crops (0.85 / 0.84 without the frozen section) and 0.97 / 0.92 on the two Ki-67 crops: on H&E marked by eye,
-# issue 32's 0.85 / 0.85 is about what a second human reaches. Measured; the bounds sit around the figures.
+# Every held H&E and Ki-67 crop was marked again by other helpers who saw neither the first marks nor a detector (README.md
+# "A second marker": ten crops in session 38, the other eighteen in session 39). Scored as the detector is, the second
+# marker reads 0.82 / 0.78 against the first on the held H&E (0.86 / 0.85 without the frozen section's four fields,
+# 0.71 / 0.60 on them) and 0.97 / 0.93 on the Ki-67 crops: issue 32's 0.85 / 0.85 on H&E is beyond what a second human
+# reaches on this held half, and just reached without the frozen section. Measured; the bounds sit around the figures.
 def test_a_second_marker_agrees_with_the_first_as_measured():
-    marked = [c for c in v.CASES if len(v.second_marks(c))]
-    assert len(marked) == 10
+    assert len([c for c in v.CASES if len(v.second_marks(c))]) == 28  # with the frozen section's c, now tune
+    marked = [c for c in HELD if len(v.second_marks(c))]
+    assert len(marked) == 27 and all(len(v.second_marks(c)) for c in HELD if c.compartment != "membrane")
     he = _agreement([c for c in marked if c.stain == "he"])
+    unfrozen = _agreement([c for c in marked if c.stain == "he" and "frozen" not in c.name])
     ki67 = _agreement([c for c in marked if c.compartment == "nuclear"])
-    print(f"second vs first marker: H&E {he[0]:.3f} / {he[1]:.3f}, Ki-67 {ki67[0]:.3f} / {ki67[1]:.3f}")
-    assert 0.80 <= he[0] <= 0.84 and 0.84 <= he[1] <= 0.88
+    print(
+        f"second vs first marker: H&E {he[0]:.3f} / {he[1]:.3f} (without the frozen section {unfrozen[0]:.3f} / "
+        f"{unfrozen[1]:.3f}), Ki-67 {ki67[0]:.3f} / {ki67[1]:.3f}"
+    )
+    assert 0.80 <= he[0] <= 0.84 and 0.75 <= he[1] <= 0.80
+    assert unfrozen[0] >= 0.84 and unfrozen[1] >= 0.83
     assert ki67[0] >= 0.95 and ki67[1] >= 0.90
+
+
+def test_a_second_marker_s_ki67_index_is_near_the_first_s():
+    """Two markers' Ki-67 indices of the same held crop (each over their own nuclei away from the border): within 5
+    points on 9 of the 10 crops, 5.5 on fresh-ki67-ndpi-g (grey-olive nuclei the second marker called positive)."""
+    diffs = {}
+    for case in (c for c in HELD if c.compartment == "nuclear"):
+        shape, radius = case.rgb().shape[:2], 7.0 / case.mpp / 2
+        first, first_positive = case.marks(completed=False)
+        second, second_positive = v.second_marks(case), v.second_positive(case)
+        assert len(second_positive) == len(second) > 0
+        first_positive = first_positive[v.counted(case, first, shape, radius)]
+        second_positive = second_positive[v.counted(case, second, shape, radius)]
+        diffs[case.name] = float(second_positive.mean() - first_positive.mean())
+    print({name: f"{d:+.1%}" for name, d in diffs.items()})
+    assert len(diffs) == 10 and sum(abs(d) <= 0.05 for d in diffs.values()) >= 9
+    assert max(abs(d) for d in diffs.values()) <= 0.06
 
 
 REREAD = [c for c in v.CASES if c.compartment == "nuclear" and not c.name.startswith("deepliif")]
