@@ -152,9 +152,8 @@ class NucleiSegmenter:
             return
         if diameter_px is None or diameter_px < RESOLVED_DIAMETER_PX:  # the overview does not resolve nuclei
             return
-        if (
-            self.stains_not_separated
-        ):  # the hematoxylin's blobs are partly cytoplasm: its LoG scale cue misreads
+        # where the stains did not separate, the hematoxylin's blobs are partly cytoplasm: its LoG scale cue misreads
+        if self.stains_not_separated:
             return
         # H&E: are this area's nuclei large? (blobs.LARGE_NUCLEI_FACTOR; one answer for every tile)
         crop = central_crop(hematoxylin_overview.shape, LARGE_NUCLEI_PROBE_PX)  # bounds the probe's cost
@@ -199,8 +198,8 @@ class NucleiSegmenter:
         """The blob detector's seeds need the higher floor of an H&E slide whose stains deconvolution did not
         separate (``blobs.seed_floor_share``). Such a slide also keeps the expected diameter: its hematoxylin holds
         cytoplasm, whose smears answer the large-nucleus rule's LoG cue (``blobs.LARGE_NUCLEI_LOG_RATIO``), and on
-        every frozen-section field of the validation set reading at 12 µm scored lower (docs/analysis.md "The size
-        rule stands down on poorly separated stains")."""
+        every frozen-section field of the validation set reading at 12 µm scored lower (docs/analysis.md "Session
+        39")."""
         if self.cellpose is not None or self.check == "learned" or self.nuclear_class_od is None:
             return False  # Cellpose has no floor; the learned check seeds at its own (blobs.segment_blobs)
         share = blobs.seed_floor_share(self.nuclear_h_share, self.nuclear_class_od)
